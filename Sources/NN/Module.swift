@@ -5,7 +5,8 @@ import Tensor
 /// property names to it (`down_blocks.0.attentions.0.proj_in.weight`).
 ///
 /// Property names follow the checkpoint. Where Swift naming differs from the checkpoint key,
-/// wrap the property in `@Key("to_out")`. Arrays of modules contribute `name.index`.
+/// wrap the property in `@Key("to_out")` (and assign it after `super.init()`). Arrays of
+/// modules contribute `name.index`.
 open class Module {
     /// Whether the module is in training mode (dropout active, etc.).
     public private(set) var isTraining = true
@@ -106,15 +107,26 @@ protocol KeyedProperty {
 }
 
 /// Gives a module property its checkpoint key: `@Key("to_out") var toOut: [Module]`.
+/// Assign the value in the initialiser as usual.
 @propertyWrapper
 public struct Key<Value>: KeyedProperty {
-    public var wrappedValue: Value
+    private var value: Value?
     public let key: String
 
     public init(wrappedValue: Value, _ key: String) {
-        self.wrappedValue = wrappedValue
+        self.value = wrappedValue
         self.key = key
     }
 
-    var keyedValue: Any? { unwrapOptional(wrappedValue) }
+    public init(_ key: String) { self.key = key }
+
+    public var wrappedValue: Value {
+        get {
+            guard let value else { preconditionFailure("module property '\(key)' read before it was set") }
+            return value
+        }
+        set { value = newValue }
+    }
+
+    var keyedValue: Any? { value.flatMap(unwrapOptional) }
 }
