@@ -1,6 +1,6 @@
 // swift-tools-version:6.1
 // Layers, bottom to top (arrows point down only):
-//   score (CLI) → NN → Tensor → Kernels → CKernels
+//   score (CLI) → Benchmarks → NN → Tensor → Kernels → CKernels
 //                         ↘ SafeTensors
 // See docs/ARCHITECTURE.md for why the innermost kernels live in C.
 import PackageDescription
@@ -24,10 +24,12 @@ let package = Package(
         .target(name: "SafeTensors"),
         .target(name: "Tensor", dependencies: ["Kernels", "SafeTensors"]),
         .target(name: "NN", dependencies: ["Tensor"]),
+        // Speed and memory measurements behind `score bench`.
+        .target(name: "Benchmarks", dependencies: ["NN", "Tensor", "Kernels"]),
         .executableTarget(
             name: "score",
             dependencies: [
-                "NN", "Tensor", "Kernels",
+                "Benchmarks", "NN", "Tensor", "Kernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),

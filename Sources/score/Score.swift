@@ -1,0 +1,66 @@
+import ArgumentParser
+import Benchmarks
+import Foundation
+import Kernels
+
+@main
+struct Score: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "score",
+        abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
+        subcommands: [Bench.self])
+}
+
+/// Options every compute-heavy command shares.
+struct ComputeOptions: ParsableArguments {
+    @Option(help: "Worker threads (default: all cores, or SCORE_THREADS).")
+    var threads: Int?
+
+    func apply() throws {
+        if let threads {
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
+            Kernels.threadCount = threads
+        }
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the speed of the engine and models.",
+        subcommands: [Engine.self])
+
+    struct Engine: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "GEMM GFLOP/s, conv2d / attention / GroupNorm forward+backward times.")
+
+        @Flag(help: "Print one JSON object instead of a table.")
+        var json = false
+
+        @Option(help: "Timed runs per measurement (the median is reported).")
+        var runs = 7
+
+        @OptionGroup var compute: ComputeOptions
+
+        func run() throws {
+            try compute.apply()
+            guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
+            let result = EngineBenchmark.run(runs: runs) { step in
+                if !json { FileHandle.standardError.write("… \(step)\n".data(using: .utf8)!) }
+            }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(data: try encoder.encode(result), encoding: .utf8)!)
+            } else {
+                print("""
+                engine benchmark (\(result.threads) threads, \(result.isa) kernels, median of \(runs) runs)
+                  GEMM 1024³                 \(String(format: "%8.1f", result.gemm_1024_gflops)) GFLOP/s
+                  GEMM 256×4096×512          \(String(format: "%8.1f", result.gemm_256x4096x512_gflops)) GFLOP/s
+                  conv2d fwd+bwd             \(String(format: "%8.2f", result.conv_fwd_bwd_ms)) ms  (8×64×32×32, 3×3, 64 out)
+                  attention fwd+bwd          \(String(format: "%8.2f", result.attention_fwd_bwd_ms)) ms  (2×8 heads, 1024 tokens, d 64)
+                  GroupNorm fwd+bwd          \(String(format: "%8.2f", result.groupnorm_fwd_bwd_ms)) ms  (8×64×32×32, 32 groups)
+                """)
+            }
+        }
+    }
+}
