@@ -1,6 +1,6 @@
 // swift-tools-version:6.1
 // Layers, bottom to top (arrows point down only):
-//   score (CLI) → Benchmarks → NN → Tensor → Kernels → CKernels
+//   score (CLI) → Benchmarks → Diffusion → NN → Tensor → Kernels → CKernels
 //                         ↘ SafeTensors
 // See docs/ARCHITECTURE.md for why the innermost kernels live in C.
 import PackageDescription
@@ -24,18 +24,22 @@ let package = Package(
         .target(name: "SafeTensors"),
         .target(name: "Tensor", dependencies: ["Kernels", "SafeTensors"]),
         .target(name: "NN", dependencies: ["Tensor"]),
+        // Stable Diffusion family in diffusers layout: UNet, VAE, text encoders + tokenizers,
+        // schedulers, pipelines, loading and saving.
+        .target(name: "Diffusion", dependencies: ["NN", "Tensor", "SafeTensors"]),
         // Speed and memory measurements behind `score bench`.
-        .target(name: "Benchmarks", dependencies: ["NN", "Tensor", "Kernels"]),
+        .target(name: "Benchmarks", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"]),
         .executableTarget(
             name: "score",
             dependencies: [
-                "Benchmarks", "NN", "Tensor", "Kernels",
+                "Benchmarks", "Diffusion", "NN", "Tensor", "Kernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"], resources: [.copy("Fixtures")]),
         .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "DiffusionTests", dependencies: ["Diffusion"], resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v5]
 )
