@@ -7,6 +7,9 @@
 //
 // The environment variable SCORE_ISA=portable|avx2|avx512 caps the choice (tests use it to
 // cover the portable path on machines that have AVX-512).
+//
+// All functions are single-threaded and keep no shared mutable state apart from the ISA choice
+// and per-thread packing buffers, so callers may run them on many threads at once.
 #ifndef SCORE_CKERNELS_H
 #define SCORE_CKERNELS_H
 
@@ -25,18 +28,56 @@ typedef enum {
 /// The instruction set the kernels use (after SCORE_ISA capping).
 score_isa score_active_isa(void);
 /// Override the choice for this process (used by tests); clamps to what the CPU supports.
+/// It is not capped by SCORE_ISA: an explicit call wins over the environment.
 void score_set_isa(score_isa isa);
+/// Human-readable name of the active variant: "portable", "avx2", "avx512", or
+/// "avx512-layout-on-avx2" (see score_set_isa_avx512_layout_on_avx2).
+const char *score_active_isa_name(void);
+/// Test hook. Selects the AVX-512 variant's code (the same C template with the same
+/// parameters: 16-lane vectors, 14×32 micro-tiles, AVX-512 blocking sizes) compiled for
+/// AVX2+FMA instead of AVX-512F, so machines without AVX-512 still execute and test the
+/// AVX-512 variant's tiling, packing, edge and tail logic. Returns 1 on success, 0 if the CPU
+/// lacks AVX2+FMA (the choice is then unchanged). score_active_isa() reports SCORE_ISA_AVX2
+/// while it is active; score_set_isa() leaves it.
+int score_set_isa_avx512_layout_on_avx2(void);
+
+/// Micro-tile size of the active GEMM variant (rows of C per panel of A, columns of C per
+/// panel of B). Callers that split C across threads align block edges to these.
+int64_t score_sgemm_mr(void);
+int64_t score_sgemm_nr(void);
 
 /// Single-threaded row-major SGEMM on a block:
 ///   C[m,n] = alpha * sum_k op(A)[m,k] * op(B)[k,n] + beta * C[m,n]
 /// op(A) is A (M×K, row stride lda) or, with transA, Aᵀ where A is K×M (row stride lda).
 /// op(B) is B (K×N, row stride ldb) or, with transB, Bᵀ where B is N×K (row stride ldb).
 /// beta == 0 overwrites C without reading it (NaNs in C do not propagate).
+/// alpha == 0 or K == 0 only scales C by beta (A and B are not read), as in BLAS.
+/// Each element's result depends only on its own row of op(A), column of op(B) and K, never on
+/// M, N or where the block sits, so splitting C across threads gives bitwise identical results.
 /// Threading is done by the caller over disjoint blocks of C.
 void score_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
                  float alpha, const float *A, int64_t lda,
                  const float *B, int64_t ldb,
                  float beta, float *C, int64_t ldc);
+
+/// Row-wise softmax of a rows×cols row-major matrix (rows contiguous, stride cols):
+/// y[r,c] = exp(x[r,c] - max_r) / sum_c exp(x[r,c] - max_r). The sum is accumulated in double.
+/// x and y may be the same buffer.
+void score_softmax_rows(const float *x, float *y, int64_t rows, int64_t cols);
+
+/// y[i] = exp(x[i]). Polynomial (Cephes-style) exp: relative error below 1e-6 (about 1-2 ulp)
+/// over [-87, 88]; +inf above ~88.72, denormals then 0 below -87.3, NaN stays NaN.
+/// x and y may be the same buffer.
+void score_vexp(const float *x, float *y, int64_t n);
+
+/// y[i] = x[i] * sigmoid(x[i]) = x[i] / (1 + exp(-x[i])); silu(-inf) = 0 (the limit), NaN stays
+/// NaN. Relative error below 1e-6. x and y may be the same buffer.
+void score_silu(const float *x, float *y, int64_t n);
+
+/// Per-thread flag the Swift layer sets while a thread runs a parallel region's body, so that
+/// kernels called from inside one run inline instead of nesting thread pools.
+int score_thread_in_parallel(void);
+void score_thread_set_in_parallel(int on);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,331 @@
+// ISA-generic kernel bodies, written once and instantiated per instruction set by kernels.c.
+//
+// This file is a "C template": kernels.c includes it several times, each time inside a
+// `#pragma clang attribute push(__attribute__((target(...))))` region and with these macros set:
+//   SK(name)      appends the variant suffix (name_avx2, name_avx512, ...)
+//   SK_V          float vector type of SK_LANES lanes (GCC/clang vector extension)
+//   SK_VI         int32 vector type with the same lane count (comparison results, bit tricks)
+//   SK_VD         double vector type with the same lane count (softmax sums)
+//   SK_LANES      lanes per vector: 4 (portable), 8 (AVX2), 16 (AVX-512)
+//   SK_MR, SK_NR  micro-tile: SK_MR rows × SK_NR columns of C held in registers (SK_NR = 2 vectors)
+//   SK_MC, SK_KC, SK_NC  cache blocking (rows of A per packed block, depth, columns of B)
+//   SK_FMA(a,b,c) a*b+c, fused where the ISA has FMA
+// Because every variant is the same source, the AVX-512 variant's logic (tiles, packing, edges,
+// tails) can be tested on an AVX2-only machine by instantiating it once more with the AVX-512
+// parameters but an AVX2 target (see score_set_isa_avx512_layout_on_avx2).
+//
+// No header guard on purpose.
+
+#define SK_INLINE static inline __attribute__((always_inline))
+
+// ---------------------------------------------------------------------------------------------
+// Vector helpers. memcpy keeps loads/stores free of alignment and aliasing assumptions; clang
+// turns each into a single (unaligned) vector move.
+
+SK_INLINE SK_V SK(vload)(const float *p) {
+    SK_V v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+SK_INLINE void SK(vstore)(float *p, SK_V v) { memcpy(p, &v, sizeof v); }
+
+SK_INLINE SK_V SK(vsplat)(float s) {
+    SK_V v;
+    for (int i = 0; i < SK_LANES; i++) v[i] = s;  // becomes one broadcast
+    return v;
+}
+
+SK_INLINE SK_VI SK(vsplati)(int32_t s) {
+    SK_VI v;
+    for (int i = 0; i < SK_LANES; i++) v[i] = s;
+    return v;
+}
+
+// mask lanes are all-ones or all-zeros (results of vector comparisons).
+SK_INLINE SK_V SK(vselect)(SK_VI mask, SK_V ifTrue, SK_V ifFalse) {
+    return (SK_V)((mask & (SK_VI)ifTrue) | (~mask & (SK_VI)ifFalse));
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM micro-kernel: C[0:MR, 0:NR] = alpha * Apanel·Bpanel + beta * C (beta == 0: no read of C).
+// a: packed MR-row panel (for each k, MR consecutive values of one column of op(A)).
+// b: packed NR-column panel (for each k, NR consecutive values of one row of op(B)).
+// Each C element is a sequential FMA chain over k in its own lane, so its value does not depend
+// on which tile or thread computed it.
+static void SK(micro_kernel)(int64_t kc, const float *restrict a, const float *restrict b,
+                             float *restrict c, int64_t ldc, float alpha, float beta) {
+    // Fully unrolled loops over SK_MR let clang keep every accumulator in a register.
+    SK_V acc0[SK_MR], acc1[SK_MR];
+    #pragma unroll
+    for (int i = 0; i < SK_MR; i++) {
+        acc0[i] = (SK_V){0};
+        acc1[i] = (SK_V){0};
+    }
+    // Pull the C tile toward L1 while the k loop runs; it is needed only at the end.
+    #pragma unroll
+    for (int i = 0; i < SK_MR; i++) {
+        __builtin_prefetch(c + i * ldc, 1, 3);
+        __builtin_prefetch(c + i * ldc + SK_NR - 1, 1, 3);
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        const SK_V b0 = SK(vload)(b);
+        const SK_V b1 = SK(vload)(b + SK_LANES);
+        // Stream the A panel ahead; B's panel was just brought into L1 by the previous tile.
+        __builtin_prefetch(a + 8 * SK_MR, 0, 3);
+        #pragma unroll
+        for (int i = 0; i < SK_MR; i++) {
+            const SK_V ai = SK(vsplat)(a[i]);
+            acc0[i] = SK_FMA(ai, b0, acc0[i]);
+            acc1[i] = SK_FMA(ai, b1, acc1[i]);
+        }
+        a += SK_MR;
+        b += SK_NR;
+    }
+    const SK_V va = SK(vsplat)(alpha);
+    if (beta == 0.0f) {
+        #pragma unroll
+        for (int i = 0; i < SK_MR; i++) {
+            SK(vstore)(c + i * ldc, va * acc0[i]);
+            SK(vstore)(c + i * ldc + SK_LANES, va * acc1[i]);
+        }
+    } else {
+        const SK_V vb = SK(vsplat)(beta);
+        #pragma unroll
+        for (int i = 0; i < SK_MR; i++) {
+            float *row = c + i * ldc;
+            SK(vstore)(row, SK_FMA(va, acc0[i], vb * SK(vload)(row)));
+            SK(vstore)(row + SK_LANES, SK_FMA(va, acc1[i], vb * SK(vload)(row + SK_LANES)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing. op(A)[row0:row0+mc, k0:k0+kc] becomes ceil(mc/MR) panels of MR×kc, each stored
+// k-major (MR values per k), zero-padded to MR rows. op(B)[k0:k0+kc, col0:col0+nc] becomes
+// ceil(nc/NR) panels of kc×NR, each stored k-major (NR values per k), zero-padded to NR columns.
+// The micro-kernel then reads both with unit stride.
+
+static void SK(pack_a)(int transA, const float *A, int64_t lda, int64_t row0, int64_t k0,
+                       int64_t mc, int64_t kc, float *restrict dst) {
+    for (int64_t ir = 0; ir < mc; ir += SK_MR) {
+        const int64_t mr = mc - ir < SK_MR ? mc - ir : SK_MR;
+        if (!transA) {
+            // op(A)[i,k] = A[i*lda + k]: each row is contiguous in k; write it down a column.
+            for (int64_t i = 0; i < mr; i++) {
+                const float *src = A + (row0 + ir + i) * lda + k0;
+                for (int64_t p = 0; p < kc; p++) dst[p * SK_MR + i] = src[p];
+            }
+            for (int64_t i = mr; i < SK_MR; i++)
+                for (int64_t p = 0; p < kc; p++) dst[p * SK_MR + i] = 0.0f;
+        } else {
+            // op(A)[i,k] = A[k*lda + i]: for each k the MR values are contiguous.
+            for (int64_t p = 0; p < kc; p++) {
+                const float *src = A + (k0 + p) * lda + row0 + ir;
+                float *d = dst + p * SK_MR;
+                for (int64_t i = 0; i < mr; i++) d[i] = src[i];
+                for (int64_t i = mr; i < SK_MR; i++) d[i] = 0.0f;
+            }
+        }
+        dst += SK_MR * kc;
+    }
+}
+
+static void SK(pack_b)(int transB, const float *B, int64_t ldb, int64_t k0, int64_t col0,
+                       int64_t kc, int64_t nc, float *restrict dst) {
+    for (int64_t jr = 0; jr < nc; jr += SK_NR) {
+        const int64_t nr = nc - jr < SK_NR ? nc - jr : SK_NR;
+        if (!transB) {
+            // op(B)[k,j] = B[k*ldb + j]: for each k the NR values are contiguous.
+            for (int64_t p = 0; p < kc; p++) {
+                const float *src = B + (k0 + p) * ldb + col0 + jr;
+                float *d = dst + p * SK_NR;
+                if (nr == SK_NR) {
+                    SK(vstore)(d, SK(vload)(src));
+                    SK(vstore)(d + SK_LANES, SK(vload)(src + SK_LANES));
+                } else {
+                    for (int64_t j = 0; j < nr; j++) d[j] = src[j];
+                    for (int64_t j = nr; j < SK_NR; j++) d[j] = 0.0f;
+                }
+            }
+        } else {
+            // op(B)[k,j] = B[j*ldb + k]: each column of op(B) is a contiguous row of B.
+            for (int64_t j = 0; j < nr; j++) {
+                const float *src = B + (col0 + jr + j) * ldb + k0;
+                for (int64_t p = 0; p < kc; p++) dst[p * SK_NR + j] = src[p];
+            }
+            for (int64_t j = nr; j < SK_NR; j++)
+                for (int64_t p = 0; p < kc; p++) dst[p * SK_NR + j] = 0.0f;
+        }
+        dst += SK_NR * kc;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM driver (GotoBLAS/BLIS loop nest). Preconditions (checked by score_sgemm): M, N, K > 0,
+// alpha != 0.
+//   jc: NC columns of C   — packed B block (kc×nc) lives in L2/L3
+//   pc: KC depth          — first block applies beta, later ones accumulate (beta = 1)
+//   ic: MC rows of C      — packed A block (mc×kc) lives in L2
+//   jr: NR columns        — one B panel (kc×NR) stays in L1 across the ir loop
+//   ir: MR rows           — micro-kernel
+// The depth split depends on K alone, never on M or N, so per-element results are independent
+// of how the caller splits C.
+static void SK(sgemm)(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                      float *C, int64_t ldc) {
+    // Equal depth blocks (K = 300 gives 150 + 150, not 256 + 44): a thin last block would run
+    // the micro-kernel's fixed load/store cost over too little work.
+    const int64_t k_blocks = (K + SK_KC - 1) / SK_KC;
+    const int64_t kc_max = (K + k_blocks - 1) / k_blocks;
+    const int64_t mc_max = M < SK_MC ? ((M + SK_MR - 1) / SK_MR) * SK_MR : SK_MC;
+    const int64_t nc_max = N < SK_NC ? ((N + SK_NR - 1) / SK_NR) * SK_NR : SK_NC;
+    float *apack, *bpack;
+    score__pack_buffers((size_t)(mc_max * kc_max), (size_t)(nc_max * kc_max), &apack, &bpack);
+
+    _Alignas(64) float edge[SK_MR * SK_NR];
+
+    for (int64_t jc = 0; jc < N; jc += SK_NC) {
+        const int64_t nc = N - jc < SK_NC ? N - jc : SK_NC;
+        for (int64_t pc = 0; pc < K; pc += kc_max) {
+            const int64_t kc = K - pc < kc_max ? K - pc : kc_max;
+            const float beta_block = pc == 0 ? beta : 1.0f;
+            SK(pack_b)(transB, B, ldb, pc, jc, kc, nc, bpack);
+            for (int64_t ic = 0; ic < M; ic += SK_MC) {
+                const int64_t mc = M - ic < SK_MC ? M - ic : SK_MC;
+                SK(pack_a)(transA, A, lda, ic, pc, mc, kc, apack);
+                for (int64_t jr = 0; jr < nc; jr += SK_NR) {
+                    const int64_t nr = nc - jr < SK_NR ? nc - jr : SK_NR;
+                    const float *bp = bpack + jr * kc;
+                    for (int64_t ir = 0; ir < mc; ir += SK_MR) {
+                        const int64_t mr = mc - ir < SK_MR ? mc - ir : SK_MR;
+                        const float *ap = apack + ir * kc;
+                        float *ct = C + (ic + ir) * ldc + jc + jr;
+                        if (mr == SK_MR && nr == SK_NR) {
+                            SK(micro_kernel)(kc, ap, bp, ct, ldc, alpha, beta_block);
+                        } else {
+                            // Edge tile: run the same kernel on a full-size scratch tile so
+                            // edge elements get exactly the arithmetic interior ones get.
+                            if (beta_block != 0.0f)
+                                for (int64_t i = 0; i < mr; i++)
+                                    memcpy(edge + i * SK_NR, ct + i * ldc, (size_t)nr * sizeof(float));
+                            SK(micro_kernel)(kc, ap, bp, edge, SK_NR, alpha, beta_block);
+                            for (int64_t i = 0; i < mr; i++)
+                                memcpy(ct + i * ldc, edge + i * SK_NR, (size_t)nr * sizeof(float));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// exp: Cephes expf. x = n·ln2 + r with |r| <= ln2/2 (ln2 split in two so n·C1 is exact), a
+// degree-7 polynomial for e^r, then scaling by 2^n in two halves so that n down to -150 (the
+// denormal range) needs no special case. About 1-2 ulp.
+SK_INLINE SK_V SK(vexp_core)(SK_V x) {
+    const SK_VI is_nan = x != x;
+    const SK_VI underflow = x < SK(vsplat)(-103.972077f);  // below ln(2^-150): rounds to 0
+    const SK_V x_in = x;
+    // Clamp keeps n in [-150, 128]; 88.8 still overflows to +inf as it must (> ln FLT_MAX).
+    x = SK(vselect)(x > SK(vsplat)(88.8f), SK(vsplat)(88.8f), x);
+    x = SK(vselect)(x < SK(vsplat)(-104.0f), SK(vsplat)(-104.0f), x);
+
+    // n = round(x / ln2) by the 1.5·2^23 trick: adding it leaves n in the low mantissa bits.
+    const SK_V magic = SK(vsplat)(12582912.0f);
+    const SK_V t = SK_FMA(x, SK(vsplat)(1.44269504088896341f), magic);
+    const SK_V n = t - magic;
+    const SK_VI ni = (SK_VI)t - (SK_VI)magic;
+
+    SK_V r = SK_FMA(n, SK(vsplat)(-0.693359375f), x);
+    r = SK_FMA(n, SK(vsplat)(2.12194440e-4f), r);
+
+    SK_V p = SK(vsplat)(1.9875691500e-4f);
+    p = SK_FMA(p, r, SK(vsplat)(1.3981999507e-3f));
+    p = SK_FMA(p, r, SK(vsplat)(8.3334519073e-3f));
+    p = SK_FMA(p, r, SK(vsplat)(4.1665795894e-2f));
+    p = SK_FMA(p, r, SK(vsplat)(1.6666665459e-1f));
+    p = SK_FMA(p, r, SK(vsplat)(5.0000001201e-1f));
+    SK_V y = SK_FMA(p, r * r, r) + SK(vsplat)(1.0f);
+
+    // y · 2^n as y · 2^n1 · 2^n2 with n1 = floor(n/2): each factor is a normal float.
+    const SK_VI n1 = ni >> 1;
+    const SK_VI n2 = ni - n1;
+    const SK_V s1 = (SK_V)((n1 + SK(vsplati)(127)) << 23);
+    const SK_V s2 = (SK_V)((n2 + SK(vsplati)(127)) << 23);
+    y = y * s1 * s2;
+
+    y = SK(vselect)(underflow, (SK_V){0}, y);
+    return SK(vselect)(is_nan, x_in, y);
+}
+
+// Applies f to n values; the tail goes through a padded vector so every element gets the same
+// arithmetic whatever its position (results do not depend on how callers chunk the array).
+#define SK_MAP(f)                                                        \
+    int64_t i = 0;                                                       \
+    for (; i + SK_LANES <= n; i += SK_LANES)                             \
+        SK(vstore)(y + i, f(SK(vload)(x + i)));                          \
+    if (i < n) {                                                         \
+        _Alignas(64) float buf[SK_LANES] = {0};                          \
+        memcpy(buf, x + i, (size_t)(n - i) * sizeof(float));             \
+        SK(vstore)(buf, f(SK(vload)(buf)));                              \
+        memcpy(y + i, buf, (size_t)(n - i) * sizeof(float));             \
+    }
+
+static void SK(vexp)(const float *x, float *y, int64_t n) { SK_MAP(SK(vexp_core)) }
+
+SK_INLINE SK_V SK(silu_core)(SK_V x) {
+    const SK_V y = x / (SK(vsplat)(1.0f) + SK(vexp_core)(-x));
+    // -inf / (1 + inf) would be NaN; the limit is 0 (finite x below -88 already give -0).
+    return SK(vselect)(x == SK(vsplat)(-__builtin_inff()), (SK_V){0}, y);
+}
+
+static void SK(silu)(const float *x, float *y, int64_t n) { SK_MAP(SK(silu_core)) }
+
+#undef SK_MAP
+
+static void SK(softmax_rows)(const float *x, float *y, int64_t rows, int64_t cols) {
+    if (cols <= 0) return;
+    const int64_t full = cols - cols % SK_LANES;
+    const int64_t tail = cols - full;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float *yr = y + r * cols;
+        // Tail lanes padded with -inf: ignored by the max, exp(-inf) = 0 adds nothing.
+        _Alignas(64) float pad[SK_LANES];
+        for (int i = 0; i < SK_LANES; i++) pad[i] = -__builtin_inff();
+        memcpy(pad, xr + full, (size_t)tail * sizeof(float));
+
+        SK_V vmax = SK(vload)(pad);
+        for (int64_t c = 0; c < full; c += SK_LANES) {
+            const SK_V v = SK(vload)(xr + c);
+            vmax = SK(vselect)(v > vmax, v, vmax);
+        }
+        float m = vmax[0];
+        for (int i = 1; i < SK_LANES; i++) m = vmax[i] > m ? vmax[i] : m;
+        const SK_V vm = SK(vsplat)(m);
+
+        // Sum in double: with thousands of columns a float sum would cost ~1e-6 relative.
+        SK_VD sum = (SK_VD){0};
+        for (int64_t c = 0; c < full; c += SK_LANES) {
+            const SK_V e = SK(vexp_core)(SK(vload)(xr + c) - vm);
+            SK(vstore)(yr + c, e);
+            sum += __builtin_convertvector(e, SK_VD);
+        }
+        if (tail) {
+            const SK_V e = SK(vexp_core)(SK(vload)(pad) - vm);
+            SK(vstore)(pad, e);
+            memcpy(yr + full, pad, (size_t)tail * sizeof(float));
+            sum += __builtin_convertvector(e, SK_VD);
+        }
+        double total = 0;
+        for (int i = 0; i < SK_LANES; i++) total += sum[i];
+        const SK_V scale = SK(vsplat)((float)(1.0 / total));
+        for (int64_t c = 0; c < full; c += SK_LANES)
+            SK(vstore)(yr + c, SK(vload)(yr + c) * scale);
+        for (int64_t c = full; c < cols; c++) yr[c] = yr[c] * scale[0];
+    }
+}
+
+#undef SK_INLINE

@@ -1,0 +1,348 @@
+// CKernels: the innermost CPU kernels of the score engine (SGEMM, softmax, exp, SiLU).
+//
+// Why C, and why per-function target attributes
+// ----------------------------------------------
+// The engine must be one build that runs on any x86-64 machine and uses AVX-512 or AVX2+FMA
+// where the CPU has them. Swift has no per-function target attribute: without ISA flags it
+// turns each FMA into a libm call (<1 GFLOP/s), and ISA flags need `unsafeFlags`, which SwiftPM
+// refuses in a package used as a versioned dependency (and would build a binary that only runs
+// on CPUs like the build machine's). Clang's `__attribute__((target("...")))` lets one C file hold
+// an AVX-512, an AVX2+FMA and a portable copy of each kernel, all compiled without flags; here it
+// is applied to whole regions with `#pragma clang attribute push`. At run time the widest
+// variant the CPU supports is chosen once (`__builtin_cpu_init` + `__builtin_cpu_supports`, the
+// simdjson/xxhash pattern), capped by the environment variable SCORE_ISA=portable|avx2|avx512,
+// and switchable by tests with score_set_isa. On non-x86 targets only the portable variant is
+// built (clang's vector extensions become NEON on arm64).
+//
+// One source, several ISAs
+// ------------------------
+// The kernel bodies live once in kernel_template.h, written with clang/GCC vector extensions
+// (`float __attribute__((vector_size(...)))`), and are instantiated per ISA with different
+// lane counts, micro-tile and blocking sizes. The AVX-512 variant is also instantiated a second
+// time for an AVX2 target (score_set_isa_avx512_layout_on_avx2), so its tile/packing/edge logic is
+// tested even on machines without AVX-512; only the instruction selection differs.
+//
+// SGEMM design (BLIS/GotoBLAS)
+// ----------------------------
+// C is computed in NC-column × KC-deep × MC-row blocks. For each (NC, KC) block op(B) is packed
+// into NR-column panels (k-major, zero-padded), for each MC block op(A) into MR-row panels; the
+// micro-kernel keeps an MR×NR tile of C in registers (AVX2: 6×16 = 12 ymm accumulators; AVX-512:
+// 14×32 = 28 zmm accumulators; portable: 6×8 with 4-lane vectors) and performs one broadcast-FMA
+// per row and vector per k. Packing makes all four transpose combinations and any lda/ldb run the
+// same kernel with unit-stride loads. Edge tiles run the same kernel on a scratch tile, so each
+// element's value is one FMA chain over k that does not depend on its position: splitting C over
+// threads (done by the Swift layer, over M/N only) gives bitwise identical results.
+// beta == 0 never reads C; alpha == 0 or K == 0 only scales C (BLAS semantics).
+// Packing buffers are per thread (pthread key, freed at thread exit) and reused across calls.
+//
+// Measured (this repo's tools, `swift test -c release`, see the Kernels tests' benchmark; AMD
+// EPYC Zen 3 with AVX2+FMA, 2 cores, shared machine) — see BENCHMARKS in the commit log and the
+// numbers table in Sources/Kernels/Kernels.swift.
+#include "CKernels.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SCORE_X86 1
+#endif
+
+typedef float score_v4f __attribute__((vector_size(16)));
+typedef int32_t score_v4i __attribute__((vector_size(16)));
+typedef double score_v4d __attribute__((vector_size(32)));
+#ifdef SCORE_X86
+typedef float score_v8f __attribute__((vector_size(32)));
+typedef int32_t score_v8i __attribute__((vector_size(32)));
+typedef double score_v8d __attribute__((vector_size(64)));
+typedef float score_v16f __attribute__((vector_size(64)));
+typedef int32_t score_v16i __attribute__((vector_size(64)));
+typedef double score_v16d __attribute__((vector_size(128)));
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Per-thread packing buffers, grown on demand and freed when the thread exits. Reusing them
+// avoids a multi-megabyte malloc (and its page faults) on every GEMM call.
+
+typedef struct {
+    float *a, *b;
+    size_t a_cap, b_cap;  // in floats
+} score_pack_buffers_t;
+
+static pthread_key_t score_pack_key;
+static pthread_once_t score_pack_once = PTHREAD_ONCE_INIT;
+
+static void score_free_pack_buffers(void *p) {
+    score_pack_buffers_t *buf = p;
+    free(buf->a);
+    free(buf->b);
+    free(buf);
+}
+
+static void score_make_pack_key(void) { pthread_key_create(&score_pack_key, score_free_pack_buffers); }
+
+static float *score_grow(float *old, size_t *cap, size_t need) {
+    if (need <= *cap) return old;
+    free(old);
+    size_t bytes = (need * sizeof(float) + 63) & ~(size_t)63;
+    float *p = aligned_alloc(64, bytes);
+    if (!p) {
+        fprintf(stderr, "score CKernels: out of memory for a %zu-byte GEMM packing buffer\n", bytes);
+        abort();
+    }
+    *cap = need;
+    return p;
+}
+
+static void score__pack_buffers(size_t a_floats, size_t b_floats, float **a, float **b) {
+    pthread_once(&score_pack_once, score_make_pack_key);
+    score_pack_buffers_t *buf = pthread_getspecific(score_pack_key);
+    if (!buf) {
+        buf = calloc(1, sizeof *buf);
+        if (!buf) abort();
+        pthread_setspecific(score_pack_key, buf);
+    }
+    buf->a = score_grow(buf->a, &buf->a_cap, a_floats);
+    buf->b = score_grow(buf->b, &buf->b_cap, b_floats);
+    *a = buf->a;
+    *b = buf->b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instantiations. Blocking: KC·NR·4 bytes (one B panel) fits L1 with room for the A panel
+// stream; MC·KC·4 (the packed A block) fits L2; KC·NC·4 (the packed B block) stays in L2/L3.
+
+// Vector-typed helpers are always_inline and file-local, so no value ever crosses a real call
+// boundary; the ABI notes clang emits for wide vectors in narrower-target functions do not apply.
+#pragma clang diagnostic ignored "-Wpsabi"
+
+#define SK_FMA_PLAIN(a, b, c) ((a) * (b) + (c))
+#define SK_FMA_FUSED(a, b, c) __builtin_elementwise_fma((a), (b), (c))
+
+// Portable: 4-lane vectors (SSE2 on x86-64, NEON on arm64), 6×8 tile = 12 accumulators.
+#define SK(name) name##_portable
+#define SK_V score_v4f
+#define SK_VI score_v4i
+#define SK_VD score_v4d
+#define SK_LANES 4
+#define SK_MR 6
+#define SK_NR 8
+#define SK_MC 96
+#define SK_KC 256
+#define SK_NC 2048
+#define SK_FMA SK_FMA_PLAIN
+#include "kernel_template.h"
+#undef SK
+#undef SK_V
+#undef SK_VI
+#undef SK_VD
+#undef SK_LANES
+#undef SK_MR
+#undef SK_NR
+#undef SK_MC
+#undef SK_KC
+#undef SK_NC
+#undef SK_FMA
+
+#ifdef SCORE_X86
+
+// AVX2+FMA: 8-lane ymm, 6×16 tile = 12 accumulators + 2 B vectors + 1 broadcast of 16 ymm.
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#define SK(name) name##_avx2
+#define SK_V score_v8f
+#define SK_VI score_v8i
+#define SK_VD score_v8d
+#define SK_LANES 8
+#define SK_MR 6
+#define SK_NR 16
+#define SK_MC 144
+#define SK_KC 256
+#define SK_NC 4080
+#define SK_FMA SK_FMA_FUSED
+#include "kernel_template.h"
+#undef SK
+#undef SK_V
+#undef SK_VI
+#undef SK_VD
+#undef SK_LANES
+#undef SK_MR
+#undef SK_NR
+#undef SK_MC
+#undef SK_KC
+#undef SK_NC
+#undef SK_FMA
+#pragma clang attribute pop
+
+// AVX-512F: 16-lane zmm, 14×32 tile = 28 accumulators + 2 B vectors (+ broadcasts folded into
+// the FMAs' memory operands) of 32 zmm. Shared by the real and the AVX2-hosted instantiation.
+#define SCORE_AVX512_MR 14
+#define SCORE_AVX512_NR 32
+#define SCORE_AVX512_MC 140
+#define SCORE_AVX512_KC 384
+#define SCORE_AVX512_NC 4096
+
+#define SK_V score_v16f
+#define SK_VI score_v16i
+#define SK_VD score_v16d
+#define SK_LANES 16
+#define SK_MR SCORE_AVX512_MR
+#define SK_NR SCORE_AVX512_NR
+#define SK_MC SCORE_AVX512_MC
+#define SK_KC SCORE_AVX512_KC
+#define SK_NC SCORE_AVX512_NC
+#define SK_FMA SK_FMA_FUSED
+
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
+#define SK(name) name##_avx512
+#include "kernel_template.h"
+#undef SK
+#pragma clang attribute pop
+
+// The same AVX-512 code, compiled for AVX2 (each 16-lane op becomes two ymm ops): a test vehicle
+// for machines without AVX-512, never chosen by dispatch.
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#define SK(name) name##_avx512_on_avx2
+#include "kernel_template.h"
+#undef SK
+#pragma clang attribute pop
+
+#undef SK_V
+#undef SK_VI
+#undef SK_VD
+#undef SK_LANES
+#undef SK_MR
+#undef SK_NR
+#undef SK_MC
+#undef SK_KC
+#undef SK_NC
+#undef SK_FMA
+
+#endif  // SCORE_X86
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch.
+
+typedef void (*score_sgemm_fn)(int, int, int64_t, int64_t, int64_t, float, const float *,
+                               int64_t, const float *, int64_t, float, float *, int64_t);
+typedef void (*score_map_fn)(const float *, float *, int64_t);
+typedef void (*score_rows_fn)(const float *, float *, int64_t, int64_t);
+
+typedef struct {
+    const char *name;
+    score_isa isa;
+    int64_t mr, nr;
+    score_sgemm_fn sgemm;
+    score_rows_fn softmax_rows;
+    score_map_fn vexp, silu;
+} score_impl_t;
+
+static const score_impl_t score_impl_portable = {
+    "portable", SCORE_ISA_PORTABLE, 6, 8,
+    sgemm_portable, softmax_rows_portable, vexp_portable, silu_portable};
+#ifdef SCORE_X86
+static const score_impl_t score_impl_avx2 = {
+    "avx2", SCORE_ISA_AVX2, 6, 16, sgemm_avx2, softmax_rows_avx2, vexp_avx2, silu_avx2};
+static const score_impl_t score_impl_avx512 = {
+    "avx512", SCORE_ISA_AVX512, SCORE_AVX512_MR, SCORE_AVX512_NR,
+    sgemm_avx512, softmax_rows_avx512, vexp_avx512, silu_avx512};
+static const score_impl_t score_impl_avx512_on_avx2 = {
+    "avx512-layout-on-avx2", SCORE_ISA_AVX2, SCORE_AVX512_MR, SCORE_AVX512_NR,
+    sgemm_avx512_on_avx2, softmax_rows_avx512_on_avx2, vexp_avx512_on_avx2, silu_avx512_on_avx2};
+#endif
+
+static _Atomic(const score_impl_t *) score_impl = NULL;
+
+// The widest ISA this CPU (and OS: __builtin_cpu_supports checks XCR0 state) can run.
+static score_isa score_cpu_isa(void) {
+#ifdef SCORE_X86
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2 && __builtin_cpu_supports("avx512f")) return SCORE_ISA_AVX512;
+    if (avx2) return SCORE_ISA_AVX2;
+#endif
+    return SCORE_ISA_PORTABLE;
+}
+
+static const score_impl_t *score_impl_for(score_isa isa) {
+    const score_isa cpu = score_cpu_isa();
+    if (isa > cpu) isa = cpu;
+#ifdef SCORE_X86
+    if (isa == SCORE_ISA_AVX512) return &score_impl_avx512;
+    if (isa == SCORE_ISA_AVX2) return &score_impl_avx2;
+#endif
+    return &score_impl_portable;
+}
+
+static const score_impl_t *score_current(void) {
+    const score_impl_t *impl = atomic_load_explicit(&score_impl, memory_order_acquire);
+    if (impl) return impl;
+    score_isa cap = SCORE_ISA_AVX512;
+    const char *env = getenv("SCORE_ISA");
+    if (env) {
+        if (strcmp(env, "portable") == 0) cap = SCORE_ISA_PORTABLE;
+        else if (strcmp(env, "avx2") == 0) cap = SCORE_ISA_AVX2;
+    }
+    const score_impl_t *chosen = score_impl_for(cap);
+    const score_impl_t *expected = NULL;
+    // Two threads racing here compute the same answer; the first store wins.
+    if (!atomic_compare_exchange_strong(&score_impl, &expected, chosen)) return expected;
+    return chosen;
+}
+
+score_isa score_active_isa(void) { return score_current()->isa; }
+const char *score_active_isa_name(void) { return score_current()->name; }
+int64_t score_sgemm_mr(void) { return score_current()->mr; }
+int64_t score_sgemm_nr(void) { return score_current()->nr; }
+
+void score_set_isa(score_isa isa) {
+    atomic_store_explicit(&score_impl, score_impl_for(isa), memory_order_release);
+}
+
+int score_set_isa_avx512_layout_on_avx2(void) {
+#ifdef SCORE_X86
+    if (score_cpu_isa() >= SCORE_ISA_AVX2) {
+        atomic_store_explicit(&score_impl, &score_impl_avx512_on_avx2, memory_order_release);
+        return 1;
+    }
+#endif
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
+
+void score_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                 const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                 int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        // BLAS semantics: C = beta·C without touching A or B; beta == 0 clears NaNs too.
+        for (int64_t i = 0; i < M; i++) {
+            float *row = C + i * ldc;
+            if (beta == 0.0f) memset(row, 0, (size_t)N * sizeof(float));
+            else if (beta != 1.0f)
+                for (int64_t j = 0; j < N; j++) row[j] *= beta;
+        }
+        return;
+    }
+    score_current()->sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void score_softmax_rows(const float *x, float *y, int64_t rows, int64_t cols) {
+    if (rows > 0 && cols > 0) score_current()->softmax_rows(x, y, rows, cols);
+}
+
+void score_vexp(const float *x, float *y, int64_t n) {
+    if (n > 0) score_current()->vexp(x, y, n);
+}
+
+void score_silu(const float *x, float *y, int64_t n) {
+    if (n > 0) score_current()->silu(x, y, n);
+}
+
+static _Thread_local int score_parallel_flag;
+int score_thread_in_parallel(void) { return score_parallel_flag; }
+void score_thread_set_in_parallel(int on) { score_parallel_flag = on; }
