@@ -31,7 +31,7 @@ private struct AttentionMask {
 
 /// Softmax of rows in place; a row with every key masked becomes all zeros (attends to nothing).
 private func softmaxInPlace(_ s: UnsafeMutablePointer<Float>, rows: Int, keys: Int) {
-    Kernels.softmaxRows(s, s, rows: rows, cols: keys)
+    Kernels.softmaxRowsSerial(s, s, rows: rows, cols: keys)
     for r in 0..<rows where s[r * keys].isNaN {
         (s + r * keys).update(repeating: 0, count: keys)
     }

@@ -26,9 +26,9 @@ func gemm(_ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool =
         }
         let strideA = a.rank == 2 ? 0 : ar * ac
         let strideB = b.rank == 2 ? 0 : br * bc
-        Kernels.sgemmBatched(transA: transposeA, transB: transposeB, m: m, n: n, k: k, batch: batch,
+        Kernels.sgemmBatched(transA: transposeA, transB: transposeB, m: m, n: n, k: k,
                              a: pa, lda: ac, strideA: strideA, b: pb, ldb: bc, strideB: strideB,
-                             c: c, ldc: n, strideC: m * n)
+                             c: c, ldc: n, strideC: m * n, batchCount: batch)
     }
 }
 
