@@ -1,7 +1,8 @@
 /// Element types of the safetensors format. Raw values are the exact strings used in the header.
 ///
-/// The list matches the reference implementation's byte-sized types, so any file it writes opens here,
-/// even when this module cannot convert that type to `Float` or `Int64` (see `floats` / `int64s`).
+/// Covers the reference implementation's whole-byte types, so files using them open here even when
+/// this module cannot convert that type to `Float` or `Int64` (`withRawBytes` still reads them).
+/// The packed sub-byte types (F4, F6_*) are not supported and fail at open as an unknown dtype.
 public enum DType: String, CaseIterable, Sendable {
     case f64 = "F64"
     case f32 = "F32"
@@ -9,6 +10,9 @@ public enum DType: String, CaseIterable, Sendable {
     case bf16 = "BF16"
     case f8e5m2 = "F8_E5M2"
     case f8e4m3 = "F8_E4M3"
+    case f8e8m0 = "F8_E8M0"
+    /// Complex: two F32 (real, imaginary).
+    case c64 = "C64"
     case i64 = "I64"
     case i32 = "I32"
     case i16 = "I16"
@@ -22,10 +26,10 @@ public enum DType: String, CaseIterable, Sendable {
     /// Bytes per element.
     public var byteSize: Int {
         switch self {
-        case .f64, .i64, .u64: return 8
+        case .f64, .i64, .u64, .c64: return 8
         case .f32, .i32, .u32: return 4
         case .f16, .bf16, .i16, .u16: return 2
-        case .f8e5m2, .f8e4m3, .i8, .u8, .bool: return 1
+        case .f8e5m2, .f8e4m3, .f8e8m0, .i8, .u8, .bool: return 1
         }
     }
 

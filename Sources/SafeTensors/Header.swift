@@ -1,3 +1,12 @@
+// The safetensors layout, as defined by the reference implementation (Python/Rust `safetensors`):
+//
+//   [8 bytes]  N, the header length, little-endian UInt64
+//   [N bytes]  UTF-8 JSON: {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]},
+//                           ..., "__metadata__": {"key": "value"}}, optionally padded with spaces
+//   [rest]     the data buffer; data_offsets are relative to its first byte
+//
+// All numbers in the data buffer are little-endian, tensors are dense and row-major.
+
 /// The parsed and validated JSON header of one safetensors file.
 ///
 /// Validation is strict so that a corrupt or hostile file fails at open with a precise error

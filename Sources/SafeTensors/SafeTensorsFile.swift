@@ -1,17 +1,5 @@
 import Foundation
 
-/// What both a single file and a sharded checkpoint offer: named tensors and string metadata.
-public protocol TensorSource: AnyObject {
-    /// All tensor names, sorted.
-    var names: [String] { get }
-    var metadata: [String: String] { get }
-    func info(_ name: String) throws -> TensorInfo
-    /// The tensor's values as `Float` (from F32, F16, BF16 or F64), in row-major order.
-    func floats(_ name: String) throws -> [Float]
-    /// The tensor's values as `Int64` (from I64, I32, I16, I8, U32, U16, U8 or BOOL).
-    func int64s(_ name: String) throws -> [Int64]
-}
-
 /// One `.safetensors` file, memory-mapped read-only.
 ///
 /// Opening reads and validates only the header; tensor bytes are paged in when a tensor is read.

@@ -8,7 +8,7 @@ import Darwin
 #endif
 
 /// The values of a tensor to write, and how to store them.
-public enum TensorData {
+public enum TensorData: Sendable {
     /// Float values stored as F32, F16, BF16 (rounded to nearest, ties to even) or F64.
     case floats([Float], storedAs: DType = .f32)
     /// Integer values stored as I64.
@@ -34,7 +34,7 @@ public enum TensorData {
     }
 }
 
-public struct TensorToWrite {
+public struct TensorToWrite: Sendable {
     public var name: String
     public var shape: [Int]
     public var data: TensorData
