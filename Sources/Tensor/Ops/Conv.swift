@@ -13,6 +13,16 @@ struct ConvGeometry {
     /// Whether the column matrix is the image itself (1×1, stride 1, no padding).
     var isPointwise: Bool { kernelH == 1 && kernelW == 1 && stride == 1 && padding == 0 }
 
+    /// Output columns ox whose input column ox·stride − padding + kx lies inside the image.
+    @inline(__always)
+    func validColumns(kx: Int) -> Range<Int> {
+        let shift = kx - padding
+        // smallest ox with ox·stride + shift ≥ 0, and first ox with ox·stride + shift ≥ width
+        let lo = shift >= 0 ? 0 : (-shift + stride - 1) / stride
+        let hi = width - shift <= 0 ? 0 : min(outW, (width - shift + stride - 1) / stride)
+        return lo..<max(lo, hi)
+    }
+
     /// Unfolds one image [C, H, W] into columns [C·kh·kw, outH·outW].
     func im2col(_ image: UnsafePointer<Float>, into columns: UnsafeMutablePointer<Float>) {
         let outH = outH, outW = outW
@@ -21,22 +31,20 @@ struct ConvGeometry {
                 let kx = row % kernelW, ky = (row / kernelW) % kernelH, c = row / (kernelW * kernelH)
                 let plane = image + c * height * width
                 let dst = columns + row * outH * outW
+                let valid = validColumns(kx: kx)
+                let shift = kx - padding
                 for oy in 0..<outH {
                     let iy = oy * stride - padding + ky
                     let out = dst + oy * outW
                     if iy < 0 || iy >= height { out.update(repeating: 0, count: outW); continue }
-                    let line = plane + iy * width
+                    let line = plane + iy * width + shift
+                    if valid.lowerBound > 0 { out.update(repeating: 0, count: valid.lowerBound) }
                     if stride == 1 {
-                        for ox in 0..<outW {
-                            let ix = ox - padding + kx
-                            out[ox] = ix >= 0 && ix < width ? line[ix] : 0
-                        }
+                        (out + valid.lowerBound).update(from: line + valid.lowerBound, count: valid.count)
                     } else {
-                        for ox in 0..<outW {
-                            let ix = ox * stride - padding + kx
-                            out[ox] = ix >= 0 && ix < width ? line[ix] : 0
-                        }
+                        for ox in valid { out[ox] = line[ox * stride] }
                     }
+                    if valid.upperBound < outW { (out + valid.upperBound).update(repeating: 0, count: outW - valid.upperBound) }
                 }
             }
         }
@@ -52,14 +60,17 @@ struct ConvGeometry {
                 for ky in 0..<kernelH {
                     for kx in 0..<kernelW {
                         let src = columns + ((c * kernelH + ky) * kernelW + kx) * outH * outW
+                        let valid = validColumns(kx: kx)
+                        let shift = kx - padding
                         for oy in 0..<outH {
                             let iy = oy * stride - padding + ky
                             if iy < 0 || iy >= height { continue }
-                            let line = plane + iy * width
+                            let line = plane + iy * width + shift
                             let s = src + oy * outW
-                            for ox in 0..<outW {
-                                let ix = ox * stride - padding + kx
-                                if ix >= 0 && ix < width { line[ix] += s[ox] }
+                            if stride == 1 {
+                                for ox in valid { line[ox] += s[ox] }
+                            } else {
+                                for ox in valid { line[ox * stride] += s[ox] }
                             }
                         }
                     }
@@ -106,33 +117,65 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
         let pg = g.pointer
         let dx = x.isTracked ? Tensor.zeros(x.shape) : nil
         let dw = weight.isTracked ? Tensor.zeros(weight.shape) : nil
-        let dcols = (dx != nil && !geo.isPointwise) ? TensorStorage(uninitializedCount: geo.patchSize * spatial) : nil
-        for n in 0..<batch {
+        for n in 0..<batch where dw != nil {
             let gn = pg + n * outChannels * spatial
-            if let dw {
-                let image = px + n * imageSize
-                var cols = UnsafePointer(image)
-                if let columns { geo.im2col(image, into: columns.pointer); cols = UnsafePointer(columns.pointer) }
-                // dW += g_n · colsᵀ
-                Kernels.sgemm(transA: false, transB: true, m: outChannels, n: geo.patchSize, k: spatial,
-                              a: gn, lda: spatial, b: cols, ldb: spatial, beta: n == 0 ? 0 : 1,
-                              c: dw.pointer, ldc: geo.patchSize)
-            }
-            if let dx {
-                let target = dx.pointer + n * imageSize
-                // dcols = Wᵀ · g_n, folded back into the image.
-                if let dcols {
-                    Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
-                                  a: pw, lda: geo.patchSize, b: gn, ldb: spatial, c: dcols.pointer, ldc: spatial)
-                    geo.col2imAdd(dcols.pointer, into: target)
-                } else {
-                    Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
-                                  a: pw, lda: geo.patchSize, b: gn, ldb: spatial, c: target, ldc: spatial)
-                }
-            }
+            let image = px + n * imageSize
+            var cols = UnsafePointer(image)
+            if let columns { geo.im2col(image, into: columns.pointer); cols = UnsafePointer(columns.pointer) }
+            // dW += g_n · colsᵀ
+            Kernels.sgemm(transA: false, transB: true, m: outChannels, n: geo.patchSize, k: spatial,
+                          a: gn, lda: spatial, b: cols, ldb: spatial, beta: n == 0 ? 0 : 1,
+                          c: dw!.pointer, ldc: geo.patchSize)
         }
+        if let dx { convolutionInputGradient(g, weight: weight, geometry: geo, into: dx) }
         let db = bias.map { _ in g.sum(axes: [0, 2, 3]) }
         return [dx, dw, db]
+    }
+}
+
+/// dx of a convolution. With stride 1 it is itself a convolution of g with the flipped,
+/// channel-transposed kernel and padding k − 1 − p: im2col plus a GEMM with a long inner
+/// dimension (C_out·k²), much faster than the GEMM with inner dimension C_out plus col2im
+/// used for strided convolutions.
+private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo: ConvGeometry, into dx: Tensor) {
+    let (batch, outChannels) = (g.shape[0], g.shape[1])
+    let spatial = geo.outH * geo.outW, imageSize = geo.channels * geo.height * geo.width
+    let pg = g.pointer, pw = weight.pointer
+    if geo.isPointwise {
+        for n in 0..<batch {
+            Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
+                          a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
+                          c: dx.pointer + n * imageSize, ldc: spatial)
+        }
+        return
+    }
+    if geo.stride == 1 && geo.padding <= min(geo.kernelH, geo.kernelW) - 1 && geo.kernelH == geo.kernelW {
+        let k = geo.kernelH
+        let transposedGeometry = ConvGeometry(channels: outChannels, height: geo.outH, width: geo.outW,
+                                              kernelH: k, kernelW: k, stride: 1, padding: k - 1 - geo.padding)
+        // w'[c, o, i, j] = w[o, c, k−1−i, k−1−j]
+        let flipped = Tensor(shape: [geo.channels, outChannels, k, k]) { wt in
+            for o in 0..<outChannels { for c in 0..<geo.channels { for i in 0..<k { for j in 0..<k {
+                wt[((c * outChannels + o) * k + i) * k + j] = pw[((o * geo.channels + c) * k + (k - 1 - i)) * k + (k - 1 - j)]
+            } } } }
+        }
+        let columns = TensorStorage(uninitializedCount: transposedGeometry.patchSize * geo.height * geo.width)
+        for n in 0..<batch {
+            transposedGeometry.im2col(pg + n * outChannels * spatial, into: columns.pointer)
+            Kernels.sgemm(transA: false, transB: false, m: geo.channels, n: geo.height * geo.width,
+                          k: transposedGeometry.patchSize, a: flipped.pointer, lda: transposedGeometry.patchSize,
+                          b: columns.pointer, ldb: geo.height * geo.width,
+                          c: dx.pointer + n * imageSize, ldc: geo.height * geo.width)
+        }
+        return
+    }
+    let dcols = TensorStorage(uninitializedCount: geo.patchSize * spatial)
+    for n in 0..<batch {
+        // dcols = Wᵀ · g_n, folded back into the image.
+        Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
+                      a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
+                      c: dcols.pointer, ldc: spatial)
+        geo.col2imAdd(dcols.pointer, into: dx.pointer + n * imageSize)
     }
 }
 
