@@ -1,117 +1,146 @@
 import Foundation
+import Kernels
 
-// GroupNorm and LayerNorm, fused: statistics in Float64, one pass to normalise, and the
-// closed-form backward dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ·x̂)) with ĝ = g·γ.
+// GroupNorm and LayerNorm share one fused kernel. A "row" is the set of values normalised
+// together (a (sample, group) pair, or one token); each row holds `channelsPerRow` channels of
+// `spatial` contiguous values, and every channel has its own affine γ, β.
+//
+// Forward: two-pass statistics in Float64, then y = (x − μ)·rstd·γ + β in one write.
+// Backward: x̂ is recomputed from x, μ and rstd instead of being stored, and
+//   dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ·x̂)),  ĝ = g·γ,
+// with dγ, dβ accumulated per block of rows and summed in a fixed order, so the bits do not
+// depend on the thread count.
 
-/// Normalises each of `rows` contiguous rows of `length` values: x̂ = (x − μ)/√(σ² + ε).
-/// Returns x̂ and 1/√(σ² + ε) per row.
-private func standardizeRows(_ x: UnsafePointer<Float>, rows: Int, length: Int, eps: Float,
-                             into xhat: UnsafeMutablePointer<Float>) -> [Float] {
-    var rstd = [Float](repeating: 0, count: rows)
-    rstd.withUnsafeMutableBufferPointer { rs in
-        let rsp = rs.baseAddress!
-        parallelChunks(rows, grain: max(1, 8192 / max(length, 1))) { r in
-            for row in r {
-                let src = x + row * length, dst = xhat + row * length
-                var sum: Double = 0
-                for i in 0..<length { sum += Double(src[i]) }
-                let mean = sum / Double(length)
-                var sq: Double = 0
-                for i in 0..<length { let d = Double(src[i]) - mean; sq += d * d }
-                let inv = 1 / (sq / Double(length) + Double(eps)).squareRoot()
-                let m = Float(mean), s = Float(inv)
-                for i in 0..<length { dst[i] = (src[i] - m) * s }
-                rsp[row] = s
-            }
-        }
-    }
-    return rstd
+private struct NormLayout {
+    let rows: Int, channelsPerRow: Int, spatial: Int
+    /// Rows that share one partial-sum slot for dγ, dβ (a block is processed by one thread).
+    let rowsPerBlock: Int
+    /// Number of distinct channels (γ entries).
+    let channels: Int
+
+    var rowLength: Int { channelsPerRow * spatial }
+    var blocks: Int { (rows + rowsPerBlock - 1) / rowsPerBlock }
+    /// γ index of channel j of row r.
+    @inline(__always) func channel(row: Int, _ j: Int) -> Int { (row * channelsPerRow + j) % channels }
 }
 
-/// The shared backward of a row standardisation: given ĝ (the gradient w.r.t. x̂) returns dx.
-private func standardizeRowsBackward(_ ghat: UnsafePointer<Float>, _ xhat: UnsafePointer<Float>,
-                                     rstd: [Float], rows: Int, length: Int,
-                                     into dx: UnsafeMutablePointer<Float>) {
-    rstd.withUnsafeBufferPointer { rs in
-        let rsp = rs.baseAddress!
-        parallelChunks(rows, grain: max(1, 8192 / max(length, 1))) { r in
-            for row in r {
-                let gh = ghat + row * length, xh = xhat + row * length, d = dx + row * length
-                var sumG: Double = 0, sumGX: Double = 0
-                for i in 0..<length { sumG += Double(gh[i]); sumGX += Double(gh[i] * xh[i]) }
-                let meanG = Float(sumG / Double(length)), meanGX = Float(sumGX / Double(length))
-                let s = rsp[row]
-                for i in 0..<length { d[i] = s * (gh[i] - meanG - xh[i] * meanGX) }
+private func normForward(_ x: UnsafePointer<Float>, _ layout: NormLayout, eps: Float,
+                         gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?,
+                         y: UnsafeMutablePointer<Float>, mean: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>) {
+    let length = layout.rowLength, spatial = layout.spatial
+    parallelChunks(layout.rows, grain: max(1, 8192 / max(length, 1))) { r in
+        for row in r {
+            let src = x + row * length, dst = y + row * length
+            var sum: Double = 0
+            for i in 0..<length { sum += Double(src[i]) }
+            let mu = sum / Double(length)
+            var sq: Double = 0
+            for i in 0..<length { let d = Double(src[i]) - mu; sq += d * d }
+            let s = Float(1 / (sq / Double(length) + Double(eps)).squareRoot())
+            let m = Float(mu)
+            mean[row] = m
+            rstd[row] = s
+            for j in 0..<layout.channelsPerRow {
+                let c = layout.channel(row: row, j)
+                let scale = s * (gamma?[c] ?? 1), shift = (beta?[c] ?? 0) - m * scale
+                let xs = src + j * spatial, ys = dst + j * spatial
+                for i in 0..<spatial { ys[i] = xs[i] * scale + shift }
             }
         }
     }
+}
+
+/// Returns dx and (if γ/β exist) the per-channel dγ, dβ.
+private func normBackward(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ layout: NormLayout,
+                          gamma: UnsafePointer<Float>?, mean: [Float], rstd: [Float],
+                          dx: UnsafeMutablePointer<Float>) -> (dGamma: [Float], dBeta: [Float]) {
+    let length = layout.rowLength, spatial = layout.spatial, cpr = layout.channelsPerRow
+    var partialGamma = [Float](repeating: 0, count: layout.blocks * layout.channels)
+    var partialBeta = partialGamma
+    partialGamma.withUnsafeMutableBufferPointer { pgBuf in
+    partialBeta.withUnsafeMutableBufferPointer { pbBuf in
+        let pGamma = pgBuf.baseAddress!, pBeta = pbBuf.baseAddress!
+        Kernels.parallelFor(layout.blocks) { block in
+            let slotGamma = pGamma + block * layout.channels, slotBeta = pBeta + block * layout.channels
+            for row in (block * layout.rowsPerBlock)..<min(layout.rows, (block + 1) * layout.rowsPerBlock) {
+                let xs = x + row * length, gs = g + row * length, d = dx + row * length
+                let m = mean[row], s = rstd[row]
+                var sumG: Double = 0, sumGX: Double = 0
+                for j in 0..<cpr {
+                    let c = layout.channel(row: row, j)
+                    let w = gamma?[c] ?? 1
+                    var channelG: Float = 0, channelGX: Float = 0
+                    for i in (j * spatial)..<((j + 1) * spatial) {
+                        let xhat = (xs[i] - m) * s
+                        channelG += gs[i]
+                        channelGX += gs[i] * xhat
+                    }
+                    slotGamma[c] += channelGX
+                    slotBeta[c] += channelG
+                    sumG += Double(channelG * w)
+                    sumGX += Double(channelGX * w)
+                }
+                let meanG = Float(sumG / Double(length)), meanGX = Float(sumGX / Double(length))
+                for j in 0..<cpr {
+                    let w = gamma?[layout.channel(row: row, j)] ?? 1
+                    for i in (j * spatial)..<((j + 1) * spatial) {
+                        let xhat = (xs[i] - m) * s
+                        d[i] = s * (gs[i] * w - meanG - xhat * meanGX)
+                    }
+                }
+            }
+        }
+    } }
+    var dGamma = [Float](repeating: 0, count: layout.channels), dBeta = dGamma
+    for block in 0..<layout.blocks {
+        for c in 0..<layout.channels {
+            dGamma[c] += partialGamma[block * layout.channels + c]
+            dBeta[c] += partialBeta[block * layout.channels + c]
+        }
+    }
+    return (dGamma, dBeta)
 }
 
 extension Tensor {
+    /// Shared driver: normalise with `layout`, record the fused backward.
+    private func normalized(_ layout: NormLayout, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
+        var mean = [Float](repeating: 0, count: layout.rows), rstd = mean
+        let px = pointer
+        let y = Tensor(shape: shape) { out in
+            mean.withUnsafeMutableBufferPointer { m in
+                rstd.withUnsafeMutableBufferPointer { r in
+                    normForward(px, layout, eps: eps, gamma: weight?.pointer, beta: bias?.pointer,
+                                y: out, mean: m.baseAddress!, rstd: r.baseAddress!)
+                }
+            }
+        }
+        let inputs = [self] + [weight, bias].compactMap { $0 }
+        return y.recording(inputs) { g in
+            let dx = Tensor(shape: self.shape) { _ in }
+            let (dGamma, dBeta) = normBackward(g.pointer, px, layout, gamma: weight?.pointer,
+                                               mean: mean, rstd: rstd, dx: dx.pointer)
+            var grads: [Tensor?] = [dx]
+            if let weight { grads.append(Tensor(shape: weight.shape, scalars: dGamma)) }
+            if let bias { grads.append(Tensor(shape: bias.shape, scalars: dBeta)) }
+            return grads
+        }
+    }
+
     /// Group normalisation of [N, C, …] over `groups` channel groups, with per-channel affine.
     public func groupNorm(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float = 1e-5) -> Tensor {
         precondition(rank >= 2, "groupNorm needs [N, C, …], got \(shape)")
         let (batch, channels) = (shape[0], shape[1])
         precondition(channels % groups == 0, "groupNorm: \(channels) channels not divisible into \(groups) groups")
-        let spatial = count / (batch * channels)
-        let rows = batch * groups, length = count / rows
-        let xhat = Tensor(shape: shape) { _ in }
-        let rstd = standardizeRows(pointer, rows: rows, length: length, eps: eps, into: xhat.pointer)
-        let y = applyChannelAffine(xhat, weight: weight, bias: bias, channels: channels, spatial: spatial)
-        let inputs = [self] + [weight, bias].compactMap { $0 }
-        return y.recording(inputs) { g in
-            let ghat = weight.map { w in scaleChannels(g, by: w, channels: channels, spatial: spatial) } ?? g
-            let dx = Tensor(shape: self.shape) { d in
-                standardizeRowsBackward(ghat.pointer, xhat.pointer, rstd: rstd, rows: rows, length: length, into: d)
-            }
-            let reduceAxes = [0] + Array(2..<self.rank)
-            var grads: [Tensor?] = [dx]
-            if let weight { grads.append((g * xhat).sum(axes: reduceAxes).reshaped(weight.shape)) }
-            if let bias { grads.append(g.sum(axes: reduceAxes).reshaped(bias.shape)) }
-            return grads
-        }
+        let layout = NormLayout(rows: batch * groups, channelsPerRow: channels / groups,
+                                spatial: count / max(batch * channels, 1), rowsPerBlock: groups, channels: channels)
+        return normalized(layout, weight: weight, bias: bias, eps: eps)
     }
 
     /// Layer normalisation over the last axis, with elementwise affine over that axis.
     public func layerNorm(weight: Tensor?, bias: Tensor?, eps: Float = 1e-5) -> Tensor {
         let length = shape.last ?? 1
-        let rows = count / max(length, 1)
-        let xhat = Tensor(shape: shape) { _ in }
-        let rstd = standardizeRows(pointer, rows: rows, length: length, eps: eps, into: xhat.pointer)
-        var y = xhat
-        if let weight { y = y * weight.detached() }
-        if let bias { y = y + bias.detached() }
-        let inputs = [self] + [weight, bias].compactMap { $0 }
-        return y.detached().recording(inputs) { g in
-            let ghat = weight.map { g * $0 } ?? g
-            let dx = Tensor(shape: self.shape) { d in
-                standardizeRowsBackward(ghat.pointer, xhat.pointer, rstd: rstd, rows: rows, length: length, into: d)
-            }
-            let rowAxes = Array(0..<(self.rank - 1))
-            var grads: [Tensor?] = [dx]
-            if let weight { grads.append((g * xhat).sum(axes: rowAxes).reshaped(weight.shape)) }
-            if let bias { grads.append(g.sum(axes: rowAxes).reshaped(bias.shape)) }
-            return grads
-        }
+        let layout = NormLayout(rows: count / max(length, 1), channelsPerRow: length, spatial: 1,
+                                rowsPerBlock: 32, channels: length)
+        return normalized(layout, weight: weight, bias: bias, eps: eps)
     }
-}
-
-/// y[n, c, s] = x[n, c, s] · w[c] (+ b[c]), untracked.
-private func applyChannelAffine(_ x: Tensor, weight: Tensor?, bias: Tensor?, channels: Int, spatial: Int) -> Tensor {
-    guard weight != nil || bias != nil else { return x }
-    let px = x.pointer, pw = weight?.pointer, pb = bias?.pointer
-    return Tensor(shape: x.shape) { y in
-        parallelChunks(x.count / spatial, grain: max(1, 8192 / spatial)) { r in
-            for plane in r {
-                let c = plane % channels
-                let w = pw?[c] ?? 1, b = pb?[c] ?? 0
-                let s = px + plane * spatial, d = y + plane * spatial
-                for i in 0..<spatial { d[i] = s[i] * w + b }
-            }
-        }
-    }
-}
-
-private func scaleChannels(_ x: Tensor, by weight: Tensor, channels: Int, spatial: Int) -> Tensor {
-    applyChannelAffine(x, weight: weight, bias: nil, channels: channels, spatial: spatial)
 }
