@@ -117,6 +117,23 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
+    func testAttentionBackwardIsTheSameWithAndWithoutCachedProbabilities() {
+        func gradients() -> [Float] {
+            var g = RandomGenerator(seed: 3)
+            let q = g.normal([2, 2, 37, 8]), k = g.normal([2, 2, 29, 8]), v = g.normal([2, 2, 29, 5])
+            for t in [q, k, v] { t.requiresGrad = true }
+            let mask = Tensor(shape: [2, 1, 1, 29], scalars: (0..<58).map { $0 % 7 == 3 ? 0 : 1 })
+            scaledDotProductAttention(q, k, v, mask: mask, queryChunk: 16).square().sum().backward()
+            return q.grad!.scalars + k.grad!.scalars + v.grad!.scalars
+        }
+        let saved = maxCachedAttentionProbabilities
+        defer { maxCachedAttentionProbabilities = saved }
+        maxCachedAttentionProbabilities = 0
+        let recomputed = gradients()
+        maxCachedAttentionProbabilities = 1 << 30
+        XCTAssertEqual(recomputed, gradients())
+    }
+
     func testViewsAndLosses() {
         checkGradients("permute", [randn([2, 3, 4])]) { $0[0].permuted([2, 0, 1]) }
         checkGradients("slice", [randn([4, 6])]) { $0[0].sliced([1..<3, 2..<5]) }

@@ -37,6 +37,10 @@ private func softmaxInPlace(_ s: UnsafeMutablePointer<Float>, rows: Int, keys: I
     }
 }
 
+/// Attention probabilities up to this many floats (256 MiB) are kept from the forward pass for
+/// the backward pass; larger ones (SD's 4,096-token self-attention) are recomputed.
+public nonisolated(unsafe) var maxCachedAttentionProbabilities = 64 << 20
+
 /// softmax(q·kᵀ·scale + mask)·v for q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv].
 /// `mask` broadcasts to [B, H, Nq, Nk]; nonzero entries may be attended to.
 public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mask: Tensor? = nil,
@@ -61,12 +65,19 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mas
         softmaxInPlace(scores, rows: rows, keys: keys)
     }
 
+    // Keep the probabilities for the backward pass when they are small enough; otherwise the
+    // backward pass recomputes them chunk by chunk.
+    let recording = GradMode.isEnabled && (q.isTracked || k.isTracked || v.isTracked)
+    let cached = recording && batch * heads * queries * keys <= maxCachedAttentionProbabilities
+        ? TensorStorage(uninitializedCount: batch * heads * queries * keys) : nil
+
     let out = Tensor(shape: [batch, heads, queries, valueDepth]) { po in
         Kernels.parallelFor(batch * heads * chunksPerHead) { item in
             let bh = item / chunksPerHead, first = (item % chunksPerHead) * chunk
             let rows = min(chunk, queries - first)
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: rows * keys)
-            defer { scores.deallocate() }
+            let scratch = cached == nil ? UnsafeMutablePointer<Float>.allocate(capacity: rows * keys) : nil
+            defer { scratch?.deallocate() }
+            let scores = scratch ?? cached!.pointer + (bh * queries + first) * keys
             probabilities(bh: bh, first: first, rows: rows, into: scores)
             Kernels.sgemmSerial(transA: false, transB: false, m: rows, n: valueDepth, k: keys,
                                 a: scores, lda: keys, b: pv + bh * keys * valueDepth, ldb: valueDepth,
@@ -81,12 +92,18 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mas
         // Keys and values of one (batch, head) collect gradients from all its query chunks,
         // so threads split over (batch, head) pairs, not chunks.
         Kernels.parallelFor(batch * heads) { bh in
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: chunk * keys)
+            let scratch = cached == nil ? UnsafeMutablePointer<Float>.allocate(capacity: chunk * keys) : nil
             let dp = UnsafeMutablePointer<Float>.allocate(capacity: chunk * keys)
-            defer { p.deallocate(); dp.deallocate() }
+            defer { scratch?.deallocate(); dp.deallocate() }
             for c in 0..<chunksPerHead {
                 let first = c * chunk, rows = min(chunk, queries - first)
-                probabilities(bh: bh, first: first, rows: rows, into: p)
+                let p: UnsafeMutablePointer<Float>
+                if let cached {
+                    p = cached.pointer + (bh * queries + first) * keys
+                } else {
+                    p = scratch!
+                    probabilities(bh: bh, first: first, rows: rows, into: p)
+                }
                 let gChunk = pg + (bh * queries + first) * valueDepth
                 let oChunk = po + (bh * queries + first) * valueDepth
                 // dv += pᵀ · g
