@@ -131,8 +131,16 @@ public func / (a: Tensor, s: Float) -> Tensor { a * (1 / s) }
 // MARK: Unary ops
 
 extension Tensor {
+    /// Applies a vectorised C kernel chunk by chunk into a new, untracked tensor.
+    func mapKernel(_ kernel: (UnsafePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void) -> Tensor {
+        let x = pointer
+        return Tensor(shape: shape) { y in
+            parallelChunks(count) { r in kernel(x + r.lowerBound, y + r.lowerBound, r.count) }
+        }
+    }
+
     public func exp() -> Tensor {
-        let y = map { Foundation.exp($0) }
+        let y = mapKernel { Kernels.expSerial($0, $1, count: $2) }
         return y.recording([self]) { g in [g * y] }
     }
 
@@ -175,7 +183,7 @@ extension Tensor {
 
     /// x · σ(x), the SiLU / swish activation used throughout the UNet.
     public func silu() -> Tensor {
-        map { $0 / (1 + Foundation.exp(-$0)) }.recording([self]) { g in
+        mapKernel { Kernels.siluSerial($0, $1, count: $2) }.recording([self]) { g in
             [g.zipMap(self) { g, x in
                 let s = 1 / (1 + Foundation.exp(-x))
                 return g * s * (1 + x * (1 - s))
