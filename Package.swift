@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "Diffusion", dependencies: ["NN", "Tensor", "SafeTensors"]),
         // The CPU testbed: Fashion-MNIST + all-MiniLM-L6-v2 assets, datasets, prompts, training
         // of the embedded mini-SD and its judges.
-        .target(name: "Testbed", dependencies: ["Diffusion", "NN", "Tensor", "CZlib"],
+        .target(name: "Testbed", dependencies: ["Diffusion", "NN", "Tensor", "Kernels", "CZlib"],
                 resources: [.copy("Resources")]),
         // Speed and memory measurements behind `score bench`.
         .target(name: "Benchmarks", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"]),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Benchmarks
 import Foundation
 import Kernels
+import Tensor
 import Testbed
 
 @main
@@ -9,7 +10,7 @@ struct Score: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
-        subcommands: [AssetsCommand.self, Bench.self])
+        subcommands: [AssetsCommand.self, Train.self, Bench.self])
 }
 
 /// Options every compute-heavy command shares.
@@ -79,5 +80,45 @@ struct AssetsCommand: ParsableCommand {
         let assets = Assets(cache: cache.map { URL(fileURLWithPath: $0) }, log: { print("… \($0)") })
         print("Fashion-MNIST:    \(try assets.fashionMNIST().path)")
         print("all-MiniLM-L6-v2: \(try assets.miniLM().path)")
+    }
+}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train the testbed's models on Fashion-MNIST.",
+        subcommands: [JudgeCommand.self])
+
+    struct JudgeCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "judge", abstract: "Train a concept classifier (judge) and report its test accuracy.")
+
+        @Option(help: "Architecture: cnn or mlp.") var arch = "cnn"
+        @Option(help: "Optimizer steps.") var steps = 1500
+        @Option(help: "Images per step.") var batch = 128
+        @Option(help: "Peak learning rate (cosine schedule).") var lr: Float = 2e-3
+        @Option(help: "Random seed.") var seed: UInt64 = 0
+        @Option(help: "Checkpoint every N steps.") var checkpointEvery = 500
+        @Option(help: "Output folder.") var out = "runs/judges"
+        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @OptionGroup var compute: ComputeOptions
+
+        func run() throws {
+            try compute.apply()
+            var options = JudgeTrainingOptions(output: URL(fileURLWithPath: out).appendingPathComponent(arch))
+            options.architecture = arch
+            options.steps = steps
+            options.batchSize = batch
+            options.learningRate = lr
+            options.seed = seed
+            options.checkpointEvery = checkpointEvery
+            options.resume = resume
+            options.command = CommandLine.arguments.joined(separator: " ")
+            let data = try FashionMNIST(assets: Assets(log: { print("… \($0)") }))
+            let (judge, record) = try trainJudge(options, data: data) { print($0) }
+            let weights = options.output.appendingPathComponent("judge-\(arch).safetensors")
+            try Tensor.save(judge.stateDict(), to: weights)
+            try record.write(to: options.output.appendingPathComponent("judge-\(arch).json"))
+            print("wrote \(weights.path)")
+        }
     }
 }
