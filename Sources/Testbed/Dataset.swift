@@ -8,6 +8,12 @@ public struct FashionMNIST {
     /// SHA-256 of the four source files, for training records.
     public let digests: [String: String]
 
+    public init(train: LabelledImages, test: LabelledImages, digests: [String: String] = [:]) {
+        self.train = train
+        self.test = test
+        self.digests = digests
+    }
+
     public init(assets: Assets) throws {
         let folder = try assets.fashionMNIST()
         func split(_ prefix: String) throws -> LabelledImages {

@@ -68,6 +68,14 @@ public struct LabelledImages {
         (height, width) = (images.dimensions[1], images.dimensions[2])
     }
 
+    /// Images from raw bytes (row-major, `height`×`width` each) and their labels.
+    public init(images: [UInt8], labels: [Int], height: Int, width: Int) {
+        precondition(images.count == labels.count * height * width, "\(images.count) pixels for \(labels.count) images")
+        self.images = images
+        self.labels = labels
+        (self.height, self.width) = (height, width)
+    }
+
     public init(imagesURL: URL, labelsURL: URL) throws {
         try self.init(images: IDXArray(contentsOf: imagesURL), labels: IDXArray(contentsOf: labelsURL),
                       imagesFile: imagesURL.path, labelsFile: labelsURL.path)

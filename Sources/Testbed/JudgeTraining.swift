@@ -42,6 +42,8 @@ public struct JudgeTrainingOptions {
     public var checkpointEvery = 500
     public var output: URL
     public var resume = false
+    /// Stop (after checkpointing) once this step is reached, as if killed; for tests.
+    public var stopAfter: Int?
     public var command = ""
 
     public init(output: URL) { self.output = output }
@@ -93,9 +95,10 @@ public func trainJudge(_ options: JudgeTrainingOptions, data: FashionMNIST, log:
         state.step += 1
         state.losses.append(loss.item)
         progress.report(step: state.step, firstStep: firstStep, items: (state.step - firstStep) * options.batchSize, values: [("loss", loss.item)])
-        if state.step % options.checkpointEvery == 0 || state.step == options.steps {
+        if state.step % options.checkpointEvery == 0 || state.step == options.steps || state.step == options.stopAfter {
             try state.save(to: checkpointURL, model: judge, optimizer: optimizer)
         }
+        if state.step == options.stopAfter { break }
     }
     let wall = Date().timeIntervalSince(start)
     let accuracy = judgeAccuracy(judge, on: data.test)
