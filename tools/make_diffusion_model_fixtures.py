@@ -23,6 +23,11 @@ Fixtures:
   vae        AutoencoderKL with two DownEncoderBlock2D / UpDecoderBlock2D, image 12x16,
              latent 6x8. Weights stored as F32.
 
+real_configs/<name>.json (no weights): the configs of the real SD 1.5 UNet, SD 2.1 UNet and SD
+VAE as diffusers writes them, with every parameter's name and shape ({"config": ..., "parameters":
+{name: shape}}), from models built on the meta device. The Swift tests check that the same
+configs build models with exactly these names and shapes.
+
 Every parameter is randomised (norm weights around 1, norm biases around 0, so that a swapped
 or missing affine parameter shows). The reference is computed in float64 (model.double()) from
 exactly the stored weights (the F16 ones rounded first) and the stored float32 inputs; everything
@@ -210,6 +215,37 @@ def make_vae(name, config, out_dir, image_hw, seed=0):
     return folder
 
 
+# The published configs (stable-diffusion-v1-5 unet, stable-diffusion-2-1 unet, the SD VAE).
+REAL_UNET_SD15 = dict(
+    sample_size=64, in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5,
+    flip_sin_to_cos=True, freq_shift=0, act_fn="silu", downsample_padding=1, mid_block_scale_factor=1,
+)
+REAL_UNET_SD21 = dict(REAL_UNET_SD15, sample_size=96, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
+                      use_linear_projection=True, upcast_attention=True)
+REAL_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    norm_num_groups=32, sample_size=512, act_fn="silu",
+)
+
+
+def write_real_config(name, cls, config, out_dir):
+    with torch.device("meta"):
+        model = cls(**config)
+    folder = os.path.join(out_dir, "real_configs")
+    os.makedirs(folder, exist_ok=True)
+    record = {"config": json.loads(model.to_json_string()),
+              "parameters": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    path = os.path.join(folder, name + ".json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=None, separators=(",", ":"), sort_keys=True)
+        f.write("\n")
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out-dir", default=DEFAULT_OUT)
@@ -220,6 +256,11 @@ def main():
                   mask=[[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]], seed=2),
         make_vae("vae", VAE, args.out_dir, image_hw=(12, 16), seed=3),
     ]
+    for name, cls, config in [("sd15_unet", UNet2DConditionModel, REAL_UNET_SD15),
+                              ("sd21_unet", UNet2DConditionModel, REAL_UNET_SD21),
+                              ("sd_vae", AutoencoderKL, REAL_VAE)]:
+        write_real_config(name, cls, config, args.out_dir)
+    folders.append(os.path.join(args.out_dir, "real_configs"))
     total = 0
     for folder in folders:
         size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
