@@ -209,6 +209,10 @@ final class UNetParityTests: XCTestCase {
 
         let noMid = try JSONDecoder().decode(UNet2DConditionConfig.self, from: Data(#"{"mid_block_type": null}"#.utf8))
         XCTAssertNil(noMid.midBlockType)
+        XCTAssertEqual(try JSONDecoder().decode(UNet2DConditionConfig.self, from: JSONEncoder().encode(noMid)), noMid)
+        // The fixture's config.json, as diffusers wrote it, survives a round trip.
+        let written = try UNet2DConditionConfig(contentsOf: Fixtures.folder("unet_sd2").appendingPathComponent("config.json"))
+        XCTAssertEqual(try JSONDecoder().decode(UNet2DConditionConfig.self, from: JSONEncoder().encode(written)), written)
     }
 
     func testUnsupportedConfigFieldsAreNamed() throws {

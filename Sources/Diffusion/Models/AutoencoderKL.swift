@@ -86,6 +86,29 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
         midBlockAddAttention = try c.value(.midBlockAddAttention, or: d.midBlockAddAttention)
     }
 
+    /// Writes every field under its diffusers name, absent values as null (as diffusers does).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(inChannels, forKey: .inChannels)
+        try c.encode(outChannels, forKey: .outChannels)
+        try c.encode(downBlockTypes, forKey: .downBlockTypes)
+        try c.encode(upBlockTypes, forKey: .upBlockTypes)
+        try c.encode(blockOutChannels, forKey: .blockOutChannels)
+        try c.encode(layersPerBlock, forKey: .layersPerBlock)
+        try c.encode(actFn, forKey: .actFn)
+        try c.encode(latentChannels, forKey: .latentChannels)
+        try c.encode(normNumGroups, forKey: .normNumGroups)
+        try c.encode(sampleSize, forKey: .sampleSize)
+        try c.encode(scalingFactor, forKey: .scalingFactor)
+        try c.encode(shiftFactor, forKey: .shiftFactor)
+        try c.encode(latentsMean, forKey: .latentsMean)
+        try c.encode(latentsStd, forKey: .latentsStd)
+        try c.encode(forceUpcast, forKey: .forceUpcast)
+        try c.encode(useQuantConv, forKey: .useQuantConv)
+        try c.encode(usePostQuantConv, forKey: .usePostQuantConv)
+        try c.encode(midBlockAddAttention, forKey: .midBlockAddAttention)
+    }
+
     /// Reads `config.json` (of a diffusers `vae/` folder).
     public init(contentsOf url: URL) throws {
         self = try readConfig(AutoencoderKLConfig.self, from: url)

@@ -187,6 +187,56 @@ public struct UNet2DConditionConfig: Codable, Equatable, Sendable {
         crossAttentionNorm = try c.decodeIfPresent(String.self, forKey: .crossAttentionNorm)
     }
 
+    /// Writes every field under its diffusers name, absent values as null (as diffusers does).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(sampleSize, forKey: .sampleSize)
+        try c.encode(inChannels, forKey: .inChannels)
+        try c.encode(outChannels, forKey: .outChannels)
+        try c.encode(centerInputSample, forKey: .centerInputSample)
+        try c.encode(flipSinToCos, forKey: .flipSinToCos)
+        try c.encode(freqShift, forKey: .freqShift)
+        try c.encode(downBlockTypes, forKey: .downBlockTypes)
+        try c.encode(midBlockType, forKey: .midBlockType)
+        try c.encode(upBlockTypes, forKey: .upBlockTypes)
+        try c.encode(onlyCrossAttention, forKey: .onlyCrossAttention)
+        try c.encode(blockOutChannels, forKey: .blockOutChannels)
+        try c.encode(layersPerBlock, forKey: .layersPerBlock)
+        try c.encode(downsamplePadding, forKey: .downsamplePadding)
+        try c.encode(midBlockScaleFactor, forKey: .midBlockScaleFactor)
+        try c.encode(dropout, forKey: .dropout)
+        try c.encode(actFn, forKey: .actFn)
+        try c.encode(normNumGroups, forKey: .normNumGroups)
+        try c.encode(normEps, forKey: .normEps)
+        try c.encode(crossAttentionDim, forKey: .crossAttentionDim)
+        try c.encode(transformerLayersPerBlock, forKey: .transformerLayersPerBlock)
+        try c.encode(reverseTransformerLayersPerBlock, forKey: .reverseTransformerLayersPerBlock)
+        try c.encode(attentionHeadDim, forKey: .attentionHeadDim)
+        try c.encode(numAttentionHeads, forKey: .numAttentionHeads)
+        try c.encode(dualCrossAttention, forKey: .dualCrossAttention)
+        try c.encode(useLinearProjection, forKey: .useLinearProjection)
+        try c.encode(upcastAttention, forKey: .upcastAttention)
+        try c.encode(resnetTimeScaleShift, forKey: .resnetTimeScaleShift)
+        try c.encode(resnetSkipTimeAct, forKey: .resnetSkipTimeAct)
+        try c.encode(resnetOutScaleFactor, forKey: .resnetOutScaleFactor)
+        try c.encode(timeEmbeddingType, forKey: .timeEmbeddingType)
+        try c.encode(timeEmbeddingDim, forKey: .timeEmbeddingDim)
+        try c.encode(timeEmbeddingActFn, forKey: .timeEmbeddingActFn)
+        try c.encode(timestepPostAct, forKey: .timestepPostAct)
+        try c.encode(timeCondProjDim, forKey: .timeCondProjDim)
+        try c.encode(convInKernel, forKey: .convInKernel)
+        try c.encode(convOutKernel, forKey: .convOutKernel)
+        try c.encode(classEmbedType, forKey: .classEmbedType)
+        try c.encode(numClassEmbeds, forKey: .numClassEmbeds)
+        try c.encode(additionEmbedType, forKey: .additionEmbedType)
+        try c.encode(encoderHidDimType, forKey: .encoderHidDimType)
+        try c.encode(encoderHidDim, forKey: .encoderHidDim)
+        try c.encode(attentionType, forKey: .attentionType)
+        try c.encode(classEmbeddingsConcat, forKey: .classEmbeddingsConcat)
+        try c.encode(midBlockOnlyCrossAttention, forKey: .midBlockOnlyCrossAttention)
+        try c.encode(crossAttentionNorm, forKey: .crossAttentionNorm)
+    }
+
     /// Reads `config.json` (of a diffusers `unet/` folder).
     public init(contentsOf url: URL) throws {
         self = try readConfig(UNet2DConditionConfig.self, from: url)
@@ -302,6 +352,12 @@ public struct UNetConditioning {
     public let context: Tensor
     /// Broadcastable to [B, heads, N, M] (nonzero = may attend), or nil.
     public let contextMask: Tensor?
+
+    public init(temb: Tensor, context: Tensor, contextMask: Tensor? = nil) {
+        self.temb = temb
+        self.context = context
+        self.contextMask = contextMask
+    }
 }
 
 /// A down block: returns the downsampled output and the states kept for the skip connections.
