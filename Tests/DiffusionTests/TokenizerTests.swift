@@ -1,0 +1,142 @@
+import Foundation
+import XCTest
+@testable import Diffusion
+
+/// Tokenizer ids against transformers (tools/make_text_fixtures.py), exact.
+final class TokenizerTests: XCTestCase {
+    func checkCases(_ set: TextFixtures.TokenizerSet, name: String, expected: (TextFixtures.TokenizerCase) -> [Int],
+                    encode: (String) -> TokenizedBatch, full: ((String) -> [Int])? = nil, checkMask: Bool = true) {
+        XCTAssertGreaterThanOrEqual(set.cases.count, 20)
+        for c in set.cases {
+            let batch = encode(c.text)
+            XCTAssertEqual(batch.inputIds, [expected(c)], "\(name): ids of \(c.text.debugDescription), tokens \(c.tokens)")
+            if checkMask {
+                XCTAssertEqual(batch.attentionMask, [c.attention_mask], "\(name): mask of \(c.text.debugDescription)")
+            }
+            if let full {
+                XCTAssertEqual(full(c.text), c.full_ids, "\(name): untruncated ids of \(c.text.debugDescription)")
+            }
+        }
+    }
+
+    func testCLIPTokenizerFromFolderMatchesTransformers() throws {
+        for tag in ["sd1", "sd2"] {
+            let set = TextFixtures.index.clip_tokenizers[tag]!
+            let tokenizer = try CLIPTokenizer(directory: TextFixtures.url("clip_\(tag)/tokenizer"))
+            XCTAssertEqual(tokenizer.padToken.id, set.pad_token_id)
+            XCTAssertEqual(tokenizer.padToken.content, set.pad_token)
+            XCTAssertEqual(tokenizer.maxLength, 77)
+            checkCases(set, name: "CLIP \(tag) folder", expected: { $0.input_ids }, encode: { tokenizer([$0]) },
+                       full: { [tokenizer.bosToken.id] + tokenizer.encode($0) + [tokenizer.eosToken.id] })
+        }
+    }
+
+    func testCLIPTokenizerFromFilesMatchesTransformers() throws {
+        for tag in ["sd1", "sd2"] {
+            let set = TextFixtures.index.clip_tokenizers[tag]!
+            let folder = TextFixtures.url("clip_\(tag)/tokenizer")
+            let tokenizer = try CLIPTokenizer(vocabularyURL: folder.appendingPathComponent("vocab.json"),
+                                              mergesURL: folder.appendingPathComponent("merges.txt"),
+                                              padToken: set.pad_token!)
+            // (the fixture's masks are the folder tokenizer's; here only the ids are compared)
+            checkCases(set, name: "CLIP \(tag) files", expected: { $0.input_ids_files! }, encode: { tokenizer([$0]) },
+                       checkMask: false)
+        }
+    }
+
+    func testWordPieceTokenizerMatchesTransformers() throws {
+        let set = TextFixtures.index.bert_tokenizer
+        let tokenizer = try WordPieceTokenizer(directory: TextFixtures.url("bert"))
+        XCTAssertEqual(tokenizer.maxLength, 512)
+        checkCases(set, name: "WordPiece", expected: { $0.input_ids },
+                   encode: { tokenizer([$0], padding: .maxLength, maxLength: set.max_length) },
+                   full: { [tokenizer.clsToken.id] + tokenizer.encode($0) + [tokenizer.sepToken.id] })
+        let files = try WordPieceTokenizer(vocabularyURL: TextFixtures.url("bert/vocab.txt"))
+        checkCases(set, name: "WordPiece files", expected: { $0.input_ids },
+                   encode: { files([$0], padding: .maxLength, maxLength: set.max_length) })
+    }
+
+    func testBatchPaddingAndTruncation() throws {
+        let clip = try CLIPTokenizer(directory: TextFixtures.url("clip_sd1/tokenizer"))
+        let batch = clip(["a dog", "a photo of a dog"], padding: .longest)
+        XCTAssertEqual(batch.sequenceLength, 7)
+        XCTAssertEqual(batch.attentionMask[0], [1, 1, 1, 1, 0, 0, 0])
+        XCTAssertEqual(batch.inputIds[0].suffix(3), [clip.eosToken.id, clip.padToken.id, clip.padToken.id])
+        let short = clip(["a photo of a dog"], maxLength: 5)
+        XCTAssertEqual(short.inputIds[0].count, 5)
+        XCTAssertEqual(short.inputIds[0].first, clip.bosToken.id)
+        XCTAssertEqual(short.inputIds[0].last, clip.eosToken.id)
+        XCTAssertEqual(batch.attentionMaskTensor.shape, [2, 7])
+
+        let bert = try WordPieceTokenizer(directory: TextFixtures.url("bert"))
+        let b = bert(["a dog", "hello", "a photo of a dog"])
+        XCTAssertEqual(b.sequenceLength, 7)
+        XCTAssertEqual(b.attentionMask[1], [1, 1, 1, 0, 0, 0, 0])
+        XCTAssertEqual(b.inputIds[1].last, bert.padToken.id)
+    }
+
+    func testByteTableIsTheGPT2Table() {
+        let table = CLIPTokenizer.byteTable()
+        XCTAssertEqual(Set(table).count, 256)
+        XCTAssertEqual(table[Int(UInt8(ascii: "a"))], "a")
+        XCTAssertEqual(table[32], "Ġ")  // space
+        XCTAssertEqual(table[10], "Ċ")  // newline
+        XCTAssertEqual(table[0], "Ā")
+        XCTAssertEqual(table[173], "Ń")
+    }
+
+    // MARK: Bad files
+
+    func assertThrows(_ expression: @autoclosure () throws -> Any, naming file: String, containing text: String? = nil,
+                      line: UInt = #line) {
+        XCTAssertThrowsError(try expression(), line: line) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.contains(file), "error does not name \(file): \(message)", line: line)
+            if let text { XCTAssertTrue(message.contains(text), "error does not say '\(text)': \(message)", line: line) }
+        }
+    }
+
+    func testBadCLIPFilesGiveClearErrors() throws {
+        let folder = try copyFixture("clip_sd1/tokenizer", self)
+        let vocab = folder.appendingPathComponent("vocab.json"), merges = folder.appendingPathComponent("merges.txt")
+        let goodMerges = try String(contentsOf: merges, encoding: .utf8)
+        let goodVocab = try Data(contentsOf: vocab)
+
+        try "#version: 0.2\na n\nthis line has three\n".write(to: merges, atomically: true, encoding: .utf8)
+        assertThrows(try CLIPTokenizer(directory: folder), naming: "merges.txt", containing: "line 3")
+        try "#version: 0.2\nq zz\n".write(to: merges, atomically: true, encoding: .utf8)
+        assertThrows(try CLIPTokenizer(directory: folder), naming: "merges.txt", containing: "'zz' is not in the vocabulary")
+        try FileManager.default.removeItem(at: merges)
+        assertThrows(try CLIPTokenizer(directory: folder), naming: "merges.txt", containing: "not found")
+        try goodMerges.write(to: merges, atomically: true, encoding: .utf8)
+
+        try "[1, 2, 3]".write(to: vocab, atomically: true, encoding: .utf8)
+        assertThrows(try CLIPTokenizer(directory: folder), naming: "vocab.json", containing: "JSON object")
+        try "{\"a\": 0,".write(to: vocab, atomically: true, encoding: .utf8)
+        assertThrows(try CLIPTokenizer(directory: folder), naming: "vocab.json", containing: "not valid JSON")
+        try "{\"a\": \"zero\"}".write(to: vocab, atomically: true, encoding: .utf8)
+        assertThrows(try CLIPTokenizer(directory: folder), naming: "vocab.json", containing: "'a'")
+        var object = try JSONSerialization.jsonObject(with: goodVocab) as! [String: Int]
+        object["<|startoftext|>"] = nil
+        try JSONSerialization.data(withJSONObject: object).write(to: vocab)
+        assertThrows(try CLIPTokenizer(directory: folder), naming: "vocab.json", containing: "<|startoftext|>")
+        try FileManager.default.removeItem(at: vocab)
+        assertThrows(try CLIPTokenizer(directory: folder), naming: "vocab.json", containing: "not found")
+
+        try goodVocab.write(to: vocab)
+        try "{\"pad_token\": 3}".write(to: folder.appendingPathComponent("tokenizer_config.json"), atomically: true, encoding: .utf8)
+        assertThrows(try CLIPTokenizer(directory: folder), naming: "tokenizer_config.json", containing: "pad_token")
+    }
+
+    func testBadWordPieceFilesGiveClearErrors() throws {
+        let folder = try temporaryDirectory(self)
+        let vocab = folder.appendingPathComponent("vocab.txt")
+        assertThrows(try WordPieceTokenizer(directory: folder), naming: "vocab.txt", containing: "not found")
+        try "".write(to: vocab, atomically: true, encoding: .utf8)
+        assertThrows(try WordPieceTokenizer(directory: folder), naming: "vocab.txt", containing: "empty")
+        try "[PAD]\n[CLS]\n[SEP]\nhello\n".write(to: vocab, atomically: true, encoding: .utf8)
+        assertThrows(try WordPieceTokenizer(directory: folder), naming: "vocab.txt", containing: "[UNK]")
+        try Data([0xFF, 0xFE, 0x00, 0x41]).write(to: vocab)
+        assertThrows(try WordPieceTokenizer(directory: folder), naming: "vocab.txt", containing: "UTF-8")
+    }
+}
