@@ -251,10 +251,17 @@ public final class BertModel: Module {
         try loadCheckpoint(try CheckpointFiles.tensors(at: url, optionalPrefixes: ["bert."]), from: url)
     }
 
-    /// Word embeddings [B, T, D] of `inputIds` (the `inputsEmbeds` a caller may edit).
+    /// Word embeddings [B, T, D] of `inputIds` (the `inputsEmbeds` a caller may edit). As with
+    /// PyTorch's `padding_idx`, the row of `pad_token_id` receives no gradient.
     public func wordEmbeddings(_ inputIds: [[Int]]) -> Tensor {
         let (b, t) = CLIPTextModel.checkShape(inputIds)
-        return embeddings.wordEmbeddings(inputIds.flatMap { $0 }, shape: [b, t])
+        let flat = inputIds.flatMap { $0 }
+        let looked = embeddings.wordEmbeddings(flat, shape: [b, t])
+        guard let pad = config.padTokenId, looked.isTracked, flat.contains(pad) else { return looked }
+        // Same values; the gradient reaches the weight only where the id is not the pad id.
+        let keep = Tensor(shape: [b, t, 1], scalars: flat.map { $0 == pad ? 0 : 1 })
+        let constant = looked.detached()
+        return (looked - constant) * keep + constant
     }
 
     /// Runs the model.
