@@ -140,3 +140,32 @@ final class TokenizerTests: XCTestCase {
         assertThrows(try WordPieceTokenizer(directory: folder), naming: "vocab.txt", containing: "UTF-8")
     }
 }
+
+/// Stable Diffusion's real CLIP vocabulary (rebuilt by tools/make_clip_tokenizer_reference.py
+/// from the open_clip_torch wheel) against transformers' ids; skipped when it is not installed.
+final class TokenizerRealVocabularyTests: XCTestCase {
+    struct Reference: Decodable {
+        struct Case: Decodable { let text: String; let input_ids: [Int] }
+        let cases: [Case]
+    }
+
+    func testRealCLIPVocabularyMatchesTransformers() throws {
+        let env = ProcessInfo.processInfo.environment["SCORE_CLIP_TOKENIZER_DIR"]
+        let folder = env.map { URL(fileURLWithPath: $0) }
+            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/score/clip-tokenizer")
+        guard FileManager.default.fileExists(atPath: folder.appendingPathComponent("merges.txt").path) else {
+            throw XCTSkip("""
+                SD's CLIP tokenizer not found in \(folder.path); make it with: python -m pip download --no-deps \
+                -d /tmp/oc open_clip_torch==3.3.0 && python tools/make_clip_tokenizer_reference.py --wheel \
+                /tmp/oc/open_clip_torch-3.3.0-py3-none-any.whl (or set SCORE_CLIP_TOKENIZER_DIR to an SD tokenizer/ folder)
+                """)
+        }
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: TextFixtures.url("clip_real_reference.json")))
+        let tokenizer = try CLIPTokenizer(directory: folder)
+        XCTAssertEqual(tokenizer.vocabulary.count, 49408)
+        XCTAssertEqual(tokenizer([ "a photo of a dog"]).inputIds[0].prefix(7), [49406, 320, 1125, 539, 320, 1929, 49407])
+        for c in reference.cases {
+            XCTAssertEqual(tokenizer([c.text]).inputIds[0], c.input_ids, "ids of \(c.text.debugDescription)")
+        }
+    }
+}
