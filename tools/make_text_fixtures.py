@@ -18,6 +18,14 @@ Writes Tests/DiffusionTests/Fixtures/text/:
                          inputs, outputs and gradients (keys listed in text_fixtures.json)
   text_fixtures.json     the tokenizer cases (text, ids, attention mask per tokenizer) and the
                          index of the reference tensors
+  unicode_classes.json   how the tokenizers' normalizers and pre-tokenizers treat every code
+                         point up to U+323AF (plus tags, variation selectors and a little private
+                         use), as runs [first, class, count]: "clip" (pre-tokenizer on "a?b" and
+                         "!?!": L letter, N number, S whitespace, O other), "bert_split" (BERT
+                         pre-tokenizer on "a?b": P punctuation, S whitespace, - neither),
+                         "bert_normalize" (BERT normalizer on "a?b": R removed, S space,
+                         C spaced out as CJK, K kept). These pin the Unicode versions the
+                         libraries use (Oniguruma 16.0, unicode_categories 8.0).
 
 Models are random (fixed seeds) with weights scaled up from the usual init so that attention is
 far from uniform. The reference runs in float64 from the stored float32 weights; everything is
@@ -302,6 +310,34 @@ def bert_case(name, config, input_ids, attention_mask, seed, rng, tensors):
     return weights
 
 
+def unicode_classes(clip_tok, bert_tok):
+    cpre, bpre = clip_tok.backend_tokenizer.pre_tokenizer, bert_tok.backend_tokenizer.pre_tokenizer
+    bnorm = bert_tok.backend_tokenizer.normalizer
+    points = [c for c in list(range(0x323B0)) + list(range(0xE0000, 0xE01F0)) + list(range(0xF0000, 0xF0010))
+              if not 0xD800 <= c <= 0xDFFF]
+    tables = {"clip": [], "bert_split": [], "bert_normalize": []}
+
+    def add(name, c, cls):
+        runs = tables[name]
+        if runs and runs[-1][1] == cls and runs[-1][0] + runs[-1][2] == c:
+            runs[-1][2] += 1
+        else:
+            runs.append([c, cls, 1])
+
+    for c in points:
+        ch = chr(c)
+        if len(cpre.pre_tokenize_str("a" + ch + "b")) == 1:
+            add("clip", c, "L")
+        else:
+            n = len(cpre.pre_tokenize_str("!" + ch + "!"))
+            add("clip", c, "O" if n == 1 else "S" if n == 2 else "N")
+        n = len(bpre.pre_tokenize_str("a" + ch + "b"))
+        add("bert_split", c, "P" if n == 3 else "S" if n == 2 else "-")
+        y = bnorm.normalize_str("a" + ch + "b")
+        add("bert_normalize", c, "R" if y == "ab" else "S" if y == "a b" else "C" if y == f"a {ch} b" else "K")
+    return tables
+
+
 def save_tensors(path, tensors, generator):
     save_file({k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())}, path,
               metadata={"generator": generator})
@@ -312,9 +348,11 @@ def main():
     parser.add_argument("--out-dir", default=DEFAULT_OUT)
     args = parser.parse_args()
     out = args.out_dir
-    if os.path.isdir(out):
-        shutil.rmtree(out)
-    os.makedirs(out)
+    # Replace what this script makes; leave the other scripts' references (minilm_reference.json,
+    # clip_real_reference.json) alone.
+    for name in ("clip_sd1", "clip_sd2", "bert", "clip_vocab"):
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(2024)
     generator = f"tools/make_text_fixtures.py, torch {torch.__version__}, float64 reference"
     index = {"clip_tokenizers": {}, "bert_tokenizer": {}, "models": {}}
@@ -423,6 +461,11 @@ def main():
     stored["embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
     save_file(stored, os.path.join(bert_dir, "model.safetensors"), metadata={"format": "pt"})
     index["models"]["bert"] = sorted(wb)
+
+    with open(os.path.join(out, "unicode_classes.json"), "w") as f:
+        tables = unicode_classes(clip_tokenizers["sd1"], btok)
+        f.write("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+                                   for k, v in tables.items()) + "\n}\n")
 
     index["generator"] = generator
     with open(os.path.join(out, "text_fixtures.json"), "w", encoding="utf-8") as f:

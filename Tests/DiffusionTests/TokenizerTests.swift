@@ -169,3 +169,95 @@ final class TokenizerRealVocabularyTests: XCTestCase {
         }
     }
 }
+
+/// Every code point up to U+323AF as the `tokenizers` library classifies it (see
+/// unicode_classes.json in tools/make_text_fixtures.py): pins the Unicode versions we follow.
+final class TokenizerUnicodeTests: XCTestCase {
+    struct Tables: Decodable {
+        let clip: [Run], bert_split: [Run], bert_normalize: [Run]
+    }
+
+    struct Run: Decodable {
+        let first: UInt32, cls: String, count: Int
+        init(from decoder: Decoder) throws {
+            var c = try decoder.unkeyedContainer()
+            first = try c.decode(UInt32.self)
+            cls = try c.decode(String.self)
+            count = try c.decode(Int.self)
+        }
+    }
+
+    func check(_ runs: [Run], _ name: String, _ classify: (Unicode.Scalar) -> String) {
+        var wrong: [String] = []
+        var total = 0
+        for run in runs {
+            for v in run.first..<(run.first + UInt32(run.count)) {
+                total += 1
+                let s = Unicode.Scalar(v)!
+                let mine = classify(s)
+                if mine != run.cls {
+                    wrong.append(String(format: "U+%04X", v) + " \(s.properties.generalCategory): \(mine), expected \(run.cls)")
+                }
+            }
+        }
+        XCTAssertGreaterThan(total, 200_000)
+        XCTAssertTrue(wrong.isEmpty, "\(name): \(wrong.count) code points differ: \(wrong.prefix(10).joined(separator: "; "))")
+    }
+
+    func testEveryCodePointIsClassifiedAsTokenizersDoes() throws {
+        let tables = try JSONDecoder().decode(Tables.self, from: Data(contentsOf: TextFixtures.url("unicode_classes.json")))
+        check(tables.clip, "CLIP pre-tokenizer") { c in
+            if CLIPTokenizer.words(["a", c, "b"]).count == 1 { return "L" }
+            switch CLIPTokenizer.words(["!", c, "!"]).count {
+            case 1: return "O"
+            case 2: return "S"
+            default: return "N"
+            }
+        }
+        check(tables.bert_split, "BERT pre-tokenizer") { c in
+            switch WordPieceTokenizer.words(["a", c, "b"]).count {
+            case 3: return "P"
+            case 2: return "S"
+            default: return "-"
+            }
+        }
+        check(tables.bert_normalize, "BERT normalizer") { c in
+            let out = WordPieceTokenizer.normalize(["a", c, "b"], lowercase: true, stripAccents: true, chinese: true)
+            if out == ["a", "b"] { return "R" }
+            if out == ["a", " ", "b"] { return "S" }
+            if out == ["a", " ", c, " ", "b"] { return "C" }
+            return "K"
+        }
+    }
+}
+
+/// A long random comparison with transformers (tools/make_tokenizer_fuzz.py); runs only when
+/// SCORE_TOKENIZER_FUZZ names its output, with the real CLIP tokenizer and MiniLM installed.
+final class TokenizerFuzzTests: XCTestCase {
+    struct Case: Decodable { let text: String; let clip: [Int]; let bert: [Int] }
+
+    func testRandomStringsMatchTransformers() throws {
+        guard let path = ProcessInfo.processInfo.environment["SCORE_TOKENIZER_FUZZ"] else {
+            throw XCTSkip("set SCORE_TOKENIZER_FUZZ to the output of tools/make_tokenizer_fuzz.py")
+        }
+        let home = FileManager.default.homeDirectoryForCurrentUser
+        let env = ProcessInfo.processInfo.environment
+        let clip = try CLIPTokenizer(directory: env["SCORE_CLIP_TOKENIZER_DIR"].map { URL(fileURLWithPath: $0) }
+                                     ?? home.appendingPathComponent(".cache/score/clip-tokenizer"))
+        let bert = try WordPieceTokenizer(directory: env["SCORE_MINILM_DIR"].map { URL(fileURLWithPath: $0) }
+                                          ?? home.appendingPathComponent(".cache/score/minilm"))
+        let cases = try JSONDecoder().decode([Case].self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+        var failures = 0
+        for c in cases {
+            let a = [clip.bosToken.id] + clip.encode(c.text) + [clip.eosToken.id]
+            let b = [bert.clsToken.id] + bert.encode(c.text) + [bert.sepToken.id]
+            if a != c.clip || b != c.bert {
+                failures += 1
+                if failures <= 5 {
+                    XCTFail("\(c.text.unicodeScalars.map { String($0.value, radix: 16) }): CLIP \(a == c.clip), BERT \(b == c.bert)")
+                }
+            }
+        }
+        XCTAssertEqual(failures, 0, "\(failures) of \(cases.count) strings differ")
+    }
+}

@@ -12,19 +12,35 @@ import Foundation
 
 typealias Scalars = [Unicode.Scalar]
 
+// Unicode versions. Swift 6.3 knows Unicode 17; the libraries behind transformers' tokenizers
+// know less, and a character they have never heard of is in no category for them. To give the
+// same ids we classify each character as of their version:
+//   - CLIP's word pattern runs on Oniguruma, Unicode 16.0 (\p{L}, \p{N});
+//   - BERT's normalizer and pre-tokenizer use the `unicode_categories` crate, Unicode 8.0
+//     (punctuation, control/format/private-use, nonspacing marks), with the categories of the
+//     time: a few characters have moved since (see `bertPunctuationMovedSince8`).
+// Whitespace (the White_Space property) and the case and normal-form mappings come from newer
+// tables on both sides. Checked code point by code point against tokenizers 0.23.
+
 extension Unicode.Scalar {
-    /// \p{L}
+    /// Assigned in Unicode `major.minor` or before.
+    func assigned(by major: Int, _ minor: Int) -> Bool {
+        guard let age = properties.age else { return false }
+        return age.major < major || (age.major == major && age.minor <= minor)
+    }
+
+    /// \p{L} as Oniguruma (Unicode 16.0) sees it.
     var isLetter: Bool {
         switch properties.generalCategory {
-        case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: return true
+        case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: return assigned(by: 16, 0)
         default: return false
         }
     }
 
-    /// \p{N}
+    /// \p{N} as Oniguruma (Unicode 16.0) sees it.
     var isNumber: Bool {
         switch properties.generalCategory {
-        case .decimalNumber, .letterNumber, .otherNumber: return true
+        case .decimalNumber, .letterNumber, .otherNumber: return assigned(by: 16, 0)
         default: return false
         }
     }
@@ -32,11 +48,12 @@ extension Unicode.Scalar {
     /// \s: the Unicode White_Space property (the tab, line breaks, space, NBSP, U+3000, …).
     var isSpace: Bool { properties.isWhitespace }
 
-    /// \p{P}
+    /// \p{P} in Unicode 8.0 (BERT's punctuation).
     var isPunctuation: Bool {
+        if WordPieceTokenizer.bertPunctuationMovedSince8.contains(value) { return true }
         switch properties.generalCategory {
         case .connectorPunctuation, .dashPunctuation, .openPunctuation, .closePunctuation,
-             .initialPunctuation, .finalPunctuation, .otherPunctuation: return true
+             .initialPunctuation, .finalPunctuation, .otherPunctuation: return assigned(by: 8, 0)
         default: return false
         }
     }

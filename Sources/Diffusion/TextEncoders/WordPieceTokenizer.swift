@@ -111,21 +111,53 @@ public final class WordPieceTokenizer: @unchecked Sendable {
 
     // MARK: Tokenizing
 
+    /// CJK ideographs as `tokenizers` lists them. Its range for extension E starts at U+2B920,
+    /// not U+2B820 (as Google's BERT has it): we follow `tokenizers`, whose ids we must match.
     static func isChinese(_ s: Unicode.Scalar) -> Bool {
         switch s.value {
         case 0x4E00...0x9FFF, 0x3400...0x4DBF, 0x20000...0x2A6DF, 0x2A700...0x2B73F, 0x2B740...0x2B81F,
-             0x2B820...0x2CEAF, 0xF900...0xFAFF, 0x2F800...0x2FA1F: return true
+             0x2B920...0x2CEAF, 0xF900...0xFAFF, 0x2F800...0x2FA1F: return true
         default: return false
         }
     }
 
-    /// Control characters in BERT's sense (the tab and line breaks are whitespace instead).
+    /// Characters that were punctuation in Unicode 8.0 and have another category now.
+    static let bertPunctuationMovedSince8: Set<UInt32> = [0x166D, 0x111C9]
+    /// Nonspacing marks of Unicode 8.0 that are spacing marks now, and the reverse.
+    static let nonspacingMarksMovedSince8: Set<UInt32> = [0x1734, 0x1171E]
+    static let nonspacingMarksNotIn8: Set<UInt32> = [0x1885, 0x1886, 0xA9BD, 0x111C9]
+    /// Characters whose canonical decomposition `tokenizers`' NFD does not know.
+    static let notDecomposed: Set<UInt32> = [0x11938]
+
+    /// Control characters in BERT's sense, Unicode 8.0 (the tab and line breaks are whitespace).
     static func isControl(_ s: Unicode.Scalar) -> Bool {
         if s == "\t" || s == "\n" || s == "\r" { return false }
         switch s.properties.generalCategory {
-        case .control, .format, .privateUse, .surrogate: return true
+        case .control, .format, .privateUse, .surrogate: return s.assigned(by: 8, 0)
         default: return false
         }
+    }
+
+    /// A nonspacing mark (dropped when stripping accents), Unicode 8.0.
+    static func isNonspacingMark(_ s: Unicode.Scalar) -> Bool {
+        if nonspacingMarksMovedSince8.contains(s.value) { return true }
+        if nonspacingMarksNotIn8.contains(s.value) { return false }
+        return s.properties.generalCategory == .nonspacingMark && s.assigned(by: 8, 0)
+    }
+
+    /// NFD, leaving alone the few characters `tokenizers` does not decompose.
+    static func decomposed(_ text: Scalars) -> Scalars {
+        guard text.contains(where: { notDecomposed.contains($0.value) }) else { return UnicodeText.nfd(text) }
+        var out = Scalars(), run = Scalars()
+        for s in text {
+            if notDecomposed.contains(s.value) {
+                out += UnicodeText.nfd(run) + [s]
+                run = []
+            } else {
+                run.append(s)
+            }
+        }
+        return out + UnicodeText.nfd(run)
     }
 
     static func isBertPunctuation(_ s: Unicode.Scalar) -> Bool {
@@ -151,7 +183,7 @@ public final class WordPieceTokenizer: @unchecked Sendable {
             }
         }
         if stripAccents {
-            out = UnicodeText.nfd(out).filter { $0.properties.generalCategory != .nonspacingMark }
+            out = decomposed(out).filter { !isNonspacingMark($0) }
         }
         return lowercase ? UnicodeText.lowercased(out) : out
     }
