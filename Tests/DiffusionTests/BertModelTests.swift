@@ -109,6 +109,20 @@ final class BertModelTests: XCTestCase {
                     tolerance: Self.forwardTolerance, "sentence embeddings")
         assertClose(noGrad { encoder.sentenceEmbeddings(sentences, normalize: false) }, try reference.tensor("bert.mean_pooled"),
                     tolerance: Self.forwardTolerance, "unnormalized sentence embeddings")
+
+        encoder.zeroPaddedStates = true
+        let (zeroed, _) = noGrad { encoder.encode(prompts: sentences) }
+        let d = encoder.hiddenSize, t = mask.shape[1]
+        for (i, m) in mask.scalars.enumerated() {
+            let row = zeroed.scalars[(i * d)..<((i + 1) * d)]
+            XCTAssertEqual(row.allSatisfy { $0 == 0 }, m == 0, "row \(i / t), token \(i % t)")
+        }
+        XCTAssertEqual((encoder as TextEncoder).hiddenSize, 32)
+
+        let small = BertModel(config: BertConfig(vocabSize: 10, hiddenSize: 8, numHiddenLayers: 1, numAttentionHeads: 2, intermediateSize: 8))
+        XCTAssertThrowsError(try BertTextEncoder(model: small, tokenizer: encoder.tokenizer)) { error in
+            XCTAssertTrue("\(error)".contains("vocab_size is 10"), "\(error)")
+        }
     }
 
     // MARK: The real all-MiniLM-L6-v2

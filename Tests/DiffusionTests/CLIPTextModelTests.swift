@@ -180,5 +180,11 @@ final class CLIPTextModelTests: XCTestCase {
         let expected = noGrad { sd2.model.finalLayerNorm(try! reference.tensor("sd2.penultimate")) }.sliced([0..<1])
         assertClose(skipped, expected, tolerance: Self.forwardTolerance, "SD2 penultimate states")
         XCTAssertTrue((sd2 as TextEncoder).hiddenSize == 32)
+
+        let small = CLIPTextModel(config: CLIPTextConfig(vocabSize: 100, hiddenSize: 8, intermediateSize: 8,
+                                                         numHiddenLayers: 1, numAttentionHeads: 2))
+        XCTAssertThrowsError(try CLIPTextEncoder(model: small, tokenizer: encoder.tokenizer)) { error in
+            XCTAssertTrue("\(error)".contains("vocab_size is 100"), "\(error)")
+        }
     }
 }

@@ -254,7 +254,7 @@ public final class BertModel: Module {
     /// Word embeddings [B, T, D] of `inputIds` (the `inputsEmbeds` a caller may edit). As with
     /// PyTorch's `padding_idx`, the row of `pad_token_id` receives no gradient.
     public func wordEmbeddings(_ inputIds: [[Int]]) -> Tensor {
-        let (b, t) = CLIPTextModel.checkShape(inputIds)
+        let (b, t) = batchShape(inputIds, "BertModel")
         let flat = inputIds.flatMap { $0 }
         let looked = embeddings.wordEmbeddings(flat, shape: [b, t])
         guard let pad = config.padTokenId, looked.isTracked, flat.contains(pad) else { return looked }
@@ -272,7 +272,7 @@ public final class BertModel: Module {
     ///   - inputsEmbeds: optional [B, T, D] replacing the word embeddings.
     public func callAsFunction(inputIds: [[Int]], attentionMask: [[Int]]? = nil, tokenTypeIds: [[Int]]? = nil,
                                inputsEmbeds: Tensor? = nil) -> BertModelOutput {
-        let (b, t) = CLIPTextModel.checkShape(inputIds)
+        let (b, t) = batchShape(inputIds, "BertModel")
         precondition(t <= config.maxPositionEmbeddings,
                      "BertModel: \(t) tokens, but at most \(config.maxPositionEmbeddings) positions")
         let words: Tensor
@@ -330,15 +330,23 @@ public final class BertTextEncoder: TextEncoder {
     /// Padding of `encode(prompts:)`: to the longest prompt of the batch by default.
     public var padding: PaddingStrategy = .longest
 
+    /// Whether `encode(prompts:)` zeroes the states of padded positions (the testbed's mini-SD
+    /// does, and passes the mask on as well). Off by default: the states are transformers'.
+    public var zeroPaddedStates = false
+
     public init(model: BertModel, tokenizer: WordPieceTokenizer, normalizeEmbeddings: Bool = true) throws {
         guard tokenizer.maxTokenId < model.config.vocabSize else {
-            throw TextEncoderError.invalidFile(URL(fileURLWithPath: "vocab.txt"),
-                reason: "token id \(tokenizer.maxTokenId) is beyond the model's vocab_size \(model.config.vocabSize)")
+            throw TextEncoderError.incompatible(
+                "the tokenizer's vocabulary reaches id \(tokenizer.maxTokenId), the model's vocab_size is \(model.config.vocabSize)")
         }
         self.model = model
         self.tokenizer = tokenizer
         self.normalizeEmbeddings = normalizeEmbeddings
-        tokenizer.maxLength = min(tokenizer.maxLength, model.config.maxPositionEmbeddings)
+    }
+
+    /// Tokenizes with the tokenizer's `maxLength`, capped by the model's positions.
+    public func tokenize(_ texts: [String], padding: PaddingStrategy) -> TokenizedBatch {
+        tokenizer(texts, padding: padding, maxLength: min(tokenizer.maxLength, model.config.maxPositionEmbeddings))
     }
 
     /// Loads a sentence-transformers folder: `config.json`, `model.safetensors`, `vocab.txt`,
@@ -380,14 +388,16 @@ public final class BertTextEncoder: TextEncoder {
     }
 
     public func encode(prompts: [String]) -> (hiddenStates: Tensor, attentionMask: Tensor) {
-        let batch = tokenizer(prompts, padding: padding)
-        return (hiddenStates(batch), batch.attentionMaskTensor)
+        let batch = tokenize(prompts, padding: padding)
+        let mask = batch.attentionMaskTensor
+        let states = hiddenStates(batch)
+        return (zeroPaddedStates ? states * mask.reshaped([batch.batchSize, batch.sequenceLength, 1]) : states, mask)
     }
 
     /// Sentence vectors [B, D]: mask-weighted mean of the token states, L2-normalised when
     /// `normalize` (default: `normalizeEmbeddings`).
     public func sentenceEmbeddings(_ sentences: [String], normalize: Bool? = nil) -> Tensor {
-        let batch = tokenizer(sentences, padding: .longest)
+        let batch = tokenize(sentences, padding: .longest)
         let pooled = SentencePooling.mean(hiddenStates(batch), mask: batch.attentionMaskTensor)
         return (normalize ?? normalizeEmbeddings) ? SentencePooling.l2Normalized(pooled) : pooled
     }

@@ -254,15 +254,8 @@ public final class CLIPTextModel: Module {
 
     /// Token embeddings [B, T, D] of `inputIds` (the `inputsEmbeds` a caller may edit).
     public func tokenEmbeddings(_ inputIds: [[Int]]) -> Tensor {
-        let (b, t) = Self.checkShape(inputIds)
+        let (b, t) = batchShape(inputIds, "CLIPTextModel")
         return embeddings.tokenEmbedding(inputIds.flatMap { $0 }, shape: [b, t])
-    }
-
-    static func checkShape(_ inputIds: [[Int]]) -> (Int, Int) {
-        precondition(!inputIds.isEmpty, "CLIPTextModel: empty batch")
-        let t = inputIds[0].count
-        precondition(inputIds.allSatisfy { $0.count == t }, "CLIPTextModel: sequences of different lengths")
-        return (inputIds.count, t)
     }
 
     /// Attention mask [1 or B, 1, T, T]: causal, and when given, padded keys (0 in
@@ -308,7 +301,7 @@ public final class CLIPTextModel: Module {
     ///     is applied to the last one run. Nil runs all of them.
     public func callAsFunction(inputIds: [[Int]], attentionMask: [[Int]]? = nil, inputsEmbeds: Tensor? = nil,
                                outputHiddenStates: Bool = false, layerCount: Int? = nil) -> CLIPTextModelOutput {
-        let (b, t) = Self.checkShape(inputIds)
+        let (b, t) = batchShape(inputIds, "CLIPTextModel")
         precondition(t <= config.maxPositionEmbeddings,
                      "CLIPTextModel: \(t) tokens, but at most \(config.maxPositionEmbeddings) positions")
         let tokens: Tensor
@@ -351,8 +344,8 @@ public final class CLIPTextEncoder: TextEncoder {
 
     public init(model: CLIPTextModel, tokenizer: CLIPTokenizer, clipSkip: Int = 0) throws {
         guard tokenizer.maxTokenId < model.config.vocabSize else {
-            throw TextEncoderError.invalidFile(URL(fileURLWithPath: "vocab.json"),
-                reason: "token id \(tokenizer.maxTokenId) is beyond the model's vocab_size \(model.config.vocabSize)")
+            throw TextEncoderError.incompatible(
+                "the tokenizer's vocabulary reaches id \(tokenizer.maxTokenId), the model's vocab_size is \(model.config.vocabSize)")
         }
         precondition(clipSkip >= 0 && clipSkip < model.config.numHiddenLayers, "clipSkip \(clipSkip) out of range")
         self.model = model
@@ -381,7 +374,8 @@ public final class CLIPTextEncoder: TextEncoder {
     }
 
     public func encode(prompts: [String]) -> (hiddenStates: Tensor, attentionMask: Tensor) {
-        let batch = tokenizer(prompts, padding: padding)
+        let batch = tokenizer(prompts, padding: padding,
+                              maxLength: min(tokenizer.maxLength, model.config.maxPositionEmbeddings))
         return (hiddenStates(batch), batch.attentionMaskTensor)
     }
 }

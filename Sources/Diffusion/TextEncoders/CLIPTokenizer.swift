@@ -151,9 +151,10 @@ public final class CLIPTokenizer: @unchecked Sendable {
         return UnicodeText.lowercased(out)
     }
 
+    private static let contractions: [Scalars] = ["s", "t", "re", "ve", "m", "ll", "d"].map { Array($0.unicodeScalars) }
+
     /// CLIP's word pattern over normalized text.
     static func words(_ text: Scalars) -> [Scalars] {
-        let contractions: [Scalars] = ["s", "t", "re", "ve", "m", "ll", "d"].map { Array($0.unicodeScalars) }
         var words: [Scalars] = []
         var i = 0
         let n = text.count

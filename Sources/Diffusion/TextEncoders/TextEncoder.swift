@@ -24,11 +24,14 @@ public enum TextEncoderError: Error, CustomStringConvertible, Equatable {
     case missingFile(URL, what: String)
     /// A file is there but cannot be used.
     case invalidFile(URL, reason: String)
+    /// A tokenizer and a model that do not fit together.
+    case incompatible(String)
 
     public var description: String {
         switch self {
         case let .missingFile(url, what): return "\(url.path): not found (\(what))"
         case let .invalidFile(url, reason): return "\(url.lastPathComponent) (\(url.path)): \(reason)"
+        case let .incompatible(reason): return reason
         }
     }
 }
@@ -108,6 +111,14 @@ public enum HiddenActivation: String, Codable, Sendable, CaseIterable {
         case .silu, .swish: return x.silu()
         }
     }
+}
+
+/// Rows × columns of a batch of id sequences, which must all have one length.
+func batchShape(_ inputIds: [[Int]], _ who: String) -> (Int, Int) {
+    precondition(!inputIds.isEmpty, "\(who): empty batch")
+    let t = inputIds[0].count
+    precondition(inputIds.allSatisfy { $0.count == t }, "\(who): sequences of different lengths")
+    return (inputIds.count, t)
 }
 
 // MARK: Loading helpers shared by the encoders
