@@ -112,19 +112,19 @@ final class SchedulerBehaviourTests: XCTestCase {
 
     func testNumpyReplicas() {
         // np.arange(1000, 0, -1000/61) has 62 values (numpy's length is ceil of a rounded quotient).
-        XCTAssertEqual(numpyArange(1000, 0, step: -1000.0 / 61).count, 62)
-        XCTAssertEqual(numpyArange(1000, 0, step: -1000.0 / 7).count, 7)
-        XCTAssertEqual(numpyArange(0, 10, step: 3), [0, 3, 6, 9])
-        XCTAssertEqual(numpyLinspace(0, 999, count: 1), [0])
-        XCTAssertEqual(numpyLinspace(0, 999, count: 3), [0, 499.5, 999])
+        XCTAssertEqual(NumpyReplica.arange(1000, 0, step: -1000.0 / 61).count, 62)
+        XCTAssertEqual(NumpyReplica.arange(1000, 0, step: -1000.0 / 7).count, 7)
+        XCTAssertEqual(NumpyReplica.arange(0, 10, step: 3), [0, 3, 6, 9])
+        XCTAssertEqual(NumpyReplica.linspace(0, 999, count: 1), [0])
+        XCTAssertEqual(NumpyReplica.linspace(0, 999, count: 3), [0, 499.5, 999])
         // linspace spacing rounds half to even: 499.5 → 500, 166.5 → 166.
         XCTAssertEqual(TimestepTable.discrete(spacing: .linspace, steps: 3, trainTimesteps: 1000, offset: 0), [999, 500, 0])
         XCTAssertEqual(TimestepTable.discrete(spacing: .linspace, steps: 7, trainTimesteps: 1000, offset: 5),
                        [999, 832, 666, 500, 333, 166, 0])
         XCTAssertEqual(TimestepTable.discrete(spacing: .trailing, steps: 4, trainTimesteps: 1000, offset: 1), [999, 749, 499, 249])
-        XCTAssertEqual(interpolateOnIntegerGrid(-1, [1, 2, 4]), 1)
-        XCTAssertEqual(interpolateOnIntegerGrid(1.25, [1, 2, 4]), 2.5)
-        XCTAssertEqual(interpolateOnIntegerGrid(7, [1, 2, 4]), 4)
+        XCTAssertEqual(NumpyReplica.interpolateOnIntegerGrid(-1, [1, 2, 4]), 1)
+        XCTAssertEqual(NumpyReplica.interpolateOnIntegerGrid(1.25, [1, 2, 4]), 2.5)
+        XCTAssertEqual(NumpyReplica.interpolateOnIntegerGrid(7, [1, 2, 4]), 4)
     }
 
     func testFactoryBuildsEachKind() throws {

@@ -56,7 +56,7 @@ public struct DDIMScheduler: NoiseScheduler {
         let beta = 1 - alpha
         let sqrtAlpha = alpha.squareRoot(), sqrtBeta = beta.squareRoot()
 
-        var (x0, eps) = splitPrediction(modelOutput, sample: sample, sqrtAlpha: sqrtAlpha, sqrtBeta: sqrtBeta,
+        var (x0, eps) = SchedulerMath.splitPrediction(modelOutput, sample: sample, sqrtAlpha: sqrtAlpha, sqrtBeta: sqrtBeta,
                                         type: config.predictionType)
         if config.clipSample {
             let r = Float(config.clipSampleRange)
@@ -74,20 +74,6 @@ public struct DDIMScheduler: NoiseScheduler {
             prev = prev + noise * Float(std)
         }
         return SchedulerStepOutput(prevSample: prev, predictedOriginal: x0)
-    }
-}
-
-/// x̂₀ and ε̂ from a model output at one timestep (variance-preserving parameterisation).
-func splitPrediction(_ output: Tensor, sample: Tensor, sqrtAlpha: Double, sqrtBeta: Double,
-                     type: PredictionType) -> (x0: Tensor, eps: Tensor) {
-    switch type {
-    case .epsilon:
-        return ((sample - output * Float(sqrtBeta)) * Float(1 / sqrtAlpha), output)
-    case .sample:
-        return (output, (sample - output * Float(sqrtAlpha)) * Float(1 / sqrtBeta))
-    case .vPrediction:
-        return (sample * Float(sqrtAlpha) - output * Float(sqrtBeta),
-                output * Float(sqrtAlpha) + sample * Float(sqrtBeta))
     }
 }
 

@@ -60,7 +60,7 @@ public struct DDPMScheduler: NoiseScheduler {
         let currentAlpha = alpha / alphaPrev
         let currentBeta = 1 - currentAlpha
 
-        var (x0, _) = splitPrediction(modelOutput, sample: sample, sqrtAlpha: alpha.squareRoot(),
+        var (x0, _) = SchedulerMath.splitPrediction(modelOutput, sample: sample, sqrtAlpha: alpha.squareRoot(),
                                       sqrtBeta: beta.squareRoot(), type: config.predictionType)
         if config.clipSample {
             let r = Float(config.clipSampleRange)

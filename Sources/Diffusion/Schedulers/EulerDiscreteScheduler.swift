@@ -52,7 +52,7 @@ public struct EulerDiscreteScheduler: NoiseScheduler {
         guard steps >= 1 else { throw SchedulerError.invalidStepCount(steps: steps, numTrainTimesteps: numTrainTimesteps) }
         let timesteps = TimestepTable.continuous(spacing: timestepSpacing, steps: steps,
                                                  trainTimesteps: numTrainTimesteps, offset: config.stepsOffset)
-        var sigmas = timesteps.map { interpolateOnIntegerGrid(Double($0), trainSigmas) }
+        var sigmas = timesteps.map { NumpyReplica.interpolateOnIntegerGrid(Double($0), trainSigmas) }
         sigmas.append(finalSigmaIsMinimum ? trainSigmas[0] : 0)
         let maxSigma = sigmas.max() ?? 0
         let initSigma = timestepSpacing == .leading ? (maxSigma * maxSigma + 1).squareRoot() : maxSigma
@@ -92,6 +92,6 @@ public struct EulerDiscreteScheduler: NoiseScheduler {
     public func addNoise(original: Tensor, noise: Tensor, timesteps: [Int]) -> Tensor {
         precondition(original.shape == noise.shape, "addNoise: original \(original.shape) vs noise \(noise.shape)")
         _ = alphas(timesteps, batch: original)  // checks count and range
-        return original + noise * perSample(timesteps.map { trainSigmas[$0] }, like: original)
+        return original + noise * SchedulerMath.perSample(timesteps.map { trainSigmas[$0] }, like: original)
     }
 }

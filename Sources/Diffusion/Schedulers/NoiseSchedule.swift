@@ -19,9 +19,9 @@ public struct NoiseSchedule: Sendable, Equatable {
         } else {
             switch config.betaSchedule {
             case .linear:
-                betas = numpyLinspace(config.betaStart, config.betaEnd, count: n)
+                betas = NumpyReplica.linspace(config.betaStart, config.betaEnd, count: n)
             case .scaledLinear:
-                betas = numpyLinspace(config.betaStart.squareRoot(), config.betaEnd.squareRoot(), count: n).map { $0 * $0 }
+                betas = NumpyReplica.linspace(config.betaStart.squareRoot(), config.betaEnd.squareRoot(), count: n).map { $0 * $0 }
             case .squaredcosCapV2:
                 betas = NoiseSchedule.cosineBetas(count: n)
             }
@@ -64,32 +64,45 @@ public struct NoiseSchedule: Sendable, Equatable {
 
 // MARK: numpy replicas (diffusers computes timestep tables with numpy; these reproduce it exactly)
 
-/// `np.linspace(start, stop, count)`: i·step + start with step = (stop − start)/(count − 1), and the
-/// last value set to `stop` exactly.
-func numpyLinspace(_ start: Double, _ stop: Double, count: Int) -> [Double] {
-    guard count > 1 else { return count == 1 ? [start] : [] }
-    let step = (stop - start) / Double(count - 1)
-    var values = (0..<count).map { Double($0) * step + start }
-    values[count - 1] = stop
-    return values
-}
+enum NumpyReplica {
+    /// `np.linspace(start, stop, count)`: i·step + start with step = (stop − start)/(count − 1), and
+    /// the last value set to `stop` exactly.
+    static func linspace(_ start: Double, _ stop: Double, count: Int) -> [Double] {
+        guard count > 1 else { return count == 1 ? [start] : [] }
+        let step = (stop - start) / Double(count - 1)
+        var values = (0..<count).map { Double($0) * step + start }
+        values[count - 1] = stop
+        return values
+    }
 
-/// `np.arange(start, stop, step)` for floats: ⌈(stop − start)/step⌉ values; the first two are
-/// start and start + step, and the rest start + i·δ with δ = (start + step) − start recomputed
-/// (numpy's fill). Its length can exceed what one expects from rounding (1000/61 steps give 62).
-func numpyArange(_ start: Double, _ stop: Double, step: Double) -> [Double] {
-    let length = max(0, Int(((stop - start) / step).rounded(.up)))
-    guard length > 0 else { return [] }
-    var values = [start]
-    if length > 1 { values.append(start + step) }
-    let delta = (start + step) - start
-    if length > 2 { for i in 2..<length { values.append(start + Double(i) * delta) } }
-    return values
-}
+    /// `np.arange(start, stop, step)` for floats: ⌈(stop − start)/step⌉ values; the first two are
+    /// start and start + step, and the rest start + i·δ with δ = (start + step) − start recomputed
+    /// (numpy's fill). Its length can exceed what one expects from rounding (1000/61 steps give 62).
+    static func arange(_ start: Double, _ stop: Double, step: Double) -> [Double] {
+        let length = max(0, Int(((stop - start) / step).rounded(.up)))
+        guard length > 0 else { return [] }
+        var values = [start]
+        if length > 1 { values.append(start + step) }
+        let delta = (start + step) - start
+        if length > 2 { for i in 2..<length { values.append(start + Double(i) * delta) } }
+        return values
+    }
 
-/// numpy's `round`: to nearest, ties to even.
-@inline(__always)
-func numpyRound(_ x: Double) -> Double { x.rounded(.toNearestOrEven) }
+    /// numpy's `round`: to nearest, ties to even.
+    @inline(__always)
+    static func round(_ x: Double) -> Double { x.rounded(.toNearestOrEven) }
+
+    /// `np.interp(x, 0..<fp.count, fp)`: linear interpolation on integer nodes, clamped at both ends.
+    static func interpolateOnIntegerGrid(_ x: Double, _ fp: [Double]) -> Double {
+        if x <= 0 { return fp[0] }
+        let last = fp.count - 1
+        if x >= Double(last) { return fp[last] }
+        let i = Int(x.rounded(.down))
+        let w = x - Double(i)
+        if w == 0 { return fp[i] }
+        return fp[i] + (fp[i + 1] - fp[i]) * w
+    }
+}
 
 /// Inference timestep tables exactly as diffusers' `set_timesteps` builds them.
 enum TimestepTable {
@@ -97,12 +110,12 @@ enum TimestepTable {
     static func discrete(spacing: TimestepSpacing, steps n: Int, trainTimesteps t: Int, offset: Int) -> [Int] {
         switch spacing {
         case .linspace:
-            return numpyLinspace(0, Double(t - 1), count: n).map { Int(numpyRound($0)) }.reversed()
+            return NumpyReplica.linspace(0, Double(t - 1), count: n).map { Int(NumpyReplica.round($0)) }.reversed()
         case .leading:
             let ratio = t / n
             return (0..<n).reversed().map { $0 * ratio + offset }
         case .trailing:
-            return numpyArange(Double(t), 0, step: -(Double(t) / Double(n))).map { Int(numpyRound($0)) - 1 }
+            return NumpyReplica.arange(Double(t), 0, step: -(Double(t) / Double(n))).map { Int(NumpyReplica.round($0)) - 1 }
         }
     }
 
@@ -110,23 +123,12 @@ enum TimestepTable {
     static func continuous(spacing: TimestepSpacing, steps n: Int, trainTimesteps t: Int, offset: Int) -> [Float] {
         switch spacing {
         case .linspace:
-            return numpyLinspace(0, Double(t - 1), count: n).map { Float($0) }.reversed()
+            return NumpyReplica.linspace(0, Double(t - 1), count: n).map { Float($0) }.reversed()
         case .leading:
             let ratio = t / n
             return (0..<n).reversed().map { Float($0 * ratio) + Float(offset) }
         case .trailing:
-            return numpyArange(Double(t), 0, step: -(Double(t) / Double(n))).map { Float(numpyRound($0)) - 1 }
+            return NumpyReplica.arange(Double(t), 0, step: -(Double(t) / Double(n))).map { Float(NumpyReplica.round($0)) - 1 }
         }
     }
-}
-
-/// `np.interp(x, 0..<fp.count, fp)`: linear interpolation on integer nodes, clamped at both ends.
-func interpolateOnIntegerGrid(_ x: Double, _ fp: [Double]) -> Double {
-    if x <= 0 { return fp[0] }
-    let last = fp.count - 1
-    if x >= Double(last) { return fp[last] }
-    let i = Int(x.rounded(.down))
-    let w = x - Double(i)
-    if w == 0 { return fp[i] }
-    return fp[i] + (fp[i + 1] - fp[i]) * w
 }

@@ -115,8 +115,8 @@ extension NoiseScheduler {
     public func addNoise(original: Tensor, noise: Tensor, timesteps: [Int]) -> Tensor {
         precondition(original.shape == noise.shape, "addNoise: original \(original.shape) vs noise \(noise.shape)")
         let a = alphas(timesteps, batch: original)
-        return original * perSample(a.map { $0.squareRoot() }, like: original)
-            + noise * perSample(a.map { (1 - $0).squareRoot() }, like: original)
+        return original * SchedulerMath.perSample(a.map { $0.squareRoot() }, like: original)
+            + noise * SchedulerMath.perSample(a.map { (1 - $0).squareRoot() }, like: original)
     }
 
     /// The v-prediction target √ᾱ·ε − √(1−ᾱ)·x₀ at per-sample training timesteps (diffusers'
@@ -124,8 +124,8 @@ extension NoiseScheduler {
     public func velocity(sample: Tensor, noise: Tensor, timesteps: [Int]) -> Tensor {
         precondition(sample.shape == noise.shape, "velocity: sample \(sample.shape) vs noise \(noise.shape)")
         let a = alphas(timesteps, batch: sample)
-        return noise * perSample(a.map { $0.squareRoot() }, like: sample)
-            - sample * perSample(a.map { (1 - $0).squareRoot() }, like: sample)
+        return noise * SchedulerMath.perSample(a.map { $0.squareRoot() }, like: sample)
+            - sample * SchedulerMath.perSample(a.map { (1 - $0).squareRoot() }, like: sample)
     }
 
     /// x̂₀ from the model's output at per-sample training timesteps, in the variance-preserving
@@ -136,11 +136,11 @@ extension NoiseScheduler {
         let a = alphas(timesteps, batch: sample)
         switch predictionType {
         case .epsilon:
-            return (sample - modelOutput * perSample(a.map { (1 - $0).squareRoot() }, like: sample))
-                * perSample(a.map { 1 / $0.squareRoot() }, like: sample)
+            return (sample - modelOutput * SchedulerMath.perSample(a.map { (1 - $0).squareRoot() }, like: sample))
+                * SchedulerMath.perSample(a.map { 1 / $0.squareRoot() }, like: sample)
         case .vPrediction:
-            return sample * perSample(a.map { $0.squareRoot() }, like: sample)
-                - modelOutput * perSample(a.map { (1 - $0).squareRoot() }, like: sample)
+            return sample * SchedulerMath.perSample(a.map { $0.squareRoot() }, like: sample)
+                - modelOutput * SchedulerMath.perSample(a.map { (1 - $0).squareRoot() }, like: sample)
         case .sample:
             return modelOutput
         }
@@ -155,11 +155,11 @@ extension NoiseScheduler {
         case .epsilon:
             return modelOutput
         case .vPrediction:
-            return modelOutput * perSample(a.map { $0.squareRoot() }, like: sample)
-                + sample * perSample(a.map { (1 - $0).squareRoot() }, like: sample)
+            return modelOutput * SchedulerMath.perSample(a.map { $0.squareRoot() }, like: sample)
+                + sample * SchedulerMath.perSample(a.map { (1 - $0).squareRoot() }, like: sample)
         case .sample:
-            return (sample - modelOutput * perSample(a.map { $0.squareRoot() }, like: sample))
-                * perSample(a.map { 1 / (1 - $0).squareRoot() }, like: sample)
+            return (sample - modelOutput * SchedulerMath.perSample(a.map { $0.squareRoot() }, like: sample))
+                * SchedulerMath.perSample(a.map { 1 / (1 - $0).squareRoot() }, like: sample)
         }
     }
 
@@ -176,11 +176,27 @@ extension NoiseScheduler {
     }
 }
 
-/// Per-sample coefficients as a [B, 1, …, 1] tensor that broadcasts against `x` ([1, …] for one).
-func perSample(_ values: [Double], like x: Tensor) -> Tensor {
-    var shape = [Int](repeating: 1, count: max(x.rank, 1))
-    shape[0] = values.count
-    return Tensor(shape: shape, scalars: values.map { Float($0) })
+enum SchedulerMath {
+    /// Per-sample coefficients as a [B, 1, …, 1] tensor that broadcasts against `x` ([1, …] for one).
+    static func perSample(_ values: [Double], like x: Tensor) -> Tensor {
+        var shape = [Int](repeating: 1, count: max(x.rank, 1))
+        shape[0] = values.count
+        return Tensor(shape: shape, scalars: values.map { Float($0) })
+    }
+
+    /// x̂₀ and ε̂ from a model output at one timestep (variance-preserving parameterisation).
+    static func splitPrediction(_ output: Tensor, sample: Tensor, sqrtAlpha: Double, sqrtBeta: Double,
+                                type: PredictionType) -> (x0: Tensor, eps: Tensor) {
+        switch type {
+        case .epsilon:
+            return ((sample - output * Float(sqrtBeta)) * Float(1 / sqrtAlpha), output)
+        case .sample:
+            return (output, (sample - output * Float(sqrtAlpha)) * Float(1 / sqrtBeta))
+        case .vPrediction:
+            return (sample * Float(sqrtAlpha) - output * Float(sqrtBeta),
+                    output * Float(sqrtAlpha) + sample * Float(sqrtBeta))
+        }
+    }
 }
 
 /// The scheduler classes implemented here, by diffusers class name.
