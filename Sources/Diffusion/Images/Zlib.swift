@@ -57,7 +57,8 @@ public enum Zlib {
         case stored
         /// One fixed-Huffman block with LZ77 matches.
         case fixedHuffman
-        /// One dynamic-Huffman block (codes built for the data) with LZ77 matches.
+        /// One dynamic-Huffman block (codes built for the data) with LZ77 matches, or stored
+        /// blocks where that would be smaller.
         case dynamicHuffman
     }
 
@@ -67,7 +68,14 @@ public enum Zlib {
         switch level {
         case .stored: deflateStored(data, into: &out)
         case .fixedHuffman: deflateFixed(data, into: &out)
-        case .dynamicHuffman: deflateDynamic(data, into: &out)
+        case .dynamicHuffman:
+            // Incompressible data (noise) comes out a little larger than stored; keep the smaller.
+            deflateDynamic(data, into: &out)
+            let storedSize = 2 + data.count + 5 * max(1, (data.count + 65534) / 65535)
+            if out.count > storedSize {
+                out = [0x78, 0x01]
+                deflateStored(data, into: &out)
+            }
         }
         let adler = adler32(data)
         out += [UInt8(adler >> 24), UInt8(adler >> 16 & 0xFF), UInt8(adler >> 8 & 0xFF), UInt8(adler & 0xFF)]
