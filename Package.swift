@@ -29,10 +29,10 @@ let package = Package(
         .target(name: "NN", dependencies: ["Tensor"]),
         // Stable Diffusion family in diffusers layout: UNet, VAE, text encoders + tokenizers,
         // schedulers, pipelines, loading and saving.
-        .target(name: "Diffusion", dependencies: ["NN", "Tensor", "SafeTensors"]),
+        .target(name: "Diffusion", dependencies: ["NN", "Tensor", "SafeTensors", "CZlib"]),
         // The CPU testbed: Fashion-MNIST + all-MiniLM-L6-v2 assets, datasets, prompts, training
         // of the embedded mini-SD and its judges.
-        .target(name: "Testbed", dependencies: ["Diffusion", "NN", "Tensor", "Kernels", "CZlib"],
+        .target(name: "Testbed", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"],
                 resources: [.copy("Resources")]),
         // Speed and memory measurements behind `score bench`.
         .target(name: "Benchmarks", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"]),

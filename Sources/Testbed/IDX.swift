@@ -1,3 +1,4 @@
+import Diffusion
 import Foundation
 
 /// Errors reading IDX files (the MNIST family's format), each naming the file.
@@ -5,6 +6,7 @@ public enum IDXError: Error, CustomStringConvertible, Equatable {
     case badMagic(file: String, magic: UInt32)
     case truncated(file: String, expected: Int, actual: Int)
     case countMismatch(images: String, labels: String, imageCount: Int, labelCount: Int)
+    case corrupt(file: String, reason: String)
 
     public var description: String {
         switch self {
@@ -12,6 +14,8 @@ public enum IDXError: Error, CustomStringConvertible, Equatable {
             return "\(file): not an unsigned-byte IDX file (magic 0x\(String(magic, radix: 16)), expected 0x801 or 0x803)"
         case let .truncated(file, expected, actual):
             return "\(file): truncated IDX data (\(actual) bytes, the header promises \(expected))"
+        case let .corrupt(file, reason):
+            return "\(file): \(reason)"
         case let .countMismatch(images, labels, imageCount, labelCount):
             return "\(images) has \(imageCount) images but \(labels) has \(labelCount) labels"
         }
@@ -44,7 +48,10 @@ public struct IDXArray {
     /// Reads a `.gz` (or plain) IDX file.
     public init(contentsOf url: URL) throws {
         let raw = try Data(contentsOf: url)
-        let data = url.pathExtension == "gz" ? try gunzip(raw, file: url.path) : raw
+        let data: Data
+        do { data = url.pathExtension == "gz" ? Data(try Zlib.gunzip([UInt8](raw))) : raw } catch {
+            throw IDXError.corrupt(file: url.path, reason: "\(error)")
+        }
         try self.init(data, file: url.path)
     }
 }

@@ -53,33 +53,7 @@ struct ReferenceTensors {
     func integers(_ key: String) throws -> [Int] { try archive.integers(key) }
 }
 
-/// max |a − b| / max |b|: the error relative to the reference's scale.
-func relativeError(_ actual: Tensor, _ expected: Tensor) -> Float {
-    var diff: Float = 0, scale: Float = 0
-    for i in 0..<expected.count {
-        diff = max(diff, abs(actual.pointer[i] - expected.pointer[i]))
-        scale = max(scale, abs(expected.pointer[i]))
-    }
-    return diff / max(scale, 1e-12)
-}
-
-func assertClose(_ actual: Tensor?, _ expected: Tensor, tolerance: Float, _ what: String,
-                 file: StaticString = #filePath, line: UInt = #line) {
-    guard let actual else { XCTFail("\(what): no value", file: file, line: line); return }
-    guard actual.shape == expected.shape else {
-        XCTFail("\(what): shape \(actual.shape), expected \(expected.shape)", file: file, line: line); return
-    }
-    let error = relativeError(actual, expected)
-    XCTAssertLessThanOrEqual(error, tolerance, "\(what): relative error \(error)", file: file, line: line)
-}
-
-/// A fresh temporary folder, removed when the test ends.
-func temporaryDirectory(_ test: XCTestCase) throws -> URL {
-    let url = FileManager.default.temporaryDirectory.appendingPathComponent("score-text-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    test.addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-    return url
-}
+// relativeError, assertClose and temporaryDirectory live in FixtureSupport.swift.
 
 /// Copies a fixture folder into a temporary one (to be edited by a test).
 func copyFixture(_ path: String, _ test: XCTestCase) throws -> URL {
