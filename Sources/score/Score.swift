@@ -86,7 +86,41 @@ struct AssetsCommand: ParsableCommand {
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the testbed's models on Fashion-MNIST.",
-        subcommands: [JudgeCommand.self])
+        subcommands: [UNetCommand.self, JudgeCommand.self])
+
+    struct UNetCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "unet", abstract: "Train the mini-SD UNet (pixel space, MiniLM conditioning, DDPM).")
+
+        @Option(help: "Optimizer steps.") var steps = 800
+        @Option(help: "Images per step.") var batch = 64
+        @Option(help: "Peak learning rate (warm-up, then cosine).") var lr: Float = 1e-3
+        @Option(help: "Random seed.") var seed: UInt64 = 0
+        @Option(help: "Checkpoint every N steps.") var checkpointEvery = 50
+        @Option(help: "Output folder (a diffusers-layout model folder is written into it).") var out = "runs/mini-sd"
+        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @OptionGroup var compute: ComputeOptions
+
+        func run() throws {
+            try compute.apply()
+            let assets = Assets(log: { print("… \($0)") })
+            var options = MiniSDTrainingOptions(output: URL(fileURLWithPath: out))
+            options.steps = steps
+            options.batchSize = batch
+            options.learningRate = lr
+            options.seed = seed
+            options.checkpointEvery = checkpointEvery
+            options.resume = resume
+            options.command = CommandLine.arguments.joined(separator: " ")
+            let data = try FashionMNIST(assets: assets)
+            let (unet, record) = try trainMiniSD(options, data: data.train, prompts: try FashionPrompts.bundled(),
+                                                 textEncoder: try MiniSD.textEncoder(assets: assets), digests: data.digests) { print($0) }
+            let folder = options.output.appendingPathComponent("model")
+            try MiniSD.save(unet, config: MiniSD.unetConfig(), to: folder)
+            try record.write(to: folder.appendingPathComponent("training.json"))
+            print("wrote \(folder.path)")
+        }
+    }
 
     struct JudgeCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
