@@ -177,11 +177,14 @@ static void score__pack_buffers(size_t a_floats, size_t b_floats, float **a, flo
 #pragma clang attribute pop
 
 // AVX-512F: 16-lane zmm, 14×32 tile = 28 accumulators + 2 B vectors (+ broadcasts folded into
-// the FMAs' memory operands) of 32 zmm. Shared by the real and the AVX2-hosted instantiation.
+// the FMAs' memory operands) of 32 zmm; the generated loop was checked for spills (none).
+// KC = 256 keeps the B panel (32 KB) inside a 48 KB L1D. Not tuned on AVX-512 hardware (none
+// was available): tune with the SCORE_BENCH=1 throughput report on such a machine.
+// Shared by the real and the AVX2-hosted instantiation.
 #define SCORE_AVX512_MR 14
 #define SCORE_AVX512_NR 32
 #define SCORE_AVX512_MC 140
-#define SCORE_AVX512_KC 384
+#define SCORE_AVX512_KC 256
 #define SCORE_AVX512_NC 4096
 
 #define SK_V score_v16f
