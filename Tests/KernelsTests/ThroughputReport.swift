@@ -19,9 +19,13 @@ final class ThroughputReport: XCTestCase {
         let shapes: [(m: Int, n: Int, k: Int, transB: Bool)] = [
             (1024, 1024, 1024, false), (256, 4096, 512, false), (256, 4096, 512, true),
         ]
+        // Optional comma-separated filter, e.g. SCORE_BENCH_VARIANTS=avx2.
+        let only = ProcessInfo.processInfo.environment["SCORE_BENCH_VARIANTS"]?
+            .split(separator: ",").map(String.init)
         let savedThreads = Kernels.threadCount
         defer { Kernels.threadCount = savedThreads }
         forEachVariant { variant in
+            if let only, !only.contains(variant) { return }
             for s in shapes {
                 var rng = TestRandom(seed: 1)
                 let a = rng.floats(s.m * s.k), b = rng.floats(s.k * s.n)
