@@ -36,25 +36,25 @@
 // Packing buffers are per thread (pthread key, freed at thread exit) and reused across calls.
 //
 // Measured (2026-11, AMD EPYC Zen 3, AVX2+FMA, no AVX-512, 2 vCPUs at ~3.1 GHz: AVX2 FMA peak
-// ≈ 99 GFLOP/s per core measured with a register-only FMA loop; shared with other builds).
-// Best of several runs, same process and minutes as torch 2.13 CPU (MKL) with
-// OMP_WAIT_POLICY=PASSIVE; "cpu" = flops / (process CPU time / threads), the contention-free
-// figure when other processes share the cores:
-//                               1 thread (wall)        2 threads (cpu basis)
-//   1024×1024×1024 NN     avx2 94.2 | torch 92.5     avx2 186.3 | torch 185.5
-//   256×4096×512   NN     avx2 90.4 | torch 90.1     avx2 179.4 | torch 164.8
-//   256×4096×512   NT     avx2 87.8 | torch 88.4     avx2 170.4 | torch 156.1
-//   portable (4-lane SSE/NEON, no FMA): ~30 GFLOP/s per thread.
-// 2-thread wall-clock numbers in a quiet window reached 162 (1024³) and 135 (256×4096×512)
-// against torch's 178 and 134; they swing with other processes on this machine.
-// The single-thread AVX2 kernel runs at ~95% of FMA peak; packing costs ~2% at 1024³ and
-// ~5-8% at M = 256 (B is re-read for few rows). Varying MC (72-192), KC (192-512), NC
-// (512-4080) and unrolling k by 4 changed results by less than the run-to-run noise (±3%), so
-// the BLIS Zen defaults (MC 144, KC 256, NC 4080) stay. Reproduce with
-// `SCORE_BENCH=1 swift test -c release --filter ThroughputReport` and tools/bench_sgemm_torch.py.
+// ≈ 99 GFLOP/s per core, measured with a register-only FMA loop). The machine is shared with
+// other builds, so ours and torch 2.13 CPU (MKL, OMP_WAIT_POLICY=PASSIVE, set_num_threads) ran
+// interleaved call by call in one process, 120-200 rounds, best wall-clock time each, GFLOP/s:
+//                          1 thread                  2 threads
+//                     portable  avx2  torch       portable  avx2  torch
+//   1024³        NN     30.2    92.7   92.1         ~60    182.5  179.6
+//   256×4096×512 NN     29.3    88.6   86.7         ~59    170.2  154.4
+//   256×4096×512 NT     29.2    83.7   84.2         ~58    166.5  149.9
+// Through the Swift layer (Kernels.sgemm, Dispatch threads) in a quiet window: 90.1 / 182.1
+// (1024³, 1 / 2 threads), 86.6 / 159.0 (256×4096×512 NN), 81.2 / 160.6 (NT).
+// The single-thread AVX2 kernel runs at ~93-95% of FMA peak; packing costs ~2% at 1024³ and
+// ~5-8% at M = 256 (each packed B element serves few rows). Varying MC (72-192), KC (192-512),
+// NC (512-4080) and unrolling k by 4 moved results less than the run-to-run noise (±3%), so the
+// BLIS Zen defaults (MC 144, KC 256, NC 4080) stay. Reproduce with
+// `SCORE_BENCH=1 swift test -c release --filter ThroughputReport` beside
+// tools/bench_sgemm_torch.py (both also print a CPU-time-per-thread rate, stable under load).
 // Row kernels (AVX2, 1M floats, one thread): exp 1.6 G/s, SiLU 1.2 G/s, softmax 1.0 G/s
-// (libm expf loop: 0.27 G/s); max error vs double-precision libm: exp 0.99 ulp (8.3e-8
-// relative), SiLU 1.7e-7 relative.
+// (a libm expf loop: 0.27 G/s); largest error against double-precision libm over [-87, 88]:
+// exp 0.99 ulp (8.3e-8 relative), SiLU 1.7e-7 relative.
 #include "CKernels.h"
 
 #include <math.h>
