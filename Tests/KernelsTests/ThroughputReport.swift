@@ -5,7 +5,8 @@ import XCTest
 
 /// Prints SGEMM GFLOP/s per variant and thread count. Not a timed assertion: it runs only with
 /// SCORE_BENCH=1 (e.g. `SCORE_BENCH=1 swift test -c release --filter ThroughputReport`), and
-/// compares side by side with tools/bench_sgemm_torch.py, which prints the same two figures:
+/// compares with tools/bench_sgemm_interleaved.py (ours and torch alternating call by call in
+/// one process), which prints the same two figures:
 ///   wall  best wall-clock time of SCORE_BENCH_REPS runs;
 ///   cpu   best process CPU time divided by the thread count, i.e. what the wall time would be
 ///         if no other process took the cores. On a shared 2-core machine the wall figure
