@@ -1,6 +1,6 @@
 // swift-tools-version:6.1
 // Layers, bottom to top (arrows point down only):
-//   score (CLI) → NN → Tensor → Kernels → CKernels
+//   score (CLI) → Benchmarks, Testbed → Diffusion → NN → Tensor → Kernels → CKernels
 //                         ↘ SafeTensors
 // See docs/ARCHITECTURE.md for why the innermost kernels live in C.
 import PackageDescription
@@ -22,18 +22,32 @@ let package = Package(
         .target(name: "CKernels", path: "Sources/CKernels"),
         .target(name: "Kernels", dependencies: ["CKernels"]),
         .target(name: "SafeTensors"),
+        // The system zlib (Debian zlib1g-dev): gzip'd datasets and PNG compression.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"]), .brew(["zlib"])]),
         .target(name: "Tensor", dependencies: ["Kernels", "SafeTensors"]),
         .target(name: "NN", dependencies: ["Tensor"]),
+        // Stable Diffusion family in diffusers layout: UNet, VAE, text encoders + tokenizers,
+        // schedulers, pipelines, loading and saving.
+        .target(name: "Diffusion", dependencies: ["NN", "Tensor", "SafeTensors", "CZlib"]),
+        // The CPU testbed: Fashion-MNIST + all-MiniLM-L6-v2 assets, datasets, prompts, training
+        // of the embedded mini-SD and its judges.
+        .target(name: "Testbed", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"],
+                resources: [.copy("Resources")]),
+        // Speed and memory measurements behind `score bench`.
+        .target(name: "Benchmarks", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"]),
         .executableTarget(
             name: "score",
             dependencies: [
-                "NN", "Tensor", "Kernels",
+                "Benchmarks", "Testbed", "Diffusion", "NN", "Tensor", "Kernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
-        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"], exclude: ["Fixtures"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"], resources: [.copy("Fixtures")]),
         .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "TestbedTests", dependencies: ["Testbed"]),
+        .testTarget(name: "DiffusionTests", dependencies: ["Diffusion"], resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v5]
 )

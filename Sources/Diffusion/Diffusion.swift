@@ -1,0 +1,1 @@
+// The Stable Diffusion model family; see the per-family files.

@@ -1,0 +1,741 @@
+import Foundation
+import NN
+import Tensor
+
+// The Stable Diffusion denoiser, diffusers' `UNet2DConditionModel`, in the variants SD 1.x and
+// 2.x use: positional (sinusoidal) time embedding, CrossAttnDownBlock2D / DownBlock2D,
+// UNetMidBlock2DCrossAttn, UpBlock2D / CrossAttnUpBlock2D, conv or linear transformer
+// projections. Parameter names equal diffusers' state-dict keys.
+
+// MARK: - Config
+
+/// diffusers' `UNet2DConditionModel` config (`unet/config.json`), with diffusers' defaults for
+/// absent or null fields. Fields of variants that are not implemented (class / addition
+/// embeddings, other block types, scale-shift resnets, …) are checked by `validate()` and
+/// rejected there with the field's name.
+public struct UNet2DConditionConfig: Codable, Equatable, Sendable {
+    public var sampleSize: OneOrMany<Int>?
+    public var inChannels: Int
+    public var outChannels: Int
+    public var centerInputSample: Bool
+    public var flipSinToCos: Bool
+    public var freqShift: Float
+    public var downBlockTypes: [String]
+    public var midBlockType: String?
+    public var upBlockTypes: [String]
+    public var onlyCrossAttention: OneOrMany<Bool>
+    public var blockOutChannels: [Int]
+    public var layersPerBlock: OneOrMany<Int>
+    public var downsamplePadding: Int
+    public var midBlockScaleFactor: Float
+    public var dropout: Float
+    public var actFn: String
+    public var normNumGroups: Int?
+    public var normEps: Float
+    public var crossAttentionDim: OneOrMany<Int>
+    /// Transformer blocks per attention: one count for all, one per block, or one per layer of each block.
+    public var transformerLayersPerBlock: OneOrMany<OneOrMany<Int>>
+    public var reverseTransformerLayersPerBlock: [[Int]]?
+    /// In SD 1.x/2.x configs this is the number of HEADS (diffusers' naming bug, issue #2011);
+    /// it is used as such when `numAttentionHeads` is absent.
+    public var attentionHeadDim: OneOrMany<Int>
+    public var numAttentionHeads: OneOrMany<Int>?
+    public var dualCrossAttention: Bool
+    public var useLinearProjection: Bool
+    public var upcastAttention: Bool
+    public var resnetTimeScaleShift: String
+    public var resnetSkipTimeAct: Bool
+    public var resnetOutScaleFactor: Float
+    public var timeEmbeddingType: String
+    public var timeEmbeddingDim: Int?
+    public var timeEmbeddingActFn: String?
+    public var timestepPostAct: String?
+    public var timeCondProjDim: Int?
+    public var convInKernel: Int
+    public var convOutKernel: Int
+    public var classEmbedType: String?
+    public var numClassEmbeds: Int?
+    public var additionEmbedType: String?
+    public var encoderHidDimType: String?
+    public var encoderHidDim: Int?
+    public var attentionType: String
+    public var classEmbeddingsConcat: Bool
+    public var midBlockOnlyCrossAttention: Bool?
+    public var crossAttentionNorm: String?
+
+    enum CodingKeys: String, CodingKey {
+        case sampleSize = "sample_size", inChannels = "in_channels", outChannels = "out_channels"
+        case centerInputSample = "center_input_sample", flipSinToCos = "flip_sin_to_cos", freqShift = "freq_shift"
+        case downBlockTypes = "down_block_types", midBlockType = "mid_block_type", upBlockTypes = "up_block_types"
+        case onlyCrossAttention = "only_cross_attention", blockOutChannels = "block_out_channels"
+        case layersPerBlock = "layers_per_block", downsamplePadding = "downsample_padding"
+        case midBlockScaleFactor = "mid_block_scale_factor", dropout, actFn = "act_fn"
+        case normNumGroups = "norm_num_groups", normEps = "norm_eps", crossAttentionDim = "cross_attention_dim"
+        case transformerLayersPerBlock = "transformer_layers_per_block"
+        case reverseTransformerLayersPerBlock = "reverse_transformer_layers_per_block"
+        case attentionHeadDim = "attention_head_dim", numAttentionHeads = "num_attention_heads"
+        case dualCrossAttention = "dual_cross_attention", useLinearProjection = "use_linear_projection"
+        case upcastAttention = "upcast_attention", resnetTimeScaleShift = "resnet_time_scale_shift"
+        case resnetSkipTimeAct = "resnet_skip_time_act", resnetOutScaleFactor = "resnet_out_scale_factor"
+        case timeEmbeddingType = "time_embedding_type", timeEmbeddingDim = "time_embedding_dim"
+        case timeEmbeddingActFn = "time_embedding_act_fn", timestepPostAct = "timestep_post_act"
+        case timeCondProjDim = "time_cond_proj_dim", convInKernel = "conv_in_kernel", convOutKernel = "conv_out_kernel"
+        case classEmbedType = "class_embed_type", numClassEmbeds = "num_class_embeds"
+        case additionEmbedType = "addition_embed_type", encoderHidDimType = "encoder_hid_dim_type"
+        case encoderHidDim = "encoder_hid_dim", attentionType = "attention_type"
+        case classEmbeddingsConcat = "class_embeddings_concat"
+        case midBlockOnlyCrossAttention = "mid_block_only_cross_attention", crossAttentionNorm = "cross_attention_norm"
+    }
+
+    /// diffusers' defaults: the SD 1.x architecture.
+    public init() {
+        sampleSize = nil
+        inChannels = 4
+        outChannels = 4
+        centerInputSample = false
+        flipSinToCos = true
+        freqShift = 0
+        downBlockTypes = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+        midBlockType = "UNetMidBlock2DCrossAttn"
+        upBlockTypes = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+        onlyCrossAttention = .one(false)
+        blockOutChannels = [320, 640, 1280, 1280]
+        layersPerBlock = .one(2)
+        downsamplePadding = 1
+        midBlockScaleFactor = 1
+        dropout = 0
+        actFn = "silu"
+        normNumGroups = 32
+        normEps = 1e-5
+        crossAttentionDim = .one(1280)
+        transformerLayersPerBlock = .one(.one(1))
+        reverseTransformerLayersPerBlock = nil
+        attentionHeadDim = .one(8)
+        numAttentionHeads = nil
+        dualCrossAttention = false
+        useLinearProjection = false
+        upcastAttention = false
+        resnetTimeScaleShift = "default"
+        resnetSkipTimeAct = false
+        resnetOutScaleFactor = 1
+        timeEmbeddingType = "positional"
+        timeEmbeddingDim = nil
+        timeEmbeddingActFn = nil
+        timestepPostAct = nil
+        timeCondProjDim = nil
+        convInKernel = 3
+        convOutKernel = 3
+        classEmbedType = nil
+        numClassEmbeds = nil
+        additionEmbedType = nil
+        encoderHidDimType = nil
+        encoderHidDim = nil
+        attentionType = "default"
+        classEmbeddingsConcat = false
+        midBlockOnlyCrossAttention = nil
+        crossAttentionNorm = nil
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = UNet2DConditionConfig()
+        sampleSize = try c.decodeIfPresent(OneOrMany<Int>.self, forKey: .sampleSize)
+        inChannels = try c.value(.inChannels, or: d.inChannels)
+        outChannels = try c.value(.outChannels, or: d.outChannels)
+        centerInputSample = try c.value(.centerInputSample, or: d.centerInputSample)
+        flipSinToCos = try c.value(.flipSinToCos, or: d.flipSinToCos)
+        freqShift = try c.value(.freqShift, or: d.freqShift)
+        downBlockTypes = try c.value(.downBlockTypes, or: d.downBlockTypes)
+        // An explicit null means "no mid block", unlike the other fields.
+        midBlockType = c.contains(.midBlockType) ? try c.decodeIfPresent(String.self, forKey: .midBlockType) : d.midBlockType
+        upBlockTypes = try c.value(.upBlockTypes, or: d.upBlockTypes)
+        onlyCrossAttention = try c.value(.onlyCrossAttention, or: d.onlyCrossAttention)
+        blockOutChannels = try c.value(.blockOutChannels, or: d.blockOutChannels)
+        layersPerBlock = try c.value(.layersPerBlock, or: d.layersPerBlock)
+        downsamplePadding = try c.value(.downsamplePadding, or: d.downsamplePadding)
+        midBlockScaleFactor = try c.value(.midBlockScaleFactor, or: d.midBlockScaleFactor)
+        dropout = try c.value(.dropout, or: d.dropout)
+        actFn = try c.value(.actFn, or: d.actFn)
+        normNumGroups = c.contains(.normNumGroups) ? try c.decodeIfPresent(Int.self, forKey: .normNumGroups) : d.normNumGroups
+        normEps = try c.value(.normEps, or: d.normEps)
+        crossAttentionDim = try c.value(.crossAttentionDim, or: d.crossAttentionDim)
+        transformerLayersPerBlock = try c.value(.transformerLayersPerBlock, or: d.transformerLayersPerBlock)
+        reverseTransformerLayersPerBlock = try c.decodeIfPresent([[Int]].self, forKey: .reverseTransformerLayersPerBlock)
+        attentionHeadDim = try c.value(.attentionHeadDim, or: d.attentionHeadDim)
+        numAttentionHeads = try c.decodeIfPresent(OneOrMany<Int>.self, forKey: .numAttentionHeads)
+        dualCrossAttention = try c.value(.dualCrossAttention, or: d.dualCrossAttention)
+        useLinearProjection = try c.value(.useLinearProjection, or: d.useLinearProjection)
+        upcastAttention = try c.value(.upcastAttention, or: d.upcastAttention)
+        resnetTimeScaleShift = try c.value(.resnetTimeScaleShift, or: d.resnetTimeScaleShift)
+        resnetSkipTimeAct = try c.value(.resnetSkipTimeAct, or: d.resnetSkipTimeAct)
+        resnetOutScaleFactor = try c.value(.resnetOutScaleFactor, or: d.resnetOutScaleFactor)
+        timeEmbeddingType = try c.value(.timeEmbeddingType, or: d.timeEmbeddingType)
+        timeEmbeddingDim = try c.decodeIfPresent(Int.self, forKey: .timeEmbeddingDim)
+        timeEmbeddingActFn = try c.decodeIfPresent(String.self, forKey: .timeEmbeddingActFn)
+        timestepPostAct = try c.decodeIfPresent(String.self, forKey: .timestepPostAct)
+        timeCondProjDim = try c.decodeIfPresent(Int.self, forKey: .timeCondProjDim)
+        convInKernel = try c.value(.convInKernel, or: d.convInKernel)
+        convOutKernel = try c.value(.convOutKernel, or: d.convOutKernel)
+        classEmbedType = try c.decodeIfPresent(String.self, forKey: .classEmbedType)
+        numClassEmbeds = try c.decodeIfPresent(Int.self, forKey: .numClassEmbeds)
+        additionEmbedType = try c.decodeIfPresent(String.self, forKey: .additionEmbedType)
+        encoderHidDimType = try c.decodeIfPresent(String.self, forKey: .encoderHidDimType)
+        encoderHidDim = try c.decodeIfPresent(Int.self, forKey: .encoderHidDim)
+        attentionType = try c.value(.attentionType, or: d.attentionType)
+        classEmbeddingsConcat = try c.value(.classEmbeddingsConcat, or: d.classEmbeddingsConcat)
+        midBlockOnlyCrossAttention = try c.decodeIfPresent(Bool.self, forKey: .midBlockOnlyCrossAttention)
+        crossAttentionNorm = try c.decodeIfPresent(String.self, forKey: .crossAttentionNorm)
+    }
+
+    /// Writes every field under its diffusers name, absent values as null (as diffusers does).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(sampleSize, forKey: .sampleSize)
+        try c.encode(inChannels, forKey: .inChannels)
+        try c.encode(outChannels, forKey: .outChannels)
+        try c.encode(centerInputSample, forKey: .centerInputSample)
+        try c.encode(flipSinToCos, forKey: .flipSinToCos)
+        try c.encode(freqShift, forKey: .freqShift)
+        try c.encode(downBlockTypes, forKey: .downBlockTypes)
+        try c.encode(midBlockType, forKey: .midBlockType)
+        try c.encode(upBlockTypes, forKey: .upBlockTypes)
+        try c.encode(onlyCrossAttention, forKey: .onlyCrossAttention)
+        try c.encode(blockOutChannels, forKey: .blockOutChannels)
+        try c.encode(layersPerBlock, forKey: .layersPerBlock)
+        try c.encode(downsamplePadding, forKey: .downsamplePadding)
+        try c.encode(midBlockScaleFactor, forKey: .midBlockScaleFactor)
+        try c.encode(dropout, forKey: .dropout)
+        try c.encode(actFn, forKey: .actFn)
+        try c.encode(normNumGroups, forKey: .normNumGroups)
+        try c.encode(normEps, forKey: .normEps)
+        try c.encode(crossAttentionDim, forKey: .crossAttentionDim)
+        try c.encode(transformerLayersPerBlock, forKey: .transformerLayersPerBlock)
+        try c.encode(reverseTransformerLayersPerBlock, forKey: .reverseTransformerLayersPerBlock)
+        try c.encode(attentionHeadDim, forKey: .attentionHeadDim)
+        try c.encode(numAttentionHeads, forKey: .numAttentionHeads)
+        try c.encode(dualCrossAttention, forKey: .dualCrossAttention)
+        try c.encode(useLinearProjection, forKey: .useLinearProjection)
+        try c.encode(upcastAttention, forKey: .upcastAttention)
+        try c.encode(resnetTimeScaleShift, forKey: .resnetTimeScaleShift)
+        try c.encode(resnetSkipTimeAct, forKey: .resnetSkipTimeAct)
+        try c.encode(resnetOutScaleFactor, forKey: .resnetOutScaleFactor)
+        try c.encode(timeEmbeddingType, forKey: .timeEmbeddingType)
+        try c.encode(timeEmbeddingDim, forKey: .timeEmbeddingDim)
+        try c.encode(timeEmbeddingActFn, forKey: .timeEmbeddingActFn)
+        try c.encode(timestepPostAct, forKey: .timestepPostAct)
+        try c.encode(timeCondProjDim, forKey: .timeCondProjDim)
+        try c.encode(convInKernel, forKey: .convInKernel)
+        try c.encode(convOutKernel, forKey: .convOutKernel)
+        try c.encode(classEmbedType, forKey: .classEmbedType)
+        try c.encode(numClassEmbeds, forKey: .numClassEmbeds)
+        try c.encode(additionEmbedType, forKey: .additionEmbedType)
+        try c.encode(encoderHidDimType, forKey: .encoderHidDimType)
+        try c.encode(encoderHidDim, forKey: .encoderHidDim)
+        try c.encode(attentionType, forKey: .attentionType)
+        try c.encode(classEmbeddingsConcat, forKey: .classEmbeddingsConcat)
+        try c.encode(midBlockOnlyCrossAttention, forKey: .midBlockOnlyCrossAttention)
+        try c.encode(crossAttentionNorm, forKey: .crossAttentionNorm)
+    }
+
+    /// Reads `config.json` (of a diffusers `unet/` folder).
+    public init(contentsOf url: URL) throws {
+        self = try readConfig(UNet2DConditionConfig.self, from: url)
+    }
+
+    public var blockCount: Int { blockOutChannels.count }
+
+    /// Attention heads of block `i` (`num_attention_heads`, else `attention_head_dim`, see above).
+    public func heads(block i: Int) -> Int { (numAttentionHeads ?? attentionHeadDim)[i] }
+
+    /// Transformer blocks in layer `layer` of down block `block`.
+    public func transformerLayers(block: Int, layer: Int) -> Int { transformerLayersPerBlock[block][layer] }
+
+    /// Transformer blocks in layer `layer` of up block `upBlock` (counted from the bottom).
+    public func upTransformerLayers(upBlock: Int, layer: Int) -> Int {
+        if let reverse = reverseTransformerLayersPerBlock { return reverse[upBlock][layer] }
+        return transformerLayersPerBlock[blockCount - 1 - upBlock][layer]
+    }
+
+    /// Width of the time embedding fed to the resnets.
+    public var timeEmbedDim: Int { timeEmbeddingDim ?? blockOutChannels[0] * 4 }
+
+    /// Throws for configs this implementation cannot build, naming the field.
+    public func validate() throws {
+        func unsupported(_ field: String, _ value: Any?) -> DiffusionConfigError {
+            .unsupported(field: field, value: value.map { "\($0)" } ?? "null")
+        }
+        let n = blockCount
+        guard n > 0 else { throw DiffusionConfigError.invalid(field: "block_out_channels", reason: "is empty") }
+        guard downBlockTypes.count == n else {
+            throw DiffusionConfigError.invalid(field: "down_block_types", reason: "has \(downBlockTypes.count) entries for \(n) blocks")
+        }
+        guard upBlockTypes.count == n else {
+            throw DiffusionConfigError.invalid(field: "up_block_types", reason: "has \(upBlockTypes.count) entries for \(n) blocks")
+        }
+        for type in downBlockTypes where !["CrossAttnDownBlock2D", "DownBlock2D"].contains(type) {
+            throw unsupported("down_block_types", type)
+        }
+        for type in upBlockTypes where !["CrossAttnUpBlock2D", "UpBlock2D"].contains(type) {
+            throw unsupported("up_block_types", type)
+        }
+        if let midBlockType, midBlockType != "UNetMidBlock2DCrossAttn" { throw unsupported("mid_block_type", midBlockType) }
+        try onlyCrossAttention.validate(count: n, field: "only_cross_attention")
+        try layersPerBlock.validate(count: n, field: "layers_per_block")
+        try crossAttentionDim.validate(count: n, field: "cross_attention_dim")
+        try attentionHeadDim.validate(count: n, field: "attention_head_dim")
+        try numAttentionHeads?.validate(count: n, field: "num_attention_heads")
+        try transformerLayersPerBlock.validate(count: n, field: "transformer_layers_per_block")
+        for i in 0..<n {
+            if case .many(let perLayer) = transformerLayersPerBlock[i], perLayer.count != layersPerBlock[i] {
+                throw DiffusionConfigError.invalid(field: "transformer_layers_per_block",
+                                                   reason: "block \(i) has \(perLayer.count) entries for \(layersPerBlock[i]) layers")
+            }
+        }
+        for i in 0..<n where reverseTransformerLayersPerBlock == nil && upBlockTypes[n - 1 - i].hasPrefix("CrossAttn") {
+            if case .many = transformerLayersPerBlock[i] {
+                throw DiffusionConfigError.invalid(field: "reverse_transformer_layers_per_block",
+                                                   reason: "is needed when transformer_layers_per_block gives counts per layer")
+            }
+        }
+        for i in 0..<n where reverseTransformerLayersPerBlock == nil && upBlockTypes[n - 1 - i].hasPrefix("CrossAttn") {
+            if case .many = transformerLayersPerBlock[i] {
+                throw DiffusionConfigError.invalid(field: "reverse_transformer_layers_per_block",
+                                                   reason: "is needed when transformer_layers_per_block gives counts per layer")
+            }
+        }
+        if let reverse = reverseTransformerLayersPerBlock {
+            guard reverse.count == n, (0..<n).allSatisfy({ reverse[$0].count == layersPerBlock[n - 1 - $0] + 1 }) else {
+                throw DiffusionConfigError.invalid(field: "reverse_transformer_layers_per_block",
+                                                   reason: "needs one entry per layer of each up block")
+            }
+        }
+        guard let groups = normNumGroups else { throw unsupported("norm_num_groups", nil) }
+        for (i, channels) in blockOutChannels.enumerated() where channels % groups != 0 {
+            throw DiffusionConfigError.invalid(field: "block_out_channels", reason: "[\(i)] = \(channels) is not divisible by norm_num_groups \(groups)")
+        }
+        for i in 0..<n where downBlockTypes[i].hasPrefix("CrossAttn") || upBlockTypes[n - 1 - i].hasPrefix("CrossAttn")
+            || (i == n - 1 && midBlockType != nil) {
+            let heads = heads(block: i)
+            guard heads > 0, blockOutChannels[i] % heads == 0 else {
+                throw DiffusionConfigError.invalid(field: numAttentionHeads == nil ? "attention_head_dim" : "num_attention_heads",
+                                                   reason: "[\(i)] = \(heads) heads do not divide \(blockOutChannels[i]) channels")
+            }
+        }
+        if !["silu", "swish"].contains(actFn) { throw unsupported("act_fn", actFn) }
+        if timeEmbeddingType != "positional" { throw unsupported("time_embedding_type", timeEmbeddingType) }
+        if resnetTimeScaleShift != "default" { throw unsupported("resnet_time_scale_shift", resnetTimeScaleShift) }
+        if resnetSkipTimeAct { throw unsupported("resnet_skip_time_act", true) }
+        if dualCrossAttention { throw unsupported("dual_cross_attention", true) }
+        if attentionType != "default" { throw unsupported("attention_type", attentionType) }
+        if let classEmbedType { throw unsupported("class_embed_type", classEmbedType) }
+        if let numClassEmbeds { throw unsupported("num_class_embeds", numClassEmbeds) }
+        if let additionEmbedType { throw unsupported("addition_embed_type", additionEmbedType) }
+        if let encoderHidDimType { throw unsupported("encoder_hid_dim_type", encoderHidDimType) }
+        if let encoderHidDim { throw unsupported("encoder_hid_dim", encoderHidDim) }
+        if let timeEmbeddingActFn { throw unsupported("time_embedding_act_fn", timeEmbeddingActFn) }
+        if let timestepPostAct { throw unsupported("timestep_post_act", timestepPostAct) }
+        if let timeCondProjDim { throw unsupported("time_cond_proj_dim", timeCondProjDim) }
+        if let crossAttentionNorm { throw unsupported("cross_attention_norm", crossAttentionNorm) }
+        if classEmbeddingsConcat { throw unsupported("class_embeddings_concat", true) }
+        if convInKernel % 2 == 0 { throw unsupported("conv_in_kernel", convInKernel) }
+        if convOutKernel % 2 == 0 { throw unsupported("conv_out_kernel", convOutKernel) }
+    }
+}
+
+// MARK: - Blocks
+
+/// What a UNet block needs besides its input: the time embedding and the text conditioning.
+public struct UNetConditioning {
+    /// [B, timeEmbedDim], after time_embedding.
+    public let temb: Tensor
+    /// [B, M, crossAttentionDim]
+    public let context: Tensor
+    /// Broadcastable to [B, heads, N, M] (nonzero = may attend), or nil.
+    public let contextMask: Tensor?
+
+    public init(temb: Tensor, context: Tensor, contextMask: Tensor? = nil) {
+        self.temb = temb
+        self.context = context
+        self.contextMask = contextMask
+    }
+}
+
+/// A down block: returns the downsampled output and the states kept for the skip connections.
+public class UNetDownBlock: Module {
+    public func forward(_ x: Tensor, _ cond: UNetConditioning) -> (Tensor, [Tensor]) {
+        fatalError("UNetDownBlock.forward is abstract")
+    }
+}
+
+/// An up block: consumes skip states from the end of `skips`.
+public class UNetUpBlock: Module {
+    /// Number of skip states this block consumes (one per resnet).
+    public var skipCount: Int { fatalError("UNetUpBlock.skipCount is abstract") }
+    public func forward(_ x: Tensor, skips: ArraySlice<Tensor>, _ cond: UNetConditioning) -> Tensor {
+        fatalError("UNetUpBlock.forward is abstract")
+    }
+}
+
+/// diffusers' `DownBlock2D`: resnets, then an optional stride-2 conv downsampler.
+public final class DownBlock2D: UNetDownBlock {
+    public let resnets: [ResnetBlock2D]
+    public let downsamplers: [Downsample2D]?
+
+    public init(inChannels: Int, outChannels: Int, tembChannels: Int, layers: Int, groups: Int, eps: Float,
+                outputScaleFactor: Float = 1, addDownsample: Bool, downsamplePadding: Int = 1,
+                generator: inout RandomGenerator) {
+        var resnets: [ResnetBlock2D] = []
+        for i in 0..<layers {
+            resnets.append(ResnetBlock2D(inChannels: i == 0 ? inChannels : outChannels, outChannels: outChannels,
+                                         tembChannels: tembChannels, groups: groups, eps: eps,
+                                         outputScaleFactor: outputScaleFactor, generator: &generator))
+        }
+        self.resnets = resnets
+        downsamplers = addDownsample
+            ? [Downsample2D(channels: outChannels, padding: downsamplePadding, generator: &generator)] : nil
+    }
+
+    public override func forward(_ x: Tensor, _ cond: UNetConditioning) -> (Tensor, [Tensor]) {
+        var h = x
+        var states: [Tensor] = []
+        for resnet in resnets {
+            h = resnet(h, temb: cond.temb)
+            states.append(h)
+        }
+        if let down = downsamplers?.first {
+            h = down(h)
+            states.append(h)
+        }
+        return (h, states)
+    }
+}
+
+/// diffusers' `CrossAttnDownBlock2D`: (resnet, transformer) pairs, then an optional downsampler.
+public final class CrossAttnDownBlock2D: UNetDownBlock {
+    public let attentions: [Transformer2DModel]
+    public let resnets: [ResnetBlock2D]
+    public let downsamplers: [Downsample2D]?
+
+    public init(inChannels: Int, outChannels: Int, tembChannels: Int, layers: Int, transformerLayers: [Int],
+                groups: Int, eps: Float, heads: Int, crossAttentionDim: Int, useLinearProjection: Bool,
+                onlyCrossAttention: Bool, outputScaleFactor: Float = 1, addDownsample: Bool, downsamplePadding: Int = 1,
+                generator: inout RandomGenerator) {
+        var resnets: [ResnetBlock2D] = [], attentions: [Transformer2DModel] = []
+        for i in 0..<layers {
+            resnets.append(ResnetBlock2D(inChannels: i == 0 ? inChannels : outChannels, outChannels: outChannels,
+                                         tembChannels: tembChannels, groups: groups, eps: eps,
+                                         outputScaleFactor: outputScaleFactor, generator: &generator))
+            attentions.append(Transformer2DModel(heads: heads, headDim: outChannels / heads, inChannels: outChannels,
+                                                 layers: transformerLayers[i], crossAttentionDim: crossAttentionDim,
+                                                 normNumGroups: groups, useLinearProjection: useLinearProjection,
+                                                 onlyCrossAttention: onlyCrossAttention, generator: &generator))
+        }
+        self.resnets = resnets
+        self.attentions = attentions
+        downsamplers = addDownsample
+            ? [Downsample2D(channels: outChannels, padding: downsamplePadding, generator: &generator)] : nil
+    }
+
+    public override func forward(_ x: Tensor, _ cond: UNetConditioning) -> (Tensor, [Tensor]) {
+        var h = x
+        var states: [Tensor] = []
+        for (resnet, attention) in zip(resnets, attentions) {
+            h = resnet(h, temb: cond.temb)
+            h = attention(h, context: cond.context, contextMask: cond.contextMask)
+            states.append(h)
+        }
+        if let down = downsamplers?.first {
+            h = down(h)
+            states.append(h)
+        }
+        return (h, states)
+    }
+}
+
+/// diffusers' `UNetMidBlock2DCrossAttn`: resnet, then (transformer, resnet) pairs.
+public final class UNetMidBlock2DCrossAttn: Module {
+    public let attentions: [Transformer2DModel]
+    public let resnets: [ResnetBlock2D]
+
+    public init(channels: Int, tembChannels: Int, layers: Int = 1, transformerLayers: [Int], groups: Int, eps: Float,
+                heads: Int, crossAttentionDim: Int, useLinearProjection: Bool, onlyCrossAttention: Bool = false,
+                outputScaleFactor: Float = 1, generator: inout RandomGenerator) {
+        var resnets = [ResnetBlock2D(inChannels: channels, tembChannels: tembChannels, groups: groups, eps: eps,
+                                     outputScaleFactor: outputScaleFactor, generator: &generator)]
+        var attentions: [Transformer2DModel] = []
+        for i in 0..<layers {
+            attentions.append(Transformer2DModel(heads: heads, headDim: channels / heads, inChannels: channels,
+                                                 layers: transformerLayers[i], crossAttentionDim: crossAttentionDim,
+                                                 normNumGroups: groups, useLinearProjection: useLinearProjection,
+                                                 onlyCrossAttention: onlyCrossAttention, generator: &generator))
+            resnets.append(ResnetBlock2D(inChannels: channels, tembChannels: tembChannels, groups: groups, eps: eps,
+                                         outputScaleFactor: outputScaleFactor, generator: &generator))
+        }
+        self.attentions = attentions
+        self.resnets = resnets
+    }
+
+    public func callAsFunction(_ x: Tensor, _ cond: UNetConditioning) -> Tensor {
+        var h = resnets[0](x, temb: cond.temb)
+        for (attention, resnet) in zip(attentions, resnets.dropFirst()) {
+            h = attention(h, context: cond.context, contextMask: cond.contextMask)
+            h = resnet(h, temb: cond.temb)
+        }
+        return h
+    }
+}
+
+/// Input channels of resnet `i` of an up block: the previous output (or the block's own output
+/// after the first resnet) plus the skip state it concatenates.
+private func upResnetInputChannels(_ i: Int, layers: Int, inChannels: Int, outChannels: Int, prevOutputChannels: Int) -> Int {
+    let skip = i == layers - 1 ? inChannels : outChannels
+    return (i == 0 ? prevOutputChannels : outChannels) + skip
+}
+
+/// diffusers' `UpBlock2D`: resnets over [h, skip] concatenations, then an optional upsampler.
+public final class UpBlock2D: UNetUpBlock {
+    public let resnets: [ResnetBlock2D]
+    public let upsamplers: [Upsample2D]?
+
+    public init(inChannels: Int, prevOutputChannels: Int, outChannels: Int, tembChannels: Int, layers: Int,
+                groups: Int, eps: Float, outputScaleFactor: Float = 1, addUpsample: Bool, generator: inout RandomGenerator) {
+        var resnets: [ResnetBlock2D] = []
+        for i in 0..<layers {
+            let input = upResnetInputChannels(i, layers: layers, inChannels: inChannels, outChannels: outChannels,
+                                              prevOutputChannels: prevOutputChannels)
+            resnets.append(ResnetBlock2D(inChannels: input, outChannels: outChannels, tembChannels: tembChannels,
+                                         groups: groups, eps: eps, outputScaleFactor: outputScaleFactor, generator: &generator))
+        }
+        self.resnets = resnets
+        upsamplers = addUpsample ? [Upsample2D(channels: outChannels, generator: &generator)] : nil
+    }
+
+    public override var skipCount: Int { resnets.count }
+
+    public override func forward(_ x: Tensor, skips: ArraySlice<Tensor>, _ cond: UNetConditioning) -> Tensor {
+        var h = x
+        var remaining = skips
+        for resnet in resnets {
+            h = resnet(Tensor.concat([h, remaining.removeLast()], axis: 1), temb: cond.temb)
+        }
+        if let up = upsamplers?.first { h = up(h) }
+        return h
+    }
+}
+
+/// diffusers' `CrossAttnUpBlock2D`: (resnet over [h, skip], transformer) pairs, then an optional upsampler.
+public final class CrossAttnUpBlock2D: UNetUpBlock {
+    public let attentions: [Transformer2DModel]
+    public let resnets: [ResnetBlock2D]
+    public let upsamplers: [Upsample2D]?
+
+    public init(inChannels: Int, prevOutputChannels: Int, outChannels: Int, tembChannels: Int, layers: Int,
+                transformerLayers: [Int], groups: Int, eps: Float, heads: Int, crossAttentionDim: Int,
+                useLinearProjection: Bool, onlyCrossAttention: Bool, outputScaleFactor: Float = 1, addUpsample: Bool,
+                generator: inout RandomGenerator) {
+        var resnets: [ResnetBlock2D] = [], attentions: [Transformer2DModel] = []
+        for i in 0..<layers {
+            let input = upResnetInputChannels(i, layers: layers, inChannels: inChannels, outChannels: outChannels,
+                                              prevOutputChannels: prevOutputChannels)
+            resnets.append(ResnetBlock2D(inChannels: input, outChannels: outChannels, tembChannels: tembChannels,
+                                         groups: groups, eps: eps, outputScaleFactor: outputScaleFactor, generator: &generator))
+            attentions.append(Transformer2DModel(heads: heads, headDim: outChannels / heads, inChannels: outChannels,
+                                                 layers: transformerLayers[i], crossAttentionDim: crossAttentionDim,
+                                                 normNumGroups: groups, useLinearProjection: useLinearProjection,
+                                                 onlyCrossAttention: onlyCrossAttention, generator: &generator))
+        }
+        self.attentions = attentions
+        self.resnets = resnets
+        upsamplers = addUpsample ? [Upsample2D(channels: outChannels, generator: &generator)] : nil
+    }
+
+    public override var skipCount: Int { resnets.count }
+
+    public override func forward(_ x: Tensor, skips: ArraySlice<Tensor>, _ cond: UNetConditioning) -> Tensor {
+        var h = x
+        var remaining = skips
+        for (resnet, attention) in zip(resnets, attentions) {
+            h = resnet(Tensor.concat([h, remaining.removeLast()], axis: 1), temb: cond.temb)
+            h = attention(h, context: cond.context, contextMask: cond.contextMask)
+        }
+        if let up = upsamplers?.first { h = up(h) }
+        return h
+    }
+}
+
+// MARK: - Model
+
+/// diffusers' `UNet2DConditionModel` (Stable Diffusion 1.x / 2.x). Build it from a config, then
+/// load weights (`UNet2DConditionModel(directory:)` does both for a diffusers `unet/` folder).
+public final class UNet2DConditionModel: Module {
+    public let config: UNet2DConditionConfig
+    public let conv_in: Conv2d
+    public let time_embedding: TimestepEmbedding
+    public let down_blocks: [UNetDownBlock]
+    public let up_blocks: [UNetUpBlock]
+    public let mid_block: UNetMidBlock2DCrossAttn?
+    public let conv_norm_out: GroupNorm
+    public let conv_out: Conv2d
+
+    /// A randomly initialised model (PyTorch's default init) of the given architecture.
+    /// Throws `DiffusionConfigError` for configs that are inconsistent or not implemented.
+    public init(config: UNet2DConditionConfig, generator: inout RandomGenerator) throws {
+        try config.validate()
+        self.config = config
+        let c = config
+        let n = c.blockCount
+        let channels = c.blockOutChannels
+        let groups = c.normNumGroups!
+        let eps = c.normEps
+        let temb = c.timeEmbedDim
+        let onlyCross = c.onlyCrossAttention
+
+        conv_in = Conv2d(c.inChannels, channels[0], kernelSize: c.convInKernel, padding: (c.convInKernel - 1) / 2,
+                         generator: &generator)
+        time_embedding = TimestepEmbedding(inChannels: channels[0], timeEmbedDim: temb, generator: &generator)
+
+        var downs: [UNetDownBlock] = []
+        var output = channels[0]
+        for i in 0..<n {
+            let input = output
+            output = channels[i]
+            let isFinal = i == n - 1
+            let layers = c.layersPerBlock[i]
+            if c.downBlockTypes[i] == "CrossAttnDownBlock2D" {
+                downs.append(CrossAttnDownBlock2D(
+                    inChannels: input, outChannels: output, tembChannels: temb, layers: layers,
+                    transformerLayers: (0..<layers).map { c.transformerLayers(block: i, layer: $0) },
+                    groups: groups, eps: eps, heads: c.heads(block: i), crossAttentionDim: c.crossAttentionDim[i],
+                    useLinearProjection: c.useLinearProjection, onlyCrossAttention: onlyCross[i],
+                    outputScaleFactor: c.resnetOutScaleFactor, addDownsample: !isFinal,
+                    downsamplePadding: c.downsamplePadding, generator: &generator))
+            } else {
+                downs.append(DownBlock2D(
+                    inChannels: input, outChannels: output, tembChannels: temb, layers: layers, groups: groups, eps: eps,
+                    outputScaleFactor: c.resnetOutScaleFactor, addDownsample: !isFinal,
+                    downsamplePadding: c.downsamplePadding, generator: &generator))
+            }
+        }
+        down_blocks = downs
+
+        // diffusers builds the mid block before the up blocks (the order matters for the random init only).
+        if c.midBlockType != nil {
+            let midOnlyCross: Bool
+            if case .one(let value) = onlyCross { midOnlyCross = c.midBlockOnlyCrossAttention ?? value }
+            else { midOnlyCross = c.midBlockOnlyCrossAttention ?? false }
+            mid_block = UNetMidBlock2DCrossAttn(
+                channels: channels[n - 1], tembChannels: temb,
+                transformerLayers: [c.transformerLayers(block: n - 1, layer: 0)],
+                groups: groups, eps: eps, heads: c.heads(block: n - 1), crossAttentionDim: c.crossAttentionDim[n - 1],
+                useLinearProjection: c.useLinearProjection, onlyCrossAttention: midOnlyCross,
+                outputScaleFactor: c.midBlockScaleFactor, generator: &generator)
+        } else {
+            mid_block = nil
+        }
+
+        var ups: [UNetUpBlock] = []
+        output = channels[n - 1]
+        for i in 0..<n {
+            let block = n - 1 - i  // the down block this up block mirrors
+            let isFinal = i == n - 1
+            let prevOutput = output
+            output = channels[block]
+            let input = channels[max(block - 1, 0)]
+            let layers = c.layersPerBlock[block] + 1
+            if c.upBlockTypes[i] == "CrossAttnUpBlock2D" {
+                ups.append(CrossAttnUpBlock2D(
+                    inChannels: input, prevOutputChannels: prevOutput, outChannels: output, tembChannels: temb,
+                    layers: layers, transformerLayers: (0..<layers).map { c.upTransformerLayers(upBlock: i, layer: $0) },
+                    groups: groups, eps: eps, heads: c.heads(block: block), crossAttentionDim: c.crossAttentionDim[block],
+                    useLinearProjection: c.useLinearProjection, onlyCrossAttention: onlyCross[block],
+                    outputScaleFactor: c.resnetOutScaleFactor, addUpsample: !isFinal, generator: &generator))
+            } else {
+                ups.append(UpBlock2D(
+                    inChannels: input, prevOutputChannels: prevOutput, outChannels: output, tembChannels: temb,
+                    layers: layers, groups: groups, eps: eps, outputScaleFactor: c.resnetOutScaleFactor,
+                    addUpsample: !isFinal, generator: &generator))
+            }
+        }
+        up_blocks = ups
+
+        conv_norm_out = GroupNorm(groups: groups, channels: channels[0], eps: eps)
+        conv_out = Conv2d(channels[0], c.outChannels, kernelSize: c.convOutKernel, padding: (c.convOutKernel - 1) / 2,
+                          generator: &generator)
+    }
+
+    /// Builds the model from a diffusers `unet/` folder: `config.json` and
+    /// `diffusion_pytorch_model[.fp16].safetensors` (or its sharded `.safetensors.index.json`).
+    public convenience init(directory: URL) throws {
+        let config = try UNet2DConditionConfig(contentsOf: directory.appendingPathComponent("config.json"))
+        var generator = RandomGenerator(seed: 0)
+        try self.init(config: config, generator: &generator)
+        try loadModule(self, from: try diffusersWeightsFile(in: directory))
+    }
+
+    /// How many ×2 upsamplers the model has; sample height and width must be multiples of 2^this.
+    public var upsamplerCount: Int { config.blockCount - 1 }
+
+    /// The sinusoidal `time_proj` output for `timestep` (one value per batch item), [B, block_out_channels[0]].
+    public func timeProjection(_ timestep: [Float]) -> Tensor {
+        timestepEmbedding(timestep, dim: config.blockOutChannels[0], flipSinToCos: config.flipSinToCos,
+                          freqShift: config.freqShift)
+    }
+
+    /// Predicts the noise (or v) for `sample`.
+    ///
+    /// - Parameters:
+    ///   - sample: latents [B, inChannels, H, W]; H and W multiples of 2^(blocks − 1)
+    ///   - timestep: one timestep per batch item (a single value is used for the whole batch)
+    ///   - encoderHiddenStates: text conditioning [B, M, crossAttentionDim]
+    ///   - encoderAttentionMask: [B, M], 1 = attend, 0 = ignore (diffusers' `encoder_attention_mask`).
+    ///     As in diffusers (which adds −10000 to masked scores), an item whose mask is all zeros
+    ///     attends to every token.
+    /// - Returns: [B, outChannels, H, W]
+    public func callAsFunction(_ sample: Tensor, timestep: [Float], encoderHiddenStates: Tensor,
+                               encoderAttentionMask: Tensor? = nil) -> Tensor {
+        precondition(sample.rank == 4 && sample.shape[1] == config.inChannels,
+                     "UNet: sample must be [B, \(config.inChannels), H, W], got \(sample.shape)")
+        let batch = sample.shape[0]
+        precondition(encoderHiddenStates.rank == 3 && encoderHiddenStates.shape[0] == batch,
+                     "UNet: encoderHiddenStates must be [\(batch), M, D], got \(encoderHiddenStates.shape)")
+        precondition(timestep.count == batch || timestep.count == 1,
+                     "UNet: \(timestep.count) timesteps for a batch of \(batch)")
+        let factor = 1 << upsamplerCount
+        precondition(sample.shape[2] % factor == 0 && sample.shape[3] % factor == 0,
+                     "UNet: sample height and width must be multiples of \(factor), got \(sample.shape)")
+
+        let timesteps = timestep.count == batch ? timestep : Array(repeating: timestep[0], count: batch)
+        let temb = time_embedding(timeProjection(timesteps))
+        let mask = encoderAttentionMask.map { contextMask($0, batch: batch, tokens: encoderHiddenStates.shape[1]) }
+        let cond = UNetConditioning(temb: temb, context: encoderHiddenStates, contextMask: mask)
+
+        var h = config.centerInputSample ? sample * 2 - 1 : sample
+        h = conv_in(h)
+        var skips: [Tensor] = [h]
+        for block in down_blocks {
+            let (out, states) = block.forward(h, cond)
+            h = out
+            skips += states
+        }
+        if let mid_block { h = mid_block(h, cond) }
+        for block in up_blocks {
+            let count = block.skipCount
+            h = block.forward(h, skips: skips.suffix(count), cond)
+            skips.removeLast(count)  // release the skip states as soon as they are used
+        }
+        return conv_out(conv_norm_out(h).silu())
+    }
+
+    /// [B, M] keep-mask → [B, 1, 1, M] attention mask; an all-zero row attends to everything.
+    private func contextMask(_ mask: Tensor, batch: Int, tokens: Int) -> Tensor {
+        precondition(mask.shape == [batch, tokens], "UNet: encoderAttentionMask must be [\(batch), \(tokens)], got \(mask.shape)")
+        let src = mask.pointer
+        return Tensor(shape: [batch, 1, 1, tokens]) { p in
+            for b in 0..<batch {
+                let row = src + b * tokens
+                let any = (0..<tokens).contains { row[$0] != 0 }
+                for j in 0..<tokens { p[b * tokens + j] = !any || row[j] != 0 ? 1 : 0 }
+            }
+        }
+    }
+}

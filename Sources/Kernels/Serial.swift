@@ -1,0 +1,26 @@
+import CKernels
+
+// Single-threaded entry points for callers that already run in parallel (attention threads
+// over heads and query chunks; nesting a second level of threads would oversubscribe the cores).
+extension Kernels {
+    public static func sgemmSerial(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+                                   a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                   beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if m == 0 || n == 0 { return }
+        score_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
+                    a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc))
+    }
+
+    public static func softmaxRowsSerial(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
+        if rows == 0 || cols == 0 { return }
+        score_softmax_rows(x, y, Int64(rows), Int64(cols))
+    }
+
+    public static func expSerial(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+        if count > 0 { score_vexp(x, y, Int64(count)) }
+    }
+
+    public static func siluSerial(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+        if count > 0 { score_silu(x, y, Int64(count)) }
+    }
+}

@@ -1,0 +1,248 @@
+import Kernels
+
+// Convolution as im2col + GEMM, nearest upsampling and average pooling, all NCHW.
+
+/// Geometry of a 2-D convolution over one image.
+struct ConvGeometry {
+    let channels: Int, height: Int, width: Int
+    let kernelH: Int, kernelW: Int, stride: Int, padding: Int
+    var outH: Int { (height + 2 * padding - kernelH) / stride + 1 }
+    var outW: Int { (width + 2 * padding - kernelW) / stride + 1 }
+    /// Rows of the column matrix: one per (channel, kernel row, kernel column).
+    var patchSize: Int { channels * kernelH * kernelW }
+    /// Whether the column matrix is the image itself (1×1, stride 1, no padding).
+    var isPointwise: Bool { kernelH == 1 && kernelW == 1 && stride == 1 && padding == 0 }
+
+    /// Output columns ox whose input column ox·stride − padding + kx lies inside the image.
+    @inline(__always)
+    func validColumns(kx: Int) -> Range<Int> {
+        let shift = kx - padding
+        // smallest ox with ox·stride + shift ≥ 0, and first ox with ox·stride + shift ≥ width
+        let lo = shift >= 0 ? 0 : (-shift + stride - 1) / stride
+        let hi = width - shift <= 0 ? 0 : min(outW, (width - shift + stride - 1) / stride)
+        return lo..<max(lo, hi)
+    }
+
+    /// Unfolds one image [C, H, W] into columns [C·kh·kw, outH·outW].
+    func im2col(_ image: UnsafePointer<Float>, into columns: UnsafeMutablePointer<Float>) {
+        let outH = outH, outW = outW
+        parallelChunks(patchSize, grain: max(1, 8192 / max(outH * outW, 1))) { rows in
+            for row in rows {
+                let kx = row % kernelW, ky = (row / kernelW) % kernelH, c = row / (kernelW * kernelH)
+                let plane = image + c * height * width
+                let dst = columns + row * outH * outW
+                let valid = validColumns(kx: kx)
+                let shift = kx - padding
+                for oy in 0..<outH {
+                    let iy = oy * stride - padding + ky
+                    let out = dst + oy * outW
+                    if iy < 0 || iy >= height { out.update(repeating: 0, count: outW); continue }
+                    let line = plane + iy * width + shift
+                    if valid.lowerBound > 0 { out.update(repeating: 0, count: valid.lowerBound) }
+                    if stride == 1 {
+                        (out + valid.lowerBound).update(from: line + valid.lowerBound, count: valid.count)
+                    } else {
+                        for ox in valid { out[ox] = line[ox * stride] }
+                    }
+                    if valid.upperBound < outW { (out + valid.upperBound).update(repeating: 0, count: outW - valid.upperBound) }
+                }
+            }
+        }
+    }
+
+    /// Adds columns [C·kh·kw, outH·outW] back into an image [C, H, W] (the adjoint of im2col).
+    func col2imAdd(_ columns: UnsafePointer<Float>, into image: UnsafeMutablePointer<Float>) {
+        let outH = outH, outW = outW
+        // Parallel over channels: each channel's plane is written by its own rows only.
+        parallelChunks(channels, grain: 1) { chans in
+            for c in chans {
+                let plane = image + c * height * width
+                for ky in 0..<kernelH {
+                    for kx in 0..<kernelW {
+                        let src = columns + ((c * kernelH + ky) * kernelW + kx) * outH * outW
+                        let valid = validColumns(kx: kx)
+                        let shift = kx - padding
+                        for oy in 0..<outH {
+                            let iy = oy * stride - padding + ky
+                            if iy < 0 || iy >= height { continue }
+                            let line = plane + iy * width + shift
+                            let s = src + oy * outW
+                            if stride == 1 {
+                                for ox in valid { line[ox] += s[ox] }
+                            } else {
+                                for ox in valid { line[ox * stride] += s[ox] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 2-D convolution (cross-correlation, as PyTorch) of x [N, C, H, W] with weight
+/// [O, C, kh, kw] and optional bias [O]; symmetric zero padding.
+public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1, padding: Int = 0) -> Tensor {
+    precondition(x.rank == 4 && weight.rank == 4, "conv2d: input \(x.shape), weight \(weight.shape) must be rank 4")
+    precondition(x.shape[1] == weight.shape[1], "conv2d: input has \(x.shape[1]) channels, weight expects \(weight.shape[1])")
+    let batch = x.shape[0], outChannels = weight.shape[0]
+    let geo = ConvGeometry(channels: x.shape[1], height: x.shape[2], width: x.shape[3],
+                           kernelH: weight.shape[2], kernelW: weight.shape[3], stride: stride, padding: padding)
+    precondition(geo.outH > 0 && geo.outW > 0, "conv2d: kernel larger than padded input \(x.shape)")
+    let spatial = geo.outH * geo.outW, imageSize = geo.channels * geo.height * geo.width
+    let columns = geo.isPointwise ? nil : TensorStorage(uninitializedCount: geo.patchSize * spatial)
+    let px = x.pointer, pw = weight.pointer
+
+    let y = Tensor(shape: [batch, outChannels, geo.outH, geo.outW]) { out in
+        for n in 0..<batch {
+            let image = px + n * imageSize
+            var cols = UnsafePointer(image)
+            if let columns { geo.im2col(image, into: columns.pointer); cols = UnsafePointer(columns.pointer) }
+            Kernels.sgemm(transA: false, transB: false, m: outChannels, n: spatial, k: geo.patchSize,
+                          a: pw, lda: geo.patchSize, b: cols, ldb: spatial,
+                          c: out + n * outChannels * spatial, ldc: spatial)
+        }
+        if let bias {
+            let pb = bias.pointer
+            parallelChunks(batch * outChannels, grain: max(1, 8192 / spatial)) { r in
+                for plane in r {
+                    let b = pb[plane % outChannels], o = out + plane * spatial
+                    for i in 0..<spatial { o[i] += b }
+                }
+            }
+        }
+    }
+    let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
+    return y.recording(inputs) { g in
+        let pg = g.pointer
+        let dx = x.isTracked ? Tensor.zeros(x.shape) : nil
+        let dw = weight.isTracked ? Tensor.zeros(weight.shape) : nil
+        for n in 0..<batch where dw != nil {
+            let gn = pg + n * outChannels * spatial
+            let image = px + n * imageSize
+            var cols = UnsafePointer(image)
+            if let columns { geo.im2col(image, into: columns.pointer); cols = UnsafePointer(columns.pointer) }
+            // dW += g_n · colsᵀ
+            Kernels.sgemm(transA: false, transB: true, m: outChannels, n: geo.patchSize, k: spatial,
+                          a: gn, lda: spatial, b: cols, ldb: spatial, beta: n == 0 ? 0 : 1,
+                          c: dw!.pointer, ldc: geo.patchSize)
+        }
+        if let dx { convolutionInputGradient(g, weight: weight, geometry: geo, into: dx) }
+        let db = bias.map { _ in g.sum(axes: [0, 2, 3]) }
+        return [dx, dw, db]
+    }
+}
+
+/// dx of a convolution. With stride 1 it is itself a convolution of g with the flipped,
+/// channel-transposed kernel and padding k − 1 − p: im2col plus a GEMM with a long inner
+/// dimension (C_out·k²), much faster than the GEMM with inner dimension C_out plus col2im
+/// used for strided convolutions.
+private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo: ConvGeometry, into dx: Tensor) {
+    let (batch, outChannels) = (g.shape[0], g.shape[1])
+    let spatial = geo.outH * geo.outW, imageSize = geo.channels * geo.height * geo.width
+    let pg = g.pointer, pw = weight.pointer
+    if geo.isPointwise {
+        for n in 0..<batch {
+            Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
+                          a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
+                          c: dx.pointer + n * imageSize, ldc: spatial)
+        }
+        return
+    }
+    if geo.stride == 1 && geo.padding <= min(geo.kernelH, geo.kernelW) - 1 && geo.kernelH == geo.kernelW {
+        let k = geo.kernelH
+        let transposedGeometry = ConvGeometry(channels: outChannels, height: geo.outH, width: geo.outW,
+                                              kernelH: k, kernelW: k, stride: 1, padding: k - 1 - geo.padding)
+        // w'[c, o, i, j] = w[o, c, k−1−i, k−1−j]
+        let flipped = Tensor(shape: [geo.channels, outChannels, k, k]) { wt in
+            for o in 0..<outChannels { for c in 0..<geo.channels { for i in 0..<k { for j in 0..<k {
+                wt[((c * outChannels + o) * k + i) * k + j] = pw[((o * geo.channels + c) * k + (k - 1 - i)) * k + (k - 1 - j)]
+            } } } }
+        }
+        let columns = TensorStorage(uninitializedCount: transposedGeometry.patchSize * geo.height * geo.width)
+        for n in 0..<batch {
+            transposedGeometry.im2col(pg + n * outChannels * spatial, into: columns.pointer)
+            Kernels.sgemm(transA: false, transB: false, m: geo.channels, n: geo.height * geo.width,
+                          k: transposedGeometry.patchSize, a: flipped.pointer, lda: transposedGeometry.patchSize,
+                          b: columns.pointer, ldb: geo.height * geo.width,
+                          c: dx.pointer + n * imageSize, ldc: geo.height * geo.width)
+        }
+        return
+    }
+    let dcols = TensorStorage(uninitializedCount: geo.patchSize * spatial)
+    for n in 0..<batch {
+        // dcols = Wᵀ · g_n, folded back into the image.
+        Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
+                      a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
+                      c: dcols.pointer, ldc: spatial)
+        geo.col2imAdd(dcols.pointer, into: dx.pointer + n * imageSize)
+    }
+}
+
+extension Tensor {
+    /// Nearest-neighbour ×2 upsampling of [N, C, H, W].
+    public func upsampleNearest2x() -> Tensor {
+        precondition(rank == 4, "upsampleNearest2x needs NCHW, got \(shape)")
+        let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3])
+        let src = pointer
+        let y = Tensor(shape: [shape[0], shape[1], 2 * h, 2 * w]) { dst in
+            parallelChunks(planes * h, grain: max(1, 4096 / w)) { r in
+                for row in r {
+                    let s = src + row * w
+                    let d0 = dst + row * 4 * w, d1 = d0 + 2 * w
+                    for j in 0..<w { let v = s[j]; d0[2 * j] = v; d0[2 * j + 1] = v }
+                    d1.update(from: d0, count: 2 * w)
+                }
+            }
+        }
+        let inputShape = shape
+        return y.recording([self]) { g in
+            let pg = g.pointer
+            return [Tensor(shape: inputShape) { dst in
+                parallelChunks(planes * h, grain: max(1, 4096 / w)) { r in
+                    for row in r {
+                        let g0 = pg + row * 4 * w, g1 = g0 + 2 * w
+                        for j in 0..<w { dst[row * w + j] = g0[2 * j] + g0[2 * j + 1] + g1[2 * j] + g1[2 * j + 1] }
+                    }
+                }
+            }]
+        }
+    }
+
+    /// Average pooling of [N, C, H, W] with a square window, no padding.
+    public func avgPool2d(kernel: Int, stride: Int? = nil) -> Tensor {
+        precondition(rank == 4, "avgPool2d needs NCHW, got \(shape)")
+        let s = stride ?? kernel
+        let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3])
+        let oh = (h - kernel) / s + 1, ow = (w - kernel) / s + 1
+        let scale = 1 / Float(kernel * kernel)
+        let src = pointer
+        let y = Tensor(shape: [shape[0], shape[1], oh, ow]) { dst in
+            parallelChunks(planes, grain: max(1, 4096 / (h * w))) { r in
+                for p in r {
+                    let plane = src + p * h * w
+                    for i in 0..<oh { for j in 0..<ow {
+                        var acc: Float = 0
+                        for ki in 0..<kernel { for kj in 0..<kernel { acc += plane[(i * s + ki) * w + j * s + kj] } }
+                        dst[(p * oh + i) * ow + j] = acc * scale
+                    } }
+                }
+            }
+        }
+        let inputShape = shape
+        return y.recording([self]) { g in
+            let pg = g.pointer
+            let dx = Tensor.zeros(inputShape)
+            let pd = dx.pointer
+            parallelChunks(planes, grain: max(1, 4096 / (h * w))) { r in
+                for p in r {
+                    for i in 0..<oh { for j in 0..<ow {
+                        let v = pg[(p * oh + i) * ow + j] * scale
+                        for ki in 0..<kernel { for kj in 0..<kernel { pd[p * h * w + (i * s + ki) * w + j * s + kj] += v } }
+                    } }
+                }
+            }
+            return [dx]
+        }
+    }
+}

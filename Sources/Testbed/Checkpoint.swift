@@ -1,0 +1,100 @@
+import Foundation
+import NN
+import Tensor
+
+/// A resumable snapshot of a training run: model (and EMA) weights, optimizer state, the random
+/// generator's position and the loss history, in one safetensors file written atomically.
+public struct TrainingCheckpoint {
+    public var step: Int
+    public var generator: RandomGenerator
+    public var losses: [Float]
+
+    public init(step: Int, generator: RandomGenerator, losses: [Float]) {
+        self.step = step
+        self.generator = generator
+        self.losses = losses
+    }
+
+    public func save(to url: URL, model: Module, optimizer: Optimizer, ema: Module? = nil) throws {
+        var tensors: [String: Tensor] = [:]
+        for (name, t) in model.namedParameters() { tensors["model.\(name)"] = t }
+        for (name, t) in ema?.namedParameters() ?? [] { tensors["ema.\(name)"] = t }
+        for (name, t) in optimizer.state() { tensors["optimizer.\(name)"] = t }
+        let metadata = [
+            "step": String(step), "seed": String(generator.seed), "offset": String(generator.offset),
+            "losses": losses.map { String($0) }.joined(separator: ","),
+        ]
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Tensor.save(tensors, to: url, metadata: metadata)
+    }
+
+    /// Restores weights and optimizer state in place and returns the checkpoint's position.
+    public static func load(from url: URL, model: Module, optimizer: Optimizer, ema: Module? = nil) throws -> TrainingCheckpoint {
+        let archive = try TensorArchive(contentsOf: url)
+        func group(_ prefix: String) throws -> [String: Tensor] {
+            var result: [String: Tensor] = [:]
+            for name in archive.names where name.hasPrefix(prefix) {
+                result[String(name.dropFirst(prefix.count))] = try archive.tensor(name)
+            }
+            return result
+        }
+        try model.load(group("model."), source: url.path)
+        if let ema { try ema.load(group("ema."), source: url.path) }
+        try optimizer.loadState(group("optimizer."))
+        let meta = archive.metadata
+        guard let step = meta["step"].flatMap(Int.init), let seed = meta["seed"].flatMap(UInt64.init),
+              let offset = meta["offset"].flatMap(UInt64.init) else {
+            throw AssetError(asset: url.path, reason: "not a training checkpoint (no step/seed/offset metadata)",
+                             remedy: "pass a checkpoint written by `score train`")
+        }
+        let losses = (meta["losses"] ?? "").split(separator: ",").compactMap { Float(String($0)) }
+        return TrainingCheckpoint(step: step, generator: RandomGenerator(seed: seed, offset: offset), losses: losses)
+    }
+}
+
+/// Exponential moving average of a model's weights, kept in a second copy of the model.
+public struct EMA {
+    public let decay: Float
+
+    public init(decay: Float) { self.decay = decay }
+
+    /// shadow ← decay·shadow + (1 − decay)·model
+    public func update(_ shadow: Module, from model: Module) {
+        for ((_, s), (_, m)) in zip(shadow.namedParameters(), model.namedParameters()) {
+            let ps = s.pointer, pm = m.pointer
+            for i in 0..<s.count { ps[i] = decay * ps[i] + (1 - decay) * pm[i] }
+        }
+    }
+}
+
+/// Prints progress of a training loop: step, loss, throughput, ETA.
+public struct ProgressReporter {
+    public let total: Int
+    public let unit: String
+    let start = Date()
+    var lastPrint = Date.distantPast
+    public var print: (String) -> Void
+
+    public init(total: Int, unit: String = "images", print: @escaping (String) -> Void) {
+        self.total = total
+        self.unit = unit
+        self.print = print
+    }
+
+    public mutating func report(step: Int, firstStep: Int, items: Int, values: [(String, Float)], force: Bool = false) {
+        let now = Date()
+        guard force || now.timeIntervalSince(lastPrint) >= 2 || step == total else { return }
+        lastPrint = now
+        let elapsed = now.timeIntervalSince(start)
+        let done = max(step - firstStep, 1)
+        let eta = elapsed / Double(done) * Double(total - step)
+        let rate = Double(items) / max(elapsed, 1e-9)
+        let fields = values.map { "\($0.0) \(String(format: "%.4f", $0.1))" }.joined(separator: "  ")
+        print(String(format: "step %d/%d  %@  %.1f %@/s  ETA %@", step, total, fields, rate, unit, formatDuration(eta)))
+    }
+}
+
+public func formatDuration(_ seconds: Double) -> String {
+    let s = Int(seconds.rounded())
+    return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s % 3600 / 60) : String(format: "%dm%02ds", s / 60, s % 60)
+}

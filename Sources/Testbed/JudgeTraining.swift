@@ -1,0 +1,114 @@
+import Foundation
+import Kernels
+import NN
+import Tensor
+
+/// How a model was trained: enough to reproduce it and to judge its figures.
+public struct TrainingRecord: Codable, Sendable {
+    public var model: String
+    public var command: String
+    public var seed: UInt64
+    public var steps: Int
+    public var batchSize: Int
+    public var learningRate: Float
+    public var dataSHA256: [String: String]
+    public var wallSeconds: Double
+    public var imagesPerSecond: Double
+    public var finalLoss: Float
+    public var parameters: Int
+    public var metrics: [String: Double]
+    public var threads: Int
+    public var date: String
+
+    public func write(to url: URL) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeAtomically(try encoder.encode(self), to: url)
+    }
+}
+
+/// Writes data to a temp file beside `url`, then renames it into place.
+public func writeAtomically(_ data: Data, to url: URL) throws {
+    try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+    try data.write(to: url, options: .atomic)
+}
+
+public struct JudgeTrainingOptions {
+    public var architecture = "cnn"
+    public var steps = 1500
+    public var batchSize = 128
+    public var learningRate: Float = 2e-3
+    public var seed: UInt64 = 0
+    public var checkpointEvery = 500
+    public var output: URL
+    public var resume = false
+    /// Stop (after checkpointing) once this step is reached, as if killed; for tests.
+    public var stopAfter: Int?
+    public var command = ""
+
+    public init(output: URL) { self.output = output }
+}
+
+public func makeJudge(_ architecture: String, generator: inout RandomGenerator) throws -> any Judge {
+    switch architecture {
+    case "cnn": return ConvJudge(generator: &generator)
+    case "mlp": return MLPJudge(generator: &generator)
+    default: throw AssetError(asset: "--arch", reason: "unknown judge architecture '\(architecture)'", remedy: "use cnn or mlp")
+    }
+}
+
+/// Accuracy of a judge on labelled images.
+public func judgeAccuracy(_ judge: any Judge, on data: LabelledImages, limit: Int? = nil) -> Double {
+    let n = min(limit ?? data.count, data.count)
+    var correct = 0
+    for start in stride(from: 0, to: n, by: 500) {
+        let indices = Array(start..<min(n, start + 500))
+        let predicted = judge.predict(data.batch(indices))
+        correct += zip(predicted, data.labels(indices)).filter { $0 == $1 }.count
+    }
+    return Double(correct) / Double(n)
+}
+
+/// Trains a judge on the train split with Adam and a cosine schedule; checkpoints and resumes.
+public func trainJudge(_ options: JudgeTrainingOptions, data: FashionMNIST, log: @escaping (String) -> Void) throws -> (any Judge, TrainingRecord) {
+    var generator = RandomGenerator(seed: options.seed)
+    let judge = try makeJudge(options.architecture, generator: &generator)
+    let optimizer = Adam(judge.trainableParameters(), learningRate: options.learningRate)
+    let schedule = CosineAnnealingLR(base: options.learningRate, period: options.steps, minimum: options.learningRate * 0.01)
+    let checkpointURL = options.output.appendingPathComponent("checkpoint.safetensors")
+    var state = TrainingCheckpoint(step: 0, generator: generator.fork(1), losses: [])
+    if options.resume, FileManager.default.fileExists(atPath: checkpointURL.path) {
+        state = try TrainingCheckpoint.load(from: checkpointURL, model: judge, optimizer: optimizer)
+        log("resumed from \(checkpointURL.path) at step \(state.step)")
+    }
+    let firstStep = state.step
+    var progress = ProgressReporter(total: options.steps, print: log)
+    let start = Date()
+    while state.step < options.steps {
+        let indices = state.generator.uniform([options.batchSize]).scalars.map { min(data.train.count - 1, Int($0 * Float(data.train.count))) }
+        optimizer.learningRate = schedule.learningRate(at: state.step)
+        let loss = crossEntropy(judge.logits(data.train.batch(indices)), targets: data.train.labels(indices))
+        guard loss.item.isFinite else { throw AssetError(asset: "judge training", reason: "loss is \(loss.item) at step \(state.step)", remedy: "lower --lr") }
+        loss.backward()
+        optimizer.step()
+        judge.zeroGrad()
+        state.step += 1
+        state.losses.append(loss.item)
+        progress.report(step: state.step, firstStep: firstStep, items: (state.step - firstStep) * options.batchSize, values: [("loss", loss.item)])
+        if state.step % options.checkpointEvery == 0 || state.step == options.steps || state.step == options.stopAfter {
+            try state.save(to: checkpointURL, model: judge, optimizer: optimizer)
+        }
+        if state.step == options.stopAfter { break }
+    }
+    let wall = Date().timeIntervalSince(start)
+    let accuracy = judgeAccuracy(judge, on: data.test)
+    log(String(format: "%@ judge: test accuracy %.2f%% on %d images", judge.architecture, accuracy * 100, data.test.count))
+    let tail = state.losses.suffix(50)
+    let record = TrainingRecord(
+        model: "judge-\(judge.architecture)", command: options.command, seed: options.seed, steps: options.steps,
+        batchSize: options.batchSize, learningRate: options.learningRate, dataSHA256: data.digests,
+        wallSeconds: wall, imagesPerSecond: Double((options.steps - firstStep) * options.batchSize) / wall,
+        finalLoss: tail.reduce(0, +) / Float(max(tail.count, 1)), parameters: judge.parameterCount,
+        metrics: ["test_accuracy": accuracy], threads: Kernels.threadCount, date: ISO8601DateFormatter().string(from: Date()))
+    return (judge, record)
+}

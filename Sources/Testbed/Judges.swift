@@ -1,0 +1,109 @@
+import Foundation
+import NN
+import Tensor
+
+/// An image classifier over the testbed's classes. Its penultimate features give a
+/// KID/FID-style distance between image sets.
+public protocol Judge: Module {
+    var architecture: String { get }
+    /// Penultimate features of images [N, 1, 32, 32] in [-1, 1].
+    func features(_ images: Tensor) -> Tensor
+    /// Class logits from features.
+    func classify(features: Tensor) -> Tensor
+}
+
+extension Judge {
+    public func logits(_ images: Tensor) -> Tensor { classify(features: features(images)) }
+
+    /// Softmax probabilities, batched and without gradient.
+    public func probabilities(_ images: Tensor, batchSize: Int = 256) -> Tensor {
+        noGrad {
+            let n = images.shape[0]
+            let parts = stride(from: 0, to: n, by: batchSize).map { start in
+                logits(images.narrowed(axis: 0, start: start, length: min(batchSize, n - start))).softmax()
+            }
+            return Tensor.concat(parts, axis: 0)
+        }
+    }
+
+    /// Predicted class of each image.
+    public func predict(_ images: Tensor) -> [Int] { probabilities(images).argmaxLastAxis() }
+
+    /// Penultimate features, batched and without gradient.
+    public func featureBatches(_ images: Tensor, batchSize: Int = 256) -> Tensor {
+        noGrad {
+            let n = images.shape[0]
+            return Tensor.concat(stride(from: 0, to: n, by: batchSize).map { start in
+                features(images.narrowed(axis: 0, start: start, length: min(batchSize, n - start)))
+            }, axis: 0)
+        }
+    }
+}
+
+/// A small convolutional classifier: three conv stages with GroupNorm and SiLU, global pooling.
+public final class ConvJudge: Module, Judge {
+    public let conv1: Conv2d, norm1: GroupNorm
+    public let conv2: Conv2d, norm2: GroupNorm
+    public let conv3: Conv2d, norm3: GroupNorm
+    public let head: Linear
+    public var architecture: String { "cnn" }
+
+    public init(classes: Int = 10, generator: inout RandomGenerator) {
+        conv1 = Conv2d(1, 32, kernelSize: 3, padding: 1, generator: &generator)
+        norm1 = GroupNorm(groups: 8, channels: 32)
+        conv2 = Conv2d(32, 64, kernelSize: 3, padding: 1, generator: &generator)
+        norm2 = GroupNorm(groups: 8, channels: 64)
+        conv3 = Conv2d(64, 128, kernelSize: 3, padding: 1, generator: &generator)
+        norm3 = GroupNorm(groups: 8, channels: 128)
+        head = Linear(128, classes, generator: &generator)
+    }
+
+    public func features(_ x: Tensor) -> Tensor {
+        var h = norm1(conv1(x)).silu().avgPool2d(kernel: 2)    // 16×16
+        h = norm2(conv2(h)).silu().avgPool2d(kernel: 2)        // 8×8
+        h = norm3(conv3(h)).silu()
+        return h.mean(axes: [2, 3])
+    }
+
+    public func classify(features: Tensor) -> Tensor { head(features) }
+}
+
+/// A multilayer perceptron on raw pixels: a deliberately different inductive bias from the CNN.
+public final class MLPJudge: Module, Judge {
+    public let fc1: Linear, fc2: Linear, head: Linear
+    public var architecture: String { "mlp" }
+
+    public init(classes: Int = 10, generator: inout RandomGenerator) {
+        fc1 = Linear(32 * 32, 512, generator: &generator)
+        fc2 = Linear(512, 128, generator: &generator)
+        head = Linear(128, classes, generator: &generator)
+    }
+
+    public func features(_ x: Tensor) -> Tensor {
+        let flat = x.reshaped([x.shape[0], -1])
+        return fc2(fc1(flat).gelu()).gelu()
+    }
+
+    public func classify(features: Tensor) -> Tensor { head(features) }
+}
+
+/// Kernel Inception Distance in judge-feature space: the unbiased MMD² with the cubic polynomial
+/// kernel k(x, y) = (x·y/d + 1)³ (Bińkowski et al. 2018). 0 for identical distributions.
+public func kernelDistance(_ a: Tensor, _ b: Tensor) -> Double {
+    precondition(a.rank == 2 && b.rank == 2 && a.shape[1] == b.shape[1], "KID needs [N, d] features: \(a.shape) \(b.shape)")
+    let d = Double(a.shape[1])
+    func kernelSum(_ x: Tensor, _ y: Tensor, excludeDiagonal: Bool) -> Double {
+        let gram = noGrad { matmul(x, y.transposed(0, 1)) }
+        var total: Double = 0
+        for i in 0..<x.shape[0] {
+            for j in 0..<y.shape[0] where !(excludeDiagonal && i == j) {
+                total += Foundation.pow(Double(gram.pointer[i * y.shape[0] + j]) / d + 1, 3)
+            }
+        }
+        return total
+    }
+    let m = Double(a.shape[0]), n = Double(b.shape[0])
+    return kernelSum(a, a, excludeDiagonal: true) / (m * (m - 1))
+        + kernelSum(b, b, excludeDiagonal: true) / (n * (n - 1))
+        - 2 * kernelSum(a, b, excludeDiagonal: false) / (m * n)
+}

