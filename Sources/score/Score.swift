@@ -11,6 +11,17 @@ struct Score: ParsableCommand {
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
         subcommands: [AssetsCommand.self, Train.self, Bench.self])
+
+    static func main() {
+        // Progress lines must reach a log file as they happen, not when a 4 KiB buffer fills.
+        setvbuf(stdout, nil, _IOLBF, 0)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// Options every compute-heavy command shares.
