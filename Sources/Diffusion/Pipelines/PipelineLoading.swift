@@ -1,0 +1,152 @@
+import Foundation
+import NN
+import Tensor
+
+// Loading a diffusers pipeline folder:
+//
+//     model_index.json                  which class each component is
+//     unet/       config.json + diffusion_pytorch_model[.fp16].safetensors (or a sharded index)
+//     vae/        the same (optional: pixel-space models have none)
+//     text_encoder/ + tokenizer/        CLIP (transformers layout)
+//     scheduler/scheduler_config.json
+//
+// Every component is loaded completely (and checked) before the pipeline exists; any failure
+// throws an error that names the file, and nothing half-loaded is ever used.
+
+/// The parsed `model_index.json` of a diffusers pipeline folder: component name → (library, class),
+/// nil for components the pipeline leaves out (`[null, null]`).
+public struct PipelineIndex: Equatable, Sendable {
+    public struct Component: Equatable, Sendable {
+        public var library: String?
+        public var className: String?
+    }
+
+    /// `_class_name`, e.g. "StableDiffusionPipeline".
+    public var className: String?
+    public var components: [String: Component]
+    public let file: URL
+
+    /// Reads `<directory>/model_index.json`.
+    public init(directory: URL) throws {
+        let url = directory.appendingPathComponent("model_index.json")
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw PipelineError.missingFile(url, what: "the pipeline index model_index.json of a diffusers pipeline folder")
+        }
+        let object: Any
+        do { object = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) } catch {
+            throw PipelineError.invalidFile(url, reason: "not valid JSON: \(error.localizedDescription)")
+        }
+        guard let dictionary = object as? [String: Any] else {
+            throw PipelineError.invalidFile(url, reason: "expected a JSON object")
+        }
+        file = url
+        className = dictionary["_class_name"] as? String
+        components = [:]
+        for (key, value) in dictionary where !key.hasPrefix("_") {
+            // Components are [library, class] pairs; other entries (requires_safety_checker, …) are options.
+            guard let pair = value as? [Any] else { continue }
+            guard pair.count == 2, pair.allSatisfy({ $0 is String || $0 is NSNull }) else {
+                throw PipelineError.invalidFile(url, reason: "entry \"\(key)\" must be [library, class] (strings or nulls)")
+            }
+            components[key] = Component(library: pair[0] as? String, className: pair[1] as? String)
+        }
+    }
+
+    /// The class of component `name`, nil when absent or null.
+    public func className(of name: String) -> String? { components[name]?.className }
+}
+
+extension StableDiffusionPipeline {
+    /// Text encoder classes built from `text_encoder/` + `tokenizer/`.
+    static let clipTextModelClasses: Set<String> = ["CLIPTextModel", "CLIPTextModelWithProjection"]
+    static let clipTokenizerClasses: Set<String> = ["CLIPTokenizer", "CLIPTokenizerFast"]
+
+    /// Loads a diffusers pipeline folder (see the file's notes).
+    ///
+    /// - Parameters:
+    ///   - textEncoder: an encoder to use instead of the folder's (required when `model_index.json`
+    ///     names one this package cannot build from the folder, e.g. the testbed's MiniLM).
+    ///   - scheduler: a scheduler class to use instead of the one `scheduler_config.json` names
+    ///     (built from that config, as diffusers' `from_config`). DDIM recomputes ε̂ from the
+    ///     clipped x̂₀ when the config clips samples (docs/testbed.md; no effect otherwise).
+    public convenience init(directory: URL, textEncoder: (any TextEncoder)? = nil, scheduler kind: SchedulerKind? = nil) throws {
+        let index = try PipelineIndex(directory: directory)
+
+        func folder(_ name: String) throws -> URL {
+            let url = directory.appendingPathComponent(name)
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw PipelineError.missingFile(url, what: "the \(name) folder that \(index.file.lastPathComponent) names")
+            }
+            return url
+        }
+
+        guard let unetClass = index.className(of: "unet") else {
+            throw PipelineError.invalidFile(index.file, reason: "names no unet")
+        }
+        guard unetClass == "UNet2DConditionModel" else {
+            throw PipelineError.unsupportedComponent(file: index.file, component: "unet", className: unetClass,
+                                                     hint: "only UNet2DConditionModel is implemented")
+        }
+
+        var vaeFolder: URL? = nil
+        if let vaeClass = index.className(of: "vae") {
+            guard vaeClass == "AutoencoderKL" else {
+                throw PipelineError.unsupportedComponent(file: index.file, component: "vae", className: vaeClass,
+                                                         hint: "only AutoencoderKL is implemented")
+            }
+            vaeFolder = try folder("vae")
+        }
+
+        // The text encoder: the one passed in, else CLIP from the folder.
+        let encoder: any TextEncoder
+        if let textEncoder {
+            encoder = textEncoder
+        } else {
+            let encoderClass = index.className(of: "text_encoder")
+            guard let encoderClass, Self.clipTextModelClasses.contains(encoderClass) else {
+                throw PipelineError.textEncoderRequired(file: index.file, className: encoderClass ?? "none")
+            }
+            let tokenizerClass = index.className(of: "tokenizer") ?? "none"
+            guard Self.clipTokenizerClasses.contains(tokenizerClass) else {
+                throw PipelineError.unsupportedComponent(file: index.file, component: "tokenizer", className: tokenizerClass,
+                                                         hint: "a CLIP text encoder needs CLIPTokenizer")
+            }
+            _ = try folder("text_encoder")
+            _ = try folder("tokenizer")
+            encoder = try CLIPTextEncoder(directory: directory)
+        }
+
+        // The scheduler: its config, and the class to build from it.
+        let schedulerFolder = try folder("scheduler")
+        let schedulerConfigURL = schedulerFolder.appendingPathComponent("scheduler_config.json")
+        guard FileManager.default.fileExists(atPath: schedulerConfigURL.path) else {
+            throw PipelineError.missingFile(schedulerConfigURL, what: "the scheduler config")
+        }
+        let schedulerConfig = try SchedulerConfig(contentsOf: schedulerConfigURL)
+        let schedulerKind: SchedulerKind
+        if let kind {
+            schedulerKind = kind
+        } else {
+            let name = schedulerConfig.className ?? index.className(of: "scheduler") ?? "none"
+            guard let known = SchedulerKind(rawValue: name) else {
+                let supported = SchedulerKind.allCases.map(\.rawValue).joined(separator: ", ")
+                throw PipelineError.unsupportedComponent(
+                    file: schedulerConfigURL, component: "the scheduler", className: name,
+                    hint: "implemented: \(supported); choose one to build from this config (scheduler: .ddim, --scheduler ddim)")
+            }
+            schedulerKind = known
+        }
+        let scheduler: any NoiseScheduler
+        if schedulerKind == .ddim {
+            scheduler = try DDIMScheduler(config: schedulerConfig, useClippedModelOutput: schedulerConfig.clipSample)
+        } else {
+            scheduler = try schedulerKind.make(config: schedulerConfig)
+        }
+
+        // The big components last, so that cheap mistakes fail fast.
+        let unet = try UNet2DConditionModel(directory: try folder("unet"))
+        let vae = try vaeFolder.map { try AutoencoderKL(directory: $0) }
+        try self.init(textEncoder: encoder, unet: unet, vae: vae, scheduler: scheduler)
+    }
+}
