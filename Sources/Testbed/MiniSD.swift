@@ -91,6 +91,21 @@ public struct MiniSDTrainingOptions {
     public init(output: URL) { self.output = output }
 }
 
+/// The denoising loss of ε-prediction: per-sample MSE between predicted and true noise, weighted
+/// by min(SNR, γ)/SNR (min-SNR-γ, Hang et al. 2023; γ = 0 gives plain MSE), averaged over the batch.
+public func diffusionLoss(unet: UNet2DConditionModel, scheduler: any NoiseScheduler, clean: Tensor, noise: Tensor,
+                          timesteps: [Int], states: Tensor, mask: Tensor?, minSNRGamma: Float) -> Tensor {
+    let alphas = scheduler.alphasCumprod
+    let noisy = scheduler.addNoise(original: clean, noise: noise, timesteps: timesteps)
+    let prediction = unet(noisy, timestep: timesteps.map(Float.init), encoderHiddenStates: states, encoderAttentionMask: mask)
+    let weights = timesteps.map { t -> Float in
+        let snr = Float(alphas[t] / (1 - alphas[t]))
+        return minSNRGamma > 0 ? min(snr, minSNRGamma) / snr : 1
+    }
+    let perSample = (prediction - noise).square().mean(axes: Array(1..<prediction.rank))
+    return (perSample * Tensor(shape: [timesteps.count], scalars: weights)).mean()
+}
+
 /// Trains the mini-SD UNet; returns the EMA model and the training record.
 public func trainMiniSD(_ options: MiniSDTrainingOptions, data: LabelledImages, prompts: FashionPrompts,
                         textEncoder: any TextEncoder, digests: [String: String] = [:],
@@ -140,19 +155,10 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: LabelledImages, 
         }
         let timesteps = (0..<b).map { min(alphas.count - 1, Int(u[3 * b + $0] * Float(alphas.count))) }
         let noise = state.generator.normal([b, 1, 32, 32])
-        let clean = data.batch(indices)
-        let noisy = scheduler.addNoise(original: clean, noise: noise, timesteps: timesteps)
         let (states, mask) = table.batch(captionIndices)
-
         optimizer.learningRate = schedule.learningRate(at: state.step)
-        let prediction = unet(noisy, timestep: timesteps.map(Float.init), encoderHiddenStates: states, encoderAttentionMask: mask)
-        // Per-sample MSE weighted by min(SNR, γ)/SNR for ε-prediction.
-        let weights = timesteps.map { t -> Float in
-            let snr = Float(alphas[t] / (1 - alphas[t]))
-            return options.minSNRGamma > 0 ? min(snr, options.minSNRGamma) / snr : 1
-        }
-        let perSample = (prediction - noise).square().mean(axes: [1, 2, 3])
-        let loss = (perSample * Tensor(shape: [b], scalars: weights)).mean()
+        let loss = diffusionLoss(unet: unet, scheduler: scheduler, clean: data.batch(indices), noise: noise,
+                                 timesteps: timesteps, states: states, mask: mask, minSNRGamma: options.minSNRGamma)
         let value = loss.item
         guard value.isFinite else {
             throw AssetError(asset: "mini-SD training", reason: "loss is \(value) at step \(state.step); the last good checkpoint is \(checkpointURL.path)",
