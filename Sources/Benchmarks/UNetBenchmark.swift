@@ -29,7 +29,8 @@ public struct UNetBenchmarkResult: Codable, Sendable {
 public func peakResidentMegabytes() -> Double? {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
     for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        // "VmHWM:\t 123456 kB": tabs and spaces, as many as the number's width leaves.
+        let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
         guard fields.count >= 2, let kilobytes = Double(fields[1]) else { return nil }
         return kilobytes / 1024
     }
