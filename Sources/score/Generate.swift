@@ -5,7 +5,7 @@ import Foundation
 import Tensor
 
 // `score generate` and `score bench unet`. Register `Generate.self` in `Score`'s subcommands and
-// `Bench.UNetCommand.self` in `Bench`'s.
+// `Bench.UNetBenchmarkCommand.self` in `Bench`'s.
 
 /// Builds the embedded default model (the testbed's mini-SD) for commands run without `--model`.
 /// Set by the testbed; nil until it exists.
@@ -139,7 +139,7 @@ struct Generate: ParsableCommand {
 }
 
 extension Bench {
-    struct UNetCommand: ParsableCommand {
+    struct UNetBenchmarkCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "unet",
             abstract: "Time a UNet with random weights: forward, forward+backward, peak memory.",
