@@ -106,18 +106,60 @@ static void SK(micro_kernel)(int64_t kc, const float *restrict a, const float *r
 // ceil(nc/NR) panels of kc×NR, each stored k-major (NR values per k), zero-padded to NR columns.
 // The micro-kernel then reads both with unit stride.
 
+// Transposes a 4×4 block: dst[c*ld_dst + r] = src[r*ld_src + c]. Packing the "gather" cases
+// (rows of A into k-major panels, rows of Bᵀ likewise) this way moves 16 floats with 4 loads,
+// 8 shuffles and 4 stores instead of 16 scalar load/store pairs.
+SK_INLINE void SK(transpose4)(const float *src, int64_t ld_src, float *dst, int64_t ld_dst) {
+    score_v4f r0, r1, r2, r3;
+    memcpy(&r0, src, 16);
+    memcpy(&r1, src + ld_src, 16);
+    memcpy(&r2, src + 2 * ld_src, 16);
+    memcpy(&r3, src + 3 * ld_src, 16);
+    const score_v4f t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5);
+    const score_v4f t1 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7);
+    const score_v4f t2 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5);
+    const score_v4f t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
+    const score_v4f c0 = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    const score_v4f c1 = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    const score_v4f c2 = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    const score_v4f c3 = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+    memcpy(dst, &c0, 16);
+    memcpy(dst + ld_dst, &c1, 16);
+    memcpy(dst + 2 * ld_dst, &c2, 16);
+    memcpy(dst + 3 * ld_dst, &c3, 16);
+}
+
+// Packs `rows` source rows (each contiguous in k, row stride ld) into a k-major panel of width
+// `width`: dst[p*width + i] = src[i*ld + p] for i < rows, p < kc; rows..width-1 are zeroed.
+// Rows go in groups of 4 through transpose4; a last partial group is shifted back to overlap
+// the previous one (rewriting a few identical values) so no row takes the scalar path when
+// rows >= 4.
+SK_INLINE void SK(pack_gather)(const float *src, int64_t ld, int64_t rows, int64_t kc,
+                               int width, float *restrict dst) {
+    const int64_t k4 = kc & ~(int64_t)3;
+    if (rows >= 4) {
+        for (int64_t i0 = 0; i0 < rows; i0 += 4) {
+            const int64_t i = i0 + 4 <= rows ? i0 : rows - 4;
+            const float *s = src + i * ld;
+            for (int64_t p = 0; p < k4; p += 4) SK(transpose4)(s + p, ld, dst + p * width + i, width);
+        }
+    } else {
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t p = 0; p < k4; p++) dst[p * width + i] = src[i * ld + p];
+    }
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t p = k4; p < kc; p++) dst[p * width + i] = src[i * ld + p];
+    for (int64_t p = 0; p < kc; p++)
+        for (int64_t i = rows; i < width; i++) dst[p * width + i] = 0.0f;
+}
+
 static void SK(pack_a)(int transA, const float *A, int64_t lda, int64_t row0, int64_t k0,
                        int64_t mc, int64_t kc, float *restrict dst) {
     for (int64_t ir = 0; ir < mc; ir += SK_MR) {
         const int64_t mr = mc - ir < SK_MR ? mc - ir : SK_MR;
         if (!transA) {
-            // op(A)[i,k] = A[i*lda + k]: each row is contiguous in k; write it down a column.
-            for (int64_t i = 0; i < mr; i++) {
-                const float *src = A + (row0 + ir + i) * lda + k0;
-                for (int64_t p = 0; p < kc; p++) dst[p * SK_MR + i] = src[p];
-            }
-            for (int64_t i = mr; i < SK_MR; i++)
-                for (int64_t p = 0; p < kc; p++) dst[p * SK_MR + i] = 0.0f;
+            // op(A)[i,k] = A[i*lda + k]: rows contiguous in k, transposed into the panel.
+            SK(pack_gather)(A + (row0 + ir) * lda + k0, lda, mr, kc, SK_MR, dst);
         } else {
             // op(A)[i,k] = A[k*lda + i]: for each k the MR values are contiguous.
             for (int64_t p = 0; p < kc; p++) {
@@ -131,32 +173,46 @@ static void SK(pack_a)(int transA, const float *A, int64_t lda, int64_t row0, in
     }
 }
 
+// Panels of B packed together per pass over k when B is not transposed: reading SK_PACK_B_GROUP
+// panels' worth of each row (256+ contiguous bytes) lets the hardware prefetcher stream B; one
+// 64-byte piece per row at a stride of ldb (often several KB, a new page per row) left packing
+// latency-bound at ~1.3 cycles per float, 10% of a 256×2048×512 GEMM.
+#ifndef SK_PACK_B_GROUP
+#define SK_PACK_B_GROUP 4
+#endif
+
 static void SK(pack_b)(int transB, const float *B, int64_t ldb, int64_t k0, int64_t col0,
                        int64_t kc, int64_t nc, float *restrict dst) {
-    for (int64_t jr = 0; jr < nc; jr += SK_NR) {
-        const int64_t nr = nc - jr < SK_NR ? nc - jr : SK_NR;
-        if (!transB) {
-            // op(B)[k,j] = B[k*ldb + j]: for each k the NR values are contiguous.
-            for (int64_t p = 0; p < kc; p++) {
-                const float *src = B + (k0 + p) * ldb + col0 + jr;
-                float *d = dst + p * SK_NR;
-                if (nr == SK_NR) {
-                    SK(vstore)(d, SK(vload)(src));
-                    SK(vstore)(d + SK_LANES, SK(vload)(src + SK_LANES));
-                } else {
-                    for (int64_t j = 0; j < nr; j++) d[j] = src[j];
-                    for (int64_t j = nr; j < SK_NR; j++) d[j] = 0.0f;
+    if (!transB) {
+        // op(B)[k,j] = B[k*ldb + j]: for each k the NR values of a panel are contiguous.
+        const int64_t full_panels = nc / SK_NR;
+        int64_t panel = 0;
+        for (; panel < full_panels; panel += SK_PACK_B_GROUP) {
+            const int64_t group = full_panels - panel < SK_PACK_B_GROUP ? full_panels - panel : SK_PACK_B_GROUP;
+            const float *src = B + k0 * ldb + col0 + panel * SK_NR;
+            float *d = dst + panel * SK_NR * kc;
+            for (int64_t p = 0; p < kc; p++, src += ldb) {
+                for (int64_t g = 0; g < group; g++) {
+                    SK(vstore)(d + g * SK_NR * kc + p * SK_NR, SK(vload)(src + g * SK_NR));
+                    SK(vstore)(d + g * SK_NR * kc + p * SK_NR + SK_LANES, SK(vload)(src + g * SK_NR + SK_LANES));
                 }
             }
-        } else {
-            // op(B)[k,j] = B[j*ldb + k]: each column of op(B) is a contiguous row of B.
-            for (int64_t j = 0; j < nr; j++) {
-                const float *src = B + (col0 + jr + j) * ldb + k0;
-                for (int64_t p = 0; p < kc; p++) dst[p * SK_NR + j] = src[p];
-            }
-            for (int64_t j = nr; j < SK_NR; j++)
-                for (int64_t p = 0; p < kc; p++) dst[p * SK_NR + j] = 0.0f;
         }
+        const int64_t nr = nc - full_panels * SK_NR;
+        if (nr > 0) {  // last, partial panel: zero-padded to NR columns
+            const float *src = B + k0 * ldb + col0 + full_panels * SK_NR;
+            float *d = dst + full_panels * SK_NR * kc;
+            for (int64_t p = 0; p < kc; p++, src += ldb, d += SK_NR) {
+                for (int64_t j = 0; j < nr; j++) d[j] = src[j];
+                for (int64_t j = nr; j < SK_NR; j++) d[j] = 0.0f;
+            }
+        }
+        return;
+    }
+    for (int64_t jr = 0; jr < nc; jr += SK_NR) {
+        const int64_t nr = nc - jr < SK_NR ? nc - jr : SK_NR;
+        // op(B)[k,j] = B[j*ldb + k]: each column of op(B) is a row of B, contiguous in k.
+        SK(pack_gather)(B + (col0 + jr) * ldb + k0, ldb, nr, kc, SK_NR, dst);
         dst += SK_NR * kc;
     }
 }

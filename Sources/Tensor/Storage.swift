@@ -1,3 +1,9 @@
+import Kernels
+
+/// Large activations are freed and reallocated every step; keep them in the heap (see
+/// `Kernels.keepFreedMemoryInHeap`).
+private let keepFreedMemoryInHeap: Void = Kernels.keepFreedMemoryInHeap()
+
 /// A contiguous, 64-byte aligned buffer of Float32 owned by one or more tensors.
 ///
 /// Tensors are always contiguous and row-major; views that need a different layout
@@ -9,6 +15,7 @@ public final class TensorStorage: @unchecked Sendable {
 
     /// Uninitialised storage: the caller must write every element.
     public init(uninitializedCount count: Int) {
+        keepFreedMemoryInHeap
         self.count = count
         let raw = UnsafeMutableRawPointer.allocate(
             byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)

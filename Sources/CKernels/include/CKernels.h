@@ -14,6 +14,7 @@
 #define SCORE_CKERNELS_H
 
 #include <stdint.h>
+#include "score_memory.h"
 
 #ifdef __cplusplus
 extern "C" {

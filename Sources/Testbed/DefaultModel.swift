@@ -1,0 +1,95 @@
+import Diffusion
+import Foundation
+import NN
+import Tensor
+
+/// The embedded default: the mini-SD and judges trained by this project on Fashion-MNIST,
+/// shipped in the tool's resources (`Resources/default/`) with their training records.
+public enum DefaultModel {
+    /// Sampler settings every figure of the testbed is measured with.
+    public static let steps = 25
+    public static let guidance: Float = 4
+
+    /// The diffusers-layout folder of the embedded mini-SD.
+    public static func folder() throws -> URL {
+        guard let url = Bundle.module.url(forResource: "Resources/default/mini-sd", withExtension: nil),
+              FileManager.default.fileExists(atPath: url.appendingPathComponent("model_index.json").path) else {
+            throw AssetError(asset: "embedded mini-SD", reason: "not found in the tool's resources",
+                             remedy: "train one with `score train unet` and pass --model runs/mini-sd/model")
+        }
+        return url
+    }
+
+    /// A pipeline over a testbed model folder (default: the embedded one), with MiniLM from the
+    /// asset cache and DDIM that recomputes ε from the clipped x̂₀ (docs/testbed.md says why).
+    public static func pipeline(folder: URL? = nil, assets: Assets = Assets()) throws -> StableDiffusionPipeline {
+        let directory = try folder ?? self.folder()
+        let pipeline = try StableDiffusionPipeline(directory: directory, textEncoder: try MiniSD.textEncoder(assets: assets))
+        if let ddim = pipeline.scheduler as? DDIMScheduler {
+            var clipped = ddim
+            clipped.useClippedModelOutput = true
+            pipeline.scheduler = clipped
+        }
+        return pipeline
+    }
+
+    /// A judge's weights: the embedded ones, or `<folder>/judge-<arch>.safetensors`.
+    public static func judge(_ architecture: String = "cnn", folder: URL? = nil) throws -> any Judge {
+        let directory: URL
+        if let folder {
+            directory = folder
+        } else {
+            guard let url = Bundle.module.url(forResource: "Resources/default/judges", withExtension: nil) else {
+                throw AssetError(asset: "embedded judges", reason: "not found in the tool's resources",
+                                 remedy: "train them with `score train judge --arch cnn` and `--arch mlp`")
+            }
+            directory = url
+        }
+        var generator = RandomGenerator(seed: 0)
+        let judge = try makeJudge(architecture, generator: &generator)
+        let weights = directory.appendingPathComponent("judge-\(architecture).safetensors")
+        try judge.load(try TensorArchive(contentsOf: weights).allTensors(), source: weights.path)
+        judge.eval()
+        return judge
+    }
+}
+
+/// How well a testbed model draws what it is asked: per-class judge accuracy of images from the
+/// canonical prompts, and KID against real test images in the judge's feature space.
+public struct ModelCheck: Codable, Sendable {
+    public var per_class_accuracy: [String: Double]
+    public var mean_accuracy: Double
+    public var kid: Double
+    public var images_per_class: Int
+    public var steps: Int
+    public var guidance: Float
+    public var seed: UInt64
+    public var judge: String
+    public var judge_test_accuracy: Double?
+    public var sampler: String
+}
+
+public func checkModel(pipeline: StableDiffusionPipeline, judge: any Judge, prompts: FashionPrompts, test: LabelledImages,
+                       imagesPerClass: Int, steps: Int = DefaultModel.steps, guidance: Float = DefaultModel.guidance,
+                       seed: UInt64 = 0, log: (String) -> Void = { _ in }) throws -> ModelCheck {
+    var perClass: [String: Double] = [:]
+    var generated: [Tensor] = []
+    for c in prompts.classes {
+        let prompt = prompts.canonicalPrompt(c.label)
+        let images = try pipeline.generate(prompts: Array(repeating: prompt, count: imagesPerClass), steps: steps,
+                                           guidance: guidance, seed: seed &+ UInt64(c.label) &* 1_000_003)
+        let predicted = judge.predict(images)
+        let accuracy = Double(predicted.filter { $0 == c.label }.count) / Double(imagesPerClass)
+        perClass[c.name] = accuracy
+        generated.append(images)
+        log(String(format: "%-12@ %5.1f%%  (\"%@\")", c.name as NSString, accuracy * 100, prompt))
+    }
+    let all = Tensor.concat(generated, axis: 0)
+    var g = RandomGenerator(seed: seed)
+    let realIndices = Array(g.permutation(test.count).prefix(all.shape[0]))
+    let kid = kernelDistance(judge.featureBatches(all), judge.featureBatches(test.batch(realIndices)))
+    return ModelCheck(per_class_accuracy: perClass, mean_accuracy: perClass.values.reduce(0, +) / Double(perClass.count),
+                      kid: kid, images_per_class: imagesPerClass, steps: steps, guidance: guidance, seed: seed,
+                      judge: judge.architecture, judge_test_accuracy: nil,
+                      sampler: "DDIM (eta 0, clipped x̂₀ with ε recomputed), \(type(of: pipeline.scheduler))")
+}

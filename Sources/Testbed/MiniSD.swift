@@ -1,0 +1,220 @@
+import Diffusion
+import Foundation
+import Kernels
+import NN
+import Tensor
+
+/// The testbed's miniature Stable Diffusion: a pixel-space UNet2DConditionModel on 32×32 grey
+/// Fashion-MNIST, conditioned through cross-attention on frozen all-MiniLM-L6-v2 token states
+/// (padded tokens zeroed, attention mask passed on), trained with DDPM on a cosine schedule.
+/// Same classes and config files as the SD code path. Recipe: docs/testbed.md.
+public enum MiniSD {
+    /// block_out_channels (32, 64, 64), cross-attention at 16×16, 8×8 and the mid block, 4 heads,
+    /// cross_attention_dim 384: 1.97 M parameters (diffusers counts the same).
+    public static func unetConfig() -> UNet2DConditionConfig {
+        var c = UNet2DConditionConfig()
+        c.sampleSize = .one(32)
+        c.inChannels = 1
+        c.outChannels = 1
+        c.blockOutChannels = [32, 64, 64]
+        c.layersPerBlock = .one(1)
+        c.downBlockTypes = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+        c.upBlockTypes = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+        c.crossAttentionDim = .one(384)
+        c.attentionHeadDim = .one(4)
+        c.normNumGroups = 32
+        return c
+    }
+
+    /// DDPM, 1000 steps, squaredcos_cap_v2, ε prediction, samples clipped to [-1, 1].
+    public static func schedulerConfig() -> SchedulerConfig {
+        var c = SchedulerConfig()
+        c.className = "DDIMScheduler"
+        c.numTrainTimesteps = 1000
+        c.betaSchedule = .squaredcosCapV2
+        c.predictionType = .epsilon
+        c.timestepSpacing = .leading
+        c.clipSample = true
+        c.setAlphaToOne = false
+        return c
+    }
+
+    /// MiniLM with padded token states zeroed, as the UNet was trained with.
+    public static func textEncoder(assets: Assets) throws -> BertTextEncoder {
+        let encoder = try BertTextEncoder(directory: try assets.miniLM())
+        encoder.zeroPaddedStates = true
+        return encoder
+    }
+}
+
+/// Text states of a fixed caption list, encoded once (the text encoder is frozen).
+public struct CaptionTable {
+    public let captions: [String]
+    public let states: Tensor   // [captions, T, 384]
+    public let masks: Tensor    // [captions, T]
+
+    public init(captions: [String], encoder: any TextEncoder) {
+        self.captions = captions
+        (states, masks) = noGrad { encoder.encode(prompts: captions) }
+    }
+
+    /// States and masks of the captions at `indices`, for one batch.
+    public func batch(_ indices: [Int]) -> (states: Tensor, mask: Tensor) {
+        let (t, d) = (states.shape[1], states.shape[2])
+        let s = Tensor(shape: [indices.count, t, d]) { out in
+            for (i, c) in indices.enumerated() { (out + i * t * d).update(from: states.pointer + c * t * d, count: t * d) }
+        }
+        let m = Tensor(shape: [indices.count, t]) { out in
+            for (i, c) in indices.enumerated() { (out + i * t).update(from: masks.pointer + c * t, count: t) }
+        }
+        return (s, m)
+    }
+}
+
+public struct MiniSDTrainingOptions {
+    public var steps = 800
+    public var batchSize = 64
+    public var learningRate: Float = 1e-3
+    public var weightDecay: Float = 0.01
+    public var warmupSteps = 50
+    public var emptyCaptionProbability: Float = 0.1
+    /// min-SNR-γ loss weighting (Hang et al. 2023); 0 turns it off.
+    public var minSNRGamma: Float = 5
+    public var emaMaxDecay: Float = 0.999
+    public var seed: UInt64 = 0
+    public var checkpointEvery = 50
+    public var output: URL
+    public var resume = false
+    public var stopAfter: Int?
+    public var command = ""
+
+    public init(output: URL) { self.output = output }
+}
+
+/// The denoising loss of ε-prediction: per-sample MSE between predicted and true noise, weighted
+/// by min(SNR, γ)/SNR (min-SNR-γ, Hang et al. 2023; γ = 0 gives plain MSE), averaged over the batch.
+public func diffusionLoss(unet: UNet2DConditionModel, scheduler: any NoiseScheduler, clean: Tensor, noise: Tensor,
+                          timesteps: [Int], states: Tensor, mask: Tensor?, minSNRGamma: Float) -> Tensor {
+    let alphas = scheduler.alphasCumprod
+    let noisy = scheduler.addNoise(original: clean, noise: noise, timesteps: timesteps)
+    let prediction = unet(noisy, timestep: timesteps.map(Float.init), encoderHiddenStates: states, encoderAttentionMask: mask)
+    let weights = timesteps.map { t -> Float in
+        let snr = Float(alphas[t] / (1 - alphas[t]))
+        return minSNRGamma > 0 ? min(snr, minSNRGamma) / snr : 1
+    }
+    let perSample = (prediction - noise).square().mean(axes: Array(1..<prediction.rank))
+    return (perSample * Tensor(shape: [timesteps.count], scalars: weights)).mean()
+}
+
+/// Trains the mini-SD UNet; returns the EMA model and the training record.
+public func trainMiniSD(_ options: MiniSDTrainingOptions, data: LabelledImages, prompts: FashionPrompts,
+                        textEncoder: any TextEncoder, digests: [String: String] = [:],
+                        config: UNet2DConditionConfig = MiniSD.unetConfig(),
+                        log: @escaping (String) -> Void) throws -> (UNet2DConditionModel, TrainingRecord) {
+    var generator = RandomGenerator(seed: options.seed)
+    let unet = try UNet2DConditionModel(config: config, generator: &generator)
+    let ema = try UNet2DConditionModel(config: config, generator: &generator)
+    for ((_, e), (_, p)) in zip(ema.namedParameters(), unet.namedParameters()) { e.assign(p); e.requiresGrad = false }
+    let scheduler = try DDPMScheduler(config: MiniSD.schedulerConfig())
+    let alphas = scheduler.alphasCumprod
+
+    // Caption table: every training caption of every class, then the empty caption.
+    var captions: [String] = []
+    var captionsOfClass: [[Int]] = []
+    for c in prompts.classes {
+        let list = prompts.trainingCaptions(c.label)
+        captionsOfClass.append(Array(captions.count..<(captions.count + list.count)))
+        captions += list
+    }
+    let emptyCaption = captions.count
+    captions.append("")
+    let table = CaptionTable(captions: captions, encoder: textEncoder)
+    log("encoded \(captions.count) captions → \(table.states.shape)")
+
+    let optimizer = Adam.adamW(unet.trainableParameters(), learningRate: options.learningRate, weightDecay: options.weightDecay)
+    let schedule = LinearWarmup(warmupSteps: options.warmupSteps,
+                                after: CosineAnnealingLR(base: options.learningRate, period: options.steps, minimum: options.learningRate * 0.05))
+    let checkpointURL = options.output.appendingPathComponent("checkpoint.safetensors")
+    var state = TrainingCheckpoint(step: 0, generator: generator.fork(7), losses: [])
+    if options.resume, FileManager.default.fileExists(atPath: checkpointURL.path) {
+        state = try TrainingCheckpoint.load(from: checkpointURL, model: unet, optimizer: optimizer, ema: ema)
+        log("resumed from \(checkpointURL.path) at step \(state.step)")
+    }
+    let firstStep = state.step
+    var progress = ProgressReporter(total: options.steps, print: log)
+    let start = Date()
+    let b = options.batchSize
+    while state.step < options.steps {
+        // Batch: images, captions (10% empty for classifier-free guidance), timesteps, noise.
+        let u = state.generator.uniform([4 * b]).scalars
+        let indices = (0..<b).map { min(data.count - 1, Int(u[$0] * Float(data.count))) }
+        let captionIndices = (0..<b).map { i -> Int in
+            if u[b + i] < options.emptyCaptionProbability { return emptyCaption }
+            let choices = captionsOfClass[data.labels[indices[i]]]
+            return choices[min(choices.count - 1, Int(u[2 * b + i] * Float(choices.count)))]
+        }
+        let timesteps = (0..<b).map { min(alphas.count - 1, Int(u[3 * b + $0] * Float(alphas.count))) }
+        let noise = state.generator.normal([b, 1, 32, 32])
+        let (states, mask) = table.batch(captionIndices)
+        optimizer.learningRate = schedule.learningRate(at: state.step)
+        let loss = diffusionLoss(unet: unet, scheduler: scheduler, clean: data.batch(indices), noise: noise,
+                                 timesteps: timesteps, states: states, mask: mask, minSNRGamma: options.minSNRGamma)
+        let value = loss.item
+        guard value.isFinite else {
+            throw AssetError(asset: "mini-SD training", reason: "loss is \(value) at step \(state.step); the last good checkpoint is \(checkpointURL.path)",
+                             remedy: "lower --lr and rerun with --resume")
+        }
+        loss.backward()
+        clipGradNorm(unet.trainableParameters().map(\.tensor), maxNorm: 1)
+        optimizer.step()
+        unet.zeroGrad()
+        state.step += 1
+        state.losses.append(value)
+        // EMA with warm-up: the decay grows with the step so early weights do not dominate.
+        let decay = min(options.emaMaxDecay, Float(1 + state.step) / Float(10 + state.step))
+        EMA(decay: decay).update(ema, from: unet)
+
+        let recent = state.losses.suffix(20)
+        progress.report(step: state.step, firstStep: firstStep, items: (state.step - firstStep) * b,
+                        values: [("loss", recent.reduce(0, +) / Float(recent.count)), ("lr", optimizer.learningRate)])
+        if state.step % options.checkpointEvery == 0 || state.step == options.steps || state.step == options.stopAfter {
+            try state.save(to: checkpointURL, model: unet, optimizer: optimizer, ema: ema)
+        }
+        if state.step == options.stopAfter { break }
+    }
+    let wall = Date().timeIntervalSince(start)
+    let tail = state.losses.suffix(50)
+    let record = TrainingRecord(
+        model: "mini-sd-unet", command: options.command, seed: options.seed, steps: options.steps,
+        batchSize: b, learningRate: options.learningRate, dataSHA256: digests, wallSeconds: wall,
+        imagesPerSecond: Double((state.step - firstStep) * b) / max(wall, 1e-9),
+        finalLoss: tail.reduce(0, +) / Float(max(tail.count, 1)), parameters: unet.parameterCount,
+        metrics: [:], threads: Kernels.threadCount, date: ISO8601DateFormatter().string(from: Date()))
+    return (ema, record)
+}
+
+extension MiniSD {
+    /// model_index.json of the testbed model: a diffusers-layout folder whose text encoder
+    /// (all-MiniLM-L6-v2) is not shipped in it but installed by `score assets`.
+    static let modelIndex = """
+    {
+      "_class_name": "StableDiffusionPipeline",
+      "_score_testbed": "fashion-mnist",
+      "scheduler": ["diffusers", "DDIMScheduler"],
+      "text_encoder": ["sentence_transformers", "all-MiniLM-L6-v2"],
+      "tokenizer": ["transformers", "BertTokenizer"],
+      "unet": ["diffusers", "UNet2DConditionModel"],
+      "vae": [null, null]
+    }
+    """
+
+    /// Writes the model as a diffusers-layout folder: model_index.json, unet/, scheduler/.
+    public static func save(_ unet: UNet2DConditionModel, config: UNet2DConditionConfig, to folder: URL) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeAtomically(Data(modelIndex.utf8), to: folder.appendingPathComponent("model_index.json"))
+        try writeAtomically(try encoder.encode(config), to: folder.appendingPathComponent("unet/config.json"))
+        try Tensor.save(unet.stateDict(), to: folder.appendingPathComponent("unet/diffusion_pytorch_model.safetensors"))
+        try writeAtomically(try encoder.encode(schedulerConfig()), to: folder.appendingPathComponent("scheduler/scheduler_config.json"))
+    }
+}

@@ -1,0 +1,106 @@
+import Diffusion
+import Foundation
+import NN
+import Tensor
+import XCTest
+@testable import Testbed
+
+/// A stand-in for MiniLM: each word's vector is a fixed random row picked by a hash of the word.
+final class HashingTextEncoder: TextEncoder {
+    let hiddenSize = 8
+    let table: Tensor
+
+    init() {
+        var g = RandomGenerator(seed: 11)
+        table = g.normal([64, 8])
+    }
+
+    func encode(prompts: [String]) -> (hiddenStates: Tensor, attentionMask: Tensor) {
+        let words = prompts.map { $0.split(separator: " ").map(String.init) }
+        let length = max(1, words.map(\.count).max() ?? 1)
+        let states = Tensor.zeros([prompts.count, length, hiddenSize])
+        let mask = Tensor.zeros([prompts.count, length])
+        for (b, ws) in words.enumerated() {
+            for (t, w) in ws.enumerated() {
+                let row = Int(w.utf8.reduce(UInt32(5381)) { ($0 &* 33) ^ UInt32($1) } % 64)
+                (states.pointer + (b * length + t) * hiddenSize).update(from: table.pointer + row * hiddenSize, count: hiddenSize)
+                mask.pointer[b * length + t] = 1
+            }
+        }
+        return (states, mask)
+    }
+}
+
+func tinyUNetConfig() -> UNet2DConditionConfig {
+    var c = MiniSD.unetConfig()
+    c.blockOutChannels = [8, 16]
+    c.downBlockTypes = ["DownBlock2D", "CrossAttnDownBlock2D"]
+    c.upBlockTypes = ["CrossAttnUpBlock2D", "UpBlock2D"]
+    c.crossAttentionDim = .one(8)
+    c.attentionHeadDim = .one(2)
+    c.normNumGroups = 4
+    return c
+}
+
+final class MiniSDTests: XCTestCase {
+    func testTheTestbedUNetHasTheReferenceParameterCount() throws {
+        var g = RandomGenerator(seed: 0)
+        let unet = try UNet2DConditionModel(config: MiniSD.unetConfig(), generator: &g)
+        XCTAssertEqual(unet.parameterCount, 1_972_641, "diffusers counts 1,972,641 for this config")
+    }
+
+    func testOneStepLowersTheLossOnItsBatch() throws {
+        var g = RandomGenerator(seed: 1)
+        let unet = try UNet2DConditionModel(config: tinyUNetConfig(), generator: &g)
+        let scheduler = try DDPMScheduler(config: MiniSD.schedulerConfig())
+        let data = syntheticData(count: 8, seed: 5)
+        let (states, mask) = HashingTextEncoder().encode(prompts: (0..<8).map { "a photo of \($0 % 2)" })
+        let noise = g.normal([8, 1, 32, 32])
+        let timesteps = [10, 100, 200, 300, 400, 500, 600, 700]
+        func loss() -> Tensor {
+            diffusionLoss(unet: unet, scheduler: scheduler, clean: data.batch(Array(0..<8)), noise: noise,
+                          timesteps: timesteps, states: states, mask: mask, minSNRGamma: 5)
+        }
+        let optimizer = Adam(unet.trainableParameters(), learningRate: 1e-3)
+        let before = loss()
+        before.backward()
+        optimizer.step()
+        let after = noGrad { loss() }
+        XCTAssertLessThan(after.item, before.item)
+    }
+
+    func testTrainingResumesToIdenticalWeightsAndSavesALoadableFolder() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("minisd-\(UUID())")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let prompts = try FashionPrompts.bundled()
+        let data = syntheticData(count: 16, seed: 6)
+        var options = MiniSDTrainingOptions(output: folder.appendingPathComponent("full"))
+        options.steps = 4
+        options.batchSize = 4
+        options.checkpointEvery = 2
+        options.warmupSteps = 1
+        let encoder = HashingTextEncoder()
+        let (full, record) = try trainMiniSD(options, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
+        XCTAssertEqual(record.steps, 4)
+        XCTAssert(record.finalLoss.isFinite)
+
+        var partial = options
+        partial.output = folder.appendingPathComponent("split")
+        partial.stopAfter = 3
+        _ = try trainMiniSD(partial, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
+        var resumed = partial
+        resumed.stopAfter = nil
+        resumed.resume = true
+        let (continued, _) = try trainMiniSD(resumed, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
+        XCTAssertEqual(full.parameters().map(\.scalars), continued.parameters().map(\.scalars))
+
+        // The saved folder loads as a pipeline and samples deterministically.
+        let model = folder.appendingPathComponent("model")
+        try MiniSD.save(full, config: tinyUNetConfig(), to: model)
+        let pipeline = try StableDiffusionPipeline(directory: model, textEncoder: encoder)
+        let a = try pipeline.generate(prompts: ["a photo of a sneaker"], steps: 3, guidance: 4, seed: 9)
+        let b = try pipeline.generate(prompts: ["a photo of a sneaker"], steps: 3, guidance: 4, seed: 9)
+        XCTAssertEqual(a.shape, [1, 1, 32, 32])
+        XCTAssertEqual(a.scalars, b.scalars)
+    }
+}
