@@ -7,9 +7,23 @@ import Tensor
 // `score generate` and `score bench unet`. Register `Generate.self` in `Score`'s subcommands and
 // `Bench.UNetBenchmarkCommand.self` in `Bench`'s.
 
+// Hooks the lead wires at start-up (e.g. in `Score.main()`), so that this file needs no Testbed:
+//     defaultPipelineProvider = { try DefaultModel.pipeline() }
+//     folderPipelineProvider = { try DefaultModel.pipeline(folder: $0) }
+//     defaultModelGuidance = DefaultModel.guidance
+
 /// Builds the embedded default model (the testbed's mini-SD) for commands run without `--model`.
 /// Set by the testbed; nil until it exists.
 nonisolated(unsafe) var defaultPipelineProvider: (() throws -> StableDiffusionPipeline)? = nil
+
+/// Builds a pipeline from a `--model` folder whose text encoder is not in the folder (a testbed
+/// model: MiniLM comes from the asset cache). Used when loading the folder on its own fails for
+/// that reason.
+nonisolated(unsafe) var folderPipelineProvider: ((URL) throws -> StableDiffusionPipeline)? = nil
+
+/// The guidance `score generate` uses for the default model when `--guidance` is not given
+/// (the testbed measures with 4); `--model` folders get Stable Diffusion's 7.5.
+nonisolated(unsafe) var defaultModelGuidance: Float = 7.5
 
 /// A command's failure, printed as "Error: <message>" (without the usage text of a ValidationError).
 struct CommandFailure: Error, CustomStringConvertible {
@@ -59,8 +73,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Denoising steps.")
     var steps = 25
 
-    @Option(help: "Classifier-free guidance scale (at most 1: the prompt alone, no negative prompt).")
-    var guidance: Float = 7.5
+    @Option(help: "Classifier-free guidance scale; at most 1: the prompt alone, no negative prompt (default: 7.5 for --model folders, the default model's own otherwise).")
+    var guidance: Float?
 
     @Option(help: "Random seed.")
     var seed: UInt64 = 0
@@ -91,14 +105,22 @@ struct Generate: ParsableCommand {
         if let gridRows, !(1...numImages).contains(gridRows) {
             throw ValidationError("--grid-rows must be between 1 and --num-images (\(numImages)), got \(gridRows)")
         }
-        guard guidance.isFinite else { throw ValidationError("--guidance must be a number") }
+        if let guidance, !guidance.isFinite { throw ValidationError("--guidance must be a number") }
     }
 
     func run() throws {
         try compute.apply()
         let pipeline: StableDiffusionPipeline
         if let model {
-            pipeline = try StableDiffusionPipeline(directory: URL(fileURLWithPath: model), scheduler: scheduler?.kind)
+            let folder = URL(fileURLWithPath: model)
+            do {
+                pipeline = try StableDiffusionPipeline(directory: folder, scheduler: scheduler?.kind)
+            } catch PipelineError.textEncoderRequired where folderPipelineProvider != nil {
+                pipeline = try folderPipelineProvider!(folder)
+                if let scheduler {
+                    pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(scheduler.kind, config: pipeline.scheduler.config)
+                }
+            }
         } else {
             pipeline = try defaultPipeline()
             if let scheduler {
@@ -106,6 +128,7 @@ struct Generate: ParsableCommand {
             }
         }
         let height = self.height ?? pipeline.defaultHeight, width = self.width ?? pipeline.defaultWidth
+        let guidance = self.guidance ?? (model == nil ? defaultModelGuidance : 7.5)
         let schedulerName = "\(type(of: pipeline.scheduler))"
 
         let start = Date()
