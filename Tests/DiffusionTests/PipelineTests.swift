@@ -74,6 +74,24 @@ final class PipelineTests: XCTestCase {
         }
     }
 
+    /// The testbed's set-up: a BERT encoder whose states are padded to the longest prompt of the
+    /// batch, padded states zeroed and the mask passed to the UNet. Other prompts in the batch
+    /// change the padded length, but not the image.
+    func testBertPaddedToTheBatchGivesTheSameImageAloneOrInABatch() throws {
+        let full = try StableDiffusionPipeline(directory: try PipelineFixture.folder(self))
+        let bert = try BertTextEncoder(directory: Fixtures.folder("text/bert"))
+        bert.zeroPaddedStates = true
+        let pipeline = try StableDiffusionPipeline(textEncoder: bert, unet: full.unet, vae: nil, scheduler: full.scheduler)
+        XCTAssertTrue(pipeline.passesAttentionMask)
+        let prompts = ["a cat", "a very long prompt about a dog sitting on the green grass in the sun", "bird"]
+        XCTAssertGreaterThan(pipeline.encodePrompts(prompts).states.shape[1], pipeline.encodePrompts(["a cat"]).states.shape[1])
+        let batch = try pipeline.generate(prompts: prompts, negativePrompt: "", steps: 3, guidance: 4, seed: 2)
+        for i in prompts.indices {
+            let alone = try pipeline.generate(prompts: [prompts[i]], steps: 3, guidance: 4, seed: 2, firstImageIndex: i)
+            assertSameBits(alone, batch.narrowed(axis: 0, start: i, length: 1), "BERT image \(i)")
+        }
+    }
+
     // MARK: Guidance
 
     func testGuidanceOneIsTheConditionalPredictionAlone() throws {
@@ -158,6 +176,12 @@ final class PipelineTests: XCTestCase {
         mseLoss(eps, Tensor.zeros(eps.shape)).backward()
         XCTAssertNotNil(key.grad)
         XCTAssertGreaterThan(key.grad!.scalars.map(abs).max()!, 0)
+        // Another UNet of the same architecture for one call (ESD's frozen copy).
+        let frozen = try UNet2DConditionModel(directory: PipelineFixture.source.appendingPathComponent("unet"))
+        noGrad {
+            assertSameBits(pipeline.predictNoise(latents: x, timestep: 400, states: states, mask: mask, model: frozen),
+                           eps.detached(), "same weights, same output")
+        }
         // x̂₀ from ε̂ at t: (x − √(1−ᾱ)ε̂)/√ᾱ.
         let alpha = Float(pipeline.scheduler.alphasCumprod[400])
         let x0 = noGrad { pipeline.predictedOriginal(latents: x, modelOutput: eps.detached(), timestep: 400) }

@@ -163,7 +163,8 @@ final class SavingTests: XCTestCase {
         XCTAssertEqual(config["unet.target_modules"] as? [String], [toK, projIn, toV].sorted())
         XCTAssertEqual(config["text_encoder.r"] as? Int, 4)
         XCTAssertEqual(config["text_encoder.lora_alpha"] as? Int, 8)
-        XCTAssertEqual(config["text_encoder.target_modules"] as? [String], ["text_model.encoder.layers.0.self_attn.q_proj"])
+        // Without `text_model.`: PEFT matches suffixes, so transformers 4 and 5 both find the module.
+        XCTAssertEqual(config["text_encoder.target_modules"] as? [String], ["encoder.layers.0.self_attn.q_proj"])
 
         // Read back: same factors, alphas from the metadata, CLIP paths without `text_model.`.
         let loaded = try loadLoRA(from: file)
@@ -220,8 +221,9 @@ final class SavingTests: XCTestCase {
     // MARK: Files for tools/verify_saving.py
 
     /// With SCORE_EXPORT_DIR set, writes the files tools/verify_saving.py checks with diffusers:
-    /// a full UNet folder (F32 and F16) of an edited tiny UNet, its changed tensors, a LoRA file
-    /// for UNet and text encoder, and Swift's outputs (edited, LoRA-merged) on fixed inputs.
+    /// a full UNet folder (F32 and F16) of an edited tiny UNet, its changed tensors, an edited CLIP
+    /// text-encoder folder, a LoRA file for UNet and text encoder, and Swift's outputs (edited,
+    /// LoRA-merged UNet; edited CLIP) on fixed inputs.
     func testExportForDiffusers() throws {
         guard let path = ProcessInfo.processInfo.environment["SCORE_EXPORT_DIR"] else {
             throw XCTSkip("set SCORE_EXPORT_DIR to write the files tools/verify_saving.py checks")
@@ -242,6 +244,11 @@ final class SavingTests: XCTestCase {
         let merged = try tinyUNet()
         try mergeLoRA(factors, into: merged)
 
+        let clip = try CLIPTextModel.load(from: Fixtures.folder("text/clip_sd1/text_encoder"))
+        perturb(clip, ["encoder.layers.1.self_attn.v_proj.weight", "final_layer_norm.bias"])
+        try clip.save(to: dir.appendingPathComponent("text_encoder"))
+        let ids = [[0, 5, 17, 301, 2, 1, 1], [0, 42, 7, 2, 1, 1, 1]]
+
         let io = try Fixtures.io("unet_sd1")
         let sample = try io.tensor("sample"), context = try io.tensor("encoder_hidden_states")
         let timestep = try io.tensor("timestep").scalars
@@ -251,6 +258,8 @@ final class SavingTests: XCTestCase {
                 "encoder_hidden_states": context,
                 "out_edited": edited(sample, timestep: timestep, encoderHiddenStates: context),
                 "out_merged": merged(sample, timestep: timestep, encoderHiddenStates: context),
+                "clip_input_ids": Tensor(shape: [2, 7], scalars: ids.flatMap { $0.map(Float.init) }),
+                "clip_out": clip(inputIds: ids).lastHiddenState,
             ], to: dir.appendingPathComponent("swift_outputs.safetensors"))
         }
         print("wrote \(dir.path)")

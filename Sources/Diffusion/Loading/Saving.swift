@@ -261,7 +261,7 @@ public func mergeLoRA(_ factors: [String: LoRAFactors], into module: Module, sca
 
 /// PEFT's `LoraConfig` fields for a set of modules, as diffusers stores them: the most common
 /// rank and alpha, and per-module exceptions.
-private func loraConfig(_ factors: [String: LoRAFactors], prefix: String) -> [String: Any] {
+private func loraConfig(_ factors: [String: LoRAFactors]) -> [String: Any] {
     func mostCommon<T: Hashable & Comparable>(_ values: [T]) -> T {
         var counts: [T: Int] = [:]
         for v in values { counts[v, default: 0] += 1 }
@@ -272,11 +272,11 @@ private func loraConfig(_ factors: [String: LoRAFactors], prefix: String) -> [St
     let alpha = mostCommon(factors.values.map(\.alpha))
     var rankPattern: [String: Any] = [:], alphaPattern: [String: Any] = [:]
     for (path, lora) in factors {
-        if lora.rank != rank { rankPattern[prefix + path] = lora.rank }
-        if lora.alpha != alpha { alphaPattern[prefix + path] = number(lora.alpha) }
+        if lora.rank != rank { rankPattern[path] = lora.rank }
+        if lora.alpha != alpha { alphaPattern[path] = number(lora.alpha) }
     }
     return ["r": rank, "lora_alpha": number(alpha), "rank_pattern": rankPattern, "alpha_pattern": alphaPattern,
-            "target_modules": factors.keys.map { prefix + $0 }.sorted(), "use_dora": false, "lora_bias": false]
+            "target_modules": factors.keys.sorted(), "use_dora": false, "lora_bias": false]
 }
 
 /// Writes LoRA factors in diffusers' PEFT layout: `unet.<module>.lora_A.weight` /
@@ -284,6 +284,8 @@ private func loraConfig(_ factors: [String: LoRAFactors], prefix: String) -> [St
 /// and `lora_adapter_metadata`, a JSON object of each component's LoraConfig under
 /// `<component>.` keys (`unet.r`, `unet.lora_alpha`, `unet.rank_pattern`, `unet.alpha_pattern`,
 /// `unet.target_modules`, …), as `save_lora_weights(…, unet_lora_adapter_metadata=…)` writes.
+/// Alpha is per module: the config holds the most common rank and alpha, and the others in
+/// `rank_pattern` / `alpha_pattern`.
 /// Loadable by `pipe.load_lora_weights` (tools/verify_saving.py).
 public func saveLoRA(_ factors: [LoRAComponent: [String: LoRAFactors]], to url: URL, dtype: DType = .f32) throws {
     try checkWritable(dtype)
@@ -297,7 +299,10 @@ public func saveLoRA(_ factors: [LoRAComponent: [String: LoRAFactors]], to url: 
             tensors.append(("\(key).lora_A.weight", lora.down))
             tensors.append(("\(key).lora_B.weight", lora.up))
         }
-        for (key, value) in loraConfig(modules, prefix: component.modulePrefix) {
+        // Module names in the config go without `text_model.`: PEFT matches them as suffixes, so
+        // they fit transformers 4's CLIPTextModel (modules under text_model.) and transformers 5's
+        // flattened one, whose loader drops `text_model.` from the keys but not from the config.
+        for (key, value) in loraConfig(modules) {
             adapterMetadata["\(component.rawValue).\(key)"] = value
         }
     }
@@ -331,11 +336,11 @@ public func loadLoRA(from url: URL) throws -> [LoRAComponent: [String: LoRAFacto
         guard archive.contains(upName) else { throw SavingError.invalidFile(url, reason: "\(name) has no \(upName)") }
         let down = try archive.tensor(name), up = try archive.tensor(upName)
         let prefix = component.rawValue + "."
-        let alphaPattern = config[prefix + "alpha_pattern"] as? [String: Any] ?? [:]
-        let alphaValue = alphaPattern[modulePath] ?? config[prefix + "lora_alpha"]
-        let alpha = (alphaValue as? NSNumber)?.floatValue ?? Float(down.shape[0])
         var path = modulePath
         if path.hasPrefix(component.modulePrefix) { path.removeFirst(component.modulePrefix.count) }
+        let alphaPattern = config[prefix + "alpha_pattern"] as? [String: Any] ?? [:]
+        let alphaValue = alphaPattern[path] ?? alphaPattern[modulePath] ?? config[prefix + "lora_alpha"]
+        let alpha = (alphaValue as? NSNumber)?.floatValue ?? Float(down.shape[0])
         let factors = LoRAFactors(down: down, up: up, alpha: alpha)
         _ = try factors.check(path)
         result[component, default: [:]][path] = factors

@@ -61,6 +61,15 @@ extension StableDiffusionPipeline {
     static let clipTextModelClasses: Set<String> = ["CLIPTextModel", "CLIPTextModelWithProjection"]
     static let clipTokenizerClasses: Set<String> = ["CLIPTokenizer", "CLIPTokenizerFast"]
 
+    /// A scheduler of `kind` built from `config` (any scheduler's config, as diffusers'
+    /// `from_config`). DDIM recomputes ε̂ from the clipped x̂₀ when the config clips samples
+    /// (`clip_sample`, as the testbed's cosine schedule needs; see docs/testbed.md), and follows
+    /// diffusers' default (the raw ε̂) for configs that do not clip, such as Stable Diffusion's.
+    public static func makeScheduler(_ kind: SchedulerKind, config: SchedulerConfig) throws -> any NoiseScheduler {
+        if kind == .ddim { return try DDIMScheduler(config: config, useClippedModelOutput: config.clipSample) }
+        return try kind.make(config: config)
+    }
+
     /// Loads a diffusers pipeline folder (see the file's notes).
     ///
     /// - Parameters:
@@ -137,12 +146,7 @@ extension StableDiffusionPipeline {
             }
             schedulerKind = known
         }
-        let scheduler: any NoiseScheduler
-        if schedulerKind == .ddim {
-            scheduler = try DDIMScheduler(config: schedulerConfig, useClippedModelOutput: schedulerConfig.clipSample)
-        } else {
-            scheduler = try schedulerKind.make(config: schedulerConfig)
-        }
+        let scheduler = try Self.makeScheduler(schedulerKind, config: schedulerConfig)
 
         // The big components last, so that cheap mistakes fail fast.
         let unet = try UNet2DConditionModel(directory: try folder("unet"))

@@ -100,18 +100,21 @@ public final class StableDiffusionPipeline {
 
     /// The UNet's raw output for `latents` (the model input, already scaled by the scheduler's
     /// `scaleModelInput` where it scales) at `timestep`: ε for ε-prediction models, v for
-    /// v-prediction ones. `mask` reaches the UNet only when `passesAttentionMask`.
-    public func modelOutput(latents: Tensor, timestep: Float, states: Tensor, mask: Tensor? = nil) -> Tensor {
-        unet(latents, timestep: [timestep], encoderHiddenStates: states,
-             encoderAttentionMask: passesAttentionMask ? mask : nil)
+    /// v-prediction ones. `mask` reaches the UNet only when `passesAttentionMask`. `model`
+    /// replaces the pipeline's UNet for this call (e.g. ESD's frozen copy beside the one it trains).
+    public func modelOutput(latents: Tensor, timestep: Float, states: Tensor, mask: Tensor? = nil,
+                            model: UNet2DConditionModel? = nil) -> Tensor {
+        (model ?? unet)(latents, timestep: [timestep], encoderHiddenStates: states,
+                        encoderAttentionMask: passesAttentionMask ? mask : nil)
     }
 
     /// The predicted noise ε̂ for `latents` xₜ (variance-preserving, the UNet's input) at
     /// `timestep`: the UNet's output for ε-prediction models, converted from v or x̂₀ otherwise
     /// (at the timestep rounded to an integer). Recorded for autodiff when the UNet's parameters
-    /// require gradients (what ESD and SCORE train through).
-    public func predictNoise(latents: Tensor, timestep: Float, states: Tensor, mask: Tensor? = nil) -> Tensor {
-        let output = modelOutput(latents: latents, timestep: timestep, states: states, mask: mask)
+    /// require gradients (what ESD and SCORE train through). `model` as in `modelOutput`.
+    public func predictNoise(latents: Tensor, timestep: Float, states: Tensor, mask: Tensor? = nil,
+                             model: UNet2DConditionModel? = nil) -> Tensor {
+        let output = modelOutput(latents: latents, timestep: timestep, states: states, mask: mask, model: model)
         if scheduler.predictionType == .epsilon { return output }
         return scheduler.predictedNoise(modelOutput: output, sample: latents, timesteps: [Int(timestep.rounded())])
     }

@@ -1,0 +1,78 @@
+import Diffusion
+import Foundation
+import Kernels
+import NN
+import Tensor
+
+/// Times of one UNet, the figures of `score bench unet` (tools/bench_unet_torch.py measures the
+/// same with torch + diffusers).
+public struct UNetBenchmarkResult: Codable, Sendable {
+    public var config: String
+    public var parameters: Int
+    public var batch: Int
+    /// Latent side (64 for SD 1.5 at 512×512).
+    public var latent: Int
+    public var tokens: Int
+    /// Median seconds of one forward pass (no autodiff recording).
+    public var forward_s: Double
+    /// Median seconds of forward + backward (gradients of every parameter and the sample).
+    public var forward_backward_s: Double?
+    /// Peak resident memory of the process (VmHWM) after the forward passes, and at the end.
+    public var forward_peak_rss_mb: Double?
+    public var peak_rss_mb: Double?
+    public var runs: Int
+    public var threads: Int
+    public var isa: String
+}
+
+/// The process's peak resident set size in MB (`VmHWM` of /proc/self/status), nil where there is none.
+public func peakResidentMegabytes() -> Double? {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        // "VmHWM:\t 123456 kB": tabs and spaces, as many as the number's width leaves.
+        let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+        guard fields.count >= 2, let kilobytes = Double(fields[1]) else { return nil }
+        return kilobytes / 1024
+    }
+    return nil
+}
+
+public enum UNetBenchmark {
+    /// Builds a randomly initialised UNet of `config` and times it on a batch of `batch` latents
+    /// latent × latent with `tokens` text states of the config's cross-attention width, at
+    /// timestep 500. `runs` timed runs each (the median), one untimed warm-up when runs > 1.
+    public static func run(config: UNet2DConditionConfig, name: String, latent: Int, batch: Int = 1, tokens: Int = 77,
+                           runs: Int = 1, backward: Bool = true,
+                           progress: (String) -> Void = { _ in }) throws -> UNetBenchmarkResult {
+        progress("building \(name) with random weights")
+        var generator = RandomGenerator(seed: 0)
+        let unet = try UNet2DConditionModel(config: config, generator: &generator)
+        unet.eval()
+        let sample = generator.normal([batch, config.inChannels, latent, latent])
+        let context = generator.normal([batch, tokens, config.crossAttentionDim[0]])
+        let timestep: [Float] = [500]
+        let warmup = runs > 1 ? 1 : 0
+
+        progress("forward")
+        let forward = medianSeconds(runs: runs, warmup: warmup) {
+            _ = noGrad { unet(sample, timestep: timestep, encoderHiddenStates: context) }
+        }
+        let forwardPeak = peakResidentMegabytes()
+
+        var forwardBackward: Double? = nil
+        if backward {
+            progress("forward + backward")
+            sample.requiresGrad = true
+            forwardBackward = medianSeconds(runs: runs, warmup: warmup) {
+                let out = unet(sample, timestep: timestep, encoderHiddenStates: context)
+                out.backward(Tensor.ones(out.shape))
+                unet.zeroGrad()
+                sample.grad = nil
+            }
+        }
+        return UNetBenchmarkResult(
+            config: name, parameters: unet.parameterCount, batch: batch, latent: latent, tokens: tokens,
+            forward_s: forward, forward_backward_s: forwardBackward, forward_peak_rss_mb: forwardPeak,
+            peak_rss_mb: peakResidentMegabytes(), runs: runs, threads: Kernels.threadCount, isa: Kernels.isa)
+    }
+}
