@@ -218,3 +218,18 @@ extension MiniSD {
         try writeAtomically(try encoder.encode(schedulerConfig()), to: folder.appendingPathComponent("scheduler/scheduler_config.json"))
     }
 }
+
+extension MiniSD {
+    /// Writes the EMA weights of a training checkpoint as a model folder (to look at a run
+    /// before it ends, or to keep an earlier step).
+    public static func export(checkpoint: URL, config: UNet2DConditionConfig = unetConfig(), to folder: URL) throws -> Int {
+        var generator = RandomGenerator(seed: 0)
+        let unet = try UNet2DConditionModel(config: config, generator: &generator)
+        let archive = try TensorArchive(contentsOf: checkpoint)
+        var weights: [String: Tensor] = [:]
+        for name in archive.names where name.hasPrefix("ema.") { weights[String(name.dropFirst(4))] = try archive.tensor(name) }
+        try unet.load(weights, source: checkpoint.path)
+        try save(unet, config: config, to: folder)
+        return Int(archive.metadata["step"] ?? "") ?? -1
+    }
+}

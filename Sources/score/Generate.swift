@@ -21,6 +21,9 @@ nonisolated(unsafe) var defaultPipelineProvider: (() throws -> StableDiffusionPi
 /// that reason.
 nonisolated(unsafe) var folderPipelineProvider: ((URL) throws -> StableDiffusionPipeline)? = nil
 
+/// The prompts of `score generate --grid`: one row per class of the testbed.
+nonisolated(unsafe) var gridPromptsProvider: (() throws -> [String])? = nil
+
 /// The guidance `score generate` uses for the default model when `--guidance` is not given
 /// (the testbed measures with 4); `--model` folders get Stable Diffusion's 7.5.
 nonisolated(unsafe) var defaultModelGuidance: Float = 7.5
@@ -64,8 +67,11 @@ struct Generate: ParsableCommand {
     @Option(help: "A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/). Default: the embedded testbed model.")
     var model: String?
 
-    @Argument(help: "The prompt.")
-    var prompt: String
+    @Argument(help: "The prompt (not with --grid).")
+    var prompt: String?
+
+    @Flag(help: "Draw a class × seed grid of the testbed's canonical prompts (one row per class, --num-images seeds per row).")
+    var grid = false
 
     @Option(name: .shortAndLong, help: "The PNG file to write.")
     var out: String
@@ -100,6 +106,7 @@ struct Generate: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func validate() throws {
+        guard (prompt != nil) != grid else { throw ValidationError("give either a prompt or --grid") }
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1, got \(steps)") }
         guard numImages >= 1 else { throw ValidationError("--num-images must be at least 1, got \(numImages)") }
         if let gridRows, !(1...numImages).contains(gridRows) {
@@ -132,8 +139,17 @@ struct Generate: ParsableCommand {
         let schedulerName = "\(type(of: pipeline.scheduler))"
 
         let start = Date()
+        let rowPrompts: [String]
+        if grid {
+            guard let gridPromptsProvider else { throw CommandFailure("--grid needs the testbed's prompts") }
+            rowPrompts = try gridPromptsProvider()
+        } else {
+            rowPrompts = [prompt!]
+        }
+        let prompts = rowPrompts.flatMap { Array(repeating: $0, count: numImages) }
+        let prompt = rowPrompts.joined(separator: " | ")
         let images = try pipeline.generate(
-            prompts: Array(repeating: prompt, count: numImages), negativePrompt: negative, steps: steps,
+            prompts: prompts, negativePrompt: negative, steps: steps,
             guidance: guidance, seed: seed, height: height, width: width
         ) { step, total in
             FileHandle.standardError.write("\rstep \(step)/\(total)".data(using: .utf8)!)
@@ -141,12 +157,13 @@ struct Generate: ParsableCommand {
         }
 
         let picture: Tensor
-        if numImages == 1 {
+        let total = prompts.count
+        if total == 1 {
             picture = images.squeezed(0)
         } else {
-            let rows = gridRows ?? 1
-            let cols = (numImages + rows - 1) / rows
-            picture = imageGrid(images: (0..<numImages).map { images.narrowed(axis: 0, start: $0, length: 1) },
+            let rows = grid ? rowPrompts.count : gridRows ?? 1
+            let cols = (total + rows - 1) / rows
+            picture = imageGrid(images: (0..<total).map { images.narrowed(axis: 0, start: $0, length: 1) },
                                 rows: rows, cols: cols)
         }
         let url = URL(fileURLWithPath: out)
@@ -154,10 +171,10 @@ struct Generate: ParsableCommand {
         let text: [(key: String, value: String)] = [
             ("prompt", prompt), ("negative_prompt", negative), ("seed", "\(seed)"), ("steps", "\(steps)"),
             ("guidance", "\(guidance)"), ("scheduler", schedulerName), ("size", "\(width)x\(height)"),
-            ("images", "\(numImages)"), ("model", model ?? "embedded default"), ("Software", "score"),
+            ("images", "\(total)"), ("model", model ?? "embedded default"), ("Software", "score"),
         ]
         try PNG.write(PixelImage(tensor: picture), to: url, text: text)
-        print("wrote \(url.path) (\(numImages) image\(numImages == 1 ? "" : "s"), \(width)×\(height), \(String(format: "%.1f", Date().timeIntervalSince(start))) s)")
+        print("wrote \(url.path) (\(total) image\(total == 1 ? "" : "s"), \(width)×\(height), \(String(format: "%.1f", Date().timeIntervalSince(start))) s)")
     }
 }
 

@@ -10,11 +10,20 @@ struct Score: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
-        subcommands: [AssetsCommand.self, Train.self, CheckModel.self, Bench.self])
+        subcommands: [AssetsCommand.self, Generate.self, Train.self, CheckModel.self, Bench.self])
 
     static func main() {
         // Progress lines must reach a log file as they happen, not when a 4 KiB buffer fills.
         setvbuf(stdout, nil, _IOLBF, 0)
+        // Without --model, `score generate` draws with the embedded testbed model; --model may
+        // also name a testbed folder (its MiniLM text encoder comes from the asset cache).
+        defaultPipelineProvider = { try DefaultModel.pipeline() }
+        folderPipelineProvider = { try DefaultModel.pipeline(folder: $0) }
+        defaultModelGuidance = DefaultModel.guidance
+        gridPromptsProvider = {
+            let prompts = try FashionPrompts.bundled()
+            return prompts.classes.map { prompts.canonicalPrompt($0.label) }
+        }
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -40,7 +49,7 @@ struct ComputeOptions: ParsableArguments {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure the speed of the engine and models.",
-        subcommands: [Engine.self])
+        subcommands: [Engine.self, UNetBenchmarkCommand.self])
 
     struct Engine: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -110,10 +119,21 @@ struct Train: ParsableCommand {
         @Option(help: "Checkpoint every N steps.") var checkpointEvery = 50
         @Option(help: "Output folder (a diffusers-layout model folder is written into it).") var out = "runs/mini-sd"
         @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
         @OptionGroup var compute: ComputeOptions
 
         func run() throws {
             try compute.apply()
+            if exportCheckpoint {
+                let checkpoint = URL(fileURLWithPath: out).appendingPathComponent("checkpoint.safetensors")
+                let staging = URL(fileURLWithPath: out).appendingPathComponent("model-export")
+                let step = try MiniSD.export(checkpoint: checkpoint, to: staging)
+                let folder = URL(fileURLWithPath: out).appendingPathComponent("model-step\(step)")
+                try? FileManager.default.removeItem(at: folder)
+                try FileManager.default.moveItem(at: staging, to: folder)
+                print("wrote \(folder.path)")
+                return
+            }
             let assets = Assets(log: { print("… \($0)") })
             var options = MiniSDTrainingOptions(output: URL(fileURLWithPath: out))
             options.steps = steps
