@@ -79,7 +79,8 @@ extension Tensor {
             let p = grad.pointer, q = g.pointer
             for i in 0..<count { p[i] += q[i] }
         } else {
-            grad = g.storage === storage ? g.copy() : g.copy()
+            // A copy: the incoming gradient may share storage with another tensor's.
+            grad = g.copy()
         }
     }
 
