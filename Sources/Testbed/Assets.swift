@@ -109,17 +109,25 @@ public struct Assets {
     }
 
     /// Checks each file's SHA-256; a marker file remembers a verified (name, size, mtime).
-    private func verify(_ folder: URL, _ digests: [String: String], asset: String) throws {
+    func verify(_ folder: URL, _ digests: [String: String], asset: String) throws {
         for (name, expected) in digests.sorted(by: { $0.key < $1.key }) {
             let file = folder.appendingPathComponent(name)
             guard FileManager.default.fileExists(atPath: file.path) else {
                 throw AssetError(asset: asset, reason: "missing \(file.path)", remedy: "rm -rf \(folder.path) and rerun `score assets`")
             }
+            // Hashing ~120 MB on every command is wasted work: a marker beside the file remembers
+            // the (size, modification time) at which it last matched its digest.
+            let attributes = try FileManager.default.attributesOfItem(atPath: file.path)
+            let stamp = "\(attributes[.size] ?? "") \((attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0) \(expected)"
+            let marker = cache.appendingPathComponent("verified").appendingPathComponent(
+                SHA256.hex(Data(file.path.utf8)).prefix(16) + "-" + name)
+            if (try? String(contentsOf: marker, encoding: .utf8)) == stamp { continue }
             let actual = try SHA256.hex(fileAt: file)
             guard actual == expected else {
                 throw AssetError(asset: asset, reason: "\(file.path) has SHA-256 \(actual), expected \(expected)",
                                  remedy: "rm -rf \(folder.path) and rerun `score assets`")
             }
+            try? writeAtomically(Data(stamp.utf8), to: marker)
         }
     }
 

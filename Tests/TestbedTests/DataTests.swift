@@ -86,3 +86,20 @@ final class DataTests: XCTestCase {
         XCTAssertEqual(Set(test.labels), Set(0..<10))
     }
 }
+
+final class AssetVerificationTests: XCTestCase {
+    func testVerifiedFilesAreRehashedOnlyWhenTheyChange() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("assets-\(UUID())")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let folder = root.appendingPathComponent("data")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let file = folder.appendingPathComponent("a.bin")
+        try Data("abc".utf8).write(to: file)
+        let assets = Assets(cache: root.appendingPathComponent("cache"))
+        let digests = ["a.bin": SHA256.hex(Data("abc".utf8))]
+        try assets.verify(folder, digests, asset: "test")
+        try assets.verify(folder, digests, asset: "test")  // from the marker
+        try Data("abd!".utf8).write(to: file)               // size changes: hashed again, and caught
+        XCTAssertThrowsError(try assets.verify(folder, digests, asset: "test")) { XCTAssert("\($0)".contains("a.bin")) }
+    }
+}
