@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Layers, bottom to top (arrows point down only):
-//   score (CLI) → Benchmarks, Testbed → Diffusion → NN → Tensor → Kernels → CKernels
-//                         ↘ SafeTensors
+//   score (CLI) → Evaluation → Erasure, Testbed → Diffusion → NN → Tensor → Kernels → CKernels
+//              → Benchmarks                                          ↘ SafeTensors
 // See docs/ARCHITECTURE.md for why the innermost kernels live in C.
 import PackageDescription
 
@@ -34,12 +34,17 @@ let package = Package(
         // of the embedded mini-SD and its judges.
         .target(name: "Testbed", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"],
                 resources: [.copy("Resources")]),
+        // Erasure methods (SCORE and the baselines), one file each behind one protocol; they use
+        // the pipeline's public pieces only.
+        .target(name: "Erasure", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"]),
+        // Measuring erasures on the testbed: Acc_e/Acc_s/Acc_g, KID, leakage, attacks, reports.
+        .target(name: "Evaluation", dependencies: ["Erasure", "Testbed", "Diffusion", "NN", "Tensor", "Kernels"]),
         // Speed and memory measurements behind `score bench`.
         .target(name: "Benchmarks", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"]),
         .executableTarget(
             name: "score",
             dependencies: [
-                "Benchmarks", "Testbed", "Diffusion", "NN", "Tensor", "Kernels",
+                "Benchmarks", "Evaluation", "Erasure", "Testbed", "Diffusion", "NN", "Tensor", "Kernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
@@ -47,6 +52,7 @@ let package = Package(
         .testTarget(name: "TensorTests", dependencies: ["Tensor"], resources: [.copy("Fixtures")]),
         .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TestbedTests", dependencies: ["Testbed"]),
+        .testTarget(name: "ErasureTests", dependencies: ["Erasure", "Evaluation"]),
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion"], resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v5]

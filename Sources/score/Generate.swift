@@ -9,16 +9,15 @@ import Tensor
 
 // Hooks the lead wires at start-up (e.g. in `Score.main()`), so that this file needs no Testbed:
 //     defaultPipelineProvider = { try DefaultModel.pipeline() }
-//     folderPipelineProvider = { try DefaultModel.pipeline(folder: $0) }
+//     folderPipelineProvider = { try ModelLoader.load($0.path).pipeline }
 //     defaultModelGuidance = DefaultModel.guidance
 
 /// Builds the embedded default model (the testbed's mini-SD) for commands run without `--model`.
 /// Set by the testbed; nil until it exists.
 nonisolated(unsafe) var defaultPipelineProvider: (() throws -> StableDiffusionPipeline)? = nil
 
-/// Builds a pipeline from a `--model` folder whose text encoder is not in the folder (a testbed
-/// model: MiniLM comes from the asset cache). Used when loading the folder on its own fails for
-/// that reason.
+/// Builds a pipeline from any `--model` folder the tool accepts (a diffusers folder, a testbed
+/// folder whose MiniLM comes from the asset cache, an erased folder of changed weights).
 nonisolated(unsafe) var folderPipelineProvider: ((URL) throws -> StableDiffusionPipeline)? = nil
 
 /// The prompts of `score generate --grid`: one row per class of the testbed.
@@ -120,19 +119,12 @@ struct Generate: ParsableCommand {
         let pipeline: StableDiffusionPipeline
         if let model {
             let folder = URL(fileURLWithPath: model)
-            do {
-                pipeline = try StableDiffusionPipeline(directory: folder, scheduler: scheduler?.kind)
-            } catch PipelineError.textEncoderRequired where folderPipelineProvider != nil {
-                pipeline = try folderPipelineProvider!(folder)
-                if let scheduler {
-                    pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(scheduler.kind, config: pipeline.scheduler.config)
-                }
-            }
+            pipeline = try folderPipelineProvider.map { try $0(folder) } ?? StableDiffusionPipeline(directory: folder)
         } else {
             pipeline = try defaultPipeline()
-            if let scheduler {
-                pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(scheduler.kind, config: pipeline.scheduler.config)
-            }
+        }
+        if let scheduler {
+            pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(scheduler.kind, config: pipeline.scheduler.config)
         }
         let height = self.height ?? pipeline.defaultHeight, width = self.width ?? pipeline.defaultWidth
         let guidance = self.guidance ?? (model == nil ? defaultModelGuidance : 7.5)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Benchmarks
+import Evaluation
 import Foundation
 import Kernels
 import Tensor
@@ -10,7 +11,7 @@ struct Score: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
-        subcommands: [AssetsCommand.self, Generate.self, Train.self, CheckModel.self, Bench.self])
+        subcommands: [Demo.self, Erase.self, Evaluate.self, AssetsCommand.self, Generate.self, Train.self, CheckModel.self, Bench.self])
 
     static func main() {
         // Progress lines must reach a log file as they happen, not when a 4 KiB buffer fills.
@@ -18,7 +19,7 @@ struct Score: ParsableCommand {
         // Without --model, `score generate` draws with the embedded testbed model; --model may
         // also name a testbed folder (its MiniLM text encoder comes from the asset cache).
         defaultPipelineProvider = { try DefaultModel.pipeline() }
-        folderPipelineProvider = { try DefaultModel.pipeline(folder: $0) }
+        folderPipelineProvider = { try ModelLoader.load($0.path).pipeline }
         defaultModelGuidance = DefaultModel.guidance
         gridPromptsProvider = {
             let prompts = try FashionPrompts.bundled()

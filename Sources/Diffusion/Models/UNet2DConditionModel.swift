@@ -672,6 +672,19 @@ public final class UNet2DConditionModel: Module {
         try loadModule(self, from: try diffusersWeightsFile(in: directory))
     }
 
+    /// An independent copy with the same config and weights, for a frozen reference model beside
+    /// the one being trained (erasure keeps θ₀ this way). Parameters keep their `requiresGrad`.
+    public func copy() throws -> UNet2DConditionModel {
+        var generator = RandomGenerator(seed: 0)
+        let clone = try UNet2DConditionModel(config: config, generator: &generator)
+        for ((_, target), (_, source)) in zip(clone.namedParameters(), namedParameters()) {
+            target.assign(source)
+            target.requiresGrad = source.requiresGrad
+        }
+        if !isTraining { clone.eval() }
+        return clone
+    }
+
     /// How many ×2 upsamplers the model has; sample height and width must be multiples of 2^this.
     public var upsamplerCount: Int { config.blockCount - 1 }
 

@@ -119,6 +119,18 @@ public final class StableDiffusionPipeline {
         return scheduler.predictedNoise(modelOutput: output, sample: latents, timesteps: [Int(timestep.rounded())])
     }
 
+    /// ε̂ for a training batch whose items sit at different discrete timesteps (one per item),
+    /// as `predictNoise`. Erasure losses are written in ε̂ for every prediction type, so a
+    /// v-prediction model is trained on the same quantities.
+    public func predictNoise(latents: Tensor, timesteps: [Int], states: Tensor, mask: Tensor? = nil,
+                             model: UNet2DConditionModel? = nil) -> Tensor {
+        precondition(timesteps.count == latents.shape[0], "predictNoise: \(timesteps.count) timesteps for \(latents.shape[0]) items")
+        let output = (model ?? unet)(latents, timestep: timesteps.map(Float.init), encoderHiddenStates: states,
+                                     encoderAttentionMask: passesAttentionMask ? mask : nil)
+        if scheduler.predictionType == .epsilon { return output }
+        return scheduler.predictedNoise(modelOutput: output, sample: latents, timesteps: timesteps)
+    }
+
     /// x̂₀, the clean sample the model's output implies for `latents` xₜ at `timestep` (no
     /// clipping): (xₜ − √(1−ᾱₜ)·ε̂)/√ᾱₜ for ε-prediction.
     public func predictedOriginal(latents: Tensor, modelOutput: Tensor, timestep: Float) -> Tensor {
@@ -127,16 +139,17 @@ public final class StableDiffusionPipeline {
 
     /// The model output with classifier-free guidance at one step: one UNet pass over the batch
     /// [unconditional; conditional] and ε_u + g·(ε_c − ε_u); with no unconditional states, the
-    /// conditional output alone.
+    /// conditional output alone. `model` as in `modelOutput`.
     public func guidedModelOutput(latents: Tensor, timestep: Float, conditional: (states: Tensor, mask: Tensor),
-                                  unconditional: (states: Tensor, mask: Tensor)?, guidance: Float) -> Tensor {
+                                  unconditional: (states: Tensor, mask: Tensor)?, guidance: Float,
+                                  model: UNet2DConditionModel? = nil) -> Tensor {
         guard let unconditional else {
-            return modelOutput(latents: latents, timestep: timestep, states: conditional.states, mask: conditional.mask)
+            return modelOutput(latents: latents, timestep: timestep, states: conditional.states, mask: conditional.mask, model: model)
         }
         let batch = latents.shape[0]
         let output = modelOutput(latents: Tensor.concat([latents, latents], axis: 0), timestep: timestep,
                                  states: Tensor.concat([unconditional.states, conditional.states], axis: 0),
-                                 mask: Tensor.concat([unconditional.mask, conditional.mask], axis: 0))
+                                 mask: Tensor.concat([unconditional.mask, conditional.mask], axis: 0), model: model)
         let parts = output.split(sizes: [batch, batch], axis: 0)
         let (uncond, cond) = (parts[0], parts[1])
         return uncond + (cond - uncond) * guidance

@@ -49,3 +49,23 @@ extension Tensor {
         return self * keep
     }
 }
+
+/// Binary cross-entropy of logits z against targets y in [0, 1], element by element (no
+/// reduction): softplus(z) − y·z, written as max(z, 0) − y·z + log(1 + e^−|z|) so large |z|
+/// neither overflows nor loses the gradient. d/dz = σ(z) − y.
+public func binaryCrossEntropy(logits: Tensor, targets: Tensor) -> Tensor {
+    precondition(logits.shape == targets.shape, "binaryCrossEntropy: logits \(logits.shape), targets \(targets.shape)")
+    let loss = Tensor(shape: logits.shape) { out in
+        let z = logits.pointer, y = targets.pointer
+        for i in 0..<logits.count {
+            out[i] = Swift.max(z[i], 0) - y[i] * z[i] + Foundation.log1p(Foundation.exp(-Swift.abs(z[i])))
+        }
+    }
+    // The closure holds the tensors (not their pointers), so their storage outlives the forward pass.
+    return loss.recording([logits]) { g in
+        [Tensor(shape: logits.shape) { out in
+            let z = logits.pointer, y = targets.pointer, pg = g.pointer
+            for i in 0..<logits.count { out[i] = pg[i] * (1 / (1 + Foundation.exp(-z[i])) - y[i]) }
+        }]
+    }
+}

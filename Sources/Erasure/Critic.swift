@@ -1,0 +1,95 @@
+import Diffusion
+import Foundation
+import NN
+import Tensor
+
+/// D_φ(x̂₀, t): a small time-conditioned CNN that gives the logit of P(C = 1 | x̂₀, t), the
+/// probability that a one-step clean estimate came from a target prompt rather than an anchor
+/// prompt. Three spectrally normalised 3×3 convolutions (widths w, 2w, 2w) with average pooling,
+/// a sinusoidal embedding of t added after the second, global average pooling and a linear head.
+/// Global pooling keeps it independent of the latent size (8×8 to 64×64).
+public final class Critic: Module {
+    public let conv1: SpectralConv2d, conv2: SpectralConv2d, conv3: SpectralConv2d
+    @Key("time_proj") public var timeProjection: SpectralLinear
+    public let head: SpectralLinear
+    public let width: Int
+
+    public init(channels: Int, width: Int = 32, generator: inout RandomGenerator) {
+        conv1 = SpectralConv2d(channels, width, kernelSize: 3, padding: 1, generator: &generator)
+        conv2 = SpectralConv2d(width, 2 * width, kernelSize: 3, padding: 1, generator: &generator)
+        conv3 = SpectralConv2d(2 * width, 2 * width, kernelSize: 3, padding: 1, generator: &generator)
+        head = SpectralLinear(2 * width, 1, generator: &generator)
+        self.width = width
+        super.init()
+        timeProjection = SpectralLinear(2 * width, 2 * width, generator: &generator)
+    }
+
+    /// Logits [B] for clean estimates [B, C, h, w] at discrete `timesteps` (one per item).
+    public func callAsFunction(_ x: Tensor, timesteps: [Int]) -> Tensor {
+        precondition(timesteps.count == x.shape[0], "Critic: \(timesteps.count) timesteps for \(x.shape[0]) samples")
+        let b = x.shape[0]
+        var h = conv1(x).silu()
+        if h.shape[2] >= 4 { h = h.avgPool2d(kernel: 2) }
+        h = conv2(h)
+        let time = timeProjection(timestepEmbedding(timesteps.map(Float.init), dim: 2 * width, flipSinToCos: true, freqShift: 0)).silu()
+        h = (h + time.reshaped([b, 2 * width, 1, 1])).silu()
+        if h.shape[2] >= 4 { h = h.avgPool2d(kernel: 2) }
+        h = conv3(h).silu().mean(axes: [2, 3])
+        return head(h).reshaped([b])
+    }
+}
+
+/// A critic with its optimiser: trained on detached samples (class 1 = target, 0 = anchor).
+public final class CriticTrainer {
+    public let critic: Critic
+    public let optimizer: Adam
+
+    public init(channels: Int, width: Int, learningRate: Float, betas: (Float, Float), generator: inout RandomGenerator) {
+        critic = Critic(channels: channels, width: width, generator: &generator)
+        critic.train()
+        optimizer = Adam(critic.trainableParameters(), learningRate: learningRate, betas: betas)
+    }
+
+    /// One step on a balanced batch; returns (loss, accuracy at threshold ½).
+    @discardableResult
+    public func step(target: Tensor, targetTimesteps: [Int], anchor: Tensor, anchorTimesteps: [Int]) -> (loss: Float, accuracy: Float) {
+        critic.train()
+        critic.zeroGrad()
+        let logits = critic(Tensor.concat([target.detached(), anchor.detached()], axis: 0), timesteps: targetTimesteps + anchorTimesteps)
+        let labels = Tensor(shape: [logits.count], scalars: Array(repeating: 1, count: target.shape[0]) + Array(repeating: 0, count: anchor.shape[0]))
+        let loss = binaryCrossEntropy(logits: logits, targets: labels).mean()
+        loss.backward()
+        optimizer.step()
+        critic.zeroGrad()
+        let correct = zip(logits.scalars, labels.scalars).filter { ($0 > 0) == ($1 > 0.5) }.count
+        return (loss.item, Float(correct) / Float(logits.count))
+    }
+}
+
+extension CriticTrainer {
+    /// The critic's logits for the model's adversarial term: evaluation mode (no power-iteration
+    /// step) and weights frozen while the graph is recorded, so the model's loss does not train
+    /// the critic. (`step` also zeroes any stale gradient first: a resumed run, whose checkpoint
+    /// holds no gradients, must continue with the same bits.)
+    public func logitsForModel(_ x: Tensor, timesteps: [Int]) -> Tensor {
+        critic.eval()
+        let weights = critic.trainableParameters().map(\.tensor)
+        for w in weights { w.requiresGrad = false }
+        defer { for w in weights { w.requiresGrad = true } }
+        return critic(x, timesteps: timesteps)
+    }
+}
+
+/// How the model is pushed to fool the critic on target samples.
+public enum AdversarialForm: String, Codable, Sendable, CaseIterable {
+    /// BCE(D, ½): make the critic maximally unsure (its optimum is the equilibrium itself).
+    case confusion
+    /// −log(1 − D): make target samples look like anchor samples (GAN's non-saturating loss).
+    case nonSaturating = "non-saturating"
+}
+
+/// The model's adversarial loss on critic logits of target samples.
+public func adversarialLoss(logits: Tensor, form: AdversarialForm) -> Tensor {
+    let target: Float = form == .confusion ? 0.5 : 0
+    return binaryCrossEntropy(logits: logits, targets: Tensor.full(target, logits.shape)).mean()
+}

@@ -1,0 +1,185 @@
+import Diffusion
+import Foundation
+import NN
+import Tensor
+
+/// One concept to erase.
+public struct Concept: Codable, Sendable, Equatable {
+    /// The phrase given with `--concept` ("sneaker", "nudity", "Van Gogh").
+    public var name: String
+    /// P_tgt: the prompts that must stop producing the concept during training (the concept and
+    /// its synonyms, usually inside a few templates). Paraphrases held out of this set measure
+    /// whether the erasure generalises.
+    public var targetPrompts: [String]
+    /// c_anc: what target prompts should produce instead ("" is the unconditional model).
+    public var anchor: String
+
+    public init(name: String, targetPrompts: [String], anchor: String) {
+        self.name = name
+        self.targetPrompts = targetPrompts
+        self.anchor = anchor
+    }
+
+    /// Target prompts for `name` and `synonyms`, each placed in every template ("{}" is the
+    /// phrase; "{a}" becomes "a" or "an"), duplicates removed, in order.
+    public static func prompts(for name: String, synonyms: [String], templates: [String]) -> [String] {
+        var result: [String] = []
+        for phrase in [name] + synonyms {
+            for template in templates {
+                let article = phrase.first.map { "aeiouAEIOU".contains($0) } == true ? "an" : "a"
+                let prompt = template.replacingOccurrences(of: "{a}", with: article).replacingOccurrences(of: "{}", with: phrase)
+                if !result.contains(prompt) { result.append(prompt) }
+            }
+        }
+        return result
+    }
+}
+
+/// What to erase and what to keep.
+public struct ErasureRequest: Codable, Sendable {
+    public var concepts: [Concept]
+    /// P_ret: prompts whose images must stay as the original model draws them.
+    public var retainPrompts: [String]
+
+    public init(concepts: [Concept], retainPrompts: [String]) {
+        self.concepts = concepts
+        self.retainPrompts = retainPrompts
+    }
+
+    /// Rejects requests that cannot mean what the user wants, before any work starts.
+    public func validate() throws {
+        guard !concepts.isEmpty else { throw ErasureError.invalidRequest("no --concept given") }
+        for concept in concepts {
+            let name = concept.name.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !name.isEmpty else { throw ErasureError.invalidRequest("--concept is empty") }
+            guard !concept.targetPrompts.isEmpty,
+                  concept.targetPrompts.allSatisfy({ !$0.trimmingCharacters(in: .whitespaces).isEmpty }) else {
+                throw ErasureError.invalidRequest("concept '\(name)' has an empty target prompt")
+            }
+            let anchor = concept.anchor.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+            if anchor == name.lowercased() || concept.targetPrompts.contains(where: { $0.lowercased() == anchor }) {
+                throw ErasureError.invalidRequest("--anchor '\(concept.anchor)' is the concept '\(name)' itself; pick what its prompts should draw instead (\"\" for the unconditional model, or a superclass)")
+            }
+            if let clash = concept.targetPrompts.first(where: { retainPrompts.contains($0) }) {
+                throw ErasureError.invalidRequest("'\(clash)' is both a target prompt of '\(name)' and a --retain prompt")
+            }
+        }
+    }
+}
+
+/// Which UNet parameters an erasure may change (ESD's names where they exist).
+public enum TrainableSet: String, Codable, Sendable, CaseIterable {
+    /// Every parameter (SCORE's default, masked by saliency; ESD's esd-all).
+    case full
+    /// Cross-attention (attn2) only (ESD's esd-x).
+    case crossAttention = "cross-attention"
+    /// Everything but cross-attention (ESD's esd-u).
+    case nonCrossAttention = "non-cross-attention"
+    /// Cross-attention keys and values only (ESD's esd-x-strict; UCE edits the same weights).
+    case crossAttentionKeysValues = "cross-attention-kv"
+
+    public func includes(_ name: String) -> Bool {
+        switch self {
+        case .full: return true
+        case .crossAttention: return name.contains("attn2.")
+        case .nonCrossAttention: return !name.contains("attn2.")
+        case .crossAttentionKeysValues: return name.contains("attn2.to_k.") || name.contains("attn2.to_v.")
+        }
+    }
+
+    /// Marks exactly the parameters of this set as trainable and returns them.
+    @discardableResult
+    public func select(in unet: UNet2DConditionModel) -> [(name: String, tensor: Tensor)] {
+        unet.freeze()
+        unet.unfreeze(where: includes)
+        return unet.trainableParameters()
+    }
+}
+
+/// Where a run writes and how it reports.
+public struct ErasureContext {
+    /// The run folder (checkpoint, outputs); nil keeps everything in memory (tests).
+    public var output: URL?
+    /// Continue from `output`'s checkpoint when there is one.
+    public var resume = false
+    public var log: (String) -> Void
+    /// Stop after this step as if killed (after its checkpoint); for tests of resume.
+    public var stopAfter: Int?
+
+    public init(output: URL?, resume: Bool = false, stopAfter: Int? = nil, log: @escaping (String) -> Void = { _ in }) {
+        self.output = output
+        self.resume = resume
+        self.stopAfter = stopAfter
+        self.log = log
+    }
+}
+
+/// What a finished (or stopped) run reports; `run.json` holds it with the method's config.
+public struct ErasureOutcome {
+    /// Every loss term per step, by name ("erase", "trajectory", "adversarial", "critic", …).
+    public var losses: [String: [Float]]
+    /// Steps done (equal to the configured steps unless stopped early).
+    public var steps: Int
+    /// Saliency masks by parameter name (1 = may change), when the method uses them.
+    public var masks: [String: Tensor]
+    /// Whether the run stopped at `ErasureContext.stopAfter` before its last step.
+    public var stoppedEarly: Bool
+    /// Entries of the parameters the method was allowed to train (before any mask).
+    public var trainableParameters: Int
+
+    public init(losses: [String: [Float]], steps: Int, masks: [String: Tensor] = [:], stoppedEarly: Bool = false,
+                trainableParameters: Int = 0) {
+        self.losses = losses
+        self.steps = steps
+        self.masks = masks
+        self.stoppedEarly = stoppedEarly
+        self.trainableParameters = trainableParameters
+    }
+}
+
+/// An erasure method: changes `pipeline.unet` in place so that the request's concepts are gone.
+/// Methods use the pipeline's public pieces (prompt encoding, noise prediction, schedulers) and
+/// never the engine's internals.
+public protocol ErasureMethod {
+    /// The `--method` name.
+    var name: String { get }
+    /// The hyper-parameters as recorded in run.json.
+    var configJSON: Data { get throws }
+    func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome
+}
+
+/// Why an erasure could not start or had to stop.
+public enum ErasureError: Error, CustomStringConvertible, Equatable {
+    case invalidRequest(String)
+    case invalidConfig(String)
+    /// A loss term became NaN or infinite; the last good checkpoint is kept.
+    case nonFinite(term: String, step: Int, checkpoint: String?)
+
+    public var description: String {
+        switch self {
+        case let .invalidRequest(reason): return reason
+        case let .invalidConfig(reason): return "config: \(reason)"
+        case let .nonFinite(term, step, checkpoint):
+            return "the \(term) loss became non-finite at step \(step); "
+                + (checkpoint.map { "the last good checkpoint is \($0) (lower the learning rate or λ of that term and rerun with --resume)" }
+                   ?? "lower the learning rate or λ of that term")
+        }
+    }
+}
+
+extension ErasureError: LocalizedError {
+    public var errorDescription: String? { description }
+}
+
+/// The methods `--method` can name.
+public enum ErasureMethods {
+    public static let names = ["score"]
+
+    /// The method called `name` with its config (SCORE's hyper-parameters).
+    public static func make(_ name: String, config: SCOREConfig = SCOREConfig()) throws -> any ErasureMethod {
+        switch name {
+        case "score": return SCORE(config: config)
+        default: throw ErasureError.invalidRequest("unknown --method '\(name)'; available: \(names.joined(separator: ", "))")
+        }
+    }
+}

@@ -1,0 +1,239 @@
+import Diffusion
+import Foundation
+import NN
+import Tensor
+
+/// One critic's estimate of the information the erased model's outputs still carry about the
+/// concept: Î = H(C) − CE on held-out samples (nats; H(C) = ln 2 with balanced classes).
+public struct CriticLeakage: Codable, Sendable {
+    public var critic: String
+    public var leakage_nats: Double
+    /// 95% bootstrap interval over held-out trajectories.
+    public var interval_low: Double
+    public var interval_high: Double
+    /// Held-out accuracy at threshold ½.
+    public var accuracy: Double
+    public var test_samples: Int
+}
+
+/// The leakage report of one concept: the largest Î over the critics tried (a trained critic
+/// only under-estimates I, so the strongest one is the best estimate) and the bound it gives on
+/// any detector's accuracy, ½ + √(Î/2). An estimate, not a certificate.
+public struct LeakageReport: Codable, Sendable {
+    public var concept: String
+    public var critics: [CriticLeakage]
+    public var leakage_nats: Double
+    public var leakage_interval: [Double]
+    public var best_critic: String
+    public var leakage_bound: Double
+    public var trajectories_per_class: Int
+    public var note: String
+}
+
+/// A feature map for a linear-probe critic on finished images (e.g. an image classifier's
+/// penultimate layer): images [N, C, H, W] in [−1, 1] → features [N, d].
+public struct FeatureProbe {
+    public var name: String
+    public var features: (Tensor) -> Tensor
+
+    public init(name: String, features: @escaping (Tensor) -> Tensor) {
+        self.name = name
+        self.features = features
+    }
+}
+
+public struct LeakageOptions: Codable, Sendable {
+    /// Trajectories sampled per class (target prompts through the erased model, anchor through θ₀).
+    public var trajectories = 48
+    public var steps = 25
+    public var guidance: Float = 4
+    /// Only entries with t ≤ this are judged (the critic's view during training).
+    public var splitTimestep = 600
+    public var criticWidth = 32
+    public var criticSteps = 300
+    public var batchSize = 64
+    public var bootstrapRounds = 1000
+    public var seed: UInt64 = 7
+
+    public init() {}
+}
+
+public enum Leakage {
+    /// ½ + √(I/2), at most 1: the bound on any detector's accuracy with balanced classes.
+    public static func bound(nats: Double) -> Double { min(1, 0.5 + (max(0, nats) / 2).squareRoot()) }
+
+    /// Î = ln 2 − mean BCE of `logits` against `labels`, and the accuracy at threshold ½.
+    public static func estimate(logits: [Float], labels: [Float]) -> (nats: Double, accuracy: Double) {
+        precondition(logits.count == labels.count && !logits.isEmpty, "Leakage.estimate: \(logits.count) logits, \(labels.count) labels")
+        var ce = 0.0, correct = 0
+        for (z, y) in zip(logits, labels) {
+            let z = Double(z), y = Double(y)
+            ce += max(z, 0) - y * z + Foundation.log1p(Foundation.exp(-Swift.abs(z)))
+            if (z > 0) == (y > 0.5) { correct += 1 }
+        }
+        return (Foundation.log(2) - ce / Double(logits.count), Double(correct) / Double(logits.count))
+    }
+
+    /// A 95% percentile interval of Î, resampling whole groups (trajectories) with replacement:
+    /// entries of one trajectory are correlated, so resampling entries would be too narrow.
+    public static func bootstrapInterval(logits: [Float], labels: [Float], groups: [Int], rounds: Int,
+                                         generator: inout RandomGenerator) -> (low: Double, high: Double) {
+        var members: [Int: [Int]] = [:]
+        for (i, g) in groups.enumerated() { members[g, default: []].append(i) }
+        let keys = members.keys.sorted()
+        guard rounds > 0, !keys.isEmpty else { let e = estimate(logits: logits, labels: labels).nats; return (e, e) }
+        var values: [Double] = []
+        for _ in 0..<rounds {
+            var l: [Float] = [], y: [Float] = []
+            for u in generator.uniform([keys.count]).scalars {
+                for i in members[keys[min(keys.count - 1, Int(u * Float(keys.count)))]]! { l.append(logits[i]); y.append(labels[i]) }
+            }
+            values.append(estimate(logits: l, labels: y).nats)
+        }
+        values.sort()
+        return (values[Int(0.025 * Double(rounds - 1))], values[Int(0.975 * Double(rounds - 1))])
+    }
+
+    /// Samples fresh trajectories (target prompts through `pipeline.unet`, the anchor through
+    /// `original`), then trains fresh critics on half of the trajectories, picks each critic's
+    /// best step on a quarter and reports Î on the last quarter, for every critic and probe.
+    public static func report(concept: Concept, pipeline: StableDiffusionPipeline, original: UNet2DConditionModel,
+                              options: LeakageOptions = LeakageOptions(), probes: [FeatureProbe] = [],
+                              log: (String) -> Void = { _ in }) throws -> LeakageReport {
+        let table = CaptionTable(captions: [""] + concept.targetPrompts + [concept.anchor], encoder: pipeline.textEncoder)
+        let anchorIndex = table.captions.count - 1
+        let n = options.trajectories
+        let started = Date()
+        let target = try TrajectoryPool.sample(
+            pipeline: pipeline, table: table, promptIndices: (0..<n).map { 1 + $0 % concept.targetPrompts.count },
+            unconditionalIndex: 0, steps: options.steps, guidance: options.guidance, seed: options.seed &+ 11)
+        let anchor = try TrajectoryPool.sample(
+            pipeline: pipeline, table: table, promptIndices: Array(repeating: anchorIndex, count: n),
+            unconditionalIndex: 0, steps: options.steps, guidance: options.guidance, seed: options.seed &+ 13, model: original)
+        log(String(format: "leakage '%@': sampled %d + %d trajectories in %.0f s", concept.name, n, n, Date().timeIntervalSince(started)))
+
+        // The critic's view: x̂₀ of each model on its own prompt at t ≤ t′, grouped by trajectory.
+        func estimates(_ pool: TrajectoryPool, model: UNet2DConditionModel?) -> (Tensor, [Int], [Int]) {
+            let late = pool.indices { $0 <= options.splitTimestep }
+            var parts: [Tensor] = []
+            for start in stride(from: 0, to: late.count, by: 64) {
+                let (z, t, p) = pool.batch(Array(late[start..<min(late.count, start + 64)]))
+                let states = table.batch(p)
+                let eps = noGrad { pipeline.predictNoise(latents: z, timesteps: t, states: states.states, mask: states.mask, model: model) }
+                parts.append(cleanEstimate(latents: z, noise: eps, timesteps: t, alphasCumprod: pipeline.scheduler.alphasCumprod))
+            }
+            return (Tensor.concat(parts, axis: 0), late.map { pool.timesteps[$0] }, late.map { pool.trajectories[$0] })
+        }
+        let (xT, tT, gT) = estimates(target, model: nil)
+        let (xA, tA, gA) = estimates(anchor, model: original)
+        let x = Tensor.concat([xT, xA], axis: 0)
+        let timesteps = tT + tA
+        let groups = gT + gA.map { $0 + n }   // anchor trajectories numbered after the target ones
+        let labels = Array(repeating: Float(1), count: tT.count) + Array(repeating: 0, count: tA.count)
+        // Trajectory k of either class: train if k % 4 < 2, validation if 2, test if 3.
+        func split(_ part: Int) -> [Int] { groups.indices.filter { part == 0 ? groups[$0] % n % 4 < 2 : groups[$0] % n % 4 == part + 1 } }
+        let (train, validation, test) = (split(0), split(1), split(2))
+        guard !train.isEmpty, !validation.isEmpty, !test.isEmpty else {
+            throw ErasureError.invalidConfig("leakage needs at least 4 trajectories per class, got \(n)")
+        }
+
+        var results: [CriticLeakage] = []
+        var generator = RandomGenerator(seed: options.seed)
+        let critics: [(String, Int, Int)] = [("critic w\(options.criticWidth)", options.criticWidth, options.criticSteps),
+                                             ("critic w\(2 * options.criticWidth) ×3 steps", 2 * options.criticWidth, 3 * options.criticSteps)]
+        for (name, width, steps) in critics {
+            var criticGenerator = generator.fork(UInt64(results.count))
+            let trainer = CriticTrainer(channels: x.shape[1], width: width, learningRate: 1e-3, betas: (0.9, 0.999), generator: &criticGenerator)
+            func logits(_ indices: [Int]) -> [Float] {
+                trainer.critic.eval()
+                return noGrad { trainer.critic(gather(x, indices), timesteps: indices.map { timesteps[$0] }).scalars }
+            }
+            var best = (ce: Double.infinity, state: trainer.critic.stateDict().mapValues { $0.copy() })
+            let positives = train.filter { labels[$0] == 1 }, negatives = train.filter { labels[$0] == 0 }
+            for step in 1...steps {
+                let p = draw(options.batchSize / 2, from: positives, generator: &criticGenerator)
+                let q = draw(options.batchSize / 2, from: negatives, generator: &criticGenerator)
+                trainer.step(target: gather(x, p), targetTimesteps: p.map { timesteps[$0] },
+                             anchor: gather(x, q), anchorTimesteps: q.map { timesteps[$0] })
+                if step % 25 == 0 || step == steps {
+                    let ce = Foundation.log(2) - estimate(logits: logits(validation), labels: validation.map { labels[$0] }).nats
+                    if ce < best.ce { best = (ce, trainer.critic.stateDict().mapValues { $0.copy() }) }
+                }
+            }
+            try trainer.critic.load(best.state)
+            let testLogits = logits(test), testLabels = test.map { labels[$0] }
+            let (nats, accuracy) = estimate(logits: testLogits, labels: testLabels)
+            let interval = bootstrapInterval(logits: testLogits, labels: testLabels, groups: test.map { groups[$0] },
+                                             rounds: options.bootstrapRounds, generator: &generator)
+            results.append(CriticLeakage(critic: name, leakage_nats: nats, interval_low: interval.low, interval_high: interval.high,
+                                         accuracy: accuracy, test_samples: test.count))
+            log(String(format: "  %@: Î %.4f nats [%.4f, %.4f], held-out accuracy %.3f", name, nats, interval.low, interval.high, accuracy))
+        }
+
+        // Linear probes on finished images.
+        let images = noGrad { Tensor.concat([pipeline.decode(target.finals), pipeline.decode(anchor.finals)], axis: 0) }
+        let imageLabels = Array(repeating: Float(1), count: n) + Array(repeating: 0, count: n)
+        let imageGroups = Array(0..<(2 * n))
+        for probe in probes {
+            let features = noGrad { probe.features(images) }
+            let result = linearProbe(features: features, labels: imageLabels, groups: imageGroups, n: n,
+                                     rounds: options.bootstrapRounds, generator: &generator)
+            results.append(CriticLeakage(critic: probe.name, leakage_nats: result.nats, interval_low: result.low,
+                                         interval_high: result.high, accuracy: result.accuracy, test_samples: result.tested))
+            log(String(format: "  %@: Î %.4f nats [%.4f, %.4f], held-out accuracy %.3f", probe.name, result.nats, result.low, result.high, result.accuracy))
+        }
+        let strongest = results.max { $0.leakage_nats < $1.leakage_nats }!
+        return LeakageReport(
+            concept: concept.name, critics: results, leakage_nats: strongest.leakage_nats,
+            leakage_interval: [strongest.interval_low, strongest.interval_high], best_critic: strongest.critic,
+            leakage_bound: bound(nats: strongest.leakage_nats), trajectories_per_class: n,
+            note: "Estimated leakage: the largest held-out Î = ln 2 − CE over the critics tried. A trained critic only under-estimates I(C; X), so this is a lower estimate and the bound ½ + √(Î/2) holds only as far as no stronger detector exists.")
+    }
+
+    /// Logistic regression (full-batch gradient descent on standardised features) trained on
+    /// half the images, stopped on a quarter, tested on the last quarter.
+    static func linearProbe(features: Tensor, labels: [Float], groups: [Int], n: Int, rounds: Int,
+                            generator: inout RandomGenerator) -> (nats: Double, low: Double, high: Double, accuracy: Double, tested: Int) {
+        let (count, d) = (features.shape[0], features.shape[1])
+        func part(_ k: Int) -> [Int] { (0..<count).filter { k == 0 ? $0 % n % 4 < 2 : $0 % n % 4 == k + 1 } }
+        let (train, validation, test) = (part(0), part(1), part(2))
+        // Standardise with the training split's statistics.
+        var mean = [Float](repeating: 0, count: d), scale = [Float](repeating: 0, count: d)
+        let f = features.pointer
+        for i in train { for j in 0..<d { mean[j] += f[i * d + j] / Float(train.count) } }
+        for i in train { for j in 0..<d { let v = f[i * d + j] - mean[j]; scale[j] += v * v / Float(train.count) } }
+        let standardised = Tensor(shape: [count, d]) { out in
+            for i in 0..<count { for j in 0..<d { out[i * d + j] = (f[i * d + j] - mean[j]) / max(scale[j].squareRoot(), 1e-6) } }
+        }
+        let weight = Tensor.zeros([1, d], requiresGrad: true), bias = Tensor.zeros([1], requiresGrad: true)
+        let optimizer = Adam([("weight", weight), ("bias", bias)], learningRate: 1e-2, weightDecay: .l2(1e-3))
+        func logits(_ indices: [Int]) -> [Float] {
+            noGrad { linear(gather(standardised, indices), weight: weight, bias: bias).scalars }
+        }
+        var best = (ce: Double.infinity, w: weight.copy(), b: bias.copy())
+        let targets = Tensor(shape: [train.count], scalars: train.map { labels[$0] })
+        for step in 1...500 {
+            let z = linear(gather(standardised, train), weight: weight, bias: bias).reshaped([train.count])
+            binaryCrossEntropy(logits: z, targets: targets).mean().backward()
+            optimizer.step()
+            weight.zeroGrad(); bias.zeroGrad()
+            if step % 10 == 0 {
+                let ce = Foundation.log(2) - estimate(logits: logits(validation), labels: validation.map { labels[$0] }).nats
+                if ce < best.ce { best = (ce, weight.copy(), bias.copy()) }
+            }
+        }
+        weight.assign(best.w); bias.assign(best.b)
+        let z = logits(test), y = test.map { labels[$0] }
+        let (nats, accuracy) = estimate(logits: z, labels: y)
+        let interval = bootstrapInterval(logits: z, labels: y, groups: test.map { groups[$0] }, rounds: rounds, generator: &generator)
+        return (nats, interval.low, interval.high, accuracy, test.count)
+    }
+}
+
+/// Rows `indices` of `x` (first axis), untracked.
+func gather(_ x: Tensor, _ indices: [Int]) -> Tensor {
+    let item = x.count / max(x.shape[0], 1)
+    return Tensor(shape: [indices.count] + Array(x.shape.dropFirst())) { out in
+        for (i, k) in indices.enumerated() { (out + i * item).update(from: x.pointer + k * item, count: item) }
+    }
+}

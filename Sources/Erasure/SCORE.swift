@@ -1,0 +1,479 @@
+import Diffusion
+import Foundation
+import Kernels
+import NN
+import Tensor
+
+/// Every hyper-parameter of SCORE (docs: ../shared/docs/method.md). A config file may set any
+/// subset of them (JSON, these keys); flags override the file; run.json records the result.
+public struct SCOREConfig: Codable, Equatable, Sendable {
+    // Model optimisation
+    public var steps = 300
+    /// Target-prompt samples with t ≤ t′ per step (erase and adversarial terms).
+    public var batchSize = 4
+    /// Target-prompt samples with t > t′ per step (early trajectory kept as θ₀'s).
+    public var earlyBatchSize = 2
+    /// Retained-prompt (and empty-prompt) samples per step.
+    public var retainBatchSize = 4
+    public var learningRate: Float = 2e-4
+    /// adam, adamw or sgd.
+    public var optimizer = "adam"
+    /// Global gradient-norm clip of the model's update (0: off).
+    public var maxGradNorm: Float = 1
+    public var trainable: TrainableSet = .full
+
+    // Loss
+    public var lambdaAdversarial: Float = 0.1
+    public var lambdaErase: Float = 1
+    public var lambdaTrajectory: Float = 1
+    /// η of the erase target ε₀(c_anc) − η(ε₀(c) − ε₀(∅)).
+    public var eta: Float = 1
+    /// t′: the erase and adversarial terms act at t ≤ t′; the target keeps θ₀'s predictions above.
+    public var splitTimestep = 600
+    public var adversarialForm: AdversarialForm = .confusion
+
+    // Critic
+    public var criticWidth = 32
+    /// n_D: critic steps per model step.
+    public var criticSteps = 2
+    public var criticWarmupSteps = 50
+    public var criticLearningRate: Float = 1e-4
+    public var criticBeta1: Float = 0.5
+    public var criticBeta2: Float = 0.999
+    /// Samples per critic step (half target, half anchor).
+    public var criticBatchSize = 16
+
+    // Saliency
+    /// ρ: the fraction of each tensor that may change; 1 trains every entry.
+    public var saliencyRatio: Float = 0.5
+    /// Seeds (batches) per target prompt variant the saliency is summed over.
+    public var saliencySeeds = 2
+    /// Keep only entries salient for every variant × seed (ANT) instead of the summed top-ρ.
+    public var saliencyIntersect = false
+
+    // Trajectories
+    /// Trajectories sampled per prompt set (target, anchor, retain) for the pools.
+    public var poolTrajectories = 16
+    public var poolSteps = 25
+    public var poolGuidance: Float = 4
+    /// Resample the target pool from the current model every N steps (0: never).
+    public var poolRefreshEvery = 50
+
+    public var checkpointEvery = 50
+    public var seed: UInt64 = 0
+
+    public init() {}
+
+    /// The defaults with a JSON file's keys over them; an unknown key is an error naming it.
+    public static func load(_ url: URL, over base: SCOREConfig = SCOREConfig()) throws -> SCOREConfig {
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch {
+            throw ErasureError.invalidConfig("\(url.path): cannot be read (\(error.localizedDescription))")
+        }
+        guard let file = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw ErasureError.invalidConfig("\(url.path): not a JSON object")
+        }
+        var merged = try JSONSerialization.jsonObject(with: JSONEncoder().encode(base)) as! [String: Any]
+        for (key, value) in file {
+            guard merged[key] != nil else {
+                throw ErasureError.invalidConfig("\(url.path): unknown key '\(key)' (known: \(merged.keys.sorted().joined(separator: ", ")))")
+            }
+            merged[key] = value
+        }
+        do {
+            return try JSONDecoder().decode(SCOREConfig.self, from: JSONSerialization.data(withJSONObject: merged))
+        } catch {
+            throw ErasureError.invalidConfig("\(url.path): a value has the wrong type (\(error))")
+        }
+    }
+
+    public func validate() throws {
+        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
+        try check(steps >= 1, "steps must be at least 1")
+        try check(batchSize >= 1 && earlyBatchSize >= 0 && retainBatchSize >= 0, "batch sizes must be positive")
+        try check(learningRate > 0, "learningRate must be positive")
+        try check(["adam", "adamw", "sgd"].contains(optimizer), "optimizer must be adam, adamw or sgd, not '\(optimizer)'")
+        try check(saliencyRatio > 0 && saliencyRatio <= 1, "saliencyRatio (ρ) must be in (0, 1]")
+        try check(splitTimestep > 0, "splitTimestep (t′) must be positive")
+        try check(criticSteps >= 0 && criticWarmupSteps >= 0 && criticBatchSize >= 2, "critic steps ≥ 0 and criticBatchSize ≥ 2")
+        try check(poolTrajectories >= 1 && poolSteps >= 2, "poolTrajectories ≥ 1 and poolSteps ≥ 2")
+        try check(lambdaAdversarial >= 0 && lambdaErase >= 0 && lambdaTrajectory >= 0, "λ must be ≥ 0")
+        try check(checkpointEvery >= 1, "checkpointEvery must be at least 1")
+    }
+}
+
+/// SCORE: erasure as adversarial independence (method.md). Per step: n_D critic steps on
+/// detached x̂₀ (target prompts through the model being trained vs anchor prompts through θ₀),
+/// then one masked model step on
+///   λ_adv·L_adv(critic on target x̂₀, t ≤ t′) + λ_er·L_erase(t ≤ t′) + λ_tr·L_traj,
+/// with L_traj keeping θ₀'s predictions on retained and empty prompts at any t and on target
+/// prompts at t > t′. Inputs zₜ come from pools of sampling trajectories: anchor and retain
+/// pools from θ₀, the target pool from the current model (refreshed every N steps).
+public struct SCORE: ErasureMethod {
+    public var config: SCOREConfig
+
+    public init(config: SCOREConfig = SCOREConfig()) { self.config = config }
+
+    public var name: String { "score" }
+
+    public var configJSON: Data {
+        get throws {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            return try encoder.encode(config)
+        }
+    }
+
+    public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+        try request.validate()
+        try config.validate()
+        let run = try SCORERun(config: config, request: request, pipeline: pipeline, context: context)
+        return try run.train()
+    }
+}
+
+/// The state of one SCORE run; `train()` runs (or resumes) it.
+final class SCORERun {
+    let config: SCOREConfig
+    let request: ErasureRequest
+    let pipeline: StableDiffusionPipeline
+    let context: ErasureContext
+    let unet: UNet2DConditionModel
+    let frozen: UNet2DConditionModel
+    let table: CaptionTable
+    let alphas: [Double]
+    let emptyIndex = 0
+    /// Per concept: caption indices of its target prompts and of its anchor.
+    let targetIndices: [[Int]]
+    let anchorIndex: [Int]
+    let anchorPools: [TrajectoryPool]
+    /// x̂₀ of θ₀ on the anchor prompt for every late entry of the anchor pool (fixed: θ₀ is frozen).
+    let anchorEstimates: [(estimates: Tensor, timesteps: [Int])]
+    let retainPool: TrajectoryPool
+    var targetPools: [TrajectoryPool]
+    let critics: [CriticTrainer]
+    let trainable: [(name: String, tensor: Tensor)]
+    private(set) var masks: [String: Tensor]
+    private(set) var optimizer: Optimizer
+    var generator: RandomGenerator
+    var step = 0
+    var losses: [String: [Float]] = [:]
+
+    var checkpointURL: URL? { context.output?.appendingPathComponent("checkpoint.safetensors") }
+
+    init(config: SCOREConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws {
+        self.config = config
+        self.request = request
+        self.pipeline = pipeline
+        self.context = context
+        unet = pipeline.unet
+        unet.eval()
+        let frozen = try unet.copy()
+        frozen.freeze()
+        frozen.eval()
+        self.frozen = frozen
+        alphas = pipeline.scheduler.alphasCumprod
+        guard config.splitTimestep < alphas.count else {
+            throw ErasureError.invalidConfig("splitTimestep (t′) \(config.splitTimestep) must be below the model's \(alphas.count) training timesteps")
+        }
+
+        // Every text the run uses, encoded once: "" first.
+        var captions = [""]
+        func index(_ text: String) -> Int {
+            if let i = captions.firstIndex(of: text) { return i }
+            captions.append(text)
+            return captions.count - 1
+        }
+        targetIndices = request.concepts.map { $0.targetPrompts.map(index) }
+        anchorIndex = request.concepts.map { index($0.anchor) }
+        let retainIndices = request.retainPrompts.map(index) + [0]
+        let table = CaptionTable(captions: captions, encoder: pipeline.textEncoder)
+        self.table = table
+
+        // Pools from θ₀ (the pipeline's UNet is still θ₀ here, also when resuming: the
+        // checkpoint is loaded afterwards), each from its own noise streams.
+        let log = context.log
+        let n = config.poolTrajectories
+        func cycle(_ indices: [Int], _ count: Int) -> [Int] { (0..<count).map { indices[$0 % indices.count] } }
+        let started = Date()
+        var anchorPools: [TrajectoryPool] = [], targetPools: [TrajectoryPool] = []
+        for (c, concept) in request.concepts.enumerated() {
+            anchorPools.append(try TrajectoryPool.sample(
+                pipeline: pipeline, table: table, promptIndices: cycle([anchorIndex[c]], n), unconditionalIndex: 0,
+                steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 101 &+ UInt64(c)))
+            targetPools.append(try TrajectoryPool.sample(
+                pipeline: pipeline, table: table, promptIndices: cycle(targetIndices[c], n), unconditionalIndex: 0,
+                steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 201 &+ UInt64(c)))
+            log("sampled trajectory pools for '\(concept.name)': \(n) anchor + \(n) target trajectories × \(config.poolSteps) steps")
+        }
+        retainPool = try TrajectoryPool.sample(
+            pipeline: pipeline, table: table, promptIndices: cycle(retainIndices, max(2 * n, retainIndices.count)),
+            unconditionalIndex: 0, steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 301)
+        log(String(format: "sampled the retain pool (%d prompts incl. \"\") in %.0f s", retainIndices.count, Date().timeIntervalSince(started)))
+        self.anchorPools = anchorPools
+        self.targetPools = targetPools
+        let split = config.splitTimestep
+        anchorEstimates = anchorPools.enumerated().map { c, pool in
+            let late = pool.indices { $0 <= split }
+            let (z, t, p) = pool.batch(late)
+            let states = table.batch(p)
+            let eps = noGrad { pipeline.predictNoise(latents: z, timesteps: t, states: states.states, mask: states.mask, model: frozen) }
+            return (cleanEstimate(latents: z, noise: eps, timesteps: t, alphasCumprod: pipeline.scheduler.alphasCumprod), t)
+        }
+
+        let master = RandomGenerator(seed: config.seed)
+        generator = master.fork(1)
+        var criticGenerator = master.fork(2)
+        critics = request.concepts.map { _ in
+            CriticTrainer(channels: pipeline.latentChannels, width: config.criticWidth, learningRate: config.criticLearningRate,
+                          betas: (config.criticBeta1, config.criticBeta2), generator: &criticGenerator)
+        }
+
+        trainable = config.trainable.select(in: unet)
+        masks = [:]
+        optimizer = SGD([], learningRate: 0)
+        let masks = config.saliencyRatio < 1 ? try saliencyMasks(generator: master.fork(3)) : [:]
+        self.masks = masks
+        switch config.optimizer {
+        case "adamw": optimizer = Adam.adamW(trainable, learningRate: config.learningRate, masks: masks)
+        case "sgd": optimizer = SGD(trainable, learningRate: config.learningRate, masks: masks)
+        default: optimizer = Adam(trainable, learningRate: config.learningRate, masks: masks)
+        }
+        if !masks.isEmpty {
+            let (kept, total) = Saliency.count(masks)
+            log("saliency mask: \(kept) of \(total) trainable entries may change (ρ = \(config.saliencyRatio)\(config.saliencyIntersect ? ", intersected over variants × seeds" : ""))")
+        }
+    }
+
+    // MARK: Loss terms
+
+    /// The terms of one model step on concept `c` (recorded for autodiff).
+    struct Terms { var erase: Tensor; var trajectory: Tensor; var adversarial: Tensor }
+
+    func terms(concept c: Int, late: [Int], early: [Int], retain: [Int], adversarialTerm: Bool = true) -> Terms {
+        let pool = targetPools[c]
+        let (zL, tL, pL) = pool.batch(late)
+        let (zE, tE, pE) = pool.batch(early)
+        let (zR, tR, pR) = retainPool.batch(retain)
+        let (nL, nE, nR) = (late.count, early.count, retain.count)
+        let anchorIsEmpty = anchorIndex[c] == emptyIndex
+
+        // θ₀: late items with c, ∅ (and c_anc); early items with c; retain items with theirs.
+        let frozenPrompts = pL + Array(repeating: emptyIndex, count: nL)
+            + (anchorIsEmpty ? [] : Array(repeating: anchorIndex[c], count: nL)) + pE + pR
+        let frozenLatents = Tensor.concat([zL, zL] + (anchorIsEmpty ? [] : [zL]) + [zE, zR].filter { $0.shape[0] > 0 }, axis: 0)
+        let frozenTimes = tL + tL + (anchorIsEmpty ? [] : tL) + tE + tR
+        let frozenStates = table.batch(frozenPrompts)
+        let reference = noGrad {
+            pipeline.predictNoise(latents: frozenLatents, timesteps: frozenTimes, states: frozenStates.states,
+                                  mask: frozenStates.mask, model: frozen)
+        }
+        let sizes = [nL, nL] + (anchorIsEmpty ? [] : [nL]) + [nE, nR]
+        let parts = reference.split(sizes: sizes, axis: 0)
+        let (conditional, unconditional) = (parts[0], parts[1])
+        let anchor = anchorIsEmpty ? unconditional : parts[2]
+        let (frozenEarly, frozenRetain) = (parts[parts.count - 2], parts[parts.count - 1])
+
+        // θ: one pass over [late; early; retain].
+        let states = table.batch(pL + pE + pR)
+        let latents = Tensor.concat([zL, zE, zR].filter { $0.shape[0] > 0 }, axis: 0)
+        let prediction = pipeline.predictNoise(latents: latents, timesteps: tL + tE + tR, states: states.states, mask: states.mask)
+        let predicted = prediction.split(sizes: [nL, nE, nR], axis: 0)
+
+        let target = negativeGuidanceTarget(anchor: anchor, conditional: conditional, unconditional: unconditional, eta: config.eta)
+        let erase = mseLoss(predicted[0], target)
+        var trajectory = Tensor(0)
+        if nR > 0 { trajectory = trajectory + mseLoss(predicted[2], frozenRetain) }
+        if nE > 0 { trajectory = trajectory + mseLoss(predicted[1], frozenEarly) }
+        var adversarial = Tensor(0)
+        if adversarialTerm, config.lambdaAdversarial > 0 {
+            let estimate = cleanEstimate(latents: zL, noise: predicted[0], timesteps: tL, alphasCumprod: alphas)
+            adversarial = adversarialLoss(logits: critics[c].logitsForModel(estimate, timesteps: tL), form: config.adversarialForm)
+        }
+        return Terms(erase: erase, trajectory: trajectory, adversarial: adversarial)
+    }
+
+    /// One critic step for concept `c`: target x̂₀ through the current model vs θ₀'s anchor x̂₀.
+    @discardableResult
+    func criticStep(concept c: Int) -> (loss: Float, accuracy: Float) {
+        let half = config.criticBatchSize / 2
+        let late = targetPools[c].indices { $0 <= config.splitTimestep }
+        let (z, t, p) = targetPools[c].batch(draw(half, from: late, generator: &generator))
+        let states = table.batch(p)
+        let estimate = noGrad {
+            cleanEstimate(latents: z, noise: pipeline.predictNoise(latents: z, timesteps: t, states: states.states, mask: states.mask),
+                          timesteps: t, alphasCumprod: alphas)
+        }
+        let anchors = anchorEstimates[c]
+        let picked = draw(half, from: Array(anchors.timesteps.indices), generator: &generator)
+        let anchorBatch = gather(anchors.estimates, picked)
+        return critics[c].step(target: estimate, targetTimesteps: t, anchor: anchorBatch, anchorTimesteps: picked.map { anchors.timesteps[$0] })
+    }
+
+    // MARK: Saliency
+
+    /// Top-ρ masks of Σ |∂L_erase/∂θ| over target prompt variants × seeds, computed on θ₀.
+    func saliencyMasks(generator seedGenerator: RandomGenerator) throws -> [String: Tensor] {
+        var perRun: [[String: Tensor]] = []
+        var summed: [String: Tensor] = [:]
+        var g = seedGenerator
+        for c in request.concepts.indices {
+            let pool = targetPools[c]
+            for variant in targetIndices[c] {
+                let candidates = pool.indices { $0 <= config.splitTimestep }.filter { pool.prompts[$0] == variant }
+                guard !candidates.isEmpty else { continue }
+                for _ in 0..<config.saliencySeeds {
+                    let batch = draw(config.batchSize, from: candidates, generator: &g)
+                    let erase = terms(concept: c, late: batch, early: [], retain: [], adversarialTerm: false).erase
+                    erase.backward()
+                    var scores: [String: Tensor] = [:]
+                    Saliency.accumulate(trainable, into: &scores)
+                    Saliency.accumulate(trainable, into: &summed)
+                    unet.zeroGrad()
+                    if config.saliencyIntersect { perRun.append(Saliency.masks(scores: scores, ratio: config.saliencyRatio)) }
+                }
+            }
+        }
+        return config.saliencyIntersect ? Saliency.intersection(perRun) : Saliency.masks(scores: summed, ratio: config.saliencyRatio)
+    }
+
+    // MARK: Training loop
+
+    func train() throws -> ErasureOutcome {
+        let log = context.log
+        if context.resume, let url = checkpointURL, FileManager.default.fileExists(atPath: url.path) {
+            try loadCheckpoint(url)
+            log("resumed from \(url.path) at step \(step)")
+        } else if config.lambdaAdversarial > 0 {
+            for c in request.concepts.indices {
+                var last = (loss: Float(0), accuracy: Float(0))
+                for _ in 0..<config.criticWarmupSteps { last = criticStep(concept: c) }
+                log(String(format: "critic warm-up for '%@': %d steps, loss %.3f, accuracy %.2f",
+                           request.concepts[c].name, config.criticWarmupSteps, last.loss, last.accuracy))
+            }
+        }
+        var progress = ProgressReporter(total: config.steps, unit: "steps", print: log)
+        let firstStep = step
+        let split = config.splitTimestep
+        while step < config.steps {
+            let c = step % request.concepts.count
+            var criticResult = (loss: Float.nan, accuracy: Float.nan)
+            if config.lambdaAdversarial > 0 {
+                for _ in 0..<config.criticSteps { criticResult = criticStep(concept: c) }
+            }
+            let pool = targetPools[c]
+            let late = draw(config.batchSize, from: pool.indices { $0 <= split }, generator: &generator)
+            let earlyCandidates = pool.indices { $0 > split }
+            let early = earlyCandidates.isEmpty ? [] : draw(config.earlyBatchSize, from: earlyCandidates, generator: &generator)
+            let retain = config.retainBatchSize > 0 && config.lambdaTrajectory > 0
+                ? draw(config.retainBatchSize, from: Array(0..<retainPool.count), generator: &generator) : []
+            let t = terms(concept: c, late: late, early: early, retain: retain)
+            let total = t.erase * config.lambdaErase + t.trajectory * config.lambdaTrajectory + t.adversarial * config.lambdaAdversarial
+            let values: [(String, Float)] = [("erase", t.erase.item), ("trajectory", t.trajectory.item),
+                                             ("adversarial", t.adversarial.item), ("critic", criticResult.loss), ("total", total.item)]
+            for (term, value) in values where term != "critic" || config.lambdaAdversarial > 0 {
+                guard value.isFinite else {
+                    throw ErasureError.nonFinite(term: term, step: step + 1, checkpoint: checkpointURL.flatMap {
+                        FileManager.default.fileExists(atPath: $0.path) ? $0.path : nil })
+                }
+            }
+            total.backward()
+            if config.maxGradNorm > 0 { clipGradNorm(trainable.map(\.tensor), maxNorm: config.maxGradNorm) }
+            optimizer.step()
+            unet.zeroGrad()
+            step += 1
+            for (term, value) in values { losses[term, default: []].append(value) }
+            losses["critic_accuracy", default: []].append(criticResult.accuracy)
+
+            if config.poolRefreshEvery > 0, step % config.poolRefreshEvery == 0, step < config.steps {
+                targetPools[c] = try refreshedTargetPool(concept: c)
+            }
+            let recentAccuracy = (losses["critic_accuracy"] ?? []).suffix(20).filter { $0.isFinite }
+            progress.report(step: step, firstStep: firstStep, items: step - firstStep, values: [
+                ("erase", t.erase.item), ("traj", t.trajectory.item), ("adv", t.adversarial.item),
+                ("critic_acc", recentAccuracy.isEmpty ? .nan : recentAccuracy.reduce(0, +) / Float(recentAccuracy.count)),
+            ])
+            if let url = checkpointURL, step % config.checkpointEvery == 0 || step == config.steps || step == context.stopAfter {
+                try saveCheckpoint(url)
+            }
+            if step == context.stopAfter, step < config.steps {
+                return ErasureOutcome(losses: losses, steps: step, masks: masks, stoppedEarly: true,
+                                      trainableParameters: trainable.reduce(0) { $0 + $1.tensor.count })
+            }
+        }
+        return ErasureOutcome(losses: losses, steps: step, masks: masks,
+                              trainableParameters: trainable.reduce(0) { $0 + $1.tensor.count })
+    }
+
+    /// The target pool resampled from the current model, from noise streams no earlier pool used.
+    func refreshedTargetPool(concept c: Int) throws -> TrajectoryPool {
+        let n = config.poolTrajectories
+        let prompts = (0..<n).map { targetIndices[c][$0 % targetIndices[c].count] }
+        return try TrajectoryPool.sample(pipeline: pipeline, table: table, promptIndices: prompts, unconditionalIndex: 0,
+                                         steps: config.poolSteps, guidance: config.poolGuidance,
+                                         seed: config.seed &+ 201 &+ UInt64(c), firstTrajectory: n * step)
+    }
+
+    // MARK: Checkpoints
+
+    func saveCheckpoint(_ url: URL) throws {
+        var tensors: [String: Tensor] = [:]
+        for (name, p) in trainable { tensors["unet.\(name)"] = p }
+        for (name, t) in optimizer.state() { tensors["optimizer.\(name)"] = t }
+        for (c, trainer) in critics.enumerated() {
+            for (name, p) in trainer.critic.namedParameters() { tensors["critic\(c).\(name)"] = p }
+            for (name, t) in trainer.optimizer.state() { tensors["critic\(c).optimizer.\(name)"] = t }
+            tensors.merge(targetPools[c].archived(prefix: "pool\(c)")) { a, _ in a }
+        }
+        let lossJSON = try JSONEncoder().encode(losses.mapValues { $0.map { $0.isFinite ? Double($0) : -1e30 } })
+        let metadata = ["step": String(step), "seed": String(generator.seed), "offset": String(generator.offset),
+                        "losses": String(decoding: lossJSON, as: UTF8.self),
+                        "config": String(decoding: try JSONEncoder().encode(config), as: UTF8.self)]
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Tensor.save(tensors, to: url, metadata: metadata)
+    }
+
+    func loadCheckpoint(_ url: URL) throws {
+        let archive = try TensorArchive(contentsOf: url)
+        let meta = archive.metadata
+        guard let saved = meta["config"].flatMap({ try? JSONDecoder().decode(SCOREConfig.self, from: Data($0.utf8)) }) else {
+            throw ErasureError.invalidConfig("\(url.path): not a SCORE checkpoint (no config metadata)")
+        }
+        var comparable = saved
+        comparable.steps = config.steps
+        comparable.checkpointEvery = config.checkpointEvery
+        guard comparable == config else {
+            throw ErasureError.invalidConfig("\(url.path) was written with a different config; resume with the same settings or use a new --out")
+        }
+        var all: [String: Tensor] = [:]
+        for name in archive.names { all[name] = try archive.tensor(name) }
+        func group(_ prefix: String) -> [String: Tensor] {
+            var result: [String: Tensor] = [:]
+            for (name, t) in all where name.hasPrefix(prefix) { result[String(name.dropFirst(prefix.count))] = t }
+            return result
+        }
+        let weights = group("unet.")
+        for (name, p) in trainable {
+            guard let w = weights[name], w.shape == p.shape else {
+                throw ErasureError.invalidConfig("\(url.path): no tensor unet.\(name) of shape \(p.shape)")
+            }
+            p.assign(w)
+        }
+        try optimizer.loadState(group("optimizer."))
+        for (c, trainer) in critics.enumerated() {
+            let prefix = "critic\(c)."
+            try trainer.critic.load(group(prefix).filter { !$0.key.hasPrefix("optimizer.") }, source: url.path)
+            try trainer.optimizer.loadState(group(prefix + "optimizer."))
+            targetPools[c] = try TrajectoryPool(archive: all, prefix: "pool\(c)")
+        }
+        guard let step = meta["step"].flatMap(Int.init), let seed = meta["seed"].flatMap(UInt64.init),
+              let offset = meta["offset"].flatMap(UInt64.init),
+              let lossData = meta["losses"].map({ Data($0.utf8) }),
+              let saved = try? JSONDecoder().decode([String: [Double]].self, from: lossData) else {
+            throw ErasureError.invalidConfig("\(url.path): checkpoint metadata is incomplete")
+        }
+        self.step = step
+        generator = RandomGenerator(seed: seed, offset: offset)
+        losses = saved.mapValues { $0.map { $0 <= -1e30 ? Float.nan : Float($0) } }
+    }
+}

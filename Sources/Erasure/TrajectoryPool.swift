@@ -1,0 +1,112 @@
+import Diffusion
+import Foundation
+import Tensor
+
+/// Noisy samples zₜ recorded along sampling trajectories of a model, with the prompt that drew
+/// each. Erasure losses are evaluated on zₜ the model actually visits when it draws a prompt (as
+/// ESD samples xₜ part-way), and a pool of whole trajectories is far cheaper than one partial run
+/// per training step: a 25-step run of 16 prompts gives 400 training inputs.
+public struct TrajectoryPool {
+    /// Every recorded zₜ, [N, C, h, w] (the sample the step at `timesteps[i]` denoises).
+    public var latents: Tensor
+    /// The discrete timestep of each entry.
+    public var timesteps: [Int]
+    /// The caption-table index of the prompt that drew each entry.
+    public var prompts: [Int]
+    /// Which trajectory each entry belongs to (0..<trajectoryCount).
+    public var trajectories: [Int]
+    /// The finished samples of each trajectory, [trajectoryCount, C, h, w].
+    public var finals: Tensor
+
+    public var count: Int { timesteps.count }
+    public var trajectoryCount: Int { finals.shape[0] }
+
+    /// Samples one trajectory per entry of `promptIndices` (indices into `table`) with
+    /// classifier-free guidance against the table's `unconditionalIndex` caption, with the
+    /// pipeline's scheduler and its UNet (or `model`), under `noGrad`. Trajectory k starts from the noise stream
+    /// (seed, firstTrajectory + k), as `StableDiffusionPipeline` draws image k.
+    public static func sample(pipeline: StableDiffusionPipeline, table: CaptionTable, promptIndices: [Int],
+                              unconditionalIndex: Int, steps: Int, guidance: Float, seed: UInt64,
+                              firstTrajectory: Int = 0, batchSize: Int = 16,
+                              model: UNet2DConditionModel? = nil) throws -> TrajectoryPool {
+        precondition(!promptIndices.isEmpty, "TrajectoryPool.sample: no prompts")
+        let schedule = try pipeline.scheduler.schedule(steps: steps)
+        let shape = try pipeline.latentShape(batch: 1, height: pipeline.defaultHeight, width: pipeline.defaultWidth)
+        var recorded: [Tensor] = [], timesteps: [Int] = [], prompts: [Int] = [], trajectories: [Int] = []
+        var finals: [Tensor] = []
+        for start in stride(from: 0, to: promptIndices.count, by: batchSize) {
+            let chunk = Array(promptIndices[start..<min(promptIndices.count, start + batchSize)])
+            let b = chunk.count
+            var generators = (0..<b).map { StableDiffusionPipeline.imageGenerator(seed: seed, index: firstTrajectory + start + $0) }
+            var x = Tensor.concat(generators.indices.map { generators[$0].normal(shape) }, axis: 0) * Float(schedule.initNoiseSigma)
+            let conditional = table.batch(chunk)
+            let unconditional = guidance > 1 ? table.batch(Array(repeating: unconditionalIndex, count: b)) : nil
+            var perStep: [(Tensor, Int)] = []
+            noGrad {
+                for i in schedule.indices {
+                    let t = schedule.timesteps[i]
+                    perStep.append((x, Int(t.rounded())))
+                    let input = pipeline.scheduler.scaleModelInput(x, index: i, of: schedule)
+                    let output = pipeline.guidedModelOutput(latents: input, timestep: t, conditional: conditional,
+                                                            unconditional: unconditional, guidance: guidance, model: model)
+                    var noise: Tensor? = nil
+                    if pipeline.scheduler.addsNoise(index: i, of: schedule) {
+                        noise = Tensor.concat(generators.indices.map { generators[$0].normal(shape) }, axis: 0)
+                    }
+                    x = pipeline.scheduler.step(modelOutput: output, index: i, of: schedule, sample: x, noise: noise).prevSample
+                }
+            }
+            finals.append(x)
+            // Entries ordered trajectory by trajectory, steps in sampling order.
+            for k in 0..<b {
+                for (z, t) in perStep {
+                    recorded.append(z.narrowed(axis: 0, start: k, length: 1))
+                    timesteps.append(t)
+                    prompts.append(chunk[k])
+                    trajectories.append(start + k)
+                }
+            }
+        }
+        return TrajectoryPool(latents: Tensor.concat(recorded, axis: 0), timesteps: timesteps, prompts: prompts,
+                              trajectories: trajectories, finals: Tensor.concat(finals, axis: 0))
+    }
+
+    /// Entry indices whose timestep satisfies `predicate`.
+    public func indices(where predicate: (Int) -> Bool) -> [Int] {
+        timesteps.indices.filter { predicate(timesteps[$0]) }
+    }
+
+    /// zₜ [n, C, h, w], timesteps and prompt indices of the entries at `indices`.
+    public func batch(_ indices: [Int]) -> (latents: Tensor, timesteps: [Int], prompts: [Int]) {
+        let gathered = gather(latents, indices)
+        return (gathered, indices.map { timesteps[$0] }, indices.map { prompts[$0] })
+    }
+
+    /// The tensors and lists of the pool under `prefix`, for a checkpoint.
+    public func archived(prefix: String) -> [String: Tensor] {
+        func list(_ values: [Int]) -> Tensor { Tensor(shape: [values.count], scalars: values.map(Float.init)) }
+        return ["\(prefix).latents": latents, "\(prefix).finals": finals, "\(prefix).timesteps": list(timesteps),
+                "\(prefix).prompts": list(prompts), "\(prefix).trajectories": list(trajectories)]
+    }
+
+    /// The pool stored by `archived(prefix:)`.
+    public init(archive: [String: Tensor], prefix: String) throws {
+        func tensor(_ name: String) throws -> Tensor {
+            guard let t = archive["\(prefix).\(name)"] else {
+                throw ErasureError.invalidConfig("checkpoint has no \(prefix).\(name)")
+            }
+            return t
+        }
+        func list(_ name: String) throws -> [Int] { try tensor(name).scalars.map { Int($0) } }
+        self.init(latents: try tensor("latents"), timesteps: try list("timesteps"), prompts: try list("prompts"),
+                  trajectories: try list("trajectories"), finals: try tensor("finals"))
+    }
+
+    public init(latents: Tensor, timesteps: [Int], prompts: [Int], trajectories: [Int], finals: Tensor) {
+        self.latents = latents
+        self.timesteps = timesteps
+        self.prompts = prompts
+        self.trajectories = trajectories
+        self.finals = finals
+    }
+}

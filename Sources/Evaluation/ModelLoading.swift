@@ -1,0 +1,41 @@
+import Diffusion
+import Erasure
+import Foundation
+import Testbed
+
+/// A pipeline and where it came from.
+public struct LoadedModel {
+    public var pipeline: StableDiffusionPipeline
+    /// The folder whose configs describe it (the embedded folder for the default model).
+    public var folder: URL
+    /// How records name it: "embedded" or the path given.
+    public var name: String
+    /// The erasure manifest when the folder holds changed weights over a base model.
+    public var manifest: ErasedModel.Manifest?
+}
+
+/// Resolves every `--model` the tool accepts: nothing (the embedded mini-SD), a testbed folder
+/// (MiniLM from the asset cache), an erased folder of changed weights (loaded over its base) or
+/// a diffusers Stable Diffusion folder.
+public enum ModelLoader {
+    public static func load(_ path: String?, assets: Assets = Assets()) throws -> LoadedModel {
+        guard let path else {
+            return LoadedModel(pipeline: try DefaultModel.pipeline(assets: assets), folder: try DefaultModel.folder(),
+                               name: "embedded", manifest: nil)
+        }
+        let folder = URL(fileURLWithPath: path)
+        let index = folder.appendingPathComponent("model_index.json")
+        guard FileManager.default.fileExists(atPath: index.path) else {
+            throw PipelineError.missingFile(index, what: "--model must be a diffusers pipeline folder or the model/ folder of `score erase`")
+        }
+        if let manifest = try ErasedModel.manifest(in: folder) {
+            let base = try load(manifest.base_model == "embedded" ? nil : manifest.base_model, assets: assets)
+            try ErasedModel.apply(folder: folder, to: base.pipeline)
+            return LoadedModel(pipeline: base.pipeline, folder: folder, name: path, manifest: manifest)
+        }
+        let isTestbed = (try? JSONSerialization.jsonObject(with: Data(contentsOf: index)) as? [String: Any])?["_score_testbed"] != nil
+        let pipeline = isTestbed ? try DefaultModel.pipeline(folder: folder, assets: assets)
+                                 : try StableDiffusionPipeline(directory: folder)
+        return LoadedModel(pipeline: pipeline, folder: folder, name: path, manifest: nil)
+    }
+}

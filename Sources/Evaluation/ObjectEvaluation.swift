@@ -1,0 +1,166 @@
+import Diffusion
+import Erasure
+import Foundation
+import Tensor
+import Testbed
+
+/// Sampler, sizes and judge of an evaluation; recorded with every number.
+public struct EvaluationSettings: Codable, Sendable {
+    /// Images of the concept's canonical prompt (Acc_e).
+    public var targetImages = 32
+    /// Images over the held-out paraphrases (Acc_g), spread evenly.
+    public var paraphraseImages = 30
+    /// Images per retained class (Acc_s, KID).
+    public var retainImagesPerClass = 10
+    public var steps = DefaultModel.steps
+    public var guidance = DefaultModel.guidance
+    public var seed: UInt64 = 1000
+    public var judge = "cnn"
+    public var secondJudge = "mlp"
+
+    public init() {}
+}
+
+/// Judge accuracies of one set of prompts.
+public struct Accuracies: Codable, Sendable {
+    public var acc_e: Double
+    public var acc_s: Double
+    public var acc_g: Double
+    public var h_o: Double
+}
+
+/// `score evaluate` on the object task: one erased concept of the Fashion-MNIST testbed.
+public struct ObjectEvaluation: Codable, Sendable {
+    public var concept: String
+    public var label: Int
+    public var acc_e: Double
+    public var acc_s: Double
+    public var acc_g: Double
+    public var h_o: Double
+    /// KID (judge features) of retained-prompt images vs the original model's, same prompts and noise.
+    public var kid: Double?
+    /// KID of retained-prompt images vs real test images of those classes.
+    public var kid_real: Double
+    /// Acc_s as a fraction of the original model's Acc_s.
+    public var acc_s_relative: Double?
+    public var original: Accuracies?
+    /// The same images judged by the second judge architecture.
+    public var second_judge: Accuracies
+    public var per_class_accuracy: [String: Double]
+    public var leakage_nats: Double?
+    public var leakage_bound: Double?
+    public var leakage: LeakageReport?
+    public var settings: EvaluationSettings
+    public var model: String
+    public var original_model: String?
+}
+
+/// Images generated for an evaluation, kept for the report's grids.
+public struct EvaluationImages {
+    public var target: Tensor
+    public var paraphrase: Tensor
+    public var paraphrasePrompts: [String]
+    /// Retained classes, `retainImagesPerClass` each, class by class.
+    public var retained: Tensor
+    public var retainedLabels: [Int]
+}
+
+/// H_o: the harmonic mean of (1 − Acc_e, Acc_s, 1 − Acc_g); 0 when any is 0.
+public func harmonicMean(_ values: [Double]) -> Double {
+    guard values.allSatisfy({ $0 > 0 }) else { return 0 }
+    return Double(values.count) / values.reduce(0) { $0 + 1 / $1 }
+}
+
+public enum ObjectEvaluator {
+    /// One image per prompt; image k of the list comes from the stream (seed, k), so two models
+    /// get the same noise for the same list.
+    public static func generate(_ pipeline: StableDiffusionPipeline, prompts: [String], settings: EvaluationSettings,
+                                log: (String) -> Void = { _ in }) throws -> Tensor {
+        var parts: [Tensor] = []
+        for start in stride(from: 0, to: prompts.count, by: 32) {
+            let chunk = Array(prompts[start..<min(prompts.count, start + 32)])
+            parts.append(try pipeline.generate(prompts: chunk, steps: settings.steps, guidance: settings.guidance,
+                                               seed: settings.seed, firstImageIndex: start))
+            log("  generated \(min(prompts.count, start + 32))/\(prompts.count) images")
+        }
+        return Tensor.concat(parts, axis: 0)
+    }
+
+    /// The prompt lists of an evaluation of class `label`.
+    public static func promptSets(label: Int, prompts: FashionPrompts, settings: EvaluationSettings)
+        -> (target: [String], paraphrase: [String], retained: [String], retainedLabels: [Int]) {
+        let target = Array(repeating: prompts.canonicalPrompt(label), count: settings.targetImages)
+        let variants = prompts.paraphrasePrompts(label)
+        let paraphrase = (0..<settings.paraphraseImages).map { variants[$0 % variants.count] }
+        let others = prompts.classes.map(\.label).filter { $0 != label }
+        let retainedLabels = others.flatMap { Array(repeating: $0, count: settings.retainImagesPerClass) }
+        return (target, paraphrase, retainedLabels.map { prompts.canonicalPrompt($0) }, retainedLabels)
+    }
+
+    public static func images(_ pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts,
+                              settings: EvaluationSettings, log: (String) -> Void = { _ in }) throws -> EvaluationImages {
+        let sets = promptSets(label: label, prompts: prompts, settings: settings)
+        return EvaluationImages(target: try generate(pipeline, prompts: sets.target, settings: settings, log: log),
+                                paraphrase: try generate(pipeline, prompts: sets.paraphrase, settings: settings, log: log),
+                                paraphrasePrompts: sets.paraphrase,
+                                retained: try generate(pipeline, prompts: sets.retained, settings: settings, log: log),
+                                retainedLabels: sets.retainedLabels)
+    }
+
+    /// Acc_e, Acc_s, Acc_g and H_o of `images` under `judge`.
+    public static func accuracies(_ images: EvaluationImages, label: Int, judge: any Judge) -> (Accuracies, [Int: Double]) {
+        func rate(_ x: Tensor, _ isHit: (Int, Int) -> Bool) -> Double {
+            let predicted = judge.predict(x)
+            return Double(predicted.indices.filter { isHit($0, predicted[$0]) }.count) / Double(max(predicted.count, 1))
+        }
+        let accE = rate(images.target) { _, p in p == label }
+        let accG = rate(images.paraphrase) { _, p in p == label }
+        let predicted = judge.predict(images.retained)
+        var perClass: [Int: (hits: Int, total: Int)] = [:]
+        for (i, truth) in images.retainedLabels.enumerated() {
+            perClass[truth, default: (0, 0)].total += 1
+            if predicted[i] == truth { perClass[truth, default: (0, 0)].hits += 1 }
+        }
+        let classAccuracy = perClass.mapValues { Double($0.hits) / Double($0.total) }
+        let accS = classAccuracy.values.reduce(0, +) / Double(max(classAccuracy.count, 1))
+        return (Accuracies(acc_e: accE, acc_s: accS, acc_g: accG, h_o: harmonicMean([1 - accE, accS, 1 - accG])), classAccuracy)
+    }
+
+    /// Evaluates `erased` on class `label`; with `original`, also the original model's accuracies
+    /// and the KID between the two models' retained images.
+    public static func evaluate(erased: StableDiffusionPipeline, original: StableDiffusionPipeline?, label: Int,
+                                prompts: FashionPrompts, test: LabelledImages, settings: EvaluationSettings,
+                                modelName: String, originalName: String?,
+                                log: (String) -> Void = { _ in }) throws -> (ObjectEvaluation, EvaluationImages, EvaluationImages?) {
+        let judge = try DefaultModel.judge(settings.judge)
+        let second = try DefaultModel.judge(settings.secondJudge)
+        log("generating images of the erased model")
+        let after = try images(erased, label: label, prompts: prompts, settings: settings, log: log)
+        let (accuracies, perClass) = self.accuracies(after, label: label, judge: judge)
+        let (secondAccuracies, _) = self.accuracies(after, label: label, judge: second)
+        var before: EvaluationImages? = nil
+        var originalAccuracies: Accuracies? = nil
+        var kid: Double? = nil
+        if let original {
+            log("generating images of the original model")
+            let reference = try images(original, label: label, prompts: prompts, settings: settings, log: log)
+            originalAccuracies = self.accuracies(reference, label: label, judge: judge).0
+            kid = kernelDistance(judge.featureBatches(after.retained), judge.featureBatches(reference.retained))
+            before = reference
+        }
+        // Real test images of the retained classes, as many as generated.
+        var generator = RandomGenerator(seed: settings.seed)
+        let pool = generator.permutation(test.count).filter { test.labels[$0] != label }
+        let real = test.batch(Array(pool.prefix(after.retained.shape[0])))
+        let kidReal = kernelDistance(judge.featureBatches(after.retained), judge.featureBatches(real))
+        let names = Dictionary(uniqueKeysWithValues: prompts.classes.map { ($0.label, $0.name) })
+        let result = ObjectEvaluation(
+            concept: prompts.classes[label].name, label: label, acc_e: accuracies.acc_e, acc_s: accuracies.acc_s,
+            acc_g: accuracies.acc_g, h_o: accuracies.h_o, kid: kid, kid_real: kidReal,
+            acc_s_relative: originalAccuracies.map { $0.acc_s > 0 ? accuracies.acc_s / $0.acc_s : 0 },
+            original: originalAccuracies, second_judge: secondAccuracies,
+            per_class_accuracy: Dictionary(uniqueKeysWithValues: perClass.map { (names[$0.key] ?? "\($0.key)", $0.value) }),
+            leakage_nats: nil, leakage_bound: nil, leakage: nil, settings: settings, model: modelName, original_model: originalName)
+        return (result, after, before)
+    }
+}

@@ -1,0 +1,179 @@
+import Diffusion
+import Erasure
+import Foundation
+import Tensor
+
+/// The human side of an evaluation: a Markdown summary and a self-contained HTML page with
+/// before/after image grids and the training curves (inline PNG and SVG, no external files).
+public struct EvaluationReport {
+    public var evaluation: ObjectEvaluation
+    public var after: EvaluationImages
+    public var before: EvaluationImages?
+    /// run.json of the erasure, when the evaluated model came from `score erase`.
+    public var record: ErasureRecord?
+
+    public init(evaluation: ObjectEvaluation, after: EvaluationImages, before: EvaluationImages?, record: ErasureRecord?) {
+        self.evaluation = evaluation
+        self.after = after
+        self.before = before
+        self.record = record
+    }
+
+    /// Writes evaluation.json, report.md, report.html and the grids as PNG files into `folder`.
+    @discardableResult
+    public func write(to folder: URL) throws -> URL {
+        try writeJSONAtomically(evaluation, to: folder.appendingPathComponent("evaluation.json"))
+        for grid in grids() {
+            try PNG.write(PixelImage(tensor: grid.image), to: folder.appendingPathComponent("\(grid.name).png"))
+        }
+        try Data(markdown().utf8).write(to: folder.appendingPathComponent("report.md"), options: .atomic)
+        let html = folder.appendingPathComponent("report.html")
+        try Data(self.html().utf8).write(to: html, options: .atomic)
+        return html
+    }
+
+    // MARK: Figures
+
+    static func percent(_ x: Double?) -> String { x.map { String(format: "%.1f%%", $0 * 100) } ?? "–" }
+    static func number(_ x: Double?, _ format: String = "%.4f") -> String { x.map { String(format: format, $0) } ?? "–" }
+
+    /// Rows of (label, before, after) for the summary table.
+    var rows: [(String, String, String)] {
+        let e = evaluation, o = evaluation.original
+        return [
+            ("Acc_e (target prompt, ↓)", Self.percent(o?.acc_e), Self.percent(e.acc_e)),
+            ("Acc_g (paraphrases, ↓)", Self.percent(o?.acc_g), Self.percent(e.acc_g)),
+            ("Acc_s (other classes, ↑)", Self.percent(o?.acc_s), Self.percent(e.acc_s)),
+            ("H_o (↑)", Self.percent(o?.h_o), Self.percent(e.h_o)),
+            ("second judge (\(e.settings.secondJudge)) Acc_e / Acc_g / Acc_s", "",
+             "\(Self.percent(e.second_judge.acc_e)) / \(Self.percent(e.second_judge.acc_g)) / \(Self.percent(e.second_judge.acc_s))"),
+            ("KID vs original model (retained prompts)", "", Self.number(e.kid)),
+            ("KID vs real test images (retained classes)", "", Self.number(e.kid_real)),
+            ("estimated leakage Î (nats)", "", Self.number(e.leakage_nats)),
+            ("bound on any detector's accuracy ½ + √(Î/2)", "", Self.number(e.leakage_bound, "%.3f")),
+        ]
+    }
+
+    public func markdown() -> String {
+        let e = evaluation, s = e.settings
+        var text = """
+        # Erasure of "\(e.concept)"
+
+        Model: `\(e.model)`\(e.original_model.map { ", original: `\($0)`" } ?? "").
+        Sampler: DDIM \(s.steps) steps, guidance \(s.guidance), seed \(s.seed); judge: \(s.judge) \
+        (second judge: \(s.secondJudge)); \(s.targetImages) target images, \(s.paraphraseImages) paraphrase images, \
+        \(s.retainImagesPerClass) per retained class.
+
+        | metric | original | erased |
+        |---|---|---|
+
+        """
+        for (name, before, after) in rows { text += "| \(name) | \(before) | \(after) |\n" }
+        if let leakage = e.leakage {
+            text += "\n## Leakage\n\n\(leakage.note)\n\n| critic | Î (nats) | 95% interval | held-out accuracy |\n|---|---|---|---|\n"
+            for c in leakage.critics {
+                text += String(format: "| %@ | %.4f | [%.4f, %.4f] | %.3f |\n", c.critic, c.leakage_nats, c.interval_low, c.interval_high, c.accuracy)
+            }
+        }
+        if let record {
+            text += String(format: "\n## Training\n\n`%@`: %d steps, %.0f s, %d parameters changed (%d tensors), peak memory %@ MB.\n",
+                           record.method, record.steps, record.wall_seconds, record.parameters_changed, record.tensors_changed,
+                           Self.number(record.peak_memory_mb, "%.0f"))
+        }
+        text += "\nImages: " + grids().map { "`\($0.name).png` (\($0.caption))" }.joined(separator: ", ") + ".\n"
+        return text
+    }
+
+    /// Before/after grids: (file name, caption, image [C, H, W]).
+    func grids() -> [(name: String, caption: String, image: Tensor)] {
+        func rows(_ sets: [Tensor], columns: Int) -> Tensor {
+            let tiles = sets.flatMap { set in (0..<min(columns, set.shape[0])).map { set.narrowed(axis: 0, start: $0, length: 1) } }
+            return imageGrid(images: tiles, rows: sets.count, cols: columns)
+        }
+        func retainedSample(_ images: EvaluationImages) -> Tensor {
+            // The first image of each retained class.
+            let firsts = images.retainedLabels.indices.filter { $0 == 0 || images.retainedLabels[$0] != images.retainedLabels[$0 - 1] }
+            return Tensor.concat(firsts.map { images.retained.narrowed(axis: 0, start: $0, length: 1) }, axis: 0)
+        }
+        let columns = 9
+        var result: [(String, String, Tensor)] = []
+        let pairs: [(String, String, (EvaluationImages) -> Tensor)] = [
+            ("grid-target", "target prompt", { $0.target }),
+            ("grid-paraphrase", "paraphrase prompts", { $0.paraphrase }),
+            ("grid-retained", "one image per retained class", retainedSample),
+        ]
+        for (name, caption, pick) in pairs {
+            var sets = [pick(after)]
+            if let before { sets.insert(pick(before), at: 0) }
+            result.append((name, before == nil ? caption : "\(caption): top row original, bottom row erased", rows(sets, columns: columns)))
+        }
+        return result
+    }
+
+    // MARK: HTML
+
+    public func html() -> String {
+        let e = evaluation
+        var body = "<h1>Erasure of “\(escape(e.concept))”</h1>\n"
+        body += "<p>Model <code>\(escape(e.model))</code>\(e.original_model.map { ", original <code>\(escape($0))</code>" } ?? ""). "
+        body += "DDIM \(e.settings.steps) steps, guidance \(e.settings.guidance), seed \(e.settings.seed), judge \(e.settings.judge).</p>\n"
+        body += "<table><tr><th>metric</th><th>original</th><th>erased</th></tr>\n"
+        for (name, before, after) in rows { body += "<tr><td>\(escape(name))</td><td>\(before)</td><td>\(after)</td></tr>\n" }
+        body += "</table>\n"
+        for grid in grids() {
+            let png = PNG.encode(PixelImage(tensor: grid.image)).base64EncodedString()
+            body += "<h2>\(escape(grid.caption.prefix(1).uppercased() + grid.caption.dropFirst()))</h2>\n"
+            body += "<img class=\"grid\" src=\"data:image/png;base64,\(png)\" width=\"\(grid.image.shape[2] * 4)\">\n"
+        }
+        if let leakage = e.leakage {
+            body += "<h2>Leakage</h2><p>\(escape(leakage.note))</p><table><tr><th>critic</th><th>Î (nats)</th><th>95% interval</th><th>held-out accuracy</th></tr>\n"
+            for c in leakage.critics {
+                body += String(format: "<tr><td>%@</td><td>%.4f</td><td>[%.4f, %.4f]</td><td>%.3f</td></tr>\n",
+                               escape(c.critic), c.leakage_nats, c.interval_low, c.interval_high, c.accuracy)
+            }
+            body += "</table>\n"
+        }
+        if let record {
+            body += "<h2>Training curves</h2>\n"
+            for term in ["erase", "trajectory", "adversarial", "critic", "critic_accuracy"] {
+                if let values = record.losses[term]?.compactMap({ $0 }), values.count > 1 { body += lineChart(title: term, values: values) }
+            }
+        }
+        return """
+        <!doctype html><html><head><meta charset="utf-8"><title>score: erasure of \(escape(e.concept))</title>
+        <style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}
+        td,th{border:1px solid #ccc;padding:.2em .6em}img.grid{image-rendering:pixelated}svg{margin:.5em 1em 0 0}</style>
+        </head><body>
+        \(body)</body></html>
+        """
+    }
+
+    func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+    }
+
+    /// An inline SVG line chart of one series (a 10-step moving average over the raw values).
+    func lineChart(title: String, values: [Float]) -> String {
+        let (width, height, pad) = (320.0, 140.0, 28.0)
+        let window = 10
+        let smoothed = values.indices.map { i -> Double in
+            let slice = values[max(0, i - window + 1)...i]
+            return Double(slice.reduce(0, +)) / Double(slice.count)
+        }
+        let lo = smoothed.min() ?? 0, hi = smoothed.max() ?? 1
+        let span = hi > lo ? hi - lo : 1
+        let points = smoothed.enumerated().map { i, v in
+            String(format: "%.1f,%.1f", pad + Double(i) / Double(max(smoothed.count - 1, 1)) * (width - 2 * pad),
+                   height - pad - (v - lo) / span * (height - 2 * pad))
+        }.joined(separator: " ")
+        return """
+        <svg width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))">
+        <text x="\(pad)" y="14" font-size="12">\(escape(title)) (\(values.count) steps)</text>
+        <text x="2" y="\(pad + 4)" font-size="9">\(String(format: "%.3g", hi))</text>
+        <text x="2" y="\(height - pad)" font-size="9">\(String(format: "%.3g", lo))</text>
+        <polyline fill="none" stroke="#3366cc" stroke-width="1.5" points="\(points)"/>
+        <line x1="\(pad)" y1="\(height - pad)" x2="\(width - pad)" y2="\(height - pad)" stroke="#999"/>
+        </svg>
+        """
+    }
+}

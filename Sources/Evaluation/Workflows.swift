@@ -1,0 +1,106 @@
+import Diffusion
+import Erasure
+import Foundation
+import Tensor
+import Testbed
+
+/// The commands' work, so the CLI only parses flags: erasure requests for the testbed, `score
+/// evaluate` and `score demo`.
+public enum Workflows {
+    /// Templates the concept and its synonyms are placed in to form P_tgt.
+    public static let targetTemplates = ["{}", "a photo of {a} {}", "a picture of {a} {}", "an image of {a} {}"]
+
+    /// A request for `concepts`. Without `synonyms`, a testbed class gets its training synonyms;
+    /// without `retain`, the testbed's other classes' canonical prompts are kept.
+    public static func request(concepts: [String], synonyms: [[String]?], anchors: [String], retain: [String]?,
+                               prompts: FashionPrompts?) throws -> ErasureRequest {
+        guard anchors.count == 1 || anchors.count == concepts.count else {
+            throw ErasureError.invalidRequest("give one --anchor for all concepts or one per --concept (\(concepts.count))")
+        }
+        guard synonyms.count <= concepts.count else {
+            throw ErasureError.invalidRequest("\(synonyms.count) --synonyms lists for \(concepts.count) concepts")
+        }
+        var labels: [Int] = []
+        let list = try concepts.enumerated().map { i, name -> Concept in
+            let label = prompts?.label(forConcept: name)
+            if let label { labels.append(label) }
+            let words = (i < synonyms.count ? synonyms[i] : nil) ?? label.map { prompts!.classes[$0].trainSynonyms } ?? []
+            let concept = Concept(name: name, targetPrompts: Concept.prompts(for: name, synonyms: words, templates: targetTemplates),
+                                  anchor: anchors.count == 1 ? anchors[0] : anchors[i])
+            if name.trimmingCharacters(in: .whitespaces).isEmpty { throw ErasureError.invalidRequest("--concept is empty") }
+            return concept
+        }
+        let kept = retain ?? prompts.map { p in p.classes.map(\.label).filter { !labels.contains($0) }.map { p.canonicalPrompt($0) } } ?? []
+        let request = ErasureRequest(concepts: list, retainPrompts: kept)
+        try request.validate()
+        return request
+    }
+
+    /// Linear probes on the two judges' penultimate features: leakage critics that see the
+    /// finished images the way an image classifier does.
+    public static func judgeProbes() throws -> [FeatureProbe] {
+        try ["cnn", "mlp"].map { architecture in
+            let judge = try DefaultModel.judge(architecture)
+            return FeatureProbe(name: "linear probe on \(architecture) judge features") { judge.featureBatches($0) }
+        }
+    }
+
+    /// `score evaluate`: judges the erased model on `concept` (a testbed class), beside the
+    /// original when given, adds the leakage estimate (from the erasure's run.json when it has
+    /// one for this concept, else measured now against the original), and writes the report.
+    public static func evaluate(model: LoadedModel, original: LoadedModel?, concept: String, settings: EvaluationSettings,
+                                leakage: LeakageOptions?, reportFolder: URL?, assets: Assets = Assets(),
+                                log: @escaping (String) -> Void) throws -> ObjectEvaluation {
+        let prompts = try FashionPrompts.bundled()
+        guard let label = prompts.label(forConcept: concept) else {
+            let names = prompts.classes.map(\.noun).joined(separator: ", ")
+            throw ErasureError.invalidRequest("--concept '\(concept)' is not a class of the testbed (\(names)); evaluate judges testbed classes only")
+        }
+        let data = try FashionMNIST(assets: assets)
+        var (evaluation, after, before) = try ObjectEvaluator.evaluate(
+            erased: model.pipeline, original: original?.pipeline, label: label, prompts: prompts, test: data.test,
+            settings: settings, modelName: model.name, originalName: original?.name, log: log)
+        let runFile = model.folder.deletingLastPathComponent().appendingPathComponent("run.json")
+        let record = FileManager.default.fileExists(atPath: runFile.path) ? try? ErasureRecord.read(from: runFile) : nil
+        var report = record?.leakage?.first { prompts.label(forConcept: $0.concept) == label }
+        if report == nil, let leakage, let original {
+            let request = try Self.request(concepts: [concept], synonyms: [], anchors: [""], retain: nil, prompts: prompts)
+            report = try Leakage.report(concept: request.concepts[0], pipeline: model.pipeline, original: original.pipeline.unet,
+                                        options: leakage, probes: try judgeProbes(), log: log)
+        }
+        evaluation.leakage = report
+        evaluation.leakage_nats = report?.leakage_nats
+        evaluation.leakage_bound = report?.leakage_bound
+        if let reportFolder {
+            let html = try EvaluationReport(evaluation: evaluation, after: after, before: before, record: record).write(to: reportFolder)
+            log("wrote \(html.path)")
+        }
+        return evaluation
+    }
+
+    /// `score demo`: erase `concept` from the embedded mini-SD with SCORE, evaluate it against
+    /// the original and write the report. Returns the evaluation and the report's path.
+    public static func demo(concept: String, config: SCOREConfig, settings: EvaluationSettings, leakage: LeakageOptions,
+                            output: URL, resume: Bool, command: String, assets: Assets = Assets(),
+                            log: @escaping (String) -> Void) throws -> (ObjectEvaluation, URL) {
+        let prompts = try FashionPrompts.bundled()
+        let request = try Self.request(concepts: [concept], synonyms: [], anchors: [""], retain: nil, prompts: prompts)
+        let started = Date()
+        let model = try ModelLoader.load(nil, assets: assets)
+        var job = EraseJob(method: SCORE(config: config), request: request, baseFolder: model.folder, baseName: model.name,
+                           output: output.appendingPathComponent("erase"))
+        job.resume = resume
+        job.command = command
+        job.leakage = leakage
+        job.probes = try judgeProbes()
+        log("erasing '\(concept)' with SCORE (\(config.steps) steps)")
+        try job.run(pipeline: model.pipeline, log: log)
+        let erased = try ModelLoader.load(output.appendingPathComponent("erase/model").path, assets: assets)
+        let original = try ModelLoader.load(nil, assets: assets)
+        let reportFolder = output.appendingPathComponent("report")
+        let evaluation = try evaluate(model: erased, original: original, concept: concept, settings: settings, leakage: nil,
+                                      reportFolder: reportFolder, assets: assets, log: log)
+        log(String(format: "demo finished in %.1f min", Date().timeIntervalSince(started) / 60))
+        return (evaluation, reportFolder.appendingPathComponent("report.html"))
+    }
+}

@@ -1,0 +1,213 @@
+import ArgumentParser
+import Erasure
+import Evaluation
+import Foundation
+import Testbed
+
+/// Every SCORE hyper-parameter as a flag; unset flags keep the config file's (or default) value.
+struct SCOREOptions: ParsableArguments {
+    @Option(help: "A JSON file of SCORE hyper-parameters (keys as in run.json's config); flags override it.") var config: String?
+    @Option(help: "Model steps.") var steps: Int?
+    @Option(help: "Target samples with t ≤ t′ per step.") var batch: Int?
+    @Option(help: "Target samples with t > t′ per step (kept as the original).") var earlyBatch: Int?
+    @Option(help: "Retained-prompt samples per step.") var retainBatch: Int?
+    @Option(help: "Learning rate.") var lr: Float?
+    @Option(help: "Optimizer: adam, adamw or sgd.") var optimizer: String?
+    @Option(help: "Gradient-norm clip (0: off).") var maxGradNorm: Float?
+    @Option(help: "Trainable set: full, cross-attention, non-cross-attention, cross-attention-kv.") var trainable: String?
+    @Option(help: "λ_adv.") var lambdaAdv: Float?
+    @Option(help: "λ_er.") var lambdaErase: Float?
+    @Option(help: "λ_tr.") var lambdaTraj: Float?
+    @Option(help: "η of the erase target.") var eta: Float?
+    @Option(help: "t′: erase and adversarial terms act at t ≤ t′.") var splitTimestep: Int?
+    @Option(help: "Adversarial form: confusion or non-saturating.") var adversarial: String?
+    @Option(help: "Critic width.") var criticWidth: Int?
+    @Option(help: "n_D: critic steps per model step.") var criticSteps: Int?
+    @Option(help: "Critic warm-up steps.") var criticWarmup: Int?
+    @Option(help: "Critic learning rate.") var criticLr: Float?
+    @Option(help: "Critic batch (half target, half anchor).") var criticBatch: Int?
+    @Option(help: "Saliency ρ: fraction of each tensor that may change (1: no mask).") var saliency: Float?
+    @Option(help: "Saliency seeds per prompt variant.") var saliencySeeds: Int?
+    @Flag(help: "Intersect the saliency masks of prompt variants × seeds (ANT) instead of summing.") var saliencyIntersect = false
+    @Option(help: "Trajectories per prompt set in the pools.") var poolTrajectories: Int?
+    @Option(help: "Sampling steps of the pools.") var poolSteps: Int?
+    @Option(help: "Guidance of the pools.") var poolGuidance: Float?
+    @Option(help: "Resample the target pool every N steps (0: never).") var poolRefresh: Int?
+    @Option(help: "Checkpoint every N steps.") var checkpointEvery: Int?
+    @Option(help: "Random seed.") var seed: UInt64?
+
+    func resolve() throws -> SCOREConfig {
+        var c = try config.map { try SCOREConfig.load(URL(fileURLWithPath: $0)) } ?? SCOREConfig()
+        func set<T>(_ value: T?, _ path: WritableKeyPath<SCOREConfig, T>) { if let value { c[keyPath: path] = value } }
+        set(steps, \.steps); set(batch, \.batchSize); set(earlyBatch, \.earlyBatchSize); set(retainBatch, \.retainBatchSize)
+        set(lr, \.learningRate); set(optimizer, \.optimizer); set(maxGradNorm, \.maxGradNorm)
+        set(lambdaAdv, \.lambdaAdversarial); set(lambdaErase, \.lambdaErase); set(lambdaTraj, \.lambdaTrajectory)
+        set(eta, \.eta); set(splitTimestep, \.splitTimestep)
+        set(criticWidth, \.criticWidth); set(criticSteps, \.criticSteps); set(criticWarmup, \.criticWarmupSteps)
+        set(criticLr, \.criticLearningRate); set(criticBatch, \.criticBatchSize)
+        set(saliency, \.saliencyRatio); set(saliencySeeds, \.saliencySeeds)
+        if saliencyIntersect { c.saliencyIntersect = true }
+        set(poolTrajectories, \.poolTrajectories); set(poolSteps, \.poolSteps); set(poolGuidance, \.poolGuidance)
+        set(poolRefresh, \.poolRefreshEvery); set(checkpointEvery, \.checkpointEvery); set(seed, \.seed)
+        if let trainable {
+            guard let set = TrainableSet(rawValue: trainable) else {
+                throw ValidationError("--trainable must be one of \(TrainableSet.allCases.map(\.rawValue).joined(separator: ", ")), not '\(trainable)'")
+            }
+            c.trainable = set
+        }
+        if let adversarial {
+            guard let form = AdversarialForm(rawValue: adversarial) else {
+                throw ValidationError("--adversarial must be confusion or non-saturating, not '\(adversarial)'")
+            }
+            c.adversarialForm = form
+        }
+        try c.validate()
+        return c
+    }
+}
+
+/// Leakage-estimate flags shared by erase, evaluate and demo.
+struct LeakageFlags: ParsableArguments {
+    @Option(help: "Trajectories per class for the leakage critics.") var leakageTrajectories = LeakageOptions().trajectories
+    @Option(help: "Steps of the first leakage critic (the second trains 3× longer).") var leakageCriticSteps = LeakageOptions().criticSteps
+
+    var options: LeakageOptions {
+        var o = LeakageOptions()
+        o.trajectories = leakageTrajectories
+        o.criticSteps = leakageCriticSteps
+        return o
+    }
+}
+
+/// Reads a list flag value: a path to a file (one item per line) or a comma-separated list.
+func listValue(_ value: String) throws -> [String] {
+    if FileManager.default.fileExists(atPath: value) {
+        return try String(contentsOfFile: value, encoding: .utf8).split(separator: "\n")
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+    return value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+}
+
+struct Erase: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Erase concepts from a model (SCORE), write the erased model, mask, run.json and leakage estimate.",
+        discussion: "Outputs in --out: model/ (diffusers layout; changed UNet tensors over the base unless --full), mask.safetensors, config.json, run.json, checkpoint.safetensors.")
+
+    @Option(help: "Erasure method: score.") var method = "score"
+    @Option(help: "A concept to erase (repeat for several).") var concept: [String] = []
+    @Option(help: "Synonyms of the i-th --concept: a comma-separated list or a file (one per line). Default for testbed classes: their training synonyms.") var synonyms: [String] = []
+    @Option(help: "What target prompts should draw instead: one for all concepts or one per concept (\"\" = unconditional).") var anchor: [String] = []
+    @Option(help: "Prompts to keep (a comma-separated list or a file). Default on the testbed: the other classes' canonical prompts.") var retain: String?
+    @Option(help: "A diffusers pipeline folder (default: the embedded mini-SD).") var model: String?
+    @Option(help: "Output folder.") var out: String
+    @Flag(help: "Write every UNet tensor and the base's other components, not just the changed tensors.") var full = false
+    @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+    @Flag(help: "Skip the leakage estimate.") var noLeakage = false
+    @OptionGroup var hyperparameters: SCOREOptions
+    @OptionGroup var leakage: LeakageFlags
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        try compute.apply()
+        let config = try hyperparameters.resolve()
+        let eraser = try ErasureMethods.make(method, config: config)
+        let prompts = try FashionPrompts.bundled()
+        let request = try Workflows.request(concepts: concept, synonyms: try synonyms.map { try listValue($0) },
+                                            anchors: anchor.isEmpty ? [""] : anchor, retain: try retain.map(listValue),
+                                            prompts: prompts)
+        let assets = Assets(log: { print("… \($0)") })
+        let loaded = try ModelLoader.load(model, assets: assets)
+        var job = EraseJob(method: eraser, request: request, baseFolder: loaded.folder, baseName: loaded.name,
+                           output: URL(fileURLWithPath: out))
+        job.full = full
+        job.resume = resume
+        job.command = CommandLine.arguments.joined(separator: " ")
+        job.leakage = noLeakage ? nil : leakage.options
+        job.probes = loaded.pipeline.latentChannels == 1 ? try Workflows.judgeProbes() : []
+        guard let record = try job.run(pipeline: loaded.pipeline, log: { print($0) }) else { return }
+        for report in record.leakage ?? [] {
+            print(String(format: "'%@': estimated leakage %.4f nats (%@), bound on any detector's accuracy %.3f",
+                         report.concept, report.leakage_nats, report.best_critic, report.leakage_bound))
+        }
+        print("wrote \(out)/run.json and \(out)/model")
+    }
+}
+
+struct Evaluate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure an erased model on the testbed: Acc_e, Acc_s, Acc_g, H_o, KID, leakage; write the report.")
+
+    @Option(help: "The erased model (the model/ folder of `score erase`, or any testbed folder).") var model: String
+    @Option(help: "The original model (default for an erased folder: its base).") var original: String?
+    @Option(help: "The erased concept (a testbed class).") var concept: String
+    @Option(help: "Report folder (default: <model>/../report).") var out: String?
+    @Option(help: "Images of the target prompt.") var targetImages = EvaluationSettings().targetImages
+    @Option(help: "Images over the paraphrases.") var paraphraseImages = EvaluationSettings().paraphraseImages
+    @Option(help: "Images per retained class.") var retainImages = EvaluationSettings().retainImagesPerClass
+    @Option(help: "Random seed of the evaluation images.") var seed = EvaluationSettings().seed
+    @Flag(help: "Do not estimate the leakage when run.json has none.") var noLeakage = false
+    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var leakage: LeakageFlags
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        try compute.apply()
+        let log: (String) -> Void = { message in if !json { print(message) } }
+        let assets = Assets(log: log)
+        let erased = try ModelLoader.load(model, assets: assets)
+        let originalPath = original ?? erased.manifest.map { $0.base_model == "embedded" ? nil : $0.base_model } ?? nil
+        let reference = original != nil || erased.manifest != nil ? try ModelLoader.load(originalPath, assets: assets) : nil
+        var settings = EvaluationSettings()
+        settings.targetImages = targetImages
+        settings.paraphraseImages = paraphraseImages
+        settings.retainImagesPerClass = retainImages
+        settings.seed = seed
+        let folder = out.map { URL(fileURLWithPath: $0) }
+            ?? URL(fileURLWithPath: model).deletingLastPathComponent().appendingPathComponent("report")
+        let result = try Workflows.evaluate(model: erased, original: reference, concept: concept, settings: settings,
+                                            leakage: noLeakage ? nil : leakage.options, reportFolder: folder, assets: assets, log: log)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(result), as: UTF8.self))
+        } else {
+            print(summary(result))
+        }
+    }
+}
+
+func summary(_ e: ObjectEvaluation) -> String {
+    var lines = [String(format: "'%@': Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%  H_o %.1f%%  KID(real) %.4f",
+                        e.concept, e.acc_e * 100, e.acc_g * 100, e.acc_s * 100, e.h_o * 100, e.kid_real)]
+    if let o = e.original {
+        lines.append(String(format: "original: Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%; Acc_s kept %.1f%%, KID vs original %.4f",
+                            o.acc_e * 100, o.acc_g * 100, o.acc_s * 100, (e.acc_s_relative ?? 0) * 100, e.kid ?? .nan))
+    }
+    if let nats = e.leakage_nats, let bound = e.leakage_bound {
+        lines.append(String(format: "estimated leakage %.4f nats, bound on any detector's accuracy %.3f", nats, bound))
+    }
+    return lines.joined(separator: "\n")
+}
+
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Erase one class from the embedded mini-SD with SCORE, evaluate it and write the report.")
+
+    @Option(help: "The class to erase.") var concept = "sneaker"
+    @Option(help: "Output folder.") var out = "runs/demo"
+    @Flag(help: "Continue an interrupted demo.") var resume = false
+    @OptionGroup var hyperparameters: SCOREOptions
+    @OptionGroup var leakage: LeakageFlags
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        try compute.apply()
+        let config = try hyperparameters.resolve()
+        let (evaluation, report) = try Workflows.demo(
+            concept: concept, config: config, settings: EvaluationSettings(), leakage: leakage.options,
+            output: URL(fileURLWithPath: out), resume: resume, command: CommandLine.arguments.joined(separator: " "),
+            assets: Assets(log: { print("… \($0)") }), log: { print($0) })
+        print(summary(evaluation))
+        print("report: \(report.path)")
+    }
+}

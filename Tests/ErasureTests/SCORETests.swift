@@ -1,0 +1,178 @@
+import Diffusion
+@testable import Erasure
+import Evaluation
+import Foundation
+import NN
+import Tensor
+import XCTest
+
+/// SCORE end to end on a tiny random model: seconds, not minutes.
+final class SCORETests: XCTestCase {
+    static func tinyConfig(steps: Int = 6) -> SCOREConfig {
+        var c = SCOREConfig()
+        c.steps = steps
+        c.batchSize = 2
+        c.earlyBatchSize = 1
+        c.retainBatchSize = 2
+        c.learningRate = 1e-3
+        c.criticWidth = 4
+        c.criticWarmupSteps = 2
+        c.criticBatchSize = 4
+        c.saliencySeeds = 1
+        c.poolTrajectories = 2
+        c.poolSteps = 4
+        c.poolRefreshEvery = 3
+        c.checkpointEvery = 2
+        return c
+    }
+
+    static let request = ErasureRequest(
+        concepts: [Concept(name: "cat", targetPrompts: ["cat", "a photo of a cat"], anchor: "")],
+        retainPrompts: ["dog", "a photo of a car"])
+
+    func testRunMovesOnlyMaskedEntriesAndRecordsEveryTerm() throws {
+        let pipeline = try Tiny.pipeline()
+        let before = pipeline.unet.stateDict().mapValues { $0.copy() }
+        let outcome = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: pipeline, context: ErasureContext(output: nil))
+        XCTAssertEqual(outcome.steps, 6)
+        for term in ["erase", "trajectory", "adversarial", "critic", "critic_accuracy", "total"] {
+            XCTAssertEqual(outcome.losses[term]?.count, 6, term)
+            XCTAssertTrue(outcome.losses[term]!.allSatisfy { $0.isFinite }, term)
+        }
+        XCTAssertFalse(outcome.masks.isEmpty)
+        var moved = 0
+        for (name, p) in pipeline.unet.namedParameters() {
+            let mask = try XCTUnwrap(outcome.masks[name], name)
+            XCTAssertEqual(Int(mask.scalars.reduce(0, +)), Int((0.5 * Double(p.count)).rounded(.up)), "top-ρ of \(name)")
+            for i in 0..<p.count where p.pointer[i] != before[name]!.pointer[i] {
+                XCTAssertEqual(mask.pointer[i], 1, "\(name)[\(i)] moved outside the mask")
+                moved += 1
+            }
+        }
+        XCTAssertGreaterThan(moved, 0)
+    }
+
+    func testSameSeedGivesIdenticalWeights() throws {
+        let a = try Tiny.pipeline(), b = try Tiny.pipeline()
+        let outcomeA = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: a, context: ErasureContext(output: nil))
+        let outcomeB = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: b, context: ErasureContext(output: nil))
+        XCTAssertEqual(outcomeA.losses["erase"], outcomeB.losses["erase"])
+        XCTAssertEqual(outcomeA.losses["critic"], outcomeB.losses["critic"])
+        let reference = a.unet.stateDict()
+        var differing = 0
+        for (name, p) in b.unet.namedParameters() where p.scalars != reference[name]!.scalars { differing += 1 }
+        XCTAssertEqual(differing, 0)
+    }
+
+    func testResumeAfterAKillGivesIdenticalWeights() throws {
+        let straight = try Tiny.pipeline()
+        let folderA = Tiny.temporaryFolder("straight")
+        _ = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: straight, context: ErasureContext(output: folderA))
+
+        let folderB = Tiny.temporaryFolder("resumed")
+        let killed = try Tiny.pipeline()
+        let partial = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: killed,
+                                                                 context: ErasureContext(output: folderB, stopAfter: 3))
+        XCTAssertTrue(partial.stoppedEarly)
+        let resumed = try Tiny.pipeline()
+        let outcome = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: resumed,
+                                                                 context: ErasureContext(output: folderB, resume: true))
+        XCTAssertEqual(outcome.steps, 6)
+        let reference = straight.unet.stateDict()
+        var differing: [String] = []
+        for (name, p) in resumed.unet.namedParameters() where p.scalars != reference[name]!.scalars { differing.append(name) }
+        XCTAssertEqual(differing, [])
+        XCTAssertEqual(outcome.losses["erase"], try SCORE(config: Self.tinyConfig()).erase(
+            Self.request, pipeline: try Tiny.pipeline(), context: ErasureContext(output: nil)).losses["erase"])
+    }
+
+    func testResumeRefusesACheckpointOfAnotherConfig() throws {
+        let folder = Tiny.temporaryFolder("other-config")
+        _ = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: try Tiny.pipeline(),
+                                                      context: ErasureContext(output: folder, stopAfter: 2))
+        var other = Self.tinyConfig()
+        other.lambdaAdversarial = 0.5
+        XCTAssertThrowsError(try SCORE(config: other).erase(Self.request, pipeline: try Tiny.pipeline(),
+                                                            context: ErasureContext(output: folder, resume: true))) { error in
+            XCTAssertTrue("\(error)".contains("different config"), "\(error)")
+        }
+    }
+
+    func testNonFiniteLossStopsAndNamesTheTerm() throws {
+        let pipeline = try Tiny.pipeline()
+        pipeline.unet.conv_out.weight.pointer[0] = .nan
+        let folder = Tiny.temporaryFolder("nan")
+        XCTAssertThrowsError(try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: pipeline,
+                                                                       context: ErasureContext(output: folder))) { error in
+            guard case let ErasureError.nonFinite(term, step, _) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(term, "erase")
+            XCTAssertEqual(step, 1)
+            XCTAssertTrue("\(error)".contains("erase loss became non-finite"))
+        }
+    }
+
+    func testBadRequestsAreRejectedBeforeAnyWork() throws {
+        func message(_ request: ErasureRequest) -> String {
+            do { try request.validate(); return "" } catch { return "\(error)" }
+        }
+        XCTAssertTrue(message(ErasureRequest(concepts: [], retainPrompts: [])).contains("no --concept"))
+        XCTAssertTrue(message(ErasureRequest(concepts: [Concept(name: " ", targetPrompts: ["x"], anchor: "")], retainPrompts: []))
+            .contains("--concept is empty"))
+        XCTAssertTrue(message(ErasureRequest(concepts: [Concept(name: "cat", targetPrompts: ["cat"], anchor: "Cat")], retainPrompts: []))
+            .contains("is the concept"))
+        XCTAssertTrue(message(ErasureRequest(concepts: [Concept(name: "cat", targetPrompts: ["cat"], anchor: "")], retainPrompts: ["cat"]))
+            .contains("both a target prompt"))
+        XCTAssertThrowsError(try ErasureMethods.make("esd-magic")) { XCTAssertTrue("\($0)".contains("unknown --method 'esd-magic'")) }
+        XCTAssertThrowsError(try ModelLoader.load("/nonexistent/model")) { XCTAssertTrue("\($0)".contains("/nonexistent/model/model_index.json")) }
+        var config = SCOREConfig()
+        config.saliencyRatio = 0
+        XCTAssertThrowsError(try config.validate()) { XCTAssertTrue("\($0)".contains("saliencyRatio")) }
+        XCTAssertThrowsError(try Workflows.request(concepts: [""], synonyms: [], anchors: [""], retain: nil, prompts: nil))
+    }
+
+    func testConfigFileOverridesDefaultsAndRejectsUnknownKeys() throws {
+        let folder = Tiny.temporaryFolder("config")
+        let good = folder.appendingPathComponent("good.json")
+        try Data(#"{"steps": 42, "lambdaAdversarial": 0.3, "adversarialForm": "non-saturating"}"#.utf8).write(to: good)
+        let config = try SCOREConfig.load(good)
+        XCTAssertEqual(config.steps, 42)
+        XCTAssertEqual(config.lambdaAdversarial, 0.3)
+        XCTAssertEqual(config.adversarialForm, .nonSaturating)
+        XCTAssertEqual(config.eta, SCOREConfig().eta)
+        let bad = folder.appendingPathComponent("bad.json")
+        try Data(#"{"lamda_adv": 1}"#.utf8).write(to: bad)
+        XCTAssertThrowsError(try SCOREConfig.load(bad)) { XCTAssertTrue("\($0)".contains("unknown key 'lamda_adv'")) }
+    }
+
+    func testEraseJobWritesAModelThatLoadsOverItsBase() throws {
+        let folder = Tiny.temporaryFolder("job")
+        let base = folder.appendingPathComponent("base")
+        let pipeline = try Tiny.pipeline()
+        try Tiny.save(pipeline, to: base)
+        var job = EraseJob(method: SCORE(config: Self.tinyConfig(steps: 3)), request: Self.request, baseFolder: base,
+                           baseName: base.path, output: folder.appendingPathComponent("out"))
+        var leakage = LeakageOptions()
+        leakage.trajectories = 8
+        leakage.steps = 4
+        leakage.criticSteps = 5
+        leakage.criticWidth = 4
+        leakage.bootstrapRounds = 20
+        job.leakage = leakage
+        let record = try XCTUnwrap(try job.run(pipeline: pipeline, log: { _ in }))
+        XCTAssertGreaterThan(record.parameters_changed, 0)
+        XCTAssertLessThanOrEqual(record.parameters_changed, record.trainable_parameters / 2 + record.tensors_changed)
+        let report = try XCTUnwrap(record.leakage?.first)
+        XCTAssertEqual(report.critics.count, 2)
+        XCTAssertEqual(report.leakage_bound, Leakage.bound(nats: report.leakage_nats))
+        XCTAssertEqual(report.leakage_nats, report.critics.map(\.leakage_nats).max())
+
+        let reloaded = try Tiny.pipeline()
+        try ErasedModel.apply(folder: folder.appendingPathComponent("out/model"), to: reloaded)
+        let erased = pipeline.unet.stateDict()
+        for (name, p) in reloaded.unet.namedParameters() { XCTAssertEqual(p.scalars, erased[name]!.scalars, name) }
+        let saved = try ErasureRecord.read(from: folder.appendingPathComponent("out/run.json"))
+        XCTAssertEqual(saved.steps, 3)
+        XCTAssertEqual(saved.losses["erase"]?.count, 3)
+        XCTAssertNotNil(try ErasedModel.manifest(in: folder.appendingPathComponent("out/model")))
+    }
+}

@@ -1,0 +1,117 @@
+@testable import Erasure
+import Foundation
+import NN
+import Tensor
+import XCTest
+
+final class SaliencyTests: XCTestCase {
+    func testTopFractionKeepsExactlyTheLargestEntries() {
+        var g = RandomGenerator(seed: 1)
+        let scores = g.uniform([7, 13])
+        for ratio: Float in [0.1, 0.5, 0.77, 1] {
+            let mask = Saliency.topFraction(scores, ratio: ratio)
+            let keep = Int((Double(ratio) * 91).rounded(.up))
+            XCTAssertEqual(Int(mask.scalars.reduce(0, +)), keep)
+            let kept = zip(scores.scalars, mask.scalars).filter { $0.1 == 1 }.map(\.0)
+            let dropped = zip(scores.scalars, mask.scalars).filter { $0.1 == 0 }.map(\.0)
+            if let lowestKept = kept.min(), let highestDropped = dropped.max() { XCTAssertGreaterThan(lowestKept, highestDropped) }
+        }
+    }
+
+    func testTiesBreakByIndexAndMasksArePerTensor() {
+        let flat = Tensor(shape: [4], scalars: [1, 1, 1, 1])
+        XCTAssertEqual(Saliency.topFraction(flat, ratio: 0.5).scalars, [1, 1, 0, 0])
+        let masks = Saliency.masks(scores: ["a": Tensor(shape: [2], scalars: [5, 1]), "b": Tensor(shape: [2], scalars: [0, 9])], ratio: 0.5)
+        XCTAssertEqual(masks["a"]!.scalars, [1, 0])
+        XCTAssertEqual(masks["b"]!.scalars, [0, 1])
+    }
+
+    func testIntersectionKeepsOnlyCommonEntries() {
+        let a = ["w": Tensor(shape: [4], scalars: [1, 1, 0, 1])]
+        let b = ["w": Tensor(shape: [4], scalars: [1, 0, 0, 1])]
+        XCTAssertEqual(Saliency.intersection([a, b])["w"]!.scalars, [1, 0, 0, 1])
+        XCTAssertEqual(a["w"]!.scalars, [1, 1, 0, 1], "inputs are not modified")
+    }
+
+    func testMaskedAdamMovesOnlyMaskedEntries() {
+        let p = Tensor(shape: [4], scalars: [1, 2, 3, 4], requiresGrad: true)
+        let optimizer = Adam([("p", p)], learningRate: 0.1, masks: ["p": Tensor(shape: [4], scalars: [0, 1, 0, 1])])
+        p.grad = Tensor(shape: [4], scalars: [1, 1, 1, 1])
+        optimizer.step()
+        XCTAssertEqual(p.scalars[0], 1)
+        XCTAssertEqual(p.scalars[2], 3)
+        XCTAssertNotEqual(p.scalars[1], 2)
+        XCTAssertNotEqual(p.scalars[3], 4)
+    }
+}
+
+final class CriticTests: XCTestCase {
+    /// Held-out accuracy of a critic trained on samples from `target` and `anchor`.
+    func heldOutAccuracy(target: (inout RandomGenerator, Int) -> Tensor, anchor: (inout RandomGenerator, Int) -> Tensor,
+                         steps: Int) -> Double {
+        var g = RandomGenerator(seed: 11)
+        let trainer = CriticTrainer(channels: 1, width: 8, learningRate: 2e-3, betas: (0.5, 0.999), generator: &g)
+        for _ in 0..<steps {
+            trainer.step(target: target(&g, 16), targetTimesteps: Array(repeating: 100, count: 16),
+                         anchor: anchor(&g, 16), anchorTimesteps: Array(repeating: 100, count: 16))
+        }
+        trainer.critic.eval()
+        let x = Tensor.concat([target(&g, 200), anchor(&g, 200)], axis: 0)
+        let logits = noGrad { trainer.critic(x, timesteps: Array(repeating: 100, count: 400)).scalars }
+        let labels = Array(repeating: Float(1), count: 200) + Array(repeating: 0, count: 200)
+        return Leakage.estimate(logits: logits, labels: labels).accuracy
+    }
+
+    func testCriticSeparatesSeparableDistributions() {
+        // Bright squares vs dark squares.
+        let accuracy = heldOutAccuracy(target: { g, n in g.normal([n, 1, 8, 8], mean: 0.8, std: 0.3) },
+                                       anchor: { g, n in g.normal([n, 1, 8, 8], mean: -0.8, std: 0.3) }, steps: 60)
+        XCTAssertGreaterThan(accuracy, 0.9)
+    }
+
+    func testCriticStaysNearChanceOnIdenticalDistributions() {
+        let same: (inout RandomGenerator, Int) -> Tensor = { g, n in g.normal([n, 1, 8, 8]) }
+        let accuracy = heldOutAccuracy(target: same, anchor: same, steps: 60)
+        XCTAssertEqual(accuracy, 0.5, accuracy: 0.1)
+    }
+}
+
+final class LeakageTests: XCTestCase {
+    func testEstimateAndBound() {
+        let labels: [Float] = [1, 1, 0, 0]
+        // A confident, correct critic: Î → ln 2, accuracy 1; a critic at chance: Î = 0.
+        let sure = Leakage.estimate(logits: [30, 30, -30, -30], labels: labels)
+        XCTAssertEqual(sure.nats, log(2), accuracy: 1e-9)
+        XCTAssertEqual(sure.accuracy, 1)
+        XCTAssertEqual(Leakage.estimate(logits: [0, 0, 0, 0], labels: labels).nats, 0, accuracy: 1e-12)
+        // A confidently wrong critic gives a negative estimate (CE above H(C)).
+        XCTAssertLessThan(Leakage.estimate(logits: [-3, -3, 3, 3], labels: labels).nats, 0)
+        XCTAssertEqual(Leakage.bound(nats: 0), 0.5)
+        XCTAssertEqual(Leakage.bound(nats: 0.02), 0.6, accuracy: 1e-12)
+        XCTAssertEqual(Leakage.bound(nats: -0.1), 0.5)
+        XCTAssertEqual(Leakage.bound(nats: log(2)), 1, "capped at 1")
+    }
+
+    func testBoundHoldsForAnExactDetector() {
+        // Two Gaussians N(±μ, 1): the Bayes detector's accuracy is Φ(μ); the Bayes-optimal critic's
+        // Î equals I(C;X); the bound ½ + √(I/2) must not be below Φ(μ).
+        var g = RandomGenerator(seed: 4)
+        let mu: Float = 0.7
+        let n = 20_000
+        let x = g.normal([n])
+        var logits: [Float] = [], labels: [Float] = []
+        for i in 0..<n {
+            let y: Float = i % 2 == 0 ? 1 : 0
+            let sample = x.scalars[i] + (y == 1 ? mu : -mu)
+            logits.append(2 * mu * sample)   // the log-likelihood ratio
+            labels.append(y)
+        }
+        let (nats, accuracy) = Leakage.estimate(logits: logits, labels: labels)
+        XCTAssertGreaterThanOrEqual(Leakage.bound(nats: nats), accuracy)
+        var bootstrap = RandomGenerator(seed: 1)
+        let interval = Leakage.bootstrapInterval(logits: logits, labels: labels, groups: Array(0..<n).map { $0 / 10 },
+                                                 rounds: 200, generator: &bootstrap)
+        XCTAssertLessThanOrEqual(interval.low, nats)
+        XCTAssertGreaterThanOrEqual(interval.high, nats)
+    }
+}
