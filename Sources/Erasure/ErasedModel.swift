@@ -91,7 +91,7 @@ public enum ErasedModel {
 /// Encodes `value` as pretty, key-sorted JSON and writes it atomically.
 public func writeJSONAtomically<T: Encodable>(_ value: T, to url: URL) throws {
     let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
     try encoder.encode(value).write(to: url, options: .atomic)
 }
@@ -139,10 +139,10 @@ public struct ErasureRecord: Codable, Sendable {
     /// Writes run.json with the method's config object under "config".
     public func write(config: Data, to url: URL) throws {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var object = try JSONSerialization.jsonObject(with: encoder.encode(self)) as! [String: Any]
         object["config"] = try JSONSerialization.jsonObject(with: config)
-        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
         try data.write(to: url, options: .atomic)
     }

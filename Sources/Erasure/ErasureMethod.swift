@@ -11,14 +11,22 @@ public struct Concept: Codable, Sendable, Equatable {
     /// its synonyms, usually inside a few templates). Paraphrases held out of this set measure
     /// whether the erasure generalises.
     public var targetPrompts: [String]
-    /// c_anc: what target prompts should produce instead ("" is the unconditional model).
-    public var anchor: String
+    /// P_anc: what target prompts should produce instead ("" is the unconditional model; several
+    /// prompts form an anchor set, e.g. sibling classes). Each target trajectory is assigned one.
+    public var anchors: [String]
 
-    public init(name: String, targetPrompts: [String], anchor: String) {
+    public init(name: String, targetPrompts: [String], anchors: [String]) {
         self.name = name
         self.targetPrompts = targetPrompts
-        self.anchor = anchor
+        self.anchors = anchors
     }
+
+    public init(name: String, targetPrompts: [String], anchor: String) {
+        self.init(name: name, targetPrompts: targetPrompts, anchors: [anchor])
+    }
+
+    /// The first anchor (the only one for single-anchor methods such as UCE's guide concept).
+    public var anchor: String { anchors.first ?? "" }
 
     /// Target prompts for `name` and `synonyms`, each placed in every template ("{}" is the
     /// phrase; "{a}" becomes "a" or "an"), duplicates removed, in order.
@@ -56,9 +64,12 @@ public struct ErasureRequest: Codable, Sendable {
                   concept.targetPrompts.allSatisfy({ !$0.trimmingCharacters(in: .whitespaces).isEmpty }) else {
                 throw ErasureError.invalidRequest("concept '\(name)' has an empty target prompt")
             }
-            let anchor = concept.anchor.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
-            if anchor == name.lowercased() || concept.targetPrompts.contains(where: { $0.lowercased() == anchor }) {
-                throw ErasureError.invalidRequest("--anchor '\(concept.anchor)' is the concept '\(name)' itself; pick what its prompts should draw instead (\"\" for the unconditional model, or a superclass)")
+            guard !concept.anchors.isEmpty else { throw ErasureError.invalidRequest("concept '\(name)' has no anchor") }
+            for anchor in concept.anchors {
+                let phrase = anchor.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+                if phrase == name.lowercased() || concept.targetPrompts.contains(where: { $0.lowercased() == phrase }) {
+                    throw ErasureError.invalidRequest("--anchor '\(anchor)' is the concept '\(name)' itself; pick what its prompts should draw instead (\"\" for the unconditional model, a superclass or sibling classes)")
+                }
             }
             if let clash = concept.targetPrompts.first(where: { retainPrompts.contains($0) }) {
                 throw ErasureError.invalidRequest("'\(clash)' is both a target prompt of '\(name)' and a --retain prompt")

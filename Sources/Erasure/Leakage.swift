@@ -94,21 +94,21 @@ public enum Leakage {
         return (values[Int(0.025 * Double(rounds - 1))], values[Int(0.975 * Double(rounds - 1))])
     }
 
-    /// Samples fresh trajectories (target prompts through `pipeline.unet`, the anchor through
+    /// Samples fresh trajectories (target prompts through `pipeline.unet`, the anchors through
     /// `original`), then trains fresh critics on half of the trajectories, picks each critic's
     /// best step on a quarter and reports Î on the last quarter, for every critic and probe.
     public static func report(concept: Concept, pipeline: StableDiffusionPipeline, original: UNet2DConditionModel,
                               options: LeakageOptions = LeakageOptions(), probes: [FeatureProbe] = [],
                               log: (String) -> Void = { _ in }) throws -> LeakageReport {
-        let table = CaptionTable(captions: [""] + concept.targetPrompts + [concept.anchor], encoder: pipeline.textEncoder)
-        let anchorIndex = table.captions.count - 1
+        let table = CaptionTable(captions: [""] + concept.targetPrompts + concept.anchors, encoder: pipeline.textEncoder)
+        let anchorIndices = concept.anchors.indices.map { 1 + concept.targetPrompts.count + $0 }
         let n = options.trajectories
         let started = Date()
         let target = try TrajectoryPool.sample(
             pipeline: pipeline, table: table, promptIndices: (0..<n).map { 1 + $0 % concept.targetPrompts.count },
             unconditionalIndex: 0, steps: options.steps, guidance: options.guidance, seed: options.seed &+ 11)
         let anchor = try TrajectoryPool.sample(
-            pipeline: pipeline, table: table, promptIndices: Array(repeating: anchorIndex, count: n),
+            pipeline: pipeline, table: table, promptIndices: (0..<n).map { anchorIndices[$0 % anchorIndices.count] },
             unconditionalIndex: 0, steps: options.steps, guidance: options.guidance, seed: options.seed &+ 13, model: original)
         log(String(format: "leakage '%@': sampled %d + %d trajectories in %.0f s", concept.name, n, n, Date().timeIntervalSince(started)))
 

@@ -119,7 +119,7 @@ public struct SCORE: ErasureMethod {
     public var configJSON: Data {
         get throws {
             let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             return try encoder.encode(config)
         }
     }
@@ -143,9 +143,10 @@ final class SCORERun {
     let table: CaptionTable
     let alphas: [Double]
     let emptyIndex = 0
-    /// Per concept: caption indices of its target prompts and of its anchor.
+    /// Per concept: caption indices of its target prompts and of its anchors (target trajectory k
+    /// is steered towards anchor k mod count).
     let targetIndices: [[Int]]
-    let anchorIndex: [Int]
+    let anchorIndices: [[Int]]
     let anchorPools: [TrajectoryPool]
     /// x̂₀ of θ₀ on the anchor prompt for every late entry of the anchor pool (fixed: θ₀ is frozen).
     let anchorEstimates: [(estimates: Tensor, timesteps: [Int])]
@@ -185,7 +186,7 @@ final class SCORERun {
             return captions.count - 1
         }
         targetIndices = request.concepts.map { $0.targetPrompts.map(index) }
-        anchorIndex = request.concepts.map { index($0.anchor) }
+        anchorIndices = request.concepts.map { $0.anchors.map(index) }
         let retainIndices = request.retainPrompts.map(index) + [0]
         let table = CaptionTable(captions: captions, encoder: pipeline.textEncoder)
         self.table = table
@@ -199,7 +200,7 @@ final class SCORERun {
         var anchorPools: [TrajectoryPool] = [], targetPools: [TrajectoryPool] = []
         for (c, concept) in request.concepts.enumerated() {
             anchorPools.append(try TrajectoryPool.sample(
-                pipeline: pipeline, table: table, promptIndices: cycle([anchorIndex[c]], n), unconditionalIndex: 0,
+                pipeline: pipeline, table: table, promptIndices: cycle(anchorIndices[c], n), unconditionalIndex: 0,
                 steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 101 &+ UInt64(c)))
             targetPools.append(try TrajectoryPool.sample(
                 pipeline: pipeline, table: table, promptIndices: cycle(targetIndices[c], n), unconditionalIndex: 0,
@@ -256,11 +257,12 @@ final class SCORERun {
         let (zE, tE, pE) = pool.batch(early)
         let (zR, tR, pR) = retainPool.batch(retain)
         let (nL, nE, nR) = (late.count, early.count, retain.count)
-        let anchorIsEmpty = anchorIndex[c] == emptyIndex
+        let anchors = anchorIndices[c]
+        let anchorIsEmpty = anchors == [emptyIndex]
+        let anchorPrompts = late.map { anchors[pool.trajectories[$0] % anchors.count] }
 
         // θ₀: late items with c, ∅ (and c_anc); early items with c; retain items with theirs.
-        let frozenPrompts = pL + Array(repeating: emptyIndex, count: nL)
-            + (anchorIsEmpty ? [] : Array(repeating: anchorIndex[c], count: nL)) + pE + pR
+        let frozenPrompts = pL + Array(repeating: emptyIndex, count: nL) + (anchorIsEmpty ? [] : anchorPrompts) + pE + pR
         let frozenLatents = Tensor.concat([zL, zL] + (anchorIsEmpty ? [] : [zL]) + [zE, zR].filter { $0.shape[0] > 0 }, axis: 0)
         let frozenTimes = tL + tL + (anchorIsEmpty ? [] : tL) + tE + tR
         let frozenStates = table.batch(frozenPrompts)

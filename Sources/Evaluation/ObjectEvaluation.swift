@@ -126,9 +126,11 @@ public enum ObjectEvaluator {
         return (Accuracies(acc_e: accE, acc_s: accS, acc_g: accG, h_o: harmonicMean([1 - accE, accS, 1 - accG])), classAccuracy)
     }
 
-    /// Evaluates `erased` on class `label`; with `original`, also the original model's accuracies
-    /// and the KID between the two models' retained images.
-    public static func evaluate(erased: StableDiffusionPipeline, original: StableDiffusionPipeline?, label: Int,
+    /// Evaluates `erased` on class `label`; with `original` (or its images, already generated
+    /// with these settings), also the original model's accuracies and the KID between the two
+    /// models' retained images.
+    public static func evaluate(erased: StableDiffusionPipeline, original: StableDiffusionPipeline?,
+                                originalImages: EvaluationImages? = nil, label: Int,
                                 prompts: FashionPrompts, test: LabelledImages, settings: EvaluationSettings,
                                 modelName: String, originalName: String?,
                                 log: (String) -> Void = { _ in }) throws -> (ObjectEvaluation, EvaluationImages, EvaluationImages?) {
@@ -141,9 +143,9 @@ public enum ObjectEvaluator {
         var before: EvaluationImages? = nil
         var originalAccuracies: Accuracies? = nil
         var kid: Double? = nil
-        if let original {
-            log("generating images of the original model")
-            let reference = try images(original, label: label, prompts: prompts, settings: settings, log: log)
+        if originalImages != nil || original != nil {
+            if originalImages == nil { log("generating images of the original model") }
+            let reference = try originalImages ?? images(original!, label: label, prompts: prompts, settings: settings, log: log)
             originalAccuracies = self.accuracies(reference, label: label, judge: judge).0
             kid = kernelDistance(judge.featureBatches(after.retained), judge.featureBatches(reference.retained))
             before = reference

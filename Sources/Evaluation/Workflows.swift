@@ -10,13 +10,11 @@ public enum Workflows {
     /// Templates the concept and its synonyms are placed in to form P_tgt.
     public static let targetTemplates = ["{}", "a photo of {a} {}", "a picture of {a} {}", "an image of {a} {}"]
 
-    /// A request for `concepts`. Without `synonyms`, a testbed class gets its training synonyms;
-    /// without `retain`, the testbed's other classes' canonical prompts are kept.
+    /// A request for `concepts`, each steered towards the anchor set `anchors`. Without
+    /// `synonyms`, a testbed class gets its training synonyms; without `retain`, the testbed's
+    /// other classes' canonical prompts are kept.
     public static func request(concepts: [String], synonyms: [[String]?], anchors: [String], retain: [String]?,
                                prompts: FashionPrompts?) throws -> ErasureRequest {
-        guard anchors.count == 1 || anchors.count == concepts.count else {
-            throw ErasureError.invalidRequest("give one --anchor for all concepts or one per --concept (\(concepts.count))")
-        }
         guard synonyms.count <= concepts.count else {
             throw ErasureError.invalidRequest("\(synonyms.count) --synonyms lists for \(concepts.count) concepts")
         }
@@ -26,7 +24,7 @@ public enum Workflows {
             if let label { labels.append(label) }
             let words = (i < synonyms.count ? synonyms[i] : nil) ?? label.map { prompts!.classes[$0].trainSynonyms } ?? []
             let concept = Concept(name: name, targetPrompts: Concept.prompts(for: name, synonyms: words, templates: targetTemplates),
-                                  anchor: anchors.count == 1 ? anchors[0] : anchors[i])
+                                  anchors: anchors.isEmpty ? [""] : anchors)
             if name.trimmingCharacters(in: .whitespaces).isEmpty { throw ErasureError.invalidRequest("--concept is empty") }
             return concept
         }
@@ -64,8 +62,10 @@ public enum Workflows {
         let record = FileManager.default.fileExists(atPath: runFile.path) ? try? ErasureRecord.read(from: runFile) : nil
         var report = record?.leakage?.first { prompts.label(forConcept: $0.concept) == label }
         if report == nil, let leakage, let original {
-            let request = try Self.request(concepts: [concept], synonyms: [], anchors: [""], retain: nil, prompts: prompts)
-            report = try Leakage.report(concept: request.concepts[0], pipeline: model.pipeline, original: original.pipeline.unet,
+            // The concept as the erasure defined it (its anchors), else the testbed's default.
+            let erased = record?.request.concepts.first { prompts.label(forConcept: $0.name) == label }
+            let defined = try erased ?? Self.request(concepts: [concept], synonyms: [], anchors: [], retain: nil, prompts: prompts).concepts[0]
+            report = try Leakage.report(concept: defined, pipeline: model.pipeline, original: original.pipeline.unet,
                                         options: leakage, probes: try judgeProbes(), log: log)
         }
         evaluation.leakage = report
@@ -80,11 +80,11 @@ public enum Workflows {
 
     /// `score demo`: erase `concept` from the embedded mini-SD with SCORE, evaluate it against
     /// the original and write the report. Returns the evaluation and the report's path.
-    public static func demo(concept: String, config: SCOREConfig, settings: EvaluationSettings, leakage: LeakageOptions,
+    public static func demo(concept: String, anchors: [String], config: SCOREConfig, settings: EvaluationSettings, leakage: LeakageOptions,
                             output: URL, resume: Bool, command: String, assets: Assets = Assets(),
                             log: @escaping (String) -> Void) throws -> (ObjectEvaluation, URL) {
         let prompts = try FashionPrompts.bundled()
-        let request = try Self.request(concepts: [concept], synonyms: [], anchors: [""], retain: nil, prompts: prompts)
+        let request = try Self.request(concepts: [concept], synonyms: [], anchors: anchors, retain: nil, prompts: prompts)
         let started = Date()
         let model = try ModelLoader.load(nil, assets: assets)
         var job = EraseJob(method: SCORE(config: config), request: request, baseFolder: model.folder, baseName: model.name,

@@ -96,7 +96,7 @@ struct Erase: ParsableCommand {
     @Option(help: "Erasure method: score.") var method = "score"
     @Option(help: "A concept to erase (repeat for several).") var concept: [String] = []
     @Option(help: "Synonyms of the i-th --concept: a comma-separated list or a file (one per line). Default for testbed classes: their training synonyms.") var synonyms: [String] = []
-    @Option(help: "What target prompts should draw instead: one for all concepts or one per concept (\"\" = unconditional).") var anchor: [String] = []
+    @Option(help: "What target prompts should draw instead (repeat for an anchor set; default \"\", the unconditional model).") var anchor: [String] = []
     @Option(help: "Prompts to keep (a comma-separated list or a file). Default on the testbed: the other classes' canonical prompts.") var retain: String?
     @Option(help: "A diffusers pipeline folder (default: the embedded mini-SD).") var model: String?
     @Option(help: "Output folder.") var out: String
@@ -113,7 +113,7 @@ struct Erase: ParsableCommand {
         let eraser = try ErasureMethods.make(method, config: config)
         let prompts = try FashionPrompts.bundled()
         let request = try Workflows.request(concepts: concept, synonyms: try synonyms.map { try listValue($0) },
-                                            anchors: anchor.isEmpty ? [""] : anchor, retain: try retain.map(listValue),
+                                            anchors: anchor, retain: try retain.map(listValue),
                                             prompts: prompts)
         let assets = Assets(log: { print("… \($0)") })
         let loaded = try ModelLoader.load(model, assets: assets)
@@ -168,7 +168,7 @@ struct Evaluate: ParsableCommand {
                                             leakage: noLeakage ? nil : leakage.options, reportFolder: folder, assets: assets, log: log)
         if json {
             let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try encoder.encode(result), as: UTF8.self))
         } else {
             print(summary(result))
@@ -194,6 +194,7 @@ struct Demo: ParsableCommand {
         abstract: "Erase one class from the embedded mini-SD with SCORE, evaluate it and write the report.")
 
     @Option(help: "The class to erase.") var concept = "sneaker"
+    @Option(help: "What its prompts should draw instead (repeat for an anchor set; default \"\").") var anchor: [String] = []
     @Option(help: "Output folder.") var out = "runs/demo"
     @Flag(help: "Continue an interrupted demo.") var resume = false
     @OptionGroup var hyperparameters: SCOREOptions
@@ -204,10 +205,59 @@ struct Demo: ParsableCommand {
         try compute.apply()
         let config = try hyperparameters.resolve()
         let (evaluation, report) = try Workflows.demo(
-            concept: concept, config: config, settings: EvaluationSettings(), leakage: leakage.options,
+            concept: concept, anchors: anchor, config: config, settings: EvaluationSettings(), leakage: leakage.options,
             output: URL(fileURLWithPath: out), resume: resume, command: CommandLine.arguments.joined(separator: " "),
             assets: Assets(log: { print("… \($0)") }), log: { print($0) })
         print(summary(evaluation))
         print("report: \(report.path)")
+    }
+}
+
+struct Benchmark: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run every method on testbed concepts and seeds, measure each the same way, write a Markdown table and JSON.",
+        discussion: "Finished cells are kept in --out and skipped when the command is run again.")
+
+    @Option(help: "Task: object (Fashion-MNIST classes).") var task = "object"
+    @Option(help: "Concepts (comma-separated testbed classes).") var concepts = "sneaker"
+    @Option(help: "Methods (comma-separated): original, score.") var methods = "original,score"
+    @Option(help: "Seeds per method.") var seeds = 1
+    @Option(help: "Folder for the cells.") var out = "runs/benchmark"
+    @Option(help: "Markdown table to write (default: <out>/results.md).") var table: String?
+    @Flag(help: "Print the cells as JSON.") var json = false
+    @OptionGroup var hyperparameters: SCOREOptions
+    @OptionGroup var leakage: LeakageFlags
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        try compute.apply()
+        guard task == "object" else { throw ValidationError("--task '\(task)' is not available yet; tasks: object") }
+        guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
+        let config = try hyperparameters.resolve()
+        let methods = try self.methods.split(separator: ",").map { name -> BenchmarkMethod in
+            let name = name.trimmingCharacters(in: .whitespaces)
+            if name == "original" { return BenchmarkMethod(name: name, make: nil) }
+            _ = try ErasureMethods.make(name, config: config)   // unknown names fail before any work
+            return BenchmarkMethod(name: name) { seed in
+                var seeded = config
+                seeded.seed = seed
+                return try ErasureMethods.make(name, config: seeded)
+            }
+        }
+        var benchmark = ObjectBenchmark(concepts: try listValue(concepts), methods: methods,
+                                        seeds: (0..<UInt64(seeds)).map { $0 }, output: URL(fileURLWithPath: out))
+        benchmark.leakage = leakage.options
+        let cells = try benchmark.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
+        let markdown = ObjectBenchmark.markdownTable(cells)
+        let tableURL = URL(fileURLWithPath: table ?? "\(out)/results.md")
+        try Data(markdown.utf8).write(to: tableURL, options: .atomic)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(cells), as: UTF8.self))
+        } else {
+            print(markdown)
+            print("wrote \(tableURL.path)")
+        }
     }
 }

@@ -1,0 +1,136 @@
+import Diffusion
+import Erasure
+import Foundation
+import Kernels
+import Tensor
+import Testbed
+
+/// One finished cell of the benchmark: a method erasing one concept with one seed, measured.
+public struct BenchmarkCell: Codable, Sendable {
+    public var concept: String
+    public var method: String
+    public var seed: UInt64
+    public var evaluation: ObjectEvaluation
+    /// Erasure wall time (training only; 0 for the original model).
+    public var wall_seconds: Double
+    public var peak_memory_mb: Double?
+    public var parameters_changed: Int
+}
+
+/// A method the benchmark runs: its name and how to build it for a seed (nil: the original model).
+public struct BenchmarkMethod {
+    public var name: String
+    public var make: ((UInt64) throws -> any ErasureMethod)?
+
+    public init(name: String, make: ((UInt64) throws -> any ErasureMethod)?) {
+        self.name = name
+        self.make = make
+    }
+}
+
+/// `score benchmark --task object`: every method on every concept and seed of the testbed,
+/// erased and measured the same way (same judges, prompts, sampler and evaluation noise).
+/// Each finished cell is written to `<output>/<concept>/<method>-seed<N>.json` and never
+/// recomputed, so a killed benchmark resumes where it stopped.
+public struct ObjectBenchmark {
+    public var concepts: [String]
+    public var methods: [BenchmarkMethod]
+    public var seeds: [UInt64]
+    public var settings = EvaluationSettings()
+    public var leakage = LeakageOptions()
+    public var output: URL
+
+    public init(concepts: [String], methods: [BenchmarkMethod], seeds: [UInt64], output: URL) {
+        self.concepts = concepts
+        self.methods = methods
+        self.seeds = seeds
+        self.output = output
+    }
+
+    func cellURL(concept: String, method: String, seed: UInt64) -> URL {
+        output.appendingPathComponent(concept.replacingOccurrences(of: " ", with: "-"))
+            .appendingPathComponent("\(method)-seed\(seed).json")
+    }
+
+    public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> [BenchmarkCell] {
+        let prompts = try FashionPrompts.bundled()
+        let test = try FashionMNIST(assets: assets).test
+        let probes = try Workflows.judgeProbes()
+        var cells: [BenchmarkCell] = []
+        for concept in concepts {
+            guard let label = prompts.label(forConcept: concept) else {
+                throw ErasureError.invalidRequest("--concepts: '\(concept)' is not a class of the testbed")
+            }
+            let request = try Workflows.request(concepts: [concept], synonyms: [], anchors: [], retain: nil, prompts: prompts)
+            var originalImages: EvaluationImages? = nil
+            for method in methods {
+                for seed in method.make == nil ? [seeds[0]] : seeds {
+                    let url = cellURL(concept: concept, method: method.name, seed: seed)
+                    if let data = try? Data(contentsOf: url), let cell = try? JSONDecoder().decode(BenchmarkCell.self, from: data) {
+                        log("\(concept) / \(method.name) / seed \(seed): done before, skipped")
+                        cells.append(cell)
+                        continue
+                    }
+                    log("\(concept) / \(method.name) / seed \(seed)")
+                    let original = try ModelLoader.load(nil, assets: assets)
+                    if originalImages == nil {
+                        originalImages = try ObjectEvaluator.images(original.pipeline, label: label, prompts: prompts, settings: settings, log: log)
+                    }
+                    let model = try ModelLoader.load(nil, assets: assets)
+                    var wall = 0.0, changed = 0
+                    if let make = method.make {
+                        let started = Date()
+                        let eraser = try make(seed)
+                        let runFolder = url.deletingPathExtension()
+                        let outcome = try eraser.erase(request, pipeline: model.pipeline, context: ErasureContext(output: runFolder, resume: true, log: log))
+                        wall = Date().timeIntervalSince(started)
+                        changed = ErasedModel.changedEntryCount(model.pipeline.unet, reference: original.pipeline.unet)
+                        log(String(format: "  erased in %.0f s, %d parameters changed, final erase loss %@", wall, changed,
+                                   outcome.losses["erase"]?.last.map { String(format: "%.4f", $0) } ?? "–"))
+                    }
+                    var (evaluation, _, _) = try ObjectEvaluator.evaluate(
+                        erased: model.pipeline, original: nil, originalImages: originalImages, label: label, prompts: prompts,
+                        test: test, settings: settings, modelName: method.name, originalName: "embedded", log: { _ in })
+                    let report = try Leakage.report(concept: request.concepts[0], pipeline: model.pipeline, original: original.pipeline.unet,
+                                                    options: leakage, probes: probes, log: log)
+                    evaluation.leakage = report
+                    evaluation.leakage_nats = report.leakage_nats
+                    evaluation.leakage_bound = report.leakage_bound
+                    let cell = BenchmarkCell(concept: concept, method: method.name, seed: seed, evaluation: evaluation,
+                                             wall_seconds: wall, peak_memory_mb: peakResidentMegabytes(), parameters_changed: changed)
+                    try writeJSONAtomically(cell, to: url)
+                    log(String(format: "  Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%  H_o %.1f%%  leakage bound %.3f",
+                               evaluation.acc_e * 100, evaluation.acc_g * 100, evaluation.acc_s * 100, evaluation.h_o * 100,
+                               report.leakage_bound))
+                    cells.append(cell)
+                }
+            }
+        }
+        return cells
+    }
+
+    /// A Markdown table: one row per concept × method, mean ± standard deviation over seeds.
+    public static func markdownTable(_ cells: [BenchmarkCell]) -> String {
+        func stat(_ values: [Double], percent: Bool = true, digits: Int = 1) -> String {
+            let scale = percent ? 100.0 : 1.0
+            let mean = values.reduce(0, +) / Double(max(values.count, 1))
+            let spread = values.count > 1 ? (values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count - 1)).squareRoot() : 0
+            let format = "%.\(digits)f"
+            return values.count > 1 ? String(format: "\(format) ± \(format)", mean * scale, spread * scale)
+                                    : String(format: format, mean * scale)
+        }
+        var text = "| concept | method | seeds | Acc_e ↓ | Acc_g ↓ | Acc_s ↑ | H_o ↑ | KID vs real | leakage Î (nats) | bound | erase time (s) | params changed |\n"
+        text += "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        var order: [(String, String)] = []
+        for cell in cells where !order.contains(where: { $0 == (cell.concept, cell.method) }) { order.append((cell.concept, cell.method)) }
+        for (concept, method) in order {
+            let group = cells.filter { $0.concept == concept && $0.method == method }
+            let e = group.map(\.evaluation)
+            text += "| \(concept) | \(method) | \(group.count) | \(stat(e.map(\.acc_e))) | \(stat(e.map(\.acc_g))) | \(stat(e.map(\.acc_s))) | "
+            text += "\(stat(e.map(\.h_o))) | \(stat(e.map(\.kid_real), percent: false, digits: 3)) | "
+            text += "\(stat(e.compactMap(\.leakage_nats), percent: false, digits: 3)) | \(stat(e.compactMap(\.leakage_bound), percent: false, digits: 3)) | "
+            text += "\(stat(group.map(\.wall_seconds), percent: false, digits: 0)) | \(stat(group.map { Double($0.parameters_changed) }, percent: false, digits: 0)) |\n"
+        }
+        return text
+    }
+}
