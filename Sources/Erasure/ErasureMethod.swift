@@ -184,12 +184,15 @@ extension ErasureError: LocalizedError {
 
 /// The methods `--method` can name.
 public enum ErasureMethods {
-    public static let names = ["score"]
+    public static let names = ["score", "esd", "uce"]
 
-    /// The method called `name` with its config (SCORE's hyper-parameters).
-    public static func make(_ name: String, config: SCOREConfig = SCOREConfig()) throws -> any ErasureMethod {
+    /// The method called `name` with its hyper-parameters; each method reads only its own config.
+    public static func make(_ name: String, score: SCOREConfig = SCOREConfig(), esd: ESDConfig = ESDConfig(),
+                            uce: UCEConfig = UCEConfig()) throws -> any ErasureMethod {
         switch name {
-        case "score": return SCORE(config: config)
+        case "score": return SCORE(config: score)
+        case "esd": return ESD(config: esd)
+        case "uce": return UCE(config: uce)
         default: throw ErasureError.invalidRequest("unknown --method '\(name)'; available: \(names.joined(separator: ", "))")
         }
     }

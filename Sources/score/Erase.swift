@@ -33,8 +33,8 @@ struct SCOREOptions: ParsableArguments {
     @Option(help: "Sampling steps of the pools.") var poolSteps: Int?
     @Option(help: "Guidance of the pools.") var poolGuidance: Float?
     @Option(help: "Resample the target pool every N steps (0: never).") var poolRefresh: Int?
-    @Option(help: "Checkpoint every N steps.") var checkpointEvery: Int?
-    @Option(help: "Random seed.") var seed: UInt64?
+    @Option(help: "Checkpoint every N steps (SCORE and ESD).") var checkpointEvery: Int?
+    @Option(help: "Random seed (SCORE and ESD).") var seed: UInt64?
 
     func resolve() throws -> SCOREConfig {
         var c = try config.map { try SCOREConfig.load(URL(fileURLWithPath: $0)) } ?? SCOREConfig()
@@ -66,6 +66,67 @@ struct SCOREOptions: ParsableArguments {
     }
 }
 
+/// ESD's hyper-parameters as flags (defaults: the official script's, see `ESDConfig`). ESD also
+/// reads the shared --seed and --checkpoint-every.
+struct ESDOptions: ParsableArguments {
+    @Option(help: "ESD trainable set: esd-x (cross-attention), esd-u (all but cross-attention), esd-all, esd-x-strict (cross-attention K/V).") var esdTrainMethod: String?
+    @Option(help: "ESD iterations (official: 200; the paper: 1000).") var esdIterations: Int?
+    @Option(help: "ESD Adam learning rate (official: 5e-5; the paper: 1e-5).") var esdLr: Float?
+    @Option(help: "ESD negative guidance η (official: 2; the paper: 1).") var esdEta: Float?
+    @Option(help: "ESD samples per iteration (official: 1).") var esdBatch: Int?
+    @Option(help: "Steps of the sampling run xₜ is drawn from (official: 50).") var esdSamplingSteps: Int?
+    @Option(help: "Guidance of that sampling run (official: 3).") var esdSamplingGuidance: Float?
+    @Option(help: "Which model draws xₜ: frozen (the current official script) or trained (the paper).") var esdSampleFrom: String?
+
+    /// Whether any ESD flag was given.
+    var isSet: Bool {
+        esdTrainMethod != nil || esdIterations != nil || esdLr != nil || esdEta != nil || esdBatch != nil
+            || esdSamplingSteps != nil || esdSamplingGuidance != nil || esdSampleFrom != nil
+    }
+
+    func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> ESDConfig {
+        var c = ESDConfig()
+        func set<T>(_ value: T?, _ path: WritableKeyPath<ESDConfig, T>) { if let value { c[keyPath: path] = value } }
+        set(esdIterations, \.iterations); set(esdLr, \.learningRate); set(esdEta, \.eta); set(esdBatch, \.batchSize)
+        set(esdSamplingSteps, \.samplingSteps); set(esdSamplingGuidance, \.samplingGuidance)
+        set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
+        if let esdTrainMethod {
+            guard let method = ESDTrainMethod(rawValue: esdTrainMethod) else {
+                throw ValidationError("--esd-train-method must be one of \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", ")), not '\(esdTrainMethod)'")
+            }
+            c.trainMethod = method
+        }
+        if let esdSampleFrom {
+            guard let model = ESDSamplingModel(rawValue: esdSampleFrom) else {
+                throw ValidationError("--esd-sample-from must be frozen or trained, not '\(esdSampleFrom)'")
+            }
+            c.samplingModel = model
+        }
+        try c.validate()
+        return c
+    }
+}
+
+/// UCE's hyper-parameters as flags (defaults: the official script's, see `UCEConfig`).
+struct UCEOptions: ParsableArguments {
+    @Option(help: "UCE λ, the pull towards the original weights (official: 0.5).") var uceLambda: Double?
+    @Option(help: "UCE erase scale (official: 1; too large damages unrelated prompts).") var uceEraseScale: Double?
+    @Option(help: "UCE preserve scale for the --retain prompts (official: 1).") var ucePreserveScale: Double?
+    @Option(help: "UCE guide concept for every erased concept (default: each concept's --anchor, \"\"; the official script uses \"art\" for styles).") var uceGuide: String?
+
+    var isSet: Bool { uceLambda != nil || uceEraseScale != nil || ucePreserveScale != nil || uceGuide != nil }
+
+    func resolve() throws -> UCEConfig {
+        var c = UCEConfig()
+        if let uceLambda { c.lambda = uceLambda }
+        if let uceEraseScale { c.eraseScale = uceEraseScale }
+        if let ucePreserveScale { c.preserveScale = ucePreserveScale }
+        c.guide = uceGuide
+        try c.validate()
+        return c
+    }
+}
+
 /// Leakage-estimate flags shared by erase, evaluate and demo.
 struct LeakageFlags: ParsableArguments {
     @Option(help: "Trajectories per class for the leakage critics.") var leakageTrajectories = LeakageOptions().trajectories
@@ -90,10 +151,10 @@ func listValue(_ value: String) throws -> [String] {
 
 struct Erase: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Erase concepts from a model (SCORE), write the erased model, mask, run.json and leakage estimate.",
+        abstract: "Erase concepts from a model (SCORE, ESD or UCE), write the erased model, mask, run.json and leakage estimate.",
         discussion: "Outputs in --out: model/ (diffusers layout; changed UNet tensors over the base unless --full), mask.safetensors, config.json, run.json, checkpoint.safetensors.")
 
-    @Option(help: "Erasure method: score.") var method = "score"
+    @Option(help: "Erasure method: score, esd or uce.") var method = "score"
     @Option(help: "A concept to erase (repeat for several).") var concept: [String] = []
     @Option(help: "Synonyms of the i-th --concept: a comma-separated list or a file (one per line). Default for testbed classes: their training synonyms.") var synonyms: [String] = []
     @Option(help: "What target prompts should draw instead (repeat for an anchor set; default \"\", the unconditional model).") var anchor: [String] = []
@@ -104,13 +165,36 @@ struct Erase: ParsableCommand {
     @Flag(help: "Continue from the checkpoint in --out.") var resume = false
     @Flag(help: "Skip the leakage estimate.") var noLeakage = false
     @OptionGroup var hyperparameters: SCOREOptions
+    @OptionGroup var esd: ESDOptions
+    @OptionGroup var uce: UCEOptions
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
 
+    /// The method with its config; flags of another method are an error, not silently ignored.
+    func eraser() throws -> any ErasureMethod {
+        guard ErasureMethods.names.contains(method) else { return try ErasureMethods.make(method) }
+        if method != "esd", esd.isSet { throw ValidationError("--esd-… flags apply to --method esd, not \(method)") }
+        if method != "uce", uce.isSet { throw ValidationError("--uce-… flags apply to --method uce, not \(method)") }
+        if method != "score" {
+            // --seed and --checkpoint-every are shared with ESD; every other SCORE flag is SCORE's.
+            var scoreOnly = try hyperparameters.resolve()
+            scoreOnly.seed = SCOREConfig().seed
+            scoreOnly.checkpointEvery = SCOREConfig().checkpointEvery
+            if hyperparameters.config != nil || scoreOnly != SCOREConfig() {
+                throw ValidationError("SCORE's hyper-parameter flags (and --config) do not apply to --method \(method); see its --\(method)-… flags")
+            }
+        }
+        switch method {
+        case "esd":
+            return try ErasureMethods.make(method, esd: esd.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
+        case "uce": return try ErasureMethods.make(method, uce: uce.resolve())
+        default: return try ErasureMethods.make(method, score: hyperparameters.resolve())
+        }
+    }
+
     func run() throws {
         try compute.apply()
-        let config = try hyperparameters.resolve()
-        let eraser = try ErasureMethods.make(method, config: config)
+        let eraser = try eraser()
         let prompts = try FashionPrompts.bundled()
         let request = try Workflows.request(concepts: concept, synonyms: try synonyms.map { try listValue($0) },
                                             anchors: anchor, retain: try retain.map(listValue),

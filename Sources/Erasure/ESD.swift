@@ -1,0 +1,350 @@
+import Diffusion
+import Foundation
+import NN
+import Tensor
+
+/// ESD's `--train_method`: which UNet weights it fine-tunes.
+public enum ESDTrainMethod: String, Codable, Sendable, CaseIterable {
+    /// Cross-attention (attn2) only: erases what a prompt names, leaves the rest of the model.
+    case esdX = "esd-x"
+    /// Everything but cross-attention: erases a concept whatever the prompt (nudity).
+    case esdU = "esd-u"
+    case esdAll = "esd-all"
+    /// Cross-attention keys and values only (the weights UCE edits).
+    case esdXStrict = "esd-x-strict"
+
+    /// The parameter set by name. ESD further keeps to the weights and biases of linear and
+    /// convolution layers (see `ESDRun.trainableNames`).
+    public var trainableSet: TrainableSet {
+        switch self {
+        case .esdX: return .crossAttention
+        case .esdU: return .nonCrossAttention
+        case .esdAll: return .full
+        case .esdXStrict: return .crossAttentionKeysValues
+        }
+    }
+}
+
+/// Which model draws the xₜ ESD trains on.
+public enum ESDSamplingModel: String, Codable, Sendable, CaseIterable {
+    /// The frozen original θ₀, as the current official (diffusers) script does.
+    case frozen
+    /// The model being trained, as the paper and the original CompVis script do.
+    case trained
+}
+
+/// Every hyper-parameter of ESD. Defaults are those of the current official script
+/// (rohitgandikota/erasing, `esd_sd.py`): 200 iterations, Adam lr 5e-5, negative guidance
+/// η = 2, batch 1, xₜ from a 50-step run with guidance 3 stopped at a random step. The paper (and
+/// the original CompVis script) used 1000 iterations, lr 1e-5 and η = 1.
+public struct ESDConfig: Codable, Equatable, Sendable {
+    public var trainMethod: ESDTrainMethod = .esdX
+    public var iterations = 200
+    public var learningRate: Float = 5e-5
+    /// η, the negative guidance of the target ε₀(xₜ,∅) − η(ε₀(xₜ,c) − ε₀(xₜ,∅)).
+    public var eta: Float = 2
+    /// Samples per iteration (the official script fixes 1); all share one prompt and stop step.
+    public var batchSize = 1
+    /// Steps of the sampling schedule xₜ is drawn from (the run stops at a random one of them).
+    public var samplingSteps = 50
+    /// Classifier-free guidance of that sampling run.
+    public var samplingGuidance: Float = 3
+    public var samplingModel: ESDSamplingModel = .frozen
+    public var checkpointEvery = 50
+    public var seed: UInt64 = 0
+
+    public init() {}
+
+    public func validate() throws {
+        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
+        try check(iterations >= 1, "ESD iterations must be at least 1, not \(iterations)")
+        try check(learningRate > 0 && learningRate.isFinite, "ESD learningRate must be positive, not \(learningRate)")
+        try check(eta.isFinite && eta >= 0, "ESD eta (negative guidance) must be ≥ 0, not \(eta)")
+        try check(batchSize >= 1, "ESD batchSize must be at least 1, not \(batchSize)")
+        try check(samplingSteps >= 1, "ESD samplingSteps must be at least 1, not \(samplingSteps)")
+        try check(samplingGuidance.isFinite && samplingGuidance >= 0, "ESD samplingGuidance must be ≥ 0, not \(samplingGuidance)")
+        try check(checkpointEvery >= 1, "ESD checkpointEvery must be at least 1, not \(checkpointEvery)")
+    }
+}
+
+/// ESD, Erased Stable Diffusion (Gandikota et al., arXiv 2303.07345), as its current official
+/// script trains it. Each iteration:
+/// 1. takes the next concept (round robin) and one of its target prompts c at random;
+/// 2. draws xₜ by running the pipeline's scheduler for `samplingSteps` steps with guidance
+///    `samplingGuidance` from fresh noise, stopped before a random step k (xₜ at the k-th
+///    timestep t; k = 0 is pure noise), with the frozen model (or the trained one, see
+///    `ESDSamplingModel`). Sampled afresh every iteration, as the official script does, rather
+///    than from a `TrajectoryPool`: the partial run is most of an iteration's cost (≈ 1.4 s on
+///    the testbed's 2 cores, ≈ 5 min for the default 200 iterations) but stays affordable;
+/// 3. computes the frozen model's ε₀(xₜ,c,t) and ε₀(xₜ,∅,t) and the target
+///    ε₀(xₜ,∅) − η(ε₀(xₜ,c) − ε₀(xₜ,∅)), which points away from c as negative guidance does;
+/// 4. takes one Adam step on MSE(ε_θ(xₜ,c,t), target).
+/// ESD has no anchor: its target is built on the unconditional prediction, so a concept with a
+/// non-empty `anchor` is refused rather than silently ignored.
+public struct ESD: ErasureMethod {
+    public var config: ESDConfig
+
+    public init(config: ESDConfig = ESDConfig()) { self.config = config }
+
+    public var name: String { "esd" }
+
+    public var configJSON: Data {
+        get throws {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            return try encoder.encode(config)
+        }
+    }
+
+    public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+        try request.validate()
+        try config.validate()
+        for concept in request.concepts where !concept.anchor.isEmpty {
+            throw ErasureError.invalidRequest(
+                "ESD has no anchor (its target is the unconditional prediction); drop --anchor '\(concept.anchor)' for '\(concept.name)' or use --method score or uce")
+        }
+        let run = try ESDRun(config: config, request: request, pipeline: pipeline, context: context)
+        return try run.train()
+    }
+}
+
+/// The state of one ESD run; `train()` runs (or resumes) it.
+final class ESDRun {
+    let config: ESDConfig
+    let request: ErasureRequest
+    let pipeline: StableDiffusionPipeline
+    let context: ErasureContext
+    let unet: UNet2DConditionModel
+    let frozen: UNet2DConditionModel
+    let table: CaptionTable
+    let emptyIndex = 0
+    /// Per concept: the caption indices of its target prompts.
+    let targetIndices: [[Int]]
+    let schedule: SamplingSchedule
+    let trainable: [(name: String, tensor: Tensor)]
+    let optimizer: Adam
+    /// Draws the prompt and stop step of each iteration. The sampling noise is not drawn from it
+    /// but from the stream of its iteration (`noiseIndex`), so a resumed run needs no more state.
+    var generator: RandomGenerator
+    var step = 0
+    var losses: [String: [Float]] = [:]
+
+    var checkpointURL: URL? { context.output?.appendingPathComponent("checkpoint.safetensors") }
+
+    init(config: ESDConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws {
+        self.config = config
+        self.request = request
+        self.pipeline = pipeline
+        self.context = context
+        unet = pipeline.unet
+        // diffusers' from_pretrained returns models in eval mode, so the official script trains
+        // without dropout; so does this.
+        unet.eval()
+        let frozen = try unet.copy()
+        frozen.freeze()
+        frozen.eval()
+        self.frozen = frozen
+        do {
+            schedule = try pipeline.scheduler.schedule(steps: config.samplingSteps)
+        } catch {
+            throw ErasureError.invalidConfig("ESD samplingSteps \(config.samplingSteps): \(error)")
+        }
+
+        var captions = [""]
+        func index(_ text: String) -> Int {
+            if let i = captions.firstIndex(of: text) { return i }
+            captions.append(text)
+            return captions.count - 1
+        }
+        targetIndices = request.concepts.map { $0.targetPrompts.map(index) }
+        table = CaptionTable(captions: captions, encoder: pipeline.textEncoder)
+
+        let names = Self.trainableNames(unet, method: config.trainMethod)
+        unet.freeze()
+        unet.unfreeze(where: names.contains)
+        trainable = unet.trainableParameters()
+        guard !trainable.isEmpty else {
+            throw ErasureError.invalidConfig("ESD \(config.trainMethod.rawValue) finds no parameter to train in this UNet")
+        }
+        optimizer = Adam(trainable, learningRate: config.learningRate)
+        generator = RandomGenerator(seed: config.seed).fork(1)
+    }
+
+    /// Names of the parameters `method` trains: those of its set that belong to linear or
+    /// convolution layers. The official script collects parameters module by module, keeping only
+    /// `Linear` and `Conv2d` (and their LoRA-compatible variants), so normalisation layers stay
+    /// frozen even in esd-u and esd-all.
+    static func trainableNames(_ unet: UNet2DConditionModel, method: ESDTrainMethod) -> Set<String> {
+        var names = Set<String>()
+        func visit(_ value: Any, _ prefix: String) {
+            if let layer = value as? Module, layer is Linear || layer is Conv2d {
+                for (name, _) in layer.namedParameters() { names.insert("\(prefix).\(name)") }
+            } else if let module = value as? Module {
+                for (key, child) in module.namedChildren() { visit(child, prefix.isEmpty ? key : "\(prefix).\(key)") }
+            } else if let modules = value as? [Module] {
+                for (i, module) in modules.enumerated() { visit(module, "\(prefix).\(i)") }
+            }
+        }
+        visit(unet, "")
+        return names.filter(method.trainableSet.includes)
+    }
+
+    // MARK: One iteration's pieces
+
+    /// The noise stream of sample `item` of iteration `iteration` (each iteration draws fresh
+    /// noise, as the official script's per-iteration random seed).
+    func noiseIndex(iteration: Int, item: Int) -> Int { iteration * config.batchSize + item }
+
+    /// xₜ of prompt `prompt` (a caption index): the pipeline's sampling loop with guidance over
+    /// steps 0..<`stopStep`, from the noise streams of `iteration`, with `model` (nil: the
+    /// pipeline's UNet). Mirrors `StableDiffusionPipeline.sampleLatents(…, stopAtStep:)` step for
+    /// step, which cannot be given another model than the pipeline's.
+    func partialSample(prompt: Int, stopStep: Int, iteration: Int, model: UNet2DConditionModel?) throws -> Tensor {
+        let b = config.batchSize
+        let shape = try pipeline.latentShape(batch: 1, height: pipeline.defaultHeight, width: pipeline.defaultWidth)
+        var generators = (0..<b).map {
+            StableDiffusionPipeline.imageGenerator(seed: config.seed &+ 1, index: noiseIndex(iteration: iteration, item: $0))
+        }
+        var x = Tensor.concat(generators.indices.map { generators[$0].normal(shape) }, axis: 0)
+        if schedule.initNoiseSigma != 1 { x = x * Float(schedule.initNoiseSigma) }
+        let conditional = table.batch(Array(repeating: prompt, count: b))
+        let unconditional = config.samplingGuidance > 1 ? table.batch(Array(repeating: emptyIndex, count: b)) : nil
+        return noGrad {
+            for i in 0..<stopStep {
+                let input = pipeline.scheduler.scaleModelInput(x, index: i, of: schedule)
+                let output = pipeline.guidedModelOutput(latents: input, timestep: schedule.timesteps[i], conditional: conditional,
+                                                        unconditional: unconditional, guidance: config.samplingGuidance, model: model)
+                var noise: Tensor? = nil
+                if pipeline.scheduler.addsNoise(index: i, of: schedule) {
+                    noise = Tensor.concat(generators.indices.map { generators[$0].normal(shape) }, axis: 0)
+                }
+                x = pipeline.scheduler.step(modelOutput: output, index: i, of: schedule, sample: x, noise: noise).prevSample
+            }
+            return x
+        }
+    }
+
+    /// ESD's target for the UNet input `latents` at `timestep`, prompt `prompt`:
+    /// ε₀(xₜ,∅) − η(ε₀(xₜ,c) − ε₀(xₜ,∅)) from the frozen model (one pass over [c; ∅]).
+    func target(latents: Tensor, timestep: Float, prompt: Int) -> Tensor {
+        let b = latents.shape[0]
+        let states = table.batch(Array(repeating: prompt, count: b) + Array(repeating: emptyIndex, count: b))
+        let both = noGrad {
+            pipeline.predictNoise(latents: Tensor.concat([latents, latents], axis: 0), timestep: timestep,
+                                  states: states.states, mask: states.mask, model: frozen)
+        }
+        let parts = both.split(sizes: [b, b], axis: 0)
+        return negativeGuidanceTarget(anchor: parts[1], conditional: parts[0], unconditional: parts[1], eta: config.eta)
+    }
+
+    /// The ESD loss of one iteration, recorded for autodiff.
+    func loss(iteration: Int, concept c: Int) throws -> Tensor {
+        let prompts = targetIndices[c]
+        let prompt = prompts[min(prompts.count - 1, Int(generator.uniform([1]).scalars[0] * Float(prompts.count)))]
+        // A step index in 0..<samplingSteps, uniformly (the official random.randint(0, steps − 1)).
+        let stopStep = min(config.samplingSteps - 1, Int(generator.uniform([1]).scalars[0] * Float(config.samplingSteps)))
+        let x = try partialSample(prompt: prompt, stopStep: stopStep, iteration: iteration,
+                                  model: config.samplingModel == .frozen ? frozen : nil)
+        // The UNet's input at that step (the sample itself for DDPM/DDIM; x/√(σ²+1) for Euler).
+        let input = pipeline.scheduler.scaleModelInput(x, index: stopStep, of: schedule)
+        let timestep = schedule.timesteps[stopStep]
+        let target = target(latents: input, timestep: timestep, prompt: prompt)
+        let states = table.batch(Array(repeating: prompt, count: config.batchSize))
+        let prediction = pipeline.predictNoise(latents: input, timestep: timestep, states: states.states, mask: states.mask)
+        return mseLoss(prediction, target)
+    }
+
+    // MARK: Training loop
+
+    func train() throws -> ErasureOutcome {
+        let log = context.log
+        if context.resume, let url = checkpointURL, FileManager.default.fileExists(atPath: url.path) {
+            try loadCheckpoint(url)
+            log("resumed from \(url.path) at iteration \(step)")
+        }
+        let parameterCount = trainable.reduce(0) { $0 + $1.tensor.count }
+        if step == 0 {
+            log("ESD \(config.trainMethod.rawValue): \(parameterCount) trainable parameters in \(trainable.count) tensors; xₜ from the \(config.samplingModel.rawValue) model")
+            if !request.retainPrompts.isEmpty {
+                log("ESD has no preservation term: the \(request.retainPrompts.count) retain prompts are not used in training")
+            }
+        }
+        var progress = ProgressReporter(total: config.iterations, unit: "iterations", print: log)
+        let firstStep = step
+        while step < config.iterations {
+            let c = step % request.concepts.count
+            let loss = try self.loss(iteration: step, concept: c)
+            let value = loss.item
+            guard value.isFinite else {
+                throw ErasureError.nonFinite(term: "erase", step: step + 1, checkpoint: checkpointURL.flatMap {
+                    FileManager.default.fileExists(atPath: $0.path) ? $0.path : nil })
+            }
+            loss.backward()
+            optimizer.step()
+            unet.zeroGrad()
+            step += 1
+            losses["erase", default: []].append(value)
+            progress.report(step: step, firstStep: firstStep, items: step - firstStep, values: [("erase", value)])
+            if let url = checkpointURL, step % config.checkpointEvery == 0 || step == config.iterations || step == context.stopAfter {
+                try saveCheckpoint(url)
+            }
+            if step == context.stopAfter, step < config.iterations {
+                return ErasureOutcome(losses: losses, steps: step, stoppedEarly: true, trainableParameters: parameterCount)
+            }
+        }
+        return ErasureOutcome(losses: losses, steps: step, trainableParameters: parameterCount)
+    }
+
+    // MARK: Checkpoints
+
+    /// Trainable weights, Adam's moments and step counts, the prompt/stop-step generator, the
+    /// iteration and the losses: all a resumed run needs to continue bit for bit.
+    func saveCheckpoint(_ url: URL) throws {
+        var tensors: [String: Tensor] = [:]
+        for (name, p) in trainable { tensors["unet.\(name)"] = p }
+        for (name, t) in optimizer.state() { tensors["optimizer.\(name)"] = t }
+        let lossJSON = try JSONEncoder().encode(losses.mapValues { $0.map(Double.init) })
+        let metadata = ["method": "esd", "step": String(step), "seed": String(generator.seed), "offset": String(generator.offset),
+                        "losses": String(decoding: lossJSON, as: UTF8.self),
+                        "config": String(decoding: try JSONEncoder().encode(config), as: UTF8.self)]
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Tensor.save(tensors, to: url, metadata: metadata)
+    }
+
+    func loadCheckpoint(_ url: URL) throws {
+        let archive = try TensorArchive(contentsOf: url)
+        let meta = archive.metadata
+        guard meta["method"] == "esd",
+              let saved = meta["config"].flatMap({ try? JSONDecoder().decode(ESDConfig.self, from: Data($0.utf8)) }) else {
+            throw ErasureError.invalidConfig("\(url.path): not an ESD checkpoint")
+        }
+        // More iterations or another checkpoint interval may continue a run; nothing else may change.
+        var comparable = saved
+        comparable.iterations = config.iterations
+        comparable.checkpointEvery = config.checkpointEvery
+        guard comparable == config else {
+            throw ErasureError.invalidConfig("\(url.path) was written with a different config; resume with the same settings or use a new --out")
+        }
+        var optimizerState: [String: Tensor] = [:]
+        for name in archive.names where name.hasPrefix("optimizer.") {
+            optimizerState[String(name.dropFirst("optimizer.".count))] = try archive.tensor(name)
+        }
+        let stored = Set(archive.names)
+        for (name, p) in trainable {
+            let w = stored.contains("unet.\(name)") ? try archive.tensor("unet.\(name)") : nil
+            guard let w, w.shape == p.shape else {
+                throw ErasureError.invalidConfig("\(url.path): no tensor unet.\(name) of shape \(p.shape)")
+            }
+            p.assign(w)
+        }
+        try optimizer.loadState(optimizerState)
+        guard let step = meta["step"].flatMap(Int.init), let seed = meta["seed"].flatMap(UInt64.init),
+              let offset = meta["offset"].flatMap(UInt64.init),
+              let saved = meta["losses"].flatMap({ try? JSONDecoder().decode([String: [Double]].self, from: Data($0.utf8)) }) else {
+            throw ErasureError.invalidConfig("\(url.path): checkpoint metadata is incomplete")
+        }
+        self.step = step
+        generator = RandomGenerator(seed: seed, offset: offset)
+        losses = saved.mapValues { $0.map { Float($0) } }
+    }
+}

@@ -1,0 +1,216 @@
+import Diffusion
+import Foundation
+import Kernels
+import NN
+import Tensor
+
+/// Every hyper-parameter of UCE. Defaults are the official script's
+/// (rohitgandikota/unified-concept-editing, `trainscripts/uce_sd_erase.py`): λ = 0.5, erase and
+/// preserve scales 1.
+public struct UCEConfig: Codable, Equatable, Sendable {
+    /// λ, the pull towards the original weights (λ‖W − W₀‖²). Must be positive: it is what keeps
+    /// the system solvable with fewer concepts than the text width.
+    public var lambda: Double = 0.5
+    /// Weight of the edit terms ‖W cᵢ − v*ᵢ‖². The official notes warn that too large a value
+    /// damages unrelated prompts (noise on objects).
+    public var eraseScale: Double = 1
+    /// Weight of the preserve terms ‖W cⱼ − W₀ cⱼ‖² (the retained prompts).
+    public var preserveScale: Double = 1
+    /// The guide concept for every erased concept; nil uses each concept's anchor ("" unless
+    /// --anchor says otherwise). The official script guides to "" for objects and unsafe
+    /// content and to "art" for artistic styles.
+    public var guide: String? = nil
+
+    public init() {}
+
+    public func validate() throws {
+        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
+        try check(lambda.isFinite && lambda > 0, "UCE lambda must be positive, not \(lambda)")
+        try check(eraseScale.isFinite && eraseScale >= 0, "UCE eraseScale must be ≥ 0, not \(eraseScale)")
+        try check(preserveScale.isFinite && preserveScale >= 0, "UCE preserveScale must be ≥ 0, not \(preserveScale)")
+    }
+}
+
+/// UCE, Unified Concept Editing (Gandikota et al., arXiv 2308.14761): a closed-form edit of every
+/// cross-attention key and value projection W ∈ {attn2.to_k, attn2.to_v}, minimising
+///   e·Σᵢ‖W cᵢ − v*ᵢ‖² + p·Σⱼ‖W cⱼ − W₀ cⱼ‖² + λ‖W − W₀‖²_F,   v*ᵢ = W₀ c_guide(i),
+/// so the erased concepts' keys and values become those of their guide while the preserved
+/// prompts' stay. Its solution (the paper's equation 7, as the official code scales it):
+///   W = (λW₀ + e·Σᵢ v*ᵢcᵢᵀ + p·Σⱼ W₀cⱼcⱼᵀ)(λI + e·Σᵢ cᵢcᵢᵀ + p·Σⱼ cⱼcⱼᵀ)⁻¹,
+/// solved here in Float64 by Cholesky (the right-hand matrix is symmetric positive definite for
+/// λ > 0). Edit concepts are every target prompt of every concept (several at once, as the
+/// official ";"-separated list), preserve concepts the request's retain prompts. No training:
+/// seconds.
+///
+/// Each text is embedded by one token of the text encoder's states: the official code takes
+/// position `attention_mask.sum() − 2`, the last token of the text before the end token (for
+/// CLIP, the last word; for "" the start token). The same rule is applied to the pipeline's
+/// encoder through its mask, which counts the start and end tokens (`TextEncoder`); with the
+/// testbed's MiniLM that is the last word piece before [SEP].
+public struct UCE: ErasureMethod {
+    public var config: UCEConfig
+
+    public init(config: UCEConfig = UCEConfig()) { self.config = config }
+
+    public var name: String { "uce" }
+
+    public var configJSON: Data {
+        get throws {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            return try encoder.encode(config)
+        }
+    }
+
+    /// Whether UCE edits the parameter called `name`.
+    public static func edits(_ name: String) -> Bool {
+        name.hasSuffix("attn2.to_k.weight") || name.hasSuffix("attn2.to_v.weight")
+    }
+
+    public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+        try request.validate()
+        try config.validate()
+        let started = Date()
+        if let guide = config.guide {
+            let lowered = guide.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+            for concept in request.concepts where concept.name.lowercased() == lowered
+                || concept.targetPrompts.contains(where: { $0.lowercased() == lowered }) {
+                throw ErasureError.invalidRequest("--uce-guide '\(guide)' is the concept '\(concept.name)' itself")
+            }
+        }
+        // (edit text, guide text) pairs, then the preserved texts, each once.
+        var edits: [(text: String, guide: String)] = []
+        for concept in request.concepts {
+            for prompt in concept.targetPrompts where !edits.contains(where: { $0.text == prompt }) {
+                edits.append((prompt, config.guide ?? concept.anchor))
+            }
+        }
+        var preserve: [String] = []
+        for prompt in request.retainPrompts where !preserve.contains(prompt) { preserve.append(prompt) }
+        let embeddings = Self.tokenEmbeddings(of: edits.map(\.text) + edits.map(\.guide) + preserve, pipeline: pipeline)
+
+        let closedForm: UCEClosedForm
+        do {
+            closedForm = try UCEClosedForm(edits: edits.map { embeddings[$0.text]! }, guides: edits.map { embeddings[$0.guide]! },
+                                           preserve: preserve.map { embeddings[$0]! }, lambda: config.lambda,
+                                           eraseScale: config.eraseScale, preserveScale: config.preserveScale)
+        } catch {
+            throw ErasureError.invalidConfig("UCE cannot solve its system: \(error)")
+        }
+        let width = closedForm.width
+        var editedTensors = 0, editedEntries = 0
+        var editGap: [Double] = [], preserveDrift: [Double] = []
+        for (name, p) in pipeline.unet.namedParameters() where Self.edits(name) {
+            guard p.rank == 2, p.shape[1] == width else {
+                throw ErasureError.invalidRequest("\(name) has shape \(p.shape); UCE needs [out, \(width)] (the text encoder's width)")
+            }
+            let original = Matrix64(rows: p.shape[0], columns: width, values: p.scalars.map(Double.init))
+            let edited = closedForm.apply(to: original)
+            p.assign(Tensor(shape: p.shape, scalars: edited.values.map { Float($0) }))
+            editedTensors += 1
+            editedEntries += p.count
+            let report = closedForm.report(original: original, edited: edited)
+            editGap.append(report.editGap)
+            if let drift = report.preserveDrift { preserveDrift.append(drift) }
+        }
+        guard editedTensors > 0 else {
+            throw ErasureError.invalidRequest("the UNet has no cross-attention attn2.to_k/to_v weights for UCE to edit")
+        }
+        func mean(_ values: [Double]) -> Double { values.reduce(0, +) / Double(max(1, values.count)) }
+        context.log(String(format: "UCE edited %d cross-attention K/V weights (%d entries) for %d edit and %d preserve texts in %.1f s",
+                           editedTensors, editedEntries, edits.count, preserve.count, Date().timeIntervalSince(started)))
+        context.log(String(format: "edit texts' K/V now %.1f%% as far from their guide's as before%@", 100 * mean(editGap),
+                           preserveDrift.isEmpty ? "" : String(format: "; preserved texts' K/V moved %.2f%% (relative)", 100 * mean(preserveDrift))))
+        return ErasureOutcome(losses: [:], steps: 0, trainableParameters: editedEntries)
+    }
+
+    /// One embedding c per text (Float64): the encoder's state at position (tokens − 2), where
+    /// tokens counts the mask's ones (start and end tokens included), i.e. the last token
+    /// before the end token, as the official `attention_mask.sum() − 2`. Texts are encoded in
+    /// one batch; padding does not change the states of real tokens.
+    public static func tokenEmbeddings(of texts: [String], pipeline: StableDiffusionPipeline) -> [String: [Double]] {
+        var unique: [String] = []
+        for text in texts where !unique.contains(text) { unique.append(text) }
+        let (states, mask) = noGrad { pipeline.encodePrompts(unique) }
+        let (length, width) = (states.shape[1], states.shape[2])
+        var result: [String: [Double]] = [:]
+        for (i, text) in unique.enumerated() {
+            let tokens = (0..<length).reduce(0) { $0 + (mask.pointer[i * length + $1] != 0 ? 1 : 0) }
+            let position = min(max(tokens - 2, 0), length - 1)
+            let start = (i * length + position) * width
+            result[text] = (0..<width).map { Double(states.pointer[start + $0]) }
+        }
+        return result
+    }
+}
+
+/// UCE's closed form for one set of concepts: the system matrix
+/// A = λI + e·Σᵢ cᵢcᵢᵀ + p·Σⱼ cⱼcⱼᵀ depends only on the text embeddings, so it is factored once
+/// and applied to every edited weight.
+public struct UCEClosedForm {
+    /// cᵢ, the edit embeddings, and the guide embedding of each.
+    public let edits: [[Double]]
+    public let guides: [[Double]]
+    /// cⱼ, the preserve embeddings.
+    public let preserve: [[Double]]
+    public let lambda: Double, eraseScale: Double, preserveScale: Double
+    let factor: Cholesky
+
+    /// d, the width of the embeddings (the weights' input width).
+    public var width: Int { factor.lower.rows }
+
+    public init(edits: [[Double]], guides: [[Double]], preserve: [[Double]], lambda: Double, eraseScale: Double,
+                preserveScale: Double) throws {
+        precondition(edits.count == guides.count, "UCEClosedForm: \(edits.count) edits, \(guides.count) guides")
+        guard let d = (edits + preserve).first?.count else { throw LinearAlgebraError.notSquare(rows: 0, columns: 0) }
+        precondition((edits + guides + preserve).allSatisfy { $0.count == d }, "UCEClosedForm: embeddings of different widths")
+        self.edits = edits
+        self.guides = guides
+        self.preserve = preserve
+        self.lambda = lambda
+        self.eraseScale = eraseScale
+        self.preserveScale = preserveScale
+        var a = Matrix64.identity(d, scale: lambda)
+        for c in edits { a.addOuterProduct(c, c, scale: eraseScale) }
+        for c in preserve { a.addOuterProduct(c, c, scale: preserveScale) }
+        factor = try Cholesky(a)
+    }
+
+    /// The edited weight W = B A⁻¹ for the original W₀ [out, d], where
+    /// B = λW₀ + e·Σᵢ (W₀c_guide,ᵢ)cᵢᵀ + p·Σⱼ (W₀cⱼ)cⱼᵀ. As A is symmetric, each row w of W solves
+    /// A w = (the same row of B).
+    public func apply(to original: Matrix64) -> Matrix64 {
+        precondition(original.columns == width, "UCEClosedForm.apply: a weight of \(original.columns) columns for embeddings of \(width)")
+        var b = original
+        for k in b.values.indices { b.values[k] *= lambda }
+        for (c, g) in zip(edits, guides) { b.addOuterProduct(original.times(g), c, scale: eraseScale) }
+        for c in preserve { b.addOuterProduct(original.times(c), c, scale: preserveScale) }
+        // Rows are independent solves; each worker writes its own rows of the result.
+        var result = Matrix64.zeros(original.rows, width)
+        result.values.withUnsafeMutableBufferPointer { out in
+            Kernels.parallelFor(original.rows) { r in
+                let w = factor.solve(b.row(r))
+                for k in 0..<width { out[r * width + k] = w[k] }
+            }
+        }
+        return result
+    }
+
+    /// How the edit did on one weight: editGap = mean over edits of ‖W cᵢ − v*ᵢ‖ / ‖W₀ cᵢ − v*ᵢ‖
+    /// (0: the edit texts map exactly to their guide; 1: unchanged), and preserveDrift = mean of
+    /// ‖W cⱼ − W₀ cⱼ‖ / ‖W₀ cⱼ‖ (nil without preserve texts).
+    public func report(original: Matrix64, edited: Matrix64) -> (editGap: Double, preserveDrift: Double?) {
+        func norm(_ x: [Double]) -> Double { x.reduce(0) { $0 + $1 * $1 }.squareRoot() }
+        func minus(_ x: [Double], _ y: [Double]) -> [Double] { zip(x, y).map { $0 - $1 } }
+        let gaps = zip(edits, guides).map { c, g -> Double in
+            let target = original.times(g)
+            let before = norm(minus(original.times(c), target))
+            return before == 0 ? 0 : norm(minus(edited.times(c), target)) / before
+        }
+        let drifts = preserve.map { c -> Double in
+            let before = original.times(c)
+            return norm(minus(edited.times(c), before)) / max(norm(before), 1e-30)
+        }
+        return (gaps.reduce(0, +) / Double(max(1, gaps.count)), drifts.isEmpty ? nil : drifts.reduce(0, +) / Double(drifts.count))
+    }
+}
