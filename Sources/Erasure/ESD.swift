@@ -99,7 +99,7 @@ public struct ESD: ErasureMethod {
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
-        for concept in request.concepts where !concept.anchor.isEmpty {
+        for concept in request.concepts where concept.anchors.contains(where: { !$0.isEmpty }) {
             throw ErasureError.invalidRequest(
                 "ESD has no anchor (its target is the unconditional prediction); drop --anchor '\(concept.anchor)' for '\(concept.name)' or use --method score or uce")
         }

@@ -304,7 +304,7 @@ struct Benchmark: ParsableCommand {
 
     @Option(help: "Task: object (Fashion-MNIST classes).") var task = "object"
     @Option(help: "Concepts (comma-separated testbed classes).") var concepts = "sneaker"
-    @Option(help: "Methods (comma-separated): original, score.") var methods = "original,score"
+    @Option(help: "Methods (comma-separated): original, score, esd-x, esd-u, esd-all, esd-x-strict, uce.") var methods = "original,esd-x,esd-u,uce,score"
     @Option(help: "Seeds per method.") var seeds = 1
     @Option(help: "Folder for the cells.") var out = "runs/benchmark"
     @Option(help: "Markdown table to write (default: <out>/results.md).") var table: String?
@@ -319,14 +319,7 @@ struct Benchmark: ParsableCommand {
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
         let config = try hyperparameters.resolve()
         let methods = try self.methods.split(separator: ",").map { name -> BenchmarkMethod in
-            let name = name.trimmingCharacters(in: .whitespaces)
-            if name == "original" { return BenchmarkMethod(name: name, make: nil) }
-            _ = try ErasureMethods.make(name, config: config)   // unknown names fail before any work
-            return BenchmarkMethod(name: name) { seed in
-                var seeded = config
-                seeded.seed = seed
-                return try ErasureMethods.make(name, config: seeded)
-            }
+            try benchmarkMethod(String(name).trimmingCharacters(in: .whitespaces), score: config)
         }
         var benchmark = ObjectBenchmark(concepts: try listValue(concepts), methods: methods,
                                         seeds: (0..<UInt64(seeds)).map { $0 }, output: URL(fileURLWithPath: out))
@@ -343,5 +336,34 @@ struct Benchmark: ParsableCommand {
             print(markdown)
             print("wrote \(tableURL.path)")
         }
+    }
+}
+
+/// A benchmark row by name: "original" (no erasure), "score", "uce", or "esd-…" with that
+/// trainable set; each at its defaults (SCORE's from the flags), seeded per cell.
+func benchmarkMethod(_ name: String, score: SCOREConfig) throws -> BenchmarkMethod {
+    switch name {
+    case "original":
+        return BenchmarkMethod(name: name, make: nil)
+    case "score":
+        return BenchmarkMethod(name: name) { seed in
+            var config = score
+            config.seed = seed
+            return try ErasureMethods.make("score", score: config)
+        }
+    case "uce":
+        return BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
+    case let esd where esd.hasPrefix("esd-"):
+        guard let trainMethod = ESDTrainMethod(rawValue: esd) else {
+            throw ValidationError("unknown benchmark method '\(esd)'; ESD rows are \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return BenchmarkMethod(name: name) { seed in
+            var config = ESDConfig()
+            config.trainMethod = trainMethod
+            config.seed = seed
+            return try ErasureMethods.make("esd", esd: config)
+        }
+    default:
+        throw ValidationError("unknown benchmark method '\(name)'; methods: original, score, uce, esd-x, esd-u, esd-all, esd-x-strict")
     }
 }
