@@ -7,7 +7,8 @@ import Tensor
 /// ESD samples xₜ part-way), and a pool of whole trajectories is far cheaper than one partial run
 /// per training step: a 25-step run of 16 prompts gives 400 training inputs.
 public struct TrajectoryPool {
-    /// Every recorded zₜ, [N, C, h, w] (the sample the step at `timesteps[i]` denoises).
+    /// Every recorded zₜ, [N, C, h, w]: the model input of the step at `timesteps[i]` (the sample
+    /// scaled to the variance-preserving form, which is what DDIM and DDPM sample directly).
     public var latents: Tensor
     /// The discrete timestep of each entry.
     public var timesteps: [Int]
@@ -45,8 +46,10 @@ public struct TrajectoryPool {
             noGrad {
                 for i in schedule.indices {
                     let t = schedule.timesteps[i]
-                    perStep.append((x, Int(t.rounded())))
+                    // The model's input: the variance-preserving zₜ every loss here is written in
+                    // (Euler's σ-scaled samples are rescaled; DDIM's are already zₜ).
                     let input = pipeline.scheduler.scaleModelInput(x, index: i, of: schedule)
+                    perStep.append((input, Int(t.rounded())))
                     let output = pipeline.guidedModelOutput(latents: input, timestep: t, conditional: conditional,
                                                             unconditional: unconditional, guidance: guidance, model: model)
                     var noise: Tensor? = nil
