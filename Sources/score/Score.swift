@@ -11,7 +11,7 @@ struct Score: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
-        subcommands: [Demo.self, Erase.self, Evaluate.self, Benchmark.self, AssetsCommand.self, Generate.self, Train.self, CheckModel.self, Bench.self])
+        subcommands: [Demo.self, Erase.self, Evaluate.self, Attack.self, Benchmark.self, AssetsCommand.self, Generate.self, Train.self, CheckModel.self, Bench.self])
 
     static func main() {
         // Progress lines must reach a log file as they happen, not when a 4 KiB buffer fills.

@@ -46,4 +46,14 @@ final class DeterminismTests: XCTestCase {
         }
         XCTAssertEqual(withThreads(1, run), withThreads(2, run))
     }
+
+    /// 18 rows in 8 chunks of 3 leave the last chunk empty: a linear layer with bias, 1536 outputs (grain 2), on 18 rows
+    /// (MiniLM's feed-forward on two prompts of 9 tokens, as UnlearnDiffAtk's hit it) used to trap.
+    func testLinearWithBiasOnRowCountsThatLeaveEmptyChunks() {
+        var g = RandomGenerator(seed: 4)
+        let x = g.normal([18, 8]), w = g.normal([1536, 8]), b = g.normal([1536])
+        let threaded = withThreads(2) { linear(x, weight: w, bias: b) }
+        let serial = withThreads(1) { linear(x, weight: w, bias: b) }
+        XCTAssertEqual(threaded.scalars, serial.scalars)
+    }
 }

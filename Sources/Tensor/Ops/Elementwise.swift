@@ -11,7 +11,9 @@ func parallelChunks(_ count: Int, grain: Int = 1 << 15, _ body: (Range<Int>) -> 
     if chunks <= 1 { body(0..<count); return }
     let size = (count + chunks - 1) / chunks
     Kernels.parallelFor(chunks) { c in
+        // Rounding `size` up can leave the last chunks empty (count 18 in 8 chunks of 3): skip them.
         let start = c * size
+        guard start < count else { return }
         body(start..<min(count, start + size))
     }
 }
