@@ -15,6 +15,11 @@ public struct BenchmarkCell: Codable, Sendable {
     public var wall_seconds: Double
     public var peak_memory_mb: Double?
     public var parameters_changed: Int
+    /// Paraphrase attack: the fraction of paraphrase and synonym prompts × seeds judged as the concept.
+    public var asr_paraphrase: Double?
+    /// UnlearnDiffAtk: broken before the attack, and before or after it (token prompt).
+    public var asr_unlearndiffatk_pre: Double?
+    public var asr_unlearndiffatk_post: Double?
 }
 
 /// A method the benchmark runs: its name and how to build it for a seed (nil: the original model).
@@ -38,6 +43,12 @@ public struct ObjectBenchmark {
     public var seeds: [UInt64]
     public var settings = EvaluationSettings()
     public var leakage = LeakageOptions()
+    public var paraphraseAttack: ParaphraseAttackSettings = {
+        var settings = ParaphraseAttackSettings()
+        settings.seedsPerPrompt = 2
+        return settings
+    }()
+    public var unlearnDiffAtk = UnlearnDiffAtkConfig()
     public var output: URL
 
     public init(concepts: [String], methods: [BenchmarkMethod], seeds: [UInt64], output: URL) {
@@ -56,6 +67,8 @@ public struct ObjectBenchmark {
         let prompts = try FashionPrompts.bundled()
         let test = try FashionMNIST(assets: assets).test
         let probes = try Workflows.judgeProbes()
+        let judge = try DefaultModel.judge(settings.judge)
+        let attackJudge = try DefaultModel.judge(unlearnDiffAtk.attackJudge)
         var cells: [BenchmarkCell] = []
         for concept in concepts {
             guard let label = prompts.label(forConcept: concept) else {
@@ -84,7 +97,10 @@ public struct ObjectBenchmark {
                         let runFolder = url.deletingPathExtension()
                         let outcome = try eraser.erase(request, pipeline: model.pipeline, context: ErasureContext(output: runFolder, resume: true, log: log))
                         wall = Date().timeIntervalSince(started)
-                        changed = ErasedModel.changedEntryCount(model.pipeline.unet, reference: original.pipeline.unet)
+                        let written = try ErasedModel.write(unet: model.pipeline.unet, reference: original.pipeline.unet,
+                                                            baseFolder: original.folder, baseName: original.name, method: eraser.name,
+                                                            concepts: [concept], full: false, to: runFolder.appendingPathComponent("model"))
+                        changed = written.entries
                         log(String(format: "  erased in %.0f s, %d parameters changed, final erase loss %@", wall, changed,
                                    outcome.losses["erase"]?.last.map { String(format: "%.4f", $0) } ?? "–"))
                     }
@@ -96,12 +112,18 @@ public struct ObjectBenchmark {
                     evaluation.leakage = report
                     evaluation.leakage_nats = report.leakage_nats
                     evaluation.leakage_bound = report.leakage_bound
+                    let paraphrase = try ParaphraseAttack.run(pipeline: model.pipeline, label: label, prompts: prompts, judge: judge,
+                                                              settings: paraphraseAttack, modelName: method.name).0
+                    let uda = try UnlearnDiffAtk.run(pipeline: model.pipeline, label: label, prompts: prompts, test: test, judge: judge,
+                                                     attackJudge: attackJudge, config: unlearnDiffAtk, modelName: method.name, log: { _ in }).0
                     let cell = BenchmarkCell(concept: concept, method: method.name, seed: seed, evaluation: evaluation,
-                                             wall_seconds: wall, peak_memory_mb: peakResidentMegabytes(), parameters_changed: changed)
+                                             wall_seconds: wall, peak_memory_mb: peakResidentMegabytes(), parameters_changed: changed,
+                                             asr_paraphrase: paraphrase.asr, asr_unlearndiffatk_pre: uda.asr_pre,
+                                             asr_unlearndiffatk_post: uda.asr_post)
                     try writeJSONAtomically(cell, to: url)
-                    log(String(format: "  Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%  H_o %.1f%%  leakage bound %.3f",
+                    log(String(format: "  Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%  H_o %.1f%%  leakage bound %.3f  ASR paraphrase %.1f%%, UnlearnDiffAtk %.0f%% → %.0f%%",
                                evaluation.acc_e * 100, evaluation.acc_g * 100, evaluation.acc_s * 100, evaluation.h_o * 100,
-                               report.leakage_bound))
+                               report.leakage_bound, paraphrase.asr * 100, uda.asr_pre * 100, uda.asr_post * 100))
                     cells.append(cell)
                 }
             }
@@ -112,6 +134,7 @@ public struct ObjectBenchmark {
     /// A Markdown table: one row per concept × method, mean ± standard deviation over seeds.
     public static func markdownTable(_ cells: [BenchmarkCell]) -> String {
         func stat(_ values: [Double], percent: Bool = true, digits: Int = 1) -> String {
+            guard !values.isEmpty else { return "–" }
             let scale = percent ? 100.0 : 1.0
             let mean = values.reduce(0, +) / Double(max(values.count, 1))
             let spread = values.count > 1 ? (values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count - 1)).squareRoot() : 0
@@ -119,8 +142,8 @@ public struct ObjectBenchmark {
             return values.count > 1 ? String(format: "\(format) ± \(format)", mean * scale, spread * scale)
                                     : String(format: format, mean * scale)
         }
-        var text = "| concept | method | seeds | Acc_e ↓ | Acc_g ↓ | Acc_s ↑ | H_o ↑ | KID vs real | leakage Î (nats) | bound | erase time (s) | params changed |\n"
-        text += "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        var text = "| concept | method | seeds | Acc_e ↓ | Acc_g ↓ | Acc_s ↑ | H_o ↑ | KID vs real | ASR paraphrase ↓ | ASR UnlearnDiffAtk pre → post ↓ | leakage Î (nats) | bound | erase time (s) | params changed |\n"
+        text += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         var order: [(String, String)] = []
         for cell in cells where !order.contains(where: { $0 == (cell.concept, cell.method) }) { order.append((cell.concept, cell.method)) }
         for (concept, method) in order {
@@ -128,6 +151,8 @@ public struct ObjectBenchmark {
             let e = group.map(\.evaluation)
             text += "| \(concept) | \(method) | \(group.count) | \(stat(e.map(\.acc_e))) | \(stat(e.map(\.acc_g))) | \(stat(e.map(\.acc_s))) | "
             text += "\(stat(e.map(\.h_o))) | \(stat(e.map(\.kid_real), percent: false, digits: 3)) | "
+            text += "\(stat(group.compactMap(\.asr_paraphrase))) | "
+            text += "\(stat(group.compactMap(\.asr_unlearndiffatk_pre))) → \(stat(group.compactMap(\.asr_unlearndiffatk_post))) | "
             text += "\(stat(e.compactMap(\.leakage_nats), percent: false, digits: 3)) | \(stat(e.compactMap(\.leakage_bound), percent: false, digits: 3)) | "
             text += "\(stat(group.map(\.wall_seconds), percent: false, digits: 0)) | \(stat(group.map { Double($0.parameters_changed) }, percent: false, digits: 0)) |\n"
         }
