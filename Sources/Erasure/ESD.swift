@@ -88,13 +88,6 @@ public struct ESD: ErasureMethod {
 
     public var name: String { "esd" }
 
-    public var configJSON: Data {
-        get throws {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            return try encoder.encode(config)
-        }
-    }
 
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()

@@ -152,11 +152,23 @@ public struct ErasureOutcome {
 /// Methods use the pipeline's public pieces (prompt encoding, noise prediction, schedulers) and
 /// never the engine's internals.
 public protocol ErasureMethod {
+    associatedtype Config: Codable
     /// The `--method` name.
     var name: String { get }
-    /// The hyper-parameters as recorded in run.json.
-    var configJSON: Data { get throws }
+    /// Every hyper-parameter, as run.json records it.
+    var config: Config { get }
     func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome
+}
+
+extension ErasureMethod {
+    /// The hyper-parameters as pretty, key-sorted JSON (run.json's "config", the run's config.json).
+    public var configJSON: Data {
+        get throws {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            return try encoder.encode(config)
+        }
+    }
 }
 
 /// Why an erasure could not start or had to stop.

@@ -120,13 +120,6 @@ public struct SCORE: ErasureMethod {
 
     public var name: String { "score" }
 
-    public var configJSON: Data {
-        get throws {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            return try encoder.encode(config)
-        }
-    }
 
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()

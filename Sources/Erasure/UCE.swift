@@ -54,13 +54,6 @@ public struct UCE: ErasureMethod {
 
     public var name: String { "uce" }
 
-    public var configJSON: Data {
-        get throws {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            return try encoder.encode(config)
-        }
-    }
 
     /// Whether UCE edits the parameter called `name`.
     public static func edits(_ name: String) -> Bool {

@@ -1,6 +1,7 @@
 import Diffusion
 import Foundation
 import Tensor
+import Testbed
 
 /// A deterministic stand-in for a text encoder: each word maps to a fixed random vector (seeded
 /// by its characters), prompts are padded to 4 tokens. Enough to make prompts distinguishable.
@@ -47,17 +48,8 @@ enum Tiny {
         return c
     }
 
-    static func schedulerConfig() -> SchedulerConfig {
-        var c = SchedulerConfig()
-        c.className = "DDIMScheduler"
-        c.numTrainTimesteps = 1000
-        c.betaSchedule = .squaredcosCapV2
-        c.predictionType = .epsilon
-        c.timestepSpacing = .leading
-        c.clipSample = true
-        c.setAlphaToOne = false
-        return c
-    }
+    /// The testbed's scheduler (DDIM over a 1000-step cosine schedule, ε, clipped samples).
+    static func schedulerConfig() -> SchedulerConfig { MiniSD.schedulerConfig() }
 
     /// A random tiny pixel-space pipeline, the same for the same seed.
     static func pipeline(seed: UInt64 = 0) throws -> StableDiffusionPipeline {
