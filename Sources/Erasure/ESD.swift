@@ -293,51 +293,19 @@ final class ESDRun {
     /// Trainable weights, Adam's moments and step counts, the prompt/stop-step generator, the
     /// iteration and the losses: all a resumed run needs to continue bit for bit.
     func saveCheckpoint(_ url: URL) throws {
-        var tensors: [String: Tensor] = [:]
-        for (name, p) in trainable { tensors["unet.\(name)"] = p }
-        for (name, t) in optimizer.state() { tensors["optimizer.\(name)"] = t }
-        let lossJSON = try JSONEncoder().encode(losses.mapValues { $0.map(Double.init) })
-        let metadata = ["method": "esd", "step": String(step), "seed": String(generator.seed), "offset": String(generator.offset),
-                        "losses": String(decoding: lossJSON, as: UTF8.self),
-                        "config": String(decoding: try JSONEncoder().encode(config), as: UTF8.self)]
-        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try Tensor.save(tensors, to: url, metadata: metadata)
+        try ErasureCheckpoint.write(to: url, method: "esd", config: config, step: step, generator: generator, losses: losses,
+                                    trainable: trainable, optimizer: optimizer)
     }
 
     func loadCheckpoint(_ url: URL) throws {
-        let archive = try TensorArchive(contentsOf: url)
-        let meta = archive.metadata
-        guard meta["method"] == "esd",
-              let saved = meta["config"].flatMap({ try? JSONDecoder().decode(ESDConfig.self, from: Data($0.utf8)) }) else {
-            throw ErasureError.invalidConfig("\(url.path): not an ESD checkpoint")
-        }
         // More iterations or another checkpoint interval may continue a run; nothing else may change.
-        var comparable = saved
-        comparable.iterations = config.iterations
-        comparable.checkpointEvery = config.checkpointEvery
-        guard comparable == config else {
-            throw ErasureError.invalidConfig("\(url.path) was written with a different config; resume with the same settings or use a new --out")
+        let checkpoint = try ErasureCheckpoint(contentsOf: url, method: "esd", config: config) { saved, now in
+            saved.iterations = now.iterations
+            saved.checkpointEvery = now.checkpointEvery
         }
-        var optimizerState: [String: Tensor] = [:]
-        for name in archive.names where name.hasPrefix("optimizer.") {
-            optimizerState[String(name.dropFirst("optimizer.".count))] = try archive.tensor(name)
-        }
-        let stored = Set(archive.names)
-        for (name, p) in trainable {
-            let w = stored.contains("unet.\(name)") ? try archive.tensor("unet.\(name)") : nil
-            guard let w, w.shape == p.shape else {
-                throw ErasureError.invalidConfig("\(url.path): no tensor unet.\(name) of shape \(p.shape)")
-            }
-            p.assign(w)
-        }
-        try optimizer.loadState(optimizerState)
-        guard let step = meta["step"].flatMap(Int.init), let seed = meta["seed"].flatMap(UInt64.init),
-              let offset = meta["offset"].flatMap(UInt64.init),
-              let saved = meta["losses"].flatMap({ try? JSONDecoder().decode([String: [Double]].self, from: Data($0.utf8)) }) else {
-            throw ErasureError.invalidConfig("\(url.path): checkpoint metadata is incomplete")
-        }
-        self.step = step
-        generator = RandomGenerator(seed: seed, offset: offset)
-        losses = saved.mapValues { $0.map { Float($0) } }
+        try checkpoint.restore(trainable: trainable, optimizer: optimizer)
+        step = checkpoint.step
+        generator = checkpoint.generator
+        losses = checkpoint.losses
     }
 }

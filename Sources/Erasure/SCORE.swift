@@ -416,63 +416,30 @@ final class SCORERun {
     // MARK: Checkpoints
 
     func saveCheckpoint(_ url: URL) throws {
-        var tensors: [String: Tensor] = [:]
-        for (name, p) in trainable { tensors["unet.\(name)"] = p }
-        for (name, t) in optimizer.state() { tensors["optimizer.\(name)"] = t }
+        var extra: [String: Tensor] = [:]
         for (c, trainer) in critics.enumerated() {
-            for (name, p) in trainer.critic.namedParameters() { tensors["critic\(c).\(name)"] = p }
-            for (name, t) in trainer.optimizer.state() { tensors["critic\(c).optimizer.\(name)"] = t }
-            tensors.merge(targetPools[c].archived(prefix: "pool\(c)")) { a, _ in a }
+            for (name, p) in trainer.critic.namedParameters() { extra["critic\(c).\(name)"] = p }
+            for (name, t) in trainer.optimizer.state() { extra["critic\(c).optimizer.\(name)"] = t }
+            extra.merge(targetPools[c].archived(prefix: "pool\(c)")) { a, _ in a }
         }
-        let lossJSON = try JSONEncoder().encode(losses.mapValues { $0.map { $0.isFinite ? Double($0) : -1e30 } })
-        let metadata = ["step": String(step), "seed": String(generator.seed), "offset": String(generator.offset),
-                        "losses": String(decoding: lossJSON, as: UTF8.self),
-                        "config": String(decoding: try JSONEncoder().encode(config), as: UTF8.self)]
-        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try Tensor.save(tensors, to: url, metadata: metadata)
+        try ErasureCheckpoint.write(to: url, method: "score", config: config, step: step, generator: generator, losses: losses,
+                                    trainable: trainable, optimizer: optimizer, extra: extra)
     }
 
     func loadCheckpoint(_ url: URL) throws {
-        let archive = try TensorArchive(contentsOf: url)
-        let meta = archive.metadata
-        guard let saved = meta["config"].flatMap({ try? JSONDecoder().decode(SCOREConfig.self, from: Data($0.utf8)) }) else {
-            throw ErasureError.invalidConfig("\(url.path): not a SCORE checkpoint (no config metadata)")
+        let checkpoint = try ErasureCheckpoint(contentsOf: url, method: "score", config: config) { saved, now in
+            saved.steps = now.steps
+            saved.checkpointEvery = now.checkpointEvery
         }
-        var comparable = saved
-        comparable.steps = config.steps
-        comparable.checkpointEvery = config.checkpointEvery
-        guard comparable == config else {
-            throw ErasureError.invalidConfig("\(url.path) was written with a different config; resume with the same settings or use a new --out")
-        }
-        var all: [String: Tensor] = [:]
-        for name in archive.names { all[name] = try archive.tensor(name) }
-        func group(_ prefix: String) -> [String: Tensor] {
-            var result: [String: Tensor] = [:]
-            for (name, t) in all where name.hasPrefix(prefix) { result[String(name.dropFirst(prefix.count))] = t }
-            return result
-        }
-        let weights = group("unet.")
-        for (name, p) in trainable {
-            guard let w = weights[name], w.shape == p.shape else {
-                throw ErasureError.invalidConfig("\(url.path): no tensor unet.\(name) of shape \(p.shape)")
-            }
-            p.assign(w)
-        }
-        try optimizer.loadState(group("optimizer."))
+        try checkpoint.restore(trainable: trainable, optimizer: optimizer)
         for (c, trainer) in critics.enumerated() {
             let prefix = "critic\(c)."
-            try trainer.critic.load(group(prefix).filter { !$0.key.hasPrefix("optimizer.") }, source: url.path)
-            try trainer.optimizer.loadState(group(prefix + "optimizer."))
-            targetPools[c] = try TrajectoryPool(archive: all, prefix: "pool\(c)")
+            try trainer.critic.load(checkpoint.group(prefix).filter { !$0.key.hasPrefix("optimizer.") }, source: url.path)
+            try trainer.optimizer.loadState(checkpoint.group(prefix + "optimizer."))
+            targetPools[c] = try TrajectoryPool(archive: checkpoint.tensors, prefix: "pool\(c)")
         }
-        guard let step = meta["step"].flatMap(Int.init), let seed = meta["seed"].flatMap(UInt64.init),
-              let offset = meta["offset"].flatMap(UInt64.init),
-              let lossData = meta["losses"].map({ Data($0.utf8) }),
-              let saved = try? JSONDecoder().decode([String: [Double]].self, from: lossData) else {
-            throw ErasureError.invalidConfig("\(url.path): checkpoint metadata is incomplete")
-        }
-        self.step = step
-        generator = RandomGenerator(seed: seed, offset: offset)
-        losses = saved.mapValues { $0.map { $0 <= -1e30 ? Float.nan : Float($0) } }
+        step = checkpoint.step
+        generator = checkpoint.generator
+        losses = checkpoint.losses
     }
 }

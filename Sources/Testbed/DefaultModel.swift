@@ -66,6 +66,9 @@ public struct ModelCheck: Codable, Sendable {
     public var seed: UInt64
     public var judge: String
     public var judge_test_accuracy: Double?
+    /// The judge's accuracy on each class's real test images: how well it can recognise the
+    /// class at all, beside how often it recognises the generated images.
+    public var judge_test_per_class_accuracy: [String: Double]?
     public var sampler: String
 }
 
@@ -90,6 +93,6 @@ public func checkModel(pipeline: StableDiffusionPipeline, judge: any Judge, prom
     let kid = kernelDistance(judge.featureBatches(all), judge.featureBatches(test.batch(realIndices)))
     return ModelCheck(per_class_accuracy: perClass, mean_accuracy: perClass.values.reduce(0, +) / Double(perClass.count),
                       kid: kid, images_per_class: imagesPerClass, steps: steps, guidance: guidance, seed: seed,
-                      judge: judge.architecture, judge_test_accuracy: nil,
+                      judge: judge.architecture, judge_test_accuracy: nil, judge_test_per_class_accuracy: nil,
                       sampler: "DDIM (eta 0, clipped x̂₀ with ε recomputed), \(type(of: pipeline.scheduler))")
 }

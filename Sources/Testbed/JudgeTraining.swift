@@ -59,14 +59,26 @@ public func makeJudge(_ architecture: String, generator: inout RandomGenerator) 
 
 /// Accuracy of a judge on labelled images.
 public func judgeAccuracy(_ judge: any Judge, on data: LabelledImages, limit: Int? = nil) -> Double {
+    let counts = judgeCounts(judge, on: data, limit: limit)
+    return Double(counts.values.map(\.correct).reduce(0, +)) / Double(max(1, counts.values.map(\.total).reduce(0, +)))
+}
+
+/// The judge's accuracy on the images of each label (the ceiling a generated class is judged against).
+public func judgePerClassAccuracy(_ judge: any Judge, on data: LabelledImages, limit: Int? = nil) -> [Int: Double] {
+    judgeCounts(judge, on: data, limit: limit).mapValues { Double($0.correct) / Double($0.total) }
+}
+
+private func judgeCounts(_ judge: any Judge, on data: LabelledImages, limit: Int?) -> [Int: (correct: Int, total: Int)] {
     let n = min(limit ?? data.count, data.count)
-    var correct = 0
+    var counts: [Int: (correct: Int, total: Int)] = [:]
     for start in stride(from: 0, to: n, by: 500) {
         let indices = Array(start..<min(n, start + 500))
-        let predicted = judge.predict(data.batch(indices))
-        correct += zip(predicted, data.labels(indices)).filter { $0 == $1 }.count
+        for (predicted, label) in zip(judge.predict(data.batch(indices)), data.labels(indices)) {
+            let count = counts[label] ?? (0, 0)
+            counts[label] = (count.correct + (predicted == label ? 1 : 0), count.total + 1)
+        }
     }
-    return Double(correct) / Double(n)
+    return counts
 }
 
 /// Trains a judge on the train split with Adam and a cosine schedule; checkpoints and resumes.

@@ -210,15 +210,22 @@ struct CheckModel: ParsableCommand {
         let pipeline = try DefaultModel.pipeline(folder: model.map { URL(fileURLWithPath: $0) }, assets: assets)
         let classifier = try DefaultModel.judge(judge, folder: judges.map { URL(fileURLWithPath: $0) })
         let data = try FashionMNIST(assets: assets)
-        var result = try checkModel(pipeline: pipeline, judge: classifier, prompts: try FashionPrompts.bundled(), test: data.test,
+        let prompts = try FashionPrompts.bundled()
+        var result = try checkModel(pipeline: pipeline, judge: classifier, prompts: prompts, test: data.test,
                                     imagesPerClass: imagesPerClass, steps: steps, guidance: guidance, seed: seed,
                                     log: { if !json { print($0) } })
         result.judge_test_accuracy = judgeAccuracy(classifier, on: data.test)
+        let real = judgePerClassAccuracy(classifier, on: data.test)
+        result.judge_test_per_class_accuracy = Dictionary(uniqueKeysWithValues: prompts.classes.compactMap { c in real[c.label].map { (c.name, $0) } })
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             print(String(data: try encoder.encode(result), encoding: .utf8)!)
         } else {
+            for c in prompts.classes {
+                print(String(format: "%-12@ generated %5.1f%%, real test images %5.1f%%", c.name as NSString,
+                             (result.per_class_accuracy[c.name] ?? 0) * 100, (result.judge_test_per_class_accuracy?[c.name] ?? 0) * 100))
+            }
             print(String(format: "mean accuracy %.1f%%, KID %.4f (judge %@, its test accuracy %.1f%%)",
                          result.mean_accuracy * 100, result.kid, judge, (result.judge_test_accuracy ?? 0) * 100))
         }
