@@ -339,6 +339,59 @@ SK_INLINE SK_V SK(silu_core)(SK_V x) {
 
 static void SK(silu)(const float *x, float *y, int64_t n) { SK_MAP(SK(silu_core)) }
 
+// erf by Abramowitz & Stegun 7.1.26: |error| below 1.5e-7, about one float ulp of 1.
+SK_INLINE SK_V SK(erf_core)(SK_V x) {
+    const SK_VI negative = x < SK(vsplat)(0.0f);
+    const SK_V a = SK(vselect)(negative, -x, x);
+    const SK_V t = SK(vsplat)(1.0f) / SK_FMA(SK(vsplat)(0.3275911f), a, SK(vsplat)(1.0f));
+    SK_V p = SK(vsplat)(1.061405429f);
+    p = SK_FMA(p, t, SK(vsplat)(-1.453152027f));
+    p = SK_FMA(p, t, SK(vsplat)(1.421413741f));
+    p = SK_FMA(p, t, SK(vsplat)(-0.284496736f));
+    p = SK_FMA(p, t, SK(vsplat)(0.254829592f));
+    const SK_V y = SK(vsplat)(1.0f) - p * t * SK(vexp_core)(-(a * a));
+    return SK(vselect)(negative, -y, y);
+}
+
+// GELU (erf form): x · Φ(x) = ½ x (1 + erf(x / √2)).
+SK_INLINE SK_V SK(gelu_core)(SK_V x) {
+    return SK(vsplat)(0.5f) * x * (SK(vsplat)(1.0f) + SK(erf_core)(x * SK(vsplat)(0.70710678118654752f)));
+}
+
+static void SK(gelu)(const float *x, float *y, int64_t n) { SK_MAP(SK(gelu_core)) }
+
+// Two-input form of SK_MAP: y = f(x, g), same tail rule.
+#define SK_MAP2(f)                                                       \
+    int64_t i = 0;                                                       \
+    for (; i + SK_LANES <= n; i += SK_LANES)                             \
+        SK(vstore)(y + i, f(SK(vload)(x + i), SK(vload)(g + i)));        \
+    if (i < n) {                                                         \
+        _Alignas(64) float bx[SK_LANES] = {0}, bg[SK_LANES] = {0};       \
+        memcpy(bx, x + i, (size_t)(n - i) * sizeof(float));              \
+        memcpy(bg, g + i, (size_t)(n - i) * sizeof(float));              \
+        SK(vstore)(bx, f(SK(vload)(bx), SK(vload)(bg)));                 \
+        memcpy(y + i, bx, (size_t)(n - i) * sizeof(float));              \
+    }
+
+// d silu / dx = σ(x) (1 + x (1 − σ(x))), times the incoming gradient g.
+SK_INLINE SK_V SK(silu_grad_core)(SK_V x, SK_V g) {
+    const SK_V one = SK(vsplat)(1.0f);
+    const SK_V s = one / (one + SK(vexp_core)(-x));
+    return g * s * SK_FMA(x, one - s, one);
+}
+
+// d gelu / dx = Φ(x) + x φ(x), times g.
+SK_INLINE SK_V SK(gelu_grad_core)(SK_V x, SK_V g) {
+    const SK_V cdf = SK(vsplat)(0.5f) * (SK(vsplat)(1.0f) + SK(erf_core)(x * SK(vsplat)(0.70710678118654752f)));
+    const SK_V pdf = SK(vexp_core)(SK(vsplat)(-0.5f) * x * x) * SK(vsplat)(0.39894228040143268f);
+    return g * SK_FMA(x, pdf, cdf);
+}
+
+static void SK(silu_grad)(const float *x, const float *g, float *y, int64_t n) { SK_MAP2(SK(silu_grad_core)) }
+static void SK(gelu_grad)(const float *x, const float *g, float *y, int64_t n) { SK_MAP2(SK(gelu_grad_core)) }
+
+#undef SK_MAP2
+
 #undef SK_MAP
 
 static void SK(softmax_rows)(const float *x, float *y, int64_t rows, int64_t cols) {

@@ -249,6 +249,7 @@ static void score__pack_buffers(size_t a_floats, size_t b_floats, float **a, flo
 typedef void (*score_sgemm_fn)(int, int, int64_t, int64_t, int64_t, float, const float *,
                                int64_t, const float *, int64_t, float, float *, int64_t);
 typedef void (*score_map_fn)(const float *, float *, int64_t);
+typedef void (*score_zip_fn)(const float *, const float *, float *, int64_t);
 typedef void (*score_rows_fn)(const float *, float *, int64_t, int64_t);
 
 typedef struct {
@@ -257,21 +258,26 @@ typedef struct {
     int64_t mr, nr;
     score_sgemm_fn sgemm;
     score_rows_fn softmax_rows;
-    score_map_fn vexp, silu;
+    score_map_fn vexp, silu, gelu;
+    score_zip_fn silu_grad, gelu_grad;
 } score_impl_t;
 
 static const score_impl_t score_impl_portable = {
     "portable", SCORE_ISA_PORTABLE, 6, 8,
-    sgemm_portable, softmax_rows_portable, vexp_portable, silu_portable};
+    sgemm_portable, softmax_rows_portable, vexp_portable, silu_portable, gelu_portable,
+    silu_grad_portable, gelu_grad_portable};
 #ifdef SCORE_X86
 static const score_impl_t score_impl_avx2 = {
-    "avx2", SCORE_ISA_AVX2, 6, 16, sgemm_avx2, softmax_rows_avx2, vexp_avx2, silu_avx2};
+    "avx2", SCORE_ISA_AVX2, 6, 16, sgemm_avx2, softmax_rows_avx2, vexp_avx2, silu_avx2, gelu_avx2,
+    silu_grad_avx2, gelu_grad_avx2};
 static const score_impl_t score_impl_avx512 = {
     "avx512", SCORE_ISA_AVX512, SCORE_AVX512_MR, SCORE_AVX512_NR,
-    sgemm_avx512, softmax_rows_avx512, vexp_avx512, silu_avx512};
+    sgemm_avx512, softmax_rows_avx512, vexp_avx512, silu_avx512, gelu_avx512,
+    silu_grad_avx512, gelu_grad_avx512};
 static const score_impl_t score_impl_avx512_on_avx2 = {
     "avx512-layout-on-avx2", SCORE_ISA_AVX2, SCORE_AVX512_MR, SCORE_AVX512_NR,
-    sgemm_avx512_on_avx2, softmax_rows_avx512_on_avx2, vexp_avx512_on_avx2, silu_avx512_on_avx2};
+    sgemm_avx512_on_avx2, softmax_rows_avx512_on_avx2, vexp_avx512_on_avx2, silu_avx512_on_avx2, gelu_avx512_on_avx2,
+    silu_grad_avx512_on_avx2, gelu_grad_avx512_on_avx2};
 #endif
 
 static _Atomic(const score_impl_t *) score_impl = NULL;
@@ -362,6 +368,18 @@ void score_vexp(const float *x, float *y, int64_t n) {
 
 void score_silu(const float *x, float *y, int64_t n) {
     if (n > 0) score_current()->silu(x, y, n);
+}
+
+void score_gelu(const float *x, float *y, int64_t n) {
+    if (n > 0) score_current()->gelu(x, y, n);
+}
+
+void score_silu_grad(const float *x, const float *g, float *dx, int64_t n) {
+    if (n > 0) score_current()->silu_grad(x, g, dx, n);
+}
+
+void score_gelu_grad(const float *x, const float *g, float *dx, int64_t n) {
+    if (n > 0) score_current()->gelu_grad(x, g, dx, n);
 }
 
 static _Thread_local int score_parallel_flag;

@@ -23,6 +23,20 @@ extension Kernels {
     public static func siluSerial(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
         if count > 0 { score_silu(x, y, Int64(count)) }
     }
+
+    public static func geluSerial(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+        if count > 0 { score_gelu(x, y, Int64(count)) }
+    }
+
+    /// dx = g · silu′(x).
+    public static func siluGradSerial(_ x: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, count: Int) {
+        if count > 0 { score_silu_grad(x, g, dx, Int64(count)) }
+    }
+
+    /// dx = g · gelu′(x) (erf form).
+    public static func geluGradSerial(_ x: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, count: Int) {
+        if count > 0 { score_gelu_grad(x, g, dx, Int64(count)) }
+    }
 }
 
 extension Kernels {

@@ -89,6 +89,45 @@ final class RowKernelTests: XCTestCase {
         }
     }
 
+    /// GELU and the activation gradients against double-precision references. Absolute error
+    /// (scaled by max(1, |reference|)): A&S erf is accurate to 1.5e-7 absolute, not relative.
+    func testGeluAndActivationGradientsAccuracy() {
+        var xs: [Float] = (0..<40_001).map { Float(-20.0 + 40.0 * Double($0) / 40_000.0) }
+        xs += [0, 1e-6, -1e-6, 0.5, -0.5, 60, -60]
+        let gs: [Float] = xs.indices.map { i in [1, -0.75, 2.5][i % 3] }
+        func erfD(_ x: Double) -> Double { Foundation.erf(x) }
+        let references: [(String, (Double, Double) -> Double, (UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>, Int64) -> Void)] = [
+            ("gelu", { x, _ in 0.5 * x * (1 + erfD(x / 2.0.squareRoot())) }, { x, _, y, n in score_gelu(x, y, n) }),
+            ("silu grad", { x, g in let s = 1 / (1 + Foundation.exp(-x)); return g * s * (1 + x * (1 - s)) }, score_silu_grad),
+            ("gelu grad", { x, g in g * (0.5 * (1 + erfD(x / 2.0.squareRoot())) + x * Foundation.exp(-0.5 * x * x) / (2 * Double.pi).squareRoot()) },
+             score_gelu_grad),
+        ]
+        forEachVariant { variant in
+            for (name, reference, kernel) in references {
+                var ys = [Float](repeating: 0, count: xs.count)
+                kernel(xs, gs, &ys, Int64(xs.count))
+                var worst = 0.0, worstX: Float = 0
+                for i in xs.indices {
+                    let want = reference(Double(xs[i]), Double(gs[i]))
+                    let e = abs(Double(ys[i]) - want) / max(1, abs(want))
+                    if e > worst { worst = e; worstX = xs[i] }
+                }
+                XCTAssertLessThan(worst, 1e-6, "\(variant) \(name): worst error \(worst) at x = \(worstX)")
+                var nan: [Float] = [.nan]
+                kernel(nan, [1], &nan, 1)
+                XCTAssertTrue(nan[0].isNaN, "\(variant) \(name) keeps NaN")
+            }
+            // Tails use the vector code: any offset and length gives the same bits per element.
+            var full = [Float](repeating: 0, count: 50)
+            score_gelu_grad(xs, gs, &full, 50)
+            var part = [Float](repeating: 0, count: 13)
+            xs.withUnsafeBufferPointer { x in gs.withUnsafeBufferPointer { g in
+                score_gelu_grad(x.baseAddress! + 5, g.baseAddress! + 5, &part, 13)
+            } }
+            XCTAssertEqual(part.map(\.bitPattern), full[5..<18].map(\.bitPattern), variant)
+        }
+    }
+
     func testSoftmaxRowsAccuracy() {
         forEachVariant { variant in
             var rng = TestRandom(seed: 11)

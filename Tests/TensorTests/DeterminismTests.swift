@@ -47,6 +47,34 @@ final class DeterminismTests: XCTestCase {
         XCTAssertEqual(withThreads(1, run), withThreads(2, run))
     }
 
+    /// Convolutions run images side by side when the batch splits evenly over the threads and
+    /// one at a time otherwise: neither the thread count nor the batch around an image may
+    /// change its bits (forward, input gradient of each kind, weight gradient).
+    func testConvolutionBitsDependOnNeitherThreadsNorBatch() {
+        for (stride, padding, kernel) in [(1, 1, 3), (2, 1, 3), (1, 0, 1)] {
+            func run(batch: Int) -> (y: [Float], dx: [Float], dw: [Float]) {
+                var g = RandomGenerator(seed: 21)
+                let w = g.normal([5, 3, kernel, kernel]), b = g.normal([5]), x = g.normal([batch, 3, 9, 9])
+                x.requiresGrad = true; w.requiresGrad = true
+                let y = conv2d(x, weight: w, bias: b, stride: stride, padding: padding)
+                (y * y).sum().backward()
+                return (y.scalars, x.grad!.scalars, w.grad!.scalars)
+            }
+            for batch in [1, 3, 4, 9] {
+                let one = withThreads(1) { run(batch: batch) }
+                for threads in [2, 3] {
+                    let many = withThreads(threads) { run(batch: batch) }
+                    XCTAssertEqual(one.y, many.y, "stride \(stride) k \(kernel) batch \(batch) threads \(threads)")
+                    XCTAssertEqual(one.dx, many.dx, "stride \(stride) k \(kernel) batch \(batch) threads \(threads)")
+                    XCTAssertEqual(one.dw, many.dw, "stride \(stride) k \(kernel) batch \(batch) threads \(threads)")
+                }
+            }
+            // The first image of a batch of 4 (side by side) is the image alone (one at a time).
+            let four = withThreads(2) { run(batch: 4) }, alone = withThreads(2) { run(batch: 1) }
+            XCTAssertEqual(Array(four.y.prefix(alone.y.count)), alone.y, "stride \(stride) k \(kernel)")
+        }
+    }
+
     /// 18 rows in 8 chunks of 3 leave the last chunk empty: a linear layer with bias, 1536 outputs (grain 2), on 18 rows
     /// (MiniLM's feed-forward on two prompts of 9 tokens, as UnlearnDiffAtk's hit it) used to trap.
     func testLinearWithBiasOnRowCountsThatLeaveEmptyChunks() {

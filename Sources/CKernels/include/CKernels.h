@@ -75,6 +75,16 @@ void score_vexp(const float *x, float *y, int64_t n);
 /// NaN. Relative error below 1e-6. x and y may be the same buffer.
 void score_silu(const float *x, float *y, int64_t n);
 
+/// y[i] = gelu(x[i]) = x[i] * Phi(x[i]) with erf by Abramowitz & Stegun 7.1.26 (absolute error
+/// of erf below 1.5e-7). x and y may be the same buffer.
+void score_gelu(const float *x, float *y, int64_t n);
+
+/// dx[i] = g[i] * silu'(x[i]). dx may be x or g.
+void score_silu_grad(const float *x, const float *g, float *dx, int64_t n);
+
+/// dx[i] = g[i] * gelu'(x[i]) = g[i] * (Phi(x[i]) + x[i] * phi(x[i])). dx may be x or g.
+void score_gelu_grad(const float *x, const float *g, float *dx, int64_t n);
+
 /// Per-thread flag the Swift layer sets while a thread runs a parallel region's body, so that
 /// kernels called from inside one run inline instead of nesting thread pools.
 int score_thread_in_parallel(void);

@@ -90,14 +90,13 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
                            kernelH: weight.shape[2], kernelW: weight.shape[3], stride: stride, padding: padding)
     precondition(geo.outH > 0 && geo.outW > 0, "conv2d: kernel larger than padded input \(x.shape)")
     let spatial = geo.outH * geo.outW, imageSize = geo.channels * geo.height * geo.width
-    let columns = geo.isPointwise ? nil : TensorStorage(uninitializedCount: geo.patchSize * spatial)
     let px = x.pointer, pw = weight.pointer
 
     let y = Tensor(shape: [batch, outChannels, geo.outH, geo.outW]) { out in
-        for n in 0..<batch {
+        forEachImage(batch, scratch: geo.isPointwise ? 0 : geo.patchSize * spatial) { n, columns in
             let image = px + n * imageSize
             var cols = UnsafePointer(image)
-            if let columns { geo.im2col(image, into: columns.pointer); cols = UnsafePointer(columns.pointer) }
+            if !geo.isPointwise { geo.im2col(image, into: columns); cols = UnsafePointer(columns) }
             Kernels.sgemm(transA: false, transB: false, m: outChannels, n: spatial, k: geo.patchSize,
                           a: pw, lda: geo.patchSize, b: cols, ldb: spatial,
                           c: out + n * outChannels * spatial, ldc: spatial)
@@ -116,16 +115,33 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     return y.recording(inputs) { g in
         let pg = g.pointer
         let dx = x.isTracked ? Tensor.zeros(x.shape) : nil
-        let dw = weight.isTracked ? Tensor.zeros(weight.shape) : nil
-        for n in 0..<batch where dw != nil {
-            let gn = pg + n * outChannels * spatial
-            let image = px + n * imageSize
-            var cols = UnsafePointer(image)
-            if let columns { geo.im2col(image, into: columns.pointer); cols = UnsafePointer(columns.pointer) }
-            // dW += g_n · colsᵀ
-            Kernels.sgemm(transA: false, transB: true, m: outChannels, n: geo.patchSize, k: spatial,
-                          a: gn, lda: spatial, b: cols, ldb: spatial, beta: n == 0 ? 0 : 1,
-                          c: dw!.pointer, ldc: geo.patchSize)
+        var dw: Tensor? = nil
+        if weight.isTracked {
+            // dW = Σₙ gₙ · colsₙᵀ: the products of a few images at a time side by side, each
+            // added to the sum in image order, so the bits do not depend on the thread count.
+            let count = weight.count, slots = max(1, min(batch, Kernels.threadCount))
+            let products = TensorStorage(uninitializedCount: slots * count)
+            let sum = Tensor.zeros(weight.shape)
+            let total = sum.pointer, parts = UnsafePointer(products.pointer)
+            for first in Swift.stride(from: 0, to: batch, by: slots) {
+                let images = min(slots, batch - first)
+                forEachImage(images, scratch: geo.isPointwise ? 0 : geo.patchSize * spatial) { i, columns in
+                    let n = first + i, image = px + n * imageSize
+                    var cols = UnsafePointer(image)
+                    if !geo.isPointwise { geo.im2col(image, into: columns); cols = UnsafePointer(columns) }
+                    Kernels.sgemm(transA: false, transB: true, m: outChannels, n: geo.patchSize, k: spatial,
+                                  a: pg + n * outChannels * spatial, lda: spatial, b: cols, ldb: spatial,
+                                  c: products.pointer + i * count, ldc: geo.patchSize)
+                }
+                parallelChunks(count, grain: 8192) { r in
+                    for e in r {
+                        var acc = total[e]
+                        for i in 0..<images { acc += parts[i * count + e] }
+                        total[e] = acc
+                    }
+                }
+            }
+            dw = sum
         }
         if let dx { convolutionInputGradient(g, weight: weight, geometry: geo, into: dx) }
         let db = bias.map { _ in g.sum(axes: [0, 2, 3]) }
@@ -142,7 +158,7 @@ private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo:
     let spatial = geo.outH * geo.outW, imageSize = geo.channels * geo.height * geo.width
     let pg = g.pointer, pw = weight.pointer
     if geo.isPointwise {
-        for n in 0..<batch {
+        forEachImage(batch, scratch: 0) { n, _ in
             Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
                           a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
                           c: dx.pointer + n * imageSize, ldc: spatial)
@@ -159,23 +175,43 @@ private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo:
                 wt[((c * outChannels + o) * k + i) * k + j] = pw[((o * geo.channels + c) * k + (k - 1 - i)) * k + (k - 1 - j)]
             } } } }
         }
-        let columns = TensorStorage(uninitializedCount: transposedGeometry.patchSize * geo.height * geo.width)
-        for n in 0..<batch {
-            transposedGeometry.im2col(pg + n * outChannels * spatial, into: columns.pointer)
+        forEachImage(batch, scratch: transposedGeometry.patchSize * geo.height * geo.width) { n, columns in
+            transposedGeometry.im2col(pg + n * outChannels * spatial, into: columns)
             Kernels.sgemm(transA: false, transB: false, m: geo.channels, n: geo.height * geo.width,
                           k: transposedGeometry.patchSize, a: flipped.pointer, lda: transposedGeometry.patchSize,
-                          b: columns.pointer, ldb: geo.height * geo.width,
+                          b: columns, ldb: geo.height * geo.width,
                           c: dx.pointer + n * imageSize, ldc: geo.height * geo.width)
         }
         return
     }
-    let dcols = TensorStorage(uninitializedCount: geo.patchSize * spatial)
-    for n in 0..<batch {
+    forEachImage(batch, scratch: geo.patchSize * spatial) { n, dcols in
         // dcols = Wᵀ · g_n, folded back into the image.
         Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
                       a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
-                      c: dcols.pointer, ldc: spatial)
-        geo.col2imAdd(dcols.pointer, into: dx.pointer + n * imageSize)
+                      c: dcols, ldc: spatial)
+        geo.col2imAdd(dcols, into: dx.pointer + n * imageSize)
+    }
+}
+
+/// Runs `body(n, scratch)` for every image n < batch. When the batch splits evenly over the
+/// workers (or is large), images run side by side, each worker with its own scratch buffer and
+/// single-threaded kernels inside: small images make GEMMs too small to share well. Otherwise
+/// one image at a time, with threaded kernels. GEMMs split only along M and N and the other
+/// per-image work is copying, so the bits are the same either way.
+func forEachImage(_ batch: Int, scratch count: Int, _ body: (Int, UnsafeMutablePointer<Float>) -> Void) {
+    let workers = min(batch, Kernels.threadCount)
+    guard workers > 1, batch % workers == 0 || batch >= 4 * workers else {
+        let scratch = TensorStorage(uninitializedCount: max(count, 1))
+        for n in 0..<batch { body(n, scratch.pointer) }
+        return
+    }
+    Kernels.parallelFor(workers) { worker in
+        let scratch = TensorStorage(uninitializedCount: max(count, 1))
+        var n = worker
+        while n < batch {
+            body(n, scratch.pointer)
+            n += workers
+        }
     }
 }
 

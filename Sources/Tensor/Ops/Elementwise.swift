@@ -141,6 +141,15 @@ extension Tensor {
         }
     }
 
+    /// kernel(self, other, out, count) over equally shaped tensors, in parallel chunks.
+    func zipKernel(_ other: Tensor, _ kernel: (UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void) -> Tensor {
+        precondition(shape == other.shape, "zipKernel: \(shape) vs \(other.shape)")
+        let x = pointer, o = other.pointer
+        return Tensor(shape: shape) { y in
+            parallelChunks(count) { r in kernel(x + r.lowerBound, o + r.lowerBound, y + r.lowerBound, r.count) }
+        }
+    }
+
     public func exp() -> Tensor {
         let y = mapKernel { Kernels.expSerial($0, $1, count: $2) }
         return y.recording([self]) { g in [g * y] }
@@ -186,10 +195,7 @@ extension Tensor {
     /// x · σ(x), the SiLU / swish activation used throughout the UNet.
     public func silu() -> Tensor {
         mapKernel { Kernels.siluSerial($0, $1, count: $2) }.recording([self]) { g in
-            [g.zipMap(self) { g, x in
-                let s = 1 / (1 + Foundation.exp(-x))
-                return g * s * (1 + x * (1 - s))
-            }]
+            [self.zipKernel(g) { Kernels.siluGradSerial($0, $1, $2, count: $3) }]
         }
     }
 
@@ -209,12 +215,8 @@ extension Tensor {
     public func gelu(approximation: GELUApproximation = .none) -> Tensor {
         switch approximation {
         case .none:
-            return map { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot().asFloat)) }.recording([self]) { g in
-                [g.zipMap(self) { g, x in
-                    let cdf = 0.5 * (1 + erf(x * Float(0.7071067811865476)))
-                    let pdf = Foundation.exp(-0.5 * x * x) * Float(0.3989422804014327)
-                    return g * (cdf + x * pdf)
-                }]
+            return mapKernel { Kernels.geluSerial($0, $1, count: $2) }.recording([self]) { g in
+                [self.zipKernel(g) { Kernels.geluGradSerial($0, $1, $2, count: $3) }]
             }
         case .tanh:
             let c: Float = 0.7978845608028654  // √(2/π)
@@ -238,4 +240,3 @@ extension Tensor {
     }
 }
 
-extension Double { var asFloat: Float { Float(self) } }
