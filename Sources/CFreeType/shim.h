@@ -4,4 +4,3 @@
 
 /* Macros Swift cannot import as typed constants. */
 static const FT_Int32 score_ft_load_color_render = FT_LOAD_COLOR | FT_LOAD_RENDER;
-static const FT_Int32 score_ft_load_default = FT_LOAD_DEFAULT;
