@@ -25,14 +25,20 @@ let package = Package(
         // The system zlib (Debian zlib1g-dev): gzip'd datasets and PNG compression.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"]), .brew(["zlib"])]),
+        // The system FreeType and libpng (Debian libfreetype-dev, libpng-dev): the emoji testbed's
+        // fonts (colour bitmaps, COLR layers, outlines) and Twemoji's PNGs.
+        .systemLibrary(name: "CFreeType", path: "Sources/CFreeType", pkgConfig: "freetype2",
+                       providers: [.apt(["libfreetype-dev"]), .brew(["freetype"])]),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
+                       providers: [.apt(["libpng-dev"]), .brew(["libpng"])]),
         .target(name: "Tensor", dependencies: ["Kernels", "SafeTensors"]),
         .target(name: "NN", dependencies: ["Tensor"]),
         // Stable Diffusion family in diffusers layout: UNet, VAE, text encoders + tokenizers,
         // schedulers, pipelines, loading and saving.
         .target(name: "Diffusion", dependencies: ["NN", "Tensor", "SafeTensors", "CZlib"]),
         // The CPU testbed: Fashion-MNIST + all-MiniLM-L6-v2 assets, datasets, prompts, training
-        // of the embedded mini-SD and its judges.
-        .target(name: "Testbed", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"],
+        // of the embedded mini-SD and its judges; the emoji dataset (four styles, rendered here).
+        .target(name: "Testbed", dependencies: ["Diffusion", "NN", "Tensor", "Kernels", "SafeTensors", "CFreeType", "CPNG"],
                 resources: [.copy("Resources")]),
         // Erasure methods (SCORE and the baselines), one file each behind one protocol; they use
         // the pipeline's public pieces only.
@@ -51,7 +57,7 @@ let package = Package(
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"], exclude: ["Fixtures"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"], resources: [.copy("Fixtures")]),
         .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "TestbedTests", dependencies: ["Testbed"]),
+        .testTarget(name: "TestbedTests", dependencies: ["Testbed"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ErasureTests", dependencies: ["Erasure", "Evaluation"]),
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion"], resources: [.copy("Fixtures")]),
     ],

@@ -104,7 +104,7 @@ public struct Assets {
 
     // MARK: Helpers
 
-    private func hasAllFiles<S: Sequence>(_ folder: URL, _ names: S) -> Bool where S.Element == String {
+    func hasAllFiles<S: Sequence>(_ folder: URL, _ names: S) -> Bool where S.Element == String {
         names.allSatisfy { FileManager.default.fileExists(atPath: folder.appendingPathComponent($0).path) }
     }
 
@@ -131,7 +131,7 @@ public struct Assets {
         }
     }
 
-    private func run(_ arguments: [String], in folder: URL, asset: String, remedy: String) throws {
+    func run(_ arguments: [String], in folder: URL, asset: String, remedy: String) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments

