@@ -48,23 +48,11 @@ public struct Assets {
         }
         log("installing Fashion-MNIST (Debian \(Self.fashionMNISTPackage)) into \(cache.path)")
         let work = cache.appendingPathComponent("fashion-mnist.download")
-        try? FileManager.default.removeItem(at: work)
-        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: work) }
         let remedy = "apt-get update && apt-get install \(Self.fashionMNISTPackage)   (or set SCORE_CACHE to a folder holding fashion-mnist/\(Self.fashionMNISTPath))"
-        do {
-            try run(["apt-get", "download", Self.fashionMNISTPackage], in: work, asset: "Fashion-MNIST", remedy: remedy)
-        } catch {
-            // A fresh machine may have empty package lists: refresh them once and retry.
-            log("apt-get download failed; refreshing the package lists and retrying")
-            try? run(["apt-get", "update", "-qq"], in: work, asset: "Fashion-MNIST", remedy: remedy)
-            try run(["apt-get", "download", Self.fashionMNISTPackage], in: work, asset: "Fashion-MNIST", remedy: remedy)
-        }
-        guard let deb = try FileManager.default.contentsOfDirectory(atPath: work.path).first(where: { $0.hasSuffix(".deb") }) else {
-            throw AssetError(asset: "Fashion-MNIST", reason: "apt-get download produced no .deb", remedy: "apt-get install \(Self.fashionMNISTPackage)")
-        }
+        let deb = try downloadDebianPackage(Self.fashionMNISTPackage, into: work, asset: "Fashion-MNIST", remedy: remedy)
         let target = cache.appendingPathComponent("fashion-mnist")
-        try run(["dpkg-deb", "-x", work.appendingPathComponent(deb).path, target.path], in: work, asset: "Fashion-MNIST",
+        try run(["dpkg-deb", "-x", deb.path, target.path], in: work, asset: "Fashion-MNIST",
                 remedy: "apt-get install \(Self.fashionMNISTPackage)")
         try verify(cached, Self.fashionMNISTDigests, asset: "Fashion-MNIST")
         return cached
@@ -103,6 +91,25 @@ public struct Assets {
     }
 
     // MARK: Helpers
+
+    /// `apt-get download`s a Debian package into a fresh `work` folder (the caller removes it)
+    /// and returns the .deb. A fresh machine may have empty package lists: they are refreshed
+    /// once and the download retried.
+    func downloadDebianPackage(_ package: String, into work: URL, asset: String, remedy: String) throws -> URL {
+        try? FileManager.default.removeItem(at: work)
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        do {
+            try run(["apt-get", "download", package], in: work, asset: asset, remedy: remedy)
+        } catch {
+            log("apt-get download failed; refreshing the package lists and retrying")
+            try? run(["apt-get", "update", "-qq"], in: work, asset: asset, remedy: remedy)
+            try run(["apt-get", "download", package], in: work, asset: asset, remedy: remedy)
+        }
+        guard let deb = try FileManager.default.contentsOfDirectory(atPath: work.path).first(where: { $0.hasSuffix(".deb") }) else {
+            throw AssetError(asset: asset, reason: "apt-get download produced no .deb", remedy: remedy)
+        }
+        return work.appendingPathComponent(deb)
+    }
 
     func hasAllFiles<S: Sequence>(_ folder: URL, _ names: S) -> Bool where S.Element == String {
         names.allSatisfy { FileManager.default.fileExists(atPath: folder.appendingPathComponent($0).path) }

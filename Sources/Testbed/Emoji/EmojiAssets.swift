@@ -164,26 +164,15 @@ extension Assets {
         }
         log("installing \(source.asset) (Debian \(source.package), \(source.path)) into \(root.path)")
         let work = emojiCache.appendingPathComponent("\(source.package).download")
-        try? FileManager.default.removeItem(at: work)
-        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: work) }
         let remedy = "apt-get update && apt-get install \(source.package)   (or put \(source.path) under \(root.path))"
-        do {
-            try run(["apt-get", "download", source.package], in: work, asset: source.asset, remedy: remedy)
-        } catch {
-            log("apt-get download failed; refreshing the package lists and retrying")
-            try? run(["apt-get", "update", "-qq"], in: work, asset: source.asset, remedy: remedy)
-            try run(["apt-get", "download", source.package], in: work, asset: source.asset, remedy: remedy)
-        }
-        guard let deb = try FileManager.default.contentsOfDirectory(atPath: work.path).first(where: { $0.hasSuffix(".deb") }) else {
-            throw AssetError(asset: source.asset, reason: "apt-get download produced no .deb", remedy: remedy)
-        }
+        let deb = try downloadDebianPackage(source.package, into: work, asset: source.asset, remedy: remedy)
         // Only the file used and the licence: unicode-cldr-core unpacks to 230 MB.
         let staging = work.appendingPathComponent("root")
         try FileManager.default.createDirectory(at: staging, withIntermediateDirectories: true)
         let copyright = "usr/share/doc/\(source.package)/copyright"
         try run(["bash", "-c", "set -o pipefail; dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" \"./$3\" \"./$4\"", "extract",
-                 work.appendingPathComponent(deb).path, staging.path, source.path, copyright],
+                 deb.path, staging.path, source.path, copyright],
                 in: work, asset: source.asset, remedy: remedy)
         try? FileManager.default.removeItem(at: root)
         try FileManager.default.createDirectory(at: emojiCache, withIntermediateDirectories: true)
