@@ -394,6 +394,51 @@ static void SK(gelu_grad)(const float *x, const float *g, float *y, int64_t n) {
 
 #undef SK_MAP
 
+// Mean and (biased) variance of n floats, both passes accumulated in double lanes.
+static void SK(moments)(const float *x, int64_t n, double *mean_out, double *var_out) {
+    const int64_t full = n - n % SK_LANES;
+    SK_VD sum = (SK_VD){0};
+    for (int64_t i = 0; i < full; i += SK_LANES) sum += __builtin_convertvector(SK(vload)(x + i), SK_VD);
+    double s = 0;
+    for (int i = 0; i < SK_LANES; i++) s += sum[i];
+    for (int64_t i = full; i < n; i++) s += (double)x[i];
+    const double mu = s / (double)n;
+    SK_VD sq = (SK_VD){0};
+    const SK_VD vmu = (SK_VD){0} + mu;
+    for (int64_t i = 0; i < full; i += SK_LANES) {
+        const SK_VD d = __builtin_convertvector(SK(vload)(x + i), SK_VD) - vmu;
+        sq += d * d;
+    }
+    double q = 0;
+    for (int i = 0; i < SK_LANES; i++) q += sq[i];
+    for (int64_t i = full; i < n; i++) { const double d = (double)x[i] - mu; q += d * d; }
+    *mean_out = mu;
+    *var_out = q / (double)n;
+}
+
+// Σ g and Σ g·x̂ with x̂ = (x − mean)·rstd over n values (a norm's backward), in double lanes.
+static void SK(norm_grad_sums)(const float *g, const float *x, int64_t n, float mean, float rstd,
+                               double *sum_g, double *sum_gx) {
+    const int64_t full = n - n % SK_LANES;
+    SK_VD a = (SK_VD){0}, b = (SK_VD){0};
+    const SK_V vm = SK(vsplat)(mean), vs = SK(vsplat)(rstd);
+    for (int64_t i = 0; i < full; i += SK_LANES) {
+        const SK_V gv = SK(vload)(g + i);
+        const SK_V xhat = (SK(vload)(x + i) - vm) * vs;
+        a += __builtin_convertvector(gv, SK_VD);
+        b += __builtin_convertvector(gv * xhat, SK_VD);
+    }
+    double sa = 0, sb = 0;
+    for (int i = 0; i < SK_LANES; i++) { sa += a[i]; sb += b[i]; }
+    for (int64_t i = full; i < n; i++) {
+        const float xhat = (x[i] - mean) * rstd;
+        sa += (double)g[i];
+        sb += (double)(g[i] * xhat);
+    }
+    *sum_g = sa;
+    *sum_gx = sb;
+}
+
 static void SK(softmax_rows)(const float *x, float *y, int64_t rows, int64_t cols) {
     if (cols <= 0) return;
     const int64_t full = cols - cols % SK_LANES;

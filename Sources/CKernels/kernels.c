@@ -251,6 +251,8 @@ typedef void (*score_sgemm_fn)(int, int, int64_t, int64_t, int64_t, float, const
 typedef void (*score_map_fn)(const float *, float *, int64_t);
 typedef void (*score_zip_fn)(const float *, const float *, float *, int64_t);
 typedef void (*score_rows_fn)(const float *, float *, int64_t, int64_t);
+typedef void (*score_moments_fn)(const float *, int64_t, double *, double *);
+typedef void (*score_norm_sums_fn)(const float *, const float *, int64_t, float, float, double *, double *);
 
 typedef struct {
     const char *name;
@@ -260,24 +262,26 @@ typedef struct {
     score_rows_fn softmax_rows;
     score_map_fn vexp, silu, gelu;
     score_zip_fn silu_grad, gelu_grad;
+    score_moments_fn moments;
+    score_norm_sums_fn norm_grad_sums;
 } score_impl_t;
 
 static const score_impl_t score_impl_portable = {
     "portable", SCORE_ISA_PORTABLE, 6, 8,
     sgemm_portable, softmax_rows_portable, vexp_portable, silu_portable, gelu_portable,
-    silu_grad_portable, gelu_grad_portable};
+    silu_grad_portable, gelu_grad_portable, moments_portable, norm_grad_sums_portable};
 #ifdef SCORE_X86
 static const score_impl_t score_impl_avx2 = {
     "avx2", SCORE_ISA_AVX2, 6, 16, sgemm_avx2, softmax_rows_avx2, vexp_avx2, silu_avx2, gelu_avx2,
-    silu_grad_avx2, gelu_grad_avx2};
+    silu_grad_avx2, gelu_grad_avx2, moments_avx2, norm_grad_sums_avx2};
 static const score_impl_t score_impl_avx512 = {
     "avx512", SCORE_ISA_AVX512, SCORE_AVX512_MR, SCORE_AVX512_NR,
     sgemm_avx512, softmax_rows_avx512, vexp_avx512, silu_avx512, gelu_avx512,
-    silu_grad_avx512, gelu_grad_avx512};
+    silu_grad_avx512, gelu_grad_avx512, moments_avx512, norm_grad_sums_avx512};
 static const score_impl_t score_impl_avx512_on_avx2 = {
     "avx512-layout-on-avx2", SCORE_ISA_AVX2, SCORE_AVX512_MR, SCORE_AVX512_NR,
     sgemm_avx512_on_avx2, softmax_rows_avx512_on_avx2, vexp_avx512_on_avx2, silu_avx512_on_avx2, gelu_avx512_on_avx2,
-    silu_grad_avx512_on_avx2, gelu_grad_avx512_on_avx2};
+    silu_grad_avx512_on_avx2, gelu_grad_avx512_on_avx2, moments_avx512_on_avx2, norm_grad_sums_avx512_on_avx2};
 #endif
 
 static _Atomic(const score_impl_t *) score_impl = NULL;
@@ -368,6 +372,17 @@ void score_vexp(const float *x, float *y, int64_t n) {
 
 void score_silu(const float *x, float *y, int64_t n) {
     if (n > 0) score_current()->silu(x, y, n);
+}
+
+void score_moments(const float *x, int64_t n, double *mean, double *variance) {
+    if (n > 0) score_current()->moments(x, n, mean, variance);
+    else { *mean = 0; *variance = 0; }
+}
+
+void score_norm_grad_sums(const float *g, const float *x, int64_t n, float mean, float rstd,
+                          double *sum_g, double *sum_gx) {
+    if (n > 0) score_current()->norm_grad_sums(g, x, n, mean, rstd, sum_g, sum_gx);
+    else { *sum_g = 0; *sum_gx = 0; }
 }
 
 void score_gelu(const float *x, float *y, int64_t n) {

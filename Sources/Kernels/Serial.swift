@@ -24,6 +24,21 @@ extension Kernels {
         if count > 0 { score_silu(x, y, Int64(count)) }
     }
 
+    /// Mean and biased variance, accumulated in double.
+    public static func momentsSerial(_ x: UnsafePointer<Float>, count: Int) -> (mean: Double, variance: Double) {
+        var mean = 0.0, variance = 0.0
+        score_moments(x, Int64(count), &mean, &variance)
+        return (mean, variance)
+    }
+
+    /// Σ g and Σ g · (x − mean) · rstd, accumulated in double.
+    public static func normGradSumsSerial(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int,
+                                          mean: Float, rstd: Float) -> (sumG: Double, sumGX: Double) {
+        var sumG = 0.0, sumGX = 0.0
+        score_norm_grad_sums(g, x, Int64(count), mean, rstd, &sumG, &sumGX)
+        return (sumG, sumGX)
+    }
+
     public static func geluSerial(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
         if count > 0 { score_gelu(x, y, Int64(count)) }
     }

@@ -128,6 +128,29 @@ final class RowKernelTests: XCTestCase {
         }
     }
 
+    /// A normalisation's statistics: mean and variance (forward), Σg and Σg·x̂ (backward), in
+    /// double, against a plain double loop, for lengths with and without a vector tail.
+    func testMomentsAndNormGradientSums() {
+        var rng = TestRandom(seed: 17)
+        forEachVariant { variant in
+            for n in [1, 7, 16, 100, 1027] {
+                // An offset of 300 makes a float accumulator lose digits; double must not.
+                let x = (0..<n).map { _ in 300 + rng.float() * 2 }, g = (0..<n).map { _ in rng.float() }
+                let mu = x.reduce(0.0) { $0 + Double($1) } / Double(n)
+                let variance = x.reduce(0.0) { $0 + (Double($1) - mu) * (Double($1) - mu) } / Double(n)
+                let got = Kernels.momentsSerial(x, count: n)
+                XCTAssertEqual(got.mean, mu, accuracy: 1e-12 * abs(mu), "\(variant) n \(n)")
+                XCTAssertEqual(got.variance, variance, accuracy: 1e-9 * max(variance, 1e-12), "\(variant) n \(n)")
+                let (m, s) = (Float(mu), Float(1 / (variance + 1e-5).squareRoot()))
+                let sums = Kernels.normGradSumsSerial(g, x, count: n, mean: m, rstd: s)
+                let wantG = g.reduce(0.0) { $0 + Double($1) }
+                let wantGX = zip(g, x).reduce(0.0) { $0 + Double($1.0 * ((($1.1 - m) * s))) }
+                XCTAssertEqual(sums.sumG, wantG, accuracy: 1e-9 * Double(n), "\(variant) n \(n)")
+                XCTAssertEqual(sums.sumGX, wantGX, accuracy: 1e-5 * Double(n), "\(variant) n \(n)")
+            }
+        }
+    }
+
     func testSoftmaxRowsAccuracy() {
         forEachVariant { variant in
             var rng = TestRandom(seed: 11)

@@ -79,6 +79,14 @@ void score_silu(const float *x, float *y, int64_t n);
 /// of erf below 1.5e-7). x and y may be the same buffer.
 void score_gelu(const float *x, float *y, int64_t n);
 
+/// Mean and biased variance of x[0..<n], accumulated in double (two passes). n = 0 gives 0, 0.
+void score_moments(const float *x, int64_t n, double *mean, double *variance);
+
+/// sum_g = Σ g[i], sum_gx = Σ g[i] * (x[i] - mean) * rstd, accumulated in double: the sums a
+/// normalisation's backward needs per channel.
+void score_norm_grad_sums(const float *g, const float *x, int64_t n, float mean, float rstd,
+                          double *sum_g, double *sum_gx);
+
 /// dx[i] = g[i] * silu'(x[i]). dx may be x or g.
 void score_silu_grad(const float *x, const float *g, float *dx, int64_t n);
 

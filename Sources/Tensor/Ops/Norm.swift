@@ -31,12 +31,8 @@ private func normForward(_ x: UnsafePointer<Float>, _ layout: NormLayout, eps: F
     parallelChunks(layout.rows, grain: max(1, 8192 / max(length, 1))) { r in
         for row in r {
             let src = x + row * length, dst = y + row * length
-            var sum: Double = 0
-            for i in 0..<length { sum += Double(src[i]) }
-            let mu = sum / Double(length)
-            var sq: Double = 0
-            for i in 0..<length { let d = Double(src[i]) - mu; sq += d * d }
-            let s = Float(1 / (sq / Double(length) + Double(eps)).squareRoot())
+            let (mu, variance) = Kernels.momentsSerial(src, count: length)
+            let s = Float(1 / (variance + Double(eps)).squareRoot())
             let m = Float(mu)
             mean[row] = m
             rstd[row] = s
@@ -69,12 +65,8 @@ private func normBackward(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, 
                 for j in 0..<cpr {
                     let c = layout.channel(row: row, j)
                     let w = gamma?[c] ?? 1
-                    var channelG: Float = 0, channelGX: Float = 0
-                    for i in (j * spatial)..<((j + 1) * spatial) {
-                        let xhat = (xs[i] - m) * s
-                        channelG += gs[i]
-                        channelGX += gs[i] * xhat
-                    }
+                    let sums = Kernels.normGradSumsSerial(gs + j * spatial, xs + j * spatial, count: spatial, mean: m, rstd: s)
+                    let channelG = Float(sums.sumG), channelGX = Float(sums.sumGX)
                     slotGamma[c] += channelGX
                     slotBeta[c] += channelG
                     sumG += Double(channelG * w)
