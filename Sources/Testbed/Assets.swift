@@ -158,3 +158,12 @@ public struct Assets {
         }
     }
 }
+
+/// A file or folder shipped in the tool's resources (`Sources/Testbed/Resources/<path>`), or an
+/// error naming it and what to do.
+func bundledResource(_ path: String, asset: String, remedy: String = "reinstall score") throws -> URL {
+    guard let url = Bundle.module.url(forResource: "Resources/" + path, withExtension: nil) else {
+        throw AssetError(asset: asset, reason: "not found in the tool's resources", remedy: remedy)
+    }
+    return url
+}

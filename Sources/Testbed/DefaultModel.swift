@@ -12,10 +12,10 @@ public enum DefaultModel {
 
     /// The diffusers-layout folder of the embedded mini-SD.
     public static func folder() throws -> URL {
-        guard let url = Bundle.module.url(forResource: "Resources/default/mini-sd", withExtension: nil),
-              FileManager.default.fileExists(atPath: url.appendingPathComponent("model_index.json").path) else {
-            throw AssetError(asset: "embedded mini-SD", reason: "not found in the tool's resources",
-                             remedy: "train one with `score train unet` and pass --model runs/mini-sd/model")
+        let remedy = "train one with `score train unet` and pass --model runs/mini-sd/model"
+        let url = try bundledResource("default/mini-sd", asset: "embedded mini-SD", remedy: remedy)
+        guard FileManager.default.fileExists(atPath: url.appendingPathComponent("model_index.json").path) else {
+            throw AssetError(asset: "embedded mini-SD", reason: "\(url.path) has no model_index.json", remedy: remedy)
         }
         return url
     }
@@ -35,16 +35,8 @@ public enum DefaultModel {
 
     /// A judge's weights: the embedded ones, or `<folder>/judge-<arch>.safetensors`.
     public static func judge(_ architecture: String = "cnn", folder: URL? = nil) throws -> any Judge {
-        let directory: URL
-        if let folder {
-            directory = folder
-        } else {
-            guard let url = Bundle.module.url(forResource: "Resources/default/judges", withExtension: nil) else {
-                throw AssetError(asset: "embedded judges", reason: "not found in the tool's resources",
-                                 remedy: "train them with `score train judge --arch cnn` and `--arch mlp`")
-            }
-            directory = url
-        }
+        let directory = try folder ?? bundledResource("default/judges", asset: "embedded judges",
+                                                      remedy: "train them with `score train judge --arch cnn` and `--arch mlp`")
         var generator = RandomGenerator(seed: 0)
         let judge = try makeJudge(architecture, generator: &generator)
         let weights = directory.appendingPathComponent("judge-\(architecture).safetensors")

@@ -22,10 +22,7 @@ public struct FashionPrompts: Decodable, Sendable {
 
     /// The prompts shipped with the tool.
     public static func bundled() throws -> FashionPrompts {
-        guard let url = Bundle.module.url(forResource: "Resources/fashion_prompts", withExtension: "json") else {
-            throw AssetError(asset: "fashion_prompts.json", reason: "not found in the tool's resources", remedy: "reinstall score")
-        }
-        return try load(url)
+        try load(bundledResource("fashion_prompts.json", asset: "fashion_prompts.json"))
     }
 
     public static func load(_ url: URL) throws -> FashionPrompts {

@@ -14,10 +14,7 @@ public struct EmojiCaptions: Sendable {
 
     /// The filter list shipped with the tool.
     public static func bundled() throws -> EmojiCaptions {
-        guard let url = Bundle.module.url(forResource: "Resources/emoji_generic_keywords", withExtension: "txt") else {
-            throw AssetError(asset: "emoji_generic_keywords.txt", reason: "not found in the tool's resources", remedy: "reinstall score")
-        }
-        return try load(url)
+        try load(bundledResource("emoji_generic_keywords.txt", asset: "emoji_generic_keywords.txt"))
     }
 
     /// A filter list: one keyword a line; blank lines and lines starting with "#" are skipped.
