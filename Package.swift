@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Layers, bottom to top (arrows point down only):
 //   score (CLI) → Evaluation → Erasure, Testbed → Diffusion → NN → Tensor → Kernels → CKernels
-//              → Benchmarks                                          ↘ SafeTensors
+//              → Benchmarks → Erasure                                ↘ SafeTensors
 // See docs/ARCHITECTURE.md for why the innermost kernels live in C.
 import PackageDescription
 
@@ -46,7 +46,7 @@ let package = Package(
         // Measuring erasures on the testbed: Acc_e/Acc_s/Acc_g, KID, leakage, attacks, reports.
         .target(name: "Evaluation", dependencies: ["Erasure", "Testbed", "Diffusion", "NN", "Tensor", "Kernels"]),
         // Speed and memory measurements behind `score bench`.
-        .target(name: "Benchmarks", dependencies: ["Diffusion", "NN", "Tensor", "Kernels"]),
+        .target(name: "Benchmarks", dependencies: ["Erasure", "Diffusion", "NN", "Tensor", "Kernels"]),
         .executableTarget(
             name: "score",
             dependencies: [

@@ -50,7 +50,40 @@ struct ComputeOptions: ParsableArguments {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure the speed of the engine and models.",
-        subcommands: [Engine.self, UNetBenchmarkCommand.self])
+        subcommands: [Engine.self, UNetBenchmarkCommand.self, Critic.self])
+
+    struct Critic: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Seconds per training step of the leakage critics (widths 32 and 64 by default).")
+
+        @Option(help: "Critic widths, comma-separated.") var widths = "32,64"
+        @Option(help: "Samples per step.") var batch = 64
+        @Option(help: "Image side (the testbed's x̂₀ is 32×32×1).") var side = 32
+        @Option(help: "Timed steps (the median is reported).") var runs = 20
+        @Flag(help: "Print one JSON array instead of lines.") var json = false
+        @OptionGroup var compute: ComputeOptions
+
+        func run() throws {
+            try compute.apply()
+            let list = try widths.split(separator: ",").map { text -> Int in
+                guard let w = Int(text.trimmingCharacters(in: .whitespaces)), w >= 1 else {
+                    throw ValidationError("--widths: '\(text)' is not a positive integer")
+                }
+                return w
+            }
+            let results = list.map { CriticBenchmark.run(width: $0, batch: batch, side: side, runs: runs) }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(data: try encoder.encode(results), encoding: .utf8)!)
+            } else {
+                for r in results {
+                    print(String(format: "critic width %d, batch %d, %d×%d: %.1f ms per step (%d threads, %@)",
+                                 r.width, r.batch, r.image_side, r.image_side, r.step_s * 1000, r.threads, r.isa))
+                }
+            }
+        }
+    }
 
     struct Engine: ParsableCommand {
         static let configuration = CommandConfiguration(
