@@ -38,13 +38,14 @@ struct ConvGeometry {
                     let out = dst + oy * outW
                     if iy < 0 || iy >= height { out.update(repeating: 0, count: outW); continue }
                     let line = plane + iy * width + shift
-                    if valid.lowerBound > 0 { out.update(repeating: 0, count: valid.lowerBound) }
+                    for ox in 0..<valid.lowerBound { out[ox] = 0 }
                     if stride == 1 {
-                        (out + valid.lowerBound).update(from: line + valid.lowerBound, count: valid.count)
+                        // A loop, not memmove: rows are 8–64 floats, too short for a call each.
+                        for ox in valid { out[ox] = line[ox] }
                     } else {
                         for ox in valid { out[ox] = line[ox * stride] }
                     }
-                    if valid.upperBound < outW { (out + valid.upperBound).update(repeating: 0, count: outW - valid.upperBound) }
+                    for ox in valid.upperBound..<outW { out[ox] = 0 }
                 }
             }
         }
@@ -257,6 +258,14 @@ extension Tensor {
             parallelChunks(planes, grain: max(1, 4096 / (h * w))) { r in
                 for p in r {
                     let plane = src + p * h * w
+                    if kernel == 2 && s == 2 {
+                        // The common 2×2 pool unrolled; the same additions in the same order.
+                        for i in 0..<oh {
+                            let top = plane + 2 * i * w, bottom = top + w, out = dst + (p * oh + i) * ow
+                            for j in 0..<ow { out[j] = (top[2 * j] + top[2 * j + 1] + bottom[2 * j] + bottom[2 * j + 1]) * scale }
+                        }
+                        continue
+                    }
                     for i in 0..<oh { for j in 0..<ow {
                         var acc: Float = 0
                         for ki in 0..<kernel { for kj in 0..<kernel { acc += plane[(i * s + ki) * w + j * s + kj] } }
@@ -272,6 +281,17 @@ extension Tensor {
             let pd = dx.pointer
             parallelChunks(planes, grain: max(1, 4096 / (h * w))) { r in
                 for p in r {
+                    if kernel == 2 && s == 2 {
+                        // Windows do not overlap: each input gets its window's value (+= onto 0).
+                        for i in 0..<oh {
+                            let top = pd + p * h * w + 2 * i * w, bottom = top + w, grad = pg + (p * oh + i) * ow
+                            for j in 0..<ow {
+                                let v = grad[j] * scale
+                                top[2 * j] += v; top[2 * j + 1] += v; bottom[2 * j] += v; bottom[2 * j + 1] += v
+                            }
+                        }
+                        continue
+                    }
                     for i in 0..<oh { for j in 0..<ow {
                         let v = pg[(p * oh + i) * ow + j] * scale
                         for ki in 0..<kernel { for kj in 0..<kernel { pd[p * h * w + (i * s + ki) * w + j * s + kj] += v } }
