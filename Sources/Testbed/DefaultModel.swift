@@ -45,12 +45,7 @@ public enum DefaultModel {
             }
             directory = url
         }
-        var generator = RandomGenerator(seed: 0)
-        let judge = try makeJudge(architecture, generator: &generator)
-        let weights = directory.appendingPathComponent("judge-\(architecture).safetensors")
-        try judge.load(try TensorArchive(contentsOf: weights).allTensors(), source: weights.path)
-        judge.eval()
-        return judge
+        return try loadJudge(architecture, from: directory.appendingPathComponent("judge-\(architecture).safetensors"))
     }
 }
 
