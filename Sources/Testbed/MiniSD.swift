@@ -27,7 +27,7 @@ public enum MiniSD {
     }
 
     /// The emoji testbed's UNet: the same family with RGB in and out (1.97 M parameters + 0.9 k
-    /// for the two extra channels of conv_in/conv_out). docs/EMOJI.md has the measurement behind it.
+    /// for the two extra channels of conv_in/conv_out; training speed binds, see docs/EMOJI.md).
     public static func emojiUNetConfig() -> UNet2DConditionConfig {
         var c = unetConfig()
         c.inChannels = 3

@@ -165,19 +165,17 @@ struct Train: ParsableCommand {
             options.checkpointEvery = checkpointEvery
             options.resume = resume
             options.command = CommandLine.arguments.joined(separator: " ")
-            let textEncoder = try MiniSD.textEncoder(assets: assets)
             let (unet, record): (UNet2DConditionModel, TrainingRecord)
             if isEmoji {
-                let (dataset, tasks, split) = try testbed.emojiData(assets: assets)
+                let (dataset, _, split) = try testbed.emojiData(assets: assets)
                 let data = EmojiTrainingData(dataset: dataset, emoji: split.train)
                 print("emoji: \(split.train.count) training emoji (\(split.heldOut.count) held out), \(data.count) images")
-                (unet, record) = try trainMiniSD(options, data: data, textEncoder: textEncoder, digests: try dataset.digests(),
-                                                 config: config) { print($0) }
-                _ = tasks
+                (unet, record) = try trainMiniSD(options, data: data, textEncoder: try MiniSD.textEncoder(assets: assets),
+                                                 digests: try dataset.digests(), config: config) { print($0) }
             } else {
                 let data = try FashionMNIST(assets: assets)
                 (unet, record) = try trainMiniSD(options, data: data.train, prompts: try FashionPrompts.bundled(),
-                                                 textEncoder: textEncoder, digests: data.digests) { print($0) }
+                                                 textEncoder: try MiniSD.textEncoder(assets: assets), digests: data.digests) { print($0) }
             }
             let folder = options.output.appendingPathComponent("model")
             try MiniSD.save(unet, config: config, to: folder, testbed: testbedName)

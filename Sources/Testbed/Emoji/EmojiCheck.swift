@@ -68,7 +68,7 @@ public func checkEmojiModel(pipeline: StableDiffusionPipeline, styleJudge: any J
         perStyle[style] = accuracy
         generated.append(images)
         real += emoji.enumerated().map { i, e in dataset.index(emoji: e, style: s, copy: (i / sample.count) % dataset.copies) }
-        log(String(format: "style %-9@ %5.1f%%  (\"%@\", …)", style as NSString, accuracy * 100, prompts[0]))
+        log(String(format: "style    %@ %5.1f%%  (\"%@\", …)", style.padding(toLength: 12, withPad: " ", startingAt: 0), accuracy * 100, prompts[0]))
     }
     let kid = kernelDistance(styleJudge.featureBatches(Tensor.concat(generated, axis: 0)), styleJudge.featureBatches(dataset.batch(real)))
 
@@ -78,7 +78,7 @@ public func checkEmojiModel(pipeline: StableDiffusionPipeline, styleJudge: any J
         let images = try generate(prompts, seed: seed &+ 7_777 &+ UInt64(label) &* 1_000_003)
         let accuracy = Double(identityJudge.predict(images).filter { $0 == label }.count) / Double(imagesPerIdentity)
         perIdentity[member.name] = accuracy
-        log(String(format: "identity %-12@ %5.1f%%", member.name as NSString, accuracy * 100))
+        log(String(format: "identity %@ %5.1f%%", member.name.padding(toLength: 12, withPad: " ", startingAt: 0), accuracy * 100))
     }
     return EmojiModelCheck(
         per_style_accuracy: perStyle, per_identity_accuracy: perIdentity,
