@@ -253,6 +253,18 @@ final class EmojiTrainingTests: XCTestCase {
         try EmojiTasks.bundled().check(against: dataset)
     }
 
+    func testShippedJudgesFitTheTasks() throws {
+        let tasks = try EmojiTasks.bundled()
+        let probe = Tensor.zeros([1, 3, 32, 32])
+        let style = try EmojiJudges.load(task: .style)
+        XCTAssertEqual(noGrad { style.logits(probe) }.shape, [1, 4])
+        let identity = try EmojiJudges.load(task: .identity)
+        XCTAssertEqual(noGrad { identity.logits(probe) }.shape, [1, tasks.identityJudgeClasses.count])
+        XCTAssertThrowsError(try EmojiJudges.load(task: .style, folder: FileManager.default.temporaryDirectory.appendingPathComponent("no-judges"))) {
+            XCTAssert("\($0)".contains("score train judge --testbed emoji --task style"), "\($0)")
+        }
+    }
+
     // MARK: check-model
 
     func testModelCheckReportsEveryStyleAndIdentity() throws {
