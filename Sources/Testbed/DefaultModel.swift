@@ -37,12 +37,7 @@ public enum DefaultModel {
     public static func judge(_ architecture: String = "cnn", folder: URL? = nil) throws -> any Judge {
         let directory = try folder ?? bundledResource("default/judges", asset: "embedded judges",
                                                       remedy: "train them with `score train judge --arch cnn` and `--arch mlp`")
-        var generator = RandomGenerator(seed: 0)
-        let judge = try makeJudge(architecture, generator: &generator)
-        let weights = directory.appendingPathComponent("judge-\(architecture).safetensors")
-        try judge.load(try TensorArchive(contentsOf: weights).allTensors(), source: weights.path)
-        judge.eval()
-        return judge
+        return try loadJudge(architecture, from: directory.appendingPathComponent("judge-\(architecture).safetensors"))
     }
 }
 

@@ -49,10 +49,10 @@ public struct JudgeTrainingOptions {
     public init(output: URL) { self.output = output }
 }
 
-public func makeJudge(_ architecture: String, generator: inout RandomGenerator) throws -> any Judge {
+public func makeJudge(_ architecture: String, classes: Int = 10, channels: Int = 1, generator: inout RandomGenerator) throws -> any Judge {
     switch architecture {
-    case "cnn": return ConvJudge(generator: &generator)
-    case "mlp": return MLPJudge(generator: &generator)
+    case "cnn": return ConvJudge(classes: classes, channels: channels, generator: &generator)
+    case "mlp": return MLPJudge(classes: classes, channels: channels, generator: &generator)
     default: throw AssetError(asset: "--arch", reason: "unknown judge architecture '\(architecture)'", remedy: "use cnn or mlp")
     }
 }
@@ -81,10 +81,62 @@ private func judgeCounts(_ judge: any Judge, on data: LabelledImages, limit: Int
     return counts
 }
 
+/// Reads judge weights, taking the class count and input channels from the tensors' shapes
+/// (`head.weight` [classes, 128]; `conv1.weight` [32, C, 3, 3] or `fc1.weight` [512, C·32·32]).
+public func loadJudge(_ architecture: String, from url: URL) throws -> any Judge {
+    let tensors = try TensorArchive(contentsOf: url).allTensors()
+    guard let head = tensors["head.weight"], head.rank == 2 else {
+        throw AssetError(asset: url.path, reason: "no head.weight: not a judge's weights", remedy: "pass a file written by `score train judge`")
+    }
+    let channels: Int
+    switch architecture {
+    case "cnn": channels = tensors["conv1.weight"]?.shape[1] ?? 1
+    case "mlp": channels = (tensors["fc1.weight"]?.shape[1] ?? 1024) / 1024
+    default: channels = 1
+    }
+    var generator = RandomGenerator(seed: 0)
+    let judge = try makeJudge(architecture, classes: head.shape[0], channels: channels, generator: &generator)
+    try judge.load(tensors, source: url.path)
+    judge.eval()
+    return judge
+}
+
+/// What judge training needs of a testbed: labelled training batches drawn from uniform numbers
+/// and a held-out measurement. Fashion-MNIST (its train/test split) and the emoji judges
+/// (`EmojiJudgeData`: style, split by emoji; identity, held-out copies) conform.
+public protocol JudgeTrainingData {
+    /// The record's model name: "judge-<arch>" for Fashion-MNIST, "judge-emoji-style-<arch>" …
+    func modelName(architecture: String) -> String
+    var classCount: Int { get }
+    var channels: Int { get }
+    /// SHA-256 of the data, for the training record.
+    var digests: [String: String] { get }
+    /// Uniform numbers one training image is drawn from.
+    var drawsPerImage: Int { get }
+    /// A training batch of `draws.count / drawsPerImage` images from uniform numbers in [0, 1).
+    func trainBatch(draws: [Float]) -> (images: Tensor, labels: [Int])
+    /// "test_accuracy" on held-out images, and whatever else the set measures.
+    func heldOutMetrics(_ judge: any Judge) -> [String: Double]
+    var heldOutDescription: String { get }
+}
+
+extension FashionMNIST: JudgeTrainingData {
+    public func modelName(architecture: String) -> String { "judge-\(architecture)" }
+    public var classCount: Int { 10 }
+    public var channels: Int { 1 }
+    public var drawsPerImage: Int { 1 }
+    public func trainBatch(draws: [Float]) -> (images: Tensor, labels: [Int]) {
+        let indices = draws.map { min(train.count - 1, Int($0 * Float(train.count))) }
+        return (train.batch(indices), train.labels(indices))
+    }
+    public func heldOutMetrics(_ judge: any Judge) -> [String: Double] { ["test_accuracy": judgeAccuracy(judge, on: test)] }
+    public var heldOutDescription: String { "\(test.count) test images" }
+}
+
 /// Trains a judge on the train split with Adam and a cosine schedule; checkpoints and resumes.
-public func trainJudge(_ options: JudgeTrainingOptions, data: FashionMNIST, log: @escaping (String) -> Void) throws -> (any Judge, TrainingRecord) {
+public func trainJudge(_ options: JudgeTrainingOptions, data: some JudgeTrainingData, log: @escaping (String) -> Void) throws -> (any Judge, TrainingRecord) {
     var generator = RandomGenerator(seed: options.seed)
-    let judge = try makeJudge(options.architecture, generator: &generator)
+    let judge = try makeJudge(options.architecture, classes: data.classCount, channels: data.channels, generator: &generator)
     let optimizer = Adam(judge.trainableParameters(), learningRate: options.learningRate)
     let schedule = CosineAnnealingLR(base: options.learningRate, period: options.steps, minimum: options.learningRate * 0.01)
     let checkpointURL = options.output.appendingPathComponent("checkpoint.safetensors")
@@ -97,9 +149,9 @@ public func trainJudge(_ options: JudgeTrainingOptions, data: FashionMNIST, log:
     var progress = ProgressReporter(total: options.steps, print: log)
     let start = Date()
     while state.step < options.steps {
-        let indices = state.generator.uniform([options.batchSize]).scalars.map { min(data.train.count - 1, Int($0 * Float(data.train.count))) }
+        let (images, labels) = data.trainBatch(draws: state.generator.uniform([options.batchSize * data.drawsPerImage]).scalars)
         optimizer.learningRate = schedule.learningRate(at: state.step)
-        let loss = crossEntropy(judge.logits(data.train.batch(indices)), targets: data.train.labels(indices))
+        let loss = crossEntropy(judge.logits(images), targets: labels)
         guard loss.item.isFinite else { throw AssetError(asset: "judge training", reason: "loss is \(loss.item) at step \(state.step)", remedy: "lower --lr") }
         loss.backward()
         optimizer.step()
@@ -113,14 +165,15 @@ public func trainJudge(_ options: JudgeTrainingOptions, data: FashionMNIST, log:
         if state.step == options.stopAfter { break }
     }
     let wall = Date().timeIntervalSince(start)
-    let accuracy = judgeAccuracy(judge, on: data.test)
-    log(String(format: "%@ judge: test accuracy %.2f%% on %d images", judge.architecture, accuracy * 100, data.test.count))
+    let metrics = data.heldOutMetrics(judge)
+    let accuracy = metrics["test_accuracy"] ?? .nan
+    log(String(format: "%@ judge: held-out accuracy %.2f%% on %@", judge.architecture, accuracy * 100, data.heldOutDescription))
     let tail = state.losses.suffix(50)
     let record = TrainingRecord(
-        model: "judge-\(judge.architecture)", command: options.command, seed: options.seed, steps: options.steps,
+        model: data.modelName(architecture: judge.architecture), command: options.command, seed: options.seed, steps: options.steps,
         batchSize: options.batchSize, learningRate: options.learningRate, dataSHA256: data.digests,
         wallSeconds: wall, imagesPerSecond: Double((options.steps - firstStep) * options.batchSize) / wall,
         finalLoss: tail.reduce(0, +) / Float(max(tail.count, 1)), parameters: judge.parameterCount,
-        metrics: ["test_accuracy": accuracy], threads: Kernels.threadCount, date: ISO8601DateFormatter().string(from: Date()))
+        metrics: metrics, threads: Kernels.threadCount, date: ISO8601DateFormatter().string(from: Date()))
     return (judge, record)
 }

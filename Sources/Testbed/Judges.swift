@@ -6,7 +6,7 @@ import Tensor
 /// KID/FID-style distance between image sets.
 public protocol Judge: Module {
     var architecture: String { get }
-    /// Penultimate features of images [N, 1, 32, 32] in [-1, 1].
+    /// Penultimate features of images [N, C, 32, 32] in [-1, 1] (C: 1 for Fashion-MNIST, 3 for emoji).
     func features(_ images: Tensor) -> Tensor
     /// Class logits from features.
     func classify(features: Tensor) -> Tensor
@@ -50,8 +50,8 @@ public final class ConvJudge: Module, Judge {
     public let fc: Linear, head: Linear
     public var architecture: String { "cnn" }
 
-    public init(classes: Int = 10, generator: inout RandomGenerator) {
-        conv1 = Conv2d(1, 32, kernelSize: 3, padding: 1, generator: &generator)
+    public init(classes: Int = 10, channels: Int = 1, generator: inout RandomGenerator) {
+        conv1 = Conv2d(channels, 32, kernelSize: 3, padding: 1, generator: &generator)
         norm1 = GroupNorm(groups: 8, channels: 32)
         conv2 = Conv2d(32, 64, kernelSize: 3, padding: 1, generator: &generator)
         norm2 = GroupNorm(groups: 8, channels: 64)
@@ -76,8 +76,8 @@ public final class MLPJudge: Module, Judge {
     public let fc1: Linear, fc2: Linear, head: Linear
     public var architecture: String { "mlp" }
 
-    public init(classes: Int = 10, generator: inout RandomGenerator) {
-        fc1 = Linear(32 * 32, 512, generator: &generator)
+    public init(classes: Int = 10, channels: Int = 1, generator: inout RandomGenerator) {
+        fc1 = Linear(channels * 32 * 32, 512, generator: &generator)
         fc2 = Linear(512, 128, generator: &generator)
         head = Linear(128, classes, generator: &generator)
     }

@@ -26,6 +26,24 @@ public enum MiniSD {
         return c
     }
 
+    /// The emoji testbed's UNet: the same family with RGB in and out (1.97 M parameters + 0.9 k
+    /// for the two extra channels of conv_in/conv_out; training speed binds, see docs/EMOJI.md).
+    public static func emojiUNetConfig() -> UNet2DConditionConfig {
+        var c = unetConfig()
+        c.inChannels = 3
+        c.outChannels = 3
+        return c
+    }
+
+    /// The UNet config of a testbed: "fashion-mnist" or "emoji".
+    public static func unetConfig(testbed: String) throws -> UNet2DConditionConfig {
+        switch testbed {
+        case "fashion-mnist", "fashion": return unetConfig()
+        case "emoji": return emojiUNetConfig()
+        default: throw AssetError(asset: "--testbed", reason: "unknown testbed '\(testbed)'", remedy: "use fashion or emoji")
+        }
+    }
+
     /// DDPM, 1000 steps, squaredcos_cap_v2, ε prediction, samples clipped to [-1, 1].
     public static func schedulerConfig() -> SchedulerConfig {
         var c = SchedulerConfig()
@@ -82,11 +100,63 @@ public func diffusionLoss(unet: UNet2DConditionModel, scheduler: any NoiseSchedu
     return (perSample * Tensor(shape: [timesteps.count], scalars: weights)).mean()
 }
 
-/// Trains the mini-SD UNet; returns the EMA model and the training record.
+/// What the mini-SD trainer needs of a testbed: images in [-1, 1] and, per image, the captions
+/// one of which is drawn each time it is seen. Fashion-MNIST (`FashionTrainingData`) and the
+/// emoji set (`EmojiTrainingData`) conform; the trainer itself is the same for both.
+public protocol MiniSDTrainingData {
+    /// "fashion-mnist" or "emoji": written into the model folder and the training record.
+    var testbed: String { get }
+    var count: Int { get }
+    /// [channels, height, width] of one image.
+    var imageShape: [Int] { get }
+    /// Images at `indices` as [n] + imageShape in [-1, 1].
+    func batch(_ indices: [Int]) -> Tensor
+    /// The captions image `index` may be trained with.
+    func captions(_ index: Int) -> [String]
+    /// Every caption, when the set is small enough to encode once into a `CaptionTable`
+    /// (Fashion-MNIST: 401); nil to encode each batch's captions as it is drawn (emoji: ~14k).
+    var allCaptions: [String]? { get }
+}
+
+/// Fashion-MNIST as mini-SD training data: each image's captions are its class's training
+/// captions (templates × noun and synonyms).
+public struct FashionTrainingData: MiniSDTrainingData {
+    public let data: LabelledImages
+    public let prompts: FashionPrompts
+
+    public init(data: LabelledImages, prompts: FashionPrompts) {
+        self.data = data
+        self.prompts = prompts
+    }
+
+    public var testbed: String { "fashion-mnist" }
+    public var count: Int { data.count }
+    public var imageShape: [Int] { [1, LabelledImages.modelSide, LabelledImages.modelSide] }
+    public func batch(_ indices: [Int]) -> Tensor { data.batch(indices) }
+    public func captions(_ index: Int) -> [String] { prompts.trainingCaptions(data.labels[index]) }
+    public var allCaptions: [String]? { prompts.classes.flatMap { prompts.trainingCaptions($0.label) } }
+}
+
+/// Trains the mini-SD UNet on Fashion-MNIST; returns the EMA model and the training record.
 public func trainMiniSD(_ options: MiniSDTrainingOptions, data: LabelledImages, prompts: FashionPrompts,
                         textEncoder: any TextEncoder, digests: [String: String] = [:],
                         config: UNet2DConditionConfig = MiniSD.unetConfig(),
                         log: @escaping (String) -> Void) throws -> (UNet2DConditionModel, TrainingRecord) {
+    try trainMiniSD(options, data: FashionTrainingData(data: data, prompts: prompts), textEncoder: textEncoder,
+                    digests: digests, config: config, log: log)
+}
+
+/// Trains the mini-SD UNet on a testbed's images and captions; returns the EMA model and the
+/// training record. DDPM with AdamW, warm-up and cosine decay, min-SNR-γ, `emptyCaptionProbability`
+/// empty captions (for classifier-free guidance), EMA; checkpoints and resumes with the same bits.
+public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrainingData,
+                        textEncoder: any TextEncoder, digests: [String: String] = [:],
+                        config: UNet2DConditionConfig = MiniSD.unetConfig(),
+                        log: @escaping (String) -> Void) throws -> (UNet2DConditionModel, TrainingRecord) {
+    guard config.inChannels == data.imageShape[0] else {
+        throw AssetError(asset: "mini-SD training", reason: "the UNet takes \(config.inChannels) channels, the \(data.testbed) images have \(data.imageShape[0])",
+                         remedy: "use the testbed's UNet config (MiniSD.unetConfig(testbed:))")
+    }
     var generator = RandomGenerator(seed: options.seed)
     let unet = try UNet2DConditionModel(config: config, generator: &generator)
     let ema = try UNet2DConditionModel(config: config, generator: &generator)
@@ -94,18 +164,20 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: LabelledImages, 
     let scheduler = try DDPMScheduler(config: MiniSD.schedulerConfig())
     let alphas = scheduler.alphasCumprod
 
-    // Caption table: every training caption of every class, then the empty caption.
-    var captions: [String] = []
-    var captionsOfClass: [[Int]] = []
-    for c in prompts.classes {
-        let list = prompts.trainingCaptions(c.label)
-        captionsOfClass.append(Array(captions.count..<(captions.count + list.count)))
-        captions += list
+    // Captions: a table of every caption then the empty one when the set is small; otherwise
+    // each batch's captions are encoded as they are drawn (the encoder is frozen either way).
+    var table: CaptionTable?
+    var tableIndex: [String: Int] = [:]
+    if let all = data.allCaptions {
+        let captions = all + [""]
+        for (i, c) in captions.enumerated() where tableIndex[c] == nil { tableIndex[c] = i }
+        table = CaptionTable(captions: captions, encoder: textEncoder)
+        log("encoded \(captions.count) captions → \(table!.states.shape)")
     }
-    let emptyCaption = captions.count
-    captions.append("")
-    let table = CaptionTable(captions: captions, encoder: textEncoder)
-    log("encoded \(captions.count) captions → \(table.states.shape)")
+    func encode(_ captions: [String]) -> (states: Tensor, mask: Tensor) {
+        if let table { return table.batch(captions.map { tableIndex[$0]! }) }
+        return noGrad { let (s, m) = textEncoder.encode(prompts: captions); return (s, m) }
+    }
 
     let optimizer = Adam.adamW(unet.trainableParameters(), learningRate: options.learningRate, weightDecay: options.weightDecay)
     let schedule = LinearWarmup(warmupSteps: options.warmupSteps,
@@ -124,14 +196,14 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: LabelledImages, 
         // Batch: images, captions (10% empty for classifier-free guidance), timesteps, noise.
         let u = state.generator.uniform([4 * b]).scalars
         let indices = (0..<b).map { min(data.count - 1, Int(u[$0] * Float(data.count))) }
-        let captionIndices = (0..<b).map { i -> Int in
-            if u[b + i] < options.emptyCaptionProbability { return emptyCaption }
-            let choices = captionsOfClass[data.labels[indices[i]]]
+        let captions = (0..<b).map { i -> String in
+            if u[b + i] < options.emptyCaptionProbability { return "" }
+            let choices = data.captions(indices[i])
             return choices[min(choices.count - 1, Int(u[2 * b + i] * Float(choices.count)))]
         }
         let timesteps = (0..<b).map { min(alphas.count - 1, Int(u[3 * b + $0] * Float(alphas.count))) }
-        let noise = state.generator.normal([b, 1, 32, 32])
-        let (states, mask) = table.batch(captionIndices)
+        let noise = state.generator.normal([b] + data.imageShape)
+        let (states, mask) = encode(captions)
         optimizer.learningRate = schedule.learningRate(at: state.step)
         let loss = diffusionLoss(unet: unet, scheduler: scheduler, clean: data.batch(indices), noise: noise,
                                  timesteps: timesteps, states: states, mask: mask, minSNRGamma: options.minSNRGamma)
@@ -161,7 +233,7 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: LabelledImages, 
     let wall = Date().timeIntervalSince(start)
     let tail = state.losses.suffix(50)
     let record = TrainingRecord(
-        model: "mini-sd-unet", command: options.command, seed: options.seed, steps: options.steps,
+        model: data.testbed == "fashion-mnist" ? "mini-sd-unet" : "mini-sd-unet-\(data.testbed)", command: options.command, seed: options.seed, steps: options.steps,
         batchSize: b, learningRate: options.learningRate, dataSHA256: digests, wallSeconds: wall,
         imagesPerSecond: Double((state.step - firstStep) * b) / max(wall, 1e-9),
         finalLoss: tail.reduce(0, +) / Float(max(tail.count, 1)), parameters: unet.parameterCount,
@@ -172,23 +244,26 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: LabelledImages, 
 extension MiniSD {
     /// model_index.json of the testbed model: a diffusers-layout folder whose text encoder
     /// (all-MiniLM-L6-v2) is not shipped in it but installed by `score assets`.
-    static let modelIndex = """
-    {
-      "_class_name": "StableDiffusionPipeline",
-      "_score_testbed": "fashion-mnist",
-      "scheduler": ["diffusers", "DDIMScheduler"],
-      "text_encoder": ["sentence_transformers", "all-MiniLM-L6-v2"],
-      "tokenizer": ["transformers", "BertTokenizer"],
-      "unet": ["diffusers", "UNet2DConditionModel"],
-      "vae": [null, null]
+    static func modelIndex(testbed: String) -> String {
+        """
+        {
+          "_class_name": "StableDiffusionPipeline",
+          "_score_testbed": "\(testbed)",
+          "scheduler": ["diffusers", "DDIMScheduler"],
+          "text_encoder": ["sentence_transformers", "all-MiniLM-L6-v2"],
+          "tokenizer": ["transformers", "BertTokenizer"],
+          "unet": ["diffusers", "UNet2DConditionModel"],
+          "vae": [null, null]
+        }
+        """
     }
-    """
 
     /// Writes the model as a diffusers-layout folder: model_index.json, unet/, scheduler/.
-    public static func save(_ unet: UNet2DConditionModel, config: UNet2DConditionConfig, to folder: URL) throws {
+    public static func save(_ unet: UNet2DConditionModel, config: UNet2DConditionConfig, to folder: URL,
+                            testbed: String = "fashion-mnist") throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeAtomically(Data(modelIndex.utf8), to: folder.appendingPathComponent("model_index.json"))
+        try writeAtomically(Data(modelIndex(testbed: testbed).utf8), to: folder.appendingPathComponent("model_index.json"))
         try writeAtomically(try encoder.encode(config), to: folder.appendingPathComponent("unet/config.json"))
         try Tensor.save(unet.stateDict(), to: folder.appendingPathComponent("unet/diffusion_pytorch_model.safetensors"))
         try writeAtomically(try encoder.encode(schedulerConfig()), to: folder.appendingPathComponent("scheduler/scheduler_config.json"))
@@ -198,14 +273,15 @@ extension MiniSD {
 extension MiniSD {
     /// Writes the EMA weights of a training checkpoint as a model folder (to look at a run
     /// before it ends, or to keep an earlier step).
-    public static func export(checkpoint: URL, config: UNet2DConditionConfig = unetConfig(), to folder: URL) throws -> Int {
+    public static func export(checkpoint: URL, config: UNet2DConditionConfig = unetConfig(), to folder: URL,
+                              testbed: String = "fashion-mnist") throws -> Int {
         var generator = RandomGenerator(seed: 0)
         let unet = try UNet2DConditionModel(config: config, generator: &generator)
         let archive = try TensorArchive(contentsOf: checkpoint)
         var weights: [String: Tensor] = [:]
         for name in archive.names where name.hasPrefix("ema.") { weights[String(name.dropFirst(4))] = try archive.tensor(name) }
         try unet.load(weights, source: checkpoint.path)
-        try save(unet, config: config, to: folder)
+        try save(unet, config: config, to: folder, testbed: testbed)
         return Int(archive.metadata["step"] ?? "") ?? -1
     }
 }

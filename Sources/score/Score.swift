@@ -1,5 +1,6 @@
 import ArgumentParser
 import Benchmarks
+import Diffusion
 import Evaluation
 import Foundation
 import Kernels
@@ -166,17 +167,22 @@ struct Train: ParsableCommand {
         @Option(help: "Peak learning rate (warm-up, then cosine).") var lr: Float = 1e-3
         @Option(help: "Random seed.") var seed: UInt64 = 0
         @Option(help: "Checkpoint every N steps.") var checkpointEvery = 50
-        @Option(help: "Output folder (a diffusers-layout model folder is written into it).") var out = "runs/mini-sd"
+        @Option(help: "Output folder (a diffusers-layout model folder is written into it; default runs/mini-sd, runs/mini-sd-emoji).") var out: String?
         @Flag(help: "Continue from the checkpoint in --out.") var resume = false
         @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
+        @OptionGroup var testbed: TestbedOptions
         @OptionGroup var compute: ComputeOptions
 
         func run() throws {
             try compute.apply()
+            let isEmoji = try testbed.isEmoji()
+            let out = self.out ?? (isEmoji ? "runs/mini-sd-emoji" : "runs/mini-sd")
+            let testbedName = isEmoji ? "emoji" : "fashion-mnist"
+            let config = try MiniSD.unetConfig(testbed: testbedName)
             if exportCheckpoint {
                 let checkpoint = URL(fileURLWithPath: out).appendingPathComponent("checkpoint.safetensors")
                 let staging = URL(fileURLWithPath: out).appendingPathComponent("model-export")
-                let step = try MiniSD.export(checkpoint: checkpoint, to: staging)
+                let step = try MiniSD.export(checkpoint: checkpoint, config: config, to: staging, testbed: testbedName)
                 let folder = URL(fileURLWithPath: out).appendingPathComponent("model-step\(step)")
                 try? FileManager.default.removeItem(at: folder)
                 try FileManager.default.moveItem(at: staging, to: folder)
@@ -192,11 +198,20 @@ struct Train: ParsableCommand {
             options.checkpointEvery = checkpointEvery
             options.resume = resume
             options.command = CommandLine.arguments.joined(separator: " ")
-            let data = try FashionMNIST(assets: assets)
-            let (unet, record) = try trainMiniSD(options, data: data.train, prompts: try FashionPrompts.bundled(),
+            let (unet, record): (UNet2DConditionModel, TrainingRecord)
+            if isEmoji {
+                let (dataset, _, split) = try testbed.emojiData(assets: assets)
+                let data = EmojiTrainingData(dataset: dataset, emoji: split.train)
+                print("emoji: \(split.train.count) training emoji (\(split.heldOut.count) held out), \(data.count) images")
+                (unet, record) = try trainMiniSD(options, data: data, textEncoder: try MiniSD.textEncoder(assets: assets),
+                                                 digests: try dataset.digests(), config: config) { print($0) }
+            } else {
+                let data = try FashionMNIST(assets: assets)
+                (unet, record) = try trainMiniSD(options, data: data.train, prompts: try FashionPrompts.bundled(),
                                                  textEncoder: try MiniSD.textEncoder(assets: assets), digests: data.digests) { print($0) }
+            }
             let folder = options.output.appendingPathComponent("model")
-            try MiniSD.save(unet, config: MiniSD.unetConfig(), to: folder)
+            try MiniSD.save(unet, config: config, to: folder, testbed: testbedName)
             try record.write(to: folder.appendingPathComponent("training.json"))
             print("wrote \(folder.path)")
         }
@@ -214,6 +229,9 @@ struct Train: ParsableCommand {
         @Option(help: "Checkpoint every N steps.") var checkpointEvery = 500
         @Option(help: "Output folder.") var out = "runs/judges"
         @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @Option(help: "Emoji judge: style (4 styles, held-out emoji) or identity (the tasks' emoji and \"other\", held-out copies).") var task: String?
+        @Option(help: "Emoji identity judge: hold out this whole style (noto, twemoji, openmoji, symbola) instead of the last copy; a measurement, not the judge check-model uses.") var heldOutStyle: String?
+        @OptionGroup var testbed: TestbedOptions
         @OptionGroup var compute: ComputeOptions
 
         func run() throws {
@@ -227,13 +245,64 @@ struct Train: ParsableCommand {
             options.checkpointEvery = checkpointEvery
             options.resume = resume
             options.command = CommandLine.arguments.joined(separator: " ")
-            let data = try FashionMNIST(assets: Assets(log: { print("… \($0)") }))
-            let (judge, record) = try trainJudge(options, data: data) { print($0) }
-            let weights = options.output.appendingPathComponent("judge-\(arch).safetensors")
+            let assets = Assets(log: { print("… \($0)") })
+            let judge: any Judge, record: TrainingRecord, weights: URL
+            if try testbed.isEmoji() {
+                guard let task, let kind = EmojiJudgeData.Task(rawValue: task) else {
+                    throw ValidationError("--testbed emoji needs --task style or --task identity")
+                }
+                let (dataset, tasks, split) = try testbed.emojiData(assets: assets)
+                var heldStyle: Int?
+                if let heldOutStyle {
+                    guard kind == .identity else { throw ValidationError("--held-out-style is for --task identity") }
+                    guard let s = dataset.styles.firstIndex(where: { $0.id == heldOutStyle.lowercased() }) else {
+                        throw ValidationError("--held-out-style: unknown style \(heldOutStyle); use \(dataset.styles.map(\.id).joined(separator: ", "))")
+                    }
+                    heldStyle = s
+                }
+                let data = kind == .style
+                    ? EmojiJudgeData.style(dataset: dataset, split: split, digests: try dataset.digests())
+                    : try EmojiJudgeData.identity(dataset: dataset, tasks: tasks, split: split, heldOutStyle: heldStyle, digests: try dataset.digests())
+                let folderName = "emoji-\(kind.rawValue)-\(arch)" + (heldStyle.map { "-without-\(dataset.styles[$0].id)" } ?? "")
+                options.output = URL(fileURLWithPath: out).appendingPathComponent(folderName)
+                print("emoji \(kind.rawValue) judge: \(data.classCount) classes, \(data.trainByClass.map(\.count).reduce(0, +)) training images; held out: \(data.heldOutDescription)")
+                (judge, record) = try trainJudge(options, data: data) { print($0) }
+                weights = options.output.appendingPathComponent(EmojiJudges.fileName(task: kind, architecture: arch))
+            } else {
+                guard task == nil, heldOutStyle == nil else { throw ValidationError("--task and --held-out-style are for --testbed emoji") }
+                let data = try FashionMNIST(assets: assets)
+                (judge, record) = try trainJudge(options, data: data) { print($0) }
+                weights = options.output.appendingPathComponent("judge-\(arch).safetensors")
+            }
             try Tensor.save(judge.stateDict(), to: weights)
-            try record.write(to: options.output.appendingPathComponent("judge-\(arch).json"))
+            try record.write(to: weights.deletingPathExtension().appendingPathExtension("json"))
             print("wrote \(weights.path)")
         }
+    }
+}
+
+/// --testbed and the emoji data options, shared by `train` and `check-model`.
+struct TestbedOptions: ParsableArguments {
+    @Option(help: "Testbed: fashion (Fashion-MNIST, the default) or emoji (docs/EMOJI.md).") var testbed = "fashion"
+    @Option(help: "Emoji dataset file (default: <cache>/emoji/dataset/emoji-v1-32px.safetensors, built by `score dataset emoji`).") var dataset: String?
+    @Option(help: "Emoji task file (default: the bundled emoji_tasks.json).") var tasks: String?
+    @Option(help: "Emoji: fraction of emoji held out of training (decided per emoji).") var heldOutFraction = EmojiSplit.defaultHeldOutFraction
+    @Option(help: "Emoji: seed of the held-out split.") var splitSeed: UInt64 = 0
+
+    func isEmoji() throws -> Bool {
+        switch testbed {
+        case "fashion", "fashion-mnist": return false
+        case "emoji": return true
+        default: throw ValidationError("--testbed must be fashion or emoji, got \(testbed)")
+        }
+    }
+
+    func emojiData(assets: Assets) throws -> (EmojiDataset, EmojiTasks, EmojiSplit) {
+        let url = dataset.map { URL(fileURLWithPath: $0) } ?? EmojiDataset.defaultURL(assets: assets, size: 32)
+        let data = try EmojiDataset.load(url)
+        let taskFile = try tasks.map { try EmojiTasks.load(URL(fileURLWithPath: $0)) } ?? EmojiTasks.bundled()
+        try taskFile.check(against: data)
+        return (data, taskFile, data.split(tasks: taskFile, heldOutFraction: heldOutFraction, seed: splitSeed))
     }
 }
 
@@ -242,10 +311,14 @@ struct CheckModel: ParsableCommand {
         commandName: "check-model",
         abstract: "Judge images of each class's canonical prompt and measure KID against real test images.")
 
-    @Option(help: "A testbed model folder (default: the embedded mini-SD).") var model: String?
-    @Option(help: "Folder with judge-<arch>.safetensors (default: the embedded judges).") var judges: String?
+    @Option(help: "A testbed model folder (default: the embedded mini-SD; required for --testbed emoji).") var model: String?
+    @Option(help: "Folder with judge-<arch>.safetensors (emoji: judge-style-<arch>.safetensors and judge-identity-<arch>.safetensors, or where `score train judge --testbed emoji` wrote them; default: the embedded judges).") var judges: String?
     @Option(help: "Judge architecture: cnn or mlp.") var judge = "cnn"
     @Option(help: "Images per class.") var imagesPerClass = 50
+    @Option(help: "Emoji: images per style (\"{name} in {style} style\" over a fixed sample of emoji).") var imagesPerStyle = 32
+    @Option(help: "Emoji: images per identity-task character (cycling over the styles).") var imagesPerIdentity = 8
+    @Option(help: "Emoji: how many emoji the style check samples.") var styleEmoji = 16
+    @OptionGroup var testbed: TestbedOptions
     @Option(help: "Sampling steps (DDIM).") var steps = DefaultModel.steps
     @Option(help: "Classifier-free guidance scale.") var guidance = DefaultModel.guidance
     @Option(help: "Random seed.") var seed: UInt64 = 0
@@ -255,6 +328,7 @@ struct CheckModel: ParsableCommand {
     func run() throws {
         try compute.apply()
         let assets = Assets(log: { if !json { print("… \($0)") } })
+        if try testbed.isEmoji() { return try runEmoji(assets: assets) }
         let pipeline = try DefaultModel.pipeline(folder: model.map { URL(fileURLWithPath: $0) }, assets: assets)
         let classifier = try DefaultModel.judge(judge, folder: judges.map { URL(fileURLWithPath: $0) })
         let data = try FashionMNIST(assets: assets)
@@ -276,6 +350,27 @@ struct CheckModel: ParsableCommand {
             }
             print(String(format: "mean accuracy %.1f%%, KID %.4f (judge %@, its test accuracy %.1f%%)",
                          result.mean_accuracy * 100, result.kid, judge, (result.judge_test_accuracy ?? 0) * 100))
+        }
+    }
+
+    func runEmoji(assets: Assets) throws {
+        guard let model else { throw ValidationError("--testbed emoji needs --model (no emoji mini-SD is embedded; train one with `score train unet --testbed emoji`)") }
+        let (dataset, tasks, split) = try testbed.emojiData(assets: assets)
+        let pipeline = try DefaultModel.pipeline(folder: URL(fileURLWithPath: model), assets: assets)
+        let folder = judges.map { URL(fileURLWithPath: $0) }
+        let styleJudge = try EmojiJudges.load(task: .style, architecture: judge, folder: folder)
+        let identityJudge = try EmojiJudges.load(task: .identity, architecture: judge, folder: folder)
+        let result = try checkEmojiModel(pipeline: pipeline, styleJudge: styleJudge, identityJudge: identityJudge, dataset: dataset,
+                                         tasks: tasks, sample: dataset.checkSample(split: split, count: styleEmoji, seed: seed),
+                                         imagesPerStyle: imagesPerStyle, imagesPerIdentity: imagesPerIdentity, steps: steps,
+                                         guidance: guidance, seed: seed, log: { if !json { print($0) } })
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(data: try encoder.encode(result), encoding: .utf8)!)
+        } else {
+            print(String(format: "mean style accuracy %.1f%%, mean identity accuracy %.1f%%, KID %.4f (style judge features)",
+                         result.mean_style_accuracy * 100, result.mean_identity_accuracy * 100, result.kid))
         }
     }
 }
