@@ -87,6 +87,12 @@ public struct ObjectBenchmark {
         }
     }
 
+    /// The planned cells already measured, in plan order: a table of a benchmark still running
+    /// or stopped part-way, without measuring anything.
+    public func finishedCells(log: (String) -> Void = { _ in }) -> [BenchmarkCell] {
+        plannedCells().compactMap { finishedCell(concept: $0.concept, method: $0.method.name, seed: $0.seed, log: log) }
+    }
+
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> [BenchmarkCell] {
         let prompts = try FashionPrompts.bundled()
         for concept in concepts where prompts.label(forConcept: concept) == nil {

@@ -309,6 +309,7 @@ struct Benchmark: ParsableCommand {
     @Option(help: "Folder for the cells.") var out = "runs/benchmark"
     @Option(help: "Markdown table to write (default: <out>/results.md).") var table: String?
     @Flag(help: "Print the cells as JSON.") var json = false
+    @Flag(help: "Measure nothing: write the table of the cells already finished in --out.") var finishedOnly = false
     @OptionGroup var hyperparameters: SCOREOptions
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
@@ -324,7 +325,8 @@ struct Benchmark: ParsableCommand {
         var benchmark = ObjectBenchmark(concepts: try listValue(concepts), methods: methods,
                                         seeds: (0..<UInt64(seeds)).map { $0 }, output: URL(fileURLWithPath: out))
         benchmark.leakage = leakage.options
-        let cells = try benchmark.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
+        let cells = finishedOnly ? benchmark.finishedCells(log: { print($0) })
+                                 : try benchmark.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
         let markdown = ObjectBenchmark.markdownTable(cells)
         let tableURL = URL(fileURLWithPath: table ?? "\(out)/results.md")
         try Data(markdown.utf8).write(to: tableURL, options: .atomic)

@@ -33,6 +33,7 @@ final class BenchmarkResumeTests: XCTestCase {
             return self.cell(concept, method.name, seed)
         })
         XCTAssertEqual(measured, ["sneaker/original/0", "sneaker/erase/0"])
+        XCTAssertEqual(benchmark.finishedCells().map { "\($0.concept)/\($0.method)/\($0.seed)" }, measured)
 
         // A corrupt cell file is measured again, not trusted.
         let corrupt = benchmark.cellURL(concept: "bag", method: "erase", seed: 1)
