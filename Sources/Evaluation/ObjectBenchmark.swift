@@ -82,7 +82,7 @@ public struct ObjectBenchmark {
         do {
             return try JSONDecoder().decode(BenchmarkCell.self, from: data)
         } catch {
-            log("\(url.path) does not decode (\(error)); measuring that cell again")
+            log("\(url.path) does not decode (\(error)): the cell counts as not measured")
             return nil
         }
     }
