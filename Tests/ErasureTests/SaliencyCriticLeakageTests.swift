@@ -114,4 +114,29 @@ final class LeakageTests: XCTestCase {
         XCTAssertLessThanOrEqual(interval.low, nats)
         XCTAssertGreaterThanOrEqual(interval.high, nats)
     }
+
+    /// The cross-fitted probe tests every image once, finds a mean shift along one feature, and
+    /// stays near zero when both classes come from one distribution.
+    func testCrossFittedProbeTestsEveryImageOnce() {
+        let n = 32, d = 6
+        func probe(shift: Float, seed: UInt64) -> (nats: Double, low: Double, high: Double, accuracy: Double, tested: Int) {
+            var g = RandomGenerator(seed: seed)
+            let noise = g.normal([2 * n, d])
+            let features = Tensor(shape: [2 * n, d]) { out in
+                for i in 0..<(2 * n) { for j in 0..<d { out[i * d + j] = noise.scalars[i * d + j] + (i < n && j == 2 ? shift : 0) } }
+            }
+            let labels = Array(repeating: Float(1), count: n) + Array(repeating: 0, count: n)
+            var bootstrap = RandomGenerator(seed: 3)
+            return Leakage.linearProbe(features: features, labels: labels, groups: Array(0..<(2 * n)), n: n, rounds: 100, generator: &bootstrap)
+        }
+        let separable = probe(shift: 4, seed: 1)
+        XCTAssertEqual(separable.tested, 2 * n)
+        XCTAssertGreaterThan(separable.accuracy, 0.9)
+        XCTAssertGreaterThan(separable.nats, 0.4)
+        XCTAssertLessThanOrEqual(separable.low, separable.nats)
+        XCTAssertGreaterThanOrEqual(separable.high, separable.nats)
+        let same = probe(shift: 0, seed: 2)
+        XCTAssertEqual(same.tested, 2 * n)
+        XCTAssertLessThan(same.nats, 0.1)
+    }
 }
