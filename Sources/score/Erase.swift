@@ -320,7 +320,7 @@ struct Benchmark: ParsableCommand {
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
         let config = try hyperparameters.resolve()
         let methods = try self.methods.split(separator: ",").map { name -> BenchmarkMethod in
-            try benchmarkMethod(String(name).trimmingCharacters(in: .whitespaces), score: config)
+            try BenchmarkMethod.named(String(name).trimmingCharacters(in: .whitespaces), score: config)
         }
         var benchmark = ObjectBenchmark(concepts: try listValue(concepts), methods: methods,
                                         seeds: (0..<UInt64(seeds)).map { $0 }, output: URL(fileURLWithPath: out))
@@ -338,34 +338,5 @@ struct Benchmark: ParsableCommand {
             print(markdown)
             print("wrote \(tableURL.path)")
         }
-    }
-}
-
-/// A benchmark row by name: "original" (no erasure), "score", "uce", or "esd-…" with that
-/// trainable set; each at its defaults (SCORE's from the flags), seeded per cell.
-func benchmarkMethod(_ name: String, score: SCOREConfig) throws -> BenchmarkMethod {
-    switch name {
-    case "original":
-        return BenchmarkMethod(name: name, make: nil)
-    case "score":
-        return BenchmarkMethod(name: name) { seed in
-            var config = score
-            config.seed = seed
-            return try ErasureMethods.make("score", score: config)
-        }
-    case "uce":
-        return BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
-    case let esd where esd.hasPrefix("esd-"):
-        guard let trainMethod = ESDTrainMethod(rawValue: esd) else {
-            throw ValidationError("unknown benchmark method '\(esd)'; ESD rows are \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        return BenchmarkMethod(name: name) { seed in
-            var config = ESDConfig()
-            config.trainMethod = trainMethod
-            config.seed = seed
-            return try ErasureMethods.make("esd", esd: config)
-        }
-    default:
-        throw ValidationError("unknown benchmark method '\(name)'; methods: original, score, uce, esd-x, esd-u, esd-all, esd-x-strict")
     }
 }
