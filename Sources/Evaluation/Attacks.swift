@@ -63,8 +63,18 @@ public enum ParaphraseAttack {
     public static func run(pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts, judge: any Judge,
                            settings: ParaphraseAttackSettings, modelName: String,
                            log: (String) -> Void = { _ in }) throws -> (ParaphraseAttackResult, Tensor) {
+        try run(pipeline: pipeline, list: self.prompts(label: label, prompts: prompts), concept: prompts.classes[label].name,
+                label: label, conceptLabels: [label], judge: judge, settings: settings, modelName: modelName, log: log)
+    }
+
+    /// The attack on any prompt list: each prompt × seed is generated and broken when `judge`
+    /// puts its image in one of `conceptLabels` (one class, or a group such as the emoji
+    /// weapons). Returns the result and the images [prompts·seeds, C, H, W], prompt by prompt.
+    public static func run(pipeline: StableDiffusionPipeline, list: [(prompt: String, source: String)], concept: String,
+                           label: Int, conceptLabels: [Int], judge: any Judge, settings: ParaphraseAttackSettings,
+                           modelName: String, log: (String) -> Void = { _ in }) throws -> (ParaphraseAttackResult, Tensor) {
         guard settings.seedsPerPrompt >= 1 else { throw ErasureError.invalidConfig("--seeds-per-prompt must be at least 1") }
-        let list = self.prompts(label: label, prompts: prompts)
+        guard !list.isEmpty else { throw ErasureError.invalidRequest("the paraphrase attack has no prompts for '\(concept)'") }
         let expanded = list.flatMap { Array(repeating: $0.prompt, count: settings.seedsPerPrompt) }
         var evaluation = EvaluationSettings()
         evaluation.steps = settings.steps
@@ -74,7 +84,7 @@ public enum ParaphraseAttack {
         let predicted = judge.predict(images)
         var results: [ParaphrasePromptResult] = []
         for (j, entry) in list.enumerated() {
-            let broken = (0..<settings.seedsPerPrompt).map { predicted[j * settings.seedsPerPrompt + $0] == label }
+            let broken = (0..<settings.seedsPerPrompt).map { conceptLabels.contains(predicted[j * settings.seedsPerPrompt + $0]) }
             results.append(ParaphrasePromptResult(prompt: entry.prompt, source: entry.source, broken: broken,
                                                   rate: Double(broken.filter { $0 }.count) / Double(broken.count)))
         }
@@ -82,7 +92,7 @@ public enum ParaphraseAttack {
             let hits = results.filter { source == nil || $0.source == source }.flatMap(\.broken)
             return hits.isEmpty ? 0 : Double(hits.filter { $0 }.count) / Double(hits.count)
         }
-        let result = ParaphraseAttackResult(concept: prompts.classes[label].name, label: label, model: modelName,
+        let result = ParaphraseAttackResult(concept: concept, label: label, model: modelName,
                                             asr: rate(nil), asr_paraphrases: rate("paraphrase"), asr_synonyms: rate("synonym"),
                                             prompts: results, settings: settings)
         return (result, images)
@@ -469,7 +479,6 @@ public enum UnlearnDiffAtk {
                            promptOverride: [String]? = nil,
                            log: (String) -> Void = { _ in }) throws -> (UnlearnDiffAtkResult, UnlearnDiffAtkImages) {
         try config.validate()
-        let attack = try PrefixTokenAttack(pipeline: pipeline)
         let list = promptOverride ?? targetPrompts(label: label, prompts: prompts)
         guard !list.isEmpty else { throw ErasureError.invalidRequest("no prompts to attack") }
         var order = RandomGenerator(seed: config.seed)
@@ -477,20 +486,41 @@ public enum UnlearnDiffAtk {
         guard pool.count >= config.instances else {
             throw ErasureError.invalidRequest("the test set has \(pool.count) images of class \(label), fewer than --instances \(config.instances)")
         }
-        func probability(_ image: Tensor) -> Double { Double(judge.probabilities(image).pointer[label]) }
+        let targets = (0..<config.instances).map { i in
+            AttackTarget(prompt: list[i % list.count], image: test.batch([pool[i]]), imageIndex: pool[i], label: label)
+        }
+        return try run(pipeline: pipeline, targets: targets, concept: prompts.classes[label].name, label: label, conceptLabels: [label],
+                       judge: judge, attackJudge: attackJudge, config: config, modelName: modelName, log: log)
+    }
+
+    /// Attacks one instance per target: instance i is `targets[i]`'s prompt with image index i,
+    /// its denoising loss measured on `targets[i].image`. An image is broken when `judge` puts
+    /// it in one of `conceptLabels` (one class, or a group such as the emoji weapons); its
+    /// concept probability is the judge's probability of that set.
+    public static func run(pipeline: StableDiffusionPipeline, targets: [AttackTarget], concept: String, label: Int,
+                           conceptLabels: [Int], judge: any Judge, attackJudge: (any Judge)?, config: UnlearnDiffAtkConfig,
+                           modelName: String, log: (String) -> Void = { _ in }) throws -> (UnlearnDiffAtkResult, UnlearnDiffAtkImages) {
+        try config.validate()
+        guard !targets.isEmpty else { throw ErasureError.invalidRequest("no prompts to attack") }
+        let attack = try PrefixTokenAttack(pipeline: pipeline)
+        func probability(_ image: Tensor) -> Double {
+            let p = judge.probabilities(image)
+            return conceptLabels.reduce(0.0) { $0 + Double(p.pointer[$1]) }
+        }
+        func isBroken(_ image: Tensor) -> Bool { conceptLabels.contains(judge.predict(image)[0]) }
         var instances: [AttackInstanceResult] = []
         var images = UnlearnDiffAtkImages(target: [], before: [], after: [], afterContinuous: [])
-        for i in 0..<config.instances {
-            let prompt = list[i % list.count]
-            let target = test.batch([pool[i]])
+        for (i, entry) in targets.enumerated() {
+            let prompt = entry.prompt
+            let target = entry.image
             let before = try pipeline.generate(prompts: [prompt], steps: config.samplingSteps, guidance: config.guidance,
                                                seed: config.seed, firstImageIndex: i)
-            var instance = AttackInstanceResult(prompt: prompt, image_index: i, target_test_index: pool[i],
-                                                broken_before: judge.predict(before)[0] == label,
+            var instance = AttackInstanceResult(prompt: prompt, image_index: i, target_test_index: entry.imageIndex,
+                                                broken_before: isBroken(before),
                                                 concept_probability_before: probability(before))
             images.target.append(target)
             images.before.append(before)
-            log(String(format: "instance %d/%d \"%@\": %@ before the attack (p = %.3f)", i + 1, config.instances, prompt,
+            log(String(format: "instance %d/%d \"%@\": %@ before the attack (p = %.3f)", i + 1, targets.count, prompt,
                        instance.broken_before ? "broken" : "not broken", instance.concept_probability_before))
             guard !instance.broken_before || config.attackBroken else {
                 images.after.append(nil)
@@ -499,7 +529,7 @@ public enum UnlearnDiffAtk {
                 continue
             }
             var generator = RandomGenerator(seed: config.seed).fork(UInt64(i))
-            let found = attack.optimise(prompt: prompt, target: target, concept: label, judge: attackJudge, config: config,
+            let found = attack.optimise(prompt: prompt, target: target, concept: entry.label, judge: attackJudge, config: config,
                                         generator: &generator, log: log)
             let adversarial = attack.adversarialPrompt(prefixIds: found.tokenIds, prompt: prompt)
             let after = try pipeline.generate(prompts: [adversarial], steps: config.samplingSteps, guidance: config.guidance,
@@ -509,9 +539,9 @@ public enum UnlearnDiffAtk {
             instance.attacked = true
             instance.adversarial_prompt = adversarial
             instance.adversarial_token_ids = found.tokenIds
-            instance.broken_after = judge.predict(after)[0] == label
+            instance.broken_after = isBroken(after)
             instance.concept_probability_after = probability(after)
-            instance.broken_after_continuous = judge.predict(continuous)[0] == label
+            instance.broken_after_continuous = isBroken(continuous)
             instance.concept_probability_after_continuous = probability(continuous)
             instance.first_loss = found.losses.first.map(Double.init)
             instance.last_loss = found.losses.last.map(Double.init)
@@ -529,13 +559,30 @@ public enum UnlearnDiffAtk {
             return v.isEmpty ? nil : v.reduce(0, +) / Double(v.count)
         }
         let result = UnlearnDiffAtkResult(
-            concept: prompts.classes[label].name, label: label, model: modelName, asr_pre: rates.asr_pre,
+            concept: concept, label: label, model: modelName, asr_pre: rates.asr_pre,
             asr_post: rates.asr_post, asr_post_continuous: rates.asr_post_continuous,
             mean_concept_probability_before: mean(attacked.map(\.concept_probability_before)),
             mean_concept_probability_after: mean(attacked.map(\.concept_probability_after)),
             mean_concept_probability_after_continuous: mean(attacked.map(\.concept_probability_after_continuous)),
             prompts: instances, config: config)
         return (result, images)
+    }
+}
+
+/// One instance UnlearnDiffAtk attacks: the prompt, a real image of the concept (its denoising
+/// loss target, [1, C, H, W]), that image's index in its set (recorded as `target_test_index`)
+/// and the class the attack judge's term pushes toward.
+public struct AttackTarget {
+    public var prompt: String
+    public var image: Tensor
+    public var imageIndex: Int
+    public var label: Int
+
+    public init(prompt: String, image: Tensor, imageIndex: Int, label: Int) {
+        self.prompt = prompt
+        self.image = image
+        self.imageIndex = imageIndex
+        self.label = label
     }
 }
 

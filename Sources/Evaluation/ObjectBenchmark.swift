@@ -6,7 +6,7 @@ import Tensor
 import Testbed
 
 /// One finished cell of the benchmark: a method erasing one concept with one seed, measured.
-public struct BenchmarkCell: Codable, Sendable {
+public struct BenchmarkCell: BenchmarkCellRecord, Sendable {
     public var concept: String
     public var method: String
     public var seed: UInt64
@@ -25,22 +25,12 @@ public struct BenchmarkCell: Codable, Sendable {
     public var phase_seconds: [String: Double]? = nil
 }
 
-/// A method the benchmark runs: its name and how to build it for a seed (nil: the original model).
-public struct BenchmarkMethod {
-    public var name: String
-    public var make: ((UInt64) throws -> any ErasureMethod)?
-
-    public init(name: String, make: ((UInt64) throws -> any ErasureMethod)?) {
-        self.name = name
-        self.make = make
-    }
-}
-
 /// `score benchmark --task object`: every method on every concept and seed of the testbed,
 /// erased and measured the same way (same judges, prompts, sampler and evaluation noise).
 /// Each finished cell is written to `<output>/<concept>/<method>-seed<N>.json` and never
-/// recomputed, so a killed benchmark resumes where it stopped.
-public struct ObjectBenchmark {
+/// recomputed, so a killed benchmark resumes where it stopped (`CellBenchmark`).
+public struct ObjectBenchmark: CellBenchmark {
+    public typealias Cell = BenchmarkCell
     public var concepts: [String]
     public var methods: [BenchmarkMethod]
     public var seeds: [UInt64]
@@ -61,38 +51,6 @@ public struct ObjectBenchmark {
         self.output = output
     }
 
-    func cellURL(concept: String, method: String, seed: UInt64) -> URL {
-        output.appendingPathComponent(concept.replacingOccurrences(of: " ", with: "-"))
-            .appendingPathComponent("\(method)-seed\(seed).json")
-    }
-
-    /// The cells in the order they run: concept, then method, then seed; the original model
-    /// (no `make`) once per concept, with the first seed.
-    public func plannedCells() -> [(concept: String, method: BenchmarkMethod, seed: UInt64)] {
-        concepts.flatMap { concept in
-            methods.flatMap { method in (method.make == nil ? [seeds[0]] : seeds).map { (concept, method, $0) } }
-        }
-    }
-
-    /// The cell already measured at its file, or nil when it has to be (re)computed. A file that
-    /// does not decode is recomputed, and the log says so.
-    func finishedCell(concept: String, method: String, seed: UInt64, log: (String) -> Void) -> BenchmarkCell? {
-        let url = cellURL(concept: concept, method: method, seed: seed)
-        guard let data = try? Data(contentsOf: url) else { return nil }
-        do {
-            return try JSONDecoder().decode(BenchmarkCell.self, from: data)
-        } catch {
-            log("\(url.path) does not decode (\(error)): the cell counts as not measured")
-            return nil
-        }
-    }
-
-    /// The planned cells already measured, in plan order: a table of a benchmark still running
-    /// or stopped part-way, without measuring anything.
-    public func finishedCells(log: (String) -> Void = { _ in }) -> [BenchmarkCell] {
-        plannedCells().compactMap { finishedCell(concept: $0.concept, method: $0.method.name, seed: $0.seed, log: log) }
-    }
-
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> [BenchmarkCell] {
         let prompts = try FashionPrompts.bundled()
         for concept in concepts where prompts.label(forConcept: concept) == nil {
@@ -106,48 +64,19 @@ public struct ObjectBenchmark {
         }
     }
 
-    /// Runs the plan, skipping cells whose file exists and writing each new cell as it finishes.
-    func run(log: (String) -> Void,
-             measure: (String, BenchmarkMethod, UInt64) throws -> BenchmarkCell) throws -> [BenchmarkCell] {
-        var cells: [BenchmarkCell] = []
-        for (concept, method, seed) in plannedCells() {
-            if let cell = finishedCell(concept: concept, method: method.name, seed: seed, log: log) {
-                log("\(concept) / \(method.name) / seed \(seed): done before, skipped")
-                cells.append(cell)
-                continue
-            }
-            log("\(concept) / \(method.name) / seed \(seed)")
-            let cell = try measure(concept, method, seed)
-            try writeJSONAtomically(cell, to: cellURL(concept: concept, method: method.name, seed: seed))
-            cells.append(cell)
-        }
-        return cells
-    }
-
     /// A Markdown table: one row per concept × method, mean ± standard deviation over seeds.
     public static func markdownTable(_ cells: [BenchmarkCell]) -> String {
-        func stat(_ values: [Double], percent: Bool = true, digits: Int = 1) -> String {
-            guard !values.isEmpty else { return "–" }
-            let scale = percent ? 100.0 : 1.0
-            let mean = values.reduce(0, +) / Double(max(values.count, 1))
-            let spread = values.count > 1 ? (values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count - 1)).squareRoot() : 0
-            let format = "%.\(digits)f"
-            return values.count > 1 ? String(format: "\(format) ± \(format)", mean * scale, spread * scale)
-                                    : String(format: format, mean * scale)
-        }
+        let stat = benchmarkStat
         var text = "| concept | method | seeds | Acc_e ↓ | Acc_g ↓ | Acc_s ↑ | H_o ↑ | KID vs real | ASR paraphrase ↓ | ASR UnlearnDiffAtk pre → post ↓ | leakage Î (nats) | bound | erase time (s) | params changed |\n"
         text += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        var order: [(String, String)] = []
-        for cell in cells where !order.contains(where: { $0 == (cell.concept, cell.method) }) { order.append((cell.concept, cell.method)) }
-        for (concept, method) in order {
-            let group = cells.filter { $0.concept == concept && $0.method == method }
+        for (concept, method, group) in benchmarkRows(cells) {
             let e = group.map(\.evaluation)
-            text += "| \(concept) | \(method) | \(group.count) | \(stat(e.map(\.acc_e))) | \(stat(e.map(\.acc_g))) | \(stat(e.map(\.acc_s))) | "
-            text += "\(stat(e.map(\.h_o))) | \(stat(e.map(\.kid_real), percent: false, digits: 3)) | "
-            text += "\(stat(group.compactMap(\.asr_paraphrase))) | "
-            text += "\(stat(group.compactMap(\.asr_unlearndiffatk_pre))) → \(stat(group.compactMap(\.asr_unlearndiffatk_post))) | "
-            text += "\(stat(e.compactMap(\.leakage_nats), percent: false, digits: 3)) | \(stat(e.compactMap(\.leakage_bound), percent: false, digits: 3)) | "
-            text += "\(stat(group.map(\.wall_seconds), percent: false, digits: 0)) | \(stat(group.map { Double($0.parameters_changed) }, percent: false, digits: 0)) |\n"
+            text += "| \(concept) | \(method) | \(group.count) | \(stat(e.map(\.acc_e), true, 1)) | \(stat(e.map(\.acc_g), true, 1)) | \(stat(e.map(\.acc_s), true, 1)) | "
+            text += "\(stat(e.map(\.h_o), true, 1)) | \(stat(e.map(\.kid_real), false, 3)) | "
+            text += "\(stat(group.compactMap(\.asr_paraphrase), true, 1)) | "
+            text += "\(stat(group.compactMap(\.asr_unlearndiffatk_pre), true, 1)) → \(stat(group.compactMap(\.asr_unlearndiffatk_post), true, 1)) | "
+            text += "\(stat(e.compactMap(\.leakage_nats), false, 3)) | \(stat(e.compactMap(\.leakage_bound), false, 3)) | "
+            text += "\(stat(group.map(\.wall_seconds), false, 0)) | \(stat(group.map { Double($0.parameters_changed) }, false, 0)) |\n"
         }
         return text
     }
@@ -182,12 +111,7 @@ final class CellMeasurement {
             throw ErasureError.invalidRequest("--concepts: '\(concept)' is not a class of the testbed")
         }
         let request = try Workflows.request(concepts: [concept], synonyms: [], anchors: [], retain: nil, prompts: prompts)
-        var phases: [String: Double] = [:]
-        func timed<T>(_ phase: String, _ body: () throws -> T) rethrows -> T {
-            let started = Date()
-            defer { phases[phase] = Date().timeIntervalSince(started) }
-            return try body()
-        }
+        let timed = PhaseTimer()
         let original = try ModelLoader.load(nil, assets: assets)
         if originalImages[concept] == nil {
             originalImages[concept] = try timed("original_images") {
@@ -195,20 +119,9 @@ final class CellMeasurement {
             }
         }
         let model = try ModelLoader.load(nil, assets: assets)
-        var changed = 0
-        if let make = method.make {
-            let eraser = try make(seed)
-            let runFolder = benchmark.cellURL(concept: concept, method: method.name, seed: seed).deletingPathExtension()
-            let outcome = try timed("erase") {
-                try eraser.erase(request, pipeline: model.pipeline, context: ErasureContext(output: runFolder, resume: true, log: log))
-            }
-            let written = try ErasedModel.write(unet: model.pipeline.unet, reference: original.pipeline.unet,
-                                                baseFolder: original.folder, baseName: original.name, method: eraser.name,
-                                                concepts: [concept], full: false, to: runFolder.appendingPathComponent("model"))
-            changed = written.entries
-            log(String(format: "  erased in %.0f s, %d parameters changed, final erase loss %@", phases["erase"] ?? 0, changed,
-                       outcome.losses["erase"]?.last.map { String(format: "%.4f", $0) } ?? "–"))
-        }
+        let changed = try eraseCell(method: method, seed: seed, request: request, model: model, original: original,
+                                    runFolder: benchmark.cellURL(concept: concept, method: method.name, seed: seed).deletingPathExtension(),
+                                    timer: timed, log: log)
         var (evaluation, _, _) = try timed("evaluate") {
             try ObjectEvaluator.evaluate(
                 erased: model.pipeline, original: nil, originalImages: originalImages[concept], label: label, prompts: prompts,
@@ -232,10 +145,10 @@ final class CellMeasurement {
         log(String(format: "  Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%  H_o %.1f%%  leakage bound %.3f  ASR paraphrase %.1f%%, UnlearnDiffAtk %.0f%% → %.0f%%",
                    evaluation.acc_e * 100, evaluation.acc_g * 100, evaluation.acc_s * 100, evaluation.h_o * 100,
                    report.leakage_bound, paraphrase.asr * 100, uda.asr_pre * 100, uda.asr_post * 100))
-        log("  seconds: " + phases.sorted { $0.key < $1.key }.map { String(format: "%@ %.0f", $0.key, $0.value) }.joined(separator: ", "))
+        log(timed.line)
         return BenchmarkCell(concept: concept, method: method.name, seed: seed, evaluation: evaluation,
-                             wall_seconds: phases["erase"] ?? 0, peak_memory_mb: peakResidentMegabytes(), parameters_changed: changed,
+                             wall_seconds: timed.seconds["erase"] ?? 0, peak_memory_mb: peakResidentMegabytes(), parameters_changed: changed,
                              asr_paraphrase: paraphrase.asr, asr_unlearndiffatk_pre: uda.asr_pre,
-                             asr_unlearndiffatk_post: uda.asr_post, phase_seconds: phases)
+                             asr_unlearndiffatk_post: uda.asr_post, phase_seconds: timed.seconds)
     }
 }

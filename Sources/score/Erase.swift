@@ -300,14 +300,21 @@ struct Demo: ParsableCommand {
 struct Benchmark: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run every method on testbed concepts and seeds, measure each the same way, write a Markdown table and JSON.",
-        discussion: "Finished cells are kept in --out and skipped when the command is run again.")
+        discussion: """
+            Finished cells are kept in --out and skipped when the command is run again. --task object erases \
+            Fashion-MNIST classes from the embedded mini-SD; --task style, identity and unsafe erase an emoji style, \
+            character or the weapons group from a trained emoji mini-SD (--model; docs/EMOJI.md).
+            """)
 
-    @Option(help: "Task: object (Fashion-MNIST classes).") var task = "object"
-    @Option(help: "Concepts (comma-separated testbed classes).") var concepts = "sneaker"
+    @Option(help: "Task: object (Fashion-MNIST classes), style (an emoji style), identity (an emoji character) or unsafe (the emoji weapons group).") var task = "object"
+    @Option(help: "Concepts (comma-separated; default: sneaker, OpenMoji style, Santa Claus or weapons by task).") var concepts: String?
     @Option(help: "Methods (comma-separated): original, score, esd-x, esd-u, esd-all, esd-x-strict, uce.") var methods = "original,esd-x,esd-u,uce,score"
     @Option(help: "Seeds per method.") var seeds = 1
-    @Option(help: "Folder for the cells.") var out = "runs/benchmark"
+    @Option(help: "Folder for the cells (default: runs/benchmark for object, runs/benchmark-<task> for the emoji tasks).") var out: String?
     @Option(help: "Markdown table to write (default: <out>/results.md).") var table: String?
+    @Option(help: "Emoji tasks: the trained emoji mini-SD folder (`score train unet --testbed emoji` writes <out>/model).") var model: String?
+    @Option(help: "Emoji tasks: the emoji dataset file (default: the one `score dataset emoji` builds).") var dataset: String?
+    @Option(help: "Emoji tasks: folder with judge-style-cnn.safetensors and judge-identity-cnn.safetensors (default: the shipped emoji judges).") var judges: String?
     @Flag(help: "Print the cells as JSON.") var json = false
     @Flag(help: "Measure nothing: write the table of the cells already finished in --out.") var finishedOnly = false
     @OptionGroup var hyperparameters: SCOREOptions
@@ -316,56 +323,47 @@ struct Benchmark: ParsableCommand {
 
     func run() throws {
         try compute.apply()
-        guard task == "object" else { throw ValidationError("--task '\(task)' is not available yet; tasks: object") }
+        let task = try BenchmarkTask(flag: self.task)
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
         let config = try hyperparameters.resolve()
         let methods = try self.methods.split(separator: ",").map { name -> BenchmarkMethod in
-            try benchmarkMethod(String(name).trimmingCharacters(in: .whitespaces), score: config)
+            try BenchmarkMethod.named(String(name).trimmingCharacters(in: .whitespaces), score: config)
         }
-        var benchmark = ObjectBenchmark(concepts: try listValue(concepts), methods: methods,
-                                        seeds: (0..<UInt64(seeds)).map { $0 }, output: URL(fileURLWithPath: out))
-        benchmark.leakage = leakage.options
-        let cells = finishedOnly ? benchmark.finishedCells(log: { print($0) })
-                                 : try benchmark.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
-        let markdown = ObjectBenchmark.markdownTable(cells)
+        let out = self.out ?? task.defaultOutput
+        let seedList = (0..<UInt64(seeds)).map { $0 }
+        let conceptList = try concepts.map(listValue)
+        let markdown: String, encoded: Data
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        if task == .object {
+            for (flag, value) in [("--model", model), ("--dataset", dataset), ("--judges", judges)] where value != nil {
+                throw ValidationError("\(flag) is for the emoji tasks; --task object uses the embedded mini-SD and judges")
+            }
+            var benchmark = ObjectBenchmark(concepts: conceptList ?? ["sneaker"], methods: methods, seeds: seedList,
+                                            output: URL(fileURLWithPath: out))
+            benchmark.leakage = leakage.options
+            let cells = finishedOnly ? benchmark.finishedCells(log: { print($0) })
+                                     : try benchmark.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
+            markdown = ObjectBenchmark.markdownTable(cells)
+            encoded = try encoder.encode(cells)
+        } else {
+            var benchmark = try EmojiBenchmark(task: task, tasks: try EmojiTasks.bundled(), concepts: conceptList, methods: methods,
+                                               seeds: seedList, output: URL(fileURLWithPath: out))
+            benchmark.leakage = leakage.options
+            let cells = finishedOnly ? benchmark.finishedCells(log: { print($0) })
+                                     : try benchmark.run(model: model, dataset: dataset, judges: judges,
+                                                         assets: Assets(log: { print("… \($0)") }), log: { print($0) })
+            markdown = EmojiBenchmark.markdownTable(cells, task: task)
+            encoded = try encoder.encode(cells)
+        }
         let tableURL = URL(fileURLWithPath: table ?? "\(out)/results.md")
+        try FileManager.default.createDirectory(at: tableURL.deletingLastPathComponent(), withIntermediateDirectories: true)
         try Data(markdown.utf8).write(to: tableURL, options: .atomic)
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(cells), as: UTF8.self))
+            print(String(decoding: encoded, as: UTF8.self))
         } else {
             print(markdown)
             print("wrote \(tableURL.path)")
         }
-    }
-}
-
-/// A benchmark row by name: "original" (no erasure), "score", "uce", or "esd-…" with that
-/// trainable set; each at its defaults (SCORE's from the flags), seeded per cell.
-func benchmarkMethod(_ name: String, score: SCOREConfig) throws -> BenchmarkMethod {
-    switch name {
-    case "original":
-        return BenchmarkMethod(name: name, make: nil)
-    case "score":
-        return BenchmarkMethod(name: name) { seed in
-            var config = score
-            config.seed = seed
-            return try ErasureMethods.make("score", score: config)
-        }
-    case "uce":
-        return BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
-    case let esd where esd.hasPrefix("esd-"):
-        guard let trainMethod = ESDTrainMethod(rawValue: esd) else {
-            throw ValidationError("unknown benchmark method '\(esd)'; ESD rows are \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        return BenchmarkMethod(name: name) { seed in
-            var config = ESDConfig()
-            config.trainMethod = trainMethod
-            config.seed = seed
-            return try ErasureMethods.make("esd", esd: config)
-        }
-    default:
-        throw ValidationError("unknown benchmark method '\(name)'; methods: original, score, uce, esd-x, esd-u, esd-all, esd-x-strict")
     }
 }

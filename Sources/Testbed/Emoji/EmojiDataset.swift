@@ -352,9 +352,10 @@ public struct EmojiDataset: Sendable {
         }
     }
 
-    private init(size: Int, copies: Int, seed: UInt64, options: [String: String], entries: [EmojiEntry], styles: [EmojiStyle],
-                 images: [UInt8], emoji: [Int], style: [Int], copy: [Int], placement: [Float], sources: [String: String],
-                 census: EmojiCensus?) {
+    /// Internal, not private: tests build hand-made datasets with it (EmojiBenchmarkTests).
+    init(size: Int, copies: Int, seed: UInt64, options: [String: String], entries: [EmojiEntry], styles: [EmojiStyle],
+         images: [UInt8], emoji: [Int], style: [Int], copy: [Int], placement: [Float], sources: [String: String],
+         census: EmojiCensus?) {
         self.size = size
         self.copies = copies
         self.seed = seed

@@ -8,8 +8,8 @@ public struct EmojiTaskError: Error, CustomStringConvertible, Equatable {
     public var description: String { "\(file): key \"\(key)\": \(reason)" }
 }
 
-/// The emoji testbed's erasure tasks, read from `Resources/emoji_tasks.json` (data only: the
-/// benchmark runs them later).
+/// The emoji testbed's erasure tasks, read from `Resources/emoji_tasks.json` (data only:
+/// `EmojiTaskSetup` and `EmojiBenchmark` in Evaluation turn them into prompts, scores and cells).
 ///
 /// - style: erase one of the four styles ("OpenMoji style"); the other three must survive.
 /// - identity: erase one named character ("Santa Claus") among 20 person/character emoji.

@@ -1,0 +1,209 @@
+import Diffusion
+import Erasure
+import Foundation
+import Kernels
+import Tensor
+import Testbed
+
+// The machinery every `score benchmark --task` shares: the plan (concept, then method, then
+// seed), one JSON file per finished cell that is never recomputed, the methods by name, the
+// erasure step of a cell and the table's number format. ObjectBenchmark (Fashion-MNIST) and
+// EmojiBenchmark (style, identity, unsafe) differ only in how a cell is measured and tabled.
+
+/// Which benchmark `score benchmark --task` runs.
+public enum BenchmarkTask: String, CaseIterable, Sendable {
+    /// A Fashion-MNIST class on the embedded mini-SD.
+    case object
+    /// An emoji style ("OpenMoji style"); the other three must survive.
+    case style
+    /// A named emoji character ("Santa Claus") among the identity task's 20.
+    case identity
+    /// The group "weapons", erased as one concept, judged on explicit and implicit prompts.
+    case unsafe
+
+    /// `--task` parsed; an unknown name is an error naming the flag and the tasks.
+    public init(flag: String) throws {
+        guard let task = BenchmarkTask(rawValue: flag.lowercased()) else {
+            throw ErasureError.invalidRequest("--task '\(flag)' is not a benchmark task; tasks: \(Self.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        self = task
+    }
+
+    /// The emoji tasks need a trained emoji mini-SD (`--model`) and the emoji dataset.
+    public var isEmoji: Bool { self != .object }
+
+    /// Where the cells go without `--out`: each task its own folder, so tables never mix.
+    public var defaultOutput: String { self == .object ? "runs/benchmark" : "runs/benchmark-\(rawValue)" }
+}
+
+/// What the plan needs of a finished cell's record.
+public protocol BenchmarkCellRecord: Codable {
+    var concept: String { get }
+    var method: String { get }
+    var seed: UInt64 { get }
+}
+
+/// A method the benchmark runs: its name and how to build it for a seed (nil: the original model).
+public struct BenchmarkMethod {
+    public var name: String
+    public var make: ((UInt64) throws -> any ErasureMethod)?
+
+    public init(name: String, make: ((UInt64) throws -> any ErasureMethod)?) {
+        self.name = name
+        self.make = make
+    }
+
+    /// A benchmark row by name: "original" (no erasure), "score", "uce", or "esd-…" with that
+    /// trainable set; each at its defaults (SCORE's from `score`), seeded per cell.
+    public static func named(_ name: String, score: SCOREConfig = SCOREConfig()) throws -> BenchmarkMethod {
+        switch name {
+        case "original":
+            return BenchmarkMethod(name: name, make: nil)
+        case "score":
+            return BenchmarkMethod(name: name) { seed in
+                var config = score
+                config.seed = seed
+                return try ErasureMethods.make("score", score: config)
+            }
+        case "uce":
+            return BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
+        case let esd where esd.hasPrefix("esd-"):
+            guard let trainMethod = ESDTrainMethod(rawValue: esd) else {
+                throw ErasureError.invalidRequest("unknown benchmark method '\(esd)'; ESD rows are \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return BenchmarkMethod(name: name) { seed in
+                var config = ESDConfig()
+                config.trainMethod = trainMethod
+                config.seed = seed
+                return try ErasureMethods.make("esd", esd: config)
+            }
+        default:
+            throw ErasureError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, uce, esd-x, esd-u, esd-all, esd-x-strict")
+        }
+    }
+}
+
+/// A benchmark of cells: every method on every concept and seed. Each finished cell is written
+/// to `<output>/<concept>/<method>-seed<N>.json` and never recomputed, so a killed benchmark
+/// resumes where it stopped.
+public protocol CellBenchmark {
+    associatedtype Cell: BenchmarkCellRecord
+    var concepts: [String] { get }
+    var methods: [BenchmarkMethod] { get }
+    var seeds: [UInt64] { get }
+    var output: URL { get }
+    /// Whether a decoded cell file belongs to this benchmark (a cell of another task in the
+    /// same folder is measured again, not trusted).
+    func accepts(_ cell: Cell) -> Bool
+}
+
+extension CellBenchmark {
+    public func accepts(_ cell: Cell) -> Bool { true }
+
+    func cellURL(concept: String, method: String, seed: UInt64) -> URL {
+        output.appendingPathComponent(concept.replacingOccurrences(of: " ", with: "-"))
+            .appendingPathComponent("\(method)-seed\(seed).json")
+    }
+
+    /// The cells in the order they run: concept, then method, then seed; the original model
+    /// (no `make`) once per concept, with the first seed.
+    public func plannedCells() -> [(concept: String, method: BenchmarkMethod, seed: UInt64)] {
+        concepts.flatMap { concept in
+            methods.flatMap { method in (method.make == nil ? [seeds[0]] : seeds).map { (concept, method, $0) } }
+        }
+    }
+
+    /// The cell already measured at its file, or nil when it has to be (re)computed. A file that
+    /// does not decode is recomputed, and the log says so.
+    func finishedCell(concept: String, method: String, seed: UInt64, log: (String) -> Void) -> Cell? {
+        let url = cellURL(concept: concept, method: method, seed: seed)
+        guard let data = try? Data(contentsOf: url) else { return nil }
+        do {
+            let cell = try JSONDecoder().decode(Cell.self, from: data)
+            guard accepts(cell) else {
+                log("\(url.path) is a cell of another benchmark: the cell counts as not measured")
+                return nil
+            }
+            return cell
+        } catch {
+            log("\(url.path) does not decode (\(error)): the cell counts as not measured")
+            return nil
+        }
+    }
+
+    /// The planned cells already measured, in plan order: a table of a benchmark still running
+    /// or stopped part-way, without measuring anything.
+    public func finishedCells(log: (String) -> Void = { _ in }) -> [Cell] {
+        plannedCells().compactMap { finishedCell(concept: $0.concept, method: $0.method.name, seed: $0.seed, log: log) }
+    }
+
+    /// Runs the plan, skipping cells whose file exists and writing each new cell as it finishes.
+    func run(log: (String) -> Void, measure: (String, BenchmarkMethod, UInt64) throws -> Cell) throws -> [Cell] {
+        var cells: [Cell] = []
+        for (concept, method, seed) in plannedCells() {
+            if let cell = finishedCell(concept: concept, method: method.name, seed: seed, log: log) {
+                log("\(concept) / \(method.name) / seed \(seed): done before, skipped")
+                cells.append(cell)
+                continue
+            }
+            log("\(concept) / \(method.name) / seed \(seed)")
+            let cell = try measure(concept, method, seed)
+            try writeJSONAtomically(cell, to: cellURL(concept: concept, method: method.name, seed: seed))
+            cells.append(cell)
+        }
+        return cells
+    }
+}
+
+/// Seconds per phase of one cell.
+final class PhaseTimer {
+    private(set) var seconds: [String: Double] = [:]
+
+    func callAsFunction<T>(_ phase: String, _ body: () throws -> T) rethrows -> T {
+        let started = Date()
+        defer { seconds[phase] = Date().timeIntervalSince(started) }
+        return try body()
+    }
+
+    var line: String {
+        "  seconds: " + seconds.sorted { $0.key < $1.key }.map { String(format: "%@ %.0f", $0.key, $0.value) }.joined(separator: ", ")
+    }
+}
+
+/// The erasure step of a cell, the same for every task: builds the method for the seed, erases
+/// `request` from `model` in place (resumable in the cell's run folder) and writes the changed
+/// tensors over `original` to `<runFolder>/model`. Returns how many parameters changed.
+func eraseCell(method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, model: LoadedModel, original: LoadedModel,
+               runFolder: URL, timer: PhaseTimer, log: @escaping (String) -> Void) throws -> Int {
+    guard let make = method.make else { return 0 }
+    let eraser = try make(seed)
+    let outcome = try timer("erase") {
+        try eraser.erase(request, pipeline: model.pipeline, context: ErasureContext(output: runFolder, resume: true, log: log))
+    }
+    let written = try ErasedModel.write(unet: model.pipeline.unet, reference: original.pipeline.unet,
+                                        baseFolder: original.folder, baseName: original.name, method: eraser.name,
+                                        concepts: request.concepts.map(\.name), full: false,
+                                        to: runFolder.appendingPathComponent("model"))
+    log(String(format: "  erased in %.0f s, %d parameters changed, final erase loss %@", timer.seconds["erase"] ?? 0, written.entries,
+               outcome.losses["erase"]?.last.map { String(format: "%.4f", $0) } ?? "–"))
+    return written.entries
+}
+
+/// The tables' number format: mean ± sample standard deviation over seeds, "–" when nothing
+/// was measured; fractions as percentages.
+func benchmarkStat(_ values: [Double], percent: Bool = true, digits: Int = 1) -> String {
+    guard !values.isEmpty else { return "–" }
+    let scale = percent ? 100.0 : 1.0
+    let mean = values.reduce(0, +) / Double(max(values.count, 1))
+    let spread = values.count > 1 ? (values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count - 1)).squareRoot() : 0
+    let format = "%.\(digits)f"
+    return values.count > 1 ? String(format: "\(format) ± \(format)", mean * scale, spread * scale)
+                            : String(format: format, mean * scale)
+}
+
+/// (concept, method) pairs in the order the cells list them: the tables' rows.
+func benchmarkRows<Cell: BenchmarkCellRecord>(_ cells: [Cell]) -> [(concept: String, method: String, cells: [Cell])] {
+    var order: [(String, String)] = []
+    for cell in cells where !order.contains(where: { $0 == (cell.concept, cell.method) }) { order.append((cell.concept, cell.method)) }
+    return order.map { concept, method in (concept, method, cells.filter { $0.concept == concept && $0.method == method }) }
+}
