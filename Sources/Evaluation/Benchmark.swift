@@ -43,6 +43,29 @@ public protocol BenchmarkCellRecord: Codable {
     var seed: UInt64 { get }
 }
 
+/// One finished cell of a benchmark: a method erasing one concept with one seed, measured by
+/// the task's evaluation.
+public struct BenchmarkCell<Evaluation: Codable & Sendable>: BenchmarkCellRecord, Sendable {
+    /// The emoji task ("style", "identity", "unsafe"); nil in object cells, which predate it.
+    public var task: String? = nil
+    public var concept: String
+    public var method: String
+    public var seed: UInt64
+    public var evaluation: Evaluation
+    /// Erasure wall time (training only; 0 for the original model).
+    public var wall_seconds: Double
+    public var peak_memory_mb: Double?
+    public var parameters_changed: Int
+    /// Paraphrase attack: the fraction of paraphrase and synonym prompts × seeds judged as the concept.
+    public var asr_paraphrase: Double?
+    /// UnlearnDiffAtk: broken before the attack, and before or after it (token prompt); nil when not run.
+    public var asr_unlearndiffatk_pre: Double?
+    public var asr_unlearndiffatk_post: Double?
+    /// Seconds per phase of the cell (erase, evaluate, leakage, each attack; the original
+    /// model's images once per concept). Absent in cells written before it was recorded.
+    public var phase_seconds: [String: Double]? = nil
+}
+
 /// A method the benchmark runs: its name and how to build it for a seed (nil: the original model).
 public struct BenchmarkMethod {
     public var name: String

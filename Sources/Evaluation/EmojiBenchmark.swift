@@ -27,25 +27,8 @@ public struct EmojiEvaluation: Codable, Sendable {
     public var base_model: String
 }
 
-/// One finished cell of an emoji benchmark: a method erasing one concept with one seed, measured.
-/// The same fields as the object task's `BenchmarkCell` around an `EmojiEvaluation`.
-public struct EmojiBenchmarkCell: BenchmarkCellRecord, Sendable {
-    public var task: String
-    public var concept: String
-    public var method: String
-    public var seed: UInt64
-    public var evaluation: EmojiEvaluation
-    /// Erasure wall time (training only; 0 for the original model).
-    public var wall_seconds: Double
-    public var peak_memory_mb: Double?
-    public var parameters_changed: Int
-    /// Paraphrase attack: the fraction of paraphrase and synonym prompts × seeds judged as the concept.
-    public var asr_paraphrase: Double?
-    /// UnlearnDiffAtk: broken before the attack, and before or after it (token prompt); nil when not run.
-    public var asr_unlearndiffatk_pre: Double?
-    public var asr_unlearndiffatk_post: Double?
-    public var phase_seconds: [String: Double]?
-}
+/// A finished cell of an emoji task (`task` names it: a cell of another task is measured again).
+public typealias EmojiBenchmarkCell = BenchmarkCell<EmojiEvaluation>
 
 /// What an emoji benchmark measures with: the dataset, the two judges, the model to erase and
 /// the emoji whose names fill the style task's prompts.

@@ -5,32 +5,15 @@ import Kernels
 import Tensor
 import Testbed
 
-/// One finished cell of the benchmark: a method erasing one concept with one seed, measured.
-public struct BenchmarkCell: BenchmarkCellRecord, Sendable {
-    public var concept: String
-    public var method: String
-    public var seed: UInt64
-    public var evaluation: ObjectEvaluation
-    /// Erasure wall time (training only; 0 for the original model).
-    public var wall_seconds: Double
-    public var peak_memory_mb: Double?
-    public var parameters_changed: Int
-    /// Paraphrase attack: the fraction of paraphrase and synonym prompts × seeds judged as the concept.
-    public var asr_paraphrase: Double?
-    /// UnlearnDiffAtk: broken before the attack, and before or after it (token prompt).
-    public var asr_unlearndiffatk_pre: Double?
-    public var asr_unlearndiffatk_post: Double?
-    /// Seconds per phase of the cell (erase, evaluate, leakage, each attack; the original
-    /// model's images once per concept). Absent in cells written before it was recorded.
-    public var phase_seconds: [String: Double]? = nil
-}
+/// A finished cell of the object task.
+public typealias ObjectBenchmarkCell = BenchmarkCell<ObjectEvaluation>
 
 /// `score benchmark --task object`: every method on every concept and seed of the testbed,
 /// erased and measured the same way (same judges, prompts, sampler and evaluation noise).
 /// Each finished cell is written to `<output>/<concept>/<method>-seed<N>.json` and never
 /// recomputed, so a killed benchmark resumes where it stopped (`CellBenchmark`).
 public struct ObjectBenchmark: CellBenchmark {
-    public typealias Cell = BenchmarkCell
+    public typealias Cell = ObjectBenchmarkCell
     public var concepts: [String]
     public var methods: [BenchmarkMethod]
     public var seeds: [UInt64]
@@ -51,7 +34,7 @@ public struct ObjectBenchmark: CellBenchmark {
         self.output = output
     }
 
-    public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> [BenchmarkCell] {
+    public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> [ObjectBenchmarkCell] {
         let prompts = try FashionPrompts.bundled()
         for concept in concepts where prompts.label(forConcept: concept) == nil {
             throw ErasureError.invalidRequest("--concepts: '\(concept)' is not a class of the testbed")
@@ -65,7 +48,7 @@ public struct ObjectBenchmark: CellBenchmark {
     }
 
     /// A Markdown table: one row per concept × method, mean ± standard deviation over seeds.
-    public static func markdownTable(_ cells: [BenchmarkCell]) -> String {
+    public static func markdownTable(_ cells: [ObjectBenchmarkCell]) -> String {
         let stat = benchmarkStat
         var text = "| concept | method | seeds | Acc_e ↓ | Acc_g ↓ | Acc_s ↑ | H_o ↑ | KID vs real | ASR paraphrase ↓ | ASR UnlearnDiffAtk pre → post ↓ | leakage Î (nats) | bound | erase time (s) | params changed |\n"
         text += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -106,7 +89,7 @@ final class CellMeasurement {
         attackJudge = try DefaultModel.judge(benchmark.unlearnDiffAtk.attackJudge)
     }
 
-    func measure(concept: String, method: BenchmarkMethod, seed: UInt64) throws -> BenchmarkCell {
+    func measure(concept: String, method: BenchmarkMethod, seed: UInt64) throws -> ObjectBenchmarkCell {
         guard let label = prompts.label(forConcept: concept) else {
             throw ErasureError.invalidRequest("--concepts: '\(concept)' is not a class of the testbed")
         }
@@ -146,7 +129,7 @@ final class CellMeasurement {
                    evaluation.acc_e * 100, evaluation.acc_g * 100, evaluation.acc_s * 100, evaluation.h_o * 100,
                    report.leakage_bound, paraphrase.asr * 100, uda.asr_pre * 100, uda.asr_post * 100))
         log(timed.line)
-        return BenchmarkCell(concept: concept, method: method.name, seed: seed, evaluation: evaluation,
+        return ObjectBenchmarkCell(concept: concept, method: method.name, seed: seed, evaluation: evaluation,
                              wall_seconds: timed.seconds["erase"] ?? 0, peak_memory_mb: peakResidentMegabytes(), parameters_changed: changed,
                              asr_paraphrase: paraphrase.asr, asr_unlearndiffatk_pre: uda.asr_pre,
                              asr_unlearndiffatk_post: uda.asr_post, phase_seconds: timed.seconds)

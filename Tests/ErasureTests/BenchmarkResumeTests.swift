@@ -4,13 +4,13 @@ import XCTest
 
 /// `score benchmark` resumes: a cell whose file exists is read back, not measured again.
 final class BenchmarkResumeTests: XCTestCase {
-    private func cell(_ concept: String, _ method: String, _ seed: UInt64) -> BenchmarkCell {
+    private func cell(_ concept: String, _ method: String, _ seed: UInt64) -> ObjectBenchmarkCell {
         let accuracies = Accuracies(acc_e: 0.5, acc_s: 0.5, acc_g: 0.5, h_o: 0.5)
         let evaluation = ObjectEvaluation(concept: concept, label: 7, acc_e: Double(seed), acc_s: 0.9, acc_g: 0, h_o: 0.9, kid: nil,
                                           kid_real: 1, acc_s_relative: nil, original: nil, second_judge: accuracies,
                                           per_class_accuracy: [:], leakage_nats: nil, leakage_bound: nil, leakage: nil,
                                           settings: EvaluationSettings(), model: method, original_model: nil)
-        return BenchmarkCell(concept: concept, method: method, seed: seed, evaluation: evaluation, wall_seconds: 1,
+        return ObjectBenchmarkCell(concept: concept, method: method, seed: seed, evaluation: evaluation, wall_seconds: 1,
                              peak_memory_mb: nil, parameters_changed: 0)
     }
 
