@@ -248,8 +248,10 @@ final class EmojiCellMeasurement {
         let changed = try eraseCell(method: method, seed: seed, request: setup.request, model: model, original: original,
                                     runFolder: benchmark.cellURL(concept: concept, method: method.name, seed: seed).deletingPathExtension(),
                                     timer: timed, log: log)
-        let images = try timed("evaluate") { try ObjectEvaluator.generate(model.pipeline, prompts: prompts, settings: generation) }
         let before = originalImages[concept]!
+        // The original model's row is the images just made from the same weights and noise.
+        let images = method.make == nil ? before
+            : try timed("evaluate") { try ObjectEvaluator.generate(model.pipeline, prompts: prompts, settings: generation) }
         func score(_ x: Tensor) -> EmojiScores {
             EmojiScores.compute(task: benchmark.task, prompts: setup.evaluation, predictions: judge.predict(x),
                                 conceptLabels: setup.conceptLabels, classNames: setup.judgeClasses)
