@@ -31,6 +31,10 @@ struct ConvGeometry {
                 let kx = row % kernelW, ky = (row / kernelW) % kernelH, c = row / (kernelW * kernelH)
                 let plane = image + c * height * width
                 let dst = columns + row * outH * outW
+                if stride == 1 && outW == width {
+                    shiftedPlane(plane, dy: ky - padding, dx: kx - padding, into: dst)
+                    continue
+                }
                 let valid = validColumns(kx: kx)
                 let shift = kx - padding
                 for oy in 0..<outH {
@@ -49,6 +53,29 @@ struct ConvGeometry {
                 }
             }
         }
+    }
+
+    /// One row of the columns when the output is as wide as the input (stride 1, "same"
+    /// padding across): the plane shifted by dy rows and dx columns, zero where the shift
+    /// leaves the image. Output and input rows have the same width, so the rows that stay
+    /// inside are one contiguous copy; it wraps at the left or right edge, and those |dx|
+    /// columns of each row are zeroed after it. Short rows (8–32 floats) made a per-row loop
+    /// the cost of the unfold; this is one copy per (channel, ky, kx).
+    @inline(__always)
+    private func shiftedPlane(_ plane: UnsafePointer<Float>, dy: Int, dx: Int, into dst: UnsafeMutablePointer<Float>) {
+        let outH = outH, w = width
+        let first = min(outH, max(0, -dy)), end = max(first, min(outH, height - dy))   // rows inside
+        dst.update(repeating: 0, count: first * w)
+        let shift = dy * w + dx
+        // Element j of the rows inside reads plane[j + shift]; keep that index inside the plane
+        // (the elements cut off are edge columns, zeroed below).
+        let lo = max(first * w, -shift), hi = min(end * w, height * w - shift)
+        if hi > lo { (dst + lo).update(from: plane + lo + shift, count: hi - lo) }
+        if first < end && dx != 0 {
+            let edge = dx < 0 ? 0..<min(w, -dx) : max(0, w - dx)..<w
+            for oy in first..<end { for ox in edge { dst[oy * w + ox] = 0 } }
+        }
+        (dst + end * w).update(repeating: 0, count: (outH - end) * w)
     }
 
     /// Adds columns [C·kh·kw, outH·outW] back into an image [C, H, W] (the adjoint of im2col).
