@@ -59,6 +59,19 @@ public struct ModelCheck: Codable, Sendable {
     public var sampler: String
 }
 
+/// Where the judge places the images of one prompt: the fraction of `count` images judged as
+/// each class ("" gives the unconditional model's class mix, which is where an erasure that
+/// makes a concept's images look like the unconditional ones sends them).
+public func classDistribution(pipeline: StableDiffusionPipeline, judge: any Judge, prompts: FashionPrompts, prompt: String,
+                              count: Int, steps: Int = DefaultModel.steps, guidance: Float = DefaultModel.guidance,
+                              seed: UInt64 = 0) throws -> [String: Double] {
+    let images = try pipeline.generate(prompts: Array(repeating: prompt, count: count), steps: steps, guidance: guidance, seed: seed)
+    let predicted = judge.predict(images)
+    return Dictionary(uniqueKeysWithValues: prompts.classes.map { c in
+        (c.name, Double(predicted.filter { $0 == c.label }.count) / Double(count))
+    })
+}
+
 public func checkModel(pipeline: StableDiffusionPipeline, judge: any Judge, prompts: FashionPrompts, test: LabelledImages,
                        imagesPerClass: Int, steps: Int = DefaultModel.steps, guidance: Float = DefaultModel.guidance,
                        seed: UInt64 = 0, log: (String) -> Void = { _ in }) throws -> ModelCheck {

@@ -315,6 +315,7 @@ struct CheckModel: ParsableCommand {
     @Option(help: "Folder with judge-<arch>.safetensors (emoji: judge-style-<arch>.safetensors and judge-identity-<arch>.safetensors, or where `score train judge --testbed emoji` wrote them; default: the embedded judges).") var judges: String?
     @Option(help: "Judge architecture: cnn or mlp.") var judge = "cnn"
     @Option(help: "Images per class.") var imagesPerClass = 50
+    @Option(help: "Instead of the canonical prompts, judge --images-per-class images of this one prompt and print the fraction placed in each class (\"\" for the unconditional model).") var prompt: String?
     @Option(help: "Emoji: images per style (\"{name} in {style} style\" over a fixed sample of emoji).") var imagesPerStyle = 32
     @Option(help: "Emoji: images per identity-task character (cycling over the styles).") var imagesPerIdentity = 8
     @Option(help: "Emoji: how many emoji the style check samples.") var styleEmoji = 16
@@ -331,8 +332,23 @@ struct CheckModel: ParsableCommand {
         if try testbed.isEmoji() { return try runEmoji(assets: assets) }
         let pipeline = try DefaultModel.pipeline(folder: model.map { URL(fileURLWithPath: $0) }, assets: assets)
         let classifier = try DefaultModel.judge(judge, folder: judges.map { URL(fileURLWithPath: $0) })
-        let data = try FashionMNIST(assets: assets)
         let prompts = try FashionPrompts.bundled()
+        if let prompt {
+            let fractions = try classDistribution(pipeline: pipeline, judge: classifier, prompts: prompts, prompt: prompt,
+                                                  count: imagesPerClass, steps: steps, guidance: guidance, seed: seed)
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                struct Distribution: Encodable { let prompt: String; let images: Int; let class_fraction: [String: Double] }
+                print(String(data: try encoder.encode(Distribution(prompt: prompt, images: imagesPerClass, class_fraction: fractions)),
+                             encoding: .utf8)!)
+            } else {
+                print("\(imagesPerClass) images of \"\(prompt)\", judged by the \(judge) judge:")
+                for c in prompts.classes { print(String(format: "%-12@ %5.1f%%", c.name as NSString, (fractions[c.name] ?? 0) * 100)) }
+            }
+            return
+        }
+        let data = try FashionMNIST(assets: assets)
         var result = try checkModel(pipeline: pipeline, judge: classifier, prompts: prompts, test: data.test,
                                     imagesPerClass: imagesPerClass, steps: steps, guidance: guidance, seed: seed,
                                     log: { if !json { print($0) } })
