@@ -70,24 +70,32 @@ public struct BenchmarkCell<Evaluation: Codable & Sendable>: BenchmarkCellRecord
 public struct BenchmarkMethod {
     public var name: String
     public var make: ((UInt64) throws -> any ErasureMethod)?
+    /// Erase towards the task's retained prompts (an anchor set without the concept) instead of
+    /// the task's anchor. Only the erasure sees it; every row is evaluated, and its leakage
+    /// measured, against the same anchor.
+    public var anchorsFromRetained = false
 
     public init(name: String, make: ((UInt64) throws -> any ErasureMethod)?) {
         self.name = name
         self.make = make
     }
 
-    /// A benchmark row by name: "original" (no erasure), "score", "uce", or "esd-…" with that
+    /// A benchmark row by name: "original" (no erasure), "score", "score-retain-anchor" (SCORE
+    /// towards the retained prompts: with the unconditional anchor, SCORE's equilibrium draws
+    /// the concept as often as the unconditional model does), "uce", or "esd-…" with that
     /// trainable set; each at its defaults (SCORE's from `score`), seeded per cell.
     public static func named(_ name: String, score: SCOREConfig = SCOREConfig()) throws -> BenchmarkMethod {
         switch name {
         case "original":
             return BenchmarkMethod(name: name, make: nil)
-        case "score":
-            return BenchmarkMethod(name: name) { seed in
+        case "score", "score-retain-anchor":
+            var method = BenchmarkMethod(name: name) { seed in
                 var config = score
                 config.seed = seed
                 return try ErasureMethods.make("score", score: config)
             }
+            method.anchorsFromRetained = name == "score-retain-anchor"
+            return method
         case "uce":
             return BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
         case let esd where esd.hasPrefix("esd-"):
@@ -101,7 +109,7 @@ public struct BenchmarkMethod {
                 return try ErasureMethods.make("esd", esd: config)
             }
         default:
-            throw ErasureError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, uce, esd-x, esd-u, esd-all, esd-x-strict")
+            throw ErasureError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, uce, esd-x, esd-u, esd-all, esd-x-strict")
         }
     }
 }
@@ -200,6 +208,13 @@ func eraseCell(method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, m
                runFolder: URL, timer: PhaseTimer, log: @escaping (String) -> Void) throws -> Int {
     guard let make = method.make else { return 0 }
     let eraser = try make(seed)
+    var request = request
+    if method.anchorsFromRetained {
+        guard !request.retainPrompts.isEmpty else {
+            throw ErasureError.invalidRequest("\(method.name) erases towards the retained prompts, and this task has none")
+        }
+        for i in request.concepts.indices { request.concepts[i].anchors = request.retainPrompts }
+    }
     let outcome = try timer("erase") {
         try eraser.erase(request, pipeline: model.pipeline, context: ErasureContext(output: runFolder, resume: true, log: log))
     }

@@ -260,6 +260,43 @@ final class EmojiBenchmarkTests: XCTestCase {
         return try StableDiffusionPipeline(textEncoder: WordHashTextEncoder(), unet: unet, vae: nil, scheduler: scheduler, passesAttentionMask: true)
     }
 
+    /// A method that records the request it was asked to erase and changes nothing.
+    final class RequestRecorder: ErasureMethod {
+        let name = "recorder"
+        let config = [String: String]()
+        var requests: [ErasureRequest] = []
+        func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+            requests.append(request)
+            return ErasureOutcome(losses: [:], steps: 0)
+        }
+    }
+
+    /// "score-retain-anchor" erases towards the retained prompts; "score" and the other rows
+    /// keep the task's anchor.
+    func testTheRetainAnchorRowErasesTowardsTheRetainedPrompts() throws {
+        XCTAssertTrue(try BenchmarkMethod.named("score-retain-anchor").anchorsFromRetained)
+        XCTAssertFalse(try BenchmarkMethod.named("score").anchorsFromRetained)
+        let out = folder("anchor")
+        defer { try? FileManager.default.removeItem(at: out) }
+        let base = out.appendingPathComponent("base")
+        try Tiny.save(try Self.tinyRGBPipeline(), to: base)
+        let tasks = try EmojiTasks.bundled()
+        let setup = try EmojiTaskSetup(task: .identity, concept: "santa claus", tasks: tasks, dataset: Self.dataset(tasks: tasks),
+                                       sample: [26, 27, 28, 29])
+        XCTAssertEqual(setup.request.concepts[0].anchors, [""])
+        for anchorsFromRetained in [false, true] {
+            let recorder = RequestRecorder()
+            var method = BenchmarkMethod(name: "recorder") { _ in recorder }
+            method.anchorsFromRetained = anchorsFromRetained
+            let model = LoadedModel(pipeline: try Self.tinyRGBPipeline(), folder: base, name: base.path, manifest: nil)
+            _ = try eraseCell(method: method, seed: 0, request: setup.request, model: model, original: model,
+                              runFolder: out.appendingPathComponent("run-\(anchorsFromRetained)"), timer: PhaseTimer(), log: { _ in })
+            XCTAssertEqual(recorder.requests.map { $0.concepts[0].anchors },
+                           [anchorsFromRetained ? setup.request.retainPrompts : [""]])
+            XCTAssertEqual(recorder.requests.first?.concepts[0].targetPrompts, setup.request.concepts[0].targetPrompts)
+        }
+    }
+
     func testEveryTaskMeasuresACellOnTinyModels() throws {
         let tasks = try EmojiTasks.bundled()
         let dataset = Self.dataset(tasks: tasks)
