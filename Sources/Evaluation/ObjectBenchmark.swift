@@ -107,7 +107,10 @@ final class CellMeasurement {
                                     timer: timed, log: log)
         var (evaluation, _, _) = try timed("evaluate") {
             try ObjectEvaluator.evaluate(
-                erased: model.pipeline, original: nil, originalImages: originalImages[concept], label: label, prompts: prompts,
+                // The original model's cell evaluates the images it just generated (the same bits
+                // as generating them again).
+                erased: model.pipeline, original: nil, originalImages: originalImages[concept],
+                erasedImages: method.make == nil ? originalImages[concept] : nil, label: label, prompts: prompts,
                 test: test, settings: benchmark.settings, modelName: method.name, originalName: "embedded", log: { _ in })
         }
         let report = try timed("leakage") {

@@ -128,16 +128,17 @@ public enum ObjectEvaluator {
 
     /// Evaluates `erased` on class `label`; with `original` (or its images, already generated
     /// with these settings), also the original model's accuracies and the KID between the two
-    /// models' retained images.
+    /// models' retained images. `erasedImages`: the erased model's images when already generated
+    /// with these settings (the original model's cell of a benchmark evaluates its own images).
     public static func evaluate(erased: StableDiffusionPipeline, original: StableDiffusionPipeline?,
-                                originalImages: EvaluationImages? = nil, label: Int,
+                                originalImages: EvaluationImages? = nil, erasedImages: EvaluationImages? = nil, label: Int,
                                 prompts: FashionPrompts, test: LabelledImages, settings: EvaluationSettings,
                                 modelName: String, originalName: String?,
                                 log: (String) -> Void = { _ in }) throws -> (ObjectEvaluation, EvaluationImages, EvaluationImages?) {
         let judge = try DefaultModel.judge(settings.judge)
         let second = try DefaultModel.judge(settings.secondJudge)
-        log("generating images of the erased model")
-        let after = try images(erased, label: label, prompts: prompts, settings: settings, log: log)
+        if erasedImages == nil { log("generating images of the erased model") }
+        let after = try erasedImages ?? images(erased, label: label, prompts: prompts, settings: settings, log: log)
         let (accuracies, perClass) = self.accuracies(after, label: label, judge: judge)
         let (secondAccuracies, _) = self.accuracies(after, label: label, judge: second)
         var before: EvaluationImages? = nil

@@ -1,0 +1,40 @@
+import Diffusion
+@testable import Evaluation
+import Foundation
+import Tensor
+import Testbed
+import XCTest
+
+/// The original model's benchmark cell evaluates the images it generated as the reference
+/// instead of sampling them again: given `erasedImages`, `evaluate` judges exactly those.
+final class ObjectEvaluationReuseTests: XCTestCase {
+    func testEvaluateJudgesTheImagesItIsGiven() throws {
+        var generator = RandomGenerator(seed: 5)
+        func images(_ n: Int) -> Tensor { generator.normal([n, 1, 32, 32]).clamped(-1, 1) }
+        let retainedLabels = (0..<10).filter { $0 != 7 }.flatMap { [$0, $0] }
+        let given = EvaluationImages(target: images(4), paraphrase: images(3), paraphrasePrompts: ["a", "b", "c"],
+                                     retained: images(retainedLabels.count), retainedLabels: retainedLabels)
+        func idx(_ magic: [UInt8], _ dims: [Int], _ payload: [UInt8]) -> Data {
+            var bytes = magic
+            for d in dims { bytes += [UInt8(d >> 24 & 255), UInt8(d >> 16 & 255), UInt8(d >> 8 & 255), UInt8(d & 255)] }
+            return Data(bytes + payload)
+        }
+        let count = 40
+        let pixels = (0..<(count * 28 * 28)).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 13) }
+        let test = try LabelledImages(images: try IDXArray(idx([0, 0, 8, 3], [count, 28, 28], pixels), file: "img"),
+                                      labels: try IDXArray(idx([0, 0, 8, 1], [count], (0..<count).map { UInt8($0 % 10) }), file: "lab"),
+                                      imagesFile: "img", labelsFile: "lab")
+        var settings = EvaluationSettings()
+        settings.targetImages = 4
+        settings.paraphraseImages = 3
+        settings.retainImagesPerClass = 2
+        let (evaluation, after, before) = try ObjectEvaluator.evaluate(
+            erased: try Tiny.pipeline(), original: nil, originalImages: given, erasedImages: given, label: 7,
+            prompts: try FashionPrompts.bundled(), test: test, settings: settings, modelName: "original", originalName: "original")
+        XCTAssert(after.retained === given.retained && after.target === given.target, "the given images, not new ones")
+        XCTAssert(before?.retained === given.retained)
+        let original = try XCTUnwrap(evaluation.original)
+        XCTAssertEqual([evaluation.acc_e, evaluation.acc_s, evaluation.acc_g], [original.acc_e, original.acc_s, original.acc_g])
+        XCTAssertEqual(evaluation.acc_s_relative ?? 0, original.acc_s > 0 ? 1 : 0)
+    }
+}
