@@ -51,16 +51,24 @@ extension Tensor {
 
 // MARK: Binary ops with broadcasting
 
-/// out[i] = f(a[bcast i], b[bcast i]) for broadcast-compatible shapes.
-@inline(__always)
-func broadcastCombine(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
-    if a.shape == b.shape { return a.zipMap(b, f) }
-    let shape = Shape.broadcast(a.shape, b.shape)
+/// Float arithmetic as types. A loop generic over one of these specialises into a plain,
+/// vectorised loop; a closure captured by the parallel loop (`zipMap`) is called once per
+/// element, which made `+` of two tensors cost several times its memory traffic.
+protocol ArithmeticOperator { static func apply(_ a: Float, _ b: Float) -> Float }
+enum AddOperator: ArithmeticOperator { @inline(__always) static func apply(_ a: Float, _ b: Float) -> Float { a + b } }
+enum SubtractOperator: ArithmeticOperator { @inline(__always) static func apply(_ a: Float, _ b: Float) -> Float { a - b } }
+enum MultiplyOperator: ArithmeticOperator { @inline(__always) static func apply(_ a: Float, _ b: Float) -> Float { a * b } }
+enum DivideOperator: ArithmeticOperator { @inline(__always) static func apply(_ a: Float, _ b: Float) -> Float { a / b } }
+
+/// out[i] = Op(a[bcast i], b[bcast i]) for broadcast-compatible shapes.
+func broadcastCombine<Op: ArithmeticOperator>(_ a: Tensor, _ b: Tensor, _: Op.Type) -> Tensor {
+    let shape = a.shape == b.shape ? a.shape : Shape.broadcast(a.shape, b.shape)
     let pa = a.pointer, pb = b.pointer
-    if b.count == 1 { let s = pb[0]; return Tensor(shape: shape) { y in
-        parallelChunks(a.count) { r in for i in r { y[i] = f(pa[i], s) } } } }
+    if a.shape == b.shape { return Tensor(shape: shape) { y in
+        parallelChunks(a.count) { r in for i in r { y[i] = Op.apply(pa[i], pb[i]) } } } }
+    if b.count == 1 { return combine(a, scalar: pb[0], Op.self) }
     if a.count == 1 { let s = pa[0]; return Tensor(shape: shape) { y in
-        parallelChunks(b.count) { r in for i in r { y[i] = f(s, pb[i]) } } } }
+        parallelChunks(b.count) { r in for i in r { y[i] = Op.apply(s, pb[i]) } } } }
     let sa = Shape.broadcastStrides(a.shape, to: shape)
     let sb = Shape.broadcastStrides(b.shape, to: shape)
     let rank = shape.count
@@ -79,8 +87,16 @@ func broadcastCombine(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) ->
             for row in r {
                 var oa = 0, ob = 0
                 for d in 0..<(rank - 1) { oa += index[d] * sa[d]; ob += index[d] * sb[d] }
-                let out = y + row * inner
-                for j in 0..<inner { out[j] = f(pa[oa + j * ia], pb[ob + j * ib]) }
+                let out = y + row * inner, rowA = pa + oa, rowB = pb + ob
+                // The common cases (a row of each, or a row and one value) as their own loops.
+                if ia == 1 && ib == 1 {
+                    for j in 0..<inner { out[j] = Op.apply(rowA[j], rowB[j]) }
+                } else if ia == 1 && ib == 0 {
+                    let v = rowB[0]
+                    for j in 0..<inner { out[j] = Op.apply(rowA[j], v) }
+                } else {
+                    for j in 0..<inner { out[j] = Op.apply(rowA[j * ia], rowB[j * ib]) }
+                }
                 var d = rank - 2
                 while d >= 0 {
                     index[d] += 1
@@ -92,27 +108,33 @@ func broadcastCombine(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) ->
     }
 }
 
+/// out[i] = Op(a[i], s).
+func combine<Op: ArithmeticOperator>(_ a: Tensor, scalar s: Float, _: Op.Type) -> Tensor {
+    let pa = a.pointer
+    return Tensor(shape: a.shape) { y in parallelChunks(a.count) { r in for i in r { y[i] = Op.apply(pa[i], s) } } }
+}
+
 public func + (a: Tensor, b: Tensor) -> Tensor {
-    broadcastCombine(a, b, +).recording([a, b]) { g in
+    broadcastCombine(a, b, AddOperator.self).recording([a, b]) { g in
         [g.sum(toShape: a.shape), g.sum(toShape: b.shape)]
     }
 }
 
 public func - (a: Tensor, b: Tensor) -> Tensor {
-    broadcastCombine(a, b, -).recording([a, b]) { g in
+    broadcastCombine(a, b, SubtractOperator.self).recording([a, b]) { g in
         [g.sum(toShape: a.shape), (-g).sum(toShape: b.shape)]
     }
 }
 
 public func * (a: Tensor, b: Tensor) -> Tensor {
-    broadcastCombine(a, b, *).recording([a, b]) { g in
+    broadcastCombine(a, b, MultiplyOperator.self).recording([a, b]) { g in
         [a.isTracked ? (g * b).sum(toShape: a.shape) : nil,
          b.isTracked ? (g * a).sum(toShape: b.shape) : nil]
     }
 }
 
 public func / (a: Tensor, b: Tensor) -> Tensor {
-    broadcastCombine(a, b, /).recording([a, b]) { g in
+    broadcastCombine(a, b, DivideOperator.self).recording([a, b]) { g in
         [a.isTracked ? (g / b).sum(toShape: a.shape) : nil,
          b.isTracked ? (-(g * a) / (b * b)).sum(toShape: b.shape) : nil]
     }
@@ -122,11 +144,11 @@ public prefix func - (x: Tensor) -> Tensor {
     x.map { -$0 }.recording([x]) { g in [-g] }
 }
 
-public func + (a: Tensor, s: Float) -> Tensor { a.map { $0 + s }.recording([a]) { g in [g] } }
+public func + (a: Tensor, s: Float) -> Tensor { combine(a, scalar: s, AddOperator.self).recording([a]) { g in [g] } }
 public func + (s: Float, a: Tensor) -> Tensor { a + s }
 public func - (a: Tensor, s: Float) -> Tensor { a + (-s) }
 public func - (s: Float, a: Tensor) -> Tensor { a.map { s - $0 }.recording([a]) { g in [-g] } }
-public func * (a: Tensor, s: Float) -> Tensor { a.map { $0 * s }.recording([a]) { g in [g * s] } }
+public func * (a: Tensor, s: Float) -> Tensor { combine(a, scalar: s, MultiplyOperator.self).recording([a]) { g in [g * s] } }
 public func * (s: Float, a: Tensor) -> Tensor { a * s }
 public func / (a: Tensor, s: Float) -> Tensor { a * (1 / s) }
 
