@@ -20,6 +20,8 @@ private struct NormLayout {
 
     var rowLength: Int { channelsPerRow * spatial }
     var blocks: Int { (rows + rowsPerBlock - 1) / rowsPerBlock }
+    /// Each value of a row is its own channel with its own γ (LayerNorm over the last axis).
+    var isPerFeature: Bool { spatial == 1 && channels == channelsPerRow }
     /// γ index of channel j of row r.
     @inline(__always) func channel(row: Int, _ j: Int) -> Int { (row * channelsPerRow + j) % channels }
 }
@@ -36,6 +38,14 @@ private func normForward(_ x: UnsafePointer<Float>, _ layout: NormLayout, eps: F
             let m = Float(mu)
             mean[row] = m
             rstd[row] = s
+            if layout.isPerFeature {
+                // LayerNorm: one γ, β per value of the row; the same arithmetic in a flat loop.
+                for j in 0..<length {
+                    let scale = s * (gamma?[j] ?? 1), shift = (beta?[j] ?? 0) - m * scale
+                    dst[j] = src[j] * scale + shift
+                }
+                continue
+            }
             for j in 0..<layout.channelsPerRow {
                 let c = layout.channel(row: row, j)
                 let scale = s * (gamma?[c] ?? 1), shift = (beta?[c] ?? 0) - m * scale
@@ -62,6 +72,25 @@ private func normBackward(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, 
                 let xs = x + row * length, gs = g + row * length, d = dx + row * length
                 let m = mean[row], s = rstd[row]
                 var sumG: Double = 0, sumGX: Double = 0
+                if layout.isPerFeature {
+                    // LayerNorm: every channel is one value, so its sums are g and g·x̂ (what the
+                    // summing kernel returns for one value), without a call and a modulo each.
+                    for j in 0..<length {
+                        let w = gamma?[j] ?? 1
+                        let channelG = gs[j], channelGX = gs[j] * ((xs[j] - m) * s)
+                        slotGamma[j] += channelGX
+                        slotBeta[j] += channelG
+                        sumG += Double(channelG * w)
+                        sumGX += Double(channelGX * w)
+                    }
+                    let meanG = Float(sumG / Double(length)), meanGX = Float(sumGX / Double(length))
+                    for j in 0..<length {
+                        let w = gamma?[j] ?? 1
+                        let xhat = (xs[j] - m) * s
+                        d[j] = s * (gs[j] * w - meanG - xhat * meanGX)
+                    }
+                    continue
+                }
                 for j in 0..<cpr {
                     let c = layout.channel(row: row, j)
                     let w = gamma?[c] ?? 1
