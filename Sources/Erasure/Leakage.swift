@@ -46,7 +46,9 @@ public struct LeakageOptions: Codable, Sendable {
     /// Trajectories sampled per class (target prompts through the erased model, anchor through θ₀).
     public var trajectories = 48
     public var steps = 25
-    public var guidance: Float = 4
+    /// The testbed's evaluation guidance (`DefaultModel.guidance`): leakage is about the images
+    /// users get at the default settings.
+    public var guidance: Float = 7.5
     /// Only entries with t ≤ this are judged (the critic's view during training).
     public var splitTimestep = 600
     public var criticWidth = 32

@@ -123,8 +123,8 @@ public protocol CellBenchmark {
     var methods: [BenchmarkMethod] { get }
     var seeds: [UInt64] { get }
     var output: URL { get }
-    /// Whether a decoded cell file belongs to this benchmark (a cell of another task in the
-    /// same folder is measured again, not trusted).
+    /// Whether a decoded cell file belongs to this benchmark (a cell of another task, or one
+    /// measured with other evaluation settings, in the same folder is measured again, not trusted).
     func accepts(_ cell: Cell) -> Bool
 }
 
@@ -152,7 +152,7 @@ extension CellBenchmark {
         do {
             let cell = try JSONDecoder().decode(Cell.self, from: data)
             guard accepts(cell) else {
-                log("\(url.path) is a cell of another benchmark: the cell counts as not measured")
+                log("\(url.path) is a cell of another task or of other evaluation settings: the cell counts as not measured")
                 return nil
             }
             return cell

@@ -95,7 +95,7 @@ public struct EmojiBenchmark: CellBenchmark {
         self.output = output
     }
 
-    public func accepts(_ cell: EmojiBenchmarkCell) -> Bool { cell.task == task.rawValue }
+    public func accepts(_ cell: EmojiBenchmarkCell) -> Bool { cell.task == task.rawValue && cell.evaluation.settings == settings }
 
     /// The message for an emoji task without `--model`.
     public static func missingModelMessage(task: BenchmarkTask) -> String {

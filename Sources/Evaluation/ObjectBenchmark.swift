@@ -18,6 +18,9 @@ public struct ObjectBenchmark: CellBenchmark {
     public var methods: [BenchmarkMethod]
     public var seeds: [UInt64]
     public var settings = EvaluationSettings()
+
+    /// A cell measured with other evaluation settings (another guidance, say) is measured again.
+    public func accepts(_ cell: ObjectBenchmarkCell) -> Bool { cell.evaluation.settings == settings }
     public var leakage = LeakageOptions()
     public var paraphraseAttack: ParaphraseAttackSettings = {
         var settings = ParaphraseAttackSettings()

@@ -5,7 +5,7 @@ import Tensor
 import Testbed
 
 /// Sampler, sizes and judge of an evaluation; recorded with every number.
-public struct EvaluationSettings: Codable, Sendable {
+public struct EvaluationSettings: Codable, Sendable, Equatable {
     /// Images of the concept's canonical prompt (Acc_e).
     public var targetImages = 32
     /// Images over the held-out paraphrases (Acc_g), spread evenly.

@@ -51,6 +51,18 @@ final class BenchmarkResumeTests: XCTestCase {
         XCTAssertEqual(cells.map { "\($0.concept)/\($0.method)/\($0.seed)" }, planned)
         XCTAssertEqual(cells[2].evaluation.acc_e, 1, "the cell read back is the one written")
 
+        // A cell measured at another guidance is measured again.
+        var older = self.cell("bag", "erase", 1)
+        older.evaluation.settings.guidance = 4
+        try JSONEncoder().encode(older).write(to: corrupt)
+        XCTAssertEqual(benchmark.finishedCells().count, planned.count - 1)
+        measured = []
+        _ = try benchmark.run(log: { _ in }) { concept, method, seed in
+            measured.append("\(concept)/\(method.name)/\(seed)")
+            return self.cell(concept, method.name, seed)
+        }
+        XCTAssertEqual(measured, ["bag/erase/1"])
+
         // Everything finished: nothing is measured.
         measured = []
         _ = try benchmark.run(log: { _ in }) { concept, method, seed in
