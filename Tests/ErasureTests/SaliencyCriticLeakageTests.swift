@@ -139,4 +139,29 @@ final class LeakageTests: XCTestCase {
         XCTAssertEqual(same.tested, 2 * n)
         XCTAssertLessThan(same.nats, 0.1)
     }
+
+    /// In many dimensions (64 features, 32 images per class) the fitted probe is over-confident;
+    /// calibrated on its stopping fold it reads Î near 0 for identical classes instead of far
+    /// below, and still finds a real shift.
+    func testProbeIsCalibratedWhenFeaturesOutnumberImages() {
+        let n = 32, d = 64
+        func probe(shift: Float, seed: UInt64) -> (nats: Double, accuracy: Double) {
+            var g = RandomGenerator(seed: seed)
+            let noise = g.normal([2 * n, d])
+            let features = Tensor(shape: [2 * n, d]) { out in
+                for i in 0..<(2 * n) { for j in 0..<d { out[i * d + j] = noise.scalars[i * d + j] + (i < n && j < 16 ? shift : 0) } }
+            }
+            let labels = Array(repeating: Float(1), count: n) + Array(repeating: 0, count: n)
+            var bootstrap = RandomGenerator(seed: 3)
+            let r = Leakage.linearProbe(features: features, labels: labels, groups: Array(0..<(2 * n)), n: n, rounds: 20, generator: &bootstrap)
+            return (r.nats, r.accuracy)
+        }
+        for seed: UInt64 in [4, 5, 6] {
+            let same = probe(shift: 0, seed: seed)
+            XCTAssertGreaterThan(same.nats, -0.1, "seed \(seed): accuracy \(same.accuracy)")
+            XCTAssertLessThan(same.nats, 0.1, "seed \(seed)")
+        }
+        let shifted = probe(shift: 1, seed: 7)
+        XCTAssertGreaterThan(shifted.nats, 0.1, "accuracy \(shifted.accuracy)")
+    }
 }
