@@ -74,6 +74,9 @@ public struct BenchmarkMethod {
     /// the task's anchor. Only the erasure sees it; every row is evaluated, and its leakage
     /// measured, against the same anchor.
     public var anchorsFromRetained = false
+    /// Whether the seed changes the erased model. UCE's closed form does not, and the evaluation
+    /// noise is fixed, so its cell is measured once per concept, like the original model's.
+    public var seeded = true
 
     public init(name: String, make: ((UInt64) throws -> any ErasureMethod)?) {
         self.name = name
@@ -97,7 +100,9 @@ public struct BenchmarkMethod {
             method.anchorsFromRetained = name == "score-retain-anchor"
             return method
         case "uce":
-            return BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
+            var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
+            method.seeded = false
+            return method
         case let esd where esd.hasPrefix("esd-"):
             guard let trainMethod = ESDTrainMethod(rawValue: esd) else {
                 throw ErasureError.invalidRequest("unknown benchmark method '\(esd)'; ESD rows are \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -137,10 +142,10 @@ extension CellBenchmark {
     }
 
     /// The cells in the order they run: concept, then method, then seed; the original model
-    /// (no `make`) once per concept, with the first seed.
+    /// (no `make`) and unseeded methods (UCE) once per concept, with the first seed.
     public func plannedCells() -> [(concept: String, method: BenchmarkMethod, seed: UInt64)] {
         concepts.flatMap { concept in
-            methods.flatMap { method in (method.make == nil ? [seeds[0]] : seeds).map { (concept, method, $0) } }
+            methods.flatMap { method in (method.make == nil || !method.seeded ? [seeds[0]] : seeds).map { (concept, method, $0) } }
         }
     }
 

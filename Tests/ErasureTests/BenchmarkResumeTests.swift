@@ -23,6 +23,10 @@ final class BenchmarkResumeTests: XCTestCase {
         let planned = benchmark.plannedCells().map { "\($0.concept)/\($0.method.name)/\($0.seed)" }
         XCTAssertEqual(planned, ["sneaker/original/0", "sneaker/erase/0", "sneaker/erase/1",
                                  "bag/original/0", "bag/erase/0", "bag/erase/1"])
+        // UCE's closed form does not depend on the seed: one cell per concept, as the original's.
+        let withUCE = ObjectBenchmark(concepts: ["bag"], methods: [try BenchmarkMethod.named("uce"), try BenchmarkMethod.named("score")],
+                                      seeds: [0, 1], output: folder)
+        XCTAssertEqual(withUCE.plannedCells().map { "\($0.method.name)/\($0.seed)" }, ["uce/0", "score/0", "score/1"])
 
         // A first run killed after two cells: they are on disk.
         var measured: [String] = []

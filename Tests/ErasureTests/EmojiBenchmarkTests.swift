@@ -81,7 +81,8 @@ final class EmojiBenchmarkTests: XCTestCase {
             let benchmark = try EmojiBenchmark(task: task, tasks: tasks, concepts: nil, methods: methods, seeds: [0, 1], output: out)
             XCTAssertEqual(benchmark.concepts, concepts)
             let planned = benchmark.plannedCells().map { "\($0.concept)/\($0.method.name)/\($0.seed)" }
-            XCTAssertEqual(planned, ["\(concepts[0])/original/0"] + ["uce", "score", "esd-x", "esd-u"].flatMap { ["\(concepts[0])/\($0)/0", "\(concepts[0])/\($0)/1"] })
+            XCTAssertEqual(planned, ["\(concepts[0])/original/0", "\(concepts[0])/uce/0"]
+                           + ["score", "esd-x", "esd-u"].flatMap { ["\(concepts[0])/\($0)/0", "\(concepts[0])/\($0)/1"] })
         }
         let styles = try EmojiBenchmark(task: .style, tasks: tasks, concepts: ["openmoji", "Noto style"], methods: methods, seeds: [3], output: out)
         XCTAssertEqual(styles.concepts, ["OpenMoji style", "Noto style"])
