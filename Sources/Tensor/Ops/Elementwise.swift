@@ -66,8 +66,7 @@ func broadcastCombine<Op: ArithmeticOperator>(_ a: Tensor, _ b: Tensor, _: Op.Ty
     let pa = a.pointer, pb = b.pointer
     if a.shape == b.shape { return Tensor(shape: shape) { y in
         parallelChunks(a.count) { r in for i in r { y[i] = Op.apply(pa[i], pb[i]) } } } }
-    if b.count == 1 { let s = pb[0]; return Tensor(shape: shape) { y in
-        parallelChunks(a.count) { r in for i in r { y[i] = Op.apply(pa[i], s) } } } }
+    if b.count == 1 { return combine(a, scalar: pb[0], Op.self).reshaped(shape) }
     if a.count == 1 { let s = pa[0]; return Tensor(shape: shape) { y in
         parallelChunks(b.count) { r in for i in r { y[i] = Op.apply(s, pb[i]) } } } }
     let sa = Shape.broadcastStrides(a.shape, to: shape)
