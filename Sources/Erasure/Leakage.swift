@@ -193,6 +193,23 @@ public enum Leakage {
             note: "Estimated leakage: the largest held-out Î = ln 2 − CE over the critics tried. A trained critic only under-estimates I(C; X), so this is a lower estimate and the bound ½ + √(Î/2) holds only as far as no stronger detector exists.")
     }
 
+    /// The estimate's reading when there is nothing to find: both classes are fresh trajectories
+    /// of the same `prompt` through the same model, with independent noise, so the true I is 0.
+    /// Repeat r runs `report` with seed `options.seed + 100·r`. The largest-over-critics Î these
+    /// read is the floor under any erased model's estimate at the same sample size: a bound
+    /// ½ + √(Î/2) below the floor's cannot be told from independence.
+    public static func noiseFloor(prompt: String, pipeline: StableDiffusionPipeline, options: LeakageOptions = LeakageOptions(),
+                                  probes: [FeatureProbe] = [], repeats: Int,
+                                  log: (String) -> Void = { _ in }) throws -> [LeakageReport] {
+        guard repeats > 0 else { throw ErasureError.invalidConfig("the leakage noise floor needs at least 1 repeat, got \(repeats)") }
+        let concept = Concept(name: "\"\(prompt)\" against itself", targetPrompts: [prompt], anchors: [prompt])
+        return try (0..<repeats).map { r in
+            var o = options
+            o.seed = options.seed &+ UInt64(100 * r)
+            return try report(concept: concept, pipeline: pipeline, original: pipeline.unet, options: o, probes: probes, log: log)
+        }
+    }
+
     /// Logistic regression (full-batch Adam on standardised features), cross-fitted over four
     /// folds of trajectories: fold f is tested by a probe trained on two other folds and stopped
     /// on the remaining one, so every image is tested exactly once (four times the test samples

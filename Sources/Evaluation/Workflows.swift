@@ -78,6 +78,16 @@ public enum Workflows {
         return evaluation
     }
 
+    /// What the leakage estimate of `score evaluate` and `score benchmark` reads when there is no
+    /// leakage to find: `repeats` estimates of `prompt` against itself through `model`, with the
+    /// testbed's judges as probes. See `Leakage.noiseFloor`.
+    public static func leakageFloor(model: LoadedModel, prompt: String, options: LeakageOptions, repeats: Int,
+                                    log: @escaping (String) -> Void) throws -> LeakageFloor {
+        let reports = try Leakage.noiseFloor(prompt: prompt, pipeline: model.pipeline, options: options,
+                                             probes: try judgeProbes(), repeats: repeats, log: log)
+        return LeakageFloor(prompt: prompt, model: model.name, trajectories_per_class: options.trajectories, repeats: reports)
+    }
+
     /// `score demo`: erase `concept` from the embedded mini-SD with SCORE, evaluate it against
     /// the original and write the report. Returns the evaluation and the report's path.
     public static func demo(concept: String, anchors: [String], config: SCOREConfig, settings: EvaluationSettings, leakage: LeakageOptions,
@@ -102,5 +112,45 @@ public enum Workflows {
                                       reportFolder: reportFolder, assets: assets, log: log)
         log(String(format: "demo finished in %.1f min", Date().timeIntervalSince(started) / 60))
         return (evaluation, reportFolder.appendingPathComponent("report.html"))
+    }
+}
+
+/// `score check-leakage`: the leakage estimate on two samples of one distribution.
+public struct LeakageFloor: Codable, Sendable {
+    public var prompt: String
+    public var model: String
+    public var trajectories_per_class: Int
+    public var repeats: [LeakageReport]
+    /// The reported (largest-over-critics) Î of each repeat, its mean and largest value, and the
+    /// bound the largest gives: an erased model reading at or below these is indistinguishable
+    /// from independence at this sample size.
+    public var leakage_nats: [Double] { repeats.map(\.leakage_nats) }
+    public var mean_leakage_nats: Double { leakage_nats.reduce(0, +) / Double(max(repeats.count, 1)) }
+    public var max_leakage_nats: Double { leakage_nats.max() ?? 0 }
+    public var max_bound: Double { Leakage.bound(nats: max_leakage_nats) }
+
+    enum CodingKeys: String, CodingKey { case prompt, model, trajectories_per_class, repeats, leakage_nats, mean_leakage_nats, max_leakage_nats, max_bound }
+
+    public init(prompt: String, model: String, trajectories_per_class: Int, repeats: [LeakageReport]) {
+        (self.prompt, self.model, self.trajectories_per_class, self.repeats) = (prompt, model, trajectories_per_class, repeats)
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(prompt: try c.decode(String.self, forKey: .prompt), model: try c.decode(String.self, forKey: .model),
+                  trajectories_per_class: try c.decode(Int.self, forKey: .trajectories_per_class),
+                  repeats: try c.decode([LeakageReport].self, forKey: .repeats))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(prompt, forKey: .prompt)
+        try c.encode(model, forKey: .model)
+        try c.encode(trajectories_per_class, forKey: .trajectories_per_class)
+        try c.encode(repeats, forKey: .repeats)
+        try c.encode(leakage_nats, forKey: .leakage_nats)
+        try c.encode(mean_leakage_nats, forKey: .mean_leakage_nats)
+        try c.encode(max_leakage_nats, forKey: .max_leakage_nats)
+        try c.encode(max_bound, forKey: .max_bound)
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Benchmarks
 import Diffusion
+import Erasure
 import Evaluation
 import Foundation
 import Kernels
@@ -12,7 +13,7 @@ struct Score: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
-        subcommands: [Demo.self, Erase.self, Evaluate.self, Attack.self, Benchmark.self, AssetsCommand.self, DatasetCommand.self, Generate.self, Train.self, CheckModel.self, Bench.self])
+        subcommands: [Demo.self, Erase.self, Evaluate.self, Attack.self, Benchmark.self, AssetsCommand.self, DatasetCommand.self, Generate.self, Train.self, CheckModel.self, CheckLeakage.self, Bench.self])
 
     static func main() {
         // Progress lines must reach a log file as they happen, not when a 4 KiB buffer fills.
@@ -387,6 +388,38 @@ struct CheckModel: ParsableCommand {
         } else {
             print(String(format: "mean style accuracy %.1f%%, mean identity accuracy %.1f%%, KID %.4f (style judge features)",
                          result.mean_style_accuracy * 100, result.mean_identity_accuracy * 100, result.kid))
+        }
+    }
+}
+
+struct CheckLeakage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-leakage",
+        abstract: "The leakage estimate's noise floor: the same estimate as evaluate and benchmark, on two independent samples of one prompt through one model (true leakage 0).")
+
+    @Option(help: "A testbed model folder (default: the embedded mini-SD).") var model: String?
+    @Option(help: "The prompt both classes are drawn from (default \"\", the anchor of the testbed's erasures).") var prompt = ""
+    @Option(help: "Independent estimates (seeds 7, 107, 207, …).") var repeats = 3
+    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var leakage: LeakageFlags
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        try compute.apply()
+        guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1, got \(repeats)") }
+        let log: (String) -> Void = { message in if !json { print(message) } }
+        let loaded = try ModelLoader.load(model, assets: Assets(log: log))
+        let floor = try Workflows.leakageFloor(model: loaded, prompt: prompt, options: leakage.options, repeats: repeats, log: log)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(floor), as: UTF8.self))
+        } else {
+            for (r, report) in floor.repeats.enumerated() {
+                print(String(format: "repeat %d: Î %.4f nats (%@), bound %.3f", r, report.leakage_nats, report.best_critic, report.leakage_bound))
+            }
+            print(String(format: "\"%@\" against itself, %d trajectories per class: mean Î %.4f, largest %.4f nats (bound %.3f)",
+                         prompt, floor.trajectories_per_class, floor.mean_leakage_nats, floor.max_leakage_nats, floor.max_bound))
         }
     }
 }

@@ -164,4 +164,31 @@ final class LeakageTests: XCTestCase {
         let shifted = probe(shift: 1, seed: 7)
         XCTAssertGreaterThan(shifted.nats, 0.1, "accuracy \(shifted.accuracy)")
     }
+
+    /// The noise floor runs the same estimate on one prompt against itself through one model:
+    /// one report per repeat, each with its own seeds (so they differ), the same bits on a rerun.
+    func testNoiseFloorComparesAPromptWithItself() throws {
+        let pipeline = try Tiny.pipeline()
+        var options = LeakageOptions()
+        options.trajectories = 8
+        options.steps = 4
+        options.criticSteps = 5
+        options.criticWidth = 4
+        options.bootstrapRounds = 20
+        var prompts: [String] = []
+        let floor = try Leakage.noiseFloor(prompt: "a photo of a sneaker", pipeline: pipeline, options: options, repeats: 2,
+                                           log: { prompts.append($0) })
+        XCTAssertEqual(floor.count, 2)
+        XCTAssertEqual(floor[0].concept, "\"a photo of a sneaker\" against itself")
+        for report in floor {
+            XCTAssertEqual(report.trajectories_per_class, 8)
+            XCTAssertEqual(report.leakage_nats, report.critics.map(\.leakage_nats).max())
+        }
+        XCTAssertNotEqual(floor[0].critics.map(\.leakage_nats), floor[1].critics.map(\.leakage_nats))
+        let again = try Leakage.noiseFloor(prompt: "a photo of a sneaker", pipeline: pipeline, options: options, repeats: 1)
+        XCTAssertEqual(again[0].critics.map(\.leakage_nats), floor[0].critics.map(\.leakage_nats))
+        XCTAssertThrowsError(try Leakage.noiseFloor(prompt: "", pipeline: pipeline, options: options, repeats: 0)) {
+            XCTAssertTrue("\($0)".contains("at least 1 repeat"))
+        }
+    }
 }
