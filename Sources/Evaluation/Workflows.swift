@@ -124,33 +124,16 @@ public struct LeakageFloor: Codable, Sendable {
     /// The reported (largest-over-critics) Î of each repeat, its mean and largest value, and the
     /// bound the largest gives: an erased model reading at or below these is indistinguishable
     /// from independence at this sample size.
-    public var leakage_nats: [Double] { repeats.map(\.leakage_nats) }
-    public var mean_leakage_nats: Double { leakage_nats.reduce(0, +) / Double(max(repeats.count, 1)) }
-    public var max_leakage_nats: Double { leakage_nats.max() ?? 0 }
-    public var max_bound: Double { Leakage.bound(nats: max_leakage_nats) }
-
-    enum CodingKeys: String, CodingKey { case prompt, model, trajectories_per_class, repeats, leakage_nats, mean_leakage_nats, max_leakage_nats, max_bound }
+    public var leakage_nats: [Double]
+    public var mean_leakage_nats: Double
+    public var max_leakage_nats: Double
+    public var max_bound: Double
 
     public init(prompt: String, model: String, trajectories_per_class: Int, repeats: [LeakageReport]) {
         (self.prompt, self.model, self.trajectories_per_class, self.repeats) = (prompt, model, trajectories_per_class, repeats)
-    }
-
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.init(prompt: try c.decode(String.self, forKey: .prompt), model: try c.decode(String.self, forKey: .model),
-                  trajectories_per_class: try c.decode(Int.self, forKey: .trajectories_per_class),
-                  repeats: try c.decode([LeakageReport].self, forKey: .repeats))
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(prompt, forKey: .prompt)
-        try c.encode(model, forKey: .model)
-        try c.encode(trajectories_per_class, forKey: .trajectories_per_class)
-        try c.encode(repeats, forKey: .repeats)
-        try c.encode(leakage_nats, forKey: .leakage_nats)
-        try c.encode(mean_leakage_nats, forKey: .mean_leakage_nats)
-        try c.encode(max_leakage_nats, forKey: .max_leakage_nats)
-        try c.encode(max_bound, forKey: .max_bound)
+        leakage_nats = repeats.map(\.leakage_nats)
+        mean_leakage_nats = leakage_nats.reduce(0, +) / Double(max(repeats.count, 1))
+        max_leakage_nats = leakage_nats.max() ?? 0
+        max_bound = Leakage.bound(nats: max_leakage_nats)
     }
 }

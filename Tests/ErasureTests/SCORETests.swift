@@ -151,13 +151,7 @@ final class SCORETests: XCTestCase {
         try Tiny.save(pipeline, to: base)
         var job = EraseJob(method: SCORE(config: Self.tinyConfig(steps: 3)), request: Self.request, baseFolder: base,
                            baseName: base.path, output: folder.appendingPathComponent("out"))
-        var leakage = LeakageOptions()
-        leakage.trajectories = 8
-        leakage.steps = 4
-        leakage.criticSteps = 5
-        leakage.criticWidth = 4
-        leakage.bootstrapRounds = 20
-        job.leakage = leakage
+        job.leakage = Tiny.leakageOptions()
         let record = try XCTUnwrap(try job.run(pipeline: pipeline, log: { _ in }))
         XCTAssertGreaterThan(record.parameters_changed, 0)
         XCTAssertLessThanOrEqual(record.parameters_changed, record.trainable_parameters / 2 + record.tensors_changed)

@@ -169,15 +169,8 @@ final class LeakageTests: XCTestCase {
     /// one report per repeat, each with its own seeds (so they differ), the same bits on a rerun.
     func testNoiseFloorComparesAPromptWithItself() throws {
         let pipeline = try Tiny.pipeline()
-        var options = LeakageOptions()
-        options.trajectories = 8
-        options.steps = 4
-        options.criticSteps = 5
-        options.criticWidth = 4
-        options.bootstrapRounds = 20
-        var prompts: [String] = []
-        let floor = try Leakage.noiseFloor(prompt: "a photo of a sneaker", pipeline: pipeline, options: options, repeats: 2,
-                                           log: { prompts.append($0) })
+        let options = Tiny.leakageOptions()
+        let floor = try Leakage.noiseFloor(prompt: "a photo of a sneaker", pipeline: pipeline, options: options, repeats: 2)
         XCTAssertEqual(floor.count, 2)
         XCTAssertEqual(floor[0].concept, "\"a photo of a sneaker\" against itself")
         for report in floor {

@@ -1,4 +1,5 @@
 import Diffusion
+import Erasure
 import Foundation
 import Tensor
 import Testbed
@@ -67,6 +68,18 @@ enum Tiny {
         try Data("{\"_class_name\": \"StableDiffusionPipeline\"}".utf8).write(to: folder.appendingPathComponent("model_index.json"))
         try JSONEncoder().encode(schedulerConfig()).write(to: folder.appendingPathComponent("scheduler/scheduler_config.json"))
         try pipeline.unet.save(to: folder.appendingPathComponent("unet"))
+    }
+
+    /// A leakage estimate small enough for a test: 8 trajectories of 4 steps, critics of width 4
+    /// trained 5 steps, 20 bootstrap rounds.
+    static func leakageOptions() -> LeakageOptions {
+        var options = LeakageOptions()
+        options.trajectories = 8
+        options.steps = 4
+        options.criticSteps = 5
+        options.criticWidth = 4
+        options.bootstrapRounds = 20
+        return options
     }
 
     static func temporaryFolder(_ name: String) -> URL {
