@@ -41,6 +41,9 @@ public protocol BenchmarkCellRecord: Codable {
     var concept: String { get }
     var method: String { get }
     var seed: UInt64 { get }
+    /// The erasure method's hyper-parameters as run.json records them (nil: the original model,
+    /// or a cell written before they were recorded).
+    var method_config: String? { get set }
 }
 
 /// One finished cell of a benchmark: a method erasing one concept with one seed, measured by
@@ -64,6 +67,7 @@ public struct BenchmarkCell<Evaluation: Codable & Sendable>: BenchmarkCellRecord
     /// Seconds per phase of the cell (erase, evaluate, leakage, each attack; the original
     /// model's images once per concept). Absent in cells written before it was recorded.
     public var phase_seconds: [String: Double]? = nil
+    public var method_config: String? = nil
 }
 
 /// A method the benchmark runs: its name and how to build it for a seed (nil: the original model).
@@ -77,6 +81,11 @@ public struct BenchmarkMethod {
     /// Whether the seed changes the erased model. UCE's closed form does not, and the evaluation
     /// noise is fixed, so its cell is measured once per concept, like the original model's.
     public var seeded = true
+
+    /// The hyper-parameters the method runs with for `seed`, as cells record them.
+    public func configJSON(seed: UInt64) throws -> String? {
+        try make.map { String(decoding: try $0(seed).configJSON, as: UTF8.self) }
+    }
 
     public init(name: String, make: ((UInt64) throws -> any ErasureMethod)?) {
         self.name = name
@@ -150,14 +159,19 @@ extension CellBenchmark {
     }
 
     /// The cell already measured at its file, or nil when it has to be (re)computed. A file that
-    /// does not decode is recomputed, and the log says so.
-    func finishedCell(concept: String, method: String, seed: UInt64, log: (String) -> Void) -> Cell? {
-        let url = cellURL(concept: concept, method: method, seed: seed)
+    /// does not decode, or whose method ran with other hyper-parameters than `method` has now, is
+    /// recomputed, and the log says so.
+    func finishedCell(concept: String, method: BenchmarkMethod, seed: UInt64, log: (String) -> Void) -> Cell? {
+        let url = cellURL(concept: concept, method: method.name, seed: seed)
         guard let data = try? Data(contentsOf: url) else { return nil }
         do {
             let cell = try JSONDecoder().decode(Cell.self, from: data)
             guard accepts(cell) else {
                 log("\(url.path) is a cell of another task or of other evaluation settings: the cell counts as not measured")
+                return nil
+            }
+            if let recorded = cell.method_config, recorded != (try? method.configJSON(seed: seed)) {
+                log("\(url.path) was measured with other \(method.name) hyper-parameters: the cell counts as not measured")
                 return nil
             }
             return cell
@@ -170,20 +184,21 @@ extension CellBenchmark {
     /// The planned cells already measured, in plan order: a table of a benchmark still running
     /// or stopped part-way, without measuring anything.
     public func finishedCells(log: (String) -> Void = { _ in }) -> [Cell] {
-        plannedCells().compactMap { finishedCell(concept: $0.concept, method: $0.method.name, seed: $0.seed, log: log) }
+        plannedCells().compactMap { finishedCell(concept: $0.concept, method: $0.method, seed: $0.seed, log: log) }
     }
 
     /// Runs the plan, skipping cells whose file exists and writing each new cell as it finishes.
     func run(log: (String) -> Void, measure: (String, BenchmarkMethod, UInt64) throws -> Cell) throws -> [Cell] {
         var cells: [Cell] = []
         for (concept, method, seed) in plannedCells() {
-            if let cell = finishedCell(concept: concept, method: method.name, seed: seed, log: log) {
+            if let cell = finishedCell(concept: concept, method: method, seed: seed, log: log) {
                 log("\(concept) / \(method.name) / seed \(seed): done before, skipped")
                 cells.append(cell)
                 continue
             }
             log("\(concept) / \(method.name) / seed \(seed)")
-            let cell = try measure(concept, method, seed)
+            var cell = try measure(concept, method, seed)
+            cell.method_config = try method.configJSON(seed: seed)
             try writeJSONAtomically(cell, to: cellURL(concept: concept, method: method.name, seed: seed))
             cells.append(cell)
         }

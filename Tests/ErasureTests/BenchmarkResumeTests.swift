@@ -1,3 +1,4 @@
+import Erasure
 @testable import Evaluation
 import Foundation
 import XCTest
@@ -18,7 +19,7 @@ final class BenchmarkResumeTests: XCTestCase {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bench-resume-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: folder) }
         let methods = [BenchmarkMethod(name: "original", make: nil),
-                       BenchmarkMethod(name: "erase", make: { _ in fatalError("the fake measurement never builds a method") })]
+                       BenchmarkMethod(name: "erase", make: { _ in try ErasureMethods.make("uce") })]   // built only for its config
         let benchmark = ObjectBenchmark(concepts: ["sneaker", "bag"], methods: methods, seeds: [0, 1], output: folder)
         let planned = benchmark.plannedCells().map { "\($0.concept)/\($0.method.name)/\($0.seed)" }
         XCTAssertEqual(planned, ["sneaker/original/0", "sneaker/erase/0", "sneaker/erase/1",
@@ -74,5 +75,32 @@ final class BenchmarkResumeTests: XCTestCase {
             return self.cell(concept, method.name, seed)
         }
         XCTAssertEqual(measured, [])
+    }
+
+    /// A cell records its method's hyper-parameters; one measured with others (a default changed
+    /// since) is measured again, one with the same is kept, and one from before the record is kept.
+    func testCellsOfOtherHyperParametersAreMeasuredAgain() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bench-config-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let uce = try BenchmarkMethod.named("uce")
+        let benchmark = ObjectBenchmark(concepts: ["bag"], methods: [uce], seeds: [0], output: folder)
+        let written = try benchmark.run(log: { _ in }) { concept, method, seed in self.cell(concept, method.name, seed) }
+        let current = try XCTUnwrap(try uce.configJSON(seed: 0))
+        XCTAssertEqual(written[0].method_config, current)
+        XCTAssertEqual(benchmark.finishedCells().count, 1)
+
+        let url = benchmark.cellURL(concept: "bag", method: "uce", seed: 0)
+        var stale = written[0]
+        stale.method_config = current.replacingOccurrences(of: "\"lambda\" : 0.5", with: "\"lambda\" : 0.25")
+        XCTAssertNotEqual(stale.method_config, current, "the fixture must change a hyper-parameter")
+        try JSONEncoder().encode(stale).write(to: url)
+        var logged: [String] = []
+        XCTAssertEqual(benchmark.finishedCells(log: { logged.append($0) }).count, 0)
+        XCTAssertTrue(logged.contains { $0.contains("other uce hyper-parameters") }, "\(logged)")
+
+        stale.method_config = nil
+        try JSONEncoder().encode(stale).write(to: url)
+        XCTAssertEqual(benchmark.finishedCells().count, 1)
+        XCTAssertNil(try BenchmarkMethod.named("original").configJSON(seed: 0))
     }
 }
