@@ -47,6 +47,9 @@ public struct ObjectEvaluation: Codable, Sendable {
     /// The same images judged by the second judge architecture.
     public var second_judge: Accuracies
     public var per_class_accuracy: [String: Double]
+    /// What the judge calls the concept's own (target-prompt) images: class name → fraction.
+    /// Where an erased concept goes; SCORE's equilibrium is the anchor's mix, not "nothing".
+    public var target_classes: [String: Double]?
     public var leakage_nats: Double?
     public var leakage_bound: Double?
     public var leakage: LeakageReport?
@@ -157,13 +160,16 @@ public enum ObjectEvaluator {
         let real = test.batch(Array(pool.prefix(after.retained.shape[0])))
         let kidReal = kernelDistance(judge.featureBatches(after.retained), judge.featureBatches(real))
         let names = Dictionary(uniqueKeysWithValues: prompts.classes.map { ($0.label, $0.name) })
+        let targetPredictions = judge.predict(after.target)
+        let targetClasses = Dictionary(grouping: targetPredictions, by: { names[$0] ?? "\($0)" })
+            .mapValues { Double($0.count) / Double(max(targetPredictions.count, 1)) }
         let result = ObjectEvaluation(
             concept: prompts.classes[label].name, label: label, acc_e: accuracies.acc_e, acc_s: accuracies.acc_s,
             acc_g: accuracies.acc_g, h_o: accuracies.h_o, kid: kid, kid_real: kidReal,
             acc_s_relative: originalAccuracies.map { $0.acc_s > 0 ? accuracies.acc_s / $0.acc_s : 0 },
             original: originalAccuracies, second_judge: secondAccuracies,
             per_class_accuracy: Dictionary(uniqueKeysWithValues: perClass.map { (names[$0.key] ?? "\($0.key)", $0.value) }),
-            leakage_nats: nil, leakage_bound: nil, leakage: nil, settings: settings, model: modelName, original_model: originalName)
+            target_classes: targetClasses, leakage_nats: nil, leakage_bound: nil, leakage: nil, settings: settings, model: modelName, original_model: originalName)
         return (result, after, before)
     }
 }

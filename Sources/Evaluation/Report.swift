@@ -69,6 +69,11 @@ public struct EvaluationReport {
 
         """
         for (name, before, after) in rows { text += "| \(name) | \(before) | \(after) |\n" }
+        if let classes = e.target_classes {
+            let drawn = classes.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
+                .map { "\($0.key) \(Self.percent($0.value))" }.joined(separator: ", ")
+            text += "\nWhat the target prompt draws now (\(s.judge) judge): \(drawn).\n"
+        }
         if let leakage = e.leakage {
             text += "\n## Leakage\n\n\(leakage.note)\n\n| critic | Î (nats) | 95% interval | held-out accuracy |\n|---|---|---|---|\n"
             for c in leakage.critics {

@@ -9,7 +9,7 @@ final class BenchmarkResumeTests: XCTestCase {
         let accuracies = Accuracies(acc_e: 0.5, acc_s: 0.5, acc_g: 0.5, h_o: 0.5)
         let evaluation = ObjectEvaluation(concept: concept, label: 7, acc_e: Double(seed), acc_s: 0.9, acc_g: 0, h_o: 0.9, kid: nil,
                                           kid_real: 1, acc_s_relative: nil, original: nil, second_judge: accuracies,
-                                          per_class_accuracy: [:], leakage_nats: nil, leakage_bound: nil, leakage: nil,
+                                          per_class_accuracy: [:], target_classes: nil, leakage_nats: nil, leakage_bound: nil, leakage: nil,
                                           settings: EvaluationSettings(), model: method, original_model: nil)
         return ObjectBenchmarkCell(concept: concept, method: method, seed: seed, evaluation: evaluation, wall_seconds: 1,
                              peak_memory_mb: nil, parameters_changed: 0)

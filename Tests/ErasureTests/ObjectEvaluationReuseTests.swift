@@ -36,5 +36,9 @@ final class ObjectEvaluationReuseTests: XCTestCase {
         let original = try XCTUnwrap(evaluation.original)
         XCTAssertEqual([evaluation.acc_e, evaluation.acc_s, evaluation.acc_g], [original.acc_e, original.acc_s, original.acc_g])
         XCTAssertEqual(evaluation.acc_s_relative ?? 0, original.acc_s > 0 ? 1 : 0)
+        // Where the target prompt's images go: a distribution whose share of the concept is Acc_e.
+        let classes = try XCTUnwrap(evaluation.target_classes)
+        XCTAssertEqual(classes.values.reduce(0, +), 1, accuracy: 1e-9)
+        XCTAssertEqual(classes["Sneaker"] ?? 0, evaluation.acc_e, accuracy: 1e-9)
     }
 }
