@@ -79,6 +79,9 @@ public struct MiniSDTrainingOptions {
     public var checkpointEvery = 50
     public var output: URL
     public var resume = false
+    /// A model folder (diffusers layout) whose UNet weights start the run instead of a random
+    /// initialisation: a fine-tuning phase (fresh optimiser, warm-up and schedule).
+    public var initialModel: URL?
     public var stopAfter: Int?
     public var command = ""
 
@@ -160,6 +163,15 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
     var generator = RandomGenerator(seed: options.seed)
     let unet = try UNet2DConditionModel(config: config, generator: &generator)
     let ema = try UNet2DConditionModel(config: config, generator: &generator)
+    if let folder = options.initialModel {
+        let weights = folder.appendingPathComponent("unet/diffusion_pytorch_model.safetensors")
+        guard FileManager.default.fileExists(atPath: weights.path) else {
+            throw AssetError(asset: "mini-SD training", reason: "--init-from \(folder.path) has no unet/diffusion_pytorch_model.safetensors",
+                             remedy: "pass a model folder written by `score train unet` (<out>/model)")
+        }
+        try unet.load(try TensorArchive(contentsOf: weights).allTensors(), source: weights.path)
+        log("initialised from \(weights.path)")
+    }
     for ((_, e), (_, p)) in zip(ema.namedParameters(), unet.namedParameters()) { e.assign(p); e.requiresGrad = false }
     let scheduler = try DDPMScheduler(config: MiniSD.schedulerConfig())
     let alphas = scheduler.alphasCumprod

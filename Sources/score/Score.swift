@@ -171,6 +171,8 @@ struct Train: ParsableCommand {
         @Option(help: "Output folder (a diffusers-layout model folder is written into it; default runs/mini-sd, runs/mini-sd-emoji).") var out: String?
         @Flag(help: "Continue from the checkpoint in --out.") var resume = false
         @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
+        @Option(help: "Start from this model folder's UNet weights (a fine-tuning phase: fresh optimiser and schedule) instead of a random initialisation.") var initFrom: String?
+        @Option(help: "Emoji: draw the tasks' characters and weapons this many times as often as other emoji.") var taskEmojiWeight = 1
         @OptionGroup var testbed: TestbedOptions
         @OptionGroup var compute: ComputeOptions
 
@@ -198,12 +200,18 @@ struct Train: ParsableCommand {
             options.seed = seed
             options.checkpointEvery = checkpointEvery
             options.resume = resume
+            options.initialModel = initFrom.map { URL(fileURLWithPath: $0) }
             options.command = CommandLine.arguments.joined(separator: " ")
+            guard taskEmojiWeight >= 1 else { throw ValidationError("--task-emoji-weight must be at least 1, not \(taskEmojiWeight)") }
+            guard isEmoji || taskEmojiWeight == 1 else { throw ValidationError("--task-emoji-weight is for --testbed emoji") }
             let (unet, record): (UNet2DConditionModel, TrainingRecord)
             if isEmoji {
-                let (dataset, _, split) = try testbed.emojiData(assets: assets)
-                let data = EmojiTrainingData(dataset: dataset, emoji: split.train)
-                print("emoji: \(split.train.count) training emoji (\(split.heldOut.count) held out), \(data.count) images")
+                let (dataset, tasks, split) = try testbed.emojiData(assets: assets)
+                let taskCodepoints = Set(tasks.taskEmoji.map(\.codepoint))
+                let taskEmoji = dataset.entries.indices.filter { taskCodepoints.contains(dataset.entries[$0].codepoint) }
+                let data = EmojiTrainingData(dataset: dataset, emoji: split.train, emphasised: taskEmoji, weight: taskEmojiWeight)
+                print("emoji: \(split.train.count) training emoji (\(split.heldOut.count) held out), \(data.count) images"
+                      + (taskEmojiWeight > 1 ? " (the \(taskEmoji.count) task emoji × \(taskEmojiWeight))" : ""))
                 (unet, record) = try trainMiniSD(options, data: data, textEncoder: try MiniSD.textEncoder(assets: assets),
                                                  digests: try dataset.digests(), config: config) { print($0) }
             } else {

@@ -96,6 +96,18 @@ final class EmojiTrainingTests: XCTestCase {
         XCTAssertEqual(view.captions(7).first, "red apple in Symbola style", "image 7 is Symbola's second copy")
     }
 
+    func testTaskEmojiWeightRepeatsOnlyTheEmphasisedEmojisImages() throws {
+        let dataset = try slice()
+        let santa = dataset.entries.firstIndex { $0.codepoint == 0x1F385 }!
+        let apple = dataset.entries.firstIndex { $0.codepoint == 0x1F34E }!
+        let outside = dataset.entries.firstIndex { $0.codepoint == 0x1F47B }!
+        let view = EmojiTrainingData(dataset: dataset, emoji: [apple, santa], emphasised: [santa, outside], weight: 3)
+        XCTAssertEqual(view.count, 8 + 8 * 3, "apple once, Santa three times; an emphasised emoji outside the view adds nothing")
+        let counts = Dictionary(grouping: view.images, by: { dataset.emoji[$0] }).mapValues(\.count)
+        XCTAssertEqual(counts, [apple: 8, santa: 24])
+        XCTAssertEqual(EmojiTrainingData(dataset: dataset, emoji: [apple, santa], emphasised: [santa]).count, 16, "weight 1 is the plain view")
+    }
+
     func testOneStepOfATinyRGBUNetLowersTheLossOnAnEmojiSlice() throws {
         let dataset = try slice()
         let view = EmojiTrainingData(dataset: dataset, emoji: Array(dataset.entries.indices))
@@ -122,6 +134,28 @@ final class EmojiTrainingTests: XCTestCase {
         XCTAssert(record.finalLoss.isFinite)
         XCTAssertThrowsError(try trainMiniSD(options, data: view, textEncoder: HashingTextEncoder(), config: tinyUNetConfig()) { _ in }) {
             XCTAssert("\($0)".contains("3"), "\($0)")
+        }
+
+        // --init-from: a fine-tuning phase starts from a saved model's weights, not a random UNet.
+        var start = RandomGenerator(seed: 42)
+        let saved = try UNet2DConditionModel(config: config, generator: &start)
+        let savedFolder = folder.appendingPathComponent("saved")
+        try MiniSD.save(saved, config: config, to: savedFolder, testbed: "emoji")
+        var tune = MiniSDTrainingOptions(output: folder.appendingPathComponent("tune"))
+        tune.steps = 1
+        tune.batchSize = 2
+        tune.warmupSteps = 1
+        tune.learningRate = 0
+        tune.initialModel = savedFolder
+        let (tuned, _) = try trainMiniSD(tune, data: view, textEncoder: HashingTextEncoder(), config: config) { _ in }
+        for ((name, a), (_, b)) in zip(tuned.namedParameters(), saved.namedParameters()) {
+            // The returned model is the EMA of equal weights: equal up to its rounding.
+            let gap = zip(a.scalars, b.scalars).map { Swift.abs($0 - $1) }.max() ?? 0
+            XCTAssertLessThan(gap, 1e-6, "\(name): the saved weights, unchanged at learning rate 0")
+        }
+        tune.initialModel = folder.appendingPathComponent("missing")
+        XCTAssertThrowsError(try trainMiniSD(tune, data: view, textEncoder: HashingTextEncoder(), config: config) { _ in }) {
+            XCTAssert("\($0)".contains("--init-from") && "\($0)".contains("missing"), "\($0)")
         }
         var g2 = RandomGenerator(seed: 0)
         let full = try UNet2DConditionModel(config: MiniSD.emojiUNetConfig(), generator: &g2)
