@@ -121,6 +121,10 @@ final class ESDRun {
     var generator: RandomGenerator
     var step = 0
     var losses: [String: [Float]] = [:]
+    /// This piece's start (set up included) and the earlier pieces' time from the checkpoint.
+    let pieceStarted = Date()
+    var secondsBefore = 0.0
+    var seconds: Double { secondsBefore + Date().timeIntervalSince(pieceStarted) }
 
     var checkpointURL: URL? { context.output?.appendingPathComponent("checkpoint.safetensors") }
 
@@ -282,10 +286,10 @@ final class ESDRun {
                 try saveCheckpoint(url)
             }
             if step == context.stopAfter, step < config.iterations {
-                return ErasureOutcome(losses: losses, steps: step, stoppedEarly: true, trainableParameters: parameterCount)
+                return ErasureOutcome(losses: losses, steps: step, stoppedEarly: true, trainableParameters: parameterCount, earlierSeconds: secondsBefore)
             }
         }
-        return ErasureOutcome(losses: losses, steps: step, trainableParameters: parameterCount)
+        return ErasureOutcome(losses: losses, steps: step, trainableParameters: parameterCount, earlierSeconds: secondsBefore)
     }
 
     // MARK: Checkpoints
@@ -294,7 +298,7 @@ final class ESDRun {
     /// iteration and the losses: all a resumed run needs to continue bit for bit.
     func saveCheckpoint(_ url: URL) throws {
         try ErasureCheckpoint.write(to: url, method: "esd", config: config, step: step, generator: generator, losses: losses,
-                                    trainable: trainable, optimizer: optimizer)
+                                    seconds: seconds, trainable: trainable, optimizer: optimizer)
     }
 
     func loadCheckpoint(_ url: URL) throws {
@@ -307,5 +311,6 @@ final class ESDRun {
         step = checkpoint.step
         generator = checkpoint.generator
         losses = checkpoint.losses
+        secondsBefore = checkpoint.seconds
     }
 }

@@ -42,7 +42,7 @@ public struct EraseJob {
             log("stopped at step \(outcome.steps) as asked; continue with --resume")
             return nil
         }
-        let trainingSeconds = Date().timeIntervalSince(started)
+        let trainingSeconds = Date().timeIntervalSince(started) + outcome.earlierSeconds
         let modelFolder = output.appendingPathComponent("model")
         let (changed, changedCount) = try ErasedModel.write(unet: pipeline.unet, reference: original, baseFolder: baseFolder, baseName: baseName,
                                             method: method.name, concepts: request.concepts.map(\.name), full: full, to: modelFolder)

@@ -11,19 +11,21 @@ struct ErasureCheckpoint {
     let step: Int
     let generator: RandomGenerator
     let losses: [String: [Float]]
+    /// Wall time of the run's pieces up to this checkpoint (0 in checkpoints that predate it).
+    let seconds: Double
 
     /// JSON has no NaN: a non-finite loss is stored as this and read back as NaN.
     private static let nonFinite = -1e30
 
     static func write<Config: Encodable>(to url: URL, method: String, config: Config, step: Int, generator: RandomGenerator,
-                                         losses: [String: [Float]], trainable: [(name: String, tensor: Tensor)],
+                                         losses: [String: [Float]], seconds: Double, trainable: [(name: String, tensor: Tensor)],
                                          optimizer: any Optimizer, extra: [String: Tensor] = [:]) throws {
         var tensors = extra
         for (name, p) in trainable { tensors["unet.\(name)"] = p }
         for (name, t) in optimizer.state() { tensors["optimizer.\(name)"] = t }
         let lossJSON = try JSONEncoder().encode(losses.mapValues { $0.map { $0.isFinite ? Double($0) : nonFinite } })
         let metadata = ["method": method, "step": String(step), "seed": String(generator.seed), "offset": String(generator.offset),
-                        "losses": String(decoding: lossJSON, as: UTF8.self),
+                        "losses": String(decoding: lossJSON, as: UTF8.self), "seconds": String(seconds),
                         "config": String(decoding: try JSONEncoder().encode(config), as: UTF8.self)]
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
         try Tensor.save(tensors, to: url, metadata: metadata)
@@ -55,6 +57,7 @@ struct ErasureCheckpoint {
         self.step = step
         self.generator = RandomGenerator(seed: seed, offset: offset)
         self.losses = losses.mapValues { $0.map { $0 <= Self.nonFinite ? Float.nan : Float($0) } }
+        seconds = meta["seconds"].flatMap(Double.init) ?? 0
     }
 
     /// The tensors under `prefix`, keyed by the rest of their name.

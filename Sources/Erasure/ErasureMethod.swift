@@ -137,9 +137,13 @@ public struct ErasureOutcome {
     public var stoppedEarly: Bool
     /// Entries of the parameters the method was allowed to train (before any mask).
     public var trainableParameters: Int
+    /// Wall time of the run's earlier pieces (up to the checkpoint this one resumed from), 0 for
+    /// a run in one piece: the run's time is the caller's timing of this piece plus this.
+    public var earlierSeconds: Double
 
     public init(losses: [String: [Float]], steps: Int, masks: [String: Tensor] = [:], stoppedEarly: Bool = false,
-                trainableParameters: Int = 0) {
+                trainableParameters: Int = 0, earlierSeconds: Double = 0) {
+        self.earlierSeconds = earlierSeconds
         self.losses = losses
         self.steps = steps
         self.masks = masks

@@ -159,6 +159,10 @@ final class SCORERun {
     var generator: RandomGenerator
     var step = 0
     var losses: [String: [Float]] = [:]
+    /// This piece's start (set up included) and the earlier pieces' time from the checkpoint.
+    let pieceStarted = Date()
+    var secondsBefore = 0.0
+    var seconds: Double { secondsBefore + Date().timeIntervalSince(pieceStarted) }
 
     var checkpointURL: URL? { context.output?.appendingPathComponent("checkpoint.safetensors") }
 
@@ -400,11 +404,11 @@ final class SCORERun {
             }
             if step == context.stopAfter, step < config.steps {
                 return ErasureOutcome(losses: losses, steps: step, masks: masks, stoppedEarly: true,
-                                      trainableParameters: trainable.reduce(0) { $0 + $1.tensor.count })
+                                      trainableParameters: trainable.reduce(0) { $0 + $1.tensor.count }, earlierSeconds: secondsBefore)
             }
         }
         return ErasureOutcome(losses: losses, steps: step, masks: masks,
-                              trainableParameters: trainable.reduce(0) { $0 + $1.tensor.count })
+                              trainableParameters: trainable.reduce(0) { $0 + $1.tensor.count }, earlierSeconds: secondsBefore)
     }
 
     /// The target pool resampled from the current model, from noise streams no earlier pool used.
@@ -426,7 +430,7 @@ final class SCORERun {
             extra.merge(targetPools[c].archived(prefix: "pool\(c)")) { a, _ in a }
         }
         try ErasureCheckpoint.write(to: url, method: "score", config: config, step: step, generator: generator, losses: losses,
-                                    trainable: trainable, optimizer: optimizer, extra: extra)
+                                    seconds: seconds, trainable: trainable, optimizer: optimizer, extra: extra)
     }
 
     func loadCheckpoint(_ url: URL) throws {
@@ -444,5 +448,6 @@ final class SCORERun {
         step = checkpoint.step
         generator = checkpoint.generator
         losses = checkpoint.losses
+        secondsBefore = checkpoint.seconds
     }
 }

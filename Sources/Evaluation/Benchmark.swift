@@ -210,6 +210,9 @@ extension CellBenchmark {
 final class PhaseTimer {
     private(set) var seconds: [String: Double] = [:]
 
+    /// Adds time spent on `phase` outside this timer (an erasure's earlier pieces).
+    func add(_ extra: Double, to phase: String) { seconds[phase, default: 0] += extra }
+
     func callAsFunction<T>(_ phase: String, _ body: () throws -> T) rethrows -> T {
         let started = Date()
         defer { seconds[phase] = Date().timeIntervalSince(started) }
@@ -238,6 +241,7 @@ func eraseCell(method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, m
     let outcome = try timer("erase") {
         try eraser.erase(request, pipeline: model.pipeline, context: ErasureContext(output: runFolder, resume: true, log: log))
     }
+    timer.add(outcome.earlierSeconds, to: "erase")
     let written = try ErasedModel.write(unet: model.pipeline.unet, reference: original.pipeline.unet,
                                         baseFolder: original.folder, baseName: original.name, method: eraser.name,
                                         concepts: request.concepts.map(\.name), full: false,

@@ -304,6 +304,8 @@ final class BaselineTests: XCTestCase {
                                                     context: ErasureContext(output: folder, resume: true))
         XCTAssertEqual(outcome.steps, 6)
         XCTAssertEqual(outcome.losses["erase"], full.losses["erase"])
+        XCTAssertEqual(full.earlierSeconds, 0)
+        XCTAssertGreaterThan(outcome.earlierSeconds, 0, "the stopped piece's time, read from the checkpoint")
         let reference = straight.unet.stateDict()
         var differing: [String] = []
         for (name, p) in resumed.unet.namedParameters() where p.scalars != reference[name]!.scalars { differing.append(name) }

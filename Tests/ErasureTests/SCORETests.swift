@@ -78,6 +78,9 @@ final class SCORETests: XCTestCase {
         let outcome = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: resumed,
                                                                  context: ErasureContext(output: folderB, resume: true))
         XCTAssertEqual(outcome.steps, 6)
+        // The run's time counts the killed piece too (up to its checkpoint); a run in one piece has none earlier.
+        XCTAssertEqual(partial.earlierSeconds, 0)
+        XCTAssertGreaterThan(outcome.earlierSeconds, 0, "the first piece's time, read from the checkpoint")
         let reference = straight.unet.stateDict()
         var differing: [String] = []
         for (name, p) in resumed.unet.namedParameters() where p.scalars != reference[name]!.scalars { differing.append(name) }
