@@ -2,6 +2,7 @@ import Diffusion
 import Erasure
 import Foundation
 import Kernels
+import NN
 import Tensor
 import Testbed
 
@@ -100,8 +101,15 @@ final class CellMeasurement {
         let timed = PhaseTimer()
         let original = try ModelLoader.load(nil, assets: assets)
         if originalImages[concept] == nil {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            let settingsJSON = String(decoding: try encoder.encode(benchmark.settings), as: UTF8.self)
             originalImages[concept] = try timed("original_images") {
-                try ObjectEvaluator.images(original.pipeline, label: label, prompts: prompts, settings: benchmark.settings, log: log)
+                try ObjectEvaluator.cachedImages(
+                    file: benchmark.output.appendingPathComponent(concept).appendingPathComponent("original-images.safetensors"),
+                    key: "\(original.name) \(weightsDigest(original.pipeline.unet)) class \(label) \(settingsJSON)", label: label, prompts: prompts, settings: benchmark.settings) {
+                    try ObjectEvaluator.images(original.pipeline, label: label, prompts: prompts, settings: benchmark.settings, log: log)
+                }
             }
         }
         let model = try ModelLoader.load(nil, assets: assets)
@@ -140,4 +148,14 @@ final class CellMeasurement {
                              asr_paraphrase: paraphrase.asr, asr_unlearndiffatk_pre: uda.asr_pre,
                              asr_unlearndiffatk_post: uda.asr_post, phase_seconds: timed.seconds)
     }
+}
+
+/// SHA-256 of a model's weights (names and values in name order): what a cache of its outputs is keyed by.
+func weightsDigest(_ model: Module) -> String {
+    var bytes = Data()
+    for (name, tensor) in model.stateDict().sorted(by: { $0.key < $1.key }) {
+        bytes.append(Data(name.utf8))
+        tensor.scalars.withUnsafeBytes { bytes.append(contentsOf: $0) }
+    }
+    return SHA256.hex(bytes)
 }

@@ -110,6 +110,29 @@ public enum ObjectEvaluator {
                                 retainedLabels: sets.retainedLabels)
     }
 
+    /// `images(…)` of a model, kept in `file`: read back when the file was written for the same
+    /// `key` (model, class, settings), else generated and written (atomically). A benchmark's
+    /// processes and sessions then judge one set of original-model images instead of each
+    /// sampling it again (minutes per concept on one core); the bits are those `images` returns.
+    public static func cachedImages(file: URL, key: String, label: Int, prompts: FashionPrompts, settings: EvaluationSettings,
+                                    generate: () throws -> EvaluationImages) throws -> EvaluationImages {
+        let sets = promptSets(label: label, prompts: prompts, settings: settings)
+        let names = ["target", "paraphrase", "retained"]
+        let counts = [sets.target.count, sets.paraphrase.count, sets.retained.count]
+        if FileManager.default.fileExists(atPath: file.path), let archive = try? TensorArchive(contentsOf: file),
+           archive.metadata["key"] == key,
+           let tensors = try? names.map({ try archive.tensor($0) }),
+           zip(tensors, counts).allSatisfy({ $0.shape.first == $1 }) {
+            return EvaluationImages(target: tensors[0], paraphrase: tensors[1], paraphrasePrompts: sets.paraphrase,
+                                    retained: tensors[2], retainedLabels: sets.retainedLabels)
+        }
+        let images = try generate()
+        try FileManager.default.createDirectory(at: file.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Tensor.save(["target": images.target, "paraphrase": images.paraphrase, "retained": images.retained],
+                        to: file, metadata: ["key": key])
+        return images
+    }
+
     /// Acc_e, Acc_s, Acc_g and H_o of `images` under `judge`.
     public static func accuracies(_ images: EvaluationImages, label: Int, judge: any Judge) -> (Accuracies, [Int: Double]) {
         func rate(_ x: Tensor, _ isHit: (Int, Int) -> Bool) -> Double {

@@ -41,4 +41,47 @@ final class ObjectEvaluationReuseTests: XCTestCase {
         XCTAssertEqual(classes.values.reduce(0, +), 1, accuracy: 1e-9)
         XCTAssertEqual(classes["Sneaker"] ?? 0, evaluation.acc_e, accuracy: 1e-9)
     }
+
+    func testOriginalImagesAreKeptOnDiskAndReadBackForTheSameKeyOnly() throws {
+        var settings = EvaluationSettings()
+        settings.targetImages = 3
+        settings.paraphraseImages = 2
+        settings.retainImagesPerClass = 1
+        let prompts = try FashionPrompts.bundled()
+        let sets = ObjectEvaluator.promptSets(label: 7, prompts: prompts, settings: settings)
+        var generator = RandomGenerator(seed: 9)
+        var calls = 0
+        func make() -> EvaluationImages {
+            calls += 1
+            return EvaluationImages(target: generator.normal([3, 1, 8, 8]), paraphrase: generator.normal([2, 1, 8, 8]),
+                                    paraphrasePrompts: sets.paraphrase, retained: generator.normal([9, 1, 8, 8]),
+                                    retainedLabels: sets.retainedLabels)
+        }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("original-images-\(UUID()).safetensors")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let first = try ObjectEvaluator.cachedImages(file: file, key: "model A", label: 7, prompts: prompts, settings: settings, generate: make)
+        let again = try ObjectEvaluator.cachedImages(file: file, key: "model A", label: 7, prompts: prompts, settings: settings, generate: make)
+        XCTAssertEqual(calls, 1, "the second call reads the file")
+        XCTAssertEqual(again.target.scalars, first.target.scalars)
+        XCTAssertEqual(again.paraphrase.scalars, first.paraphrase.scalars)
+        XCTAssertEqual(again.retained.scalars, first.retained.scalars)
+        XCTAssertEqual(again.retainedLabels, sets.retainedLabels)
+        XCTAssertEqual(again.paraphrasePrompts, sets.paraphrase)
+        let other = try ObjectEvaluator.cachedImages(file: file, key: "model B", label: 7, prompts: prompts, settings: settings, generate: make)
+        XCTAssertEqual(calls, 2, "another model (or class, or settings) samples again")
+        XCTAssertNotEqual(other.target.scalars, first.target.scalars)
+        var more = settings
+        more.targetImages = 4
+        _ = try? ObjectEvaluator.cachedImages(file: file, key: "model B", label: 7, prompts: prompts, settings: more, generate: make)
+        XCTAssertEqual(calls, 3, "a file whose image counts do not fit the settings is not used")
+    }
+
+    func testWeightsDigestChangesWithAnyWeight() throws {
+        let unet = try Tiny.pipeline().unet
+        let before = weightsDigest(unet)
+        XCTAssertEqual(weightsDigest(try Tiny.pipeline().unet), before, "the same weights, the same digest")
+        let (_, first) = unet.namedParameters()[0]
+        first.assign(first + 1e-3)
+        XCTAssertNotEqual(weightsDigest(unet), before)
+    }
 }
