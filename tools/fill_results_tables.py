@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Regenerates the measured tables in docs/RESULTS.md from benchmark cell files.
+
+  python3 tools/fill_results_tables.py [--score PATH] [--out runs/benchmark-g75]
+
+TABLE_G75 is the benchmark's own Markdown table (`score benchmark --finished-only`
+reads the finished cells and measures nothing new). TABLE_SWEEP lists SCORE's
+seed-0 cell of every class against issue 5's targets. Standard library only.
+"""
+import argparse, glob, json, os, re, subprocess, sys
+
+CLASSES = "sneaker,trouser,bag,t-shirt,pullover,dress,coat,sandal,shirt,ankle boot"
+METHODS = "original,uce,esd-x,esd-u,score"
+TARGETS = {"acc_e": 0.05, "acc_g": 0.10, "acc_s_relative": 0.90, "leakage_bound": 0.6}
+
+
+def benchmark_table(score, out):
+    run = subprocess.run([score, "benchmark", "--concepts", CLASSES, "--methods", METHODS,
+                          "--seeds", "2", "--leakage-trajectories", "32", "--out", out,
+                          "--finished-only"], capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit("score benchmark --finished-only failed:\n" + run.stderr)
+    return "\n".join(l for l in run.stdout.splitlines() if l.startswith("|"))
+
+
+def sweep_table(out):
+    rows = ["| class | Acc_e orig → SCORE | Acc_g orig → SCORE | Acc_s orig → SCORE (of orig) "
+            "| H_o | Î (nats) | bound | ASR paraphrase | UnlearnDiffAtk pre → post | targets missed |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(glob.glob(os.path.join(out, "*", "score-seed0.json"))):
+        cell = json.load(open(path))
+        e, o = cell["evaluation"], cell["evaluation"]["original"]
+        missed = [name for name, bad in [
+            ("Acc_e", e["acc_e"] > TARGETS["acc_e"]),
+            ("Acc_g", e["acc_g"] > TARGETS["acc_g"]),
+            ("Acc_s", e["acc_s_relative"] < TARGETS["acc_s_relative"]),
+            ("bound", e["leakage_bound"] > TARGETS["leakage_bound"])] if bad]
+        rows.append("| %s | %.1f → **%.1f** | %.1f → **%.1f** | %.1f → **%.1f** (%.1f%%) | %.1f "
+                    "| %.3f | %.3f | %.1f | %.0f → %.0f | %s |" % (
+            e["concept"], o["acc_e"] * 100, e["acc_e"] * 100, o["acc_g"] * 100, e["acc_g"] * 100,
+            o["acc_s"] * 100, e["acc_s"] * 100, e["acc_s_relative"] * 100, e["h_o"] * 100,
+            e["leakage_nats"], e["leakage_bound"], cell["asr_paraphrase"] * 100,
+            cell["asr_unlearndiffatk_pre"] * 100, cell["asr_unlearndiffatk_post"] * 100,
+            ", ".join(missed) or "none"))
+    return "\n".join(rows)
+
+
+def replace_block(text, tag, body):
+    pattern = re.compile(r"<!-- %s -->.*?<!-- /%s -->" % (tag, tag), re.S)
+    if not pattern.search(text):
+        sys.exit("docs/RESULTS.md has no <!-- %s --> ... <!-- /%s --> block" % (tag, tag))
+    return pattern.sub(lambda _: "<!-- %s -->\n%s\n<!-- /%s -->" % (tag, body, tag), text)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--score", default=".build/release/score")
+    parser.add_argument("--out", default="runs/benchmark-g75")
+    parser.add_argument("--results", default="docs/RESULTS.md")
+    args = parser.parse_args()
+    text = open(args.results).read()
+    text = replace_block(text, "TABLE_G75", benchmark_table(args.score, args.out))
+    text = replace_block(text, "TABLE_SWEEP", sweep_table(args.out))
+    temporary = args.results + ".tmp"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, args.results)
+
+
+if __name__ == "__main__":
+    main()
