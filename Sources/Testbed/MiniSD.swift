@@ -27,11 +27,17 @@ public enum MiniSD {
     }
 
     /// The emoji testbed's UNet: the same family with RGB in and out (1.97 M parameters + 0.9 k
-    /// for the two extra channels of conv_in/conv_out; training speed binds, see docs/EMOJI.md).
+    /// for the two extra channels of conv_in/conv_out; training speed binds, see docs/EMOJI.md)
+    /// and 8 GroupNorm groups, not 32. With 32 groups on the 32-channel level every group is one
+    /// channel, so the last norm before conv_out removes each channel's spatial mean and ε̂ cannot
+    /// follow the noise's per-channel mean: a 4,400-step model's ε̂ had 4% of its spread, and every
+    /// sample came out on a random tinted background (docs/EMOJI.md, "Why the backgrounds were
+    /// tinted"). Models trained with 32 groups keep them: their folders record their config.
     public static func emojiUNetConfig() -> UNet2DConditionConfig {
         var c = unetConfig()
         c.inChannels = 3
         c.outChannels = 3
+        c.normNumGroups = 8
         return c
     }
 
@@ -42,6 +48,23 @@ public enum MiniSD {
         case "emoji": return emojiUNetConfig()
         default: throw AssetError(asset: "--testbed", reason: "unknown testbed '\(testbed)'", remedy: "use fashion or emoji")
         }
+    }
+
+    /// The UNet config of a training run writing to `output`. A resumed run (or an export of its
+    /// checkpoint) keeps the config it recorded when it started (`<output>/unet-config.json`, or
+    /// its finished `<output>/model`), so that it keeps its architecture when the testbed's
+    /// default changes; a fine-tune takes the `initialModel` folder's; else the testbed's. The
+    /// choice is recorded in `<output>/unet-config.json`.
+    public static func trainingConfig(output: URL, resuming: Bool, initialModel: URL?, testbed: String) throws -> UNet2DConditionConfig {
+        let recorded = output.appendingPathComponent("unet-config.json")
+        let earlier = resuming ? [recorded, output.appendingPathComponent("model/unet/config.json")] : []
+        let candidates = earlier + [initialModel?.appendingPathComponent("unet/config.json")].compactMap { $0 }
+        let config = try candidates.first { FileManager.default.fileExists(atPath: $0.path) }
+            .map { try UNet2DConditionConfig(contentsOf: $0) } ?? unetConfig(testbed: testbed)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeAtomically(try encoder.encode(config), to: recorded)
+        return config
     }
 
     /// DDPM, 1000 steps, squaredcos_cap_v2, ε prediction, samples clipped to [-1, 1].
@@ -168,6 +191,11 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
         guard FileManager.default.fileExists(atPath: weights.path) else {
             throw AssetError(asset: "mini-SD training", reason: "--init-from \(folder.path) has no unet/diffusion_pytorch_model.safetensors",
                              remedy: "pass a model folder written by `score train unet` (<out>/model)")
+        }
+        let initialConfig = try UNet2DConditionConfig(contentsOf: folder.appendingPathComponent("unet/config.json"))
+        guard initialConfig == config else {
+            throw AssetError(asset: "mini-SD training", reason: "--init-from \(folder.path): its unet/config.json is not the config this run trains",
+                             remedy: "take the config from the folder (MiniSD.trainingConfig(output:initialModel:testbed:))")
         }
         try unet.load(try TensorArchive(contentsOf: weights).allTensors(), source: weights.path)
         log("initialised from \(weights.path)")

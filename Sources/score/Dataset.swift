@@ -25,7 +25,7 @@ struct EmojiDatasetCommand: ParsableCommand {
     @Option(help: "Seed of the augmentation.") var seed: UInt64 = 0
     @Option(help: "Keep only the first N emoji (previews, tests).") var limit: Int?
     @Option(help: "Keep only these code points, hex, comma-separated (e.g. 1F34E,1F431).") var codepoints: String?
-    @Option(help: "Output file (default: <cache>/emoji/dataset/emoji-v<version>-<size>px.safetensors).") var out: String?
+    @Option(help: "Output file (default: <cache>/emoji/dataset/emoji-v<version>-<size>px.safetensors; a slice, or other --copies or --seed, goes to …-preview.safetensors beside it).") var out: String?
     @Option(help: "Also write a PNG grid of sample emoji (rows: styles) to this file.") var grid: String?
     @Option(help: "The copy the grid shows (0: centred; others: augmented).") var gridCopy = 0
     @Option(help: "Cache directory (default: $SCORE_CACHE or ~/.cache/score).") var cache: String?
@@ -50,7 +50,7 @@ struct EmojiDatasetCommand: ParsableCommand {
         let start = Date()
         let dataset = try EmojiDataset.build(sources: sources, options: options, captions: try EmojiCaptions.bundled(),
                                              log: { print("… \($0)") })
-        let url = out.map { URL(fileURLWithPath: $0) } ?? EmojiDataset.defaultURL(assets: assets, size: size)
+        let url = out.map { URL(fileURLWithPath: $0) } ?? EmojiDataset.outputURL(assets: assets, options: options)
         let hash = try dataset.write(to: url)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? 0
         print("""

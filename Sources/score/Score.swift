@@ -181,7 +181,8 @@ struct Train: ParsableCommand {
             let isEmoji = try testbed.isEmoji()
             let out = self.out ?? (isEmoji ? "runs/mini-sd-emoji" : "runs/mini-sd")
             let testbedName = isEmoji ? "emoji" : "fashion-mnist"
-            let config = try MiniSD.unetConfig(testbed: testbedName)
+            let config = try MiniSD.trainingConfig(output: URL(fileURLWithPath: out), resuming: resume || exportCheckpoint, initialModel: initFrom.map { URL(fileURLWithPath: $0) },
+                                                   testbed: testbedName)
             if exportCheckpoint {
                 let checkpoint = URL(fileURLWithPath: out).appendingPathComponent("checkpoint.safetensors")
                 let staging = URL(fileURLWithPath: out).appendingPathComponent("model-export")
@@ -217,7 +218,8 @@ struct Train: ParsableCommand {
             } else {
                 let data = try FashionMNIST(assets: assets)
                 (unet, record) = try trainMiniSD(options, data: data.train, prompts: try FashionPrompts.bundled(),
-                                                 textEncoder: try MiniSD.textEncoder(assets: assets), digests: data.digests) { print($0) }
+                                                 textEncoder: try MiniSD.textEncoder(assets: assets), digests: data.digests,
+                                                 config: config) { print($0) }
             }
             let folder = options.output.appendingPathComponent("model")
             try MiniSD.save(unet, config: config, to: folder, testbed: testbedName)

@@ -175,6 +175,30 @@ final class EmojiTests: XCTestCase {
 
     // MARK: Dataset
 
+    func testOnlyTheFullDefaultBuildIsWrittenToTheDefaultFile() {
+        let assets = Assets(cache: URL(fileURLWithPath: "/tmp/score-cache"))
+        let full = EmojiDataset.defaultURL(assets: assets, size: 32)
+        XCTAssertEqual(EmojiDataset.outputURL(assets: assets, options: EmojiDataset.Options()), full)
+        var larger = EmojiDataset.Options()
+        larger.size = 48
+        XCTAssertEqual(EmojiDataset.outputURL(assets: assets, options: larger), EmojiDataset.defaultURL(assets: assets, size: 48))
+        // A preview slice once replaced the full set that training and the checks read.
+        var slice = EmojiDataset.Options()
+        slice.codepoints = [0x1F385]
+        var first = EmojiDataset.Options()
+        first.limit = 4
+        var copies = EmojiDataset.Options()
+        copies.copies = 1
+        var seed = EmojiDataset.Options()
+        seed.seed = 3
+        for options in [slice, first, copies, seed] {
+            let url = EmojiDataset.outputURL(assets: assets, options: options)
+            XCTAssertNotEqual(url, full)
+            XCTAssertEqual(url.deletingLastPathComponent(), full.deletingLastPathComponent())
+            XCTAssert(url.lastPathComponent.hasSuffix("-preview.safetensors"), url.path)
+        }
+    }
+
     func testDatasetSliceRoundTripsAndIsReproducible() throws {
         let sources = try installedSources()
         var options = EmojiDataset.Options()

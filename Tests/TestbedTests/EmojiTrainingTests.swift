@@ -153,6 +153,12 @@ final class EmojiTrainingTests: XCTestCase {
             let gap = zip(a.scalars, b.scalars).map { Swift.abs($0 - $1) }.max() ?? 0
             XCTAssertLessThan(gap, 1e-6, "\(name): the saved weights, unchanged at learning rate 0")
         }
+        var otherGroups = config
+        otherGroups.normNumGroups = 2
+        XCTAssertThrowsError(try trainMiniSD(tune, data: view, textEncoder: HashingTextEncoder(), config: otherGroups) { _ in },
+                             "GroupNorm has no per-group weights: a config mismatch would load silently") {
+            XCTAssert("\($0)".contains("--init-from") && "\($0)".contains("config"), "\($0)")
+        }
         tune.initialModel = folder.appendingPathComponent("missing")
         XCTAssertThrowsError(try trainMiniSD(tune, data: view, textEncoder: HashingTextEncoder(), config: config) { _ in }) {
             XCTAssert("\($0)".contains("--init-from") && "\($0)".contains("missing"), "\($0)")
@@ -160,6 +166,40 @@ final class EmojiTrainingTests: XCTestCase {
         var g2 = RandomGenerator(seed: 0)
         let full = try UNet2DConditionModel(config: MiniSD.emojiUNetConfig(), generator: &g2)
         XCTAssertEqual(full.parameterCount, 1_972_641 + 576 + 578, "Fashion's UNet with RGB conv_in and conv_out")
+    }
+
+    func testEmojiUNetNormalisesGroupsOfSeveralChannels() throws {
+        // One channel per group removes each channel's mean before conv_out: ε̂ then cannot follow
+        // the noise's per-channel mean and samples come out on tinted backgrounds (docs/EMOJI.md).
+        let config = MiniSD.emojiUNetConfig()
+        let groups = try XCTUnwrap(config.normNumGroups)
+        for width in config.blockOutChannels {
+            XCTAssertEqual(width % groups, 0)
+            XCTAssertGreaterThanOrEqual(width / groups, 4, "channels per group at width \(width)")
+        }
+    }
+
+    func testTrainingRunsKeepTheConfigTheyStartedWith() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("training-config-\(UUID())")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let run = folder.appendingPathComponent("run")
+        XCTAssertEqual(try MiniSD.trainingConfig(output: run, resuming: false, initialModel: nil, testbed: "emoji"), MiniSD.emojiUNetConfig())
+        // A run started under an older default: resuming keeps what it recorded, a fresh start does not.
+        var older = MiniSD.emojiUNetConfig()
+        older.normNumGroups = 32
+        try JSONEncoder().encode(older).write(to: run.appendingPathComponent("unet-config.json"))
+        XCTAssertEqual(try MiniSD.trainingConfig(output: run, resuming: true, initialModel: nil, testbed: "emoji"), older)
+        XCTAssertEqual(try MiniSD.trainingConfig(output: run, resuming: false, initialModel: nil, testbed: "emoji"), MiniSD.emojiUNetConfig())
+        XCTAssertEqual(try UNet2DConditionConfig(contentsOf: run.appendingPathComponent("unet-config.json")), MiniSD.emojiUNetConfig(),
+                       "the fresh start recorded its own config")
+        // A fine-tune takes its starting model's config.
+        let saved = folder.appendingPathComponent("saved")
+        var g = RandomGenerator(seed: 0)
+        try MiniSD.save(try UNet2DConditionModel(config: tinyUNetConfig(), generator: &g), config: tinyUNetConfig(), to: saved, testbed: "emoji")
+        XCTAssertEqual(try MiniSD.trainingConfig(output: folder.appendingPathComponent("tune"), resuming: false, initialModel: saved, testbed: "emoji"),
+                       tinyUNetConfig())
+        XCTAssertEqual(try MiniSD.trainingConfig(output: folder.appendingPathComponent("plain"), resuming: true, initialModel: nil, testbed: "fashion"),
+                       MiniSD.unetConfig(), "nothing recorded: the testbed's default")
     }
 
     // MARK: Judges
@@ -319,8 +359,18 @@ final class EmojiTrainingTests: XCTestCase {
         XCTAssertEqual(Set(result.per_identity_accuracy.keys), ["Santa Claus", "ghost"])
         XCTAssert(result.kid.isFinite)
         let json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(result)) as! [String: Any]
-        for key in ["per_style_accuracy", "per_identity_accuracy", "mean_style_accuracy", "mean_identity_accuracy", "kid"] {
+        for key in ["per_style_accuracy", "per_identity_accuracy", "mean_style_accuracy", "mean_identity_accuracy", "kid", "noise_mean_tracking"] {
             XCTAssertNotNil(json[key], key)
         }
+        let tracking = try XCTUnwrap(result.noise_mean_tracking)
+        XCTAssertEqual(tracking.map(\.timestep), [960, 800, 500])
+        for row in tracking { XCTAssert(row.slope.isFinite && Swift.abs(row.correlation) <= 1, "\(row)") }
+
+        // A UNet whose conv_out is zero predicts ε̂ = 0 everywhere: it follows no noise mean.
+        let probe = dataset.batch(Array(0..<8))
+        for (name, p) in unet.namedParameters() where name.hasPrefix("conv_out.") { p.assign(Tensor.zeros(p.shape)) }
+        let flat = noiseMeanTracking(unet: unet, scheduler: pipeline.scheduler, clean: probe, textEncoder: HashingTextEncoder())
+        XCTAssertEqual(flat.map(\.slope), [0, 0, 0])
+        XCTAssertEqual(flat.map(\.correlation), [0, 0, 0])
     }
 }

@@ -11,6 +11,9 @@ public struct EmojiModelCheck: Codable, Sendable {
     public var mean_style_accuracy: Double
     public var mean_identity_accuracy: Double
     public var kid: Double
+    /// Whether ε̂ follows the per-channel mean of the noise (see `noiseMeanTracking`); nil in
+    /// checks written before it was measured.
+    public var noise_mean_tracking: [NoiseMeanTracking]?
     public var style_sample: [String]
     public var images_per_style: Int
     public var images_per_identity: Int
@@ -80,13 +83,49 @@ public func checkEmojiModel(pipeline: StableDiffusionPipeline, styleJudge: any J
         perIdentity[member.name] = accuracy
         log(String(format: "identity %@ %5.1f%%", member.name.padding(toLength: 12, withPad: " ", startingAt: 0), accuracy * 100))
     }
+    let probe = dataset.batch(sample.flatMap { e in dataset.styles.indices.map { dataset.index(emoji: e, style: $0, copy: 0) } })
+    let tracking = noiseMeanTracking(unet: pipeline.unet, scheduler: pipeline.scheduler, clean: probe,
+                                     textEncoder: pipeline.textEncoder, seed: seed)
+    for row in tracking { log(String(format: "noise mean t=%d: slope %.3f, correlation %.3f", row.timestep, row.slope, row.correlation)) }
     return EmojiModelCheck(
         per_style_accuracy: perStyle, per_identity_accuracy: perIdentity,
         mean_style_accuracy: perStyle.values.reduce(0, +) / Double(max(1, perStyle.count)),
         mean_identity_accuracy: perIdentity.values.reduce(0, +) / Double(max(1, perIdentity.count)),
-        kid: kid, style_sample: sample.map { EmojiCaptions.captionText(dataset.entries[$0].name) },
+        kid: kid, noise_mean_tracking: tracking, style_sample: sample.map { EmojiCaptions.captionText(dataset.entries[$0].name) },
         images_per_style: imagesPerStyle, images_per_identity: imagesPerIdentity, steps: steps, guidance: guidance, seed: seed,
         sampler: "DDIM (eta 0, clipped x̂₀ with ε recomputed), \(type(of: pipeline.scheduler))")
+}
+
+/// How far a UNet's ε̂ follows the per-channel spatial mean of the noise it is given, at one
+/// timestep: the least-squares slope and the correlation of ε̂'s channel means on ε's, over the
+/// images × channels of a batch noised at that timestep (unconditional). A UNet that cannot
+/// follow it (slope ≈ 0) turns the initial noise's channel means, amplified by 1/√ᾱ, into a
+/// random tint of every sample (docs/EMOJI.md, "Why the backgrounds were tinted"); 1 is perfect.
+public struct NoiseMeanTracking: Codable, Sendable, Equatable {
+    public var timestep: Int
+    public var slope: Double
+    public var correlation: Double
+}
+
+public func noiseMeanTracking(unet: UNet2DConditionModel, scheduler: any NoiseScheduler, clean: Tensor, textEncoder: any TextEncoder,
+                              timesteps: [Int] = [960, 800, 500], seed: UInt64 = 0) -> [NoiseMeanTracking] {
+    let n = clean.shape[0], plane = clean.shape[2] * clean.shape[3]
+    let (states, mask) = noGrad { textEncoder.encode(prompts: Array(repeating: "", count: n)) }
+    var generator = RandomGenerator(seed: seed).fork(0xDC)
+    return timesteps.map { t in
+        let noise = generator.normal(clean.shape)
+        let noisy = scheduler.addNoise(original: clean, noise: noise, timesteps: Array(repeating: t, count: n))
+        let predicted = noGrad { unet(noisy, timestep: Array(repeating: Float(t), count: n), encoderHiddenStates: states, encoderAttentionMask: mask) }
+        func channelMeans(_ x: Tensor) -> [Double] {
+            let v = x.scalars
+            return stride(from: 0, to: v.count, by: plane).map { start in v[start..<(start + plane)].reduce(0.0) { $0 + Double($1) } / Double(plane) }
+        }
+        let (a, b) = (channelMeans(noise), channelMeans(predicted))
+        let (meanA, meanB) = (a.reduce(0, +) / Double(a.count), b.reduce(0, +) / Double(b.count))
+        var ab = 0.0, aa = 0.0, bb = 0.0
+        for (x, y) in zip(a, b) { ab += (x - meanA) * (y - meanB); aa += (x - meanA) * (x - meanA); bb += (y - meanB) * (y - meanB) }
+        return NoiseMeanTracking(timestep: t, slope: aa > 0 ? ab / aa : 0, correlation: aa > 0 && bb > 0 ? ab / (aa * bb).squareRoot() : 0)
+    }
 }
 
 /// The emoji judges' weights: `judge-<task>-<arch>.safetensors` in a folder given, or in its

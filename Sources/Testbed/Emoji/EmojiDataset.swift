@@ -195,6 +195,18 @@ public struct EmojiDataset: Sendable {
         assets.cache.appendingPathComponent("emoji/dataset/emoji-v\(version)-\(size)px.safetensors")
     }
 
+    /// Where `score dataset emoji` writes a build when no output is given: the default file
+    /// (what training, the judges and the checks read) only for a full build with the default
+    /// copies and seed; a slice or another augmentation goes to `…-preview.safetensors` beside
+    /// it, so a quick look at a few emoji never replaces the full set.
+    public static func outputURL(assets: Assets, options: Options) -> URL {
+        let full = defaultURL(assets: assets, size: options.size)
+        let defaults = Options()
+        let isDefaultBuild = options.limit == nil && options.codepoints == nil && options.copies == defaults.copies && options.seed == defaults.seed
+        guard !isDefaultBuild else { return full }
+        return full.deletingLastPathComponent().appendingPathComponent("emoji-v\(version)-\(options.size)px-preview.safetensors")
+    }
+
     private struct StyleRecord: Codable {
         let id: String
         let caption_name: String
