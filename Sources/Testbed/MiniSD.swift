@@ -195,7 +195,7 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
         let initialConfig = try UNet2DConditionConfig(contentsOf: folder.appendingPathComponent("unet/config.json"))
         guard initialConfig == config else {
             throw AssetError(asset: "mini-SD training", reason: "--init-from \(folder.path): its unet/config.json is not the config this run trains",
-                             remedy: "take the config from the folder (MiniSD.trainingConfig(output:initialModel:testbed:))")
+                             remedy: "train with the folder's own config: `score train unet --init-from` reads it from unet/config.json")
         }
         try unet.load(try TensorArchive(contentsOf: weights).allTensors(), source: weights.path)
         log("initialised from \(weights.path)")
