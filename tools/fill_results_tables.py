@@ -10,7 +10,7 @@ seed-0 cell of every class against issue 5's targets. Standard library only.
 import argparse, glob, json, os, re, subprocess, sys
 
 CLASSES = "sneaker,trouser,bag,t-shirt,pullover,dress,coat,sandal,shirt,ankle boot"
-METHODS = "original,uce,esd-x,esd-u,score"
+METHODS = "original,uce,esd-x,esd-u,score,score-retain-anchor"
 TARGETS = {"acc_e": 0.05, "acc_g": 0.10, "acc_s_relative": 0.90, "leakage_bound": 0.6}
 
 
