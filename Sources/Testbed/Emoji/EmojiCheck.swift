@@ -100,7 +100,8 @@ public func checkEmojiModel(pipeline: StableDiffusionPipeline, styleJudge: any J
 /// timestep: the least-squares slope and the correlation of ε̂'s channel means on ε's, over the
 /// images × channels of a batch noised at that timestep (unconditional). A UNet that cannot
 /// follow it (slope ≈ 0) turns the initial noise's channel means, amplified by 1/√ᾱ, into a
-/// random tint of every sample (docs/EMOJI.md, "Why the backgrounds were tinted"); 1 is perfect.
+/// random tint of every sample (docs/EMOJI.md, "Why the backgrounds were tinted"). The ideal is
+/// not 1 at high noise: there part of x_t's mean is the image's own, so the best ε̂ shrinks.
 public struct NoiseMeanTracking: Codable, Sendable, Equatable {
     public var timestep: Int
     public var slope: Double
