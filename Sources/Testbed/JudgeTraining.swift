@@ -20,11 +20,14 @@ public struct TrainingRecord: Codable, Sendable {
     public var threads: Int
     public var date: String
 
-    public func write(to url: URL) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeAtomically(try encoder.encode(self), to: url)
-    }
+    public func write(to url: URL) throws { try writeJSON(self, to: url) }
+}
+
+/// Writes `value` as pretty-printed JSON with sorted keys (stable diffs), atomically.
+public func writeJSON(_ value: some Encodable, to url: URL) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    try writeAtomically(try encoder.encode(value), to: url)
 }
 
 /// Writes data to a temp file beside `url`, then renames it into place.

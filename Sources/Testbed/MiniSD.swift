@@ -61,9 +61,7 @@ public enum MiniSD {
         let candidates = earlier + [initialModel?.appendingPathComponent("unet/config.json")].compactMap { $0 }
         let config = try candidates.first { FileManager.default.fileExists(atPath: $0.path) }
             .map { try UNet2DConditionConfig(contentsOf: $0) } ?? unetConfig(testbed: testbed)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeAtomically(try encoder.encode(config), to: recorded)
+        try writeJSON(config, to: recorded)
         return config
     }
 
@@ -301,12 +299,10 @@ extension MiniSD {
     /// Writes the model as a diffusers-layout folder: model_index.json, unet/, scheduler/.
     public static func save(_ unet: UNet2DConditionModel, config: UNet2DConditionConfig, to folder: URL,
                             testbed: String = "fashion-mnist") throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeAtomically(Data(modelIndex(testbed: testbed).utf8), to: folder.appendingPathComponent("model_index.json"))
-        try writeAtomically(try encoder.encode(config), to: folder.appendingPathComponent("unet/config.json"))
+        try writeJSON(config, to: folder.appendingPathComponent("unet/config.json"))
         try Tensor.save(unet.stateDict(), to: folder.appendingPathComponent("unet/diffusion_pytorch_model.safetensors"))
-        try writeAtomically(try encoder.encode(schedulerConfig()), to: folder.appendingPathComponent("scheduler/scheduler_config.json"))
+        try writeJSON(schedulerConfig(), to: folder.appendingPathComponent("scheduler/scheduler_config.json"))
     }
 }
 
