@@ -8,11 +8,14 @@ public struct TrainingCheckpoint {
     public var step: Int
     public var generator: RandomGenerator
     public var losses: [Float]
+    /// Options a resumed run must share with the run that wrote the checkpoint (name → value).
+    public var settings: [String: String]
 
-    public init(step: Int, generator: RandomGenerator, losses: [Float]) {
+    public init(step: Int, generator: RandomGenerator, losses: [Float], settings: [String: String] = [:]) {
         self.step = step
         self.generator = generator
         self.losses = losses
+        self.settings = settings
     }
 
     public func save(to url: URL, model: Module, optimizer: Optimizer, ema: Module? = nil) throws {
@@ -20,10 +23,11 @@ public struct TrainingCheckpoint {
         for (name, t) in model.namedParameters() { tensors["model.\(name)"] = t }
         for (name, t) in ema?.namedParameters() ?? [] { tensors["ema.\(name)"] = t }
         for (name, t) in optimizer.state() { tensors["optimizer.\(name)"] = t }
-        let metadata = [
+        var metadata = [
             "step": String(step), "seed": String(generator.seed), "offset": String(generator.offset),
             "losses": losses.map { String($0) }.joined(separator: ","),
         ]
+        for (name, value) in settings { metadata["setting.\(name)"] = value }
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
         try Tensor.save(tensors, to: url, metadata: metadata)
     }
@@ -48,7 +52,9 @@ public struct TrainingCheckpoint {
                              remedy: "pass a checkpoint written by `score train`")
         }
         let losses = (meta["losses"] ?? "").split(separator: ",").compactMap { Float(String($0)) }
-        return TrainingCheckpoint(step: step, generator: RandomGenerator(seed: seed, offset: offset), losses: losses)
+        var settings: [String: String] = [:]
+        for (key, value) in meta where key.hasPrefix("setting.") { settings[String(key.dropFirst("setting.".count))] = value }
+        return TrainingCheckpoint(step: step, generator: RandomGenerator(seed: seed, offset: offset), losses: losses, settings: settings)
     }
 }
 

@@ -95,6 +95,11 @@ public struct MiniSDTrainingOptions {
     public var emptyCaptionProbability: Float = 0.1
     /// min-SNR-γ loss weighting (Hang et al. 2023); 0 turns it off.
     public var minSNRGamma: Float = 5
+    /// Offset noise (Guttenberg 2023): the standard deviation of a per-image, per-channel constant
+    /// added to the training noise; 0 turns it off. Without it the noise's channel means vary by
+    /// only 1/side, too little signal for ε̂ to learn to follow them, and a sample's colour cast is
+    /// then set by its starting noise (docs/EMOJI.md).
+    public var offsetNoise: Float = 0
     public var emaMaxDecay: Float = 0.999
     public var seed: UInt64 = 0
     public var checkpointEvery = 50
@@ -221,9 +226,16 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
     let schedule = LinearWarmup(warmupSteps: options.warmupSteps,
                                 after: CosineAnnealingLR(base: options.learningRate, period: options.steps, minimum: options.learningRate * 0.05))
     let checkpointURL = options.output.appendingPathComponent("checkpoint.safetensors")
-    var state = TrainingCheckpoint(step: 0, generator: generator.fork(7), losses: [])
+    // Options that change what is trained ride in the checkpoint, so a resume cannot mix them.
+    let settings = options.offsetNoise > 0 ? ["offset_noise": String(options.offsetNoise)] : [:]
+    var state = TrainingCheckpoint(step: 0, generator: generator.fork(7), losses: [], settings: settings)
     if options.resume, FileManager.default.fileExists(atPath: checkpointURL.path) {
         state = try TrainingCheckpoint.load(from: checkpointURL, model: unet, optimizer: optimizer, ema: ema)
+        guard state.settings == settings else {
+            let describe = { (s: [String: String]) in s["offset_noise"].map { "--offset-noise \($0)" } ?? "no --offset-noise" }
+            throw AssetError(asset: checkpointURL.path, reason: "was written with \(describe(state.settings)), this run has \(describe(settings))",
+                             remedy: "resume with the checkpoint's options, or start a new --out")
+        }
         log("resumed from \(checkpointURL.path) at step \(state.step)")
     }
     let firstStep = state.step
@@ -240,7 +252,10 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
             return choices[min(choices.count - 1, Int(u[2 * b + i] * Float(choices.count)))]
         }
         let timesteps = (0..<b).map { min(alphas.count - 1, Int(u[3 * b + $0] * Float(alphas.count))) }
-        let noise = state.generator.normal([b] + data.imageShape)
+        var noise = state.generator.normal([b] + data.imageShape)
+        if options.offsetNoise > 0 {
+            noise = noise + state.generator.normal([b, data.imageShape[0], 1, 1], std: options.offsetNoise)
+        }
         let (states, mask) = encode(captions)
         optimizer.learningRate = schedule.learningRate(at: state.step)
         let loss = diffusionLoss(unet: unet, scheduler: scheduler, clean: data.batch(indices), noise: noise,
@@ -275,7 +290,7 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
         batchSize: b, learningRate: options.learningRate, dataSHA256: digests, wallSeconds: wall,
         imagesPerSecond: Double((state.step - firstStep) * b) / max(wall, 1e-9),
         finalLoss: tail.reduce(0, +) / Float(max(tail.count, 1)), parameters: unet.parameterCount,
-        metrics: [:], threads: Kernels.threadCount, date: ISO8601DateFormatter().string(from: Date()))
+        metrics: options.offsetNoise > 0 ? ["offset_noise": Double(options.offsetNoise)] : [:], threads: Kernels.threadCount, date: ISO8601DateFormatter().string(from: Date()))
     return (ema, record)
 }
 

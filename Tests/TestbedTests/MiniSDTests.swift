@@ -110,4 +110,42 @@ final class MiniSDTests: XCTestCase {
         XCTAssertEqual(a.shape, [1, 1, 32, 32])
         XCTAssertEqual(a.scalars, b.scalars)
     }
+
+    func testOffsetNoiseRidesInTheCheckpointAndAResumeMustMatchIt() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("minisd-offset-\(UUID())")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let prompts = try FashionPrompts.bundled()
+        let data = syntheticData(count: 16, seed: 6)
+        let encoder = HashingTextEncoder()
+        var options = MiniSDTrainingOptions(output: folder.appendingPathComponent("full"))
+        options.steps = 3
+        options.batchSize = 4
+        options.checkpointEvery = 1
+        options.warmupSteps = 1
+        options.offsetNoise = 0.1
+        let (full, record) = try trainMiniSD(options, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
+        XCTAssertEqual(record.metrics["offset_noise"] ?? 0, 0.1, accuracy: 1e-6)
+
+        var plain = options
+        plain.output = folder.appendingPathComponent("plain")
+        plain.offsetNoise = 0
+        let (withoutOffset, _) = try trainMiniSD(plain, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
+        XCTAssertNotEqual(full.parameters().map(\.scalars), withoutOffset.parameters().map(\.scalars), "the offset changes the noise trained on")
+
+        var partial = options
+        partial.output = folder.appendingPathComponent("split")
+        partial.stopAfter = 2
+        _ = try trainMiniSD(partial, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
+        var mismatched = partial
+        mismatched.stopAfter = nil
+        mismatched.resume = true
+        mismatched.offsetNoise = 0
+        XCTAssertThrowsError(try trainMiniSD(mismatched, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }) {
+            XCTAssert("\($0)".contains("--offset-noise 0.1"), "\($0)")
+        }
+        var resumed = mismatched
+        resumed.offsetNoise = 0.1
+        let (continued, _) = try trainMiniSD(resumed, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
+        XCTAssertEqual(full.parameters().map(\.scalars), continued.parameters().map(\.scalars))
+    }
 }
