@@ -192,7 +192,7 @@ public struct EmojiBenchmark: CellBenchmark {
                 let names = Set(lowest.map(\.key)).sorted().joined(separator: ", ")
                 row.append(lowest.isEmpty ? "–" : "\(stat(lowest.map(\.value), true, 1)) (\(names))")
             }
-            row += [stat(e.compactMap(\.kid), false, 3), stat(e.compactMap(\.kid_real), false, 3),
+            row += [stat(method == "original" ? [] : e.compactMap(\.kid), false, 3), stat(e.compactMap(\.kid_real), false, 3),
                     stat(group.compactMap(\.asr_paraphrase), true, 1),
                     "\(stat(group.compactMap(\.asr_unlearndiffatk_pre), true, 1)) → \(stat(group.compactMap(\.asr_unlearndiffatk_post), true, 1))",
                     stat(e.compactMap(\.leakage_nats), false, 3), stat(e.compactMap(\.leakage_bound), false, 3),
@@ -264,7 +264,9 @@ final class EmojiCellMeasurement {
         let features = judge.featureBatches(preservedPart(images))
         var evaluation = EmojiEvaluation(
             task: benchmark.task.rawValue, concept: concept, scores: score(images), original_scores: score(before),
-            kid: preserved.count > 1 ? kernelDistance(features, judge.featureBatches(preservedPart(before))) : nil,
+            // The original row's images are `before` itself; its KID against them would only show the
+            // unbiased estimator's negative bias on identical sets.
+            kid: method.make != nil && preserved.count > 1 ? kernelDistance(features, judge.featureBatches(preservedPart(before))) : nil,
             kid_real: reals.count > 1 ? kernelDistance(features, judge.featureBatches(dataset.batch(reals))) : nil,
             leakage_nats: nil, leakage_bound: nil, leakage: nil, judge: "\(setup.judge.rawValue) \(settings.judge)",
             images: prompts.count, settings: settings, model: method.name, base_model: original.name)
