@@ -3,9 +3,10 @@
 
   python3 tools/fill_results_tables.py [--score PATH] [--out runs/benchmark-g75]
 
-TABLE_G75 is the benchmark's own Markdown table (`score benchmark --finished-only`
-reads the finished cells and measures nothing new). TABLE_SWEEP lists SCORE's
-seed-0 cell of every class against issue 5's targets. Standard library only.
+TABLE_G75, TABLE_IDENTITY and TABLE_UNSAFE are the benchmark's own Markdown tables
+(`score benchmark --finished-only` reads the finished cells and measures nothing new).
+TABLE_SWEEP lists SCORE's seed-0 cell of every class against issue 5's targets.
+Standard library only.
 """
 import argparse, glob, json, os, re, subprocess, sys
 
@@ -14,10 +15,18 @@ METHODS = "original,uce,esd-x,esd-u,score,score-retain-anchor"
 TARGETS = {"acc_e": 0.05, "acc_g": 0.10, "acc_s_relative": 0.90, "leakage_bound": 0.6}
 
 
-def benchmark_table(score, out):
-    run = subprocess.run([score, "benchmark", "--concepts", CLASSES, "--methods", METHODS,
-                          "--seeds", "2", "--leakage-trajectories", "32", "--out", out,
-                          "--finished-only"], capture_output=True, text=True)
+EMOJI_METHODS = "original,uce,esd-x,esd-u,score"
+# The emoji tasks' cells: (block, flags). Identity erases detective; Santa Claus's original row
+# shows why the default target is not used (docs/RESULTS.md).
+EMOJI_TABLES = [
+    ("TABLE_IDENTITY", ["--task", "identity", "--concepts", "detective,Santa Claus", "--out", "runs/benchmark-identity"]),
+    ("TABLE_UNSAFE", ["--task", "unsafe", "--out", "runs/benchmark-unsafe"]),
+]
+
+
+def benchmark_table(score, flags):
+    run = subprocess.run([score, "benchmark"] + flags + ["--finished-only", "--table", os.devnull],
+                         capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit("score benchmark --finished-only failed:\n" + run.stderr)
     return "\n".join(l for l in run.stdout.splitlines() if l.startswith("|"))
@@ -59,7 +68,10 @@ def main():
     parser.add_argument("--results", default="docs/RESULTS.md")
     args = parser.parse_args()
     text = open(args.results).read()
-    text = replace_block(text, "TABLE_G75", benchmark_table(args.score, args.out))
+    text = replace_block(text, "TABLE_G75", benchmark_table(args.score, [
+        "--concepts", CLASSES, "--methods", METHODS, "--seeds", "2", "--leakage-trajectories", "32", "--out", args.out]))
+    for tag, flags in EMOJI_TABLES:
+        text = replace_block(text, tag, benchmark_table(args.score, flags + ["--methods", EMOJI_METHODS]))
     text = replace_block(text, "TABLE_SWEEP", sweep_table(args.out))
     temporary = args.results + ".tmp"
     with open(temporary, "w") as f:

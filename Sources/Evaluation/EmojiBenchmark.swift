@@ -188,7 +188,8 @@ public struct EmojiBenchmark: CellBenchmark {
                 row.append(names.map { name in "\(name) \(stat(e.compactMap { $0.scores.preserved_style_scores?[name] }, true, 1))" }
                     .joined(separator: " · "))
             } else {
-                let lowest = e.compactMap { $0.scores.per_character_accuracy?.min { $0.value < $1.value } }
+                // Ties broken by name: a dictionary's order changes from run to run.
+                let lowest = e.compactMap { $0.scores.per_character_accuracy?.min { ($0.value, $0.key) < ($1.value, $1.key) } }
                 let names = Set(lowest.map(\.key)).sorted().joined(separator: ", ")
                 row.append(lowest.isEmpty ? "–" : "\(stat(lowest.map(\.value), true, 1)) (\(names))")
             }
