@@ -173,7 +173,7 @@ struct Train: ParsableCommand {
         @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
         @Option(help: "Start from this model folder's UNet weights (a fine-tuning phase: fresh optimiser and schedule) instead of a random initialisation.") var initFrom: String?
         @Option(help: "Emoji: draw the tasks' characters and weapons this many times as often as other emoji.") var taskEmojiWeight = 1
-        @Option(help: "Offset noise: std of a per-image, per-channel constant added to the training noise (0 = off; 0.1 lets samples' colour means follow the prompt, not the starting noise). Pass the same value when resuming.") var offsetNoise: Float = 0
+        @Option(help: "Offset noise: std of a per-image, per-channel constant added to the training noise (0 = off; 0.1 lets samples' colour means follow the prompt, not the starting noise). The checkpoint records it; --resume must pass the same value.") var offsetNoise: Float = 0
         @OptionGroup var testbed: TestbedOptions
         @OptionGroup var compute: ComputeOptions
 
