@@ -6,6 +6,9 @@
 TABLE_G75, TABLE_IDENTITY and TABLE_UNSAFE are the benchmark's own Markdown tables
 (`score benchmark --finished-only` reads the finished cells and measures nothing new).
 TABLE_SWEEP lists SCORE's seed-0 cell of every class against issue 5's targets.
+Cells live under runs/, which is not committed: a block whose run folder is not on this machine
+is left as it is, and a row (concept, method) that the folder lacks keeps its committed text, so
+one new cell can be added without re-measuring the rest.
 Standard library only.
 """
 import argparse, glob, json, os, re, subprocess, sys
@@ -21,6 +24,7 @@ EMOJI_METHODS = "original,uce,esd-x,esd-u,score"
 EMOJI_TABLES = [
     ("TABLE_IDENTITY", ["--task", "identity", "--concepts", "detective,Santa Claus", "--out", "runs/benchmark-identity"]),
     ("TABLE_UNSAFE", ["--task", "unsafe", "--out", "runs/benchmark-unsafe"]),
+    ("TABLE_STYLE", ["--task", "style", "--out", "runs/benchmark-style"]),
 ]
 
 
@@ -54,6 +58,36 @@ def sweep_table(out):
     return "\n".join(rows)
 
 
+def block_body(text, tag):
+    match = re.search(r"<!-- %s -->\n(.*?)\n?<!-- /%s -->" % (tag, tag), text, re.S)
+    if not match:
+        sys.exit("docs/RESULTS.md has no <!-- %s --> ... <!-- /%s --> block" % (tag, tag))
+    return match.group(1)
+
+
+def merged_table(old, new, methods):
+    """The new table's header and rows, plus the old rows whose (concept, method) it lacks."""
+    def rows(table):
+        lines = [l for l in table.splitlines() if l.startswith("|")]
+        return lines[:2], {tuple(c.strip() for c in l.split("|")[1:3]): l for l in lines[2:]}
+    header, fresh = rows(new)
+    _, kept = rows(old)
+    if not fresh:
+        return old
+    everything = {**kept, **fresh}
+    concepts = list(dict.fromkeys(k[0] for k in list(kept) + list(fresh)))
+    order = methods.split(",")
+    keys = sorted(everything, key=lambda k: (concepts.index(k[0]), order.index(k[1]) if k[1] in order else len(order)))
+    return "\n".join(header + [everything[k] for k in keys])
+
+
+def fill_benchmark_block(text, tag, score, flags, out, methods):
+    if not os.path.isdir(out):
+        print("%s: %s is not here; the block is kept" % (tag, out))
+        return text
+    return replace_block(text, tag, merged_table(block_body(text, tag), benchmark_table(score, flags), methods))
+
+
 def replace_block(text, tag, body):
     pattern = re.compile(r"<!-- %s -->.*?<!-- /%s -->" % (tag, tag), re.S)
     if not pattern.search(text):
@@ -68,11 +102,16 @@ def main():
     parser.add_argument("--results", default="docs/RESULTS.md")
     args = parser.parse_args()
     text = open(args.results).read()
-    text = replace_block(text, "TABLE_G75", benchmark_table(args.score, [
-        "--concepts", CLASSES, "--methods", METHODS, "--seeds", "2", "--leakage-trajectories", "32", "--out", args.out]))
+    text = fill_benchmark_block(text, "TABLE_G75", args.score, [
+        "--concepts", CLASSES, "--methods", METHODS, "--seeds", "2", "--leakage-trajectories", "32", "--out", args.out],
+        args.out, METHODS)
     for tag, flags in EMOJI_TABLES:
-        text = replace_block(text, tag, benchmark_table(args.score, flags + ["--methods", EMOJI_METHODS]))
-    text = replace_block(text, "TABLE_SWEEP", sweep_table(args.out))
+        out = flags[flags.index("--out") + 1]
+        text = fill_benchmark_block(text, tag, args.score, flags + ["--methods", EMOJI_METHODS], out, EMOJI_METHODS)
+    if glob.glob(os.path.join(args.out, "*", "score-seed0.json")):
+        text = replace_block(text, "TABLE_SWEEP", sweep_table(args.out))
+    else:
+        print("TABLE_SWEEP: no SCORE cells under %s; the block is kept" % args.out)
     temporary = args.results + ".tmp"
     with open(temporary, "w") as f:
         f.write(text)

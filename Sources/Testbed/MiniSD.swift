@@ -286,7 +286,7 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
     let wall = Date().timeIntervalSince(start)
     let tail = state.losses.suffix(50)
     let record = TrainingRecord(
-        model: data.testbed == "fashion-mnist" ? "mini-sd-unet" : "mini-sd-unet-\(data.testbed)", command: options.command, seed: options.seed, steps: options.steps,
+        model: data.testbed == "fashion-mnist" ? "mini-sd-unet" : "mini-sd-unet-\(data.testbed)", command: options.command, seed: options.seed, steps: state.step,
         batchSize: b, learningRate: options.learningRate, dataSHA256: digests, wallSeconds: wall,
         imagesPerSecond: Double((state.step - firstStep) * b) / max(wall, 1e-9),
         finalLoss: tail.reduce(0, +) / Float(max(tail.count, 1)), parameters: unet.parameterCount,

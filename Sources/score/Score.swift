@@ -174,6 +174,7 @@ struct Train: ParsableCommand {
         @Option(help: "Start from this model folder's UNet weights (a fine-tuning phase: fresh optimiser and schedule) instead of a random initialisation.") var initFrom: String?
         @Option(help: "Emoji: draw the tasks' characters and weapons this many times as often as other emoji.") var taskEmojiWeight = 1
         @Option(help: "Offset noise: std of a per-image, per-channel constant added to the training noise (0 = off; 0.1 lets samples' colour means follow the prompt, not the starting noise). The checkpoint records it; --resume must pass the same value.") var offsetNoise: Float = 0
+        @Option(help: "Stop after this step, writing a checkpoint that --resume continues from (the schedule still runs to --steps).") var stopAfter: Int?
         @OptionGroup var testbed: TestbedOptions
         @OptionGroup var compute: ComputeOptions
 
@@ -203,6 +204,8 @@ struct Train: ParsableCommand {
             options.checkpointEvery = checkpointEvery
             options.resume = resume
             options.initialModel = initFrom.map { URL(fileURLWithPath: $0) }
+            if let stopAfter, !(1...steps).contains(stopAfter) { throw ValidationError("--stop-after must be between 1 and --steps (\(steps)), not \(stopAfter)") }
+            options.stopAfter = stopAfter
             guard offsetNoise >= 0, offsetNoise.isFinite else { throw ValidationError("--offset-noise must be 0 or more, not \(offsetNoise)") }
             options.offsetNoise = offsetNoise
             options.command = CommandLine.arguments.joined(separator: " ")

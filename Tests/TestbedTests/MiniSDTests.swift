@@ -94,7 +94,8 @@ final class MiniSDTests: XCTestCase {
         var partial = options
         partial.output = folder.appendingPathComponent("split")
         partial.stopAfter = 3
-        _ = try trainMiniSD(partial, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
+        let (_, partialRecord) = try trainMiniSD(partial, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
+        XCTAssertEqual(partialRecord.steps, 3, "a stopped run's record counts the steps it reached")
         var resumed = partial
         resumed.stopAfter = nil
         resumed.resume = true
