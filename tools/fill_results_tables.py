@@ -3,7 +3,7 @@
 
   python3 tools/fill_results_tables.py [--score PATH] [--out runs/benchmark-g75]
 
-TABLE_G75, TABLE_IDENTITY and TABLE_UNSAFE are the benchmark's own Markdown tables
+TABLE_G75, TABLE_IDENTITY, TABLE_UNSAFE and TABLE_STYLE are the benchmark's own Markdown tables
 (`score benchmark --finished-only` reads the finished cells and measures nothing new).
 TABLE_SWEEP lists SCORE's seed-0 cell of every class against issue 5's targets.
 Cells live under runs/, which is not committed: a block whose run folder is not on this machine
@@ -24,7 +24,7 @@ EMOJI_METHODS = "original,uce,esd-x,esd-u,score"
 EMOJI_TABLES = [
     ("TABLE_IDENTITY", ["--task", "identity", "--concepts", "detective,Santa Claus", "--out", "runs/benchmark-identity"]),
     ("TABLE_UNSAFE", ["--task", "unsafe", "--out", "runs/benchmark-unsafe"]),
-    ("TABLE_STYLE", ["--task", "style", "--out", "runs/benchmark-style"]),
+    ("TABLE_STYLE", ["--task", "style", "--seeds", "2", "--out", "runs/benchmark-style"]),
 ]
 
 
