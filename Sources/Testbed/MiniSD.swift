@@ -186,6 +186,10 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
         throw AssetError(asset: "mini-SD training", reason: "the UNet takes \(config.inChannels) channels, the \(data.testbed) images have \(data.imageShape[0])",
                          remedy: "use the testbed's UNet config (MiniSD.unetConfig(testbed:))")
     }
+    if let stop = options.stopAfter, !(1...max(options.steps, 1)).contains(stop) {
+        throw AssetError(asset: "mini-SD training", reason: "--stop-after \(stop) is outside the run's steps 1…\(options.steps)",
+                         remedy: "pass a --stop-after between 1 and --steps")
+    }
     var generator = RandomGenerator(seed: options.seed)
     let unet = try UNet2DConditionModel(config: config, generator: &generator)
     let ema = try UNet2DConditionModel(config: config, generator: &generator)

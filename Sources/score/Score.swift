@@ -204,7 +204,6 @@ struct Train: ParsableCommand {
             options.checkpointEvery = checkpointEvery
             options.resume = resume
             options.initialModel = initFrom.map { URL(fileURLWithPath: $0) }
-            if let stopAfter, !(1...steps).contains(stopAfter) { throw ValidationError("--stop-after must be between 1 and --steps (\(steps)), not \(stopAfter)") }
             options.stopAfter = stopAfter
             guard offsetNoise >= 0, offsetNoise.isFinite else { throw ValidationError("--offset-noise must be 0 or more, not \(offsetNoise)") }
             options.offsetNoise = offsetNoise

@@ -96,6 +96,11 @@ final class MiniSDTests: XCTestCase {
         partial.stopAfter = 3
         let (_, partialRecord) = try trainMiniSD(partial, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }
         XCTAssertEqual(partialRecord.steps, 3, "a stopped run's record counts the steps it reached")
+        var beyond = partial
+        beyond.stopAfter = options.steps + 1
+        XCTAssertThrowsError(try trainMiniSD(beyond, data: data, prompts: prompts, textEncoder: encoder, config: tinyUNetConfig()) { _ in }) {
+            XCTAssert("\($0)".contains("--stop-after 5"), "\($0)")
+        }
         var resumed = partial
         resumed.stopAfter = nil
         resumed.resume = true
