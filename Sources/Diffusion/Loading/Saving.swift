@@ -105,6 +105,20 @@ extension UNet2DConditionModel {
     }
 }
 
+extension FluxTransformer2DModel {
+    /// Saves the model as a diffusers `transformer/` folder, as `UNet2DConditionModel.save` does.
+    public func save(to directory: URL, dtype: DType = .f32) throws {
+        try checkWritable(dtype)
+        let weightsName = "diffusion_pytorch_model.safetensors"
+        try prepareFolder(directory, keep: weightsName, stem: "diffusion_pytorch_model")
+        let config = try configObject(self.config, adding: ["_class_name": "FluxTransformer2DModel",
+                                                            "_diffusers_version": savedDiffusersVersion])
+        try writeSafeTensors(entries(namedParameters(), dtype: dtype), metadata: ["format": "pt"],
+                             to: directory.appendingPathComponent(weightsName))
+        try writeJSON(config, to: directory.appendingPathComponent("config.json"))
+    }
+}
+
 extension CLIPTextModel {
     /// Saves the model as a transformers `text_encoder/` folder: `config.json` (with
     /// `model_type` clip_text_model and `architectures` [CLIPTextModel]) and `model.safetensors`
