@@ -89,33 +89,31 @@ private func prepareFolder(_ directory: URL, keep: String, stem: String) throws 
     }
 }
 
+/// Writes a diffusers model folder: `config.json` (every field, with `_class_name` and
+/// `_diffusers_version`) and `diffusion_pytorch_model.safetensors` (`dtype` F32, F16 or BF16;
+/// metadata `format: pt`). The weights are written before the config.
+private func saveDiffusersModel<Config: Encodable>(_ module: Module, config: Config, className: String,
+                                                   to directory: URL, dtype: DType) throws {
+    try checkWritable(dtype)
+    let weightsName = "diffusion_pytorch_model.safetensors"
+    try prepareFolder(directory, keep: weightsName, stem: "diffusion_pytorch_model")
+    let object = try configObject(config, adding: ["_class_name": className, "_diffusers_version": savedDiffusersVersion])
+    try writeSafeTensors(entries(module.namedParameters(), dtype: dtype), metadata: ["format": "pt"],
+                         to: directory.appendingPathComponent(weightsName))
+    try writeJSON(object, to: directory.appendingPathComponent("config.json"))
+}
+
 extension UNet2DConditionModel {
-    /// Saves the model as a diffusers `unet/` folder: `config.json` (every field, with
-    /// `_class_name` and `_diffusers_version`) and `diffusion_pytorch_model.safetensors` (`dtype`
-    /// F32, F16 or BF16; metadata `format: pt`). The weights are written before the config.
+    /// Saves the model as a diffusers `unet/` folder (see `saveDiffusersModel`).
     public func save(to directory: URL, dtype: DType = .f32) throws {
-        try checkWritable(dtype)
-        let weightsName = "diffusion_pytorch_model.safetensors"
-        try prepareFolder(directory, keep: weightsName, stem: "diffusion_pytorch_model")
-        let config = try configObject(self.config, adding: ["_class_name": "UNet2DConditionModel",
-                                                            "_diffusers_version": savedDiffusersVersion])
-        try writeSafeTensors(entries(namedParameters(), dtype: dtype), metadata: ["format": "pt"],
-                             to: directory.appendingPathComponent(weightsName))
-        try writeJSON(config, to: directory.appendingPathComponent("config.json"))
+        try saveDiffusersModel(self, config: config, className: "UNet2DConditionModel", to: directory, dtype: dtype)
     }
 }
 
 extension FluxTransformer2DModel {
-    /// Saves the model as a diffusers `transformer/` folder, as `UNet2DConditionModel.save` does.
+    /// Saves the model as a diffusers `transformer/` folder (see `saveDiffusersModel`).
     public func save(to directory: URL, dtype: DType = .f32) throws {
-        try checkWritable(dtype)
-        let weightsName = "diffusion_pytorch_model.safetensors"
-        try prepareFolder(directory, keep: weightsName, stem: "diffusion_pytorch_model")
-        let config = try configObject(self.config, adding: ["_class_name": "FluxTransformer2DModel",
-                                                            "_diffusers_version": savedDiffusersVersion])
-        try writeSafeTensors(entries(namedParameters(), dtype: dtype), metadata: ["format": "pt"],
-                             to: directory.appendingPathComponent(weightsName))
-        try writeJSON(config, to: directory.appendingPathComponent("config.json"))
+        try saveDiffusersModel(self, config: config, className: "FluxTransformer2DModel", to: directory, dtype: dtype)
     }
 }
 

@@ -80,18 +80,9 @@ public final class AdaLayerNormContinuous: Module {
 
 // MARK: - Embeddings
 
-/// diffusers' `PixArtAlphaTextProjection` with SiLU: linear_1 → SiLU → linear_2 (the pooled text vector).
-public final class PixArtAlphaTextProjection: Module {
-    public let linear_1: Linear
-    public let linear_2: Linear
-
-    public init(inFeatures: Int, hiddenSize: Int, generator: inout RandomGenerator) {
-        linear_1 = Linear(inFeatures, hiddenSize, generator: &generator)
-        linear_2 = Linear(hiddenSize, hiddenSize, generator: &generator)
-    }
-
-    public func callAsFunction(_ x: Tensor) -> Tensor { linear_2(linear_1(x).silu()) }
-}
+/// diffusers' `PixArtAlphaTextProjection` with SiLU (the pooled text vector's projection):
+/// linear_1 → SiLU → linear_2, the same layers and keys as `TimestepEmbedding`.
+public typealias PixArtAlphaTextProjection = TimestepEmbedding
 
 /// diffusers' `CombinedTimestepTextProjEmbeddings` and, with `guidance`,
 /// `CombinedTimestepGuidanceTextProjEmbeddings`: the conditioning vector
@@ -112,7 +103,7 @@ public final class CombinedTimestepTextProjEmbeddings: Module {
         timestep_embedder = TimestepEmbedding(inChannels: channels, timeEmbedDim: embeddingDim, generator: &generator)
         guidance_embedder = guidance
             ? TimestepEmbedding(inChannels: channels, timeEmbedDim: embeddingDim, generator: &generator) : nil
-        text_embedder = PixArtAlphaTextProjection(inFeatures: pooledProjectionDim, hiddenSize: embeddingDim,
+        text_embedder = PixArtAlphaTextProjection(inChannels: pooledProjectionDim, timeEmbedDim: embeddingDim,
                                                   generator: &generator)
     }
 
