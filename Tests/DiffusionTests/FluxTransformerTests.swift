@@ -132,7 +132,9 @@ final class FluxTransformerTests: XCTestCase {
 
     func testSavedFolderLoadsBackWithTheSameOutputs() throws {
         let model = try FluxTransformer2DModel(directory: folder("flux_plain"))
-        let directory = try temporaryDirectory(self).appendingPathComponent("transformer")
+        // SCORE_EXPORT_DIR keeps the folder for a check with diffusers' from_pretrained.
+        let export = ProcessInfo.processInfo.environment["SCORE_EXPORT_DIR"].map { URL(fileURLWithPath: $0) }
+        let directory = (try export ?? temporaryDirectory(self)).appendingPathComponent("flux_transformer")
         try model.save(to: directory)
         let loaded = try FluxTransformer2DModel(directory: directory)
         XCTAssertEqual(loaded.config, model.config)
