@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 // Layers, bottom to top (arrows point down only):
-//   score (CLI) → Evaluation → Erasure, Testbed → Diffusion → NN → Tensor → Kernels → CKernels
-//              → Benchmarks → Erasure                                ↘ SafeTensors
+//   score → ScoreCLI → Evaluation → Erasure, Testbed → Diffusion → NN → Tensor → Kernels → CKernels
+//                    → Benchmarks → Erasure                                ↘ SafeTensors
 // See docs/ARCHITECTURE.md for why the innermost kernels live in C.
 import PackageDescription
 
@@ -47,12 +47,14 @@ let package = Package(
         .target(name: "Evaluation", dependencies: ["Erasure", "Testbed", "Diffusion", "NN", "Tensor", "Kernels"]),
         // Speed and memory measurements behind `score bench`.
         .target(name: "Benchmarks", dependencies: ["Erasure", "Diffusion", "NN", "Tensor", "Kernels"]),
-        .executableTarget(
-            name: "score",
+        // The command line: flags parsed into the library's run types; no logic of its own.
+        .target(
+            name: "ScoreCLI",
             dependencies: [
-                "Benchmarks", "Evaluation", "Erasure", "Testbed", "Diffusion", "NN", "Tensor", "Kernels",
+                "Benchmarks", "Evaluation", "Erasure", "Testbed", "Diffusion", "Kernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+        .executableTarget(name: "score", dependencies: ["ScoreCLI"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"], exclude: ["Fixtures"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"], resources: [.copy("Fixtures")]),
@@ -60,6 +62,8 @@ let package = Package(
         .testTarget(name: "TestbedTests", dependencies: ["Testbed"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ErasureTests", dependencies: ["Erasure", "Evaluation"]),
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ScoreCLITests", dependencies: ["ScoreCLI", "Evaluation", "Erasure", "Testbed", "Benchmarks"]),
+        .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -106,6 +106,9 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
         try check(poolTrajectories >= 1 && poolSteps >= 2, "poolTrajectories ≥ 1 and poolSteps ≥ 2")
         try check(lambdaAdversarial >= 0 && lambdaErase >= 0 && lambdaTrajectory >= 0, "λ must be ≥ 0")
         try check(checkpointEvery >= 1, "checkpointEvery must be at least 1")
+        try check(criticWidth >= 1, "criticWidth must be at least 1, not \(criticWidth)")
+        // With no seeds there is no gradient to rank, so no mask: every parameter would train.
+        try check(saliencySeeds >= 1, "saliencySeeds must be at least 1, not \(saliencySeeds) (saliencyRatio 1 turns the mask off)")
     }
 }
 

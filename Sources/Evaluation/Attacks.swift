@@ -22,6 +22,14 @@ public struct ParaphraseAttackSettings: Codable, Sendable {
     public var judge = "cnn"
 
     public init() {}
+
+    public func validate() throws {
+        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
+        try check(seedsPerPrompt >= 1, "--seeds-per-prompt must be at least 1, got \(seedsPerPrompt)")
+        try check(steps >= 1, "--sampling-steps must be at least 1, got \(steps)")
+        try check(guidance.isFinite, "--guidance must be a number, got \(guidance)")
+        try check(["cnn", "mlp"].contains(judge), "--judge must be cnn or mlp, not '\(judge)'")
+    }
 }
 
 /// One prompt of the paraphrase attack.
@@ -73,8 +81,8 @@ public enum ParaphraseAttack {
     public static func run(pipeline: StableDiffusionPipeline, list: [(prompt: String, source: String)], concept: String,
                            label: Int, conceptLabels: [Int], judge: any Judge, settings: ParaphraseAttackSettings,
                            modelName: String, log: (String) -> Void = { _ in }) throws -> (ParaphraseAttackResult, Tensor) {
-        guard settings.seedsPerPrompt >= 1 else { throw ErasureError.invalidConfig("--seeds-per-prompt must be at least 1") }
-        guard !list.isEmpty else { throw ErasureError.invalidRequest("the paraphrase attack has no prompts for '\(concept)'") }
+        try settings.validate()
+        guard !list.isEmpty else { throw EvaluationError.invalidRequest("the paraphrase attack has no prompts for '\(concept)'") }
         let expanded = list.flatMap { Array(repeating: $0.prompt, count: settings.seedsPerPrompt) }
         var evaluation = EvaluationSettings()
         evaluation.steps = settings.steps
@@ -142,7 +150,7 @@ public struct UnlearnDiffAtkConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
+        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
         try check(instances >= 1, "--instances must be at least 1, got \(instances)")
         try check(tokens >= 1, "--tokens must be at least 1, got \(tokens)")
         try check(steps >= 0, "--steps must not be negative, got \(steps)")
@@ -152,6 +160,12 @@ public struct UnlearnDiffAtkConfig: Codable, Sendable, Equatable {
         try check(judgeWeight >= 0 && judgeWeight.isFinite, "--judge-weight must not be negative, got \(judgeWeight)")
         try check(judgeMaxTimestep >= 0, "--judge-max-timestep must not be negative, got \(judgeMaxTimestep)")
         try check(samplingSteps >= 1, "--sampling-steps must be at least 1, got \(samplingSteps)")
+        try check(["cnn", "mlp"].contains(judge), "--judge must be cnn or mlp, not '\(judge)'")
+        if judgeWeight > 0 {
+            try check(["cnn", "mlp"].contains(attackJudge), "--attack-judge must be cnn or mlp, not '\(attackJudge)'")
+            // A success against the scoring judge itself would only show an adversarial example of it.
+            try check(attackJudge != judge, "--attack-judge \(attackJudge) is also the scoring --judge: pick the other one or set --judge-weight 0")
+        }
     }
 }
 
@@ -203,13 +217,13 @@ public final class PrefixTokenAttack {
 
     public init(pipeline: StableDiffusionPipeline) throws {
         guard let encoder = pipeline.textEncoder as? BertTextEncoder else {
-            throw ErasureError.invalidRequest(
+            throw EvaluationError.invalidRequest(
                 "UnlearnDiffAtk needs the testbed's BERT (MiniLM) text encoder; this model's is \(type(of: pipeline.textEncoder))")
         }
         self.pipeline = pipeline
         self.encoder = encoder
         let ids = Self.candidateTokens(encoder.tokenizer)
-        guard !ids.isEmpty else { throw ErasureError.invalidRequest("the tokenizer has no whole-word tokens to attack with") }
+        guard !ids.isEmpty else { throw EvaluationError.invalidRequest("the tokenizer has no whole-word tokens to attack with") }
         let matrix = encoder.model.embeddings.wordEmbeddings.weight
         let rows = noGrad { embedding(matrix.detached(), indices: ids, shape: [ids.count]) }
         candidates = ids
@@ -480,11 +494,11 @@ public enum UnlearnDiffAtk {
                            log: (String) -> Void = { _ in }) throws -> (UnlearnDiffAtkResult, UnlearnDiffAtkImages) {
         try config.validate()
         let list = promptOverride ?? targetPrompts(label: label, prompts: prompts)
-        guard !list.isEmpty else { throw ErasureError.invalidRequest("no prompts to attack") }
+        guard !list.isEmpty else { throw EvaluationError.invalidRequest("no prompts to attack") }
         var order = RandomGenerator(seed: config.seed)
         let pool = order.permutation(test.count).filter { test.labels[$0] == label }
         guard pool.count >= config.instances else {
-            throw ErasureError.invalidRequest("the test set has \(pool.count) images of class \(label), fewer than --instances \(config.instances)")
+            throw EvaluationError.invalidRequest("the test set has \(pool.count) images of class \(label), fewer than --instances \(config.instances)")
         }
         let targets = (0..<config.instances).map { i in
             AttackTarget(prompt: list[i % list.count], image: test.batch([pool[i]]), imageIndex: pool[i], label: label)
@@ -501,7 +515,7 @@ public enum UnlearnDiffAtk {
                            conceptLabels: [Int], judge: any Judge, attackJudge: (any Judge)?, config: UnlearnDiffAtkConfig,
                            modelName: String, log: (String) -> Void = { _ in }) throws -> (UnlearnDiffAtkResult, UnlearnDiffAtkImages) {
         try config.validate()
-        guard !targets.isEmpty else { throw ErasureError.invalidRequest("no prompts to attack") }
+        guard !targets.isEmpty else { throw EvaluationError.invalidRequest("no prompts to attack") }
         let attack = try PrefixTokenAttack(pipeline: pipeline)
         func probability(_ image: Tensor) -> Double {
             let p = judge.probabilities(image)

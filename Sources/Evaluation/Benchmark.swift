@@ -24,7 +24,7 @@ public enum BenchmarkTask: String, CaseIterable, Sendable {
     /// `--task` parsed; an unknown name is an error naming the flag and the tasks.
     public init(flag: String) throws {
         guard let task = BenchmarkTask(rawValue: flag.lowercased()) else {
-            throw ErasureError.invalidRequest("--task '\(flag)' is not a benchmark task; tasks: \(Self.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw EvaluationError.invalidRequest("--task '\(flag)' is not a benchmark task; tasks: \(Self.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         self = task
     }
@@ -114,7 +114,7 @@ public struct BenchmarkMethod {
             return method
         case let esd where esd.hasPrefix("esd-"):
             guard let trainMethod = ESDTrainMethod(rawValue: esd) else {
-                throw ErasureError.invalidRequest("unknown benchmark method '\(esd)'; ESD rows are \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw EvaluationError.invalidRequest("unknown benchmark method '\(esd)'; ESD rows are \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             return BenchmarkMethod(name: name) { seed in
                 var config = ESDConfig()
@@ -123,7 +123,7 @@ public struct BenchmarkMethod {
                 return try ErasureMethods.make("esd", esd: config)
             }
         default:
-            throw ErasureError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, uce, esd-x, esd-u, esd-all, esd-x-strict")
+            throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, uce, esd-x, esd-u, esd-all, esd-x-strict")
         }
     }
 }
@@ -234,7 +234,7 @@ func eraseCell(method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, m
     var request = request
     if method.anchorsFromRetained {
         guard !request.retainPrompts.isEmpty else {
-            throw ErasureError.invalidRequest("\(method.name) erases towards the retained prompts, and this task has none")
+            throw EvaluationError.invalidRequest("\(method.name) erases towards the retained prompts, and this task has none")
         }
         for i in request.concepts.indices { request.concepts[i].anchors = request.retainPrompts }
     }

@@ -83,8 +83,8 @@ public struct EmojiBenchmark: CellBenchmark {
     /// them ("openmoji" → "OpenMoji style"); a wrong one is an error naming `--concepts`.
     public init(task: BenchmarkTask, tasks: EmojiTasks, concepts: [String]?, methods: [BenchmarkMethod], seeds: [UInt64],
                 output: URL) throws {
-        guard task.isEmoji else { throw ErasureError.invalidRequest("--task \(task.rawValue) is not an emoji task") }
-        guard !seeds.isEmpty else { throw ErasureError.invalidRequest("--seeds must be at least 1") }
+        guard task.isEmoji else { throw EvaluationError.invalidRequest("--task \(task.rawValue) is not an emoji task") }
+        guard !seeds.isEmpty else { throw EvaluationError.invalidRequest("--seeds must be at least 1") }
         self.task = task
         self.tasks = tasks
         self.concepts = try (concepts ?? [EmojiTaskSetup.defaultConcept(task: task, tasks: tasks)]).map {
@@ -109,15 +109,15 @@ public struct EmojiBenchmark: CellBenchmark {
     /// `judges` or the shipped ones), all loaded on the first cell that needs measuring.
     public func run(model: String?, dataset: String? = nil, judges: String? = nil, assets: Assets = Assets(),
                     log: @escaping (String) -> Void) throws -> [EmojiBenchmarkCell] {
-        guard let model else { throw ErasureError.invalidRequest(Self.missingModelMessage(task: task)) }
+        guard let model else { throw EvaluationError.invalidRequest(Self.missingModelMessage(task: task)) }
         let folder = URL(fileURLWithPath: model)
         guard FileManager.default.fileExists(atPath: folder.appendingPathComponent("model_index.json").path) else {
-            throw ErasureError.invalidRequest("--model \(model) is not a model folder (no model_index.json); "
+            throw EvaluationError.invalidRequest("--model \(model) is not a model folder (no model_index.json); "
                                               + "an emoji mini-SD is written by `score train unet --testbed emoji` to <out>/model")
         }
         let datasetURL = dataset.map { URL(fileURLWithPath: $0) } ?? EmojiDataset.defaultURL(assets: assets, size: 32)
         guard FileManager.default.fileExists(atPath: datasetURL.path) else {
-            throw ErasureError.invalidRequest("the emoji dataset \(datasetURL.path) does not exist: build it with `score dataset emoji` (or pass --dataset)")
+            throw EvaluationError.invalidRequest("the emoji dataset \(datasetURL.path) does not exist: build it with `score dataset emoji` (or pass --dataset)")
         }
         var resources: EmojiBenchmarkResources? = nil
         return try run(log: log, resources: {
@@ -133,7 +133,7 @@ public struct EmojiBenchmark: CellBenchmark {
                     sample: data.checkSample(split: split, count: settings.evaluationEmoji + settings.erasureEmoji, seed: 0)) {
                     let loaded = try ModelLoader.load(model, assets: assets)
                     guard loaded.pipeline.unet.config.inChannels == 3 else {
-                        throw ErasureError.invalidRequest("--model \(model) draws \(loaded.pipeline.unet.config.inChannels)-channel images; the emoji tasks need an RGB emoji mini-SD (`score train unet --testbed emoji`)")
+                        throw EvaluationError.invalidRequest("--model \(model) draws \(loaded.pipeline.unet.config.inChannels)-channel images; the emoji tasks need an RGB emoji mini-SD (`score train unet --testbed emoji`)")
                     }
                     return loaded
                 }
@@ -148,7 +148,7 @@ public struct EmojiBenchmark: CellBenchmark {
         if let config = unlearnDiffAtk {
             try config.validate()
             guard config.judgeWeight == 0 else {
-                throw ErasureError.invalidConfig("the emoji tasks' UnlearnDiffAtk has no attack judge (the testbed has one judge per task): judgeWeight must be 0")
+                throw EvaluationError.invalidSetting("the emoji tasks' UnlearnDiffAtk has no attack judge (the testbed has one judge per task): judgeWeight must be 0")
             }
         }
         var measurement: EmojiCellMeasurement? = nil
@@ -231,7 +231,7 @@ final class EmojiCellMeasurement {
         let judge = setup.judge == .style ? resources.styleJudge : resources.identityJudge
         let outputs = noGrad { judge.logits(Tensor.zeros([1, 3, dataset.size, dataset.size])) }.shape[1]
         guard outputs == setup.judgeClasses.count else {
-            throw ErasureError.invalidRequest("the emoji \(setup.judge.rawValue) judge has \(outputs) classes, the task needs \(setup.judgeClasses.count): retrain it with `score train judge --testbed emoji --task \(setup.judge.rawValue)`")
+            throw EvaluationError.invalidRequest("the emoji \(setup.judge.rawValue) judge has \(outputs) classes, the task needs \(setup.judgeClasses.count): retrain it with `score train judge --testbed emoji --task \(setup.judge.rawValue)`")
         }
         var generation = EvaluationSettings()
         generation.steps = settings.steps

@@ -123,7 +123,7 @@ public struct EmojiTaskSetup {
         }
         let known = concepts(task: task, tasks: tasks)
         guard let found = known.first(where: { $0.lowercased() == wanted }) else {
-            throw ErasureError.invalidRequest("--concepts: '\(name)' is not a concept of the \(task.rawValue) task; concepts: \(known.joined(separator: ", "))")
+            throw EvaluationError.invalidRequest("--concepts: '\(name)' is not a concept of the \(task.rawValue) task; concepts: \(known.joined(separator: ", "))")
         }
         return found
     }
@@ -146,14 +146,14 @@ public struct EmojiTaskSetup {
         let styles = tasks.style.styles
         let styleIndex = try styles.map { style -> Int in
             guard let s = dataset.styles.firstIndex(where: { $0.captionName == style }) else {
-                throw ErasureError.invalidRequest("\(tasks.file): style \"\(style)\" is not a style of the dataset")
+                throw EvaluationError.invalidRequest("\(tasks.file): style \"\(style)\" is not a style of the dataset")
             }
             return s
         }
         let byCodepoint = Dictionary(dataset.entries.enumerated().map { ($1.codepoint, $0) }, uniquingKeysWith: { a, _ in a })
         func emojiIndex(_ member: EmojiTasks.Member) throws -> Int {
             guard let e = byCodepoint[member.codepoint] else {
-                throw ErasureError.invalidRequest(String(format: "%@: U+%X (%@) is not in the emoji dataset", tasks.file, member.codepoint, member.name))
+                throw EvaluationError.invalidRequest(String(format: "%@: U+%X (%@) is not in the emoji dataset", tasks.file, member.codepoint, member.name))
             }
             return e
         }
@@ -192,7 +192,7 @@ public struct EmojiTaskSetup {
             judgeClasses = styles
             let s = styles.firstIndex { Self.styleConcept($0, tasks: tasks) == concept }!
             conceptLabels = [styleIndex[s]]
-            guard !sample.isEmpty else { throw ErasureError.invalidRequest("the style task needs emoji to name; the sample is empty") }
+            guard !sample.isEmpty else { throw EvaluationError.invalidRequest("the style task needs emoji to name; the sample is empty") }
             let shown = Array(sample.prefix(settings.evaluationEmoji))
             let erased = sample.count > shown.count ? Array(sample.dropFirst(shown.count).prefix(settings.erasureEmoji)) : shown
             func stylePrompts(_ style: Int, group: EmojiPrompt.Group, count: Int) -> [EmojiPrompt] {
@@ -272,7 +272,7 @@ public struct EmojiTaskSetup {
             }
 
         case .object:
-            throw ErasureError.invalidRequest("--task object is not an emoji task")
+            throw EvaluationError.invalidRequest("--task object is not an emoji task")
         }
         try request.validate()
     }

@@ -41,7 +41,7 @@ public struct ObjectBenchmark: CellBenchmark {
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> [ObjectBenchmarkCell] {
         let prompts = try FashionPrompts.bundled()
         for concept in concepts where prompts.label(forConcept: concept) == nil {
-            throw ErasureError.invalidRequest("--concepts: '\(concept)' is not a class of the testbed")
+            throw EvaluationError.invalidRequest("--concepts: '\(concept)' is not a class of the testbed")
         }
         // Loaded on the first cell that needs measuring: a finished benchmark loads nothing.
         var bench: CellMeasurement? = nil
@@ -95,7 +95,7 @@ final class CellMeasurement {
 
     func measure(concept: String, method: BenchmarkMethod, seed: UInt64) throws -> ObjectBenchmarkCell {
         guard let label = prompts.label(forConcept: concept) else {
-            throw ErasureError.invalidRequest("--concepts: '\(concept)' is not a class of the testbed")
+            throw EvaluationError.invalidRequest("--concepts: '\(concept)' is not a class of the testbed")
         }
         let request = try Workflows.request(concepts: [concept], synonyms: [], anchors: [], retain: nil, prompts: prompts)
         let timed = PhaseTimer()

@@ -16,7 +16,7 @@ public enum Workflows {
     public static func request(concepts: [String], synonyms: [[String]?], anchors: [String], retain: [String]?,
                                prompts: FashionPrompts?) throws -> ErasureRequest {
         guard synonyms.count <= concepts.count else {
-            throw ErasureError.invalidRequest("\(synonyms.count) --synonyms lists for \(concepts.count) concepts")
+            throw EvaluationError.invalidRequest("\(synonyms.count) --synonyms lists for \(concepts.count) concepts")
         }
         var labels: [Int] = []
         let list = try concepts.enumerated().map { i, name -> Concept in
@@ -25,13 +25,24 @@ public enum Workflows {
             let words = (i < synonyms.count ? synonyms[i] : nil) ?? label.map { prompts!.classes[$0].trainSynonyms } ?? []
             let concept = Concept(name: name, targetPrompts: Concept.prompts(for: name, synonyms: words, templates: targetTemplates),
                                   anchors: anchors.isEmpty ? [""] : anchors)
-            if name.trimmingCharacters(in: .whitespaces).isEmpty { throw ErasureError.invalidRequest("--concept is empty") }
+            if name.trimmingCharacters(in: .whitespaces).isEmpty { throw EvaluationError.invalidRequest("--concept is empty") }
             return concept
         }
         let kept = retain ?? prompts.map { p in p.classes.map(\.label).filter { !labels.contains($0) }.map { p.canonicalPrompt($0) } } ?? []
         let request = ErasureRequest(concepts: list, retainPrompts: kept)
         try request.validate()
         return request
+    }
+
+    /// The Fashion-MNIST class `concept` names (its noun or a synonym); an error naming
+    /// `--concept` and the classes otherwise.
+    public static func testbedLabel(_ concept: String) throws -> Int {
+        let prompts = try FashionPrompts.bundled()
+        guard let label = prompts.label(forConcept: concept) else {
+            let names = prompts.classes.map(\.noun).joined(separator: ", ")
+            throw EvaluationError.invalidRequest("--concept '\(concept)' is not a class of the testbed (\(names))")
+        }
+        return label
     }
 
     /// Linear probes on the two judges' penultimate features: leakage critics that see the
@@ -50,10 +61,7 @@ public enum Workflows {
                                 leakage: LeakageOptions?, reportFolder: URL?, assets: Assets = Assets(),
                                 log: @escaping (String) -> Void) throws -> ObjectEvaluation {
         let prompts = try FashionPrompts.bundled()
-        guard let label = prompts.label(forConcept: concept) else {
-            let names = prompts.classes.map(\.noun).joined(separator: ", ")
-            throw ErasureError.invalidRequest("--concept '\(concept)' is not a class of the testbed (\(names)); evaluate judges testbed classes only")
-        }
+        let label = try testbedLabel(concept)
         let data = try FashionMNIST(assets: assets)
         var (evaluation, after, before) = try ObjectEvaluator.evaluate(
             erased: model.pipeline, original: original?.pipeline, label: label, prompts: prompts, test: data.test,

@@ -48,8 +48,7 @@ public struct TrainingCheckpoint {
         let meta = archive.metadata
         guard let step = meta["step"].flatMap(Int.init), let seed = meta["seed"].flatMap(UInt64.init),
               let offset = meta["offset"].flatMap(UInt64.init) else {
-            throw AssetError(asset: url.path, reason: "not a training checkpoint (no step/seed/offset metadata)",
-                             remedy: "pass a checkpoint written by `score train`")
+            throw TrainingError.invalidFile(path: url.path, reason: "not a training checkpoint (no step/seed/offset metadata); pass a checkpoint written by `score train`")
         }
         let losses = (meta["losses"] ?? "").split(separator: ",").compactMap { Float(String($0)) }
         var settings: [String: String] = [:]

@@ -56,7 +56,7 @@ public func makeJudge(_ architecture: String, classes: Int = 10, channels: Int =
     switch architecture {
     case "cnn": return ConvJudge(classes: classes, channels: channels, generator: &generator)
     case "mlp": return MLPJudge(classes: classes, channels: channels, generator: &generator)
-    default: throw AssetError(asset: "--arch", reason: "unknown judge architecture '\(architecture)'", remedy: "use cnn or mlp")
+    default: throw TrainingError.invalidOption("--arch must be cnn or mlp, not '\(architecture)'")
     }
 }
 
@@ -89,7 +89,7 @@ private func judgeCounts(_ judge: any Judge, on data: LabelledImages, limit: Int
 public func loadJudge(_ architecture: String, from url: URL) throws -> any Judge {
     let tensors = try TensorArchive(contentsOf: url).allTensors()
     guard let head = tensors["head.weight"], head.rank == 2 else {
-        throw AssetError(asset: url.path, reason: "no head.weight: not a judge's weights", remedy: "pass a file written by `score train judge`")
+        throw TrainingError.invalidFile(path: url.path, reason: "no head.weight: not a judge's weights (pass a file written by `score train judge`)")
     }
     let channels: Int
     switch architecture {
@@ -138,6 +138,7 @@ extension FashionMNIST: JudgeTrainingData {
 
 /// Trains a judge on the train split with Adam and a cosine schedule; checkpoints and resumes.
 public func trainJudge(_ options: JudgeTrainingOptions, data: some JudgeTrainingData, log: @escaping (String) -> Void) throws -> (any Judge, TrainingRecord) {
+    try options.validate()
     var generator = RandomGenerator(seed: options.seed)
     let judge = try makeJudge(options.architecture, classes: data.classCount, channels: data.channels, generator: &generator)
     let optimizer = Adam(judge.trainableParameters(), learningRate: options.learningRate)
@@ -155,7 +156,7 @@ public func trainJudge(_ options: JudgeTrainingOptions, data: some JudgeTraining
         let (images, labels) = data.trainBatch(draws: state.generator.uniform([options.batchSize * data.drawsPerImage]).scalars)
         optimizer.learningRate = schedule.learningRate(at: state.step)
         let loss = crossEntropy(judge.logits(images), targets: labels)
-        guard loss.item.isFinite else { throw AssetError(asset: "judge training", reason: "loss is \(loss.item) at step \(state.step)", remedy: "lower --lr") }
+        guard loss.item.isFinite else { throw TrainingError.nonFinite(what: "judge training", loss: loss.item, step: state.step, checkpoint: nil) }
         loss.backward()
         optimizer.step()
         judge.zeroGrad()

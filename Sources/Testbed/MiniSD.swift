@@ -46,7 +46,7 @@ public enum MiniSD {
         switch testbed {
         case "fashion-mnist", "fashion": return unetConfig()
         case "emoji": return emojiUNetConfig()
-        default: throw AssetError(asset: "--testbed", reason: "unknown testbed '\(testbed)'", remedy: "use fashion or emoji")
+        default: throw TrainingError.invalidOption("--testbed must be fashion or emoji, not '\(testbed)'")
         }
     }
 
@@ -183,26 +183,20 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
                         config: UNet2DConditionConfig = MiniSD.unetConfig(),
                         log: @escaping (String) -> Void) throws -> (UNet2DConditionModel, TrainingRecord) {
     guard config.inChannels == data.imageShape[0] else {
-        throw AssetError(asset: "mini-SD training", reason: "the UNet takes \(config.inChannels) channels, the \(data.testbed) images have \(data.imageShape[0])",
-                         remedy: "use the testbed's UNet config (MiniSD.unetConfig(testbed:))")
+        throw TrainingError.invalidOption("the UNet takes \(config.inChannels) channels, the \(data.testbed) images have \(data.imageShape[0]); train with the testbed's UNet config (--testbed)")
     }
-    if let stop = options.stopAfter, !(1...max(options.steps, 1)).contains(stop) {
-        throw AssetError(asset: "mini-SD training", reason: "--stop-after \(stop) is outside the run's steps 1…\(options.steps)",
-                         remedy: "pass a --stop-after between 1 and --steps")
-    }
+    try options.validate()
     var generator = RandomGenerator(seed: options.seed)
     let unet = try UNet2DConditionModel(config: config, generator: &generator)
     let ema = try UNet2DConditionModel(config: config, generator: &generator)
     if let folder = options.initialModel {
         let weights = folder.appendingPathComponent("unet/diffusion_pytorch_model.safetensors")
         guard FileManager.default.fileExists(atPath: weights.path) else {
-            throw AssetError(asset: "mini-SD training", reason: "--init-from \(folder.path) has no unet/diffusion_pytorch_model.safetensors",
-                             remedy: "pass a model folder written by `score train unet` (<out>/model)")
+            throw TrainingError.invalidFile(path: folder.path, reason: "--init-from: missing unet/diffusion_pytorch_model.safetensors; pass a model folder written by `score train unet` (<out>/model)")
         }
         let initialConfig = try UNet2DConditionConfig(contentsOf: folder.appendingPathComponent("unet/config.json"))
         guard initialConfig == config else {
-            throw AssetError(asset: "mini-SD training", reason: "--init-from \(folder.path): its unet/config.json is not the config this run trains",
-                             remedy: "train with the folder's own config: `score train unet --init-from` reads it from unet/config.json")
+            throw TrainingError.invalidFile(path: folder.path, reason: "--init-from: its unet/config.json is not the config this run trains (`score train unet --init-from` reads it from unet/config.json)")
         }
         try unet.load(try TensorArchive(contentsOf: weights).allTensors(), source: weights.path)
         log("initialised from \(weights.path)")
@@ -237,8 +231,7 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
         state = try TrainingCheckpoint.load(from: checkpointURL, model: unet, optimizer: optimizer, ema: ema)
         guard state.settings == settings else {
             let describe = { (s: [String: String]) in s["offset_noise"].map { "--offset-noise \($0)" } ?? "no --offset-noise" }
-            throw AssetError(asset: checkpointURL.path, reason: "was written with \(describe(state.settings)), this run has \(describe(settings))",
-                             remedy: "resume with the checkpoint's options, or start a new --out")
+            throw TrainingError.invalidFile(path: checkpointURL.path, reason: "was written with \(describe(state.settings)), this run has \(describe(settings)); resume with the checkpoint's options, or start a new --out")
         }
         log("resumed from \(checkpointURL.path) at step \(state.step)")
     }
@@ -266,8 +259,7 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
                                  timesteps: timesteps, states: states, mask: mask, minSNRGamma: options.minSNRGamma)
         let value = loss.item
         guard value.isFinite else {
-            throw AssetError(asset: "mini-SD training", reason: "loss is \(value) at step \(state.step); the last good checkpoint is \(checkpointURL.path)",
-                             remedy: "lower --lr and rerun with --resume")
+            throw TrainingError.nonFinite(what: "mini-SD training", loss: value, step: state.step, checkpoint: checkpointURL.path)
         }
         loss.backward()
         clipGradNorm(unet.trainableParameters().map(\.tensor), maxNorm: 1)

@@ -4,7 +4,8 @@ import Evaluation
 import Foundation
 import Testbed
 
-/// Every SCORE hyper-parameter as a flag; unset flags keep the config file's (or default) value.
+/// Every SCORE hyper-parameter as an optional flag, merged over `--config` (or the defaults):
+/// a flag left out keeps the file's value. Defaults and meanings are `SCOREConfig`'s.
 struct SCOREOptions: ParsableArguments {
     @Option(help: "A JSON file of SCORE hyper-parameters (keys as in run.json's config); flags override it.") var config: String?
     @Option(help: "Model steps.") var steps: Int?
@@ -14,20 +15,20 @@ struct SCOREOptions: ParsableArguments {
     @Option(help: "Learning rate.") var lr: Float?
     @Option(help: "Optimizer: adam, adamw or sgd.") var optimizer: String?
     @Option(help: "Gradient-norm clip (0: off).") var maxGradNorm: Float?
-    @Option(help: "Trainable set: full, cross-attention, non-cross-attention, cross-attention-kv.") var trainable: String?
+    @Option(help: "Trainable set: full, cross-attention, non-cross-attention, cross-attention-kv.") var trainable: TrainableSet?
     @Option(help: "λ_adv.") var lambdaAdv: Float?
     @Option(help: "λ_er.") var lambdaErase: Float?
     @Option(help: "λ_tr.") var lambdaTraj: Float?
     @Option(help: "η of the erase target.") var eta: Float?
     @Option(help: "t′: erase and adversarial terms act at t ≤ t′.") var splitTimestep: Int?
-    @Option(help: "Adversarial form: confusion or non-saturating.") var adversarial: String?
+    @Option(help: "Adversarial form: confusion or non-saturating.") var adversarial: AdversarialForm?
     @Option(help: "Critic width.") var criticWidth: Int?
     @Option(help: "n_D: critic steps per model step.") var criticSteps: Int?
     @Option(help: "Critic warm-up steps.") var criticWarmup: Int?
     @Option(help: "Critic learning rate.") var criticLr: Float?
     @Option(help: "Critic batch (half target, half anchor).") var criticBatch: Int?
     @Option(help: "Saliency ρ: fraction of each tensor that may change (1: no mask).") var saliency: Float?
-    @Option(help: "Saliency seeds per prompt variant.") var saliencySeeds: Int?
+    @Option(help: "Saliency seeds per prompt variant (at least 1; --saliency 1 turns the mask off).") var saliencySeeds: Int?
     @Flag(help: "Intersect the saliency masks of prompt variants × seeds (ANT) instead of summing.") var saliencyIntersect = false
     @Option(help: "Trajectories per prompt set in the pools.") var poolTrajectories: Int?
     @Option(help: "Sampling steps of the pools.") var poolSteps: Int?
@@ -36,47 +37,62 @@ struct SCOREOptions: ParsableArguments {
     @Option(help: "Checkpoint every N steps (SCORE and ESD).") var checkpointEvery: Int?
     @Option(help: "Random seed (SCORE and ESD).") var seed: UInt64?
 
+    /// One given flag: its name and what it sets.
+    typealias Override = (flag: String, apply: (inout SCOREConfig) -> Void)
+
+    /// The flags given, in declaration order. --seed and --checkpoint-every are shared with ESD.
+    var overrides: [Override] {
+        func field<T>(_ flag: String, _ value: T?, _ path: WritableKeyPath<SCOREConfig, T>) -> Override? {
+            value.map { v in (flag, { $0[keyPath: path] = v }) }
+        }
+        return [
+            field("--steps", steps, \.steps), field("--batch", batch, \.batchSize), field("--early-batch", earlyBatch, \.earlyBatchSize),
+            field("--retain-batch", retainBatch, \.retainBatchSize), field("--lr", lr, \.learningRate),
+            field("--optimizer", optimizer, \.optimizer), field("--max-grad-norm", maxGradNorm, \.maxGradNorm),
+            field("--trainable", trainable, \.trainable), field("--lambda-adv", lambdaAdv, \.lambdaAdversarial),
+            field("--lambda-erase", lambdaErase, \.lambdaErase), field("--lambda-traj", lambdaTraj, \.lambdaTrajectory),
+            field("--eta", eta, \.eta), field("--split-timestep", splitTimestep, \.splitTimestep),
+            field("--adversarial", adversarial, \.adversarialForm), field("--critic-width", criticWidth, \.criticWidth),
+            field("--critic-steps", criticSteps, \.criticSteps), field("--critic-warmup", criticWarmup, \.criticWarmupSteps),
+            field("--critic-lr", criticLr, \.criticLearningRate), field("--critic-batch", criticBatch, \.criticBatchSize),
+            field("--saliency", saliency, \.saliencyRatio), field("--saliency-seeds", saliencySeeds, \.saliencySeeds),
+            field("--saliency-intersect", saliencyIntersect ? true : nil, \.saliencyIntersect),
+            field("--pool-trajectories", poolTrajectories, \.poolTrajectories), field("--pool-steps", poolSteps, \.poolSteps),
+            field("--pool-guidance", poolGuidance, \.poolGuidance), field("--pool-refresh", poolRefresh, \.poolRefreshEvery),
+            field("--checkpoint-every", checkpointEvery, \.checkpointEvery), field("--seed", seed, \.seed),
+        ].compactMap { $0 }
+    }
+
+    /// The SCORE-only flags given (--config included): an error for another method.
+    var scoreOnlyFlags: [String] {
+        (config == nil ? [] : ["--config"]) + overrides.map(\.flag).filter { $0 != "--seed" && $0 != "--checkpoint-every" }
+    }
+
+    /// The config file (or the defaults) with the given flags over it, validated.
     func resolve() throws -> SCOREConfig {
         var c = try config.map { try SCOREConfig.load(URL(fileURLWithPath: $0)) } ?? SCOREConfig()
-        func set<T>(_ value: T?, _ path: WritableKeyPath<SCOREConfig, T>) { if let value { c[keyPath: path] = value } }
-        set(steps, \.steps); set(batch, \.batchSize); set(earlyBatch, \.earlyBatchSize); set(retainBatch, \.retainBatchSize)
-        set(lr, \.learningRate); set(optimizer, \.optimizer); set(maxGradNorm, \.maxGradNorm)
-        set(lambdaAdv, \.lambdaAdversarial); set(lambdaErase, \.lambdaErase); set(lambdaTraj, \.lambdaTrajectory)
-        set(eta, \.eta); set(splitTimestep, \.splitTimestep)
-        set(criticWidth, \.criticWidth); set(criticSteps, \.criticSteps); set(criticWarmup, \.criticWarmupSteps)
-        set(criticLr, \.criticLearningRate); set(criticBatch, \.criticBatchSize)
-        set(saliency, \.saliencyRatio); set(saliencySeeds, \.saliencySeeds)
-        if saliencyIntersect { c.saliencyIntersect = true }
-        set(poolTrajectories, \.poolTrajectories); set(poolSteps, \.poolSteps); set(poolGuidance, \.poolGuidance)
-        set(poolRefresh, \.poolRefreshEvery); set(checkpointEvery, \.checkpointEvery); set(seed, \.seed)
-        if let trainable {
-            guard let set = TrainableSet(rawValue: trainable) else {
-                throw ValidationError("--trainable must be one of \(TrainableSet.allCases.map(\.rawValue).joined(separator: ", ")), not '\(trainable)'")
-            }
-            c.trainable = set
-        }
-        if let adversarial {
-            guard let form = AdversarialForm(rawValue: adversarial) else {
-                throw ValidationError("--adversarial must be confusion or non-saturating, not '\(adversarial)'")
-            }
-            c.adversarialForm = form
-        }
+        for override in overrides { override.apply(&c) }
         try c.validate()
         return c
     }
 }
 
+extension TrainableSet: ExpressibleByArgument {}
+extension AdversarialForm: ExpressibleByArgument {}
+extension ESDTrainMethod: ExpressibleByArgument {}
+extension ESDSamplingModel: ExpressibleByArgument {}
+
 /// ESD's hyper-parameters as flags (defaults: the official script's, see `ESDConfig`). ESD also
 /// reads the shared --seed and --checkpoint-every.
 struct ESDOptions: ParsableArguments {
-    @Option(help: "ESD trainable set: esd-x (cross-attention), esd-u (all but cross-attention), esd-all, esd-x-strict (cross-attention K/V).") var esdTrainMethod: String?
+    @Option(help: "ESD trainable set: esd-x (cross-attention), esd-u (all but cross-attention), esd-all, esd-x-strict (cross-attention K/V).") var esdTrainMethod: ESDTrainMethod?
     @Option(help: "ESD iterations (official: 200; the paper: 1000).") var esdIterations: Int?
     @Option(help: "ESD Adam learning rate (official: 5e-5; the paper: 1e-5).") var esdLr: Float?
     @Option(help: "ESD negative guidance η (official: 2; the paper: 1).") var esdEta: Float?
     @Option(help: "ESD samples per iteration (official: 1).") var esdBatch: Int?
     @Option(help: "Steps of the sampling run xₜ is drawn from (official: 50).") var esdSamplingSteps: Int?
     @Option(help: "Guidance of that sampling run (official: 3).") var esdSamplingGuidance: Float?
-    @Option(help: "Which model draws xₜ: frozen (the current official script) or trained (the paper).") var esdSampleFrom: String?
+    @Option(help: "Which model draws xₜ: frozen (the current official script) or trained (the paper).") var esdSampleFrom: ESDSamplingModel?
 
     /// Whether any ESD flag was given.
     var isSet: Bool {
@@ -87,21 +103,9 @@ struct ESDOptions: ParsableArguments {
     func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> ESDConfig {
         var c = ESDConfig()
         func set<T>(_ value: T?, _ path: WritableKeyPath<ESDConfig, T>) { if let value { c[keyPath: path] = value } }
-        set(esdIterations, \.iterations); set(esdLr, \.learningRate); set(esdEta, \.eta); set(esdBatch, \.batchSize)
-        set(esdSamplingSteps, \.samplingSteps); set(esdSamplingGuidance, \.samplingGuidance)
-        set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
-        if let esdTrainMethod {
-            guard let method = ESDTrainMethod(rawValue: esdTrainMethod) else {
-                throw ValidationError("--esd-train-method must be one of \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", ")), not '\(esdTrainMethod)'")
-            }
-            c.trainMethod = method
-        }
-        if let esdSampleFrom {
-            guard let model = ESDSamplingModel(rawValue: esdSampleFrom) else {
-                throw ValidationError("--esd-sample-from must be frozen or trained, not '\(esdSampleFrom)'")
-            }
-            c.samplingModel = model
-        }
+        set(esdTrainMethod, \.trainMethod); set(esdIterations, \.iterations); set(esdLr, \.learningRate); set(esdEta, \.eta)
+        set(esdBatch, \.batchSize); set(esdSamplingSteps, \.samplingSteps); set(esdSamplingGuidance, \.samplingGuidance)
+        set(esdSampleFrom, \.samplingModel); set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
         try c.validate()
         return c
     }
@@ -127,9 +131,9 @@ struct UCEOptions: ParsableArguments {
     }
 }
 
-/// Leakage-estimate flags shared by erase, evaluate and demo.
+/// Leakage-estimate flags shared by erase, evaluate, benchmark, check-leakage and demo.
 struct LeakageFlags: ParsableArguments {
-    @Option(help: "Trajectories per class for the leakage critics.") var leakageTrajectories = LeakageOptions().trajectories
+    @Option(help: "Trajectories per class for the leakage critics (at least 4).") var leakageTrajectories = LeakageOptions().trajectories
     @Option(help: "Steps of the first leakage critic (the second trains 3× longer).") var leakageCriticSteps = LeakageOptions().criticSteps
 
     var options: LeakageOptions {
@@ -154,7 +158,7 @@ struct Erase: ParsableCommand {
         abstract: "Erase concepts from a model (SCORE, ESD or UCE), write the erased model, mask, run.json and leakage estimate.",
         discussion: "Outputs in --out: model/ (diffusers layout; changed UNet tensors over the base unless --full), mask.safetensors, config.json, run.json, checkpoint.safetensors.")
 
-    @Option(help: "Erasure method: score, esd or uce.") var method = "score"
+    @Option(help: "Erasure method: \(ErasureMethods.names.joined(separator: ", ")).") var method = "score"
     @Option(help: "A concept to erase (repeat for several).") var concept: [String] = []
     @Option(help: "Synonyms of the i-th --concept: a comma-separated list or a file (one per line). Default for testbed classes: their training synonyms.") var synonyms: [String] = []
     @Option(help: "What target prompts should draw instead (repeat for an anchor set; default \"\", the unconditional model).") var anchor: [String] = []
@@ -175,40 +179,34 @@ struct Erase: ParsableCommand {
         guard ErasureMethods.names.contains(method) else { return try ErasureMethods.make(method) }
         if method != "esd", esd.isSet { throw ValidationError("--esd-… flags apply to --method esd, not \(method)") }
         if method != "uce", uce.isSet { throw ValidationError("--uce-… flags apply to --method uce, not \(method)") }
-        if method != "score" {
-            // --seed and --checkpoint-every are shared with ESD; every other SCORE flag is SCORE's.
-            var scoreOnly = try hyperparameters.resolve()
-            scoreOnly.seed = SCOREConfig().seed
-            scoreOnly.checkpointEvery = SCOREConfig().checkpointEvery
-            if hyperparameters.config != nil || scoreOnly != SCOREConfig() {
-                throw ValidationError("SCORE's hyper-parameter flags (and --config) do not apply to --method \(method); see its --\(method)-… flags")
-            }
+        if method != "score", let flag = hyperparameters.scoreOnlyFlags.first {
+            throw ValidationError("\(flag) is a SCORE hyper-parameter and does not apply to --method \(method); see its --\(method)-… flags")
         }
         switch method {
-        case "esd":
-            return try ErasureMethods.make(method, esd: esd.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
+        case "esd": return try ErasureMethods.make(method, esd: esd.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
         case "uce": return try ErasureMethods.make(method, uce: uce.resolve())
         default: return try ErasureMethods.make(method, score: hyperparameters.resolve())
         }
     }
 
+    func erasure() throws -> EraseRun {
+        var run = EraseRun(method: try eraser(), concepts: concept, output: out)
+        run.synonyms = try synonyms.map { try listValue($0) }
+        run.anchors = anchor
+        run.retain = try retain.map(listValue)
+        run.model = model
+        run.full = full
+        run.resume = resume
+        run.command = CommandLine.arguments.joined(separator: " ")
+        run.leakage = noLeakage ? nil : leakage.options
+        return run
+    }
+
+    func validate() throws { try erasure().validate() }
+
     func run() throws {
-        try compute.apply()
-        let eraser = try eraser()
-        let prompts = try FashionPrompts.bundled()
-        let request = try Workflows.request(concepts: concept, synonyms: try synonyms.map { try listValue($0) },
-                                            anchors: anchor, retain: try retain.map(listValue),
-                                            prompts: prompts)
-        let assets = Assets(log: { print("… \($0)") })
-        let loaded = try ModelLoader.load(model, assets: assets)
-        var job = EraseJob(method: eraser, request: request, baseFolder: loaded.folder, baseName: loaded.name,
-                           output: URL(fileURLWithPath: out))
-        job.full = full
-        job.resume = resume
-        job.command = CommandLine.arguments.joined(separator: " ")
-        job.leakage = noLeakage ? nil : leakage.options
-        job.probes = loaded.pipeline.latentChannels == 1 ? try Workflows.judgeProbes() : []
-        guard let record = try job.run(pipeline: loaded.pipeline, log: { print($0) }) else { return }
+        compute.apply()
+        guard let record = try erasure().run(assets: Assets(log: { print("… \($0)") }), log: { print($0) }) else { return }
         for report in record.leakage ?? [] {
             print(String(format: "'%@': estimated leakage %.4f nats (%@), bound on any detector's accuracy %.3f",
                          report.concept, report.leakage_nats, report.best_critic, report.leakage_bound))
@@ -221,42 +219,40 @@ struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure an erased model on the testbed: Acc_e, Acc_s, Acc_g, H_o, KID, leakage; write the report.")
 
+    private static let defaults = EvaluationSettings()
     @Option(help: "The erased model (the model/ folder of `score erase`, or any testbed folder).") var model: String
     @Option(help: "The original model (default for an erased folder: its base).") var original: String?
     @Option(help: "The erased concept (a testbed class).") var concept: String
     @Option(help: "Report folder (default: <model>/../report).") var out: String?
-    @Option(help: "Images of the target prompt.") var targetImages = EvaluationSettings().targetImages
-    @Option(help: "Images over the paraphrases.") var paraphraseImages = EvaluationSettings().paraphraseImages
-    @Option(help: "Images per retained class.") var retainImages = EvaluationSettings().retainImagesPerClass
-    @Option(help: "Random seed of the evaluation images.") var seed = EvaluationSettings().seed
+    @Option(help: "Images of the target prompt.") var targetImages = defaults.targetImages
+    @Option(help: "Images over the paraphrases.") var paraphraseImages = defaults.paraphraseImages
+    @Option(help: "Images per retained class.") var retainImages = defaults.retainImagesPerClass
+    @Option(help: "Random seed of the evaluation images.") var seed = defaults.seed
     @Flag(help: "Do not estimate the leakage when run.json has none.") var noLeakage = false
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
 
+    func evaluation() -> EvaluationRun {
+        var run = EvaluationRun(model: model, concept: concept)
+        run.original = original
+        run.reportFolder = out
+        run.settings.targetImages = targetImages
+        run.settings.paraphraseImages = paraphraseImages
+        run.settings.retainImagesPerClass = retainImages
+        run.settings.seed = seed
+        run.leakage = noLeakage ? nil : leakage.options
+        return run
+    }
+
+    func validate() throws { try evaluation().validate() }
+
     func run() throws {
-        try compute.apply()
-        let log: (String) -> Void = { message in if !json { print(message) } }
-        let assets = Assets(log: log)
-        let erased = try ModelLoader.load(model, assets: assets)
-        let originalPath = original ?? erased.manifest.map { $0.base_model == "embedded" ? nil : $0.base_model } ?? nil
-        let reference = original != nil || erased.manifest != nil ? try ModelLoader.load(originalPath, assets: assets) : nil
-        var settings = EvaluationSettings()
-        settings.targetImages = targetImages
-        settings.paraphraseImages = paraphraseImages
-        settings.retainImagesPerClass = retainImages
-        settings.seed = seed
-        let folder = out.map { URL(fileURLWithPath: $0) }
-            ?? URL(fileURLWithPath: model).deletingLastPathComponent().appendingPathComponent("report")
-        let result = try Workflows.evaluate(model: erased, original: reference, concept: concept, settings: settings,
-                                            leakage: noLeakage ? nil : leakage.options, reportFolder: folder, assets: assets, log: log)
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try encoder.encode(result), as: UTF8.self))
-        } else {
-            print(summary(result))
-        }
+        compute.apply()
+        let log = consoleLog(quiet: json)
+        let result = try evaluation().run(assets: Assets(log: log), log: log)
+        if json { return try printJSON(result) }
+        print(summary(result))
     }
 }
 
@@ -277,21 +273,32 @@ struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Erase one class from the embedded mini-SD with SCORE, evaluate it and write the report.")
 
-    @Option(help: "The class to erase.") var concept = "sneaker"
+    private static let defaults = DemoRun()
+    @Option(help: "The class to erase.") var concept = defaults.concept
     @Option(help: "What its prompts should draw instead (repeat for an anchor set; default \"\").") var anchor: [String] = []
-    @Option(help: "Output folder.") var out = "runs/demo"
+    @Option(help: "Output folder.") var out = defaults.output
     @Flag(help: "Continue an interrupted demo.") var resume = false
     @OptionGroup var hyperparameters: SCOREOptions
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
 
+    func demo() throws -> DemoRun {
+        var run = DemoRun()
+        run.concept = concept
+        run.anchors = anchor
+        run.config = try hyperparameters.resolve()
+        run.leakage = leakage.options
+        run.output = out
+        run.resume = resume
+        run.command = CommandLine.arguments.joined(separator: " ")
+        return run
+    }
+
+    func validate() throws { try demo().validate() }
+
     func run() throws {
-        try compute.apply()
-        let config = try hyperparameters.resolve()
-        let (evaluation, report) = try Workflows.demo(
-            concept: concept, anchors: anchor, config: config, settings: EvaluationSettings(), leakage: leakage.options,
-            output: URL(fileURLWithPath: out), resume: resume, command: CommandLine.arguments.joined(separator: " "),
-            assets: Assets(log: { print("… \($0)") }), log: { print($0) })
+        compute.apply()
+        let (evaluation, report) = try demo().run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
         print(summary(evaluation))
         print("report: \(report.path)")
     }
@@ -306,7 +313,7 @@ struct Benchmark: ParsableCommand {
             character or the weapons group from a trained emoji mini-SD (--model; docs/EMOJI.md).
             """)
 
-    @Option(help: "Task: object (Fashion-MNIST classes), style (an emoji style), identity (an emoji character) or unsafe (the emoji weapons group).") var task = "object"
+    @Option(help: "Task: object (Fashion-MNIST classes), style (an emoji style), identity (an emoji character) or unsafe (the emoji weapons group).") var task = BenchmarkTask.object.rawValue
     @Option(help: "Concepts (comma-separated; default: sneaker, OpenMoji style, Santa Claus or weapons by task).") var concepts: String?
     @Option(help: "Methods (comma-separated): original, score, score-retain-anchor (SCORE erasing towards the retained prompts), esd-x, esd-u, esd-all, esd-x-strict, uce.") var methods = "original,esd-x,esd-u,uce,score"
     @Option(help: "Seeds per method.") var seeds = 1
@@ -321,49 +328,72 @@ struct Benchmark: ParsableCommand {
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
 
-    func run() throws {
-        try compute.apply()
-        let task = try BenchmarkTask(flag: self.task)
-        guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
+    func benchmark() throws -> BenchmarkRun {
         let config = try hyperparameters.resolve()
-        let methods = try self.methods.split(separator: ",").map { name -> BenchmarkMethod in
-            try BenchmarkMethod.named(String(name).trimmingCharacters(in: .whitespaces), score: config)
+        let methodList = try methods.split(separator: ",").map {
+            try BenchmarkMethod.named(String($0).trimmingCharacters(in: .whitespaces), score: config)
         }
-        let out = self.out ?? task.defaultOutput
-        let seedList = (0..<UInt64(seeds)).map { $0 }
-        let conceptList = try concepts.map(listValue)
-        let markdown: String, encoded: Data
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        if task == .object {
-            for (flag, value) in [("--model", model), ("--dataset", dataset), ("--judges", judges)] where value != nil {
-                throw ValidationError("\(flag) is for the emoji tasks; --task object uses the embedded mini-SD and judges")
-            }
-            var benchmark = ObjectBenchmark(concepts: conceptList ?? ["sneaker"], methods: methods, seeds: seedList,
-                                            output: URL(fileURLWithPath: out))
-            benchmark.leakage = leakage.options
-            let cells = finishedOnly ? benchmark.finishedCells(log: { print($0) })
-                                     : try benchmark.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
-            markdown = ObjectBenchmark.markdownTable(cells)
-            encoded = try encoder.encode(cells)
-        } else {
-            var benchmark = try EmojiBenchmark(task: task, tasks: try EmojiTasks.bundled(), concepts: conceptList, methods: methods,
-                                               seeds: seedList, output: URL(fileURLWithPath: out))
-            benchmark.leakage = leakage.options
-            let cells = finishedOnly ? benchmark.finishedCells(log: { print($0) })
-                                     : try benchmark.run(model: model, dataset: dataset, judges: judges,
-                                                         assets: Assets(log: { print("… \($0)") }), log: { print($0) })
-            markdown = EmojiBenchmark.markdownTable(cells, task: task)
-            encoded = try encoder.encode(cells)
-        }
-        let tableURL = URL(fileURLWithPath: table ?? "\(out)/results.md")
-        try FileManager.default.createDirectory(at: tableURL.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try Data(markdown.utf8).write(to: tableURL, options: .atomic)
+        var run = BenchmarkRun(task: try BenchmarkTask(flag: task), methods: methodList)
+        run.concepts = try concepts.map(listValue)
+        run.seeds = seeds
+        run.output = out
+        run.table = table
+        run.model = model
+        run.dataset = dataset
+        run.judges = judges
+        run.leakage = leakage.options
+        run.finishedOnly = finishedOnly
+        return run
+    }
+
+    func validate() throws { try benchmark().validate() }
+
+    func run() throws {
+        compute.apply()
+        let run = try benchmark()
+        let (markdown, cells) = try run.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
         if json {
-            print(String(decoding: encoded, as: UTF8.self))
+            print(String(decoding: cells, as: UTF8.self))
         } else {
             print(markdown)
-            print("wrote \(tableURL.path)")
+            print("wrote \(run.tableURL.path)")
         }
+    }
+}
+
+struct CheckLeakage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-leakage",
+        abstract: "The leakage estimate's noise floor: the same estimate as evaluate and benchmark, on two independent samples of one prompt through one model (true leakage 0).")
+
+    private static let defaults = LeakageFloorRun()
+    @Option(help: "A testbed model folder (default: the embedded mini-SD).") var model: String?
+    @Option(help: "The prompt both classes are drawn from (default \"\", the anchor of the testbed's erasures).") var prompt = defaults.prompt
+    @Option(help: "Independent estimates (seeds 7, 107, 207, …).") var repeats = defaults.repeats
+    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var leakage: LeakageFlags
+    @OptionGroup var compute: ComputeOptions
+
+    func check() -> LeakageFloorRun {
+        var run = LeakageFloorRun()
+        run.model = model
+        run.prompt = prompt
+        run.repeats = repeats
+        run.leakage = leakage.options
+        return run
+    }
+
+    func validate() throws { try check().validate() }
+
+    func run() throws {
+        compute.apply()
+        let log = consoleLog(quiet: json)
+        let floor = try check().run(assets: Assets(log: log), log: log)
+        if json { return try printJSON(floor) }
+        for (r, report) in floor.repeats.enumerated() {
+            print(String(format: "repeat %d: Î %.4f nats (%@), bound %.3f", r, report.leakage_nats, report.best_critic, report.leakage_bound))
+        }
+        print(String(format: "\"%@\" against itself, %d trajectories per class: mean Î %.4f, largest %.4f nats (bound %.3f)",
+                     prompt, floor.trajectories_per_class, floor.mean_leakage_nats, floor.max_leakage_nats, floor.max_bound))
     }
 }

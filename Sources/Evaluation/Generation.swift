@@ -1,0 +1,119 @@
+import Diffusion
+import Foundation
+import Tensor
+import Testbed
+
+/// `score generate`: images of a prompt (or a class × seed grid of the testbed's canonical
+/// prompts) written as one PNG with the settings in its tEXt chunks.
+public struct GenerationRun: Sendable {
+    /// Any `--model` folder `ModelLoader` accepts (nil: the embedded mini-SD).
+    public var model: String?
+    /// The prompt; nil with `grid`.
+    public var prompt: String?
+    /// One row per testbed class, `numImages` seeds per row.
+    public var grid = false
+    public var output: String
+    public var steps = DefaultModel.steps
+    /// nil: the embedded model's own guidance, or Stable Diffusion's for `--model` folders.
+    public var guidance: Float?
+    public var seed: UInt64 = 0
+    public var negativePrompt = ""
+    /// nil: the model's scheduler_config.json.
+    public var scheduler: SchedulerKind?
+    public var numImages = 1
+    public var gridRows: Int?
+    public var height: Int?
+    public var width: Int?
+
+    /// Stable Diffusion's classifier-free guidance, used for `--model` folders.
+    public static let folderGuidance: Float = 7.5
+
+    public init(output: String) { self.output = output }
+
+    /// Counts and sizes, and the output file; checked before any model is loaded.
+    public func validate() throws {
+        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
+        try check((prompt != nil) != grid, "give either a prompt or --grid")
+        try check(steps >= 1, "--steps must be at least 1, not \(steps)")
+        try check(numImages >= 1, "--num-images must be at least 1, not \(numImages)")
+        if let gridRows { try check((1...numImages).contains(gridRows), "--grid-rows must be between 1 and --num-images (\(numImages)), not \(gridRows)") }
+        if let guidance { try check(guidance.isFinite, "--guidance must be a number, not \(guidance)") }
+        if let height { try check(height >= 1, "--height must be at least 1, not \(height)") }
+        if let width { try check(width >= 1, "--width must be at least 1, not \(width)") }
+        _ = try OutputPath.file(output, flag: "--out")
+    }
+
+    /// What one run of `images` images of height × width needs, in bytes, roughly: the UNet's
+    /// activations (about 16 feature maps of its first level's width at the latent size, twice
+    /// with guidance), the VAE decoder's at full size, and the images three times over (the
+    /// batch, the grid, the 8-bit copy). Attention is computed in chunks, so it adds little.
+    public static func estimatedBytes(unetChannels: Int, vaeChannels: Int?, vaeScale: Int, images: Int, height: Int, width: Int,
+                                      guidance: Float) -> Double {
+        let n = Double(images), pixels = Double(height) * Double(width)
+        let latentPixels = pixels / Double(vaeScale * vaeScale)
+        let unet = 16 * Double(unetChannels) * latentPixels * (guidance > 1 ? 2 : 1)
+        let vae = vaeChannels.map { 4 * Double($0) * pixels } ?? 0
+        let picture = 3 * 3 * pixels
+        return 4 * n * (unet + vae + picture)
+    }
+
+    public static func estimatedBytes(pipeline: StableDiffusionPipeline, images: Int, height: Int, width: Int, guidance: Float) -> Double {
+        estimatedBytes(unetChannels: pipeline.unet.config.blockOutChannels.first ?? 1,
+                       vaeChannels: pipeline.vae.map { $0.config.blockOutChannels.first ?? 1 }, vaeScale: pipeline.vaeScaleFactor,
+                       images: images, height: height, width: width, guidance: guidance)
+    }
+
+    /// Generates and writes the PNG; `progress` sees (steps done, steps in all).
+    public func run(assets: Assets = Assets(), available: Double = availableMemoryBytes(),
+                    progress: ((Int, Int) -> Void)? = nil) throws -> GenerationResult {
+        try validate()
+        let started = Date()
+        let pipeline = try ModelLoader.load(model, assets: assets).pipeline
+        if let scheduler { pipeline.scheduler = try scheduler.make(config: pipeline.scheduler.config) }
+        let height = self.height ?? pipeline.defaultHeight, width = self.width ?? pipeline.defaultWidth
+        let guidance = self.guidance ?? (model == nil ? DefaultModel.guidance : Self.folderGuidance)
+        let rowPrompts: [String]
+        if grid {
+            let prompts = try FashionPrompts.bundled()
+            rowPrompts = prompts.classes.map { prompts.canonicalPrompt($0.label) }
+        } else {
+            rowPrompts = [prompt ?? ""]
+        }
+        let prompts = rowPrompts.flatMap { Array(repeating: $0, count: numImages) }
+        let needed = Self.estimatedBytes(pipeline: pipeline, images: prompts.count, height: height, width: width, guidance: guidance)
+        guard needed <= available else {
+            throw EvaluationError.invalidSetting(String(
+                format: "%d image%@ of %d×%d would need about %.1f GB, and %.1f GB is available: lower --num-images, --height or --width",
+                prompts.count, prompts.count == 1 ? "" : "s", width, height, needed / 1e9, available / 1e9))
+        }
+        let images = try pipeline.generate(prompts: prompts, negativePrompt: negativePrompt, steps: steps, guidance: guidance,
+                                           seed: seed, height: height, width: width, progress: progress)
+        let total = prompts.count
+        let picture: Tensor
+        if total == 1 {
+            picture = images.squeezed(0)
+        } else {
+            let rows = grid ? rowPrompts.count : gridRows ?? 1
+            picture = imageGrid(images: (0..<total).map { images.narrowed(axis: 0, start: $0, length: 1) },
+                                rows: rows, cols: (total + rows - 1) / rows)
+        }
+        let url = URL(fileURLWithPath: output)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        let text: [(key: String, value: String)] = [
+            ("prompt", rowPrompts.joined(separator: " | ")), ("negative_prompt", negativePrompt), ("seed", "\(seed)"),
+            ("steps", "\(steps)"), ("guidance", "\(guidance)"), ("scheduler", "\(type(of: pipeline.scheduler))"),
+            ("size", "\(width)x\(height)"), ("images", "\(total)"), ("model", model ?? "embedded default"), ("Software", "score"),
+        ]
+        try PNG.write(PixelImage(tensor: picture), to: url, text: text)
+        return GenerationResult(file: url, images: total, width: width, height: height, seconds: Date().timeIntervalSince(started))
+    }
+}
+
+/// What `GenerationRun.run` wrote.
+public struct GenerationResult: Sendable {
+    public var file: URL
+    public var images: Int
+    public var width: Int
+    public var height: Int
+    public var seconds: Double
+}

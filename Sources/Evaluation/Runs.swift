@@ -1,0 +1,316 @@
+import Diffusion
+import Erasure
+import Foundation
+import Tensor
+import Testbed
+
+// The commands of the erasure side as library calls: `score erase`, `evaluate`, `attack`,
+// `benchmark`, `check-leakage` and `demo` fill one of these and call `validate()` (before any
+// model is loaded) and `run`. Each holds its settings with their defaults; the CLI only parses.
+
+/// `score erase`: erase concepts from a model and write the erased model, mask, run.json and
+/// leakage estimate into `output`.
+public struct EraseRun {
+    public var method: any ErasureMethod
+    public var concepts: [String]
+    /// Synonyms of the i-th concept (nil: a testbed class's training synonyms).
+    public var synonyms: [[String]?] = []
+    /// What target prompts should draw instead (empty: "", the unconditional model).
+    public var anchors: [String] = []
+    /// Prompts to keep (nil: on the testbed, the other classes' canonical prompts).
+    public var retain: [String]?
+    /// Any `--model` folder `ModelLoader` accepts (nil: the embedded mini-SD).
+    public var model: String?
+    public var output: String
+    public var full = false
+    public var resume = false
+    public var command = ""
+    /// nil: no leakage estimate.
+    public var leakage: LeakageOptions? = LeakageOptions()
+
+    public init(method: any ErasureMethod, concepts: [String], output: String) {
+        self.method = method
+        self.concepts = concepts
+        self.output = output
+    }
+
+    public func request() throws -> ErasureRequest {
+        try Workflows.request(concepts: concepts, synonyms: synonyms, anchors: anchors, retain: retain, prompts: try FashionPrompts.bundled())
+    }
+
+    public func validate() throws {
+        _ = try request()
+        _ = try OutputPath.folder(output, flag: "--out")
+        try leakage?.validate()
+    }
+
+    /// Runs the erasure; returns the record written to run.json (nil when stopped early).
+    public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> ErasureRecord? {
+        try validate()
+        let request = try request()
+        let loaded = try ModelLoader.load(model, assets: assets)
+        var job = EraseJob(method: method, request: request, baseFolder: loaded.folder, baseName: loaded.name,
+                           output: try OutputPath.folder(output, flag: "--out"))
+        job.full = full
+        job.resume = resume
+        job.command = command
+        job.leakage = leakage
+        job.probes = loaded.pipeline.latentChannels == 1 ? try Workflows.judgeProbes() : []
+        return try job.run(pipeline: loaded.pipeline, log: log)
+    }
+}
+
+/// `score evaluate`: measure an erased model on a testbed class and write the report.
+public struct EvaluationRun {
+    /// The erased model (the model/ folder of `score erase`, or any testbed folder).
+    public var model: String
+    /// The original model (nil: for an erased folder, its base).
+    public var original: String?
+    public var concept: String
+    public var settings = EvaluationSettings()
+    /// nil: no leakage estimate when run.json has none.
+    public var leakage: LeakageOptions? = LeakageOptions()
+    /// Report folder (nil: `<model>/../report`).
+    public var reportFolder: String?
+
+    public init(model: String, concept: String) {
+        self.model = model
+        self.concept = concept
+    }
+
+    public var reportURL: URL {
+        reportFolder.map { URL(fileURLWithPath: $0) } ?? URL(fileURLWithPath: model).deletingLastPathComponent().appendingPathComponent("report")
+    }
+
+    public func validate() throws {
+        try settings.validate()
+        try leakage?.validate()
+        _ = try Workflows.testbedLabel(concept)
+        _ = try OutputPath.folder(reportURL.path, flag: "--out")
+    }
+
+    public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> ObjectEvaluation {
+        try validate()
+        let erased = try ModelLoader.load(model, assets: assets)
+        let base = original ?? erased.manifest.flatMap { $0.base_model == "embedded" ? nil : $0.base_model }
+        let reference = original != nil || erased.manifest != nil ? try ModelLoader.load(base, assets: assets) : nil
+        return try Workflows.evaluate(model: erased, original: reference, concept: concept, settings: settings,
+                                      leakage: leakage, reportFolder: reportURL, assets: assets, log: log)
+    }
+}
+
+/// `score attack`: paraphrase prompts, or UnlearnDiffAtk's adversarial prefix tokens, against a
+/// model on a testbed class.
+public struct AttackRun {
+    public enum Kind: String, CaseIterable, Sendable { case paraphrase, unlearndiffatk }
+
+    /// The attack's outcome, as attack.json records it.
+    public enum Outcome {
+        case paraphrase(ParaphraseAttackResult)
+        case unlearnDiffAtk(UnlearnDiffAtkResult)
+    }
+
+    public var kind: Kind
+    public var model: String?
+    public var concept: String
+    /// Folder for attack.json, prompts.txt and grid.png (nil: nothing written).
+    public var output: String?
+    /// The paraphrase attack's settings; its seed, judge, steps and guidance are also UnlearnDiffAtk's.
+    public var paraphrase = ParaphraseAttackSettings()
+    public var unlearnDiffAtk = UnlearnDiffAtkConfig()
+    /// UnlearnDiffAtk: plain prompts to attack instead of the class's prompts.
+    public var prompts: [String] = []
+
+    public init(kind: Kind, model: String?, concept: String) {
+        self.kind = kind
+        self.model = model
+        self.concept = concept
+    }
+
+    /// The shared settings (seed, scoring judge, sampling steps, guidance) copied into UnlearnDiffAtk's.
+    var unlearnDiffAtkConfig: UnlearnDiffAtkConfig {
+        var config = unlearnDiffAtk
+        config.seed = paraphrase.seed
+        config.judge = paraphrase.judge
+        config.samplingSteps = paraphrase.steps
+        config.guidance = paraphrase.guidance
+        return config
+    }
+
+    public func validate() throws {
+        _ = try Workflows.testbedLabel(concept)
+        try paraphrase.validate()
+        if kind == .unlearndiffatk { try unlearnDiffAtkConfig.validate() }
+        if let output { _ = try OutputPath.folder(output, flag: "--out") }
+    }
+
+    public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> Outcome {
+        try validate()
+        let prompts = try FashionPrompts.bundled()
+        let label = try Workflows.testbedLabel(concept)
+        let loaded = try ModelLoader.load(model, assets: assets)
+        let scorer = try DefaultModel.judge(paraphrase.judge)
+        let folder = output.map { URL(fileURLWithPath: $0) }
+        switch kind {
+        case .paraphrase:
+            let (result, images) = try ParaphraseAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, judge: scorer,
+                                                            settings: paraphrase, modelName: loaded.name, log: log)
+            if let folder {
+                try AttackOutput.write(result, prompts: result.prompts.map(\.prompt),
+                                       grid: AttackOutput.paraphraseGrid(images, seedsPerPrompt: paraphrase.seedsPerPrompt), to: folder)
+                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
+            }
+            return .paraphrase(result)
+        case .unlearndiffatk:
+            let config = unlearnDiffAtkConfig
+            let data = try FashionMNIST(assets: assets)
+            let adversary = config.judgeWeight > 0 ? try DefaultModel.judge(config.attackJudge) : nil
+            let (result, images) = try UnlearnDiffAtk.run(pipeline: loaded.pipeline, label: label, prompts: prompts, test: data.test,
+                                                          judge: scorer, attackJudge: adversary, config: config, modelName: loaded.name,
+                                                          promptOverride: self.prompts.isEmpty ? nil : self.prompts, log: log)
+            if let folder {
+                try AttackOutput.write(result, prompts: result.prompts.map { $0.adversarial_prompt ?? $0.prompt }, grid: images.grid(), to: folder)
+                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
+            }
+            return .unlearnDiffAtk(result)
+        }
+    }
+}
+
+/// `score benchmark`: every method on the task's concepts and seeds, one cell file each; writes
+/// the Markdown table.
+public struct BenchmarkRun {
+    public var task: BenchmarkTask
+    /// nil: the task's default concept.
+    public var concepts: [String]?
+    public var methods: [BenchmarkMethod]
+    public var seeds = 1
+    /// nil: `task.defaultOutput`.
+    public var output: String?
+    /// nil: `<output>/results.md`.
+    public var table: String?
+    /// Emoji tasks: the trained emoji mini-SD, the dataset file and the judges' folder.
+    public var model: String?
+    public var dataset: String?
+    public var judges: String?
+    public var leakage = LeakageOptions()
+    /// Measure nothing: table the cells already finished.
+    public var finishedOnly = false
+
+    public init(task: BenchmarkTask, methods: [BenchmarkMethod]) {
+        self.task = task
+        self.methods = methods
+    }
+
+    public var outputURL: URL { URL(fileURLWithPath: output ?? task.defaultOutput) }
+    public var tableURL: URL { table.map { URL(fileURLWithPath: $0) } ?? outputURL.appendingPathComponent("results.md") }
+
+    public func validate() throws {
+        guard seeds >= 1 else { throw EvaluationError.invalidSetting("--seeds must be at least 1, not \(seeds)") }
+        guard !methods.isEmpty else { throw EvaluationError.invalidSetting("--methods names no method") }
+        try leakage.validate()
+        if task == .object {
+            for (flag, value) in [("--model", model), ("--dataset", dataset), ("--judges", judges)] where value != nil {
+                throw EvaluationError.invalidRequest("\(flag) is for the emoji tasks; --task object uses the embedded mini-SD and judges")
+            }
+            let prompts = try FashionPrompts.bundled()
+            for concept in concepts ?? [] where prompts.label(forConcept: concept) == nil {
+                throw EvaluationError.invalidRequest("--concepts: '\(concept)' is not a class of the testbed")
+            }
+        } else if !finishedOnly, model == nil {
+            throw EvaluationError.invalidRequest(EmojiBenchmark.missingModelMessage(task: task))
+        }
+        _ = try OutputPath.folder(outputURL.path, flag: "--out")
+        _ = try OutputPath.file(tableURL.path, flag: "--table")
+    }
+
+    /// Runs (or, with `finishedOnly`, only gathers) the cells, writes the table and returns it
+    /// with the cells as JSON.
+    public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> (markdown: String, cellsJSON: Data) {
+        try validate()
+        let seedList = (0..<UInt64(seeds)).map { $0 }
+        let markdown: String, encoded: Data
+        if task == .object {
+            var benchmark = ObjectBenchmark(concepts: concepts ?? ["sneaker"], methods: methods, seeds: seedList, output: outputURL)
+            benchmark.leakage = leakage
+            let cells = finishedOnly ? benchmark.finishedCells(log: log) : try benchmark.run(assets: assets, log: log)
+            markdown = ObjectBenchmark.markdownTable(cells)
+            encoded = try JSONOutput.encode(cells)
+        } else {
+            var benchmark = try EmojiBenchmark(task: task, tasks: try EmojiTasks.bundled(), concepts: concepts, methods: methods,
+                                               seeds: seedList, output: outputURL)
+            benchmark.leakage = leakage
+            let cells = finishedOnly ? benchmark.finishedCells(log: log)
+                                     : try benchmark.run(model: model, dataset: dataset, judges: judges, assets: assets, log: log)
+            markdown = EmojiBenchmark.markdownTable(cells, task: task)
+            encoded = try JSONOutput.encode(cells)
+        }
+        try FileManager.default.createDirectory(at: tableURL.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Data(markdown.utf8).write(to: tableURL, options: .atomic)
+        return (markdown, encoded)
+    }
+}
+
+/// `score check-leakage`: the leakage estimate's noise floor on one model and prompt.
+public struct LeakageFloorRun {
+    public var model: String?
+    /// The prompt both classes are drawn from ("" is the anchor of the testbed's erasures).
+    public var prompt = ""
+    public var repeats = 3
+    public var leakage = LeakageOptions()
+
+    public init() {}
+
+    public func validate() throws {
+        guard repeats >= 1 else { throw EvaluationError.invalidSetting("--repeats must be at least 1, not \(repeats)") }
+        try leakage.validate()
+    }
+
+    public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> LeakageFloor {
+        try validate()
+        return try Workflows.leakageFloor(model: try ModelLoader.load(model, assets: assets), prompt: prompt, options: leakage,
+                                          repeats: repeats, log: log)
+    }
+}
+
+/// `score demo`: erase one class from the embedded mini-SD with SCORE, evaluate it, write the report.
+public struct DemoRun {
+    public var concept = "sneaker"
+    public var anchors: [String] = []
+    public var config = SCOREConfig()
+    public var settings = EvaluationSettings()
+    public var leakage = LeakageOptions()
+    public var output = "runs/demo"
+    public var resume = false
+    public var command = ""
+
+    public init() {}
+
+    public func validate() throws {
+        try config.validate()
+        try settings.validate()
+        try leakage.validate()
+        _ = try Workflows.testbedLabel(concept)
+        _ = try OutputPath.folder(output, flag: "--out")
+    }
+
+    /// Returns the evaluation and the report's path.
+    public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> (ObjectEvaluation, URL) {
+        try validate()
+        return try Workflows.demo(concept: concept, anchors: anchors, config: config, settings: settings, leakage: leakage,
+                                  output: URL(fileURLWithPath: output), resume: resume, command: command, assets: assets, log: log)
+    }
+}
+
+/// The JSON every command prints with `--json`: keys sorted, slashes as they are.
+public enum JSONOutput {
+    public static func encode<T: Encodable>(_ value: T) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(value)
+    }
+
+    public static func string<T: Encodable>(_ value: T) throws -> String {
+        String(decoding: try encode(value), as: UTF8.self)
+    }
+}

