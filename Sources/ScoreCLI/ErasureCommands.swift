@@ -65,7 +65,7 @@ struct SCOREOptions: ParsableArguments {
 
     /// The SCORE-only flags given (--config included): an error for another method.
     var scoreOnlyFlags: [String] {
-        (config == nil ? [] : ["--config"]) + overrides.map(\.flag).filter { $0 != "--seed" && $0 != "--checkpoint-every" }
+        (config == nil ? [] : ["--config"]) + overrides.map { $0.flag }.filter { $0 != "--seed" && $0 != "--checkpoint-every" }
     }
 
     /// The config file (or the defaults) with the given flags over it, validated.

@@ -22,13 +22,9 @@ public struct Score: ParsableCommand {
         setvbuf(stdout, nil, _IOLBF, 0)
         do {
             var command = try parseAsRoot()
-            do {
-                try command.run()
-            } catch {
-                exit(withError: CommandFailure.presenting(error))
-            }
+            try command.run()
         } catch {
-            exit(withError: error)
+            exit(withError: CommandFailure.presenting(error))
         }
     }
 }
@@ -42,7 +38,8 @@ struct CommandFailure: Error, LocalizedError, CustomStringConvertible {
 
     init(_ description: String) { self.description = description }
 
-    /// `error` as the user should read it; ArgumentParser's own errors are passed on unchanged.
+    /// `error` as the user should read it; ArgumentParser's own errors (usage, help, exit codes,
+    /// parse errors) are passed on unchanged.
     static func presenting(_ error: Error) -> Error {
         switch error {
         case is ValidationError, is CleanExit, is ExitCode: return error

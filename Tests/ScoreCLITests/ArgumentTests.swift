@@ -25,11 +25,13 @@ final class ArgumentTests: XCTestCase {
         try Score.parseAsRoot(arguments)
     }
 
-    /// `arguments` are refused while parsing, with a message containing `needle`.
+    /// `arguments` are refused while parsing, with a message containing `needle`. Negative values
+    /// are passed as `--flag=-1`: the parser reads a separate "-1" as a flag.
     func assertRefused(_ arguments: [String], mentioning needle: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertThrowsError(try parse(arguments), "\(arguments)", file: file, line: line) { error in
             let message = Score.message(for: error)
             XCTAssert(message.contains(needle), "\(arguments): '\(message)' does not mention \(needle)", file: file, line: line)
+            XCTAssertFalse(message.contains("Missing value"), "\(arguments): refused by the parser, not checked: \(message)", file: file, line: line)
         }
     }
 
@@ -57,11 +59,11 @@ final class ArgumentTests: XCTestCase {
     }
 
     func testEraseRefusesBadSaliencySeedsAndCriticWidth() throws {
-        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--saliency-seeds", "-1"], mentioning: "saliencySeeds")
+        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--saliency-seeds=-1"], mentioning: "saliencySeeds")
         // 0 seeds would give no mask and train every parameter without a word.
         assertRefused(["erase", "--concept", "sneaker", "--out", out, "--saliency-seeds", "0"], mentioning: "saliencySeeds")
         assertRefused(["erase", "--concept", "sneaker", "--out", out, "--critic-width", "0"], mentioning: "criticWidth")
-        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--critic-width", "-4"], mentioning: "criticWidth")
+        assertRefused(["erase", "--concept", "sneaker", "--out", out, "--critic-width=-4"], mentioning: "criticWidth")
         let config = folder.appendingPathComponent("score.json")
         try Data(#"{"saliencySeeds": -1}"#.utf8).write(to: config)
         assertRefused(["erase", "--concept", "sneaker", "--out", out, "--config", config.path], mentioning: "saliencySeeds")
@@ -69,7 +71,7 @@ final class ArgumentTests: XCTestCase {
 
     func testEraseRefusesTooFewLeakageTrajectoriesBeforeTraining() {
         for value in ["0", "3", "-2"] {
-            assertRefused(["erase", "--concept", "sneaker", "--out", out, "--leakage-trajectories", value], mentioning: "--leakage-trajectories")
+            assertRefused(["erase", "--concept", "sneaker", "--out", out, "--leakage-trajectories=\(value)"], mentioning: "--leakage-trajectories")
         }
         XCTAssertNoThrow(try parse(["erase", "--concept", "sneaker", "--out", out, "--leakage-trajectories", "4"]))
         XCTAssertNoThrow(try parse(["erase", "--concept", "sneaker", "--out", out, "--leakage-trajectories", "0", "--no-leakage"]))
@@ -102,7 +104,7 @@ final class ArgumentTests: XCTestCase {
         let values: [String: String] = ["--optimizer": "sgd", "--trainable": "full", "--adversarial": "confusion",
                                         "--saliency": "0.5", "--lr": "0.1", "--critic-lr": "0.1", "--pool-guidance": "2",
                                         "--eta": "1", "--max-grad-norm": "1", "--lambda-adv": "1", "--lambda-erase": "1", "--lambda-traj": "1"]
-        let all = try SCOREOptions.parse([]).overrides.map(\.flag)
+        let all = try SCOREOptions.parse([]).overrides.map { $0.flag }
         XCTAssertTrue(all.isEmpty)
         var flags = ["--steps", "--batch", "--early-batch", "--retain-batch", "--lr", "--optimizer", "--max-grad-norm", "--trainable",
                      "--lambda-adv", "--lambda-erase", "--lambda-traj", "--eta", "--split-timestep", "--adversarial", "--critic-width",
@@ -112,7 +114,7 @@ final class ArgumentTests: XCTestCase {
         arguments.append("--saliency-intersect")
         flags.insert("--saliency-intersect", at: flags.firstIndex(of: "--pool-trajectories")!)
         let options = try SCOREOptions.parse(arguments)
-        XCTAssertEqual(options.overrides.map(\.flag), flags)
+        XCTAssertEqual(options.overrides.map { $0.flag }, flags)
     }
 
     // MARK: evaluate
@@ -121,7 +123,7 @@ final class ArgumentTests: XCTestCase {
         let base = ["evaluate", "--model", folder.path, "--concept", "sneaker", "--out", out]
         for (flag, value) in [("--target-images", "0"), ("--target-images", "-1"), ("--paraphrase-images", "-1"),
                               ("--retain-images", "0"), ("--retain-images", "-1"), ("--leakage-trajectories", "0")] {
-            assertRefused(base + [flag, value], mentioning: flag)
+            assertRefused(base + ["\(flag)=\(value)"], mentioning: flag)
         }
         assertRefused(["evaluate", "--model", folder.path, "--concept", "dragon"], mentioning: "--concept")
         XCTAssertNoThrow(try parse(base))
@@ -160,7 +162,7 @@ final class ArgumentTests: XCTestCase {
 
     func testTrainChecks() throws {
         assertRefused(["train", "unet", "--steps", "0", "--out", out], mentioning: "--steps")
-        assertRefused(["train", "unet", "--offset-noise", "-1", "--out", out], mentioning: "--offset-noise")
+        assertRefused(["train", "unet", "--offset-noise=-1", "--out", out], mentioning: "--offset-noise")
         assertRefused(["train", "unet", "--task-emoji-weight", "2", "--out", out], mentioning: "--task-emoji-weight")
         assertRefused(["train", "unet", "--stop-after", "900", "--out", out], mentioning: "--stop-after")
         assertRefused(["train", "judge", "--arch", "svm", "--out", out], mentioning: "--arch")
@@ -178,7 +180,7 @@ final class ArgumentTests: XCTestCase {
         let png = folder.appendingPathComponent("a.png").path
         assertRefused(["generate", "a shoe", "--out", png, "--num-images", "0"], mentioning: "--num-images")
         assertRefused(["generate", "a shoe", "--out", png, "--height", "0"], mentioning: "--height")
-        assertRefused(["generate", "a shoe", "--out", png, "--width", "-8"], mentioning: "--width")
+        assertRefused(["generate", "a shoe", "--out", png, "--width=-8"], mentioning: "--width")
         assertRefused(["generate", "a shoe", "--out", png, "--grid"], mentioning: "--grid")
         assertRefused(["generate", "a shoe", "--out", ""], mentioning: "--out")
         assertRefused(["generate", "a shoe", "--out", folder.path], mentioning: "not a regular file")
