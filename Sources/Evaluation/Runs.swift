@@ -197,6 +197,9 @@ public struct BenchmarkRun {
     /// Measure nothing: table the cells already finished.
     public var finishedOnly = false
 
+    /// The rows without `--methods`.
+    public static let defaultMethods = ["original", "esd-x", "esd-u", "uce", "score"]
+
     public init(task: BenchmarkTask, methods: [BenchmarkMethod]) {
         self.task = task
         self.methods = methods
@@ -266,10 +269,15 @@ public struct LeakageFloorRun {
         try leakage.validate()
     }
 
+    /// `repeats` estimates of `prompt` against itself through the model, with the testbed's
+    /// judges as probes (see `Leakage.noiseFloor`): what the leakage estimate of `evaluate` and
+    /// `benchmark` reads when there is no leakage to find.
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> LeakageFloor {
         try validate()
-        return try Workflows.leakageFloor(model: try ModelLoader.load(model, assets: assets), prompt: prompt, options: leakage,
-                                          repeats: repeats, log: log)
+        let loaded = try ModelLoader.load(model, assets: assets)
+        let reports = try Leakage.noiseFloor(prompt: prompt, pipeline: loaded.pipeline, options: leakage,
+                                             probes: try Workflows.judgeProbes(), repeats: repeats, log: log)
+        return LeakageFloor(prompt: prompt, model: loaded.name, trajectories_per_class: leakage.trajectories, repeats: reports)
     }
 }
 
@@ -294,11 +302,29 @@ public struct DemoRun {
         _ = try OutputPath.folder(output, flag: "--out")
     }
 
-    /// Returns the evaluation and the report's path.
+    /// Erases into `<output>/erase`, evaluates against the original into `<output>/report`;
+    /// returns the evaluation and the report's path.
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> (ObjectEvaluation, URL) {
         try validate()
-        return try Workflows.demo(concept: concept, anchors: anchors, config: config, settings: settings, leakage: leakage,
-                                  output: URL(fileURLWithPath: output), resume: resume, command: command, assets: assets, log: log)
+        let output = URL(fileURLWithPath: self.output)
+        let request = try Workflows.request(concepts: [concept], synonyms: [], anchors: anchors, retain: nil, prompts: try FashionPrompts.bundled())
+        let started = Date()
+        let model = try ModelLoader.load(nil, assets: assets)
+        var job = EraseJob(method: SCORE(config: config), request: request, baseFolder: model.folder, baseName: model.name,
+                           output: output.appendingPathComponent("erase"))
+        job.resume = resume
+        job.command = command
+        job.leakage = leakage
+        job.probes = try Workflows.judgeProbes()
+        log("erasing '\(concept)' with SCORE (\(config.steps) steps)")
+        try job.run(pipeline: model.pipeline, log: log)
+        let erased = try ModelLoader.load(output.appendingPathComponent("erase/model").path, assets: assets)
+        let original = try ModelLoader.load(nil, assets: assets)
+        let reportFolder = output.appendingPathComponent("report")
+        let evaluation = try Workflows.evaluate(model: erased, original: original, concept: concept, settings: settings, leakage: nil,
+                                                reportFolder: reportFolder, assets: assets, log: log)
+        log(String(format: "demo finished in %.1f min", Date().timeIntervalSince(started) / 60))
+        return (evaluation, reportFolder.appendingPathComponent("report.html"))
     }
 }
 

@@ -4,8 +4,8 @@ import Foundation
 import Tensor
 import Testbed
 
-/// The commands' work, so the CLI only parses flags: erasure requests for the testbed, `score
-/// evaluate` and `score demo`.
+/// What several commands share: erasure requests for the testbed, the judges' probes and the
+/// evaluation of an erased model on a testbed class.
 public enum Workflows {
     /// Templates the concept and its synonyms are placed in to form P_tgt.
     public static let targetTemplates = ["{}", "a photo of {a} {}", "a picture of {a} {}", "an image of {a} {}"]
@@ -84,42 +84,6 @@ public enum Workflows {
             log("wrote \(html.path)")
         }
         return evaluation
-    }
-
-    /// What the leakage estimate of `score evaluate` and `score benchmark` reads when there is no
-    /// leakage to find: `repeats` estimates of `prompt` against itself through `model`, with the
-    /// testbed's judges as probes. See `Leakage.noiseFloor`.
-    public static func leakageFloor(model: LoadedModel, prompt: String, options: LeakageOptions, repeats: Int,
-                                    log: @escaping (String) -> Void) throws -> LeakageFloor {
-        let reports = try Leakage.noiseFloor(prompt: prompt, pipeline: model.pipeline, options: options,
-                                             probes: try judgeProbes(), repeats: repeats, log: log)
-        return LeakageFloor(prompt: prompt, model: model.name, trajectories_per_class: options.trajectories, repeats: reports)
-    }
-
-    /// `score demo`: erase `concept` from the embedded mini-SD with SCORE, evaluate it against
-    /// the original and write the report. Returns the evaluation and the report's path.
-    public static func demo(concept: String, anchors: [String], config: SCOREConfig, settings: EvaluationSettings, leakage: LeakageOptions,
-                            output: URL, resume: Bool, command: String, assets: Assets = Assets(),
-                            log: @escaping (String) -> Void) throws -> (ObjectEvaluation, URL) {
-        let prompts = try FashionPrompts.bundled()
-        let request = try Self.request(concepts: [concept], synonyms: [], anchors: anchors, retain: nil, prompts: prompts)
-        let started = Date()
-        let model = try ModelLoader.load(nil, assets: assets)
-        var job = EraseJob(method: SCORE(config: config), request: request, baseFolder: model.folder, baseName: model.name,
-                           output: output.appendingPathComponent("erase"))
-        job.resume = resume
-        job.command = command
-        job.leakage = leakage
-        job.probes = try judgeProbes()
-        log("erasing '\(concept)' with SCORE (\(config.steps) steps)")
-        try job.run(pipeline: model.pipeline, log: log)
-        let erased = try ModelLoader.load(output.appendingPathComponent("erase/model").path, assets: assets)
-        let original = try ModelLoader.load(nil, assets: assets)
-        let reportFolder = output.appendingPathComponent("report")
-        let evaluation = try evaluate(model: erased, original: original, concept: concept, settings: settings, leakage: nil,
-                                      reportFolder: reportFolder, assets: assets, log: log)
-        log(String(format: "demo finished in %.1f min", Date().timeIntervalSince(started) / 60))
-        return (evaluation, reportFolder.appendingPathComponent("report.html"))
     }
 }
 

@@ -315,8 +315,8 @@ struct Benchmark: ParsableCommand {
 
     @Option(help: "Task: object (Fashion-MNIST classes), style (an emoji style), identity (an emoji character) or unsafe (the emoji weapons group).") var task = BenchmarkTask.object.rawValue
     @Option(help: "Concepts (comma-separated; default: sneaker, OpenMoji style, Santa Claus or weapons by task).") var concepts: String?
-    @Option(help: "Methods (comma-separated): original, score, score-retain-anchor (SCORE erasing towards the retained prompts), esd-x, esd-u, esd-all, esd-x-strict, uce.") var methods = "original,esd-x,esd-u,uce,score"
-    @Option(help: "Seeds per method.") var seeds = 1
+    @Option(help: "Methods (comma-separated): original, score, score-retain-anchor (SCORE erasing towards the retained prompts), esd-x, esd-u, esd-all, esd-x-strict, uce.") var methods = BenchmarkRun.defaultMethods.joined(separator: ",")
+    @Option(help: "Seeds per method.") var seeds = BenchmarkRun(task: .object, methods: []).seeds
     @Option(help: "Folder for the cells (default: runs/benchmark for object, runs/benchmark-<task> for the emoji tasks).") var out: String?
     @Option(help: "Markdown table to write (default: <out>/results.md).") var table: String?
     @Option(help: "Emoji tasks: the trained emoji mini-SD folder (`score train unet --testbed emoji` writes <out>/model).") var model: String?

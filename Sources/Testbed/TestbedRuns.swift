@@ -53,7 +53,7 @@ extension MiniSDTrainingOptions {
         func check(_ ok: Bool, _ message: String) throws { if !ok { throw TrainingError.invalidOption(message) } }
         try check(steps >= 1, "--steps must be at least 1, not \(steps)")
         try check(batchSize >= 1, "--batch must be at least 1, not \(batchSize)")
-        try check(learningRate > 0 && learningRate.isFinite, "--lr must be a positive number, not \(learningRate)")
+        try check(learningRate >= 0 && learningRate.isFinite, "--lr must be 0 or more, not \(learningRate)")
         try check(checkpointEvery >= 1, "--checkpoint-every must be at least 1, not \(checkpointEvery)")
         try check(offsetNoise >= 0 && offsetNoise.isFinite, "--offset-noise must be 0 or more, not \(offsetNoise)")
         if let stop = stopAfter {
@@ -145,7 +145,7 @@ extension JudgeTrainingOptions {
         try check(["cnn", "mlp"].contains(architecture), "--arch must be cnn or mlp, not '\(architecture)'")
         try check(steps >= 1, "--steps must be at least 1, not \(steps)")
         try check(batchSize >= 1, "--batch must be at least 1, not \(batchSize)")
-        try check(learningRate > 0 && learningRate.isFinite, "--lr must be a positive number, not \(learningRate)")
+        try check(learningRate >= 0 && learningRate.isFinite, "--lr must be 0 or more, not \(learningRate)")
         try check(checkpointEvery >= 1, "--checkpoint-every must be at least 1, not \(checkpointEvery)")
     }
 }
