@@ -5,8 +5,8 @@ import NN
 import Tensor
 import Testbed
 
-// Attacks that test an erased model's robustness on the Fashion-MNIST testbed (method.md,
-// "Attacks"): the paraphrase attack, the cheapest and always reported, and UnlearnDiffAtk
+// Attacks that test an erased model's robustness on the Fashion-MNIST testbed (docs/ATTACKS.md):
+// the paraphrase attack, the cheapest and always reported, and UnlearnDiffAtk
 // (Zhang et al. 2023), a white-box prompt attack. An instance is "broken" when the scoring judge
 // (the CNN by default) classifies its image as the erased concept.
 

@@ -42,14 +42,14 @@ public protocol BenchmarkCellRecord: Codable {
     var method: String { get }
     var seed: UInt64 { get }
     /// The erasure method's hyper-parameters as run.json records them (nil: the original model,
-    /// or a cell written before they were recorded).
+    /// or a cell file without this field).
     var method_config: String? { get set }
 }
 
 /// One finished cell of a benchmark: a method erasing one concept with one seed, measured by
 /// the task's evaluation.
 public struct BenchmarkCell<Evaluation: Codable & Sendable>: BenchmarkCellRecord, Sendable {
-    /// The emoji task ("style", "identity", "unsafe"); nil in object cells, which predate it.
+    /// The emoji task ("style", "identity", "unsafe"); nil in object cells.
     public var task: String? = nil
     public var concept: String
     public var method: String
@@ -65,7 +65,7 @@ public struct BenchmarkCell<Evaluation: Codable & Sendable>: BenchmarkCellRecord
     public var asr_unlearndiffatk_pre: Double?
     public var asr_unlearndiffatk_post: Double?
     /// Seconds per phase of the cell (erase, evaluate, leakage, each attack; the original
-    /// model's images once per concept). Absent in cells written before it was recorded.
+    /// model's images once per concept). Absent in cell files without this field.
     public var phase_seconds: [String: Double]? = nil
     public var method_config: String? = nil
 }

@@ -123,7 +123,7 @@ public enum ObjectEvaluator {
 
     /// `images(…)` of a model, kept in `file`: read back when the file was written for the same
     /// `key` (model, class, settings), else generated and written (atomically). A benchmark's
-    /// processes and sessions then judge one set of original-model images instead of each
+    /// processes and reruns then judge one set of original-model images instead of each
     /// sampling it again (minutes per concept on one core); the bits are those `images` returns.
     public static func cachedImages(file: URL, key: String, label: Int, prompts: FashionPrompts, settings: EvaluationSettings,
                                     generate: () throws -> EvaluationImages) throws -> EvaluationImages {

@@ -77,8 +77,8 @@ final class BenchmarkResumeTests: XCTestCase {
         XCTAssertEqual(measured, [])
     }
 
-    /// A cell records its method's hyper-parameters; one measured with others (a default changed
-    /// since) is measured again, one with the same is kept, and one from before the record is kept.
+    /// A cell records its method's hyper-parameters; one measured with others (a changed
+    /// default) is measured again, one with the same is kept, and one without the record is kept.
     func testCellsOfOtherHyperParametersAreMeasuredAgain() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bench-config-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: folder) }

@@ -76,7 +76,7 @@ final class DeterminismTests: XCTestCase {
     }
 
     /// 18 rows in 8 chunks of 3 leave the last chunk empty: a linear layer with bias, 1536 outputs (grain 2), on 18 rows
-    /// (MiniLM's feed-forward on two prompts of 9 tokens, as UnlearnDiffAtk's hit it) used to trap.
+    /// (MiniLM's feed-forward on two prompts of 9 tokens, as UnlearnDiffAtk runs it) must not trap.
     func testLinearWithBiasOnRowCountsThatLeaveEmptyChunks() {
         var g = RandomGenerator(seed: 4)
         let x = g.normal([18, 8]), w = g.normal([1536, 8]), b = g.normal([1536])

@@ -182,7 +182,7 @@ final class EmojiTests: XCTestCase {
         var larger = EmojiDataset.Options()
         larger.size = 48
         XCTAssertEqual(EmojiDataset.outputURL(assets: assets, options: larger), EmojiDataset.defaultURL(assets: assets, size: 48))
-        // A preview slice once replaced the full set that training and the checks read.
+        // A preview slice must not replace the full set that training and the checks read.
         var slice = EmojiDataset.Options()
         slice.codepoints = [0x1F385]
         var first = EmojiDataset.Options()

@@ -12,7 +12,7 @@ public struct EmojiModelCheck: Codable, Sendable {
     public var mean_identity_accuracy: Double
     public var kid: Double
     /// Whether ε̂ follows the per-channel mean of the noise (see `noiseMeanTracking`); nil in
-    /// checks written before it was measured.
+    /// check files without this field.
     public var noise_mean_tracking: [NoiseMeanTracking]?
     public var style_sample: [String]
     public var images_per_style: Int
