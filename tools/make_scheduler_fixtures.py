@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Scheduler parity fixtures from diffusers (DDPM, DDIM, Euler discrete).
+"""Scheduler parity fixtures from diffusers (DDPM, DDIM, Euler discrete, Euler ancestral, PNDM,
+DPM-Solver multistep).
 
 Writes Tests/DiffusionTests/Fixtures/schedulers/schedulers.json and schedulers.safetensors.
 
@@ -20,6 +21,14 @@ What is stored (read by Tests/DiffusionTests/SchedulerParityTests.swift):
     draw each step used; DDPM's draw is injected by replacing its randn_tensor, DDIM's passed
     as variance_noise; all-zero rows where the step adds no noise). Euler runs on the cosine
     schedule also get `run.<name>.samples_f64` (F64), the same loop in float64 (`euler_run_f64`).
+  * multistep_tables: per (config, class in PNDM / DPM-Solver / Euler ancestral, variant of
+    options, step count) the timesteps (and sigmas for DPM-Solver and Euler ancestral, plus
+    init_noise_sigma for the latter), or `"error"` with diffusers' exception where set_timesteps
+    fails (PNDM's Runge-Kutta path below 4 steps).
+  * runs of PNDM (PLMS with skip_prk_steps, and the Runge-Kutta start), DPM-Solver (2M, Karras,
+    order 1 and 3, heun, dpmsolver, sigma_min, lower_order_final off) and Euler ancestral (its
+    noise injected as DDPM's; `run.<name>.samples_f64` in float64 on the cosine schedule) share
+    the `runs` list and keys; PNDM and DPM-Solver store no `pred` (their step returns none).
   * helpers: per config, a batch of 4 with per-sample timesteps: original, noise, model_output,
     diffusers' add_noise (DDPM) and get_velocity, Euler's add_noise, x̂₀ from ε and from v
     (diffusers' DDIM pred_original_sample, one sample at a time) and the float64 references of
@@ -40,8 +49,10 @@ import os
 import numpy as np
 import torch
 import diffusers
-from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler)
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_module
 from safetensors.numpy import save_file
 
 torch.set_num_threads(1)
@@ -83,6 +94,17 @@ CONFIGS = {
 }
 CLASSES = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler,
            "EulerDiscreteScheduler": EulerDiscreteScheduler}
+MULTISTEP_CLASSES = {"PNDMScheduler": PNDMScheduler, "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+                     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler}
+ALL_CLASSES = dict(CLASSES, **MULTISTEP_CLASSES)
+# Option variants whose tables are stored for every config and step count.
+TABLE_VARIANTS = {
+    "PNDMScheduler": {"plms": {"skip_prk_steps": True}, "prk": {"skip_prk_steps": False}},
+    "DPMSolverMultistepScheduler": {"default": {}, "karras": {"use_karras_sigmas": True},
+                                    "sigma_min": {"final_sigmas_type": "sigma_min"},
+                                    "clipped": {"lambda_min_clipped": -5.1}},
+    "EulerAncestralDiscreteScheduler": {"default": {}},
+}
 TABLE_STEPS = [1, 3, 7, 10, 25, 50, 61]
 HELPER_TIMESTEPS = [0, 1, 500, 999]
 
@@ -90,7 +112,7 @@ HELPER_TIMESTEPS = [0, 1, 500, 999]
 def make(cls_name, config, **overrides):
     cfg = dict(config)
     cfg.update(overrides)
-    return CLASSES[cls_name].from_config(cfg)
+    return ALL_CLASSES[cls_name].from_config(cfg)
 
 
 # --- float64 references, written from the formulas (not from diffusers) ----------------------
@@ -111,6 +133,23 @@ def betas_f64(cfg):
 
 def alphas_cumprod_f64(cfg):
     return np.cumprod(1.0 - betas_f64(cfg))
+
+
+def karras_f64(cfg, steps):
+    """DPM-Solver's Karras table in float64: sigmas from the float64 training range, timesteps by
+    diffusers' own _sigma_to_t on float64 log sigmas (rounded, except for the cosine schedule;
+    then truncated to integers). diffusers' float32 range endpoints put its sigmas ~1e-4 off."""
+    a = alphas_cumprod_f64(cfg)
+    train = np.sqrt((1 - a) / a)
+    rho = 7.0
+    ramp = np.linspace(0, 1, steps)
+    lo, hi = train[0] ** (1 / rho), train[-1] ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    log_sigmas = np.log(train)
+    t = np.array([DPMSolverMultistepScheduler._sigma_to_t(None, s, log_sigmas) for s in sigmas])
+    if cfg.get("beta_schedule", "linear") != "squaredcos_cap_v2":
+        t = t.round()
+    return t.astype(np.int64).tolist(), sigmas.tolist() + [0.0]
 
 
 def euler_sigmas_f64(cfg, timesteps_f32, final="zero"):
@@ -153,30 +192,32 @@ def run_loop(s, steps, step_kwargs=None, stochastic=None):
         if stochastic == "ddim":
             kwargs["variance_noise"] = noise
             used = noise
-        elif stochastic == "ddpm":
+        elif stochastic in ("ddpm", "euler_a"):
+            module = ddpm_module if stochastic == "ddpm" else euler_a_module
             drawn = []
 
             def fake_randn(shape, generator=None, device=None, dtype=None, **kw):
                 drawn.append(noise)
                 return noise.clone()
 
-            saved = ddpm_module.randn_tensor
-            ddpm_module.randn_tensor = fake_randn
+            saved = module.randn_tensor
+            module.randn_tensor = fake_randn
             try:
                 r = s.step(out, t, x, return_dict=False, **kwargs)
             finally:
-                ddpm_module.randn_tensor = saved
+                module.randn_tensor = saved
             used = noise if drawn else used
-        if stochastic != "ddpm":
+        if stochastic not in ("ddpm", "euler_a"):
             r = s.step(out, t, x, return_dict=False, **kwargs)
-        x, pred = r[0], r[1]
+        x = r[0]
         samples.append(x.clone())
-        preds.append(pred.clone())
+        if len(r) > 1:
+            preds.append(r[1].clone())
         noises.append(used.clone())
-    return torch.stack(samples), torch.stack(preds), torch.stack(noises)
+    return torch.stack(samples), (torch.stack(preds) if preds else None), torch.stack(noises)
 
 
-def euler_run_f64(cfg, steps, timesteps_f32):
+def euler_run_f64(cfg, steps, timesteps_f32, noises=None):
     """The same Euler loop in float64 from float64 sigmas (model evaluated in float64): the exact
     trajectory that float32 runs approximate. Euler on the cosine schedule starts at σ ≈ 2e4,
     where float32 keeps ~3 digits of the first step's result, so diffusers' own float32 run is
@@ -198,7 +239,12 @@ def euler_run_f64(cfg, steps, timesteps_f32):
             x0 = eps * (-s / math.sqrt(s * s + 1)) + x / (s * s + 1)
         else:
             x0 = eps
-        x = x + (x - x0) / s * (nxt - s)
+        if noises is None:
+            x = x + (x - x0) / s * (nxt - s)
+        else:  # Euler ancestral: deterministic part down to sigma_down, then sigma_up * z
+            up = math.sqrt(nxt ** 2 * (s ** 2 - nxt ** 2) / s ** 2)
+            down = math.sqrt(nxt ** 2 - up ** 2)
+            x = x + (x - x0) / s * (down - s) + up * noises[k].double().numpy()
         out.append(x.copy())
     return np.stack(out)
 
@@ -218,7 +264,7 @@ def main():
         "diffusers": diffusers.__version__, "torch": torch.__version__, "numpy": np.__version__,
         "model": "eps[i] = 0.1*x[i] + 0.05*sin(t/100 + 0.1*i), sin in float64 rounded to float32",
         "shape": list(SHAPE),
-        "configs": CONFIGS, "tables": [], "runs": [], "helpers": [],
+        "configs": CONFIGS, "tables": [], "multistep_tables": [], "runs": [], "helpers": [],
     }
 
     for name, cfg in CONFIGS.items():
@@ -241,6 +287,27 @@ def main():
                     entry["sigmas_f64"] = euler_sigmas_f64(cfg, s.timesteps.numpy()).tolist()
                     entry["init_noise_sigma"] = float(s.init_noise_sigma)
                 doc["tables"].append(entry)
+
+        for cls, variants in TABLE_VARIANTS.items():
+            for variant, overrides in variants.items():
+                for steps in TABLE_STEPS:
+                    s = make(cls, cfg, **overrides)
+                    entry = {"config": name, "scheduler": cls, "variant": variant, "overrides": overrides,
+                             "steps": steps}
+                    try:
+                        s.set_timesteps(steps)
+                    except Exception as e:  # noqa: BLE001 - the failure is the fixture
+                        entry["error"] = f"{type(e).__name__}: {e}"
+                        doc["multistep_tables"].append(entry)
+                        continue
+                    entry["timesteps"] = [float(v) for v in s.timesteps.tolist()]
+                    if cls != "PNDMScheduler":
+                        entry["sigmas"] = [float(v) for v in s.sigmas.tolist()]
+                    if cls == "EulerAncestralDiscreteScheduler":
+                        entry["init_noise_sigma"] = float(s.init_noise_sigma)
+                    if overrides.get("use_karras_sigmas"):
+                        entry["timesteps_f64"], entry["sigmas_f64"] = karras_f64(cfg, steps)
+                    doc["multistep_tables"].append(entry)
 
         # helpers: add_noise / get_velocity / x0 with per-sample timesteps
         hshape = (4, 1, 3, 3)
@@ -282,13 +349,15 @@ def main():
         s = make(cls, CONFIGS[config], **overrides)
         samples, preds, noises = run_loop(s, steps, step_kwargs, stochastic)
         tensors[f"run.{rname}.samples"] = f32(samples)
-        if steps <= 10:  # keeps the file small; the samples of longer runs already check x̂₀
+        if steps <= 10 and preds is not None:  # keeps the file small; the samples of longer runs already check x̂₀
             tensors[f"run.{rname}.pred"] = f32(preds)
         if stochastic:
             tensors[f"run.{rname}.noise"] = f32(noises)
-        if cls == "EulerDiscreteScheduler" and CONFIGS[config].get("beta_schedule") == "squaredcos_cap_v2":
+        if cls in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler") \
+                and CONFIGS[config].get("beta_schedule") == "squaredcos_cap_v2":
             cfg = dict(CONFIGS[config], **overrides)
-            exact = euler_run_f64(cfg, steps, s.timesteps.numpy())
+            exact = euler_run_f64(cfg, steps, s.timesteps.numpy(),
+                                  noises if cls == "EulerAncestralDiscreteScheduler" else None)
             tensors[f"run.{rname}.samples_f64"] = exact
             gap = np.abs(samples.double().numpy() - exact) / np.maximum(1, np.abs(exact))
             print(f"  run {rname:40s} diffusers float32 vs float64 trajectory: {gap.max():.1e}")
@@ -312,6 +381,36 @@ def main():
                 {"variance_type": "fixed_small"}, None, "ddpm")
         add_run(f"{config}.ddpm.fixed_small_log.10", config, "DDPMScheduler", 10,
                 {"variance_type": "fixed_small_log"}, None, "ddpm")
+    # PNDM (SD 1.x folders ship it), DPM-Solver and Euler ancestral.
+    for config in ["sd15", "sd2v", "testbed", "linear_trailing"]:
+        for steps in [10, 25]:
+            add_run(f"{config}.pndm.plms.{steps}", config, "PNDMScheduler", steps, {"skip_prk_steps": True})
+            add_run(f"{config}.dpm.2m.{steps}", config, "DPMSolverMultistepScheduler", steps, {})
+            if config != "testbed":
+                # The cosine schedule's Karras table repeats its first timestep (σ rises steeply
+                # near t = 999), and diffusers' index_for_timestep then starts at the second
+                # entry and runs off the table's end; its table is stored, its run cannot be.
+                add_run(f"{config}.dpm.2m_karras.{steps}", config, "DPMSolverMultistepScheduler", steps,
+                        {"use_karras_sigmas": True})
+            add_run(f"{config}.euler_a.{steps}", config, "EulerAncestralDiscreteScheduler", steps, {},
+                    None, "euler_a")
+        add_run(f"{config}.pndm.prk.10", config, "PNDMScheduler", 10, {"skip_prk_steps": False})
+        add_run(f"{config}.dpm.3m.20", config, "DPMSolverMultistepScheduler", 20, {"solver_order": 3})
+        add_run(f"{config}.dpm.1.10", config, "DPMSolverMultistepScheduler", 10, {"solver_order": 1})
+        add_run(f"{config}.dpm.2m_heun_sigma_min.10", config, "DPMSolverMultistepScheduler", 10,
+                {"solver_type": "heun", "final_sigmas_type": "sigma_min"})
+        add_run(f"{config}.dpm.2m_no_lower_final_sigma_min.10", config, "DPMSolverMultistepScheduler", 10,
+                {"lower_order_final": False, "final_sigmas_type": "sigma_min"})
+        add_run(f"{config}.dpm.dpmsolver_3m_sigma_min.20", config, "DPMSolverMultistepScheduler", 20,
+                {"algorithm_type": "dpmsolver", "solver_order": 3, "final_sigmas_type": "sigma_min",
+                 "solver_type": "heun"})
+        add_run(f"{config}.dpm.2m_euler_final_sigma_min.20", config, "DPMSolverMultistepScheduler", 20,
+                {"euler_at_final": True, "final_sigmas_type": "sigma_min"})
+    add_run("sd15.pndm.prk_v.10", "sd15", "PNDMScheduler", 10,
+            {"skip_prk_steps": False, "prediction_type": "v_prediction"})
+    add_run("cos_linspace_sample.dpm.2m.10", "cos_linspace_sample", "DPMSolverMultistepScheduler", 10, {})
+    add_run("cos_linspace_sample.dpm.2m_clipped.10", "cos_linspace_sample", "DPMSolverMultistepScheduler", 10,
+            {"lambda_min_clipped": -5.1})
     add_run("linear_trailing.ddim.noclip.10", "linear_trailing", "DDIMScheduler", 10, {})
     add_run("linear_trailing.euler.10", "linear_trailing", "EulerDiscreteScheduler", 10, {})
     add_run("cos_linspace_sample.ddim.clip.10", "cos_linspace_sample", "DDIMScheduler", 10, {})

@@ -15,6 +15,7 @@ enum SchedulerFixtures {
     static var configs: [String: [String: Any]] { document["configs"] as! [String: [String: Any]] }
     static var tables: [[String: Any]] { document["tables"] as! [[String: Any]] }
     static var runs: [[String: Any]] { document["runs"] as! [[String: Any]] }
+    static var multistepTables: [[String: Any]] { document["multistep_tables"] as! [[String: Any]] }
     static var helpers: [[String: Any]] { document["helpers"] as! [[String: Any]] }
 
     static func tensor(_ key: String) -> Tensor { try! archive.tensor(key) }

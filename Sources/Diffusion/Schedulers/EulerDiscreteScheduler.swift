@@ -49,13 +49,28 @@ public struct EulerDiscreteScheduler: NoiseScheduler {
     }
 
     public func schedule(steps: Int) throws -> SamplingSchedule {
-        guard steps >= 1 else { throw SchedulerError.invalidStepCount(steps: steps, numTrainTimesteps: numTrainTimesteps) }
-        let timesteps = TimestepTable.continuous(spacing: timestepSpacing, steps: steps,
-                                                 trainTimesteps: numTrainTimesteps, offset: config.stepsOffset)
+        return try Self.sigmaSchedule(steps: steps, spacing: timestepSpacing, offset: config.stepsOffset,
+                                      trainSigmas: trainSigmas, finalSigma: finalSigmaIsMinimum ? trainSigmas[0] : 0)
+    }
+
+    /// The largest step count of the σ-parameterised (Euler) schedulers: diffusers allows more steps
+    /// than training timesteps there (fractional timesteps), so the bound only keeps the table's
+    /// allocation sane.
+    public static let maxSteps = 100_000
+
+    /// Euler's table (shared with Euler ancestral): float32 timesteps, σ interpolated linearly from
+    /// the training σ at them, then `finalSigma`; the initial noise's standard deviation follows
+    /// diffusers' rule (max σ, or √(max σ² + 1) for leading spacing).
+    static func sigmaSchedule(steps: Int, spacing: TimestepSpacing, offset: Int, trainSigmas: [Double],
+                              finalSigma: Double) throws -> SamplingSchedule {
+        guard steps >= 1 && steps <= maxSteps else {
+            throw SchedulerError.invalidStepCount(steps: steps, numTrainTimesteps: trainSigmas.count)
+        }
+        let timesteps = TimestepTable.continuous(spacing: spacing, steps: steps, trainTimesteps: trainSigmas.count, offset: offset)
         var sigmas = timesteps.map { NumpyReplica.interpolateOnIntegerGrid(Double($0), trainSigmas) }
-        sigmas.append(finalSigmaIsMinimum ? trainSigmas[0] : 0)
+        sigmas.append(finalSigma)
         let maxSigma = sigmas.max() ?? 0
-        let initSigma = timestepSpacing == .leading ? (maxSigma * maxSigma + 1).squareRoot() : maxSigma
+        let initSigma = spacing == .leading ? (maxSigma * maxSigma + 1).squareRoot() : maxSigma
         return SamplingSchedule(timesteps: timesteps, sigmas: sigmas, initNoiseSigma: initSigma, inferenceSteps: steps)
     }
 

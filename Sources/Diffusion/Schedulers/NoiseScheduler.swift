@@ -4,6 +4,9 @@ import Tensor
 /// The timesteps (and, for Euler, noise levels) of one sampling run: what diffusers'
 /// `set_timesteps(n)` leaves in the scheduler, as a value. Schedulers are stateless: each step is
 /// addressed by its index into this table, so one scheduler serves any number of concurrent runs.
+/// Multistep schedulers (PNDM, DPM-Solver) also need the model outputs of the run's earlier steps;
+/// they keep them in the schedule's `history`, so a schedule serves one run at a time (runs in
+/// parallel each make their own; runs one after another may share one).
 ///
 /// ```swift
 /// let schedule = try scheduler.schedule(steps: 25)
@@ -25,12 +28,15 @@ public struct SamplingSchedule: Sendable, Equatable {
     /// The step count asked for (DDIM's step size is num_train_timesteps div this; diffusers uses
     /// it even where the table has another length).
     public let inferenceSteps: Int
+    /// The earlier steps of the run in progress (multistep schedulers only; not part of the value).
+    public let history: SamplingHistory
 
     public init(timesteps: [Float], sigmas: [Double] = [], initNoiseSigma: Double = 1, inferenceSteps: Int) {
         self.timesteps = timesteps
         self.sigmas = sigmas
         self.initNoiseSigma = initNoiseSigma
         self.inferenceSteps = inferenceSteps
+        self.history = SamplingHistory()
     }
 
     public var count: Int { timesteps.count }
@@ -38,6 +44,47 @@ public struct SamplingSchedule: Sendable, Equatable {
 
     /// The timestep at `index` as an integer training timestep (DDPM/DDIM tables are integral).
     public func discreteTimestep(_ index: Int) -> Int { Int(timesteps[index]) }
+}
+
+/// What a multistep scheduler remembers of a run: per step index, the (converted) model output and
+/// the sample the step started from. diffusers keeps this in the scheduler object and resets it in
+/// `set_timesteps`; here it lives in the schedule.
+///
+/// A step continues the run when its index follows the last recorded one; index 0, or any other
+/// index, starts a new run (as diffusers' counters after `set_timesteps`, also for a run that
+/// starts part-way down the table). So sequential runs may share a schedule, and repeating a step
+/// restarts the history there.
+public final class SamplingHistory: @unchecked Sendable, Equatable {
+    public struct Step {
+        /// The model output as the scheduler keeps it (PNDM: raw; DPM-Solver: converted to x̂₀ or ε̂).
+        public var output: Tensor
+        /// The sample the step started from.
+        public var sample: Tensor
+    }
+
+    private let lock = NSLock()
+    private var steps: [Int: Step] = [:]
+    private var start = 0
+    private var last: Int?
+
+    public init() {}
+
+    /// Records step `index` and returns the run so far: the index the run started at and its steps
+    /// by index (`index` included).
+    public func record(index: Int, output: Tensor, sample: Tensor) -> (start: Int, steps: [Int: Step]) {
+        lock.lock()
+        defer { lock.unlock() }
+        if index == 0 || last != index - 1 {
+            steps = [:]
+            start = index
+        }
+        steps[index] = Step(output: output, sample: sample)
+        last = index
+        return (start, steps)
+    }
+
+    /// Run state, not part of a schedule's value.
+    public static func == (lhs: SamplingHistory, rhs: SamplingHistory) -> Bool { true }
 }
 
 /// One denoising step's result.
@@ -204,6 +251,9 @@ public enum SchedulerKind: String, Sendable, CaseIterable {
     case ddpm = "DDPMScheduler"
     case ddim = "DDIMScheduler"
     case eulerDiscrete = "EulerDiscreteScheduler"
+    case eulerAncestralDiscrete = "EulerAncestralDiscreteScheduler"
+    case pndm = "PNDMScheduler"
+    case dpmSolverMultistep = "DPMSolverMultistepScheduler"
 
     /// Builds this kind of scheduler from a config (any scheduler's config, as diffusers'
     /// `from_config`: keys the config lacks take this class's defaults).
@@ -212,6 +262,9 @@ public enum SchedulerKind: String, Sendable, CaseIterable {
         case .ddpm: return try DDPMScheduler(config: config)
         case .ddim: return try DDIMScheduler(config: config)
         case .eulerDiscrete: return try EulerDiscreteScheduler(config: config)
+        case .eulerAncestralDiscrete: return try EulerAncestralDiscreteScheduler(config: config)
+        case .pndm: return try PNDMScheduler(config: config)
+        case .dpmSolverMultistep: return try DPMSolverMultistepScheduler(config: config)
         }
     }
 }

@@ -71,8 +71,34 @@ public struct SchedulerConfig: Sendable, Equatable {
     /// DDPM/DDIM: clamp x̂₀ to ±`clipSampleRange` in each step.
     public var clipSample: Bool = true
     public var clipSampleRange: Double = 1
-    /// DDIM: ᾱ used after the last step: 1 when true, else ᾱ₀.
-    public var setAlphaToOne: Bool = true
+    /// DDIM/PNDM: ᾱ used after the last step: 1 when true, else ᾱ₀. The class defaults differ
+    /// (DDIM true, PNDM false), so the file's value is kept apart from the default.
+    public var setAlphaToOne: Bool {
+        get { setAlphaToOneValue ?? true }
+        set { setAlphaToOneValue = newValue }
+    }
+    /// `set_alpha_to_one` as the file gives it (nil: the scheduler class's default).
+    public var setAlphaToOneValue: Bool?
+    /// PNDM: skip the Runge–Kutta warm-up and run PLMS from the first step (SD 1.x configs set it;
+    /// the class default is false).
+    public var skipPrkSteps: Bool = false
+    /// DPM-Solver: the order of the multistep solver (1, 2 or 3; 2 is DPM-Solver++ 2M).
+    public var solverOrder: Int = 2
+    /// DPM-Solver: raw `algorithm_type` ("dpmsolver++" or "dpmsolver" are implemented).
+    public var algorithmType: String = "dpmsolver++"
+    /// DPM-Solver: raw `solver_type` of the second-order step ("midpoint" or "heun").
+    public var solverType: String = "midpoint"
+    /// DPM-Solver: lower the order for the last steps of runs under 15 steps.
+    public var lowerOrderFinal: Bool = true
+    /// DPM-Solver: a first-order step at the end whatever the step count.
+    public var eulerAtFinal: Bool = false
+    /// DPM-Solver: the timestep table stops where λ(t) = log(αₜ/σₜ) falls below this
+    /// (`lambda_min_clipped`; nil is diffusers' −∞, no clipping).
+    public var lambdaMinClipped: Double?
+    /// DPM-Solver: Lu et al.'s λ spacing, flow sigmas, dynamic shifting (not implemented: must be false).
+    public var useLuLambdas: Bool = false
+    public var useFlowSigmas: Bool = false
+    public var useDynamicShifting: Bool = false
     /// Dynamic thresholding (not implemented: must be false).
     public var thresholding: Bool = false
     /// DDPM: raw `variance_type`, checked when a DDPM scheduler is built.
@@ -83,7 +109,8 @@ public struct SchedulerConfig: Sendable, Equatable {
     public var finalSigmasType: String = "zero"
     /// Euler: raw `timestep_type` (only "discrete" is implemented).
     public var timestepType: String = "discrete"
-    /// Euler: Karras / exponential / beta sigmas (not implemented: must be false).
+    /// Euler: Karras / exponential / beta sigmas (not implemented there: must be false). DPM-Solver
+    /// implements Karras sigmas.
     public var useKarrasSigmas: Bool = false
     public var useExponentialSigmas: Bool = false
     public var useBetaSigmas: Bool = false
@@ -109,11 +136,18 @@ public struct SchedulerConfig: Sendable, Equatable {
     /// Parses the JSON text of a scheduler config; `source` names it in error messages.
     public init(json data: Data, source: String = "<in-memory scheduler config>") throws {
         let decoder = JSONDecoder()
+        // diffusers writes configs with Python's json, which spells −∞ as `-Infinity`
+        // (`lambda_min_clipped` of every DPM-Solver config it saves); JSON5 reads that.
+        decoder.allowsJSON5 = true
         decoder.userInfo[SchedulerConfig.sourceKey] = source
         do {
             self = try decoder.decode(SchedulerConfig.self, from: data)
         } catch let error as SchedulerError {
             throw error
+        } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {
+            // A number that does not fit the key's type (1e30 for an integer count).
+            throw SchedulerError.invalidValue(key: context.codingPath.first?.stringValue ?? "?",
+                                              reason: context.debugDescription, source: source)
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
             guard !context.codingPath.isEmpty else {
                 throw SchedulerError.unreadableConfig(source: source, reason: "not a JSON object")
@@ -127,6 +161,10 @@ public struct SchedulerConfig: Sendable, Equatable {
         self.source = source
     }
 
+    /// The largest `num_train_timesteps` accepted: the tables are a few arrays of this length
+    /// (8 MB each at the limit); real models use 1000 (a few, 4000).
+    public static let maxTrainTimesteps = 1_000_000
+
     static let sourceKey = CodingUserInfoKey(rawValue: "score.schedulerConfigSource")!
 
     /// The effective spacing for a scheduler whose class default is `classDefault`.
@@ -136,8 +174,23 @@ public struct SchedulerConfig: Sendable, Equatable {
 
     /// Checks the values every scheduler relies on (counts, ranges, trained betas).
     func validateCommon() throws {
-        if numTrainTimesteps < 1 {
-            throw SchedulerError.invalidValue(key: "num_train_timesteps", reason: "must be at least 1, is \(numTrainTimesteps)", source: source)
+        if numTrainTimesteps < 1 || numTrainTimesteps > SchedulerConfig.maxTrainTimesteps {
+            throw SchedulerError.invalidValue(
+                key: "num_train_timesteps",
+                reason: "must be in 1...\(SchedulerConfig.maxTrainTimesteps), is \(numTrainTimesteps)", source: source)
+        }
+        if trainedBetas == nil {
+            for (key, value) in [("beta_start", betaStart), ("beta_end", betaEnd)] where !(value >= 0 && value < 1) {
+                throw SchedulerError.invalidValue(key: key, reason: "must be in [0, 1), is \(value)", source: source)
+            }
+        }
+        if stepsOffset < 0 || stepsOffset >= numTrainTimesteps {
+            throw SchedulerError.invalidValue(
+                key: "steps_offset", reason: "must be in 0..<num_train_timesteps (\(numTrainTimesteps)), is \(stepsOffset)",
+                source: source)
+        }
+        if !clipSampleRange.isFinite {
+            throw SchedulerError.invalidValue(key: "clip_sample_range", reason: "must be finite, is \(clipSampleRange)", source: source)
         }
         if let trainedBetas, trainedBetas.count != numTrainTimesteps {
             throw SchedulerError.invalidValue(
@@ -186,6 +239,16 @@ extension SchedulerConfig: Codable {
         case clipSample = "clip_sample"
         case clipSampleRange = "clip_sample_range"
         case setAlphaToOne = "set_alpha_to_one"
+        case skipPrkSteps = "skip_prk_steps"
+        case solverOrder = "solver_order"
+        case algorithmType = "algorithm_type"
+        case solverType = "solver_type"
+        case lowerOrderFinal = "lower_order_final"
+        case eulerAtFinal = "euler_at_final"
+        case lambdaMinClipped = "lambda_min_clipped"
+        case useLuLambdas = "use_lu_lambdas"
+        case useFlowSigmas = "use_flow_sigmas"
+        case useDynamicShifting = "use_dynamic_shifting"
         case thresholding
         case varianceType = "variance_type"
         case interpolationType = "interpolation_type"
@@ -207,6 +270,16 @@ extension SchedulerConfig: Codable {
             // JSON null means "use the default", as it does for diffusers' keyword arguments.
             try c.decodeIfPresent(T.self, forKey: key) ?? fallback
         }
+        // Counts are read as numbers first, so that 1e30 is an error naming the key (the decoder
+        // reports an integer it cannot hold as invalid JSON, without the key).
+        func integer(_ key: CodingKeys, _ fallback: Int) throws -> Int {
+            guard let number = try c.decodeIfPresent(Double.self, forKey: key) else { return fallback }
+            guard number.rounded() == number, Swift.abs(number) <= 9_007_199_254_740_992 else {
+                throw SchedulerError.invalidValue(key: key.rawValue, reason: "must be an integer of at most 2^53, is \(number)",
+                                                  source: source)
+            }
+            return Int(number)
+        }
         func enumValue<E: RawRepresentable & CaseIterable>(_ key: CodingKeys, _ type: E.Type) throws -> E?
         where E.RawValue == String {
             guard let raw = try c.decodeIfPresent(String.self, forKey: key) else { return nil }
@@ -214,17 +287,29 @@ extension SchedulerConfig: Codable {
         }
 
         config.className = try c.decodeIfPresent(String.self, forKey: .className)
-        config.numTrainTimesteps = try value(.numTrainTimesteps, config.numTrainTimesteps)
+        config.numTrainTimesteps = try integer(.numTrainTimesteps, config.numTrainTimesteps)
         config.betaStart = try value(.betaStart, config.betaStart)
         config.betaEnd = try value(.betaEnd, config.betaEnd)
         config.betaSchedule = try enumValue(.betaSchedule, BetaSchedule.self) ?? config.betaSchedule
         config.trainedBetas = try c.decodeIfPresent([Double].self, forKey: .trainedBetas)
         config.predictionType = try enumValue(.predictionType, PredictionType.self) ?? config.predictionType
         config.timestepSpacing = try enumValue(.timestepSpacing, TimestepSpacing.self)
-        config.stepsOffset = try value(.stepsOffset, config.stepsOffset)
+        config.stepsOffset = try integer(.stepsOffset, config.stepsOffset)
         config.clipSample = try value(.clipSample, config.clipSample)
         config.clipSampleRange = try value(.clipSampleRange, config.clipSampleRange)
-        config.setAlphaToOne = try value(.setAlphaToOne, config.setAlphaToOne)
+        config.setAlphaToOneValue = try c.decodeIfPresent(Bool.self, forKey: .setAlphaToOne)
+        config.skipPrkSteps = try value(.skipPrkSteps, config.skipPrkSteps)
+        config.solverOrder = try integer(.solverOrder, config.solverOrder)
+        config.algorithmType = try value(.algorithmType, config.algorithmType)
+        config.solverType = try value(.solverType, config.solverType)
+        config.lowerOrderFinal = try value(.lowerOrderFinal, config.lowerOrderFinal)
+        config.eulerAtFinal = try value(.eulerAtFinal, config.eulerAtFinal)
+        if let clipped = try c.decodeIfPresent(Double.self, forKey: .lambdaMinClipped), clipped != -.infinity {
+            config.lambdaMinClipped = clipped
+        }
+        config.useLuLambdas = try value(.useLuLambdas, config.useLuLambdas)
+        config.useFlowSigmas = try value(.useFlowSigmas, config.useFlowSigmas)
+        config.useDynamicShifting = try value(.useDynamicShifting, config.useDynamicShifting)
         config.thresholding = try value(.thresholding, config.thresholding)
         config.varianceType = try value(.varianceType, config.varianceType)
         config.interpolationType = try value(.interpolationType, config.interpolationType)
@@ -251,7 +336,17 @@ extension SchedulerConfig: Codable {
         try c.encode(stepsOffset, forKey: .stepsOffset)
         try c.encode(clipSample, forKey: .clipSample)
         try c.encode(clipSampleRange, forKey: .clipSampleRange)
-        try c.encode(setAlphaToOne, forKey: .setAlphaToOne)
+        try c.encodeIfPresent(setAlphaToOneValue, forKey: .setAlphaToOne)
+        try c.encode(skipPrkSteps, forKey: .skipPrkSteps)
+        try c.encode(solverOrder, forKey: .solverOrder)
+        try c.encode(algorithmType, forKey: .algorithmType)
+        try c.encode(solverType, forKey: .solverType)
+        try c.encode(lowerOrderFinal, forKey: .lowerOrderFinal)
+        try c.encode(eulerAtFinal, forKey: .eulerAtFinal)
+        try c.encodeIfPresent(lambdaMinClipped, forKey: .lambdaMinClipped)
+        try c.encode(useLuLambdas, forKey: .useLuLambdas)
+        try c.encode(useFlowSigmas, forKey: .useFlowSigmas)
+        try c.encode(useDynamicShifting, forKey: .useDynamicShifting)
         try c.encode(thresholding, forKey: .thresholding)
         try c.encode(varianceType, forKey: .varianceType)
         try c.encode(interpolationType, forKey: .interpolationType)
@@ -272,8 +367,11 @@ public enum SchedulerError: Error, Equatable, CustomStringConvertible {
     case invalidValue(key: String, reason: String, source: String)
     /// The file could not be read or is not a JSON object.
     case unreadableConfig(source: String, reason: String)
-    /// `steps` is not in 1...num_train_timesteps.
+    /// `steps` is not in 1...`numTrainTimesteps` (the Euler schedulers' limit is
+    /// `EulerDiscreteScheduler.maxSteps` instead; PNDM's Runge–Kutta warm-up needs at least 4).
     case invalidStepCount(steps: Int, numTrainTimesteps: Int)
+    /// A combination of steps and options the scheduler cannot build a table for.
+    case invalidSchedule(reason: String, source: String)
     /// The spacing produced a timestep outside 0..<num_train_timesteps (e.g. `leading` with
     /// `steps_offset` 1 and as many steps as training timesteps, or `trailing` with a step count
     /// where numpy's arange yields one value too many). diffusers would index out of range.
@@ -288,7 +386,9 @@ public enum SchedulerError: Error, Equatable, CustomStringConvertible {
         case let .unreadableConfig(source, reason):
             return "\(source): cannot read scheduler config: \(reason)"
         case let .invalidStepCount(steps, n):
-            return "number of inference steps \(steps) must be in 1...\(n) (num_train_timesteps)"
+            return "number of inference steps \(steps) must be in 1...\(n)"
+        case let .invalidSchedule(reason, source):
+            return "\(source): \(reason)"
         case let .timestepOutOfRange(t, steps, spacing, source):
             return "\(source): \(spacing.rawValue) spacing with \(steps) steps gives timestep \(t), outside the training range"
         }
