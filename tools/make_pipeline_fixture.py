@@ -35,8 +35,8 @@ import tempfile
 
 import torch
 from safetensors.torch import save_file
-from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
-                       UNet2DConditionModel)
+from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                       PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel)
 from transformers import CLIPTextModel, CLIPTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +58,14 @@ CASES = [
          scheduler="DDIMScheduler"),
     dict(name="euler_negative", prompts=["the quick brown fox"], negative_prompt="blurry", guidance=5.0, steps=3,
          scheduler="EulerDiscreteScheduler"),
+    # SD 1.x folders ship PNDM with skip_prk_steps; DPM-Solver++ 2M with Karras sigmas.
+    dict(name="pndm_plms", prompts=["a photo of a cat", "a red bird"], negative_prompt="", guidance=7.5, steps=5,
+         scheduler="PNDMScheduler", scheduler_overrides={"skip_prk_steps": True}),
+    dict(name="dpm_karras", prompts=["a dog on the grass"], negative_prompt="blurry", guidance=6.0, steps=5,
+         scheduler="DPMSolverMultistepScheduler", scheduler_overrides={"use_karras_sigmas": True}),
 ]
+SCHEDULER_CLASSES = {"DDIMScheduler": DDIMScheduler, "EulerDiscreteScheduler": EulerDiscreteScheduler,
+                     "PNDMScheduler": PNDMScheduler, "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler}
 
 
 def assemble(folder):
@@ -105,10 +112,8 @@ def run_cases(folder):
     gen = torch.Generator().manual_seed(12)
     for case in CASES:
         name = case["name"]
-        if case["scheduler"] == "EulerDiscreteScheduler":
-            pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-        else:
-            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        config = dict(pipe.scheduler.config, **case.get("scheduler_overrides", {}))
+        pipe.scheduler = SCHEDULER_CLASSES[case["scheduler"]].from_config(config)
         noise = torch.randn((len(case["prompts"]), latent_channels, size, size), generator=gen).float()
         with torch.no_grad():
             latents = pipe(case["prompts"], negative_prompt=[case["negative_prompt"]] * len(case["prompts"]),

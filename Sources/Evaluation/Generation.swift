@@ -19,7 +19,9 @@ public struct GenerationRun: Sendable {
     public var seed: UInt64 = 0
     public var negativePrompt = ""
     /// nil: the model's scheduler_config.json.
-    public var scheduler: SchedulerKind?
+    public var scheduler: SamplerName?
+    /// The weights variant of a diffusers `--model` folder (diffusers' `variant=`; nil: the plain weights).
+    public var variant: String?
     public var numImages = 1
     public var gridRows: Int?
     public var height: Int?
@@ -40,6 +42,7 @@ public struct GenerationRun: Sendable {
         if let guidance { try check(guidance.isFinite, "--guidance must be a number, not \(guidance)") }
         if let height { try check(height >= 1, "--height must be at least 1, not \(height)") }
         if let width { try check(width >= 1, "--width must be at least 1, not \(width)") }
+        try check(variant == nil || model != nil, "--variant reads a --model folder's weights; give --model")
         _ = try OutputPath.file(output, flag: "--out")
     }
 
@@ -68,8 +71,9 @@ public struct GenerationRun: Sendable {
                     progress: ((Int, Int) -> Void)? = nil) throws -> GenerationResult {
         try validate()
         let started = Date()
-        let pipeline = try ModelLoader.load(model, assets: assets).pipeline
-        if let scheduler { pipeline.scheduler = try scheduler.make(config: pipeline.scheduler.config) }
+        let pipeline = try variant.map { try StableDiffusionPipeline(directory: URL(fileURLWithPath: model ?? ""), variant: $0) }
+            ?? ModelLoader.load(model, assets: assets).pipeline
+        if let scheduler { pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(scheduler, config: pipeline.scheduler.config) }
         let height = self.height ?? pipeline.defaultHeight, width = self.width ?? pipeline.defaultWidth
         let guidance = self.guidance ?? (model == nil ? DefaultModel.guidance : Self.folderGuidance)
         let rowPrompts: [String]

@@ -6,17 +6,7 @@ import Foundation
 import Testbed
 
 /// `--scheduler` values.
-enum SchedulerChoice: String, ExpressibleByArgument, CaseIterable {
-    case ddim, euler, ddpm
-
-    var kind: SchedulerKind {
-        switch self {
-        case .ddim: return .ddim
-        case .euler: return .eulerDiscrete
-        case .ddpm: return .ddpm
-        }
-    }
-}
+extension SamplerName: ExpressibleByArgument {}
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,7 +29,9 @@ struct Generate: ParsableCommand {
     var guidance: Float?
     @Option(help: "Random seed.") var seed = defaults.seed
     @Option(help: "Negative prompt (the unconditional text of guidance).") var negative = defaults.negativePrompt
-    @Option(help: "Sampler: ddim, euler or ddpm (default: the model's scheduler_config.json).") var scheduler: SchedulerChoice?
+    @Option(help: "Sampler: \(SamplerName.allCases.map(\.rawValue).joined(separator: ", ")) (default: the model's scheduler_config.json).")
+    var scheduler: SamplerName?
+    @Option(help: "Weights variant of a diffusers --model folder (fp16, bf16, …; diffusers' variant=).") var variant: String?
     @Option(help: "Images to generate (tiled into one grid image when more than one).") var numImages = defaults.numImages
     @Option(help: "Rows of the grid (default: one row).") var gridRows: Int?
     @Option(help: "Image height in pixels (default: the model's).") var height: Int?
@@ -55,7 +47,8 @@ struct Generate: ParsableCommand {
         run.guidance = guidance
         run.seed = seed
         run.negativePrompt = negative
-        run.scheduler = scheduler?.kind
+        run.scheduler = scheduler
+        run.variant = variant
         run.numImages = numImages
         run.gridRows = gridRows
         run.height = height

@@ -36,6 +36,8 @@ enum PipelineFixture {
         let guidance: Float
         let steps: Int
         let scheduler: String
+        /// Scheduler config keys the case sets over the folder's config.
+        let scheduler_overrides: [String: Bool]?
     }
 
     static func cases() throws -> [Case] {

@@ -17,6 +17,12 @@ final class PipelineTests: XCTestCase {
         let reference = try PipelineFixture.reference()
         for c in try PipelineFixture.cases() {
             let pipeline = try StableDiffusionPipeline(directory: folder, scheduler: kind(c.scheduler))
+            if let overrides = c.scheduler_overrides {
+                var object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(pipeline.scheduler.config)) as! [String: Any]
+                for (key, value) in overrides { object[key] = value }
+                let config = try SchedulerConfig(json: JSONSerialization.data(withJSONObject: object), source: c.name)
+                pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(kind(c.scheduler), config: config)
+            }
             let noise = try reference.tensor("\(c.name).noise")
             let latents = try pipeline.sampleLatents(prompts: c.prompts, negativePrompt: c.negative_prompt, steps: c.steps,
                                                      guidance: c.guidance, seed: 0, initialNoise: noise)
@@ -232,20 +238,26 @@ final class PipelineTests: XCTestCase {
         let sharded = try StableDiffusionPipeline(directory: folder)
         for ((name, a), (_, b)) in zip(parameters, sharded.unet.namedParameters()) { assertSameBits(b, a, "sharded \(name)") }
 
-        // fp16 / bf16 variants (diffusion_pytorch_model.fp16.safetensors) as the only weights.
-        for file in try FileManager.default.contentsOfDirectory(atPath: unetFolder.path) where file.contains("safetensors") {
-            try FileManager.default.removeItem(at: unetFolder.appendingPathComponent(file))
-        }
-        let variant = unetFolder.appendingPathComponent("diffusion_pytorch_model.fp16.safetensors")
-        for dtype in [DType.f16, .bf16] {
-            try Tensor.save(base.unet.stateDict(), to: variant, dtype: dtype)
-            let loaded = try StableDiffusionPipeline(directory: folder)
+        // fp16 / bf16 variants (diffusion_pytorch_model.<variant>.safetensors) as the only weights:
+        // read with the variant asked for; without one, an error that names the variants (diffusers
+        // reads only the plain file then).
+        for (variant, dtype) in [("fp16", DType.f16), ("bf16", .bf16)] {
+            for file in try FileManager.default.contentsOfDirectory(atPath: unetFolder.path) where file.contains("safetensors") {
+                try FileManager.default.removeItem(at: unetFolder.appendingPathComponent(file))
+            }
+            try base.unet.save(to: unetFolder, dtype: dtype, variant: variant)
+            XCTAssertTrue(FileManager.default.fileExists(atPath: unetFolder.appendingPathComponent("diffusion_pytorch_model.\(variant).safetensors").path))
+            let loaded = try StableDiffusionPipeline(directory: folder, variant: variant)
             for ((name, a), (_, b)) in zip(parameters, loaded.unet.namedParameters()) {
                 if dtype == .f16 { assertSameBits(b, a, "f16 \(name)") } else {
                     XCTAssertLessThanOrEqual(relativeError(b, a), 1.0 / 128, "bf16 \(name)")
                 }
             }
         }
+        expectError(try StableDiffusionPipeline(directory: folder),
+                    mentioning: [unetFolder.path, "holds the variant bf16", "--variant bf16"], "no variant asked, only bf16 present")
+        expectError(try StableDiffusionPipeline(directory: folder, variant: "ema"), mentioning: [folder.path, "ema"],
+                    "a variant no component has")
     }
 
     // MARK: Errors
@@ -326,8 +338,11 @@ final class PipelineTests: XCTestCase {
         var object = try JSONSerialization.jsonObject(with: Data(contentsOf: config)) as! [String: Any]
         object["_class_name"] = "PNDMScheduler"
         try JSONSerialization.data(withJSONObject: object).write(to: config)
-        expectError(try StableDiffusionPipeline(directory: folder), mentioning: [config.path, "PNDMScheduler", "--scheduler"],
-                    "PNDM")
+        XCTAssertTrue(try StableDiffusionPipeline(directory: folder).scheduler is PNDMScheduler, "SD 1.x folders ship PNDM")
+        object["_class_name"] = "LMSDiscreteScheduler"
+        try JSONSerialization.data(withJSONObject: object).write(to: config)
+        expectError(try StableDiffusionPipeline(directory: folder), mentioning: [config.path, "LMSDiscreteScheduler", "--scheduler"],
+                    "LMS")
         XCTAssertTrue(try StableDiffusionPipeline(directory: folder, scheduler: .ddim).scheduler is DDIMScheduler)
         XCTAssertTrue(try StableDiffusionPipeline(directory: folder, scheduler: .eulerDiscrete).scheduler is EulerDiscreteScheduler)
     }

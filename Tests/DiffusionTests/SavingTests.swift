@@ -62,11 +62,14 @@ final class SavingTests: XCTestCase {
                 XCTAssertLessThanOrEqual(relativeError(tensor, unet.stateDict()[name]!), dtype == .f16 ? 1e-3 : 1e-2, name)
             }
         }
-        // Saving again over the folder works; a folder with a competing weights file is refused.
+        // Saving again over the folder works; a competing weights file of the same variant (here a
+        // sharded index the loader would read first) is refused; another variant's file may stay.
         try unet.save(to: dir.appendingPathComponent("unet32"))
         try Tensor.save([:], to: dir.appendingPathComponent("unet32/diffusion_pytorch_model.fp16.safetensors"))
+        try unet.save(to: dir.appendingPathComponent("unet32"))
+        try Data("{}".utf8).write(to: dir.appendingPathComponent("unet32/diffusion_pytorch_model.safetensors.index.json"))
         expectError(try unet.save(to: dir.appendingPathComponent("unet32")),
-                    mentioning: ["diffusion_pytorch_model.fp16.safetensors", "another weights file"], "conflict")
+                    mentioning: ["diffusion_pytorch_model.safetensors.index.json", "another weights file"], "conflict")
         expectError(try unet.save(to: dir.appendingPathComponent("x"), dtype: .i64), mentioning: ["F32, F16 or BF16"], "dtype")
     }
 

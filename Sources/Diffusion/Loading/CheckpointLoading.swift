@@ -165,17 +165,113 @@ public func loadModule(_ module: Module, from url: URL, rules: [KeyRewriteRule] 
     }
 }
 
-/// The weights file of a diffusers model folder (`unet/`, `vae/`): the sharded index if there is
-/// one, else `diffusion_pytorch_model.safetensors`, else its `.fp16` variant.
-public func diffusersWeightsFile(in directory: URL) throws -> URL {
-    let candidates = [
-        "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors",
-    ]
-    for name in candidates {
-        let url = directory.appendingPathComponent(name)
-        if FileManager.default.fileExists(atPath: url.path) { return url }
+// MARK: Variants
+
+/// Weights variants as diffusers and transformers name them (`variant="fp16"`):
+/// `<prefix>.<variant>.safetensors`, sharded as `<prefix>.<variant>-00001-of-00002.safetensors`
+/// with the index `<prefix>.safetensors.index.<variant>.json` (or the older
+/// `<prefix>.safetensors.<variant>.index.json`). `prefix` is `diffusion_pytorch_model` for
+/// diffusers models, `model` for transformers ones.
+///
+/// The rules are diffusers' `from_pretrained` for a local folder:
+/// - a model folder read with a variant uses that variant's index or file and nothing else (no
+///   fallback to the plain weights);
+/// - read without one, it uses `<prefix>.safetensors.index.json` or `<prefix>.safetensors` only: a
+///   folder holding only `…bf16.safetensors` is an error, which here names the variants present;
+/// - a pipeline read with a variant loads it for each component folder that has a file of it
+///   (`_identify_model_variants`) and the plain weights for the others, and fails when no
+///   component has it (`WeightsVariant.components`).
+public enum WeightsVariant {
+    /// The weights file (or sharded index) of `directory` for `variant` (nil: the plain weights).
+    public static func file(in directory: URL, prefix: String, variant: String?) throws -> URL {
+        if let variant { try validate(variant) }
+        let candidates: [String]
+        if let variant {
+            candidates = ["\(prefix).safetensors.index.\(variant).json", "\(prefix).safetensors.\(variant).index.json",
+                          "\(prefix).\(variant).safetensors"]
+        } else {
+            candidates = ["\(prefix).safetensors.index.json", "\(prefix).safetensors"]
+        }
+        for name in candidates {
+            let url = directory.appendingPathComponent(name)
+            if FileManager.default.fileExists(atPath: url.path) { return url }
+        }
+        let present = variants(in: directory, prefix: prefix)
+        var reason = "no \(variant.map { "\($0) variant of the " } ?? "")weights (\(candidates.joined(separator: ", "))) in the folder"
+        if !present.isEmpty {
+            reason += "; it holds the variant\(present.count == 1 ? "" : "s") \(present.joined(separator: ", ")): "
+                + "choose one (variant: \"\(present[0])\", --variant \(present[0]))"
+        } else if variant != nil && FileManager.default.fileExists(atPath: directory.appendingPathComponent("\(prefix).safetensors").path) {
+            reason += "; it holds only the plain weights: read it without a variant"
+        }
+        throw SafeTensorsError.cannotOpen(file: directory.appendingPathComponent(candidates.last!).path, reason: reason)
     }
-    throw SafeTensorsError.cannotOpen(file: directory.appendingPathComponent(candidates[1]).path,
-                                      reason: "no diffusers weights (\(candidates.joined(separator: ", "))) in the folder")
+
+    /// The variants whose weights `directory` holds, sorted (`fp16`, `bf16`, `ema`, …).
+    public static func variants(in directory: URL, prefix: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        return Set(names.compactMap { weightsFile(named: $0, prefix: prefix) ?? nil }).sorted()
+    }
+
+    /// Whether `name` is a weights file (or index) of `prefix`: nil when not, `.some(nil)` for the
+    /// plain weights, `.some(variant)` for a variant's.
+    public static func weightsFile(named name: String, prefix: String) -> String?? {
+        if name == "\(prefix).safetensors" || name == "\(prefix).safetensors.index.json" { return .some(nil) }
+        if name.range(of: "^\(prefix)-\\d{5}-of-\\d{5}\\.safetensors$", options: .regularExpression) != nil { return .some(nil) }
+        guard name.hasPrefix(prefix + ".") else {
+            // The older sharded variant names: <prefix>-00001-of-00002.<variant>.safetensors.
+            if name.hasPrefix(prefix + "-"), name.hasSuffix(".safetensors") {
+                let parts = name.split(separator: ".")
+                if parts.count == 3 { return .some(String(parts[1])) }
+            }
+            return nil
+        }
+        let parts = name.dropFirst(prefix.count + 1).split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        if parts.count == 2, parts[1] == "safetensors", parts[0] != "safetensors", !parts[0].isEmpty {
+            // <prefix>.<variant>.safetensors or <prefix>.<variant>-0000k-of-0000n.safetensors
+            return .some(parts[0].replacingOccurrences(of: #"-\d{5}-of-\d{5}$"#, with: "", options: .regularExpression))
+        }
+        if parts.count == 4, parts[0] == "safetensors", parts[1] == "index", parts[3] == "json" { return .some(parts[2]) }
+        if parts.count == 4, parts[0] == "safetensors", parts[2] == "index", parts[3] == "json" { return .some(parts[1]) }
+        return nil
+    }
+
+    /// Whether a component folder takes `variant` in a pipeline read with it: diffusers'
+    /// `_identify_model_variants`, a file whose second dot-separated part starts with the variant.
+    public static func folder(_ directory: URL, has variant: String) -> Bool {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        return names.contains { name in
+            let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+            return parts.count > 1 && parts[1].hasPrefix(variant)
+        }
+    }
+
+    /// The variant each component folder of a pipeline loads for `variant`: the variant where the
+    /// folder has it, nil (the plain weights) elsewhere. Fails, as diffusers does, when no
+    /// component has it.
+    public static func components(_ folders: [String: URL], variant: String?, pipeline: URL) throws -> [String: String?] {
+        guard let variant else { return folders.mapValues { _ in nil } }
+        try validate(variant)
+        let chosen = folders.mapValues { folder($0, has: variant) ? variant : nil }
+        if !chosen.values.contains(where: { $0 != nil }) {
+            throw SafeTensorsError.cannotOpen(
+                file: pipeline.path,
+                reason: "no component (\(folders.keys.sorted().joined(separator: ", "))) has weights of the variant \(variant)")
+        }
+        return chosen
+    }
+
+    /// A variant is one file-name part: letters, digits, `_` and `-`.
+    static func validate(_ variant: String) throws {
+        let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "_-"))
+        guard !variant.isEmpty, variant.unicodeScalars.allSatisfy(allowed.contains) else {
+            throw SafeTensorsError.cannotOpen(file: variant, reason: "a weights variant is a name such as fp16 or bf16 (letters, digits, _ and -)")
+        }
+    }
+}
+
+/// The weights file of a diffusers model folder (`unet/`, `vae/`) for `variant` (see
+/// `WeightsVariant`): the sharded index if there is one, else `diffusion_pytorch_model[.variant].safetensors`.
+public func diffusersWeightsFile(in directory: URL, variant: String? = nil) throws -> URL {
+    try WeightsVariant.file(in: directory, prefix: "diffusion_pytorch_model", variant: variant)
 }

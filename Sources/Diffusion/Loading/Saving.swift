@@ -79,11 +79,13 @@ private func configObject<C: Encodable>(_ config: C, adding extra: [String: Any]
     return object
 }
 
-/// Creates `directory` and checks that no other weights file in it would be read instead of `keep`.
-private func prepareFolder(_ directory: URL, keep: String, stem: String) throws {
+/// Creates `directory` and checks that no other weights file of the same variant (nil: the plain
+/// weights) in it would be read instead of `keep`; other variants' files may stay beside it.
+private func prepareFolder(_ directory: URL, keep: String, stem: String, variant: String?) throws {
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     let present = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
-    for name in present where name != keep && name.hasPrefix(stem) && (name.hasSuffix(".safetensors") || name.hasSuffix(".index.json")) {
+    for name in present where name != keep {
+        guard let fileVariant = WeightsVariant.weightsFile(named: name, prefix: stem), fileVariant == variant else { continue }
         throw SavingError.conflictingFile(directory.appendingPathComponent(name),
                                           reason: "another weights file is in the folder, and loaders may read it instead of \(keep); remove it or save elsewhere")
     }
@@ -91,12 +93,15 @@ private func prepareFolder(_ directory: URL, keep: String, stem: String) throws 
 
 /// Writes a diffusers model folder: `config.json` (every field, with `_class_name` and
 /// `_diffusers_version`) and `diffusion_pytorch_model.safetensors` (`dtype` F32, F16 or BF16;
-/// metadata `format: pt`). The weights are written before the config.
+/// metadata `format: pt`). The weights are written before the config. `variant` names the file
+/// `diffusion_pytorch_model.<variant>.safetensors`, as diffusers' `save_pretrained(variant=)`
+/// (other variants' files may stay in the folder).
 private func saveDiffusersModel<Config: Encodable>(_ module: Module, config: Config, className: String,
-                                                   to directory: URL, dtype: DType) throws {
+                                                   to directory: URL, dtype: DType, variant: String?) throws {
     try checkWritable(dtype)
-    let weightsName = "diffusion_pytorch_model.safetensors"
-    try prepareFolder(directory, keep: weightsName, stem: "diffusion_pytorch_model")
+    if let variant { try WeightsVariant.validate(variant) }
+    let weightsName = "diffusion_pytorch_model\(variant.map { ".\($0)" } ?? "").safetensors"
+    try prepareFolder(directory, keep: weightsName, stem: "diffusion_pytorch_model", variant: variant)
     let object = try configObject(config, adding: ["_class_name": className, "_diffusers_version": savedDiffusersVersion])
     try writeSafeTensors(entries(module.namedParameters(), dtype: dtype), metadata: ["format": "pt"],
                          to: directory.appendingPathComponent(weightsName))
@@ -105,15 +110,17 @@ private func saveDiffusersModel<Config: Encodable>(_ module: Module, config: Con
 
 extension UNet2DConditionModel {
     /// Saves the model as a diffusers `unet/` folder (see `saveDiffusersModel`).
-    public func save(to directory: URL, dtype: DType = .f32) throws {
-        try saveDiffusersModel(self, config: config, className: "UNet2DConditionModel", to: directory, dtype: dtype)
+    public func save(to directory: URL, dtype: DType = .f32, variant: String? = nil) throws {
+        try saveDiffusersModel(self, config: config, className: "UNet2DConditionModel", to: directory, dtype: dtype,
+                               variant: variant)
     }
 }
 
 extension FluxTransformer2DModel {
     /// Saves the model as a diffusers `transformer/` folder (see `saveDiffusersModel`).
-    public func save(to directory: URL, dtype: DType = .f32) throws {
-        try saveDiffusersModel(self, config: config, className: "FluxTransformer2DModel", to: directory, dtype: dtype)
+    public func save(to directory: URL, dtype: DType = .f32, variant: String? = nil) throws {
+        try saveDiffusersModel(self, config: config, className: "FluxTransformer2DModel", to: directory, dtype: dtype,
+                               variant: variant)
     }
 }
 
@@ -121,10 +128,12 @@ extension CLIPTextModel {
     /// Saves the model as a transformers `text_encoder/` folder: `config.json` (with
     /// `model_type` clip_text_model and `architectures` [CLIPTextModel]) and `model.safetensors`
     /// with every key under `text_model.` (the SD checkpoints' layout; `dtype` F32, F16 or BF16).
-    public func save(to directory: URL, dtype: DType = .f32) throws {
+    /// `variant` names the file `model.<variant>.safetensors`, as transformers' `save_pretrained(variant=)`.
+    public func save(to directory: URL, dtype: DType = .f32, variant: String? = nil) throws {
         try checkWritable(dtype)
-        let weightsName = "model.safetensors"
-        try prepareFolder(directory, keep: weightsName, stem: "model")
+        if let variant { try WeightsVariant.validate(variant) }
+        let weightsName = "model\(variant.map { ".\($0)" } ?? "").safetensors"
+        try prepareFolder(directory, keep: weightsName, stem: "model", variant: variant)
         var extra: [String: Any] = ["model_type": "clip_text_model", "architectures": ["CLIPTextModel"]]
         extra["torch_dtype"] = dtype == .f16 ? "float16" : dtype == .bf16 ? "bfloat16" : "float32"
         let config = try configObject(self.config, adding: extra)

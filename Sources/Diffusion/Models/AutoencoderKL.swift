@@ -336,12 +336,13 @@ public final class AutoencoderKL: Module {
     }
 
     /// Builds the model from a diffusers `vae/` folder: `config.json` and
-    /// `diffusion_pytorch_model[.fp16].safetensors` (legacy attention key names are accepted).
-    public convenience init(directory: URL) throws {
+    /// `diffusion_pytorch_model.safetensors` or that of `variant` (see `WeightsVariant`; legacy
+    /// attention key names are accepted).
+    public convenience init(directory: URL, variant: String? = nil) throws {
         let config = try AutoencoderKLConfig(contentsOf: directory.appendingPathComponent("config.json"))
         var generator = RandomGenerator(seed: 0)
         try self.init(config: config, generator: &generator)
-        try loadModule(self, from: try diffusersWeightsFile(in: directory))
+        try loadModule(self, from: try diffusersWeightsFile(in: directory, variant: variant))
     }
 
     /// Latents are multiplied by this after encoding and divided by it before decoding (0.18215 for SD 1.x/2.x).

@@ -664,12 +664,13 @@ public final class UNet2DConditionModel: Module {
     }
 
     /// Builds the model from a diffusers `unet/` folder: `config.json` and
-    /// `diffusion_pytorch_model[.fp16].safetensors` (or its sharded `.safetensors.index.json`).
-    public convenience init(directory: URL) throws {
+    /// `diffusion_pytorch_model.safetensors` (or its sharded index), or those of `variant`
+    /// (`diffusion_pytorch_model.fp16.safetensors`; see `WeightsVariant`).
+    public convenience init(directory: URL, variant: String? = nil) throws {
         let config = try UNet2DConditionConfig(contentsOf: directory.appendingPathComponent("config.json"))
         var generator = RandomGenerator(seed: 0)
         try self.init(config: config, generator: &generator)
-        try loadModule(self, from: try diffusersWeightsFile(in: directory))
+        try loadModule(self, from: try diffusersWeightsFile(in: directory, variant: variant))
     }
 
     /// An independent copy with the same config and weights, for a frozen reference model beside

@@ -5,7 +5,7 @@ import Tensor
 // Loading a diffusers pipeline folder:
 //
 //     model_index.json                  which class each component is
-//     unet/       config.json + diffusion_pytorch_model[.fp16].safetensors (or a sharded index)
+//     unet/       config.json + diffusion_pytorch_model[.<variant>].safetensors (or a sharded index)
 //     vae/        the same (optional: pixel-space models have none)
 //     text_encoder/ + tokenizer/        CLIP (transformers layout)
 //     scheduler/scheduler_config.json
@@ -70,6 +70,18 @@ extension StableDiffusionPipeline {
         return try kind.make(config: config)
     }
 
+    /// A sampler by its short name, built from `config` (see `SamplerName`).
+    public static func makeScheduler(_ name: SamplerName, config: SchedulerConfig) throws -> any NoiseScheduler {
+        var config = config
+        if name == .dpmSolverPlusPlus2MKarras { config.useKarrasSigmas = true }
+        if name == .dpmSolverPlusPlus2M || name == .dpmSolverPlusPlus2MKarras {
+            // The sampler the name means, whatever DPM options the folder's config carries.
+            config.algorithmType = "dpmsolver++"
+            config.solverOrder = 2
+        }
+        return try makeScheduler(name.kind, config: config)
+    }
+
     /// Loads a diffusers pipeline folder (see the file's notes).
     ///
     /// - Parameters:
@@ -78,7 +90,11 @@ extension StableDiffusionPipeline {
     ///   - scheduler: a scheduler class to use instead of the one `scheduler_config.json` names
     ///     (built from that config, as diffusers' `from_config`). DDIM recomputes ε̂ from the
     ///     clipped x̂₀ when the config clips samples (docs/testbed.md; no effect otherwise).
-    public convenience init(directory: URL, textEncoder: (any TextEncoder)? = nil, scheduler kind: SchedulerKind? = nil) throws {
+    ///   - variant: the weights variant to read (`fp16`, `bf16`, …) as diffusers' `variant=`: each
+    ///     component folder that has it loads it, the others their plain weights, and a variant no
+    ///     component has is an error (`WeightsVariant`). nil reads the plain weights only.
+    public convenience init(directory: URL, textEncoder: (any TextEncoder)? = nil, scheduler kind: SchedulerKind? = nil,
+                            variant: String? = nil) throws {
         let index = try PipelineIndex(directory: directory)
 
         func folder(_ name: String) throws -> URL {
@@ -107,6 +123,12 @@ extension StableDiffusionPipeline {
             vaeFolder = try folder("vae")
         }
 
+        // The weights variant of each component with weights (diffusers' _identify_model_variants).
+        var weightFolders = ["unet": directory.appendingPathComponent("unet")]
+        if let vaeFolder { weightFolders["vae"] = vaeFolder }
+        if textEncoder == nil { weightFolders["text_encoder"] = directory.appendingPathComponent("text_encoder") }
+        let variants = try WeightsVariant.components(weightFolders, variant: variant, pipeline: directory)
+
         // The text encoder: the one passed in, else CLIP from the folder.
         let encoder: any TextEncoder
         if let textEncoder {
@@ -123,7 +145,7 @@ extension StableDiffusionPipeline {
             }
             _ = try folder("text_encoder")
             _ = try folder("tokenizer")
-            encoder = try CLIPTextEncoder(directory: directory)
+            encoder = try CLIPTextEncoder(directory: directory, variant: variants["text_encoder"] ?? nil)
         }
 
         // The scheduler: its config, and the class to build from it.
@@ -142,15 +164,44 @@ extension StableDiffusionPipeline {
                 let supported = SchedulerKind.allCases.map(\.rawValue).joined(separator: ", ")
                 throw PipelineError.unsupportedComponent(
                     file: schedulerConfigURL, component: "the scheduler", className: name,
-                    hint: "implemented: \(supported); choose one to build from this config (scheduler: .ddim, --scheduler ddim)")
+                    hint: "implemented: \(supported); choose one to build from this config (scheduler: .ddim, --scheduler "
+                        + SamplerName.allCases.map(\.rawValue).joined(separator: "|") + ")")
             }
             schedulerKind = known
         }
         let scheduler = try Self.makeScheduler(schedulerKind, config: schedulerConfig)
 
         // The big components last, so that cheap mistakes fail fast.
-        let unet = try UNet2DConditionModel(directory: try folder("unet"))
-        let vae = try vaeFolder.map { try AutoencoderKL(directory: $0) }
+        let unet = try UNet2DConditionModel(directory: try folder("unet"), variant: variants["unet"] ?? nil)
+        let vae = try vaeFolder.map { try AutoencoderKL(directory: $0, variant: variants["vae"] ?? nil) }
         try self.init(textEncoder: encoder, unet: unet, vae: vae, scheduler: scheduler)
+    }
+}
+
+/// The samplers by the short names tools use for them (`score generate --scheduler`): a scheduler
+/// class, plus the options the name implies, built from a folder's scheduler config as diffusers'
+/// `from_config`.
+public enum SamplerName: String, CaseIterable, Sendable {
+    case ddim
+    case ddpm
+    case euler
+    /// Euler ancestral (noise drawn at every step).
+    case eulerAncestral = "euler-a"
+    /// PNDM with the config's own `skip_prk_steps` (SD 1.x: PLMS).
+    case pndm
+    /// DPM-Solver++ 2M.
+    case dpmSolverPlusPlus2M = "dpm++2m"
+    /// DPM-Solver++ 2M with Karras sigmas.
+    case dpmSolverPlusPlus2MKarras = "dpm++2m-karras"
+
+    public var kind: SchedulerKind {
+        switch self {
+        case .ddim: return .ddim
+        case .ddpm: return .ddpm
+        case .euler: return .eulerDiscrete
+        case .eulerAncestral: return .eulerAncestralDiscrete
+        case .pndm: return .pndm
+        case .dpmSolverPlusPlus2M, .dpmSolverPlusPlus2MKarras: return .dpmSolverMultistep
+        }
     }
 }

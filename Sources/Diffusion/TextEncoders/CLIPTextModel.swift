@@ -229,13 +229,13 @@ public final class CLIPTextModel: Module {
         self.init(config: config, generator: &generator)
     }
 
-    /// Loads `config.json` and `model.safetensors` (or its sharded index, or the fp16 variant)
-    /// from a transformers model folder such as diffusers' `text_encoder/`.
-    public static func load(from directory: URL) throws -> CLIPTextModel {
+    /// Loads `config.json` and `model.safetensors` (or its sharded index, or those of `variant`,
+    /// see `WeightsVariant`) from a transformers model folder such as diffusers' `text_encoder/`.
+    public static func load(from directory: URL, variant: String? = nil) throws -> CLIPTextModel {
         let configURL = directory.appendingPathComponent("config.json")
         let config = try CheckpointFiles.decode(CLIPTextConfig.self, from: configURL, what: "the CLIP text config")
         let model = CLIPTextModel(config: config)
-        try model.load(from: try CheckpointFiles.weights(in: directory))
+        try model.load(from: try CheckpointFiles.weights(in: directory, variant: variant))
         model.eval()
         return model
     }
@@ -356,10 +356,10 @@ public final class CLIPTextEncoder: TextEncoder {
     /// Loads a diffusers pipeline folder: `<directory>/text_encoder/` (config.json,
     /// model.safetensors) and `<directory>/tokenizer/` (vocab.json, merges.txt, tokenizer
     /// configs). SDXL's second encoder is `textEncoderFolder: "text_encoder_2",
-    /// tokenizerFolder: "tokenizer_2"`.
+    /// tokenizerFolder: "tokenizer_2"`. `variant` picks the weights variant (`WeightsVariant`).
     public convenience init(directory: URL, textEncoderFolder: String = "text_encoder",
-                            tokenizerFolder: String = "tokenizer", clipSkip: Int = 0) throws {
-        let model = try CLIPTextModel.load(from: directory.appendingPathComponent(textEncoderFolder))
+                            tokenizerFolder: String = "tokenizer", clipSkip: Int = 0, variant: String? = nil) throws {
+        let model = try CLIPTextModel.load(from: directory.appendingPathComponent(textEncoderFolder), variant: variant)
         let tokenizer = try CLIPTokenizer(directory: directory.appendingPathComponent(tokenizerFolder))
         try self.init(model: model, tokenizer: tokenizer, clipSkip: clipSkip)
     }

@@ -124,11 +124,13 @@ func batchShape(_ inputIds: [[Int]], _ who: String) -> (Int, Int) {
 // MARK: Loading helpers shared by the encoders
 
 enum CheckpointFiles {
-    /// The weights file of a transformers model folder: `model.safetensors`, its sharded index,
-    /// or the fp16 variant.
-    static func weights(in directory: URL) throws -> URL {
-        for name in ["model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors",
-                     "model.fp16.safetensors.index.json"] {
+    /// The weights file of a transformers model folder: `model.safetensors` or its sharded index,
+    /// or those of `variant` (`model.fp16.safetensors`; see `WeightsVariant`).
+    static func weights(in directory: URL, variant: String? = nil) throws -> URL {
+        if variant != nil || !WeightsVariant.variants(in: directory, prefix: "model").isEmpty {
+            return try WeightsVariant.file(in: directory, prefix: "model", variant: variant)
+        }
+        for name in ["model.safetensors", "model.safetensors.index.json"] {
             let url = directory.appendingPathComponent(name)
             if FileManager.default.fileExists(atPath: url.path) { return url }
         }
