@@ -12,6 +12,13 @@ let package = Package(
         .executable(name: "score", targets: ["score"]),
         .library(name: "Tensor", targets: ["Tensor"]),
         .library(name: "NN", targets: ["NN"]),
+        // The library API (README "Use as a library"; Examples/ builds against it): the diffusers
+        // stack, the erasure methods, and the testbed's measurements with what they need.
+        .library(name: "SafeTensors", targets: ["SafeTensors"]),
+        .library(name: "Diffusion", targets: ["Diffusion"]),
+        .library(name: "Erasure", targets: ["Erasure"]),
+        .library(name: "Testbed", targets: ["Testbed"]),
+        .library(name: "Evaluation", targets: ["Evaluation"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
