@@ -252,4 +252,29 @@ final class SCORETests: XCTestCase {
         XCTAssertEqual(saved.losses["erase"]?.count, 3)
         XCTAssertNotNil(try ErasedModel.manifest(in: folder.appendingPathComponent("out/model")))
     }
+
+    /// A run into an earlier run's folder replaces all of its outputs (the mask an ESD run does not
+    /// write goes too) and clears what an interrupted run left behind.
+    func testEraseJobReplacesAnEarlierRunsOutputsTogether() throws {
+        let folder = Tiny.temporaryFolder("replace")
+        let base = folder.appendingPathComponent("base"), out = folder.appendingPathComponent("out")
+        try Tiny.save(try Tiny.pipeline(), to: base)
+        func job(_ method: any ErasureMethod) -> EraseJob {
+            var job = EraseJob(method: method, request: Self.request, baseFolder: base, baseName: base.path, output: out)
+            job.leakage = nil
+            return job
+        }
+        try job(SCORE(config: Self.tinyConfig(steps: 2))).run(pipeline: try Tiny.pipeline(), log: { _ in })
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out.appendingPathComponent("mask.safetensors").path))
+        for leftover in [".staging/model", ".model.partial/unet"] {
+            try FileManager.default.createDirectory(at: out.appendingPathComponent(leftover), withIntermediateDirectories: true)
+        }
+        try Data("x".utf8).write(to: out.appendingPathComponent(".checkpoint.safetensors.1234.tmp"))
+
+        try job(ESD(config: BaselineTests.tinyESD(iterations: 2))).run(pipeline: try Tiny.pipeline(), log: { _ in })
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.path).sorted(),
+                       ["checkpoint.safetensors", "config.json", "model", "run.json"])
+        XCTAssertEqual(try ErasureRecord.read(from: out.appendingPathComponent("run.json")).method, "esd")
+        XCTAssertEqual(try ErasedModel.manifest(in: out.appendingPathComponent("model"))?.method, "esd")
+    }
 }
