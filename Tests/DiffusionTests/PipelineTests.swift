@@ -235,6 +235,24 @@ final class PipelineTests: XCTestCase {
                     mentioning: ["non-finite activations detected in sampling at step 1/3"], "NaN weight")
     }
 
+    /// A flow model's velocity drives the same loop: with the exact velocity ε − x₀ of the
+    /// straight path, flow-matching Euler steps from ε land on x₀.
+    func testFlowMatchingRunsTheSameLoop() throws {
+        let scheduler = try FlowMatchEulerDiscreteScheduler()
+        let schedule = try scheduler.schedule(steps: 4)
+        var g = RandomGenerator(seed: 2)
+        let x0 = g.normal([1, 2, 4, 4])
+        var generators = [RandomGenerator(seed: 3)]
+        let noise = initialNoise(shape: [1, 2, 4, 4], schedule: schedule, generators: &generators)
+        var timesteps: [Float] = []
+        let result = try denoise(noise, scheduler: scheduler, schedule: schedule, generators: &generators) { _, t in
+            timesteps.append(t)
+            return noise - x0
+        }
+        XCTAssertEqual(timesteps, schedule.timesteps)
+        assertClose(result, x0, tolerance: 1e-5, "Euler on a straight path")
+    }
+
     func testPredictNoiseRecordsGradientsForTraining() throws {
         let pipeline = try StableDiffusionPipeline(directory: try PipelineFixture.folder(self))
         let key = pipeline.unet.stateDict()["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"]!

@@ -29,11 +29,12 @@ public enum DenoisingControl {
 ///
 /// The model sits behind `model(input, timestep)`, which returns what the scheduler steps with
 /// (for Stable Diffusion, the guided UNet output of `StableDiffusionPipeline.denoise`), so a
-/// velocity-predicting flow model runs the same loop with its own closure and scheduler.
+/// velocity-predicting flow model runs the same loop with its own closure and a flow scheduler
+/// (`FlowMatchEulerDiscreteScheduler`).
 /// `observe` is called after every step (to record xₜ and the prediction, to report progress)
 /// and may stop the run there. A sample that is no longer finite ends the run with
 /// `PipelineError.nonFiniteSample` naming the step. Not wrapped in `noGrad`: the caller decides.
-public func denoise(_ sample: Tensor, scheduler: any NoiseScheduler, schedule: SamplingSchedule, steps: Range<Int>? = nil,
+public func denoise(_ sample: Tensor, scheduler: any SamplingScheduler, schedule: SamplingSchedule, steps: Range<Int>? = nil,
                     generators: inout [RandomGenerator], observe: ((DenoisingStep) -> DenoisingControl)? = nil,
                     model: (_ input: Tensor, _ timestep: Float) -> Tensor) throws -> Tensor {
     let steps = steps ?? schedule.indices
