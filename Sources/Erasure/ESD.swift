@@ -95,10 +95,15 @@ public struct ESD: ErasureMethod {
             throw ErasureError.invalidRequest(
                 "ESD has no anchor (its target is the unconditional prediction); drop --anchor '\(concept.anchor)' for '\(concept.name)' or use --method score or uce")
         }
-        return try TrainingRun.train(context: context) {
+        return try TrainingRun.train(config: config, request: request, context: context) {
             try ESDRun(config: config, request: request, pipeline: pipeline)
         }
     }
+}
+
+extension ESDConfig: TrainingConfig {
+    var steps: Int { iterations }
+    static let resumableKeys: Set<String> = ["iterations", "checkpointEvery"]
 }
 
 /// The state of one ESD run, trained by `TrainingRun`.
@@ -118,10 +123,8 @@ final class ESDRun: FineTuning {
     /// but from the stream of its iteration (`noiseIndex`), so a resumed run needs no more state.
     var generator: RandomGenerator
 
-    var method: String { "esd" }
-    var steps: Int { config.iterations }
-    var checkpointEvery: Int { config.checkpointEvery }
-    var resumableKeys: Set<String> { ["iterations", "checkpointEvery"] }
+    typealias Config = ESDConfig
+    static let method = "esd"
     var model: Module { pipeline.unet }
 
     init(config: ESDConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline) throws {

@@ -132,10 +132,14 @@ public struct SCORE: ErasureMethod {
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
-        return try TrainingRun.train(context: context) {
+        return try TrainingRun.train(config: config, request: request, context: context) {
             try SCORERun(config: config, request: request, pipeline: pipeline, log: context.log)
         }
     }
+}
+
+extension SCOREConfig: TrainingConfig {
+    static let resumableKeys: Set<String> = ["steps", "checkpointEvery"]
 }
 
 /// The state of one SCORE run, trained by `TrainingRun`.
@@ -162,10 +166,8 @@ final class SCORERun: FineTuning {
     private(set) var optimizer: any Optimizer = SGD([], learningRate: 0)
     var generator: RandomGenerator
 
-    var method: String { "score" }
-    var steps: Int { config.steps }
-    var checkpointEvery: Int { config.checkpointEvery }
-    var resumableKeys: Set<String> { ["steps", "checkpointEvery"] }
+    typealias Config = SCOREConfig
+    static let method = "score"
     var model: Module { pipeline.unet }
 
     init(config: SCOREConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline, log: (String) -> Void) throws {

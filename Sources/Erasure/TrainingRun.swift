@@ -13,19 +13,21 @@ struct StepLosses {
     var recorded: [(String, Float)] = []
 }
 
-/// A fine-tuning erasure method as `TrainingRun` drives it: the method holds its state (frozen
-/// copy, pools, critics) and says what one step's losses are; the harness owns the rest.
-protocol FineTuning: AnyObject {
-    associatedtype Config: Encodable
-    /// The method's name, as checkpoints record it.
-    var method: String { get }
-    var config: Config { get }
-    var request: ErasureRequest { get }
+/// What the harness reads from a fine-tuning method's config.
+protocol TrainingConfig: Encodable {
     /// Steps of the whole run, and the checkpoint interval.
     var steps: Int { get }
     var checkpointEvery: Int { get }
     /// The config keys a resumed run may change (the step count, the checkpoint interval).
-    var resumableKeys: Set<String> { get }
+    static var resumableKeys: Set<String> { get }
+}
+
+/// A fine-tuning erasure method as `TrainingRun` drives it: the method holds its state (frozen
+/// copy, pools, critics) and says what one step's losses are; the harness owns the rest.
+protocol FineTuning: AnyObject {
+    associatedtype Config: TrainingConfig
+    /// The method's name, as checkpoints record it.
+    static var method: String { get }
     /// The model being trained and its trainable tensors.
     var model: Module { get }
     var trainable: [(name: String, tensor: Tensor)] { get }
@@ -64,19 +66,25 @@ extension FineTuning {
 /// a named stop on a non-finite loss that keeps the last good checkpoint), progress with ETA,
 /// checkpoints with the elapsed time, and `ErasureContext.stopAfter`.
 enum TrainingRun {
-    /// Sets the run up (timed with it: pools, saliency) and trains it to its last step.
-    static func train<Run: FineTuning>(context: ErasureContext, setUp: () throws -> Run) throws -> ErasureOutcome {
+    /// Checks a checkpoint to resume from against `config` and `request` (before any work), sets
+    /// the run up (timed with it: pools, saliency) and trains it to its last step.
+    static func train<Run: FineTuning>(config: Run.Config, request: ErasureRequest, context: ErasureContext,
+                                       setUp: () throws -> Run) throws -> ErasureOutcome {
         let started = Date()
-        let run = try setUp()
         let log = context.log
         let url = context.output?.appendingPathComponent("checkpoint.safetensors")
-        var step = 0, losses: [String: [Float]] = [:], earlierSeconds = 0.0
+        var resumed: ErasureCheckpoint?
         if context.resume, let url, FileManager.default.fileExists(atPath: url.path) {
-            let checkpoint = try ErasureCheckpoint(contentsOf: url, method: run.method, config: run.config,
-                                                   request: run.request, resumableKeys: run.resumableKeys)
-            guard checkpoint.step <= run.steps else {
-                throw ErasureError.invalidConfig("\(url.path) is at step \(checkpoint.step), past the \(run.steps) steps asked for; ask for at least \(checkpoint.step) or use a new --out")
+            let checkpoint = try ErasureCheckpoint(contentsOf: url, method: Run.method, config: config, request: request,
+                                                   resumableKeys: Run.Config.resumableKeys)
+            guard checkpoint.step <= config.steps else {
+                throw ErasureError.invalidConfig("\(url.path) is at step \(checkpoint.step), past the \(config.steps) steps asked for; ask for at least \(checkpoint.step) or use a new --out")
             }
+            resumed = checkpoint
+        }
+        let run = try setUp()
+        var step = 0, losses: [String: [Float]] = [:], earlierSeconds = 0.0
+        if let checkpoint = resumed, let url {
             try checkpoint.restore(trainable: run.trainable, optimizer: run.optimizer)
             try run.restore(from: checkpoint)
             (step, losses, earlierSeconds) = (checkpoint.step, checkpoint.losses, checkpoint.seconds)
@@ -85,13 +93,13 @@ enum TrainingRun {
         } else {
             try run.begin(log: log)
         }
-        var progress = ProgressReporter(total: run.steps, unit: "steps", print: log)
+        var progress = ProgressReporter(total: config.steps, unit: "steps", print: log)
         let firstStep = step
         func outcome(stoppedEarly: Bool) -> ErasureOutcome {
             ErasureOutcome(losses: losses, steps: step, masks: run.masks, stoppedEarly: stoppedEarly,
                            trainableParameters: run.trainable.reduce(0) { $0 + $1.tensor.count }, earlierSeconds: earlierSeconds)
         }
-        while step < run.steps {
+        while step < config.steps {
             let terms = try run.losses(step: step)
             if let (term, _) = terms.checked.first(where: { !$0.1.isFinite }) {
                 let kept = url.flatMap { FileManager.default.fileExists(atPath: $0.path) ? $0.path : nil }
@@ -105,13 +113,13 @@ enum TrainingRun {
             for (term, value) in terms.checked + terms.recorded { losses[term, default: []].append(value) }
             try run.afterUpdate(done: step)
             progress.report(step: step, firstStep: firstStep, items: step - firstStep, values: run.progress(losses))
-            if let url, step % run.checkpointEvery == 0 || step == run.steps || step == context.stopAfter {
-                try ErasureCheckpoint.write(to: url, method: run.method, config: run.config, request: run.request, step: step,
+            if let url, step % config.checkpointEvery == 0 || step == config.steps || step == context.stopAfter {
+                try ErasureCheckpoint.write(to: url, method: Run.method, config: config, request: request, step: step,
                                             generator: run.generator, losses: losses,
                                             seconds: earlierSeconds + Date().timeIntervalSince(started),
                                             trainable: run.trainable, optimizer: run.optimizer, extra: run.checkpointTensors())
             }
-            if step == context.stopAfter, step < run.steps { return outcome(stoppedEarly: true) }
+            if step == context.stopAfter, step < config.steps { return outcome(stoppedEarly: true) }
         }
         return outcome(stoppedEarly: false)
     }

@@ -120,10 +120,15 @@ final class SCORETests: XCTestCase {
         _ = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: try Tiny.pipeline(),
                                                       context: ErasureContext(output: folder, stopAfter: 4))
         func refusal(_ config: SCOREConfig, _ request: ErasureRequest = SCORETests.request) -> String {
+            var logged: [String] = []
             do {
-                _ = try SCORE(config: config).erase(request, pipeline: try Tiny.pipeline(), context: ErasureContext(output: folder, resume: true))
+                _ = try SCORE(config: config).erase(request, pipeline: try Tiny.pipeline(),
+                                                    context: ErasureContext(output: folder, resume: true) { logged.append($0) })
                 return ""
-            } catch { return "\(error)" }
+            } catch {
+                XCTAssertEqual(logged, [], "refused before any work")
+                return "\(error)"
+            }
         }
         var other = Self.tinyConfig()
         other.lambdaAdversarial = 0.5
@@ -155,19 +160,20 @@ final class SCORETests: XCTestCase {
     /// A method whose loss turns NaN at its third step: the harness names the term and the step
     /// and keeps the checkpoint of step 2, which a resumed run continues from.
     func testNonFiniteLossStopsKeepingTheLastGoodCheckpoint() throws {
+        struct Settings: TrainingConfig {
+            var steps = 5
+            var checkpointEvery = 1
+            static let resumableKeys: Set<String> = []
+        }
         final class Diverging: FineTuning {
-            let config = ["steps": 5]
-            let request = SCORETests.request
+            typealias Config = Settings
             let layer: Linear
             var model: Module { layer }
             let trainable: [(name: String, tensor: Tensor)]
             let optimizer: any Optimizer
             var generator = RandomGenerator(seed: 0)
             let nanAt: Int?
-            var method: String { "diverging" }
-            var steps: Int { 5 }
-            var checkpointEvery: Int { 1 }
-            var resumableKeys: Set<String> { [] }
+            static let method = "diverging"
             init(nanAt: Int?) {
                 var g = RandomGenerator(seed: 1)
                 layer = Linear(2, 1, generator: &g)
@@ -184,13 +190,18 @@ final class SCORETests: XCTestCase {
         }
         let folder = Tiny.temporaryFolder("diverging")
         let checkpoint = folder.appendingPathComponent("checkpoint.safetensors")
-        XCTAssertThrowsError(try TrainingRun.train(context: ErasureContext(output: folder)) { Diverging(nanAt: 2) }) { error in
+        let context = ErasureContext(output: folder)
+        XCTAssertThrowsError(try TrainingRun.train(config: Settings(), request: Self.request, context: context) { Diverging(nanAt: 2) }) { error in
             XCTAssertEqual(error as? ErasureError, .nonFinite(term: "fit", step: 3, checkpoint: checkpoint.path))
         }
-        let resumed = try TrainingRun.train(context: ErasureContext(output: folder, resume: true)) { Diverging(nanAt: nil) }
+        let resumed = try TrainingRun.train(config: Settings(), request: Self.request, context: ErasureContext(output: folder, resume: true)) {
+            Diverging(nanAt: nil)
+        }
         XCTAssertEqual(resumed.steps, 5)
         XCTAssertEqual(resumed.losses["fit"]?.count, 5)
-        let straight = try TrainingRun.train(context: ErasureContext(output: nil)) { Diverging(nanAt: nil) }
+        let straight = try TrainingRun.train(config: Settings(), request: Self.request, context: ErasureContext(output: nil)) {
+            Diverging(nanAt: nil)
+        }
         XCTAssertEqual(resumed.losses["fit"], straight.losses["fit"], "the run continued from step 2's checkpoint")
     }
 
