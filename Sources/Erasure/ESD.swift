@@ -88,7 +88,6 @@ public struct ESD: ErasureMethod {
 
     public var name: String { "esd" }
 
-
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
@@ -96,18 +95,22 @@ public struct ESD: ErasureMethod {
             throw ErasureError.invalidRequest(
                 "ESD has no anchor (its target is the unconditional prediction); drop --anchor '\(concept.anchor)' for '\(concept.name)' or use --method score or uce")
         }
-        let run = try ESDRun(config: config, request: request, pipeline: pipeline, context: context)
-        return try run.train()
+        return try TrainingRun.train(config: config, request: request, context: context) {
+            try ESDRun(config: config, request: request, pipeline: pipeline)
+        }
     }
 }
 
-/// The state of one ESD run; `train()` runs (or resumes) it.
-final class ESDRun {
+extension ESDConfig: TrainingConfig {
+    var steps: Int { iterations }
+    static let resumableKeys: Set<String> = ["iterations", "checkpointEvery"]
+}
+
+/// The state of one ESD run, trained by `TrainingRun`.
+final class ESDRun: FineTuning {
     let config: ESDConfig
     let request: ErasureRequest
     let pipeline: StableDiffusionPipeline
-    let context: ErasureContext
-    let unet: UNet2DConditionModel
     let frozen: UNet2DConditionModel
     let table: CaptionTable
     let emptyIndex = 0
@@ -115,51 +118,36 @@ final class ESDRun {
     let targetIndices: [[Int]]
     let schedule: SamplingSchedule
     let trainable: [(name: String, tensor: Tensor)]
-    let optimizer: Adam
+    let optimizer: any Optimizer
     /// Draws the prompt and stop step of each iteration. The sampling noise is not drawn from it
     /// but from the stream of its iteration (`noiseIndex`), so a resumed run needs no more state.
     var generator: RandomGenerator
-    var step = 0
-    var losses: [String: [Float]] = [:]
-    /// This piece's start (set up included) and the earlier pieces' time from the checkpoint.
-    let pieceStarted = Date()
-    var secondsBefore = 0.0
-    var seconds: Double { secondsBefore + Date().timeIntervalSince(pieceStarted) }
 
-    var checkpointURL: URL? { context.output?.appendingPathComponent("checkpoint.safetensors") }
+    typealias Config = ESDConfig
+    static let method = "esd"
+    var model: Module { pipeline.unet }
 
-    init(config: ESDConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws {
+    init(config: ESDConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline) throws {
         self.config = config
         self.request = request
         self.pipeline = pipeline
-        self.context = context
-        unet = pipeline.unet
         // diffusers' from_pretrained returns models in eval mode, so the official script trains
         // without dropout; so does this.
-        unet.eval()
-        let frozen = try unet.copy()
-        frozen.freeze()
-        frozen.eval()
-        self.frozen = frozen
+        pipeline.unet.eval()
+        frozen = try pipeline.unet.frozenCopy()
         do {
             schedule = try pipeline.scheduler.schedule(steps: config.samplingSteps)
         } catch {
             throw ErasureError.invalidConfig("ESD samplingSteps \(config.samplingSteps): \(error)")
         }
+        var captions = CaptionList()
+        targetIndices = request.concepts.map { $0.targetPrompts.map { captions.index($0) } }
+        table = CaptionTable(captions: captions.captions, encoder: pipeline.textEncoder)
 
-        var captions = [""]
-        func index(_ text: String) -> Int {
-            if let i = captions.firstIndex(of: text) { return i }
-            captions.append(text)
-            return captions.count - 1
-        }
-        targetIndices = request.concepts.map { $0.targetPrompts.map(index) }
-        table = CaptionTable(captions: captions, encoder: pipeline.textEncoder)
-
-        let names = Self.trainableNames(unet, method: config.trainMethod)
-        unet.freeze()
-        unet.unfreeze(where: names.contains)
-        trainable = unet.trainableParameters()
+        let names = Self.trainableNames(pipeline.unet, method: config.trainMethod)
+        pipeline.unet.freeze()
+        pipeline.unet.unfreeze(where: names.contains)
+        trainable = pipeline.unet.trainableParameters()
         guard !trainable.isEmpty else {
             throw ErasureError.invalidConfig("ESD \(config.trainMethod.rawValue) finds no parameter to train in this UNet")
         }
@@ -192,32 +180,20 @@ final class ESDRun {
     /// noise, as the official script's per-iteration random seed).
     func noiseIndex(iteration: Int, item: Int) -> Int { iteration * config.batchSize + item }
 
-    /// xₜ of prompt `prompt` (a caption index): the pipeline's sampling loop with guidance over
-    /// steps 0..<`stopStep`, from the noise streams of `iteration`, with `model` (nil: the
-    /// pipeline's UNet). Mirrors `StableDiffusionPipeline.sampleLatents(…, stopAtStep:)` step for
-    /// step, which cannot be given another model than the pipeline's.
+    /// xₜ of prompt `prompt` (a caption index): the pipeline's loop with guidance over steps
+    /// 0..<`stopStep`, from the noise streams of `iteration`, with `model` (nil: the pipeline's UNet).
     func partialSample(prompt: Int, stopStep: Int, iteration: Int, model: UNet2DConditionModel?) throws -> Tensor {
         let b = config.batchSize
         let shape = try pipeline.latentShape(batch: 1, height: pipeline.defaultHeight, width: pipeline.defaultWidth)
         var generators = (0..<b).map {
             StableDiffusionPipeline.imageGenerator(seed: config.seed &+ 1, index: noiseIndex(iteration: iteration, item: $0))
         }
-        var x = Tensor.concat(generators.indices.map { generators[$0].normal(shape) }, axis: 0)
-        if schedule.initNoiseSigma != 1 { x = x * Float(schedule.initNoiseSigma) }
-        let conditional = table.batch(Array(repeating: prompt, count: b))
+        let x = initialNoise(shape: shape, schedule: schedule, generators: &generators)
         let unconditional = config.samplingGuidance > 1 ? table.batch(Array(repeating: emptyIndex, count: b)) : nil
-        return noGrad {
-            for i in 0..<stopStep {
-                let input = pipeline.scheduler.scaleModelInput(x, index: i, of: schedule)
-                let output = pipeline.guidedModelOutput(latents: input, timestep: schedule.timesteps[i], conditional: conditional,
-                                                        unconditional: unconditional, guidance: config.samplingGuidance, model: model)
-                var noise: Tensor? = nil
-                if pipeline.scheduler.addsNoise(index: i, of: schedule) {
-                    noise = Tensor.concat(generators.indices.map { generators[$0].normal(shape) }, axis: 0)
-                }
-                x = pipeline.scheduler.step(modelOutput: output, index: i, of: schedule, sample: x, noise: noise).prevSample
-            }
-            return x
+        return try noGrad {
+            try pipeline.denoise(x, conditional: table.batch(Array(repeating: prompt, count: b)), unconditional: unconditional,
+                                 guidance: config.samplingGuidance, schedule: schedule, steps: 0..<stopStep,
+                                 generators: &generators, model: model)
         }
     }
 
@@ -234,13 +210,13 @@ final class ESDRun {
         return negativeGuidanceTarget(anchor: parts[1], conditional: parts[0], unconditional: parts[1], eta: config.eta)
     }
 
-    /// The ESD loss of one iteration, recorded for autodiff.
-    func loss(iteration: Int, concept c: Int) throws -> Tensor {
-        let prompts = targetIndices[c]
+    /// The ESD loss of iteration `step`, on its concept (round robin), recorded for autodiff.
+    func losses(step: Int) throws -> StepLosses {
+        let prompts = targetIndices[step % request.concepts.count]
         let prompt = prompts[min(prompts.count - 1, Int(generator.uniform([1]).scalars[0] * Float(prompts.count)))]
         // A step index in 0..<samplingSteps, uniformly (the official random.randint(0, steps − 1)).
         let stopStep = min(config.samplingSteps - 1, Int(generator.uniform([1]).scalars[0] * Float(config.samplingSteps)))
-        let x = try partialSample(prompt: prompt, stopStep: stopStep, iteration: iteration,
+        let x = try partialSample(prompt: prompt, stopStep: stopStep, iteration: step,
                                   model: config.samplingModel == .frozen ? frozen : nil)
         // The UNet's input at that step (the sample itself for DDPM/DDIM; x/√(σ²+1) for Euler).
         let input = pipeline.scheduler.scaleModelInput(x, index: stopStep, of: schedule)
@@ -248,69 +224,16 @@ final class ESDRun {
         let target = target(latents: input, timestep: timestep, prompt: prompt)
         let states = table.batch(Array(repeating: prompt, count: config.batchSize))
         let prediction = pipeline.predictNoise(latents: input, timestep: timestep, states: states.states, mask: states.mask)
-        return mseLoss(prediction, target)
+        let loss = mseLoss(prediction, target)
+        return StepLosses(total: loss, checked: [("erase", loss.item)])
     }
 
-    // MARK: Training loop
-
-    func train() throws -> ErasureOutcome {
-        let log = context.log
-        if context.resume, let url = checkpointURL, FileManager.default.fileExists(atPath: url.path) {
-            try loadCheckpoint(url)
-            log("resumed from \(url.path) at iteration \(step)")
+    func begin(log: (String) -> Void) {
+        log("ESD \(config.trainMethod.rawValue): \(trainable.reduce(0) { $0 + $1.tensor.count }) trainable parameters in \(trainable.count) tensors; xₜ from the \(config.samplingModel.rawValue) model")
+        if !request.retainPrompts.isEmpty {
+            log("ESD has no preservation term: the \(request.retainPrompts.count) retain prompts are not used in training")
         }
-        let parameterCount = trainable.reduce(0) { $0 + $1.tensor.count }
-        if step == 0 {
-            log("ESD \(config.trainMethod.rawValue): \(parameterCount) trainable parameters in \(trainable.count) tensors; xₜ from the \(config.samplingModel.rawValue) model")
-            if !request.retainPrompts.isEmpty {
-                log("ESD has no preservation term: the \(request.retainPrompts.count) retain prompts are not used in training")
-            }
-        }
-        var progress = ProgressReporter(total: config.iterations, unit: "iterations", print: log)
-        let firstStep = step
-        while step < config.iterations {
-            let c = step % request.concepts.count
-            let loss = try self.loss(iteration: step, concept: c)
-            let value = loss.item
-            guard value.isFinite else {
-                throw ErasureError.nonFinite(term: "erase", step: step + 1, checkpoint: checkpointURL.flatMap {
-                    FileManager.default.fileExists(atPath: $0.path) ? $0.path : nil })
-            }
-            loss.backward()
-            optimizer.step()
-            unet.zeroGrad()
-            step += 1
-            losses["erase", default: []].append(value)
-            progress.report(step: step, firstStep: firstStep, items: step - firstStep, values: [("erase", value)])
-            if let url = checkpointURL, step % config.checkpointEvery == 0 || step == config.iterations || step == context.stopAfter {
-                try saveCheckpoint(url)
-            }
-            if step == context.stopAfter, step < config.iterations {
-                return ErasureOutcome(losses: losses, steps: step, stoppedEarly: true, trainableParameters: parameterCount, earlierSeconds: secondsBefore)
-            }
-        }
-        return ErasureOutcome(losses: losses, steps: step, trainableParameters: parameterCount, earlierSeconds: secondsBefore)
     }
 
-    // MARK: Checkpoints
-
-    /// Trainable weights, Adam's moments and step counts, the prompt/stop-step generator, the
-    /// iteration and the losses: all a resumed run needs to continue bit for bit.
-    func saveCheckpoint(_ url: URL) throws {
-        try ErasureCheckpoint.write(to: url, method: "esd", config: config, step: step, generator: generator, losses: losses,
-                                    seconds: seconds, trainable: trainable, optimizer: optimizer)
-    }
-
-    func loadCheckpoint(_ url: URL) throws {
-        // More iterations or another checkpoint interval may continue a run; nothing else may change.
-        let checkpoint = try ErasureCheckpoint(contentsOf: url, method: "esd", config: config) { saved, now in
-            saved.iterations = now.iterations
-            saved.checkpointEvery = now.checkpointEvery
-        }
-        try checkpoint.restore(trainable: trainable, optimizer: optimizer)
-        step = checkpoint.step
-        generator = checkpoint.generator
-        losses = checkpoint.losses
-        secondsBefore = checkpoint.seconds
-    }
+    func progress(_ losses: [String: [Float]]) -> [(String, Float)] { [("erase", losses["erase"]?.last ?? .nan)] }
 }

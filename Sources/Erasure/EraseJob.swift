@@ -30,9 +30,12 @@ public struct EraseJob {
     }
 
     /// Runs the job; returns the record written to `<output>/run.json` (nil when stopped early).
+    /// The model, mask, config and run.json are written into a staging folder and then swapped in
+    /// together (`swapIn`); leftovers of an interrupted run are removed first.
     @discardableResult
     public func run(pipeline: StableDiffusionPipeline, log: @escaping (String) -> Void) throws -> ErasureRecord? {
         try request.validate()
+        Self.removeLeftovers(in: output)
         let started = Date()
         let original = try pipeline.unet.copy()
         original.freeze()
@@ -43,22 +46,25 @@ public struct EraseJob {
             return nil
         }
         let trainingSeconds = Date().timeIntervalSince(started) + outcome.earlierSeconds
-        let modelFolder = output.appendingPathComponent("model")
+        let staging = output.appendingPathComponent(Self.stagingName)
+        try? FileManager.default.removeItem(at: staging)
         let (changed, changedCount) = try ErasedModel.write(unet: pipeline.unet, reference: original, baseFolder: baseFolder, baseName: baseName,
-                                            method: method.name, concepts: request.concepts.map(\.name), full: full, to: modelFolder)
-        log("wrote \(modelFolder.path): \(changed.count) tensors, \(changedCount) parameters changed")
+                                            method: method.name, concepts: request.concepts.map(\.name), full: full,
+                                            to: staging.appendingPathComponent("model"))
         if !outcome.masks.isEmpty {
-            try Tensor.save(outcome.masks, to: output.appendingPathComponent("mask.safetensors"))
+            try Tensor.save(outcome.masks, to: staging.appendingPathComponent("mask.safetensors"))
         }
         let config = try method.configJSON
-        try config.write(to: output.appendingPathComponent("config.json"), options: .atomic)
+        try config.write(to: staging.appendingPathComponent("config.json"), options: .atomic)
         var record = ErasureRecord(
             method: method.name, command: command, base_model: baseName, request: request,
             seed: (try? JSONDecoder().decode(SeedOnly.self, from: config).seed) ?? 0, steps: outcome.steps,
             losses: outcome.losses, wall_seconds: trainingSeconds, peak_memory_mb: peakResidentMegabytes(),
             trainable_parameters: outcome.trainableParameters, parameters_changed: changedCount, tensors_changed: changed.count,
             mask_kept: outcome.masks.isEmpty ? nil : Saliency.count(outcome.masks).kept, threads: Kernels.threadCount)
-        try record.write(config: config, to: output.appendingPathComponent("run.json"))
+        try record.write(config: config, to: staging.appendingPathComponent("run.json"))
+        try Self.swapIn(staging, to: output)
+        log("wrote \(output.appendingPathComponent("model").path): \(changed.count) tensors, \(changedCount) parameters changed")
         if let leakage {
             record.leakage = try request.concepts.map { concept in
                 try Leakage.report(concept: concept, pipeline: pipeline, original: original, options: leakage, probes: probes, log: log)
@@ -66,6 +72,31 @@ public struct EraseJob {
             try record.write(config: config, to: output.appendingPathComponent("run.json"))
         }
         return record
+    }
+
+    static let stagingName = ".staging"
+    static let outputs = ["run.json", "model", "mask.safetensors", "config.json"]
+
+    /// Replaces an earlier run's outputs with the staged ones, removing those the new run does not
+    /// write (a mask). run.json goes first and comes back last, so a kill in between leaves a
+    /// folder without a record, never a new model under an old record.
+    static func swapIn(_ staging: URL, to output: URL) throws {
+        let fm = FileManager.default
+        for name in outputs { try? fm.removeItem(at: output.appendingPathComponent(name)) }
+        for name in outputs.dropFirst() + ["run.json"] where fm.fileExists(atPath: staging.appendingPathComponent(name).path) {
+            try fm.moveItem(at: staging.appendingPathComponent(name), to: output.appendingPathComponent(name))
+        }
+        try fm.removeItem(at: staging)
+    }
+
+    /// What an interrupted run leaves: the staging folder, the model's partial folder and the
+    /// temporary files of atomic writes (".name.….tmp").
+    static func removeLeftovers(in output: URL) {
+        let fm = FileManager.default
+        for name in (try? fm.contentsOfDirectory(atPath: output.path)) ?? []
+        where name == stagingName || name.hasPrefix(".") && (name.hasSuffix(".tmp") || name.hasSuffix(".partial")) {
+            try? fm.removeItem(at: output.appendingPathComponent(name))
+        }
     }
 
     private struct SeedOnly: Decodable { var seed: UInt64 }

@@ -3,7 +3,7 @@ import Foundation
 import Tensor
 
 // The loss terms shared by the erasure methods, in ε̂ (the predicted noise) for every
-// prediction type. docs: ../shared/docs/method.md §1–3.
+// prediction type (docs/METHOD.md, SCORE §1–3).
 
 /// The steering target of the erase term (ESD's negative guidance with an anchor):
 /// ε_θ₀(zₜ, c_anc) − η·(ε_θ₀(zₜ, c) − ε_θ₀(zₜ, ∅)). With c_anc = ∅ it is ESD's target.
@@ -28,7 +28,7 @@ func draw(_ count: Int, from candidates: [Int], generator: inout RandomGenerator
     return generator.uniform([count]).scalars.map { candidates[min(candidates.count - 1, Int($0 * Float(candidates.count)))] }
 }
 
-/// Saliency-driven fine-tuning (method.md §4): which entries of each parameter may change.
+/// Saliency-driven fine-tuning (docs/METHOD.md, SCORE §5): which entries of each parameter may change.
 public enum Saliency {
     /// A 0/1 mask of `scores`' shape keeping exactly ⌈ρ·n⌉ entries, those of largest score
     /// (ties: the lower index first, so the mask is deterministic).

@@ -48,7 +48,7 @@ public struct LeakageOptions: Codable, Sendable {
     public var steps = 25
     /// The testbed's evaluation guidance (`DefaultModel.guidance`): leakage is about the images
     /// users get at the default settings.
-    public var guidance: Float = 7.5
+    public var guidance = StableDiffusionPipeline.defaultGuidance
     /// Only entries with t ≤ this are judged (the critic's view during training).
     public var splitTimestep = 600
     public var criticWidth = 32

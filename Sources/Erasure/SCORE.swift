@@ -4,8 +4,9 @@ import Kernels
 import NN
 import Tensor
 
-/// Every hyper-parameter of SCORE (docs: ../shared/docs/method.md). A config file may set any
-/// subset of them (JSON, these keys); flags override the file; run.json records the result.
+/// Every hyper-parameter of SCORE (docs/METHOD.md, whose "Why these defaults" gives the runs behind
+/// them). A config file may set any subset of them (JSON, these keys); flags override the file;
+/// run.json records the result.
 public struct SCOREConfig: Codable, Equatable, Sendable {
     // Model optimisation
     public var steps = 250
@@ -15,7 +16,7 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     public var earlyBatchSize = 2
     /// Retained-prompt (and empty-prompt) samples per step.
     public var retainBatchSize = 6
-    /// method.md: "up to 5e-4 masked sparse"; 2e-4 moved the testbed model too little in 150 steps.
+    /// 2e-4 moved the testbed model too little in 150 steps.
     public var learningRate: Float = 5e-4
     /// adam, adamw or sgd.
     public var optimizer = "adam"
@@ -26,12 +27,12 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     // Loss
     public var lambdaAdversarial: Float = 0.1
     public var lambdaErase: Float = 1
-    /// 3, not method.md's 1: with 1 the retained classes lost 12% of their accuracy on the testbed.
+    /// 3, not 1: with 1 the retained classes lost 12% of their accuracy on the testbed.
     public var lambdaTrajectory: Float = 3
     /// η of the erase target ε₀(c_anc) − η(ε₀(c) − ε₀(∅)).
     public var eta: Float = 1
     /// t′: the erase and adversarial terms act at t ≤ t′; the target keeps θ₀'s predictions above.
-    /// 900, not method.md's 600: on the testbed (cosine schedule) the class is decided above
+    /// 900, not 600: on the testbed (cosine schedule) the class is decided above
     /// t = 600, and with t′ = 600 the erased model still drew sneakers 81% of the time.
     public var splitTimestep = 900
     public var adversarialForm: AdversarialForm = .confusion
@@ -60,9 +61,10 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     public var poolTrajectories = 16
     public var poolSteps = 25
     /// The guidance users sample at (diffusers' default, the testbed's evaluation): the pools
-    /// then visit the states the erased model will be sampled through. At 4 (the earlier default)
-    /// SCORE left 12.5% of "sneaker" images at guidance 7.5, at 7.5 3.1% (docs/RESULTS.md).
-    public var poolGuidance: Float = 7.5
+    /// then visit the states the erased model will be sampled through. With pools at guidance 4
+    /// SCORE left 12.5% of "sneaker" images at the default guidance, with pools at it 3.1%
+    /// (docs/RESULTS.md).
+    public var poolGuidance = StableDiffusionPipeline.defaultGuidance
     /// Resample the target pool from the current model every N steps (0: never).
     public var poolRefreshEvery = 50
 
@@ -112,7 +114,7 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     }
 }
 
-/// SCORE: erasure as adversarial independence (method.md). Per step: n_D critic steps on
+/// SCORE: erasure as adversarial independence (docs/METHOD.md). Per step: n_D critic steps on
 /// detached x̂₀ (target prompts through the model being trained vs anchor prompts through θ₀),
 /// then one masked model step on
 ///   λ_adv·L_adv(critic on target x̂₀, t ≤ t′) + λ_er·L_erase(t ≤ t′) + λ_tr·L_traj,
@@ -130,18 +132,21 @@ public struct SCORE: ErasureMethod {
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
-        let run = try SCORERun(config: config, request: request, pipeline: pipeline, context: context)
-        return try run.train()
+        return try TrainingRun.train(config: config, request: request, context: context) {
+            try SCORERun(config: config, request: request, pipeline: pipeline, log: context.log)
+        }
     }
 }
 
-/// The state of one SCORE run; `train()` runs (or resumes) it.
-final class SCORERun {
+extension SCOREConfig: TrainingConfig {
+    static let resumableKeys: Set<String> = ["steps", "checkpointEvery"]
+}
+
+/// The state of one SCORE run, trained by `TrainingRun`.
+final class SCORERun: FineTuning {
     let config: SCOREConfig
     let request: ErasureRequest
     let pipeline: StableDiffusionPipeline
-    let context: ErasureContext
-    let unet: UNet2DConditionModel
     let frozen: UNet2DConditionModel
     let table: CaptionTable
     let alphas: [Double]
@@ -157,50 +162,36 @@ final class SCORERun {
     var targetPools: [TrajectoryPool]
     let critics: [CriticTrainer]
     let trainable: [(name: String, tensor: Tensor)]
-    private(set) var masks: [String: Tensor]
-    private(set) var optimizer: Optimizer
+    private(set) var masks: [String: Tensor] = [:]
+    private(set) var optimizer: any Optimizer = SGD([], learningRate: 0)
     var generator: RandomGenerator
-    var step = 0
-    var losses: [String: [Float]] = [:]
-    /// This piece's start (set up included) and the earlier pieces' time from the checkpoint.
-    let pieceStarted = Date()
-    var secondsBefore = 0.0
-    var seconds: Double { secondsBefore + Date().timeIntervalSince(pieceStarted) }
 
-    var checkpointURL: URL? { context.output?.appendingPathComponent("checkpoint.safetensors") }
+    typealias Config = SCOREConfig
+    static let method = "score"
+    var model: Module { pipeline.unet }
 
-    init(config: SCOREConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws {
+    init(config: SCOREConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline, log: (String) -> Void) throws {
         self.config = config
         self.request = request
         self.pipeline = pipeline
-        self.context = context
-        unet = pipeline.unet
-        unet.eval()
-        let frozen = try unet.copy()
-        frozen.freeze()
-        frozen.eval()
+        pipeline.unet.eval()
+        let frozen = try pipeline.unet.frozenCopy()
         self.frozen = frozen
         alphas = pipeline.scheduler.alphasCumprod
         guard config.splitTimestep < alphas.count else {
             throw ErasureError.invalidConfig("splitTimestep (t′) \(config.splitTimestep) must be below the model's \(alphas.count) training timesteps")
         }
 
-        // Every text the run uses, encoded once: "" first.
-        var captions = [""]
-        func index(_ text: String) -> Int {
-            if let i = captions.firstIndex(of: text) { return i }
-            captions.append(text)
-            return captions.count - 1
-        }
-        targetIndices = request.concepts.map { $0.targetPrompts.map(index) }
-        anchorIndices = request.concepts.map { $0.anchors.map(index) }
-        let retainIndices = request.retainPrompts.map(index) + [0]
-        let table = CaptionTable(captions: captions, encoder: pipeline.textEncoder)
+        // Every text the run uses, encoded once.
+        var captions = CaptionList()
+        targetIndices = request.concepts.map { $0.targetPrompts.map { captions.index($0) } }
+        anchorIndices = request.concepts.map { $0.anchors.map { captions.index($0) } }
+        let retainIndices = request.retainPrompts.map { captions.index($0) } + [captions.empty]
+        let table = CaptionTable(captions: captions.captions, encoder: pipeline.textEncoder)
         self.table = table
 
         // Pools from θ₀ (the pipeline's UNet is still θ₀ here, also when resuming: the
         // checkpoint is loaded afterwards), each from its own noise streams.
-        let log = context.log
         let n = config.poolTrajectories
         func cycle(_ indices: [Int], _ count: Int) -> [Int] { (0..<count).map { indices[$0 % indices.count] } }
         let started = Date()
@@ -237,9 +228,7 @@ final class SCORERun {
                           betas: (config.criticBeta1, config.criticBeta2), generator: &criticGenerator)
         }
 
-        trainable = config.trainable.select(in: unet)
-        masks = [:]
-        optimizer = SGD([], learningRate: 0)
+        trainable = config.trainable.select(in: pipeline.unet)
         let masks = config.saliencyRatio < 1 ? try saliencyMasks(generator: master.fork(3)) : [:]
         self.masks = masks
         switch config.optimizer {
@@ -338,7 +327,7 @@ final class SCORERun {
                     var scores: [String: Tensor] = [:]
                     Saliency.accumulate(trainable, into: &scores)
                     Saliency.accumulate(trainable, into: &summed)
-                    unet.zeroGrad()
+                    pipeline.unet.zeroGrad()
                     if config.saliencyIntersect { perRun.append(Saliency.masks(scores: scores, ratio: config.saliencyRatio)) }
                 }
             }
@@ -346,111 +335,91 @@ final class SCORERun {
         return config.saliencyIntersect ? Saliency.intersection(perRun) : Saliency.masks(scores: summed, ratio: config.saliencyRatio)
     }
 
-    // MARK: Training loop
+    // MARK: Training steps
 
-    func train() throws -> ErasureOutcome {
-        let log = context.log
-        if context.resume, let url = checkpointURL, FileManager.default.fileExists(atPath: url.path) {
-            try loadCheckpoint(url)
-            log("resumed from \(url.path) at step \(step)")
-        } else if config.lambdaAdversarial > 0 {
-            for c in request.concepts.indices {
-                var last = (loss: Float(0), accuracy: Float(0))
-                for _ in 0..<config.criticWarmupSteps { last = criticStep(concept: c) }
-                log(String(format: "critic warm-up for '%@': %d steps, loss %.3f, accuracy %.2f",
-                           request.concepts[c].name, config.criticWarmupSteps, last.loss, last.accuracy))
-            }
+    /// Critic warm-up before the first model step.
+    func begin(log: (String) -> Void) {
+        guard config.lambdaAdversarial > 0 else { return }
+        for c in request.concepts.indices {
+            var last = (loss: Float(0), accuracy: Float(0))
+            for _ in 0..<config.criticWarmupSteps { last = criticStep(concept: c) }
+            log(String(format: "critic warm-up for '%@': %d steps, loss %.3f, accuracy %.2f",
+                       request.concepts[c].name, config.criticWarmupSteps, last.loss, last.accuracy))
         }
-        var progress = ProgressReporter(total: config.steps, unit: "steps", print: log)
-        let firstStep = step
+    }
+
+    /// Step `step` on its concept (round robin): n_D critic steps, then the model's terms on
+    /// batches drawn from the pools.
+    func losses(step: Int) throws -> StepLosses {
+        let c = step % request.concepts.count
+        let adversarial = config.lambdaAdversarial > 0
+        var critic = (loss: Float.nan, accuracy: Float.nan)
+        if adversarial {
+            for _ in 0..<config.criticSteps { critic = criticStep(concept: c) }
+        }
+        let pool = targetPools[c]
         let split = config.splitTimestep
-        while step < config.steps {
-            let c = step % request.concepts.count
-            var criticResult = (loss: Float.nan, accuracy: Float.nan)
-            if config.lambdaAdversarial > 0 {
-                for _ in 0..<config.criticSteps { criticResult = criticStep(concept: c) }
-            }
-            let pool = targetPools[c]
-            let late = draw(config.batchSize, from: pool.indices { $0 <= split }, generator: &generator)
-            let earlyCandidates = pool.indices { $0 > split }
-            let early = earlyCandidates.isEmpty ? [] : draw(config.earlyBatchSize, from: earlyCandidates, generator: &generator)
-            let retain = config.retainBatchSize > 0 && config.lambdaTrajectory > 0
-                ? draw(config.retainBatchSize, from: Array(0..<retainPool.count), generator: &generator) : []
-            let t = terms(concept: c, late: late, early: early, retain: retain)
-            let total = t.erase * config.lambdaErase + t.trajectory * config.lambdaTrajectory + t.adversarial * config.lambdaAdversarial
-            let values: [(String, Float)] = [("erase", t.erase.item), ("trajectory", t.trajectory.item),
-                                             ("adversarial", t.adversarial.item), ("critic", criticResult.loss), ("total", total.item)]
-            for (term, value) in values where term != "critic" || config.lambdaAdversarial > 0 {
-                guard value.isFinite else {
-                    throw ErasureError.nonFinite(term: term, step: step + 1, checkpoint: checkpointURL.flatMap {
-                        FileManager.default.fileExists(atPath: $0.path) ? $0.path : nil })
-                }
-            }
-            total.backward()
-            if config.maxGradNorm > 0 { clipGradNorm(trainable.map(\.tensor), maxNorm: config.maxGradNorm) }
-            optimizer.step()
-            unet.zeroGrad()
-            step += 1
-            for (term, value) in values { losses[term, default: []].append(value) }
-            losses["critic_accuracy", default: []].append(criticResult.accuracy)
+        let late = draw(config.batchSize, from: pool.indices { $0 <= split }, generator: &generator)
+        let earlyCandidates = pool.indices { $0 > split }
+        let early = earlyCandidates.isEmpty ? [] : draw(config.earlyBatchSize, from: earlyCandidates, generator: &generator)
+        let retain = config.retainBatchSize > 0 && config.lambdaTrajectory > 0
+            ? draw(config.retainBatchSize, from: Array(0..<retainPool.count), generator: &generator) : []
+        let t = terms(concept: c, late: late, early: early, retain: retain)
+        let total = t.erase * config.lambdaErase + t.trajectory * config.lambdaTrajectory + t.adversarial * config.lambdaAdversarial
+        let criticLoss = [("critic", critic.loss)]
+        return StepLosses(total: total,
+                          checked: [("erase", t.erase.item), ("trajectory", t.trajectory.item), ("adversarial", t.adversarial.item)]
+                              + (adversarial ? criticLoss : []) + [("total", total.item)],
+                          recorded: (adversarial ? [] : criticLoss) + [("critic_accuracy", critic.accuracy)])
+    }
 
-            if config.poolRefreshEvery > 0, step % config.poolRefreshEvery == 0, step < config.steps {
-                targetPools[c] = try refreshedTargetPool(concept: c)
-            }
-            let recentAccuracy = (losses["critic_accuracy"] ?? []).suffix(20).filter { $0.isFinite }
-            progress.report(step: step, firstStep: firstStep, items: step - firstStep, values: [
-                ("erase", t.erase.item), ("traj", t.trajectory.item), ("adv", t.adversarial.item),
-                ("critic_acc", recentAccuracy.isEmpty ? .nan : recentAccuracy.reduce(0, +) / Float(recentAccuracy.count)),
-            ])
-            if let url = checkpointURL, step % config.checkpointEvery == 0 || step == config.steps || step == context.stopAfter {
-                try saveCheckpoint(url)
-            }
-            if step == context.stopAfter, step < config.steps {
-                return ErasureOutcome(losses: losses, steps: step, masks: masks, stoppedEarly: true,
-                                      trainableParameters: trainable.reduce(0) { $0 + $1.tensor.count }, earlierSeconds: secondsBefore)
-            }
+    func beforeUpdate() {
+        if config.maxGradNorm > 0 { clipGradNorm(trainable.map(\.tensor), maxNorm: config.maxGradNorm) }
+    }
+
+    /// Every `poolRefreshEvery` steps the target pool of the step's concept is sampled again.
+    func afterUpdate(done: Int) throws {
+        if config.poolRefreshEvery > 0, done % config.poolRefreshEvery == 0, done < config.steps {
+            let c = (done - 1) % request.concepts.count
+            targetPools[c] = try refreshedTargetPool(concept: c, done: done)
         }
-        return ErasureOutcome(losses: losses, steps: step, masks: masks,
-                              trainableParameters: trainable.reduce(0) { $0 + $1.tensor.count }, earlierSeconds: secondsBefore)
+    }
+
+    func progress(_ losses: [String: [Float]]) -> [(String, Float)] {
+        let accuracy = (losses["critic_accuracy"] ?? []).suffix(20).filter { $0.isFinite }
+        return [("erase", losses["erase"]?.last ?? .nan), ("traj", losses["trajectory"]?.last ?? .nan),
+                ("adv", losses["adversarial"]?.last ?? .nan),
+                ("critic_acc", accuracy.isEmpty ? .nan : accuracy.reduce(0, +) / Float(accuracy.count))]
     }
 
     /// The target pool resampled from the current model, from noise streams no earlier pool used.
-    func refreshedTargetPool(concept c: Int) throws -> TrajectoryPool {
+    func refreshedTargetPool(concept c: Int, done: Int) throws -> TrajectoryPool {
         let n = config.poolTrajectories
         let prompts = (0..<n).map { targetIndices[c][$0 % targetIndices[c].count] }
         return try TrajectoryPool.sample(pipeline: pipeline, table: table, promptIndices: prompts, unconditionalIndex: 0,
                                          steps: config.poolSteps, guidance: config.poolGuidance,
-                                         seed: config.seed &+ 201 &+ UInt64(c), firstTrajectory: n * step)
+                                         seed: config.seed &+ 201 &+ UInt64(c), firstTrajectory: n * done)
     }
 
     // MARK: Checkpoints
 
-    func saveCheckpoint(_ url: URL) throws {
+    /// The critics, their Adam state and the target pools.
+    func checkpointTensors() -> [String: Tensor] {
         var extra: [String: Tensor] = [:]
         for (c, trainer) in critics.enumerated() {
             for (name, p) in trainer.critic.namedParameters() { extra["critic\(c).\(name)"] = p }
             for (name, t) in trainer.optimizer.state() { extra["critic\(c).optimizer.\(name)"] = t }
             extra.merge(targetPools[c].archived(prefix: "pool\(c)")) { a, _ in a }
         }
-        try ErasureCheckpoint.write(to: url, method: "score", config: config, step: step, generator: generator, losses: losses,
-                                    seconds: seconds, trainable: trainable, optimizer: optimizer, extra: extra)
+        return extra
     }
 
-    func loadCheckpoint(_ url: URL) throws {
-        let checkpoint = try ErasureCheckpoint(contentsOf: url, method: "score", config: config) { saved, now in
-            saved.steps = now.steps
-            saved.checkpointEvery = now.checkpointEvery
-        }
-        try checkpoint.restore(trainable: trainable, optimizer: optimizer)
+    func restore(from checkpoint: ErasureCheckpoint) throws {
         for (c, trainer) in critics.enumerated() {
             let prefix = "critic\(c)."
-            try trainer.critic.load(checkpoint.group(prefix).filter { !$0.key.hasPrefix("optimizer.") }, source: url.path)
+            try trainer.critic.load(checkpoint.group(prefix).filter { !$0.key.hasPrefix("optimizer.") }, source: checkpoint.url.path)
             try trainer.optimizer.loadState(checkpoint.group(prefix + "optimizer."))
             targetPools[c] = try TrajectoryPool(archive: checkpoint.tensors, prefix: "pool\(c)")
         }
-        step = checkpoint.step
-        generator = checkpoint.generator
-        losses = checkpoint.losses
-        secondsBefore = checkpoint.seconds
     }
 }

@@ -37,31 +37,21 @@ public struct TrajectoryPool {
         var finals: [Tensor] = []
         for start in stride(from: 0, to: promptIndices.count, by: batchSize) {
             let chunk = Array(promptIndices[start..<min(promptIndices.count, start + batchSize)])
-            let b = chunk.count
-            var generators = (0..<b).map { StableDiffusionPipeline.imageGenerator(seed: seed, index: firstTrajectory + start + $0) }
-            var x = Tensor.concat(generators.indices.map { generators[$0].normal(shape) }, axis: 0) * Float(schedule.initNoiseSigma)
-            let conditional = table.batch(chunk)
-            let unconditional = guidance > 1 ? table.batch(Array(repeating: unconditionalIndex, count: b)) : nil
+            var generators = chunk.indices.map { StableDiffusionPipeline.imageGenerator(seed: seed, index: firstTrajectory + start + $0) }
+            let noise = initialNoise(shape: shape, schedule: schedule, generators: &generators)
+            let unconditional = guidance > 1 ? table.batch(Array(repeating: unconditionalIndex, count: chunk.count)) : nil
+            // The model inputs: the variance-preserving zₜ every loss here is written in (Euler's
+            // σ-scaled samples are rescaled; DDIM's are already zₜ).
             var perStep: [(Tensor, Int)] = []
-            noGrad {
-                for i in schedule.indices {
-                    let t = schedule.timesteps[i]
-                    // The model's input: the variance-preserving zₜ every loss here is written in
-                    // (Euler's σ-scaled samples are rescaled; DDIM's are already zₜ).
-                    let input = pipeline.scheduler.scaleModelInput(x, index: i, of: schedule)
-                    perStep.append((input, Int(t.rounded())))
-                    let output = pipeline.guidedModelOutput(latents: input, timestep: t, conditional: conditional,
-                                                            unconditional: unconditional, guidance: guidance, model: model)
-                    var noise: Tensor? = nil
-                    if pipeline.scheduler.addsNoise(index: i, of: schedule) {
-                        noise = Tensor.concat(generators.indices.map { generators[$0].normal(shape) }, axis: 0)
-                    }
-                    x = pipeline.scheduler.step(modelOutput: output, index: i, of: schedule, sample: x, noise: noise).prevSample
+            finals.append(try noGrad {
+                try pipeline.denoise(noise, conditional: table.batch(chunk), unconditional: unconditional, guidance: guidance,
+                                     schedule: schedule, generators: &generators, model: model) { step in
+                    perStep.append((step.modelInput, Int(step.timestep.rounded())))
+                    return .proceed
                 }
-            }
-            finals.append(x)
+            })
             // Entries ordered trajectory by trajectory, steps in sampling order.
-            for k in 0..<b {
+            for k in chunk.indices {
                 for (z, t) in perStep {
                     recorded.append(z.narrowed(axis: 0, start: k, length: 1))
                     timesteps.append(t)

@@ -378,7 +378,7 @@ public final class PrefixTokenAttack {
             let latents = pipeline.scheduler.initialNoise(shape: shape, schedule: schedule, generator: &generators[0])
             let conditional = conditioning(prefix: prefix, prompt: prompt)
             let unconditional = guidance > 1 ? emptyPrompt(length: conditional.states.shape[1]) : nil
-            let samples = pipeline.denoise(latents, conditional: conditional, unconditional: unconditional, guidance: guidance,
+            let samples = try pipeline.denoise(latents, conditional: conditional, unconditional: unconditional, guidance: guidance,
                                            schedule: schedule, steps: 0..<schedule.count, generators: &generators)
             return pipeline.decode(samples)
         }

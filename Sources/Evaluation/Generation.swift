@@ -28,7 +28,7 @@ public struct GenerationRun: Sendable {
     public var width: Int?
 
     /// Stable Diffusion's classifier-free guidance, used for `--model` folders.
-    public static let folderGuidance: Float = 7.5
+    public static let folderGuidance = StableDiffusionPipeline.defaultGuidance
 
     public init(output: String) { self.output = output }
 

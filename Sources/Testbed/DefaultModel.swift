@@ -6,12 +6,12 @@ import Tensor
 /// The embedded default: the mini-SD and judges trained by this project on Fashion-MNIST,
 /// shipped in the tool's resources (`Resources/default/`) with their training records.
 public enum DefaultModel {
-    /// Sampler settings every figure of the testbed is measured with. Guidance 7.5 is diffusers'
+    /// Sampler settings every figure of the testbed is measured with. The guidance is diffusers'
     /// default and the scale ESD and UCE evaluate at; the embedded model draws the prompted class
     /// 96–98% of the time there and 90% at 4 (docs/BENCHMARKS.md). Figures before 2026-11-30 (session 5)
     /// used 4.
     public static let steps = 25
-    public static let guidance: Float = 7.5
+    public static let guidance = StableDiffusionPipeline.defaultGuidance
 
     /// The diffusers-layout folder of the embedded mini-SD.
     public static func folder() throws -> URL {

@@ -124,7 +124,7 @@ final class PipelineTests: XCTestCase {
         // Just above 1 the two-pass path runs and agrees up to rounding.
         let guided = try pipeline.generate(prompts: prompts, steps: 3, guidance: 1.0001, seed: 5)
         XCTAssertLessThan(relativeError(guided, generated), 1e-2)
-        let strong = try pipeline.generate(prompts: prompts, steps: 3, guidance: 7.5, seed: 5)
+        let strong = try pipeline.generate(prompts: prompts, steps: 3, guidance: StableDiffusionPipeline.defaultGuidance, seed: 5)
         XCTAssertGreaterThan(relativeError(strong, generated), 1e-2)
     }
 
@@ -155,8 +155,8 @@ final class PipelineTests: XCTestCase {
             let schedule = try pipeline.scheduler.schedule(steps: 5)
             let (cond, uncond) = pipeline.conditioning(prompts: ["a cat"], negativePrompt: "", guidance: 3)
             var generators = [StableDiffusionPipeline.imageGenerator(seed: 1, index: 0)]
-            return pipeline.denoise(partial, conditional: cond, unconditional: uncond, guidance: 3, schedule: schedule,
-                                    steps: 2..<5, generators: &generators)
+            return try pipeline.denoise(partial, conditional: cond, unconditional: uncond, guidance: 3, schedule: schedule,
+                                        steps: 2..<5, generators: &generators)
         }
         assertSameBits(rest, full, "partial + rest")
         expectError(try pipeline.sampleLatents(prompts: ["a cat"], steps: 5, guidance: 3, seed: 1, stopAtStep: 6),
@@ -168,6 +168,95 @@ final class PipelineTests: XCTestCase {
         var seen: [String] = []
         _ = try pipeline.generate(prompts: ["a cat"], steps: 4, guidance: 2, seed: 0) { seen.append("\($0)/\($1)") }
         XCTAssertEqual(seen, ["1/4", "2/4", "3/4", "4/4"])
+    }
+
+    // MARK: The denoising loop
+
+    /// The observer sees every step's model input, output and new sample, and stopping after a
+    /// step is the partial run that ends there; a swapped model drives the same loop.
+    func testObserverSeesEveryStepAndCanStopTheRun() throws {
+        let pipeline = try StableDiffusionPipeline(directory: try PipelineFixture.folder(self), scheduler: .ddpm)
+        let full = try pipeline.sampleLatents(prompts: ["a cat"], steps: 5, guidance: 3, seed: 1)
+        let schedule = try pipeline.scheduler.schedule(steps: 5)
+        let (cond, uncond) = pipeline.conditioning(prompts: ["a cat"], negativePrompt: "", guidance: 3)
+        func run(model: UNet2DConditionModel? = nil, stopAfter: Int? = nil) throws -> (Tensor, [DenoisingStep]) {
+            var generators = [StableDiffusionPipeline.imageGenerator(seed: 1, index: 0)]
+            let x = initialNoise(shape: [1, 4, 8, 8], schedule: schedule, generators: &generators)
+            var seen: [DenoisingStep] = []
+            let result = try noGrad {
+                try pipeline.denoise(x, conditional: cond, unconditional: uncond, guidance: 3, schedule: schedule,
+                                     generators: &generators, model: model) { step in
+                    seen.append(step)
+                    return step.index == stopAfter ? .stop : .proceed
+                }
+            }
+            return (result, seen)
+        }
+        let (result, seen) = try run()
+        assertSameBits(result, full, "the observed run is the pipeline's")
+        XCTAssertEqual(seen.map(\.index), [0, 1, 2, 3, 4])
+        XCTAssertEqual(seen.map(\.timestep), schedule.timesteps)
+        assertSameBits(seen[4].sample, full, "the last step's sample")
+        let guided = noGrad {
+            pipeline.guidedModelOutput(latents: seen[2].modelInput, timestep: seen[2].timestep, conditional: cond,
+                                       unconditional: uncond, guidance: 3)
+        }
+        assertSameBits(seen[2].modelOutput, guided, "the step's guided output")
+        assertSameBits(seen[2].modelInput, seen[1].sample, "DDPM's model input is the sample")
+
+        let (stopped, stoppedSeen) = try run(stopAfter: 1)
+        XCTAssertEqual(stoppedSeen.count, 2)
+        assertSameBits(stopped, try pipeline.sampleLatents(prompts: ["a cat"], steps: 5, guidance: 3, seed: 1, stopAtStep: 2),
+                       "stopped after step 1")
+
+        let other = try pipeline.unet.copy()
+        for (_, p) in other.namedParameters() { for i in 0..<p.count { p.pointer[i] *= 0.5 } }
+        let (swapped, _) = try run(model: other)
+        let otherPipeline = try StableDiffusionPipeline(textEncoder: pipeline.textEncoder, unet: other, vae: pipeline.vae,
+                                                        scheduler: pipeline.scheduler)
+        assertSameBits(swapped, try otherPipeline.sampleLatents(prompts: ["a cat"], steps: 5, guidance: 3, seed: 1), "swapped model")
+        XCTAssertGreaterThan(relativeError(swapped, full), 1e-3)
+    }
+
+    /// The loop needs only a closure from (input, timestep) to the output the scheduler steps
+    /// with, and stops at the first step whose sample is not finite, naming it.
+    func testNonFiniteSampleStopsTheLoopNamingTheStep() throws {
+        let scheduler = try DDIMScheduler(config: SchedulerConfig())
+        let schedule = try scheduler.schedule(steps: 6)
+        var generators = [RandomGenerator(seed: 1)]
+        let x = initialNoise(shape: [1, 2, 4, 4], schedule: schedule, generators: &generators)
+        var calls = 0
+        XCTAssertThrowsError(try denoise(x, scheduler: scheduler, schedule: schedule, generators: &generators) { input, _ in
+            calls += 1
+            return calls == 3 ? input * Float.infinity : input * 0.5
+        }) { error in
+            XCTAssertEqual(error as? PipelineError, .nonFiniteSample(step: 3, of: 6, timestep: schedule.timesteps[2]))
+            XCTAssertTrue("\(error)".contains("non-finite activations detected in sampling at step 3/6"), "\(error)")
+        }
+        XCTAssertEqual(calls, 3, "no step after the bad one")
+
+        let pipeline = try StableDiffusionPipeline(directory: try PipelineFixture.folder(self))
+        pipeline.unet.conv_out.weight.pointer[0] = .nan
+        expectError(try pipeline.generate(prompts: ["a cat"], steps: 3, guidance: 2, seed: 0),
+                    mentioning: ["non-finite activations detected in sampling at step 1/3"], "NaN weight")
+    }
+
+    /// A flow model's velocity drives the same loop: with the exact velocity ε − x₀ of the
+    /// straight path, flow-matching Euler steps from ε land on x₀.
+    func testFlowMatchingRunsTheSameLoop() throws {
+        let scheduler = try FlowMatchEulerDiscreteScheduler()
+        let schedule = try scheduler.schedule(steps: 4)
+        var g = RandomGenerator(seed: 2)
+        let x0 = g.normal([1, 2, 4, 4])
+        var generators = [RandomGenerator(seed: 3)]
+        let noise = initialNoise(shape: [1, 2, 4, 4], schedule: schedule, generators: &generators)
+        var timesteps: [Float] = []
+        let result = try denoise(noise, scheduler: scheduler, schedule: schedule, generators: &generators) { _, t in
+            timesteps.append(t)
+            return noise - x0
+        }
+        XCTAssertEqual(timesteps, schedule.timesteps)
+        assertClose(result, x0, tolerance: 1e-5, "Euler on a straight path")
     }
 
     func testPredictNoiseRecordsGradientsForTraining() throws {

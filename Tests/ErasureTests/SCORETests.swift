@@ -89,29 +89,120 @@ final class SCORETests: XCTestCase {
             Self.request, pipeline: try Tiny.pipeline(), context: ErasureContext(output: nil)).losses["erase"])
     }
 
-    func testResumeRefusesACheckpointOfAnotherConfig() throws {
-        let folder = Tiny.temporaryFolder("other-config")
-        _ = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: try Tiny.pipeline(),
-                                                      context: ErasureContext(output: folder, stopAfter: 2))
-        var other = Self.tinyConfig()
-        other.lambdaAdversarial = 0.5
-        XCTAssertThrowsError(try SCORE(config: other).erase(Self.request, pipeline: try Tiny.pipeline(),
-                                                            context: ErasureContext(output: folder, resume: true))) { error in
-            XCTAssertTrue("\(error)".contains("different config"), "\(error)")
+    /// Trajectory k of a pool is the pipeline's run of image k: its entries are the samples the
+    /// run visits, its final the sample it ends with, whatever the pool's batching.
+    func testPoolTrajectoriesAreThePipelinesRuns() throws {
+        let pipeline = try Tiny.pipeline()
+        let captions = ["", "cat", "a photo of a dog"]
+        let table = CaptionTable(captions: captions, encoder: pipeline.textEncoder)
+        let prompts = [1, 2, 1]
+        let pool = try TrajectoryPool.sample(pipeline: pipeline, table: table, promptIndices: prompts, unconditionalIndex: 0,
+                                             steps: 4, guidance: 3, seed: 7, firstTrajectory: 2, batchSize: 2)
+        let timesteps = try pipeline.scheduler.schedule(steps: 4).timesteps.map { Int($0.rounded()) }
+        XCTAssertEqual(pool.count, 12)
+        XCTAssertEqual(pool.trajectories, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+        XCTAssertEqual(pool.prompts, [1, 1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1])
+        XCTAssertEqual(pool.timesteps, timesteps + timesteps + timesteps)
+        for (k, prompt) in prompts.enumerated() {
+            func run(_ stop: Int?) throws -> [Float] {
+                try pipeline.sampleLatents(prompts: [captions[prompt]], steps: 4, guidance: 3, seed: 7, firstImageIndex: 2 + k,
+                                           stopAtStep: stop).scalars
+            }
+            XCTAssertEqual(pool.finals.narrowed(axis: 0, start: k, length: 1).scalars, try run(nil), "trajectory \(k)")
+            for i in 0..<4 {
+                XCTAssertEqual(pool.latents.narrowed(axis: 0, start: 4 * k + i, length: 1).scalars, try run(i), "trajectory \(k) step \(i)")
+            }
         }
     }
 
-    func testNonFiniteLossStopsAndNamesTheTerm() throws {
+    func testResumeRefusesACheckpointOfAnotherRequestOrConfigNamingTheDifference() throws {
+        let folder = Tiny.temporaryFolder("other-config")
+        _ = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: try Tiny.pipeline(),
+                                                      context: ErasureContext(output: folder, stopAfter: 4))
+        func refusal(_ config: SCOREConfig, _ request: ErasureRequest = SCORETests.request) -> String {
+            var logged: [String] = []
+            do {
+                _ = try SCORE(config: config).erase(request, pipeline: try Tiny.pipeline(),
+                                                    context: ErasureContext(output: folder, resume: true) { logged.append($0) })
+                return ""
+            } catch {
+                XCTAssertEqual(logged, [], "refused before any work")
+                return "\(error)"
+            }
+        }
+        var other = Self.tinyConfig()
+        other.lambdaAdversarial = 0.5
+        XCTAssertTrue(refusal(other).contains("config.lambdaAdversarial: 0.1 in the checkpoint, 0.5 now"), refusal(other))
+        var bag = Self.request
+        bag.concepts[0].name = "bag"
+        XCTAssertTrue(refusal(Self.tinyConfig(), bag).contains(#"request.concepts[0].name: "cat" in the checkpoint, "bag" now"#),
+                      refusal(Self.tinyConfig(), bag))
+        var retain = Self.request
+        retain.retainPrompts.append("a tree")
+        XCTAssertTrue(refusal(Self.tinyConfig(), retain).contains("request.retainPrompts"), refusal(Self.tinyConfig(), retain))
+        XCTAssertTrue(refusal(Self.tinyConfig(steps: 3)).contains("at step 4, past the 3 steps asked for"), refusal(Self.tinyConfig(steps: 3)))
+        // More steps and another checkpoint interval continue the run.
+        var longer = Self.tinyConfig(steps: 8)
+        longer.checkpointEvery = 3
+        XCTAssertEqual(refusal(longer), "")
+    }
+
+    /// NaN weights are caught where they first act: sampling the trajectory pools.
+    func testNonFiniteWeightsStopTheRunNamingTheSamplingStep() throws {
         let pipeline = try Tiny.pipeline()
         pipeline.unet.conv_out.weight.pointer[0] = .nan
-        let folder = Tiny.temporaryFolder("nan")
         XCTAssertThrowsError(try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: pipeline,
-                                                                       context: ErasureContext(output: folder))) { error in
-            guard case let ErasureError.nonFinite(term, step, _) = error else { return XCTFail("\(error)") }
-            XCTAssertEqual(term, "erase")
-            XCTAssertEqual(step, 1)
-            XCTAssertTrue("\(error)".contains("erase loss became non-finite"))
+                                                                       context: ErasureContext(output: nil))) { error in
+            guard case .nonFiniteSample(step: 1, of: 4, _)? = error as? PipelineError else { return XCTFail("\(error)") }
         }
+    }
+
+    /// A method whose loss turns NaN at its third step: the harness names the term and the step
+    /// and keeps the checkpoint of step 2, which a resumed run continues from.
+    func testNonFiniteLossStopsKeepingTheLastGoodCheckpoint() throws {
+        struct Settings: TrainingConfig {
+            var steps = 5
+            var checkpointEvery = 1
+            static let resumableKeys: Set<String> = []
+        }
+        final class Diverging: FineTuning {
+            typealias Config = Settings
+            let layer: Linear
+            var model: Module { layer }
+            let trainable: [(name: String, tensor: Tensor)]
+            let optimizer: any Optimizer
+            var generator = RandomGenerator(seed: 0)
+            let nanAt: Int?
+            static let method = "diverging"
+            init(nanAt: Int?) {
+                var g = RandomGenerator(seed: 1)
+                layer = Linear(2, 1, generator: &g)
+                trainable = layer.trainableParameters()
+                optimizer = SGD(trainable, learningRate: 0.1)
+                self.nanAt = nanAt
+            }
+            func losses(step: Int) throws -> StepLosses {
+                let y = layer(Tensor(shape: [1, 2], scalars: [1, generator.uniform([1]).scalars[0]]))
+                let loss = (y * y).sum() * (step == nanAt ? Float.nan : 1)
+                return StepLosses(total: loss, checked: [("fit", loss.item)])
+            }
+            func progress(_ losses: [String: [Float]]) -> [(String, Float)] { [] }
+        }
+        let folder = Tiny.temporaryFolder("diverging")
+        let checkpoint = folder.appendingPathComponent("checkpoint.safetensors")
+        let context = ErasureContext(output: folder)
+        XCTAssertThrowsError(try TrainingRun.train(config: Settings(), request: Self.request, context: context) { Diverging(nanAt: 2) }) { error in
+            XCTAssertEqual(error as? ErasureError, .nonFinite(term: "fit", step: 3, checkpoint: checkpoint.path))
+        }
+        let resumed = try TrainingRun.train(config: Settings(), request: Self.request, context: ErasureContext(output: folder, resume: true)) {
+            Diverging(nanAt: nil)
+        }
+        XCTAssertEqual(resumed.steps, 5)
+        XCTAssertEqual(resumed.losses["fit"]?.count, 5)
+        let straight = try TrainingRun.train(config: Settings(), request: Self.request, context: ErasureContext(output: nil)) {
+            Diverging(nanAt: nil)
+        }
+        XCTAssertEqual(resumed.losses["fit"], straight.losses["fit"], "the run continued from step 2's checkpoint")
     }
 
     func testBadRequestsAreRejectedBeforeAnyWork() throws {
@@ -171,5 +262,30 @@ final class SCORETests: XCTestCase {
         XCTAssertEqual(saved.steps, 3)
         XCTAssertEqual(saved.losses["erase"]?.count, 3)
         XCTAssertNotNil(try ErasedModel.manifest(in: folder.appendingPathComponent("out/model")))
+    }
+
+    /// A run into an earlier run's folder replaces all of its outputs (the mask an ESD run does not
+    /// write goes too) and clears what an interrupted run left behind.
+    func testEraseJobReplacesAnEarlierRunsOutputsTogether() throws {
+        let folder = Tiny.temporaryFolder("replace")
+        let base = folder.appendingPathComponent("base"), out = folder.appendingPathComponent("out")
+        try Tiny.save(try Tiny.pipeline(), to: base)
+        func job(_ method: any ErasureMethod) -> EraseJob {
+            var job = EraseJob(method: method, request: Self.request, baseFolder: base, baseName: base.path, output: out)
+            job.leakage = nil
+            return job
+        }
+        try job(SCORE(config: Self.tinyConfig(steps: 2))).run(pipeline: try Tiny.pipeline(), log: { _ in })
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out.appendingPathComponent("mask.safetensors").path))
+        for leftover in [".staging/model", ".model.partial/unet"] {
+            try FileManager.default.createDirectory(at: out.appendingPathComponent(leftover), withIntermediateDirectories: true)
+        }
+        try Data("x".utf8).write(to: out.appendingPathComponent(".checkpoint.safetensors.1234.tmp"))
+
+        try job(ESD(config: BaselineTests.tinyESD(iterations: 2))).run(pipeline: try Tiny.pipeline(), log: { _ in })
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out.path).sorted(),
+                       ["checkpoint.safetensors", "config.json", "model", "run.json"])
+        XCTAssertEqual(try ErasureRecord.read(from: out.appendingPathComponent("run.json")).method, "esd")
+        XCTAssertEqual(try ErasedModel.manifest(in: out.appendingPathComponent("model"))?.method, "esd")
     }
 }

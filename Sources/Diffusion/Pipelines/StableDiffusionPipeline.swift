@@ -14,8 +14,8 @@ import Tensor
 ///
 /// The pieces are public so that the erasure methods can use them one at a time:
 /// `encodePrompts`, `predictNoise` (recorded for autodiff when the UNet's parameters require
-/// gradients), `sampleLatents(…, stopAtStep:)` (a partial run, as ESD samples xₜ part-way),
-/// `predictedOriginal` and `decode`.
+/// gradients), `denoise` (the one sampling loop, with a swappable model, a start step and a
+/// per-step observer that can record and stop), `predictedOriginal` and `decode`.
 ///
 /// Determinism: image k of a call is drawn from the stream `RandomGenerator(seed:).fork(firstImageIndex + k)`,
 /// so it is the same image, bit for bit, whether generated alone (with `firstImageIndex: k`) or in a
@@ -31,6 +31,10 @@ public final class StableDiffusionPipeline {
     /// included); the testbed's mini-SD does (MiniLM states of padded tokens are ignored).
     /// Default: false for `CLIPTextEncoder`, true for any other encoder.
     public var passesAttentionMask: Bool
+
+    /// diffusers' default classifier-free guidance scale (`guidance_scale=7.5`), the scale users
+    /// sample Stable Diffusion at.
+    public static let defaultGuidance: Float = 7.5
 
     /// Assembles a pipeline from loaded components, checking that they fit together: the text
     /// encoder's width is the UNet's `cross_attention_dim`, the VAE's latent channels are the
@@ -187,52 +191,36 @@ public final class StableDiffusionPipeline {
         return (conditional, unconditional)
     }
 
-    /// Runs steps `steps` of `schedule` from `latents` (already scaled by `initNoiseSigma` when
-    /// starting at step 0). Stochastic steps (DDPM; DDIM with η > 0) draw image k's noise from
-    /// `generators[k]`. Not wrapped in `noGrad`: the caller decides.
+    /// Runs steps `steps` (all when nil) of `schedule` from `latents` (already scaled by
+    /// `initNoiseSigma` when starting at step 0) with guidance: the one loop (`Diffusion.denoise`)
+    /// around `guidedModelOutput`. `model` replaces the pipeline's UNet (e.g. a frozen copy);
+    /// `observe` as in `Diffusion.denoise`. Not wrapped in `noGrad`: the caller decides.
     public func denoise(_ latents: Tensor, conditional: (states: Tensor, mask: Tensor),
                         unconditional: (states: Tensor, mask: Tensor)?, guidance: Float,
-                        schedule: SamplingSchedule, steps: Range<Int>, generators: inout [RandomGenerator],
-                        progress: ((_ step: Int, _ total: Int) -> Void)? = nil) -> Tensor {
-        precondition(steps.lowerBound >= 0 && steps.upperBound <= schedule.count,
-                     "denoise: steps \(steps) outside the schedule's \(schedule.count)")
-        precondition(generators.count == latents.shape[0], "denoise: \(generators.count) generators for \(latents.shape[0]) images")
-        var x = latents
-        for i in steps {
-            let t = schedule.timesteps[i]
-            let input = scheduler.scaleModelInput(x, index: i, of: schedule)
-            let output = guidedModelOutput(latents: input, timestep: t, conditional: conditional,
-                                           unconditional: unconditional, guidance: guidance)
-            var noise: Tensor? = nil
-            if scheduler.addsNoise(index: i, of: schedule) {
-                let shape = [1] + Array(x.shape.dropFirst())
-                noise = Tensor.concat(generators.indices.map { generators[$0].normal(shape) }, axis: 0)
-            }
-            x = scheduler.step(modelOutput: output, index: i, of: schedule, sample: x, noise: noise).prevSample
-            progress?(i + 1, schedule.count)
+                        schedule: SamplingSchedule, steps: Range<Int>? = nil, generators: inout [RandomGenerator],
+                        model: UNet2DConditionModel? = nil,
+                        observe: ((DenoisingStep) -> DenoisingControl)? = nil) throws -> Tensor {
+        try Diffusion.denoise(latents, scheduler: scheduler, schedule: schedule, steps: steps, generators: &generators,
+                              observe: observe) { input, t in
+            guidedModelOutput(latents: input, timestep: t, conditional: conditional, unconditional: unconditional,
+                              guidance: guidance, model: model)
         }
-        return x
     }
 
     /// The initial noise of a run: image k from its own stream (see `imageGenerator`), or
     /// `initialNoise` [B, C, h, w] when given (standard normal, as diffusers' `latents=`),
     /// times the schedule's `initNoiseSigma`. Returns the generators, advanced past the draw.
     func initialLatents(batch: Int, height: Int, width: Int, seed: UInt64, firstImageIndex: Int,
-                        initialNoise: Tensor?, schedule: SamplingSchedule) throws -> (Tensor, [RandomGenerator]) {
+                        initialNoise given: Tensor?, schedule: SamplingSchedule) throws -> (Tensor, [RandomGenerator]) {
         let shape = try latentShape(batch: batch, height: height, width: width)
         var generators = (0..<batch).map { Self.imageGenerator(seed: seed, index: firstImageIndex + $0) }
-        let noise: Tensor
-        if let initialNoise {
-            guard initialNoise.shape == shape else {
-                throw PipelineError.invalidArgument("initial noise has shape \(initialNoise.shape), expected \(shape)")
-            }
-            noise = initialNoise
-        } else {
-            let one = [1] + Array(shape.dropFirst())
-            noise = Tensor.concat(generators.indices.map { generators[$0].normal(one) }, axis: 0)
+        guard let given else {
+            return (initialNoise(shape: [1] + shape.dropFirst(), schedule: schedule, generators: &generators), generators)
         }
-        let sigma = Float(schedule.initNoiseSigma)
-        return (schedule.initNoiseSigma == 1 ? noise : noise * sigma, generators)
+        guard given.shape == shape else {
+            throw PipelineError.invalidArgument("initial noise has shape \(given.shape), expected \(shape)")
+        }
+        return (schedule.initNoiseSigma == 1 ? given : given * Float(schedule.initNoiseSigma), generators)
     }
 
     /// The samples of a run with guidance, before decoding: the scheduler's loop from fresh noise
@@ -263,8 +251,11 @@ public final class StableDiffusionPipeline {
                 batch: prompts.count, height: height ?? defaultHeight, width: width ?? defaultWidth, seed: seed,
                 firstImageIndex: firstImageIndex, initialNoise: initialNoise, schedule: schedule)
             let (conditional, unconditional) = conditioning(prompts: prompts, negativePrompt: negativePrompt, guidance: guidance)
-            return denoise(latents, conditional: conditional, unconditional: unconditional, guidance: guidance,
-                           schedule: schedule, steps: 0..<stop, generators: &generators, progress: progress)
+            return try denoise(latents, conditional: conditional, unconditional: unconditional, guidance: guidance,
+                               schedule: schedule, steps: 0..<stop, generators: &generators) { step in
+                progress?(step.index + 1, step.count)
+                return .proceed
+            }
         }
     }
 
@@ -296,6 +287,8 @@ public enum PipelineError: Error, CustomStringConvertible, Equatable {
     case incompatible(String)
     /// A bad argument to a pipeline call.
     case invalidArgument(String)
+    /// The sample held NaN or infinite values after step `step` of `count` (counted from 1).
+    case nonFiniteSample(step: Int, of: Int, timestep: Float)
 
     public var description: String {
         switch self {
@@ -307,6 +300,8 @@ public enum PipelineError: Error, CustomStringConvertible, Equatable {
             return "\(url.path): the text encoder (\(className)) cannot be built from this folder; pass one in (textEncoder:)"
         case let .incompatible(reason): return "the pipeline's components do not fit together: \(reason)"
         case let .invalidArgument(reason): return reason
+        case let .nonFiniteSample(step, count, timestep):
+            return "non-finite activations detected in sampling at step \(step)/\(count) (timestep \(timestep)): the model's weights or config give NaN or infinite values"
         }
     }
 }

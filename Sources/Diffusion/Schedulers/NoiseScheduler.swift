@@ -107,7 +107,7 @@ public struct SchedulerStepOutput {
 /// single timestep for the whole batch). Every method is made of tensor ops, so gradients flow
 /// through them when their inputs are tracked. Coefficients are computed in Float64 from the
 /// Float64 ᾱ table and applied to Float32 tensors.
-public protocol NoiseScheduler: Sendable {
+public protocol NoiseScheduler: SamplingScheduler {
     var config: SchedulerConfig { get }
     /// βₜ and ᾱₜ of the training timesteps.
     var noiseSchedule: NoiseSchedule { get }
