@@ -45,6 +45,8 @@ extension UNetBenchmark {
         public var runs = 1
         /// Also time forward + backward.
         public var backward = true
+        /// Recompute each block's activations in the backward pass (diffusers' gradient_checkpointing).
+        public var gradientCheckpointing = false
         public init() {}
 
         public func validate() throws {
@@ -65,7 +67,8 @@ extension UNetBenchmark {
     public static func run(_ settings: Settings, progress: (String) -> Void = { _ in }) throws -> UNetBenchmarkResult {
         try settings.validate()
         return try run(config: try settings.unetConfig(), name: settings.config, latent: settings.latent, batch: settings.batch,
-                       tokens: settings.tokens, runs: settings.runs, backward: settings.backward, progress: progress)
+                       tokens: settings.tokens, runs: settings.runs, backward: settings.backward,
+                       gradientCheckpointing: settings.gradientCheckpointing, progress: progress)
     }
 }
 

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// The process's peak resident set size in MB (`VmHWM` of /proc/self/status), nil where there is none.
@@ -10,4 +11,37 @@ public func peakResidentMegabytes() -> Double? {
         return kilobytes / 1024
     }
     return nil
+}
+
+/// The engine's buffer cache (Sources/CKernels/memory.c): tensor storage of 128 KiB and more is
+/// kept when freed and handed to the next request of its size class, so a training step reuses
+/// the previous step's activation buffers instead of mapping and page-faulting fresh ones.
+public enum BufferCache {
+    /// A 64-byte aligned buffer for `count` floats; release it with `free`.
+    @inline(__always)
+    public static func allocate(floats count: Int) -> UnsafeMutablePointer<Float> {
+        guard let raw = score_buffer_alloc(max(count, 1) * MemoryLayout<Float>.stride) else {
+            fatalError("out of memory: \(count) floats (\(count * 4 >> 20) MiB)")
+        }
+        return raw.bindMemory(to: Float.self, capacity: max(count, 1))
+    }
+
+    @inline(__always)
+    public static func free(_ pointer: UnsafeMutablePointer<Float>) { score_buffer_free(pointer) }
+
+    /// Returns every cached buffer to the system (after a large job, before a long idle phase).
+    public static func releaseCached() { score_buffer_release_cached() }
+
+    /// The most bytes kept cached (default: SCORE_BUFFER_CACHE_MB, or half the physical memory); 0 turns caching off.
+    public static var limitBytes: Int {
+        get { Int(clamping: score_buffer_statistics().cache_limit) }
+        set { score_buffer_set_cache_limit(size_t(max(0, newValue))) }
+    }
+
+    /// Bytes cached now, bytes of large buffers in use, and the large requests served from the
+    /// cache and mapped fresh since the start.
+    public static var statistics: (cachedBytes: Int, liveBytes: Int, hits: Int, misses: Int) {
+        let s = score_buffer_statistics()
+        return (Int(s.cached_bytes), Int(s.live_bytes), Int(s.hits), Int(s.misses))
+    }
 }

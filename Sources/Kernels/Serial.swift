@@ -53,9 +53,3 @@ extension Kernels {
         if count > 0 { score_gelu_grad(x, g, dx, Int64(count)) }
     }
 }
-
-extension Kernels {
-    /// Makes glibc keep freed large blocks for reuse instead of unmapping them, so a training
-    /// step does not page-fault its activations into freshly zeroed memory every time.
-    public static func keepFreedMemoryInHeap() { score_keep_freed_memory() }
-}

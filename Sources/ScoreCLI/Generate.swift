@@ -122,6 +122,7 @@ struct Bench: ParsableCommand {
         @Option(help: "Text tokens (77 for CLIP).") var tokens = defaults.tokens
         @Option(help: "Timed runs per measurement (the median; one untimed warm-up when more than 1).") var runs = defaults.runs
         @Flag(help: "Time the forward pass only.") var forwardOnly = false
+        @Flag(help: "Recompute each block's activations in the backward pass (diffusers' gradient_checkpointing).") var gradientCheckpointing = false
         @Flag(help: "Print one JSON object instead of a table.") var json = false
         @OptionGroup var compute: ComputeOptions
 
@@ -133,6 +134,7 @@ struct Bench: ParsableCommand {
             settings.tokens = tokens
             settings.runs = runs
             settings.backward = !forwardOnly
+            settings.gradientCheckpointing = gradientCheckpointing
             return settings
         }
 

@@ -1,10 +1,8 @@
 import Kernels
 
-/// Large activations are freed and reallocated every step; keep them in the heap (see
-/// `Kernels.keepFreedMemoryInHeap`).
-private let keepFreedMemoryInHeap: Void = Kernels.keepFreedMemoryInHeap()
-
-/// A contiguous, 64-byte aligned buffer of Float32 owned by one or more tensors.
+/// A contiguous, 64-byte aligned buffer of Float32 owned by one or more tensors. Its memory
+/// comes from `BufferCache`, which hands the buffers of freed tensors to the next tensors of
+/// the same size.
 ///
 /// Tensors are always contiguous and row-major; views that need a different layout
 /// (permute, slice, expand) copy. Reshape shares storage. This keeps every kernel a simple
@@ -15,11 +13,8 @@ public final class TensorStorage: @unchecked Sendable {
 
     /// Uninitialised storage: the caller must write every element.
     public init(uninitializedCount count: Int) {
-        keepFreedMemoryInHeap
         self.count = count
-        let raw = UnsafeMutableRawPointer.allocate(
-            byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
-        pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        pointer = BufferCache.allocate(floats: count)
     }
 
     public convenience init(repeating value: Float, count: Int) {
@@ -33,7 +28,7 @@ public final class TensorStorage: @unchecked Sendable {
         for v in values { p.pointee = v; p += 1 }
     }
 
-    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+    deinit { BufferCache.free(pointer) }
 
     public var buffer: UnsafeMutableBufferPointer<Float> {
         UnsafeMutableBufferPointer(start: pointer, count: count)

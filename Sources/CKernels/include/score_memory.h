@@ -1,6 +1,30 @@
 #ifndef SCORE_MEMORY_H
 #define SCORE_MEMORY_H
+#include <stddef.h>
+
 /// Asks the C allocator to keep freed large blocks for reuse instead of returning them to the
 /// kernel (glibc only; a no-op elsewhere). Idempotent.
 void score_keep_freed_memory(void);
+
+/// Tensor storage: a 64-byte aligned buffer of at least `bytes` bytes. Buffers of 128 KiB and
+/// more come from a cache of freed buffers of the same size class (eight classes per power of
+/// two) and are mapped fresh only on a miss; smaller ones come from malloc. Thread-safe.
+void *score_buffer_alloc(size_t bytes);
+/// Returns a buffer from score_buffer_alloc (NULL is ignored) to the cache, or to the system
+/// when the cache is at its cap.
+void score_buffer_free(void *buffer);
+/// Returns every cached buffer to the system.
+void score_buffer_release_cached(void);
+/// Caps the bytes the cache keeps (the default: SCORE_BUFFER_CACHE_MB, or half the physical memory); 0 turns
+/// caching off. Buffers over the cap are released at once.
+void score_buffer_set_cache_limit(size_t bytes);
+
+typedef struct {
+    size_t cached_bytes;      // held in the cache now
+    size_t live_bytes;        // handed out and not yet freed (large buffers only)
+    size_t cache_limit;
+    unsigned long long hits;  // large requests served from the cache
+    unsigned long long misses;
+} score_buffer_stats;
+score_buffer_stats score_buffer_statistics(void);
 #endif

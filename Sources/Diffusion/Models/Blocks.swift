@@ -87,11 +87,22 @@ public final class ResnetBlock2D: Module {
 
     /// x [B, C, H, W]; temb [B, tembChannels] (nil for the VAE's blocks, which have no projection).
     public func callAsFunction(_ x: Tensor, temb: Tensor? = nil) -> Tensor {
+        forward(x, timeProjection: projectTime(temb))
+    }
+
+    /// time_emb_proj(silu(temb)) as [B, C, 1, 1]; nil without a projection or a temb.
+    public func projectTime(_ temb: Tensor?) -> Tensor? {
+        guard let time_emb_proj, let temb else { return nil }
+        let t = time_emb_proj(temb.silu())
+        return t.reshaped([t.shape[0], t.shape[1], 1, 1])
+    }
+
+    /// The block given its time projection (`projectTime`). Gradient checkpointing recomputes
+    /// this part only: with the projection outside, the time embedding's gradient sums the blocks'
+    /// terms in the same order as without checkpointing.
+    public func forward(_ x: Tensor, timeProjection t: Tensor?) -> Tensor {
         var h = conv1(norm1(x).silu())
-        if let time_emb_proj, let temb {
-            let t = time_emb_proj(temb.silu())
-            h = h + t.reshaped([t.shape[0], t.shape[1], 1, 1])
-        }
+        if let t { h = h + t }
         h = conv2(norm2(h).silu())
         var out = (conv_shortcut?(x) ?? x) + h
         if outputScaleFactor != 1 { out = out / outputScaleFactor }

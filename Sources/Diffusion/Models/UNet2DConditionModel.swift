@@ -353,10 +353,36 @@ public struct UNetConditioning {
     /// Broadcastable to [B, heads, N, M] (nonzero = may attend), or nil.
     public let contextMask: Tensor?
 
-    public init(temb: Tensor, context: Tensor, contextMask: Tensor? = nil) {
+    /// Recompute each resnet's and transformer's activations in the backward pass instead of
+    /// keeping them (`UNet2DConditionModel.enableGradientCheckpointing`).
+    public var gradientCheckpointing: Bool
+
+    public init(temb: Tensor, context: Tensor, contextMask: Tensor? = nil, gradientCheckpointing: Bool = false) {
         self.temb = temb
         self.context = context
         self.contextMask = contextMask
+        self.gradientCheckpointing = gradientCheckpointing
+    }
+
+    /// `resnet(x, temb)`, checkpointed when asked. `skip` (an up block's skip state) is
+    /// concatenated onto x inside, so the concatenation is not kept either.
+    func run(_ resnet: ResnetBlock2D, _ x: Tensor, skip: Tensor? = nil) -> Tensor {
+        guard gradientCheckpointing else {
+            return resnet(skip.map { Tensor.concat([x, $0], axis: 1) } ?? x, temb: temb)
+        }
+        let time = resnet.projectTime(temb)
+        let inputs = [x] + (skip.map { [$0] } ?? []) + (time.map { [$0] } ?? [])
+        return checkpoint(inputs) { t in
+            let h = skip == nil ? t[0] : Tensor.concat([t[0], t[1]], axis: 1)
+            return resnet.forward(h, timeProjection: time == nil ? nil : t[t.count - 1])
+        }
+    }
+
+    /// `attention(x, context)`, checkpointed when asked.
+    func run(_ attention: Transformer2DModel, _ x: Tensor) -> Tensor {
+        let mask = contextMask
+        guard gradientCheckpointing else { return attention(x, context: context, contextMask: mask) }
+        return checkpoint([x, context]) { t in attention(t[0], context: t[1], contextMask: mask) }
     }
 }
 
@@ -399,7 +425,7 @@ public final class DownBlock2D: UNetDownBlock {
         var h = x
         var states: [Tensor] = []
         for resnet in resnets {
-            h = resnet(h, temb: cond.temb)
+            h = cond.run(resnet, h)
             states.append(h)
         }
         if let down = downsamplers?.first {
@@ -440,8 +466,8 @@ public final class CrossAttnDownBlock2D: UNetDownBlock {
         var h = x
         var states: [Tensor] = []
         for (resnet, attention) in zip(resnets, attentions) {
-            h = resnet(h, temb: cond.temb)
-            h = attention(h, context: cond.context, contextMask: cond.contextMask)
+            h = cond.run(resnet, h)
+            h = cond.run(attention, h)
             states.append(h)
         }
         if let down = downsamplers?.first {
@@ -476,10 +502,10 @@ public final class UNetMidBlock2DCrossAttn: Module {
     }
 
     public func callAsFunction(_ x: Tensor, _ cond: UNetConditioning) -> Tensor {
-        var h = resnets[0](x, temb: cond.temb)
+        var h = cond.run(resnets[0], x)
         for (attention, resnet) in zip(attentions, resnets.dropFirst()) {
-            h = attention(h, context: cond.context, contextMask: cond.contextMask)
-            h = resnet(h, temb: cond.temb)
+            h = cond.run(attention, h)
+            h = cond.run(resnet, h)
         }
         return h
     }
@@ -516,7 +542,7 @@ public final class UpBlock2D: UNetUpBlock {
         var h = x
         var remaining = skips
         for resnet in resnets {
-            h = resnet(Tensor.concat([h, remaining.removeLast()], axis: 1), temb: cond.temb)
+            h = cond.run(resnet, h, skip: remaining.removeLast())
         }
         if let up = upsamplers?.first { h = up(h) }
         return h
@@ -555,8 +581,8 @@ public final class CrossAttnUpBlock2D: UNetUpBlock {
         var h = x
         var remaining = skips
         for (resnet, attention) in zip(resnets, attentions) {
-            h = resnet(Tensor.concat([h, remaining.removeLast()], axis: 1), temb: cond.temb)
-            h = attention(h, context: cond.context, contextMask: cond.contextMask)
+            h = cond.run(resnet, h, skip: remaining.removeLast())
+            h = cond.run(attention, h)
         }
         if let up = upsamplers?.first { h = up(h) }
         return h
@@ -576,6 +602,16 @@ public final class UNet2DConditionModel: Module {
     public let mid_block: UNetMidBlock2DCrossAttn?
     public let conv_norm_out: GroupNorm
     public let conv_out: Conv2d
+    /// diffusers' `gradient_checkpointing`: each resnet and transformer recomputes its
+    /// activations in the backward pass instead of keeping them (`checkpoint` in the Tensor
+    /// layer): far less memory for a training step, about one more forward pass of time, the
+    /// same gradients to the bit.
+    public var gradientCheckpointing = false
+
+    /// diffusers' `enable_gradient_checkpointing()`.
+    public func enableGradientCheckpointing() { gradientCheckpointing = true }
+    /// diffusers' `disable_gradient_checkpointing()`.
+    public func disableGradientCheckpointing() { gradientCheckpointing = false }
 
     /// A randomly initialised model (PyTorch's default init) of the given architecture.
     /// Throws `DiffusionConfigError` for configs that are inconsistent or not implemented.
@@ -721,7 +757,8 @@ public final class UNet2DConditionModel: Module {
         let timesteps = timestep.count == batch ? timestep : Array(repeating: timestep[0], count: batch)
         let temb = time_embedding(timeProjection(timesteps))
         let mask = encoderAttentionMask.map { contextMask($0, batch: batch, tokens: encoderHiddenStates.shape[1]) }
-        let cond = UNetConditioning(temb: temb, context: encoderHiddenStates, contextMask: mask)
+        let cond = UNetConditioning(temb: temb, context: encoderHiddenStates, contextMask: mask,
+                                    gradientCheckpointing: gradientCheckpointing)
 
         var h = config.centerInputSample ? sample * 2 - 1 : sample
         h = conv_in(h)

@@ -75,8 +75,8 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mas
         Kernels.parallelFor(batch * heads * chunksPerHead) { item in
             let bh = item / chunksPerHead, first = (item % chunksPerHead) * chunk
             let rows = min(chunk, queries - first)
-            let scratch = cached == nil ? UnsafeMutablePointer<Float>.allocate(capacity: rows * keys) : nil
-            defer { scratch?.deallocate() }
+            let scratch = cached == nil ? BufferCache.allocate(floats: rows * keys) : nil
+            defer { scratch.map(BufferCache.free) }
             let scores = scratch ?? cached!.pointer + (bh * queries + first) * keys
             probabilities(bh: bh, first: first, rows: rows, into: scores)
             Kernels.sgemmSerial(transA: false, transB: false, m: rows, n: valueDepth, k: keys,
@@ -92,9 +92,9 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mas
         // Keys and values of one (batch, head) collect gradients from all its query chunks,
         // so threads split over (batch, head) pairs, not chunks.
         Kernels.parallelFor(batch * heads) { bh in
-            let scratch = cached == nil ? UnsafeMutablePointer<Float>.allocate(capacity: chunk * keys) : nil
-            let dp = UnsafeMutablePointer<Float>.allocate(capacity: chunk * keys)
-            defer { scratch?.deallocate(); dp.deallocate() }
+            let scratch = cached == nil ? BufferCache.allocate(floats: chunk * keys) : nil
+            let dp = BufferCache.allocate(floats: chunk * keys)
+            defer { scratch.map(BufferCache.free); BufferCache.free(dp) }
             for c in 0..<chunksPerHead {
                 let first = c * chunk, rows = min(chunk, queries - first)
                 let p: UnsafeMutablePointer<Float>
