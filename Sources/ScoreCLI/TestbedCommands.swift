@@ -81,7 +81,7 @@ struct Train: ParsableCommand {
             commandName: "judge", abstract: "Train a concept classifier (judge) and report its test accuracy.")
 
         private static let defaults = JudgeTrainingOptions(output: URL(fileURLWithPath: JudgeTrainingRun.defaultOutput))
-        @Option(help: "Architecture: cnn or mlp.") var arch = defaults.architecture
+        @Option(help: "Architecture: resnet, cnn or mlp.") var arch = defaults.architecture
         @Option(help: "Optimizer steps.") var steps = defaults.steps
         @Option(help: "Images per step.") var batch = defaults.batchSize
         @Option(help: "Peak learning rate (cosine schedule).") var lr = defaults.learningRate
@@ -89,6 +89,7 @@ struct Train: ParsableCommand {
         @Option(help: "Checkpoint every N steps.") var checkpointEvery = defaults.checkpointEvery
         @Option(help: "Output folder.") var out = JudgeTrainingRun.defaultOutput
         @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @Flag(help: "Train on random flips and ±2-pixel shifts of the images (recorded in the checkpoint; --resume must pass it again).") var augment = false
         @Option(help: "Emoji judge: style (4 styles, held-out emoji) or identity (the tasks' emoji and \"other\", held-out copies).") var task: EmojiJudgeData.Task?
         @Option(help: "Emoji identity judge: hold out this whole style (noto, twemoji, openmoji, symbola) instead of the last copy; a measurement, not the judge check-model uses.") var heldOutStyle: String?
         @OptionGroup var testbed: TestbedOptions
@@ -103,6 +104,7 @@ struct Train: ParsableCommand {
             options.seed = seed
             options.checkpointEvery = checkpointEvery
             options.resume = resume
+            options.augment = augment
             options.command = CommandLine.arguments.joined(separator: " ")
             var run = JudgeTrainingRun(options: options, testbed: try testbed.data())
             run.task = task
@@ -130,7 +132,7 @@ struct CheckModel: ParsableCommand {
     private static let defaults = ModelCheckRun()
     @Option(help: "A testbed model folder (default: the embedded mini-SD; required for --testbed emoji).") var model: String?
     @Option(help: "Folder with judge-<arch>.safetensors (emoji: judge-style-<arch>.safetensors and judge-identity-<arch>.safetensors, or where `score train judge --testbed emoji` wrote them; default: the embedded judges).") var judges: String?
-    @Option(help: "Judge architecture: cnn or mlp.") var judge = defaults.judge
+    @Option(help: "Judge architecture: resnet, cnn or mlp.") var judge = defaults.judge
     @Option(help: "Images per class.") var imagesPerClass = defaults.imagesPerClass
     @Option(help: "Instead of the canonical prompts, judge --images-per-class images of this one prompt and print the fraction placed in each class (\"\" for the unconditional model).") var prompt: String?
     @Option(help: "Emoji: images per style (\"{name} in {style} style\" over a fixed sample of emoji).") var imagesPerStyle = defaults.imagesPerStyle
@@ -191,6 +193,8 @@ struct CheckModel: ParsableCommand {
             }
             print(String(format: "mean accuracy %.1f%%, KID %.4f (judge %@, its test accuracy %.1f%%)",
                          result.mean_accuracy * 100, result.kid, judge, (result.judge_test_accuracy ?? 0) * 100))
+            print(String(format: "mean border pixel (0–255) %.2f, real test images %.2f",
+                         result.mean_border_pixel ?? .nan, result.real_mean_border_pixel ?? .nan))
         }
     }
 }

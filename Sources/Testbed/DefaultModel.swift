@@ -59,7 +59,34 @@ public struct ModelCheck: Codable, Sendable {
     /// The judge's accuracy on each class's real test images: how well it can recognise the
     /// class at all, beside how often it recognises the generated images.
     public var judge_test_per_class_accuracy: [String: Double]?
+    /// Mean grey level (0–255) of the generated images' border (`borderWidth` pixels along each
+    /// edge of the 32×32 frame), beside the same figure for as many real test images: a haze
+    /// where the data has black background shows here before a judge notices it.
+    public var mean_border_pixel: Double?
+    public var real_mean_border_pixel: Double?
     public var sampler: String
+}
+
+/// Pixels from each edge that `meanBorderPixel` averages: Fashion-MNIST's 2-pixel padding and
+/// the outer 2 pixels of its 28×28 images.
+public let borderWidth = 4
+
+/// Mean grey level (0–255) of the pixels within `width` of the edge of images [N, C, H, W] in [−1, 1].
+public func meanBorderPixel(_ images: Tensor, width: Int = borderWidth) -> Double {
+    precondition(images.rank == 4, "meanBorderPixel needs NCHW images, got \(images.shape)")
+    let (h, w) = (images.shape[2], images.shape[3])
+    let planes = images.shape[0] * images.shape[1]
+    let values = images.scalars
+    var total = 0.0, count = 0
+    for plane in 0..<planes {
+        for y in 0..<h {
+            for x in 0..<w where y < width || y >= h - width || x < width || x >= w - width {
+                total += Double(values[(plane * h + y) * w + x])
+                count += 1
+            }
+        }
+    }
+    return (total / Double(max(count, 1)) + 1) * 127.5
 }
 
 /// Where the judge places the images of one prompt: the fraction of `count` images judged as
@@ -93,9 +120,11 @@ public func checkModel(pipeline: StableDiffusionPipeline, judge: any Judge, prom
     let all = Tensor.concat(generated, axis: 0)
     var g = RandomGenerator(seed: seed)
     let realIndices = Array(g.permutation(test.count).prefix(all.shape[0]))
-    let kid = kernelDistance(judge.featureBatches(all), judge.featureBatches(test.batch(realIndices)))
+    let real = test.batch(realIndices)
+    let kid = kernelDistance(judge.featureBatches(all), judge.featureBatches(real))
     return ModelCheck(per_class_accuracy: perClass, mean_accuracy: perClass.values.reduce(0, +) / Double(perClass.count),
                       kid: kid, images_per_class: imagesPerClass, steps: steps, guidance: guidance, seed: seed,
                       judge: judge.architecture, judge_test_accuracy: nil, judge_test_per_class_accuracy: nil,
+                      mean_border_pixel: meanBorderPixel(all), real_mean_border_pixel: meanBorderPixel(real),
                       sampler: "DDIM (eta 0, clipped x̂₀ with ε recomputed), \(type(of: pipeline.scheduler))")
 }

@@ -42,6 +42,10 @@ public struct JudgeTrainingOptions {
     public var batchSize = 128
     public var learningRate: Float = 2e-3
     public var seed: UInt64 = 0
+    /// Random horizontal flips and shifts of up to `maxShift` pixels (edges filled with the
+    /// background, −1) of every training image; recorded in the checkpoint, so a resume keeps it.
+    public var augment = false
+    public var maxShift = 2
     public var checkpointEvery = 500
     public var output: URL
     public var resume = false
@@ -56,7 +60,8 @@ public func makeJudge(_ architecture: String, classes: Int = 10, channels: Int =
     switch architecture {
     case "cnn": return ConvJudge(classes: classes, channels: channels, generator: &generator)
     case "mlp": return MLPJudge(classes: classes, channels: channels, generator: &generator)
-    default: throw TrainingError.invalidOption("--arch must be cnn or mlp, not '\(architecture)'")
+    case "resnet": return ResNetJudge(classes: classes, channels: channels, generator: &generator)
+    default: throw TrainingError.invalidOption("--arch must be resnet, cnn or mlp, not '\(architecture)'")
     }
 }
 
@@ -95,6 +100,7 @@ public func loadJudge(_ architecture: String, from url: URL) throws -> any Judge
     switch architecture {
     case "cnn": channels = tensors["conv1.weight"]?.shape[1] ?? 1
     case "mlp": channels = (tensors["fc1.weight"]?.shape[1] ?? 1024) / 1024
+    case "resnet": channels = tensors["stem.weight"]?.shape[1] ?? 1
     default: channels = 1
     }
     var generator = RandomGenerator(seed: 0)
@@ -144,16 +150,23 @@ public func trainJudge(_ options: JudgeTrainingOptions, data: some JudgeTraining
     let optimizer = Adam(judge.trainableParameters(), learningRate: options.learningRate)
     let schedule = CosineAnnealingLR(base: options.learningRate, period: options.steps, minimum: options.learningRate * 0.01)
     let checkpointURL = options.output.appendingPathComponent("checkpoint.safetensors")
-    var state = TrainingCheckpoint(step: 0, generator: generator.fork(1), losses: [])
+    let settings = options.augment ? ["augment": "flip, shift \(options.maxShift)"] : [:]
+    var state = TrainingCheckpoint(step: 0, generator: generator.fork(1), losses: [], settings: settings)
     if options.resume, FileManager.default.fileExists(atPath: checkpointURL.path) {
         state = try TrainingCheckpoint.load(from: checkpointURL, model: judge, optimizer: optimizer)
+        guard state.settings == settings else {
+            throw TrainingError.invalidFile(path: checkpointURL.path, reason: "was written with augmentation \(state.settings["augment"] ?? "off"), this run has \(settings["augment"] ?? "off") (resume with the checkpoint's --augment setting, or start a new --out)")
+        }
         log("resumed from \(checkpointURL.path) at step \(state.step)")
     }
     let firstStep = state.step
     var progress = ProgressReporter(total: options.steps, print: log)
     let start = Date()
     while state.step < options.steps {
-        let (images, labels) = data.trainBatch(draws: state.generator.uniform([options.batchSize * data.drawsPerImage]).scalars)
+        var (images, labels) = data.trainBatch(draws: state.generator.uniform([options.batchSize * data.drawsPerImage]).scalars)
+        if options.augment {
+            images = flippedAndShifted(images, draws: state.generator.uniform([3 * options.batchSize]).scalars, maxShift: options.maxShift)
+        }
         optimizer.learningRate = schedule.learningRate(at: state.step)
         let loss = crossEntropy(judge.logits(images), targets: labels)
         guard loss.item.isFinite else { throw TrainingError.nonFinite(what: "judge training", loss: loss.item, step: state.step, checkpoint: nil) }
@@ -178,6 +191,33 @@ public func trainJudge(_ options: JudgeTrainingOptions, data: some JudgeTraining
         batchSize: options.batchSize, learningRate: options.learningRate, dataSHA256: data.digests,
         wallSeconds: wall, imagesPerSecond: Double((options.steps - firstStep) * options.batchSize) / wall,
         finalLoss: tail.reduce(0, +) / Float(max(tail.count, 1)), parameters: judge.parameterCount,
-        metrics: metrics, threads: Kernels.threadCount, date: ISO8601DateFormatter().string(from: Date()))
+        metrics: metrics.merging(options.augment ? ["augment_max_shift": Double(options.maxShift)] : [:]) { a, _ in a },
+        threads: Kernels.threadCount, date: ISO8601DateFormatter().string(from: Date()))
     return (judge, record)
+}
+
+/// Images [N, C, H, W] each mirrored left–right when its first draw is under ½ and moved by
+/// (dx, dy) ∈ [−maxShift, maxShift]² from its next two; uncovered pixels take the background, −1.
+/// `draws` holds 3·N uniform numbers in [0, 1).
+public func flippedAndShifted(_ images: Tensor, draws: [Float], maxShift: Int) -> Tensor {
+    precondition(images.rank == 4 && draws.count == 3 * images.shape[0], "flippedAndShifted: images \(images.shape), \(draws.count) draws")
+    let (n, c, h, w) = (images.shape[0], images.shape[1], images.shape[2], images.shape[3])
+    let source = images.scalars
+    let span = 2 * maxShift + 1
+    return Tensor(shape: images.shape) { out in
+        out.update(repeating: -1, count: n * c * h * w)
+        for i in 0..<n {
+            let flip = draws[3 * i] < 0.5
+            let dx = min(span - 1, Int(draws[3 * i + 1] * Float(span))) - maxShift
+            let dy = min(span - 1, Int(draws[3 * i + 2] * Float(span))) - maxShift
+            for plane in (i * c)..<((i + 1) * c) {
+                for y in max(0, dy)..<min(h, h + dy) {
+                    for x in max(0, dx)..<min(w, w + dx) {
+                        let sx = x - dx
+                        out[(plane * h + y) * w + x] = source[(plane * h + y - dy) * w + (flip ? w - 1 - sx : sx)]
+                    }
+                }
+            }
+        }
+    }
 }

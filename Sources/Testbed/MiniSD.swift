@@ -10,7 +10,10 @@ import Tensor
 /// Same classes and config files as the SD code path. Recipe: docs/testbed.md.
 public enum MiniSD {
     /// block_out_channels (32, 64, 64), cross-attention at 16×16, 8×8 and the mid block, 4 heads,
-    /// cross_attention_dim 384: 1.97 M parameters (diffusers counts the same).
+    /// cross_attention_dim 384: 1.97 M parameters (diffusers counts the same). 16 GroupNorm groups:
+    /// with 32, every group at the 32-channel level is one channel and the norm before conv_out
+    /// removes each channel's mean, so ε̂ cannot follow the noise's mean (see `emojiUNetConfig`).
+    /// Models trained with 32 keep their config.json.
     public static func unetConfig() -> UNet2DConditionConfig {
         var c = UNet2DConditionConfig()
         c.sampleSize = .one(32)
@@ -22,7 +25,7 @@ public enum MiniSD {
         c.upBlockTypes = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
         c.crossAttentionDim = .one(384)
         c.attentionHeadDim = .one(4)
-        c.normNumGroups = 32
+        c.normNumGroups = 16
         return c
     }
 

@@ -142,7 +142,7 @@ extension JudgeTrainingOptions {
     /// Ranges of the options, checked before any data is read.
     public func validate() throws {
         func check(_ ok: Bool, _ message: String) throws { if !ok { throw TrainingError.invalidOption(message) } }
-        try check(["cnn", "mlp"].contains(architecture), "--arch must be cnn or mlp, not '\(architecture)'")
+        try check(["resnet", "cnn", "mlp"].contains(architecture), "--arch must be resnet, cnn or mlp, not '\(architecture)'")
         try check(steps >= 1, "--steps must be at least 1, not \(steps)")
         try check(batchSize >= 1, "--batch must be at least 1, not \(batchSize)")
         try check(learningRate >= 0 && learningRate.isFinite, "--lr must be 0 or more, not \(learningRate)")
@@ -245,7 +245,7 @@ public struct ModelCheckRun: Sendable {
     public func validate() throws {
         func check(_ ok: Bool, _ message: String) throws { if !ok { throw TrainingError.invalidOption(message) } }
         try testbed.validate()
-        try check(["cnn", "mlp"].contains(judge), "--judge must be cnn or mlp, not '\(judge)'")
+        try check(["resnet", "cnn", "mlp"].contains(judge), "--judge must be resnet, cnn or mlp, not '\(judge)'")
         try check(imagesPerClass >= 1, "--images-per-class must be at least 1, not \(imagesPerClass)")
         try check(imagesPerStyle >= 1, "--images-per-style must be at least 1, not \(imagesPerStyle)")
         try check(imagesPerIdentity >= 1, "--images-per-identity must be at least 1, not \(imagesPerIdentity)")

@@ -37,28 +37,72 @@ final class JudgeTests: XCTestCase {
         let data = FashionMNIST(train: syntheticData(count: 64, seed: 2), test: syntheticData(count: 32, seed: 3))
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("judge-\(UUID())")
         defer { try? FileManager.default.removeItem(at: folder) }
-        var options = JudgeTrainingOptions(output: folder.appendingPathComponent("full"))
-        options.architecture = "mlp"
-        options.steps = 12
-        options.batchSize = 16
-        options.checkpointEvery = 5
-        let (full, record) = try trainJudge(options, data: data) { _ in }
-        XCTAssertGreaterThan(record.metrics["test_accuracy"]!, 0.9)
+        for (architecture, augment) in [("mlp", false), ("resnet", true)] {
+            var options = JudgeTrainingOptions(output: folder.appendingPathComponent("\(architecture)-full"))
+            options.architecture = architecture
+            options.augment = augment
+            options.steps = 12
+            options.batchSize = 16
+            options.checkpointEvery = 5
+            let (full, record) = try trainJudge(options, data: data) { _ in }
+            XCTAssertGreaterThan(record.metrics["test_accuracy"]!, 0.9, architecture)
 
-        // Stop after 5 steps, then resume to 12: the same bits as the uninterrupted run.
-        var partial = options
-        partial.output = folder.appendingPathComponent("split")
-        partial.stopAfter = 5
-        _ = try trainJudge(partial, data: data) { _ in }
-        var resumed = options
-        resumed.output = partial.output
-        resumed.resume = true
-        let (continued, _) = try trainJudge(resumed, data: data) { _ in }
-        XCTAssertEqual(full.parameters().map(\.scalars), continued.parameters().map(\.scalars))
+            // Stop after 5 steps, then resume to 12: the same bits as the uninterrupted run.
+            var partial = options
+            partial.output = folder.appendingPathComponent("\(architecture)-split")
+            partial.stopAfter = 5
+            _ = try trainJudge(partial, data: data) { _ in }
+            var resumed = options
+            resumed.output = partial.output
+            resumed.resume = true
+            let (continued, _) = try trainJudge(resumed, data: data) { _ in }
+            XCTAssertEqual(full.parameters().map(\.scalars), continued.parameters().map(\.scalars), architecture)
+
+            // A resume that would change the augmentation is refused, not mixed in.
+            var changed = resumed
+            changed.augment = !augment
+            XCTAssertThrowsError(try trainJudge(changed, data: data) { _ in }, architecture) {
+                XCTAssert("\($0)".contains("augment"), "\($0)")
+            }
+
+            // Saved weights load back into the same predictions.
+            let weights = folder.appendingPathComponent("judge-\(architecture).safetensors")
+            try Tensor.save(full.stateDict(), to: weights)
+            let loaded = try loadJudge(architecture, from: weights)
+            full.eval()
+            let images = data.test.batch(Array(0..<8))
+            XCTAssertEqual(noGrad { full.logits(images) }.scalars, noGrad { loaded.logits(images) }.scalars, architecture)
+        }
+    }
+
+    func testFlipsAndShiftsMoveEachPixelWhereExpected() {
+        var g = RandomGenerator(seed: 5)
+        let images = g.uniform([2, 1, 6, 5], low: -1, high: 1)
+        let x = images.scalars
+        // Image 0: no flip, shift 0 (draw ½ of span 5 → index 2 → 0). Image 1: flip, dx = −2, dy = +1.
+        let out = flippedAndShifted(images, draws: [0.9, 0.5, 0.5, 0.1, 0.0, 0.7], maxShift: 2).scalars
+        XCTAssertEqual(Array(out[0..<30]), Array(x[0..<30]), "no flip, no shift: unchanged")
+        for y in 0..<6 {
+            for col in 0..<5 {
+                let sy = y - 1, sx = col + 2    // out(y, col) = flipped(y − dy, col − dx)
+                let expected: Float = (0..<6).contains(sy) && (0..<5).contains(sx) ? x[30 + sy * 5 + (4 - sx)] : -1
+                XCTAssertEqual(out[30 + y * 5 + col], expected, "pixel (\(y), \(col))")
+            }
+        }
+    }
+
+    func testMeanBorderPixelReadsTheFrame() {
+        // A black image with a white 24×24 centre: the 4-pixel frame is black (0); all white is 255.
+        let side = 32
+        let centred = Tensor(shape: [1, 1, side, side]) { p in
+            for y in 0..<side { for x in 0..<side { p[y * side + x] = (4..<28).contains(y) && (4..<28).contains(x) ? 1 : -1 } }
+        }
+        XCTAssertEqual(meanBorderPixel(centred), 0, accuracy: 1e-9)
+        XCTAssertEqual(meanBorderPixel(Tensor.ones([2, 1, side, side])), 255, accuracy: 1e-6)
     }
 
     func testUnknownArchitectureIsAClearError() {
         var g = RandomGenerator(seed: 0)
-        XCTAssertThrowsError(try makeJudge("resnet", generator: &g)) { XCTAssert("\($0)".contains("resnet")) }
+        XCTAssertThrowsError(try makeJudge("vit", generator: &g)) { XCTAssert("\($0)".contains("vit") && "\($0)".contains("resnet")) }
     }
 }
