@@ -9,105 +9,56 @@ import Tensor
 
 // MARK: - Config
 
-/// diffusers' `AutoencoderKL` config (`vae/config.json`), with diffusers' defaults.
-public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
-    public var inChannels: Int
-    public var outChannels: Int
-    public var downBlockTypes: [String]
-    public var upBlockTypes: [String]
-    public var blockOutChannels: [Int]
-    public var layersPerBlock: Int
-    public var actFn: String
-    public var latentChannels: Int
-    public var normNumGroups: Int
-    public var sampleSize: OneOrMany<Int>
+/// diffusers' `AutoencoderKL` config (`vae/config.json`). Each property carries diffusers'
+/// default (a one-block model; SD's VAE config sets four blocks); `fields` gives its key and the
+/// values it accepts.
+public struct AutoencoderKLConfig: ModelConfig, Equatable, Sendable {
+    public var inChannels = 3
+    public var outChannels = 3
+    public var downBlockTypes = ["DownEncoderBlock2D"]
+    public var upBlockTypes = ["UpDecoderBlock2D"]
+    public var blockOutChannels = [64]
+    public var layersPerBlock = 1
+    public var actFn = "silu"
+    public var latentChannels = 4
+    public var normNumGroups = 32
+    public var sampleSize: OneOrMany<Int> = .one(32)
     /// Latents are multiplied by this after encoding (and divided before decoding) in pipelines.
-    public var scalingFactor: Float
-    public var shiftFactor: Float?
-    public var latentsMean: [Float]?
-    public var latentsStd: [Float]?
-    public var forceUpcast: Bool
-    public var useQuantConv: Bool
-    public var usePostQuantConv: Bool
-    public var midBlockAddAttention: Bool
+    public var scalingFactor: Float = 0.18215
+    public var shiftFactor: Float? = nil
+    public var latentsMean: [Float]? = nil
+    public var latentsStd: [Float]? = nil
+    public var forceUpcast = true
+    public var useQuantConv = true
+    public var usePostQuantConv = true
+    public var midBlockAddAttention = true
 
-    enum CodingKeys: String, CodingKey {
-        case inChannels = "in_channels", outChannels = "out_channels", downBlockTypes = "down_block_types"
-        case upBlockTypes = "up_block_types", blockOutChannels = "block_out_channels", layersPerBlock = "layers_per_block"
-        case actFn = "act_fn", latentChannels = "latent_channels", normNumGroups = "norm_num_groups"
-        case sampleSize = "sample_size", scalingFactor = "scaling_factor", shiftFactor = "shift_factor"
-        case latentsMean = "latents_mean", latentsStd = "latents_std", forceUpcast = "force_upcast"
-        case useQuantConv = "use_quant_conv", usePostQuantConv = "use_post_quant_conv"
-        case midBlockAddAttention = "mid_block_add_attention"
-    }
+    public static let fields: [ConfigField<Self>] = [
+        .init("in_channels", \.inChannels, .size),
+        .init("out_channels", \.outChannels, .size),
+        .init("down_block_types", \.downBlockTypes),
+        .init("up_block_types", \.upBlockTypes),
+        .init("block_out_channels", \.blockOutChannels, .size),
+        .init("layers_per_block", \.layersPerBlock, .count),
+        .init("act_fn", \.actFn),
+        .init("latent_channels", \.latentChannels, .size),
+        .init("norm_num_groups", \.normNumGroups, .count),
+        .init("sample_size", \.sampleSize, .size),
+        .init("scaling_factor", \.scalingFactor, .positive),
+        .init("shift_factor", \.shiftFactor, .finite),
+        .init("latents_mean", \.latentsMean, .finite),
+        .init("latents_std", \.latentsStd, .positive),
+        .init("force_upcast", \.forceUpcast),
+        .init("use_quant_conv", \.useQuantConv),
+        .init("use_post_quant_conv", \.usePostQuantConv),
+        .init("mid_block_add_attention", \.midBlockAddAttention),
+    ]
 
-    /// diffusers' defaults (a one-block model; SD's VAE config sets four blocks).
-    public init() {
-        inChannels = 3
-        outChannels = 3
-        downBlockTypes = ["DownEncoderBlock2D"]
-        upBlockTypes = ["UpDecoderBlock2D"]
-        blockOutChannels = [64]
-        layersPerBlock = 1
-        actFn = "silu"
-        latentChannels = 4
-        normNumGroups = 32
-        sampleSize = .one(32)
-        scalingFactor = 0.18215
-        shiftFactor = nil
-        latentsMean = nil
-        latentsStd = nil
-        forceUpcast = true
-        useQuantConv = true
-        usePostQuantConv = true
-        midBlockAddAttention = true
-    }
+    public init() {}
 
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = AutoencoderKLConfig()
-        inChannels = try c.value(.inChannels, or: d.inChannels)
-        outChannels = try c.value(.outChannels, or: d.outChannels)
-        downBlockTypes = try c.value(.downBlockTypes, or: d.downBlockTypes)
-        upBlockTypes = try c.value(.upBlockTypes, or: d.upBlockTypes)
-        blockOutChannels = try c.value(.blockOutChannels, or: d.blockOutChannels)
-        layersPerBlock = try c.value(.layersPerBlock, or: d.layersPerBlock)
-        actFn = try c.value(.actFn, or: d.actFn)
-        latentChannels = try c.value(.latentChannels, or: d.latentChannels)
-        normNumGroups = try c.value(.normNumGroups, or: d.normNumGroups)
-        sampleSize = try c.value(.sampleSize, or: d.sampleSize)
-        scalingFactor = try c.value(.scalingFactor, or: d.scalingFactor)
-        shiftFactor = try c.decodeIfPresent(Float.self, forKey: .shiftFactor)
-        latentsMean = try c.decodeIfPresent([Float].self, forKey: .latentsMean)
-        latentsStd = try c.decodeIfPresent([Float].self, forKey: .latentsStd)
-        forceUpcast = try c.value(.forceUpcast, or: d.forceUpcast)
-        useQuantConv = try c.value(.useQuantConv, or: d.useQuantConv)
-        usePostQuantConv = try c.value(.usePostQuantConv, or: d.usePostQuantConv)
-        midBlockAddAttention = try c.value(.midBlockAddAttention, or: d.midBlockAddAttention)
-    }
+    public init(from decoder: Decoder) throws { try self.init(fieldsFrom: decoder) }
 
-    /// Writes every field under its diffusers name, absent values as null (as diffusers does).
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(inChannels, forKey: .inChannels)
-        try c.encode(outChannels, forKey: .outChannels)
-        try c.encode(downBlockTypes, forKey: .downBlockTypes)
-        try c.encode(upBlockTypes, forKey: .upBlockTypes)
-        try c.encode(blockOutChannels, forKey: .blockOutChannels)
-        try c.encode(layersPerBlock, forKey: .layersPerBlock)
-        try c.encode(actFn, forKey: .actFn)
-        try c.encode(latentChannels, forKey: .latentChannels)
-        try c.encode(normNumGroups, forKey: .normNumGroups)
-        try c.encode(sampleSize, forKey: .sampleSize)
-        try c.encode(scalingFactor, forKey: .scalingFactor)
-        try c.encode(shiftFactor, forKey: .shiftFactor)
-        try c.encode(latentsMean, forKey: .latentsMean)
-        try c.encode(latentsStd, forKey: .latentsStd)
-        try c.encode(forceUpcast, forKey: .forceUpcast)
-        try c.encode(useQuantConv, forKey: .useQuantConv)
-        try c.encode(usePostQuantConv, forKey: .usePostQuantConv)
-        try c.encode(midBlockAddAttention, forKey: .midBlockAddAttention)
-    }
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
 
     /// Reads `config.json` (of a diffusers `vae/` folder).
     public init(contentsOf url: URL) throws {
@@ -119,8 +70,11 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
 
     /// Throws for configs this implementation cannot build, naming the field.
     public func validate() throws {
+        try checkFieldRanges()
         let n = blockOutChannels.count
         guard n > 0 else { throw DiffusionConfigError.invalid(field: "block_out_channels", reason: "is empty") }
+        // Each block halves the image; more than 10 would need images over 2¹⁰ wide.
+        guard n <= 10 else { throw DiffusionConfigError.invalid(field: "block_out_channels", reason: "has \(n) blocks; at most 10 are supported") }
         guard downBlockTypes.count == n else {
             throw DiffusionConfigError.invalid(field: "down_block_types", reason: "has \(downBlockTypes.count) entries for \(n) blocks")
         }
@@ -138,6 +92,30 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
                                                reason: "[\(i)] = \(channels) is not divisible by norm_num_groups \(normNumGroups)")
         }
         if !["silu", "swish"].contains(actFn) { throw DiffusionConfigError.unsupported(field: "act_fn", value: actFn) }
+        try checkFitsInMemory(parameters: parameterCount, model: "VAE")
+    }
+
+    /// The number of parameters the model of this (valid) config has, computed without building
+    /// it, as a Double so that no config can overflow it.
+    public var parameterCount: Double {
+        let c = blockOutChannels.map(Double.init)
+        let top = c[c.count - 1], latent = Double(latentChannels)
+        func conv(_ i: Double, _ o: Double, _ k: Double = 3) -> Double { i * o * k * k + o }
+        func resnet(_ i: Double, _ o: Double) -> Double { 2 * i + conv(i, o) + 2 * o + conv(o, o) + (i != o ? conv(i, o, 1) : 0) }
+        let attention = midBlockAddAttention ? 2 * top + 4 * (top * top + top) : 0
+        let mid = 2 * resnet(top, top) + attention
+        var encoder = conv(Double(inChannels), c[0]) + mid + 2 * top + conv(top, 2 * latent)
+        var decoder = conv(latent, top) + mid + 2 * c[0] + conv(c[0], Double(outChannels))
+        for i in c.indices {
+            let input = i == 0 ? c[0] : c[i - 1]
+            encoder += resnet(input, c[i]) + Double(layersPerBlock - 1) * resnet(c[i], c[i])
+            let up = c.count - 1 - i
+            let previous = i == 0 ? top : c[up + 1]
+            decoder += resnet(previous, c[up]) + Double(layersPerBlock) * resnet(c[up], c[up])
+            if i < c.count - 1 { encoder += conv(c[i], c[i]); decoder += conv(c[up], c[up]) }
+        }
+        let quant = (useQuantConv ? conv(2 * latent, 2 * latent, 1) : 0) + (usePostQuantConv ? conv(latent, latent, 1) : 0)
+        return encoder + decoder + quant
     }
 }
 

@@ -9,233 +9,116 @@ import Tensor
 
 // MARK: - Config
 
-/// diffusers' `UNet2DConditionModel` config (`unet/config.json`), with diffusers' defaults for
-/// absent or null fields. Fields of variants that are not implemented (class / addition
-/// embeddings, other block types, scale-shift resnets, …) are checked by `validate()` and
-/// rejected there with the field's name.
-public struct UNet2DConditionConfig: Codable, Equatable, Sendable {
-    public var sampleSize: OneOrMany<Int>?
-    public var inChannels: Int
-    public var outChannels: Int
-    public var centerInputSample: Bool
-    public var flipSinToCos: Bool
-    public var freqShift: Float
-    public var downBlockTypes: [String]
-    public var midBlockType: String?
-    public var upBlockTypes: [String]
-    public var onlyCrossAttention: OneOrMany<Bool>
-    public var blockOutChannels: [Int]
-    public var layersPerBlock: OneOrMany<Int>
-    public var downsamplePadding: Int
-    public var midBlockScaleFactor: Float
-    public var dropout: Float
-    public var actFn: String
-    public var normNumGroups: Int?
-    public var normEps: Float
-    public var crossAttentionDim: OneOrMany<Int>
+/// diffusers' `UNet2DConditionModel` config (`unet/config.json`). Each property carries
+/// diffusers' default; `fields` gives its key and the values it accepts. Fields of variants that
+/// are not implemented (class / addition embeddings, other block types, scale-shift resnets, …)
+/// are read, and rejected by `validate()` with the field's name.
+public struct UNet2DConditionConfig: ModelConfig, Equatable, Sendable {
+    public var sampleSize: OneOrMany<Int>? = nil
+    public var inChannels = 4
+    public var outChannels = 4
+    public var centerInputSample = false
+    public var flipSinToCos = true
+    public var freqShift: Float = 0
+    public var downBlockTypes = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    /// An explicit null means "no mid block".
+    public var midBlockType: String? = "UNetMidBlock2DCrossAttn"
+    public var upBlockTypes = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+    public var onlyCrossAttention: OneOrMany<Bool> = .one(false)
+    public var blockOutChannels = [320, 640, 1280, 1280]
+    public var layersPerBlock: OneOrMany<Int> = .one(2)
+    public var downsamplePadding = 1
+    public var midBlockScaleFactor: Float = 1
+    public var dropout: Float = 0
+    public var actFn = "silu"
+    /// nil (an explicit null) selects diffusers' norm-free variant, which is not implemented.
+    public var normNumGroups: Int? = 32
+    public var normEps: Float = 1e-5
+    public var crossAttentionDim: OneOrMany<Int> = .one(1280)
     /// Transformer blocks per attention: one count for all, one per block, or one per layer of each block.
-    public var transformerLayersPerBlock: OneOrMany<OneOrMany<Int>>
-    public var reverseTransformerLayersPerBlock: [[Int]]?
+    public var transformerLayersPerBlock: OneOrMany<OneOrMany<Int>> = .one(.one(1))
+    public var reverseTransformerLayersPerBlock: [[Int]]? = nil
     /// In SD 1.x/2.x configs this is the number of HEADS (diffusers' naming bug, issue #2011);
     /// it is used as such when `numAttentionHeads` is absent.
-    public var attentionHeadDim: OneOrMany<Int>
-    public var numAttentionHeads: OneOrMany<Int>?
-    public var dualCrossAttention: Bool
-    public var useLinearProjection: Bool
-    public var upcastAttention: Bool
-    public var resnetTimeScaleShift: String
-    public var resnetSkipTimeAct: Bool
-    public var resnetOutScaleFactor: Float
-    public var timeEmbeddingType: String
-    public var timeEmbeddingDim: Int?
-    public var timeEmbeddingActFn: String?
-    public var timestepPostAct: String?
-    public var timeCondProjDim: Int?
-    public var convInKernel: Int
-    public var convOutKernel: Int
-    public var classEmbedType: String?
-    public var numClassEmbeds: Int?
-    public var additionEmbedType: String?
-    public var encoderHidDimType: String?
-    public var encoderHidDim: Int?
-    public var attentionType: String
-    public var classEmbeddingsConcat: Bool
-    public var midBlockOnlyCrossAttention: Bool?
-    public var crossAttentionNorm: String?
+    public var attentionHeadDim: OneOrMany<Int> = .one(8)
+    public var numAttentionHeads: OneOrMany<Int>? = nil
+    public var dualCrossAttention = false
+    public var useLinearProjection = false
+    public var upcastAttention = false
+    public var resnetTimeScaleShift = "default"
+    public var resnetSkipTimeAct = false
+    public var resnetOutScaleFactor: Float = 1
+    public var timeEmbeddingType = "positional"
+    public var timeEmbeddingDim: Int? = nil
+    public var timeEmbeddingActFn: String? = nil
+    public var timestepPostAct: String? = nil
+    public var timeCondProjDim: Int? = nil
+    public var convInKernel = 3
+    public var convOutKernel = 3
+    public var classEmbedType: String? = nil
+    public var numClassEmbeds: Int? = nil
+    public var additionEmbedType: String? = nil
+    public var encoderHidDimType: String? = nil
+    public var encoderHidDim: Int? = nil
+    public var attentionType = "default"
+    public var classEmbeddingsConcat = false
+    public var midBlockOnlyCrossAttention: Bool? = nil
+    public var crossAttentionNorm: String? = nil
 
-    enum CodingKeys: String, CodingKey {
-        case sampleSize = "sample_size", inChannels = "in_channels", outChannels = "out_channels"
-        case centerInputSample = "center_input_sample", flipSinToCos = "flip_sin_to_cos", freqShift = "freq_shift"
-        case downBlockTypes = "down_block_types", midBlockType = "mid_block_type", upBlockTypes = "up_block_types"
-        case onlyCrossAttention = "only_cross_attention", blockOutChannels = "block_out_channels"
-        case layersPerBlock = "layers_per_block", downsamplePadding = "downsample_padding"
-        case midBlockScaleFactor = "mid_block_scale_factor", dropout, actFn = "act_fn"
-        case normNumGroups = "norm_num_groups", normEps = "norm_eps", crossAttentionDim = "cross_attention_dim"
-        case transformerLayersPerBlock = "transformer_layers_per_block"
-        case reverseTransformerLayersPerBlock = "reverse_transformer_layers_per_block"
-        case attentionHeadDim = "attention_head_dim", numAttentionHeads = "num_attention_heads"
-        case dualCrossAttention = "dual_cross_attention", useLinearProjection = "use_linear_projection"
-        case upcastAttention = "upcast_attention", resnetTimeScaleShift = "resnet_time_scale_shift"
-        case resnetSkipTimeAct = "resnet_skip_time_act", resnetOutScaleFactor = "resnet_out_scale_factor"
-        case timeEmbeddingType = "time_embedding_type", timeEmbeddingDim = "time_embedding_dim"
-        case timeEmbeddingActFn = "time_embedding_act_fn", timestepPostAct = "timestep_post_act"
-        case timeCondProjDim = "time_cond_proj_dim", convInKernel = "conv_in_kernel", convOutKernel = "conv_out_kernel"
-        case classEmbedType = "class_embed_type", numClassEmbeds = "num_class_embeds"
-        case additionEmbedType = "addition_embed_type", encoderHidDimType = "encoder_hid_dim_type"
-        case encoderHidDim = "encoder_hid_dim", attentionType = "attention_type"
-        case classEmbeddingsConcat = "class_embeddings_concat"
-        case midBlockOnlyCrossAttention = "mid_block_only_cross_attention", crossAttentionNorm = "cross_attention_norm"
-    }
+    public static let fields: [ConfigField<Self>] = [
+        .init("sample_size", \.sampleSize, .size),
+        .init("in_channels", \.inChannels, .size),
+        .init("out_channels", \.outChannels, .size),
+        .init("center_input_sample", \.centerInputSample),
+        .init("flip_sin_to_cos", \.flipSinToCos),
+        .init("freq_shift", \.freqShift, .finite),
+        .init("down_block_types", \.downBlockTypes),
+        .init("mid_block_type", \.midBlockType),
+        .init("up_block_types", \.upBlockTypes),
+        .init("only_cross_attention", \.onlyCrossAttention),
+        .init("block_out_channels", \.blockOutChannels, .size),
+        .init("layers_per_block", \.layersPerBlock, .count),
+        .init("downsample_padding", \.downsamplePadding, .integers(0...16)),
+        .init("mid_block_scale_factor", \.midBlockScaleFactor, .positive),
+        .init("dropout", \.dropout, .dropout),
+        .init("act_fn", \.actFn),
+        .init("norm_num_groups", \.normNumGroups, .count),
+        .init("norm_eps", \.normEps, .positive),
+        .init("cross_attention_dim", \.crossAttentionDim, .size),
+        .init("transformer_layers_per_block", \.transformerLayersPerBlock, .countOrZero),
+        .init("reverse_transformer_layers_per_block", \.reverseTransformerLayersPerBlock, .countOrZero),
+        .init("attention_head_dim", \.attentionHeadDim, .count),
+        .init("num_attention_heads", \.numAttentionHeads, .count),
+        .init("dual_cross_attention", \.dualCrossAttention),
+        .init("use_linear_projection", \.useLinearProjection),
+        .init("upcast_attention", \.upcastAttention),
+        .init("resnet_time_scale_shift", \.resnetTimeScaleShift),
+        .init("resnet_skip_time_act", \.resnetSkipTimeAct),
+        .init("resnet_out_scale_factor", \.resnetOutScaleFactor, .positive),
+        .init("time_embedding_type", \.timeEmbeddingType),
+        .init("time_embedding_dim", \.timeEmbeddingDim, .size),
+        .init("time_embedding_act_fn", \.timeEmbeddingActFn),
+        .init("timestep_post_act", \.timestepPostAct),
+        .init("time_cond_proj_dim", \.timeCondProjDim, .size),
+        .init("conv_in_kernel", \.convInKernel, .integers(1...15)),
+        .init("conv_out_kernel", \.convOutKernel, .integers(1...15)),
+        .init("class_embed_type", \.classEmbedType),
+        .init("num_class_embeds", \.numClassEmbeds, .size),
+        .init("addition_embed_type", \.additionEmbedType),
+        .init("encoder_hid_dim_type", \.encoderHidDimType),
+        .init("encoder_hid_dim", \.encoderHidDim, .size),
+        .init("attention_type", \.attentionType),
+        .init("class_embeddings_concat", \.classEmbeddingsConcat),
+        .init("mid_block_only_cross_attention", \.midBlockOnlyCrossAttention),
+        .init("cross_attention_norm", \.crossAttentionNorm),
+    ]
 
     /// diffusers' defaults: the SD 1.x architecture.
-    public init() {
-        sampleSize = nil
-        inChannels = 4
-        outChannels = 4
-        centerInputSample = false
-        flipSinToCos = true
-        freqShift = 0
-        downBlockTypes = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-        midBlockType = "UNetMidBlock2DCrossAttn"
-        upBlockTypes = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-        onlyCrossAttention = .one(false)
-        blockOutChannels = [320, 640, 1280, 1280]
-        layersPerBlock = .one(2)
-        downsamplePadding = 1
-        midBlockScaleFactor = 1
-        dropout = 0
-        actFn = "silu"
-        normNumGroups = 32
-        normEps = 1e-5
-        crossAttentionDim = .one(1280)
-        transformerLayersPerBlock = .one(.one(1))
-        reverseTransformerLayersPerBlock = nil
-        attentionHeadDim = .one(8)
-        numAttentionHeads = nil
-        dualCrossAttention = false
-        useLinearProjection = false
-        upcastAttention = false
-        resnetTimeScaleShift = "default"
-        resnetSkipTimeAct = false
-        resnetOutScaleFactor = 1
-        timeEmbeddingType = "positional"
-        timeEmbeddingDim = nil
-        timeEmbeddingActFn = nil
-        timestepPostAct = nil
-        timeCondProjDim = nil
-        convInKernel = 3
-        convOutKernel = 3
-        classEmbedType = nil
-        numClassEmbeds = nil
-        additionEmbedType = nil
-        encoderHidDimType = nil
-        encoderHidDim = nil
-        attentionType = "default"
-        classEmbeddingsConcat = false
-        midBlockOnlyCrossAttention = nil
-        crossAttentionNorm = nil
-    }
+    public init() {}
 
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = UNet2DConditionConfig()
-        sampleSize = try c.decodeIfPresent(OneOrMany<Int>.self, forKey: .sampleSize)
-        inChannels = try c.value(.inChannels, or: d.inChannels)
-        outChannels = try c.value(.outChannels, or: d.outChannels)
-        centerInputSample = try c.value(.centerInputSample, or: d.centerInputSample)
-        flipSinToCos = try c.value(.flipSinToCos, or: d.flipSinToCos)
-        freqShift = try c.value(.freqShift, or: d.freqShift)
-        downBlockTypes = try c.value(.downBlockTypes, or: d.downBlockTypes)
-        // An explicit null means "no mid block", unlike the other fields.
-        midBlockType = c.contains(.midBlockType) ? try c.decodeIfPresent(String.self, forKey: .midBlockType) : d.midBlockType
-        upBlockTypes = try c.value(.upBlockTypes, or: d.upBlockTypes)
-        onlyCrossAttention = try c.value(.onlyCrossAttention, or: d.onlyCrossAttention)
-        blockOutChannels = try c.value(.blockOutChannels, or: d.blockOutChannels)
-        layersPerBlock = try c.value(.layersPerBlock, or: d.layersPerBlock)
-        downsamplePadding = try c.value(.downsamplePadding, or: d.downsamplePadding)
-        midBlockScaleFactor = try c.value(.midBlockScaleFactor, or: d.midBlockScaleFactor)
-        dropout = try c.value(.dropout, or: d.dropout)
-        actFn = try c.value(.actFn, or: d.actFn)
-        normNumGroups = c.contains(.normNumGroups) ? try c.decodeIfPresent(Int.self, forKey: .normNumGroups) : d.normNumGroups
-        normEps = try c.value(.normEps, or: d.normEps)
-        crossAttentionDim = try c.value(.crossAttentionDim, or: d.crossAttentionDim)
-        transformerLayersPerBlock = try c.value(.transformerLayersPerBlock, or: d.transformerLayersPerBlock)
-        reverseTransformerLayersPerBlock = try c.decodeIfPresent([[Int]].self, forKey: .reverseTransformerLayersPerBlock)
-        attentionHeadDim = try c.value(.attentionHeadDim, or: d.attentionHeadDim)
-        numAttentionHeads = try c.decodeIfPresent(OneOrMany<Int>.self, forKey: .numAttentionHeads)
-        dualCrossAttention = try c.value(.dualCrossAttention, or: d.dualCrossAttention)
-        useLinearProjection = try c.value(.useLinearProjection, or: d.useLinearProjection)
-        upcastAttention = try c.value(.upcastAttention, or: d.upcastAttention)
-        resnetTimeScaleShift = try c.value(.resnetTimeScaleShift, or: d.resnetTimeScaleShift)
-        resnetSkipTimeAct = try c.value(.resnetSkipTimeAct, or: d.resnetSkipTimeAct)
-        resnetOutScaleFactor = try c.value(.resnetOutScaleFactor, or: d.resnetOutScaleFactor)
-        timeEmbeddingType = try c.value(.timeEmbeddingType, or: d.timeEmbeddingType)
-        timeEmbeddingDim = try c.decodeIfPresent(Int.self, forKey: .timeEmbeddingDim)
-        timeEmbeddingActFn = try c.decodeIfPresent(String.self, forKey: .timeEmbeddingActFn)
-        timestepPostAct = try c.decodeIfPresent(String.self, forKey: .timestepPostAct)
-        timeCondProjDim = try c.decodeIfPresent(Int.self, forKey: .timeCondProjDim)
-        convInKernel = try c.value(.convInKernel, or: d.convInKernel)
-        convOutKernel = try c.value(.convOutKernel, or: d.convOutKernel)
-        classEmbedType = try c.decodeIfPresent(String.self, forKey: .classEmbedType)
-        numClassEmbeds = try c.decodeIfPresent(Int.self, forKey: .numClassEmbeds)
-        additionEmbedType = try c.decodeIfPresent(String.self, forKey: .additionEmbedType)
-        encoderHidDimType = try c.decodeIfPresent(String.self, forKey: .encoderHidDimType)
-        encoderHidDim = try c.decodeIfPresent(Int.self, forKey: .encoderHidDim)
-        attentionType = try c.value(.attentionType, or: d.attentionType)
-        classEmbeddingsConcat = try c.value(.classEmbeddingsConcat, or: d.classEmbeddingsConcat)
-        midBlockOnlyCrossAttention = try c.decodeIfPresent(Bool.self, forKey: .midBlockOnlyCrossAttention)
-        crossAttentionNorm = try c.decodeIfPresent(String.self, forKey: .crossAttentionNorm)
-    }
+    public init(from decoder: Decoder) throws { try self.init(fieldsFrom: decoder) }
 
-    /// Writes every field under its diffusers name, absent values as null (as diffusers does).
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(sampleSize, forKey: .sampleSize)
-        try c.encode(inChannels, forKey: .inChannels)
-        try c.encode(outChannels, forKey: .outChannels)
-        try c.encode(centerInputSample, forKey: .centerInputSample)
-        try c.encode(flipSinToCos, forKey: .flipSinToCos)
-        try c.encode(freqShift, forKey: .freqShift)
-        try c.encode(downBlockTypes, forKey: .downBlockTypes)
-        try c.encode(midBlockType, forKey: .midBlockType)
-        try c.encode(upBlockTypes, forKey: .upBlockTypes)
-        try c.encode(onlyCrossAttention, forKey: .onlyCrossAttention)
-        try c.encode(blockOutChannels, forKey: .blockOutChannels)
-        try c.encode(layersPerBlock, forKey: .layersPerBlock)
-        try c.encode(downsamplePadding, forKey: .downsamplePadding)
-        try c.encode(midBlockScaleFactor, forKey: .midBlockScaleFactor)
-        try c.encode(dropout, forKey: .dropout)
-        try c.encode(actFn, forKey: .actFn)
-        try c.encode(normNumGroups, forKey: .normNumGroups)
-        try c.encode(normEps, forKey: .normEps)
-        try c.encode(crossAttentionDim, forKey: .crossAttentionDim)
-        try c.encode(transformerLayersPerBlock, forKey: .transformerLayersPerBlock)
-        try c.encode(reverseTransformerLayersPerBlock, forKey: .reverseTransformerLayersPerBlock)
-        try c.encode(attentionHeadDim, forKey: .attentionHeadDim)
-        try c.encode(numAttentionHeads, forKey: .numAttentionHeads)
-        try c.encode(dualCrossAttention, forKey: .dualCrossAttention)
-        try c.encode(useLinearProjection, forKey: .useLinearProjection)
-        try c.encode(upcastAttention, forKey: .upcastAttention)
-        try c.encode(resnetTimeScaleShift, forKey: .resnetTimeScaleShift)
-        try c.encode(resnetSkipTimeAct, forKey: .resnetSkipTimeAct)
-        try c.encode(resnetOutScaleFactor, forKey: .resnetOutScaleFactor)
-        try c.encode(timeEmbeddingType, forKey: .timeEmbeddingType)
-        try c.encode(timeEmbeddingDim, forKey: .timeEmbeddingDim)
-        try c.encode(timeEmbeddingActFn, forKey: .timeEmbeddingActFn)
-        try c.encode(timestepPostAct, forKey: .timestepPostAct)
-        try c.encode(timeCondProjDim, forKey: .timeCondProjDim)
-        try c.encode(convInKernel, forKey: .convInKernel)
-        try c.encode(convOutKernel, forKey: .convOutKernel)
-        try c.encode(classEmbedType, forKey: .classEmbedType)
-        try c.encode(numClassEmbeds, forKey: .numClassEmbeds)
-        try c.encode(additionEmbedType, forKey: .additionEmbedType)
-        try c.encode(encoderHidDimType, forKey: .encoderHidDimType)
-        try c.encode(encoderHidDim, forKey: .encoderHidDim)
-        try c.encode(attentionType, forKey: .attentionType)
-        try c.encode(classEmbeddingsConcat, forKey: .classEmbeddingsConcat)
-        try c.encode(midBlockOnlyCrossAttention, forKey: .midBlockOnlyCrossAttention)
-        try c.encode(crossAttentionNorm, forKey: .crossAttentionNorm)
-    }
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
 
     /// Reads `config.json` (of a diffusers `unet/` folder).
     public init(contentsOf url: URL) throws {
@@ -264,8 +147,11 @@ public struct UNet2DConditionConfig: Codable, Equatable, Sendable {
         func unsupported(_ field: String, _ value: Any?) -> DiffusionConfigError {
             .unsupported(field: field, value: value.map { "\($0)" } ?? "null")
         }
+        try checkFieldRanges()
         let n = blockCount
         guard n > 0 else { throw DiffusionConfigError.invalid(field: "block_out_channels", reason: "is empty") }
+        // Each block halves the sample; more than 10 would need latents over 2¹⁰ wide.
+        guard n <= 10 else { throw DiffusionConfigError.invalid(field: "block_out_channels", reason: "has \(n) blocks; at most 10 are supported") }
         guard downBlockTypes.count == n else {
             throw DiffusionConfigError.invalid(field: "down_block_types", reason: "has \(downBlockTypes.count) entries for \(n) blocks")
         }
@@ -289,12 +175,6 @@ public struct UNet2DConditionConfig: Codable, Equatable, Sendable {
             if case .many(let perLayer) = transformerLayersPerBlock[i], perLayer.count != layersPerBlock[i] {
                 throw DiffusionConfigError.invalid(field: "transformer_layers_per_block",
                                                    reason: "block \(i) has \(perLayer.count) entries for \(layersPerBlock[i]) layers")
-            }
-        }
-        for i in 0..<n where reverseTransformerLayersPerBlock == nil && upBlockTypes[n - 1 - i].hasPrefix("CrossAttn") {
-            if case .many = transformerLayersPerBlock[i] {
-                throw DiffusionConfigError.invalid(field: "reverse_transformer_layers_per_block",
-                                                   reason: "is needed when transformer_layers_per_block gives counts per layer")
             }
         }
         for i in 0..<n where reverseTransformerLayersPerBlock == nil && upBlockTypes[n - 1 - i].hasPrefix("CrossAttn") {
@@ -339,6 +219,65 @@ public struct UNet2DConditionConfig: Codable, Equatable, Sendable {
         if classEmbeddingsConcat { throw unsupported("class_embeddings_concat", true) }
         if convInKernel % 2 == 0 { throw unsupported("conv_in_kernel", convInKernel) }
         if convOutKernel % 2 == 0 { throw unsupported("conv_out_kernel", convOutKernel) }
+        try checkFitsInMemory(parameters: parameterCount, model: "UNet")
+    }
+
+    /// The number of parameters the model of this (valid) config has, computed without building
+    /// it, as a Double so that no config can overflow it.
+    public var parameterCount: Double {
+        let n = blockCount
+        let c = blockOutChannels.map(Double.init)
+        let temb = Double(timeEmbedDim)
+        let groupsNorm = { (channels: Double) in 2 * channels }
+        func conv(_ i: Double, _ o: Double, _ k: Int) -> Double { i * o * Double(k * k) + o }
+        func resnet(_ i: Double, _ o: Double) -> Double {
+            groupsNorm(i) + conv(i, o, 3) + (temb * o + o) + groupsNorm(o) + conv(o, o, 3) + (i != o ? conv(i, o, 1) : 0)
+        }
+        func transformer(_ ch: Double, layers: Int, cross: Double, onlyCross: Bool) -> Double {
+            let attention1 = ch * ch + 2 * (onlyCross ? cross : ch) * ch + ch * ch + ch
+            let attention2 = ch * ch + 2 * cross * ch + ch * ch + ch
+            let feedForward = (ch * 8 * ch + 8 * ch) + (4 * ch * ch + ch)
+            let block = 3 * 2 * ch + attention1 + attention2 + feedForward
+            return groupsNorm(ch) + 2 * (ch * ch + ch) + Double(layers) * block
+        }
+        var total = conv(Double(inChannels), c[0], convInKernel) + (c[0] * temb + temb) + (temb * temb + temb)
+        for i in 0..<n {
+            let input = i == 0 ? c[0] : c[i - 1]
+            let layers = layersPerBlock[i]
+            for layer in 0..<layers {
+                total += resnet(layer == 0 ? input : c[i], c[i])
+                if downBlockTypes[i].hasPrefix("CrossAttn") {
+                    total += transformer(c[i], layers: transformerLayers(block: i, layer: layer),
+                                         cross: Double(crossAttentionDim[i]), onlyCross: onlyCrossAttention[i])
+                }
+            }
+            if i < n - 1 { total += conv(c[i], c[i], 3) }
+        }
+        if midBlockType != nil {
+            var midOnlyCross = midBlockOnlyCrossAttention ?? false
+            if case .one(let value) = onlyCrossAttention { midOnlyCross = midBlockOnlyCrossAttention ?? value }
+            total += 2 * resnet(c[n - 1], c[n - 1])
+                + transformer(c[n - 1], layers: transformerLayers(block: n - 1, layer: 0),
+                              cross: Double(crossAttentionDim[n - 1]), onlyCross: midOnlyCross)
+        }
+        var output = c[n - 1]
+        for i in 0..<n {
+            let block = n - 1 - i
+            let previous = output
+            output = c[block]
+            let input = c[max(block - 1, 0)]
+            let layers = layersPerBlock[block] + 1
+            for layer in 0..<layers {
+                let skip = layer == layers - 1 ? input : output
+                total += resnet((layer == 0 ? previous : output) + skip, output)
+                if upBlockTypes[i].hasPrefix("CrossAttn") {
+                    total += transformer(output, layers: upTransformerLayers(upBlock: i, layer: layer),
+                                         cross: Double(crossAttentionDim[block]), onlyCross: onlyCrossAttention[block])
+                }
+            }
+            if i < n - 1 { total += conv(output, output, 3) }
+        }
+        return total + groupsNorm(c[0]) + conv(c[0], Double(outChannels), convOutKernel)
     }
 }
 

@@ -4,7 +4,7 @@ import Tensor
 
 /// transformers' `BertConfig`, read from `config.json`. Missing fields take transformers'
 /// defaults; only absolute position embeddings are supported.
-public struct BertConfig: Codable, Equatable, Sendable {
+public struct BertConfig: ModelConfig, Equatable, Sendable {
     public var vocabSize = 30522
     public var hiddenSize = 768
     public var numHiddenLayers = 12
@@ -15,14 +15,24 @@ public struct BertConfig: Codable, Equatable, Sendable {
     public var typeVocabSize = 2
     public var layerNormEps = 1e-12
     public var padTokenId: Int? = 0
+    public var positionEmbeddingType = "absolute"
 
-    enum CodingKeys: String, CodingKey {
-        case vocabSize = "vocab_size", hiddenSize = "hidden_size", numHiddenLayers = "num_hidden_layers"
-        case numAttentionHeads = "num_attention_heads", intermediateSize = "intermediate_size"
-        case hiddenAct = "hidden_act", maxPositionEmbeddings = "max_position_embeddings"
-        case typeVocabSize = "type_vocab_size", layerNormEps = "layer_norm_eps", padTokenId = "pad_token_id"
-        case positionEmbeddingType = "position_embedding_type"
-    }
+    public static let fields: [ConfigField<Self>] = [
+        .init("vocab_size", \.vocabSize, .size),
+        .init("hidden_size", \.hiddenSize, .size),
+        .init("num_hidden_layers", \.numHiddenLayers, .count),
+        .init("num_attention_heads", \.numAttentionHeads, .count),
+        .init("intermediate_size", \.intermediateSize, .size),
+        .init("hidden_act", \.hiddenAct),
+        .init("max_position_embeddings", \.maxPositionEmbeddings, .size),
+        .init("type_vocab_size", \.typeVocabSize, .size),
+        .init("layer_norm_eps", \.layerNormEps, .positive),
+        .init("pad_token_id", \.padTokenId, .integers(0...FieldRule.maxSize)),
+        .init("position_embedding_type", \.positionEmbeddingType,
+              FieldRule { $0.strings.first { $0 != "absolute" }.map { "is \"\($0)\"; only \"absolute\" is supported" } }),
+    ]
+
+    public init() {}
 
     public init(vocabSize: Int = 30522, hiddenSize: Int = 768, numHiddenLayers: Int = 12, numAttentionHeads: Int = 12,
                 intermediateSize: Int = 3072, hiddenAct: HiddenActivation = .gelu, maxPositionEmbeddings: Int = 512,
@@ -40,45 +50,28 @@ public struct BertConfig: Codable, Equatable, Sendable {
     }
 
     public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.init()
-        func value<T: Decodable>(_ key: CodingKeys, _ current: T) throws -> T {
-            try c.decodeIfPresent(T.self, forKey: key) ?? current
-        }
-        vocabSize = try value(.vocabSize, vocabSize)
-        hiddenSize = try value(.hiddenSize, hiddenSize)
-        numHiddenLayers = try value(.numHiddenLayers, numHiddenLayers)
-        numAttentionHeads = try value(.numAttentionHeads, numAttentionHeads)
-        intermediateSize = try value(.intermediateSize, intermediateSize)
-        hiddenAct = try value(.hiddenAct, hiddenAct)
-        maxPositionEmbeddings = try value(.maxPositionEmbeddings, maxPositionEmbeddings)
-        typeVocabSize = try value(.typeVocabSize, typeVocabSize)
-        layerNormEps = try value(.layerNormEps, layerNormEps)
-        if c.contains(.padTokenId) { padTokenId = try c.decodeIfPresent(Int.self, forKey: .padTokenId) }
-        let positions = try c.decodeIfPresent(String.self, forKey: .positionEmbeddingType) ?? "absolute"
-        guard positions == "absolute" else {
-            throw DecodingError.dataCorrupted(.init(codingPath: [CodingKeys.positionEmbeddingType],
-                debugDescription: "position_embedding_type '\(positions)' is not supported (only 'absolute')"))
-        }
-        guard numAttentionHeads > 0, hiddenSize % numAttentionHeads == 0 else {
-            throw DecodingError.dataCorrupted(.init(codingPath: [CodingKeys.hiddenSize],
-                debugDescription: "hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(numAttentionHeads)"))
-        }
+        try self.init(fieldsFrom: decoder)
+        try validate()
     }
 
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(vocabSize, forKey: .vocabSize)
-        try c.encode(hiddenSize, forKey: .hiddenSize)
-        try c.encode(numHiddenLayers, forKey: .numHiddenLayers)
-        try c.encode(numAttentionHeads, forKey: .numAttentionHeads)
-        try c.encode(intermediateSize, forKey: .intermediateSize)
-        try c.encode(hiddenAct, forKey: .hiddenAct)
-        try c.encode(maxPositionEmbeddings, forKey: .maxPositionEmbeddings)
-        try c.encode(typeVocabSize, forKey: .typeVocabSize)
-        try c.encode(layerNormEps, forKey: .layerNormEps)
-        try c.encode(padTokenId, forKey: .padTokenId)
-        try c.encode("absolute", forKey: .positionEmbeddingType)
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
+
+    /// Throws for values out of range, heads that do not divide the width, or a model that
+    /// would not fit in memory (checked when the config is read).
+    public func validate() throws {
+        try checkFieldRanges()
+        guard hiddenSize % numAttentionHeads == 0 else {
+            throw DiffusionConfigError.invalid(field: "hidden_size", reason: "\(hiddenSize) is not a multiple of num_attention_heads \(numAttentionHeads)")
+        }
+        try checkFitsInMemory(parameters: parameterCount, model: "BERT text encoder")
+    }
+
+    /// Parameters of the model with its pooler, as a Double so that no config can overflow it.
+    public var parameterCount: Double {
+        let h = Double(hiddenSize), i = Double(intermediateSize)
+        let embeddings = Double(vocabSize + maxPositionEmbeddings + typeVocabSize) * h + 2 * h
+        let layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
+        return embeddings + Double(numHiddenLayers) * layer + (h * h + h)
     }
 }
 

@@ -4,7 +4,7 @@ import Tensor
 
 /// transformers' `CLIPTextConfig`, read from a `config.json` (a full `CLIPConfig` with a
 /// `text_config` entry works too). Missing fields take transformers' defaults.
-public struct CLIPTextConfig: Codable, Equatable, Sendable {
+public struct CLIPTextConfig: ModelConfig, Equatable, Sendable {
     public var vocabSize = 49408
     public var hiddenSize = 512
     public var intermediateSize = 2048
@@ -20,13 +20,28 @@ public struct CLIPTextConfig: Codable, Equatable, Sendable {
     public var padTokenId: Int? = 1
     public var projectionDim: Int? = 512
 
-    enum CodingKeys: String, CodingKey {
-        case vocabSize = "vocab_size", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
-        case numHiddenLayers = "num_hidden_layers", numAttentionHeads = "num_attention_heads"
-        case maxPositionEmbeddings = "max_position_embeddings", hiddenAct = "hidden_act"
-        case layerNormEps = "layer_norm_eps", bosTokenId = "bos_token_id", eosTokenId = "eos_token_id"
-        case padTokenId = "pad_token_id", projectionDim = "projection_dim", textConfig = "text_config"
+    public static let fields: [ConfigField<Self>] = [
+        .init("vocab_size", \.vocabSize, .size),
+        .init("hidden_size", \.hiddenSize, .size),
+        .init("intermediate_size", \.intermediateSize, .size),
+        .init("num_hidden_layers", \.numHiddenLayers, .count),
+        .init("num_attention_heads", \.numAttentionHeads, .count),
+        .init("max_position_embeddings", \.maxPositionEmbeddings, .size),
+        .init("hidden_act", \.hiddenAct),
+        .init("layer_norm_eps", \.layerNormEps, .positive),
+        .init("bos_token_id", \.bosTokenId, .integers(0...FieldRule.maxSize), read: tokenId),
+        .init("eos_token_id", \.eosTokenId, .integers(0...FieldRule.maxSize), read: tokenId),
+        .init("pad_token_id", \.padTokenId, .integers(0...FieldRule.maxSize), read: tokenId),
+        .init("projection_dim", \.projectionDim, .size),
+    ]
+
+    /// A token id that may be a list (the first entry is used).
+    private static func tokenId(_ c: KeyedDecodingContainer<ConfigKey>, _ key: ConfigKey) throws -> Int? {
+        if let list = try? c.decode([Int].self, forKey: key) { return list.first }
+        return try c.decode(Int.self, forKey: key)
     }
+
+    public init() {}
 
     public init(vocabSize: Int = 49408, hiddenSize: Int = 512, intermediateSize: Int = 2048,
                 numHiddenLayers: Int = 12, numAttentionHeads: Int = 8, maxPositionEmbeddings: Int = 77,
@@ -47,53 +62,32 @@ public struct CLIPTextConfig: Codable, Equatable, Sendable {
     }
 
     public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        if c.contains(.textConfig) {
-            self = try c.decode(CLIPTextConfig.self, forKey: .textConfig)
+        let c = try? decoder.container(keyedBy: ConfigKey.self)
+        if let c, c.contains(ConfigKey("text_config")) {
+            self = try c.decode(CLIPTextConfig.self, forKey: ConfigKey("text_config"))
             return
         }
-        self.init()
-        func value<T: Decodable>(_ key: CodingKeys, _ current: T) throws -> T {
-            try c.decodeIfPresent(T.self, forKey: key) ?? current
-        }
-        vocabSize = try value(.vocabSize, vocabSize)
-        hiddenSize = try value(.hiddenSize, hiddenSize)
-        intermediateSize = try value(.intermediateSize, intermediateSize)
-        numHiddenLayers = try value(.numHiddenLayers, numHiddenLayers)
-        numAttentionHeads = try value(.numAttentionHeads, numAttentionHeads)
-        maxPositionEmbeddings = try value(.maxPositionEmbeddings, maxPositionEmbeddings)
-        hiddenAct = try value(.hiddenAct, hiddenAct)
-        layerNormEps = try value(.layerNormEps, layerNormEps)
-        if c.contains(.bosTokenId) { bosTokenId = try Self.tokenId(c, .bosTokenId) }
-        if c.contains(.eosTokenId) { eosTokenId = try Self.tokenId(c, .eosTokenId) }
-        if c.contains(.padTokenId) { padTokenId = try Self.tokenId(c, .padTokenId) }
-        if c.contains(.projectionDim) { projectionDim = try c.decodeIfPresent(Int.self, forKey: .projectionDim) }
-        guard hiddenSize % max(numAttentionHeads, 1) == 0, numAttentionHeads > 0 else {
-            throw DecodingError.dataCorrupted(.init(codingPath: [CodingKeys.hiddenSize],
-                debugDescription: "hidden_size \(hiddenSize) is not a multiple of num_attention_heads \(numAttentionHeads)"))
-        }
+        try self.init(fieldsFrom: decoder)
+        try validate()
     }
 
-    /// A token id that may be null or a list (the first entry is used).
-    private static func tokenId(_ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys) throws -> Int? {
-        if let list = try? c.decodeIfPresent([Int].self, forKey: key) { return list.first }
-        return try c.decodeIfPresent(Int.self, forKey: key)
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
+
+    /// Throws for values out of range, heads that do not divide the width, or a model that
+    /// would not fit in memory (checked when the config is read).
+    public func validate() throws {
+        try checkFieldRanges()
+        guard hiddenSize % numAttentionHeads == 0 else {
+            throw DiffusionConfigError.invalid(field: "hidden_size", reason: "\(hiddenSize) is not a multiple of num_attention_heads \(numAttentionHeads)")
+        }
+        try checkFitsInMemory(parameters: parameterCount, model: "CLIP text encoder")
     }
 
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(vocabSize, forKey: .vocabSize)
-        try c.encode(hiddenSize, forKey: .hiddenSize)
-        try c.encode(intermediateSize, forKey: .intermediateSize)
-        try c.encode(numHiddenLayers, forKey: .numHiddenLayers)
-        try c.encode(numAttentionHeads, forKey: .numAttentionHeads)
-        try c.encode(maxPositionEmbeddings, forKey: .maxPositionEmbeddings)
-        try c.encode(hiddenAct, forKey: .hiddenAct)
-        try c.encode(layerNormEps, forKey: .layerNormEps)
-        try c.encode(bosTokenId, forKey: .bosTokenId)
-        try c.encode(eosTokenId, forKey: .eosTokenId)
-        try c.encode(padTokenId, forKey: .padTokenId)
-        try c.encode(projectionDim, forKey: .projectionDim)
+    /// Parameters of the model, as a Double so that no config can overflow it.
+    public var parameterCount: Double {
+        let h = Double(hiddenSize), i = Double(intermediateSize)
+        let layer = 2 * h + 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h)
+        return Double(vocabSize + maxPositionEmbeddings) * h + Double(numHiddenLayers) * layer + 2 * h
     }
 
     public var headDim: Int { hiddenSize / numAttentionHeads }
@@ -378,4 +372,8 @@ public final class CLIPTextEncoder: TextEncoder {
                               maxLength: min(tokenizer.maxLength, model.config.maxPositionEmbeddings))
         return (hiddenStates(batch), batch.attentionMaskTensor)
     }
+}
+
+extension HiddenActivation: ConfigValue {
+    public static var expected: String { "one of \(allCases.map(\.rawValue).joined(separator: ", "))" }
 }
