@@ -21,7 +21,28 @@ public enum ErasedModel {
         public var concepts: [String]
         public var tensors_changed: Int
         public var parameters_changed: Int
+
+        /// The base as written: "embedded", or an absolute path, so that the erased folder works
+        /// from any working directory.
+        static func storedBase(_ base: String) -> String {
+            base == "embedded" ? base : URL(fileURLWithPath: base).standardizedFileURL.path
+        }
+
+        /// The base model folder of the manifest in `folder`, nil for the embedded model. A
+        /// relative path is resolved against `folder` (where a manifest may put it), else against
+        /// the working directory (what older versions wrote) when a model is there.
+        public func baseFolder(relativeTo folder: URL) -> URL? {
+            if base_model == "embedded" { return nil }
+            if base_model.hasPrefix("/") { return URL(fileURLWithPath: base_model).standardizedFileURL }
+            let besideManifest = folder.appendingPathComponent(base_model).standardizedFileURL
+            let fromWorkingDirectory = URL(fileURLWithPath: base_model).standardizedFileURL
+            let hasModel = { (url: URL) in FileManager.default.fileExists(atPath: url.appendingPathComponent("model_index.json").path) }
+            return !hasModel(besideManifest) && hasModel(fromWorkingDirectory) ? fromWorkingDirectory : besideManifest
+        }
     }
+
+    /// How many erased folders may stack (an erasure of an erased model of an erased model, …).
+    public static let maximumBaseDepth = 8
 
     /// Writes `unet` (erased from `reference`) into `folder`; returns the changed tensor names and
     /// how many entries differ. Small files (model_index.json, scheduler/, configs) are copied
@@ -30,6 +51,7 @@ public enum ErasedModel {
     public static func write(unet: UNet2DConditionModel, reference: UNet2DConditionModel, baseFolder: URL, baseName: String,
                              method: String, concepts: [String], full: Bool, to folder: URL) throws -> (tensors: [String], entries: Int) {
         let fm = FileManager.default
+        try checkReplaceable(folder, directory: true)
         let staging = folder.deletingLastPathComponent().appendingPathComponent(".\(folder.lastPathComponent).partial")
         try? fm.removeItem(at: staging)
         try fm.createDirectory(at: staging.appendingPathComponent("unet"), withIntermediateDirectories: true)
@@ -47,7 +69,7 @@ public enum ErasedModel {
         } else {
             try saveWeights(of: unet, names: changed, to: staging.appendingPathComponent("unet/\(changedWeightsName)"),
                             metadata: ["score_method": method])
-            let manifest = Manifest(base_model: baseName, method: method, concepts: concepts,
+            let manifest = Manifest(base_model: Manifest.storedBase(baseName), method: method, concepts: concepts,
                                     tensors_changed: changed.count, parameters_changed: count)
             try writeJSONAtomically(manifest, to: staging.appendingPathComponent(manifestName))
         }
@@ -73,8 +95,13 @@ public enum ErasedModel {
         guard FileManager.default.fileExists(atPath: url.path) else { return nil }
         do {
             return try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: url))
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw PipelineError.invalidFile(url, reason: "not an erasure manifest: \(key.stringValue) is missing")
+        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
+            let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw PipelineError.invalidFile(url, reason: "not an erasure manifest: \(key) has the wrong type (\(context.debugDescription))")
         } catch {
-            throw PipelineError.invalidFile(url, reason: "not an erasure manifest (\(error))")
+            throw PipelineError.invalidFile(url, reason: "not an erasure manifest (not valid JSON, or not an object)")
         }
     }
 
@@ -93,7 +120,7 @@ public func writeJSONAtomically<T: Encodable>(_ value: T, to url: URL) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-    try encoder.encode(value).write(to: url, options: .atomic)
+    try writeAtomically(encoder.encode(value), to: url)
 }
 
 /// `run.json`: everything needed to reproduce and judge a run.
@@ -144,7 +171,7 @@ public struct ErasureRecord: Codable, Sendable {
         object["config"] = try JSONSerialization.jsonObject(with: config)
         let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try data.write(to: url, options: .atomic)
+        try writeAtomically(data, to: url)
     }
 
     public static func read(from url: URL) throws -> ErasureRecord {

@@ -19,6 +19,11 @@ public struct LoadedModel {
 /// a diffusers Stable Diffusion folder.
 public enum ModelLoader {
     public static func load(_ path: String?, assets: Assets = Assets()) throws -> LoadedModel {
+        try load(path, assets: assets, chain: [])
+    }
+
+    /// `chain`: the erased folders whose `base_model` led here, outermost first, to refuse cycles.
+    private static func load(_ path: String?, assets: Assets, chain: [URL]) throws -> LoadedModel {
         guard let path else {
             return LoadedModel(pipeline: try DefaultModel.pipeline(assets: assets), folder: try DefaultModel.folder(),
                                name: "embedded", manifest: nil)
@@ -29,7 +34,17 @@ public enum ModelLoader {
             throw PipelineError.missingFile(index, what: "--model must be a diffusers pipeline folder or the model/ folder of `score erase`")
         }
         if let manifest = try ErasedModel.manifest(in: folder) {
-            let base = try load(manifest.base_model == "embedded" ? nil : manifest.base_model, assets: assets)
+            let here = folder.standardizedFileURL.resolvingSymlinksInPath()
+            let manifestFile = folder.appendingPathComponent(ErasedModel.manifestName)
+            let route = (chain + [here]).map(\.path).joined(separator: " → ")
+            if chain.contains(here) {
+                throw PipelineError.invalidFile(manifestFile, reason: "base_model leads back to this folder (\(route)); an erased model's base must be another model")
+            }
+            guard chain.count < ErasedModel.maximumBaseDepth else {
+                throw PipelineError.invalidFile(manifestFile, reason: "base_model chains through more than \(ErasedModel.maximumBaseDepth) erased folders (\(route))")
+            }
+            let baseFolder = manifest.baseFolder(relativeTo: folder)
+            let base = try load(baseFolder?.path, assets: assets, chain: chain + [here])
             try ErasedModel.apply(folder: folder, to: base.pipeline)
             return LoadedModel(pipeline: base.pipeline, folder: folder, name: path, manifest: manifest)
         }

@@ -65,39 +65,22 @@ public func writeSafeTensors(
 /// buffer starts 8-byte aligned). Same input, same bytes.
 ///
 /// Atomic: everything is checked before any file is created, the bytes go to a temporary file in
-/// the same directory, which is fsynced and then renamed over `url`. On any error the temporary
-/// file is removed and whatever was at `url` is untouched.
+/// the same directory, which is fsynced and then renamed over `url` (which must be a regular file
+/// or absent: see `writeAtomically`). On any error the temporary file is removed and whatever was
+/// at `url` is untouched.
 public func writeSafeTensors(_ tensors: [TensorToWrite], metadata: [String: String] = [:], to url: URL) throws {
     let file = url.path
     let sortedTensors = tensors.sorted { $0.name < $1.name }
     let header = try makeHeader(for: sortedTensors, metadata: metadata, file: file)
 
-    let temporaryURL = url.deletingLastPathComponent()
-        .appendingPathComponent(".\(url.lastPathComponent).\(UUID().uuidString).tmp")
-    let temporaryPath = temporaryURL.path
-    let descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-    guard descriptor >= 0 else {
-        throw SafeTensorsError.writeFailed(file: file, reason: "cannot create \(temporaryPath): \(currentErrorMessage())")
-    }
-    var renamed = false
-    defer { if !renamed { unlink(temporaryPath) } }
-    do {
-        defer { close(descriptor) }
+    try writeAtomically(to: url) { descriptor in
         var headerLength = UInt64(header.count).littleEndian
         try withUnsafeBytes(of: &headerLength) { try writeAll($0, to: descriptor, file: file) }
         try header.withUnsafeBytes { try writeAll($0, to: descriptor, file: file) }
         for tensor in sortedTensors {
             try encodedBytes(of: tensor.data).withUnsafeBytes { try writeAll($0, to: descriptor, file: file) }
         }
-        guard fsync(descriptor) == 0 else {
-            throw SafeTensorsError.writeFailed(file: file, reason: "fsync: \(currentErrorMessage())")
-        }
     }
-    guard rename(temporaryPath, file) == 0 else {
-        throw SafeTensorsError.writeFailed(file: file, reason: "rename: \(currentErrorMessage())")
-    }
-    renamed = true
-    syncDirectory(of: url)
 }
 
 /// Validates the tensors and builds the padded JSON header.
@@ -194,24 +177,4 @@ private func encode<Value, Stored: FixedWidthInteger>(_ values: [Value], _ conve
         }
         initializedCount = values.count * stride
     }
-}
-
-private func writeAll(_ bytes: UnsafeRawBufferPointer, to descriptor: Int32, file: String) throws {
-    var written = 0
-    while written < bytes.count {
-        let result = write(descriptor, bytes.baseAddress! + written, bytes.count - written)
-        if result < 0 {
-            if errno == EINTR { continue }
-            throw SafeTensorsError.writeFailed(file: file, reason: currentErrorMessage())
-        }
-        written += result
-    }
-}
-
-/// Makes the rename itself durable. Best effort: some file systems refuse fsync on directories.
-private func syncDirectory(of url: URL) {
-    let descriptor = open(url.deletingLastPathComponent().path, O_RDONLY | O_CLOEXEC)
-    guard descriptor >= 0 else { return }
-    fsync(descriptor)
-    close(descriptor)
 }

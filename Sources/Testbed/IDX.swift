@@ -40,7 +40,16 @@ public struct IDXArray {
         dimensions = (0..<rank).map { d in
             (0..<4).reduce(0) { $0 << 8 | Int(b[4 + 4 * d + $1]) }
         }
-        let expected = headerSize + dimensions.reduce(1, *)
+        // Four-byte dimensions multiply past Int in a corrupt header; such a file is truncated anyway.
+        var count = 1
+        for size in dimensions {
+            let (product, overflow) = count.multipliedReportingOverflow(by: size)
+            guard !overflow, product <= Int(UInt32.max) else {
+                throw IDXError.corrupt(file: file, reason: "dimensions \(dimensions) describe more than 4 GB of data")
+            }
+            count = product
+        }
+        let expected = headerSize + count
         guard b.count >= expected else { throw IDXError.truncated(file: file, expected: expected, actual: b.count) }
         bytes = Array(b[headerSize..<expected])
     }

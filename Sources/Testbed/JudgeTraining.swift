@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import NN
+import SafeTensors
 import Tensor
 
 /// How a model was trained: enough to reproduce it and to judge its figures.
@@ -30,10 +31,10 @@ public func writeJSON(_ value: some Encodable, to url: URL) throws {
     try writeAtomically(try encoder.encode(value), to: url)
 }
 
-/// Writes data to a temp file beside `url`, then renames it into place.
+/// Writes data to a temp file beside `url`, then renames it into place (creating the folder).
 public func writeAtomically(_ data: Data, to url: URL) throws {
     try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-    try data.write(to: url, options: .atomic)
+    try SafeTensors.writeAtomically(data, to: url)
 }
 
 public struct JudgeTrainingOptions {

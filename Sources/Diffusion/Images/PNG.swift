@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 
 /// Writing PNG files (ISO/IEC 15948) of 8-bit images, without libpng or zlib: grey, grey +
 /// alpha, RGB or RGBA, 8 bits per channel, not interlaced; rows filtered with the usual
@@ -47,7 +48,7 @@ public enum PNG {
     /// Writes `image` to `url` atomically (temporary file + rename).
     public static func write(_ image: PixelImage, to url: URL, text: [(key: String, value: String)] = [],
                              compression: Compression = .dynamicHuffman) throws {
-        try encode(image, text: text, compression: compression).write(to: url, options: .atomic)
+        try writeAtomically(encode(image, text: text, compression: compression), to: url)
     }
 
     // MARK: Encoding helpers

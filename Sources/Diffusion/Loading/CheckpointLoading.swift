@@ -104,8 +104,9 @@ private func compatible(checkpoint: [Int], model: [Int], key: String) -> Bool {
 /// `*.safetensors.index.json` — into `module`, mapping checkpoint keys to the module's dotted
 /// parameter names through `rules`. F32, F16, BF16 and F64 tensors are converted to Float32.
 ///
-/// Everything is validated first; on any problem a `CheckpointError` naming the file and every
-/// offending key is thrown (or the `SafeTensorsError` of a malformed file, which also names file
+/// Everything is validated first, including every value (NaN, ±Inf and magnitudes whose square
+/// overflows are refused: they would make every output NaN); on any problem a `CheckpointError`
+/// naming the file and every offending key is thrown (or the `SafeTensorsError` of a malformed file, which also names file
 /// and key) and the module is left unchanged. With `strict: false`, missing and unexpected keys
 /// are tolerated (shape and dtype problems never are).
 public func loadModule(_ module: Module, from url: URL, rules: [KeyRewriteRule] = KeyRewriteRule.defaults,
@@ -149,6 +150,8 @@ public func loadModule(_ module: Module, from url: URL, rules: [KeyRewriteRule] 
         }
         if ![.f32, .f16, .bf16, .f64].contains(info.dtype) {
             error.unusable.append("\(key): dtype \(info.dtype) is not a float type")
+        } else if let reason = try archive.withRawBytes(key, { unusableWeightReason(in: $0, dtype: info.dtype) }) {
+            error.unusable.append("\(key): \(reason)")
         }
     }
     error.missing.sort()

@@ -66,7 +66,7 @@ private func entries(_ tensors: [(name: String, tensor: Tensor)], dtype: DType) 
 private func writeJSON(_ object: Any, to url: URL) throws {
     var data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
     data.append(0x0A)
-    try data.write(to: url, options: .atomic)
+    try writeAtomically(data, to: url)
 }
 
 /// A Codable config as a JSON object, with extra entries added.

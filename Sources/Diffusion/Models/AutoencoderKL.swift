@@ -60,9 +60,9 @@ public struct AutoencoderKLConfig: ModelConfig, Equatable, Sendable {
 
     public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
 
-    /// Reads `config.json` (of a diffusers `vae/` folder).
+    /// Reads and validates `config.json` (of a diffusers `vae/` folder); errors name the file.
     public init(contentsOf url: URL) throws {
-        self = try readConfig(AutoencoderKLConfig.self, from: url)
+        self = try readConfig(AutoencoderKLConfig.self, from: url) { try $0.validate() }
     }
 
     /// Spatial down-scaling from image to latent (8 for SD).

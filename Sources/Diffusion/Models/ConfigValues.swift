@@ -343,13 +343,17 @@ func checkFitsInMemory(parameters: Double, model: String) throws {
     }
 }
 
-/// Reads a diffusers `config.json` into `Config`, naming the file on failure.
-func readConfig<Config: Decodable>(_ type: Config.Type, from url: URL) throws -> Config {
+/// Reads a diffusers `config.json` into `Config` and validates it, naming the file on failure.
+func readConfig<Config: Decodable>(_ type: Config.Type, from url: URL, validate: (Config) throws -> Void) throws -> Config {
     let data: Data
     do { data = try Data(contentsOf: url) } catch {
         throw DiffusionConfigError.unreadable(file: url.path, reason: error.localizedDescription)
     }
-    do { return try JSONDecoder().decode(Config.self, from: data) } catch let error as DiffusionConfigError {
+    do {
+        let config = try JSONDecoder().decode(Config.self, from: data)
+        try validate(config)
+        return config
+    } catch let error as DiffusionConfigError {
         throw DiffusionConfigError.inFile(file: url.path, error: error)
     } catch {
         throw DiffusionConfigError.unreadable(file: url.path, reason: "not valid JSON")

@@ -120,9 +120,9 @@ public struct UNet2DConditionConfig: ModelConfig, Equatable, Sendable {
 
     public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
 
-    /// Reads `config.json` (of a diffusers `unet/` folder).
+    /// Reads and validates `config.json` (of a diffusers `unet/` folder); errors name the file.
     public init(contentsOf url: URL) throws {
-        self = try readConfig(UNet2DConditionConfig.self, from: url)
+        self = try readConfig(UNet2DConditionConfig.self, from: url) { try $0.validate() }
     }
 
     public var blockCount: Int { blockOutChannels.count }

@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 import NN
 import Tensor
 
@@ -203,6 +204,12 @@ enum CheckpointFiles {
 extension Module {
     /// Loads a checkpoint into this module, naming `url` in the error when keys or shapes differ.
     func loadCheckpoint(_ weights: [String: Tensor], from url: URL) throws {
+        for (name, tensor) in weights.sorted(by: { $0.key < $1.key }) {
+            let raw = UnsafeRawBufferPointer(start: tensor.pointer, count: tensor.count * MemoryLayout<Float>.stride)
+            if let reason = unusableWeightReason(in: raw, dtype: .f32) {
+                throw TextEncoderError.invalidFile(url, reason: "tensor '\(name)' \(reason)")
+            }
+        }
         do { try load(weights, source: url.path, strict: true) } catch let error as WeightLoadingError {
             throw TextEncoderError.invalidFile(url, reason: error.description)
         }
