@@ -71,6 +71,8 @@ let package = Package(
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ScoreCLITests", dependencies: ["ScoreCLI", "Evaluation", "Erasure", "Testbed", "Benchmarks"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks"]),
+        // The fuzzing of every parser and the table of bad inputs (reads DiffusionTests' fixtures in place).
+        .testTarget(name: "RobustnessTests", dependencies: ["Diffusion", "Erasure", "Evaluation", "Testbed", "SafeTensors"]),
     ],
     swiftLanguageModes: [.v5]
 )
