@@ -343,6 +343,14 @@ func checkFitsInMemory(parameters: Double, model: String) throws {
     }
 }
 
+/// The text encoders' shared checks: the heads divide the width and the weights fit in memory.
+func checkTextEncoder(hiddenSize: Int, heads: Int, parameters: Double, model: String) throws {
+    guard hiddenSize % heads == 0 else {
+        throw DiffusionConfigError.invalid(field: "hidden_size", reason: "\(hiddenSize) is not a multiple of num_attention_heads \(heads)")
+    }
+    try checkFitsInMemory(parameters: parameters, model: model)
+}
+
 /// Reads a diffusers `config.json` into `Config` and validates it, naming the file on failure.
 func readConfig<Config: Decodable>(_ type: Config.Type, from url: URL, validate: (Config) throws -> Void) throws -> Config {
     let data: Data

@@ -60,10 +60,7 @@ public struct BertConfig: ModelConfig, Equatable, Sendable {
     /// would not fit in memory (checked when the config is read).
     public func validate() throws {
         try checkFieldRanges()
-        guard hiddenSize % numAttentionHeads == 0 else {
-            throw DiffusionConfigError.invalid(field: "hidden_size", reason: "\(hiddenSize) is not a multiple of num_attention_heads \(numAttentionHeads)")
-        }
-        try checkFitsInMemory(parameters: parameterCount, model: "BERT text encoder")
+        try checkTextEncoder(hiddenSize: hiddenSize, heads: numAttentionHeads, parameters: parameterCount, model: "BERT text encoder")
     }
 
     /// Parameters of the model with its pooler, as a Double so that no config can overflow it.
