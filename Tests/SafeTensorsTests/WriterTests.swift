@@ -49,8 +49,8 @@ final class WriterTests: SafeTensorsTestCase {
         XCTAssertEqual(try directoryContents(), ["model.safetensors"], "no temporary file left behind")
     }
 
-    func testFailedRenameRemovesTheTemporaryFile() throws {
-        // The target is a non-empty directory, so the final rename fails after the data was written.
+    func testADirectoryInTheWayIsRefusedBeforeWriting() throws {
+        // A rename would fail over a non-empty directory (and replace an empty one): refused first.
         let target = url("occupied.safetensors")
         try FileManager.default.createDirectory(at: target, withIntermediateDirectories: false)
         try Data([1]).write(to: target.appendingPathComponent("keep"))
@@ -58,7 +58,7 @@ final class WriterTests: SafeTensorsTestCase {
         XCTAssertThrowsError(try writeSafeTensors(sample, to: target)) { error in
             guard case .writeFailed(let file, let reason)? = error as? SafeTensorsError else { return XCTFail("\(error)") }
             XCTAssertEqual(file, target.path)
-            XCTAssertTrue(reason.hasPrefix("rename"), reason)
+            XCTAssertTrue(reason.contains("the path is a directory"), reason)
             XCTAssertTrue("\(error)".contains("occupied.safetensors"))
         }
         XCTAssertEqual(try directoryContents(), ["occupied.safetensors"], "temporary file removed")
