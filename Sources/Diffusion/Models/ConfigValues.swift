@@ -343,6 +343,15 @@ func checkFitsInMemory(parameters: Double, model: String) throws {
     }
 }
 
+extension KeyedDecodingContainer {
+    /// `decodeIfPresent` that also treats an explicit JSON `null` as absent and falls back to
+    /// `fallback`, for configs not yet declared through a field table (FLUX, the flow-matching
+    /// scheduler).
+    func value<T: Decodable>(_ key: Key, or fallback: @autoclosure () -> T) throws -> T {
+        try decodeIfPresent(T.self, forKey: key) ?? fallback()
+    }
+}
+
 /// The text encoders' shared checks: the heads divide the width and the weights fit in memory.
 func checkTextEncoder(hiddenSize: Int, heads: Int, parameters: Double, model: String) throws {
     guard hiddenSize % heads == 0 else {
@@ -352,7 +361,7 @@ func checkTextEncoder(hiddenSize: Int, heads: Int, parameters: Double, model: St
 }
 
 /// Reads a diffusers `config.json` into `Config` and validates it, naming the file on failure.
-func readConfig<Config: Decodable>(_ type: Config.Type, from url: URL, validate: (Config) throws -> Void) throws -> Config {
+func readConfig<Config: Decodable>(_ type: Config.Type, from url: URL, validate: (Config) throws -> Void = { _ in }) throws -> Config {
     let data: Data
     do { data = try Data(contentsOf: url) } catch {
         throw DiffusionConfigError.unreadable(file: url.path, reason: error.localizedDescription)
