@@ -116,6 +116,13 @@ final class BadInputTableTests: XCTestCase {
         }
     }
 
+    static func flux(_ overrides: [String: String], _ expected: String...) -> Row {
+        Row(name: "flux \(overrides)", expected: ["transformer/config.json"] + expected) { s in
+            let url = try s.config("transformer/config.json", fixture: "flux/flux_plain/config.json", overrides)
+            _ = try FluxTransformer2DConfig(contentsOf: url)
+        }
+    }
+
     static func clip(_ overrides: [String: String], _ expected: String...) -> Row {
         Row(name: "clip \(overrides)", expected: ["text_encoder/config.json"] + expected) { s in
             try s.config("text_encoder/config.json", fixture: "text/clip_sd1/text_encoder/config.json", overrides)
@@ -280,6 +287,13 @@ final class BadInputTableTests: XCTestCase {
             vae(["sample_size": "\"big\""], "sample_size", "must be an integer or a list of integers")
         )
         rows += [Row](arrayLiteral:
+            // FLUX transformer config.json.
+            flux(["num_layers": "-1"], "num_layers", "-1"),
+            flux(["num_attention_heads": "0"], "num_attention_heads", "holds 0"),
+            flux(["patch_size": "3.5"], "patch_size", "must be an integer", "3.5"),
+            flux(["axes_dims_rope": "[2, 2, 3]"], "axes_dims_rope", "positive and even"),
+            flux(["joint_attention_dim": "4611686018427387904"], "joint_attention_dim", "4611686018427387904"),
+
             // CLIP text encoder config.json.
             clip(["hidden_size": "0"], "hidden_size", "holds 0"),
             clip(["hidden_size": "30"], "hidden_size", "not a multiple of num_attention_heads 4"),

@@ -95,6 +95,11 @@ final class ParserFuzzTests: XCTestCase {
         }
     }
 
+    func testFluxConfigs() throws {
+        var fuzzer = Fuzzer("flux-config", seeds: [try fixture("flux/flux_plain/config.json"), try fixture("flux/flux_guided/config.json")])
+        fuzzer.run { bytes in _ = try FluxTransformer2DConfig(contentsOf: file("transformer/config.json", bytes)) }
+    }
+
     func testTextEncoderConfigs() throws {
         var clip = Fuzzer("clip-config", seeds: [try fixture("text/clip_sd1/text_encoder/config.json"),
                                                  try fixture("text/clip_sd2/text_encoder/config.json")])

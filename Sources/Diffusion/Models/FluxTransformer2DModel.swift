@@ -13,87 +13,53 @@ import Tensor
 
 // MARK: - Config
 
-/// diffusers' `FluxTransformer2DModel` config (`transformer/config.json`), with diffusers'
-/// defaults (FLUX.1's architecture) for absent or null fields.
-public struct FluxTransformer2DConfig: Codable, Equatable, Sendable {
-    public var patchSize: Int
+/// diffusers' `FluxTransformer2DModel` config (`transformer/config.json`). Each property carries
+/// diffusers' default (FLUX.1's architecture); `fields` gives its key and the values it accepts.
+public struct FluxTransformer2DConfig: ModelConfig, Equatable, Sendable {
+    public var patchSize = 1
     /// Channels of a packed latent token (FLUX.1: 16 latent channels × 2 × 2 = 64).
-    public var inChannels: Int
+    public var inChannels = 64
     /// nil: the same as `inChannels`.
-    public var outChannels: Int?
+    public var outChannels: Int? = nil
     /// Double-stream blocks.
-    public var numLayers: Int
+    public var numLayers = 19
     /// Single-stream blocks.
-    public var numSingleLayers: Int
-    public var attentionHeadDim: Int
-    public var numAttentionHeads: Int
+    public var numSingleLayers = 38
+    public var attentionHeadDim = 128
+    public var numAttentionHeads = 24
     /// Width of the text encoder's token states (T5's 4096 in FLUX.1).
-    public var jointAttentionDim: Int
+    public var jointAttentionDim = 4096
     /// Width of the pooled text vector (CLIP's 768 in FLUX.1).
-    public var pooledProjectionDim: Int
+    public var pooledProjectionDim = 768
     /// Whether the model embeds a guidance scale (FLUX.1-dev's distilled guidance).
-    public var guidanceEmbeds: Bool
+    public var guidanceEmbeds = false
     /// Rotary features per position axis; they sum to `attention_head_dim`.
-    public var axesDimsRope: [Int]
+    public var axesDimsRope = [16, 56, 56]
 
-    enum CodingKeys: String, CodingKey {
-        case patchSize = "patch_size", inChannels = "in_channels", outChannels = "out_channels"
-        case numLayers = "num_layers", numSingleLayers = "num_single_layers"
-        case attentionHeadDim = "attention_head_dim", numAttentionHeads = "num_attention_heads"
-        case jointAttentionDim = "joint_attention_dim", pooledProjectionDim = "pooled_projection_dim"
-        case guidanceEmbeds = "guidance_embeds", axesDimsRope = "axes_dims_rope"
-    }
+    public static let fields: [ConfigField<Self>] = [
+        .init("patch_size", \.patchSize, .count),
+        .init("in_channels", \.inChannels, .size),
+        .init("out_channels", \.outChannels, .size),
+        .init("num_layers", \.numLayers, .countOrZero),
+        .init("num_single_layers", \.numSingleLayers, .countOrZero),
+        .init("attention_head_dim", \.attentionHeadDim, .size),
+        .init("num_attention_heads", \.numAttentionHeads, .count),
+        .init("joint_attention_dim", \.jointAttentionDim, .size),
+        .init("pooled_projection_dim", \.pooledProjectionDim, .size),
+        .init("guidance_embeds", \.guidanceEmbeds),
+        .init("axes_dims_rope", \.axesDimsRope, .size),
+    ]
 
     /// diffusers' defaults: FLUX.1's architecture.
-    public init() {
-        patchSize = 1
-        inChannels = 64
-        outChannels = nil
-        numLayers = 19
-        numSingleLayers = 38
-        attentionHeadDim = 128
-        numAttentionHeads = 24
-        jointAttentionDim = 4096
-        pooledProjectionDim = 768
-        guidanceEmbeds = false
-        axesDimsRope = [16, 56, 56]
-    }
+    public init() {}
 
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = FluxTransformer2DConfig()
-        patchSize = try c.value(.patchSize, or: d.patchSize)
-        inChannels = try c.value(.inChannels, or: d.inChannels)
-        outChannels = try c.decodeIfPresent(Int.self, forKey: .outChannels)
-        numLayers = try c.value(.numLayers, or: d.numLayers)
-        numSingleLayers = try c.value(.numSingleLayers, or: d.numSingleLayers)
-        attentionHeadDim = try c.value(.attentionHeadDim, or: d.attentionHeadDim)
-        numAttentionHeads = try c.value(.numAttentionHeads, or: d.numAttentionHeads)
-        jointAttentionDim = try c.value(.jointAttentionDim, or: d.jointAttentionDim)
-        pooledProjectionDim = try c.value(.pooledProjectionDim, or: d.pooledProjectionDim)
-        guidanceEmbeds = try c.value(.guidanceEmbeds, or: d.guidanceEmbeds)
-        axesDimsRope = try c.value(.axesDimsRope, or: d.axesDimsRope)
-    }
+    public init(from decoder: Decoder) throws { try self.init(fieldsFrom: decoder) }
 
-    /// Writes every field under its diffusers name (an absent `out_channels` as null).
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(patchSize, forKey: .patchSize)
-        try c.encode(inChannels, forKey: .inChannels)
-        try c.encode(outChannels, forKey: .outChannels)
-        try c.encode(numLayers, forKey: .numLayers)
-        try c.encode(numSingleLayers, forKey: .numSingleLayers)
-        try c.encode(attentionHeadDim, forKey: .attentionHeadDim)
-        try c.encode(numAttentionHeads, forKey: .numAttentionHeads)
-        try c.encode(jointAttentionDim, forKey: .jointAttentionDim)
-        try c.encode(pooledProjectionDim, forKey: .pooledProjectionDim)
-        try c.encode(guidanceEmbeds, forKey: .guidanceEmbeds)
-        try c.encode(axesDimsRope, forKey: .axesDimsRope)
-    }
+    public func encode(to encoder: Encoder) throws { try encodeFields(to: encoder) }
 
-    /// Reads `config.json` (of a diffusers `transformer/` folder).
+    /// Reads and validates `config.json` (of a diffusers `transformer/` folder); errors name the file.
     public init(contentsOf url: URL) throws {
-        self = try readConfig(FluxTransformer2DConfig.self, from: url)
+        self = try readConfig(FluxTransformer2DConfig.self, from: url) { try $0.validate() }
     }
 
     /// Width of the token stream (heads × head dimension).
@@ -104,20 +70,7 @@ public struct FluxTransformer2DConfig: Codable, Equatable, Sendable {
 
     /// Throws for configs that cannot build a model, naming the field.
     public func validate() throws {
-        let positive: [(String, Int)] = [
-            ("patch_size", patchSize), ("in_channels", inChannels), ("attention_head_dim", attentionHeadDim),
-            ("num_attention_heads", numAttentionHeads), ("joint_attention_dim", jointAttentionDim),
-            ("pooled_projection_dim", pooledProjectionDim),
-        ]
-        for (field, value) in positive where value <= 0 {
-            throw DiffusionConfigError.invalid(field: field, reason: "is \(value); it must be positive")
-        }
-        if let outChannels, outChannels <= 0 {
-            throw DiffusionConfigError.invalid(field: "out_channels", reason: "is \(outChannels); it must be positive")
-        }
-        for (field, value) in [("num_layers", numLayers), ("num_single_layers", numSingleLayers)] where value < 0 {
-            throw DiffusionConfigError.invalid(field: field, reason: "is \(value); it must not be negative")
-        }
+        try checkFieldRanges()
         guard !axesDimsRope.isEmpty else { throw DiffusionConfigError.invalid(field: "axes_dims_rope", reason: "is empty") }
         if let odd = axesDimsRope.first(where: { $0 <= 0 || $0 % 2 != 0 }) {
             throw DiffusionConfigError.invalid(field: "axes_dims_rope", reason: "has \(odd); every entry must be positive and even")
