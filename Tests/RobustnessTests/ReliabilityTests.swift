@@ -41,6 +41,19 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertEqual(UNet2DConditionConfig.stableDiffusion21.parameterCount, sd21.parameters)
     }
 
+    /// A model too large for the memory is refused before allocation; `validate()` does not
+    /// depend on the machine.
+    func testMemoryIsCheckedBeforeAllocationButNotByValidate() throws {
+        setenv("SCORE_MEMORY_LIMIT_BYTES", "1000000000", 1)
+        defer { unsetenv("SCORE_MEMORY_LIMIT_BYTES") }
+        let sd15 = UNet2DConditionConfig.stableDiffusion15
+        XCTAssertNoThrow(try sd15.validate())
+        var generator = RandomGenerator(seed: 0)
+        XCTAssertThrowsError(try UNet2DConditionModel(config: sd15, generator: &generator)) { error in
+            XCTAssertEqual("\(error)", "config describes a UNet whose weights alone need 3.4 GB, more than the 1.0 GB of memory available")
+        }
+    }
+
     /// Small models of every block kind: the estimate equals the built model's count.
     func testParameterCountsEqualBuiltModels() throws {
         var generator = RandomGenerator(seed: 0)

@@ -62,7 +62,7 @@ public struct AutoencoderKLConfig: ModelConfig, Equatable, Sendable {
 
     /// Reads and validates `config.json` (of a diffusers `vae/` folder); errors name the file.
     public init(contentsOf url: URL) throws {
-        self = try readConfig(AutoencoderKLConfig.self, from: url) { try $0.validate() }
+        self = try readConfig(AutoencoderKLConfig.self, from: url) { try $0.validate(); try $0.checkMemory() }
     }
 
     /// Spatial down-scaling from image to latent (8 for SD).
@@ -92,6 +92,12 @@ public struct AutoencoderKLConfig: ModelConfig, Equatable, Sendable {
                                                reason: "[\(i)] = \(channels) is not divisible by norm_num_groups \(normNumGroups)")
         }
         if !["silu", "swish"].contains(actFn) { throw DiffusionConfigError.unsupported(field: "act_fn", value: actFn) }
+    }
+
+    /// Throws when the model's Float32 weights would not fit in the memory available now. Kept
+    /// apart from `validate()`, whose answer must not depend on the machine; the model's
+    /// initializer and `init(contentsOf:)` call both.
+    public func checkMemory() throws {
         try checkFitsInMemory(parameters: parameterCount, model: "VAE")
     }
 
@@ -305,6 +311,7 @@ public final class AutoencoderKL: Module {
     /// A randomly initialised model of the given architecture.
     public init(config: AutoencoderKLConfig, generator: inout RandomGenerator) throws {
         try config.validate()
+        try config.checkMemory()
         self.config = config
         encoder = VAEEncoder(config: config, generator: &generator)
         decoder = VAEDecoder(config: config, generator: &generator)

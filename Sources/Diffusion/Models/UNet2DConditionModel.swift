@@ -122,7 +122,7 @@ public struct UNet2DConditionConfig: ModelConfig, Equatable, Sendable {
 
     /// Reads and validates `config.json` (of a diffusers `unet/` folder); errors name the file.
     public init(contentsOf url: URL) throws {
-        self = try readConfig(UNet2DConditionConfig.self, from: url) { try $0.validate() }
+        self = try readConfig(UNet2DConditionConfig.self, from: url) { try $0.validate(); try $0.checkMemory() }
     }
 
     public var blockCount: Int { blockOutChannels.count }
@@ -219,6 +219,12 @@ public struct UNet2DConditionConfig: ModelConfig, Equatable, Sendable {
         if classEmbeddingsConcat { throw unsupported("class_embeddings_concat", true) }
         if convInKernel % 2 == 0 { throw unsupported("conv_in_kernel", convInKernel) }
         if convOutKernel % 2 == 0 { throw unsupported("conv_out_kernel", convOutKernel) }
+    }
+
+    /// Throws when the model's Float32 weights would not fit in the memory available now. Kept
+    /// apart from `validate()`, whose answer must not depend on the machine; the model's
+    /// initializer and `init(contentsOf:)` call both.
+    public func checkMemory() throws {
         try checkFitsInMemory(parameters: parameterCount, model: "UNet")
     }
 
@@ -556,6 +562,7 @@ public final class UNet2DConditionModel: Module {
     /// Throws `DiffusionConfigError` for configs that are inconsistent or not implemented.
     public init(config: UNet2DConditionConfig, generator: inout RandomGenerator) throws {
         try config.validate()
+        try config.checkMemory()
         self.config = config
         let c = config
         let n = c.blockCount
