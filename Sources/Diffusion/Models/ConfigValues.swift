@@ -345,8 +345,8 @@ func checkFitsInMemory(parameters: Double, model: String) throws {
 
 extension KeyedDecodingContainer {
     /// `decodeIfPresent` that also treats an explicit JSON `null` as absent and falls back to
-    /// `fallback`, for configs not yet declared through a field table (FLUX, the flow-matching
-    /// scheduler).
+    /// `fallback`, for configs not yet declared through a field table (the flow-matching
+    /// scheduler's).
     func value<T: Decodable>(_ key: Key, or fallback: @autoclosure () -> T) throws -> T {
         try decodeIfPresent(T.self, forKey: key) ?? fallback()
     }
