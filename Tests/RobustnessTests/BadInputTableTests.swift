@@ -465,6 +465,11 @@ final class BadInputTableTests: XCTestCase {
             }
         )
         rows += [Row](arrayLiteral:
+            // scheduler_config.json: bytes that are not UTF-8 once made Foundation's JSON5 reader trap.
+            Row(name: "scheduler config not UTF-8", expected: ["scheduler_config.json", "not UTF-8"]) { _ in
+                _ = try SchedulerConfig(json: Data([0x7b, 0x0a, 0x20, 0xfe, 0x5b, 0x5b, 0x22, 0x61, 0x22]), source: "scheduler_config.json")
+            },
+
             // model_index.json.
             Row(name: "model_index.json not JSON", expected: ["model_index.json", "not valid JSON"]) { s in
                 try s.write("p/model_index.json", "{")

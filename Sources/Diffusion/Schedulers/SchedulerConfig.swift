@@ -135,6 +135,10 @@ public struct SchedulerConfig: Sendable, Equatable {
 
     /// Parses the JSON text of a scheduler config; `source` names it in error messages.
     public init(json data: Data, source: String = "<in-memory scheduler config>") throws {
+        // Foundation's JSON5 reader traps on bytes that are not UTF-8 (found by the fuzzer).
+        guard String(data: data, encoding: .utf8) != nil else {
+            throw SchedulerError.unreadableConfig(source: source, reason: "not UTF-8 text")
+        }
         let decoder = JSONDecoder()
         // diffusers writes configs with Python's json, which spells −∞ as `-Infinity`
         // (`lambda_min_clipped` of every DPM-Solver config it saves); JSON5 reads that.
