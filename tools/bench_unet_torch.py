@@ -10,7 +10,7 @@ forward passes).
 
 Run on the same machine as the Swift benchmark, with the cores shared as they are:
 
-    OMP_WAIT_POLICY=PASSIVE /work/venv-tools/bin/python tools/bench_unet_torch.py --config sd15 --latent 64
+    OMP_WAIT_POLICY=PASSIVE .venv-tools/bin/python tools/bench_unet_torch.py --config sd15 --latent 64
 
 (OMP_WAIT_POLICY=PASSIVE is set here too, before torch loads: OpenMP's busy-waiting made
 steps ~10x slower on the shared cores.)

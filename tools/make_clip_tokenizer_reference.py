@@ -11,7 +11,7 @@ transformers' tokenizer loaded from the folder, the ids of the hard strings of t
 to Tests/DiffusionTests/Fixtures/text/clip_real_reference.json.
 
     python -m pip download --no-deps -d /tmp/oc open_clip_torch==3.3.0
-    /work/venv-tools/bin/python tools/make_clip_tokenizer_reference.py --wheel /tmp/oc/open_clip_torch-3.3.0-py3-none-any.whl
+    .venv-tools/bin/python tools/make_clip_tokenizer_reference.py --wheel /tmp/oc/open_clip_torch-3.3.0-py3-none-any.whl
 
 The folder goes to ~/.cache/score/clip-tokenizer (or --folder), where the Swift test
 TokenizerTests.testRealCLIPVocabularyMatchesTransformers looks (or SCORE_CLIP_TOKENIZER_DIR).

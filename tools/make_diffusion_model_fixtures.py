@@ -42,7 +42,7 @@ io.safetensors keys:
         grad.image (of sum(mean*gmean)), latent [B,4,h,w], decoded, gdecoded,
         grad.latent (of sum(decoded*gdecoded)).
 
-Run:  /work/venv-tools/bin/python tools/make_diffusion_model_fixtures.py [--out-dir DIR]
+Run:  .venv-tools/bin/python tools/make_diffusion_model_fixtures.py [--out-dir DIR]
 """
 import argparse
 import json

@@ -18,7 +18,7 @@ the token states, L2 normalisation) for a few sentences, plus the per-token stat
 sentence and the tokenizer's ids for the hard strings of text_cases.py, and writes
 Tests/DiffusionTests/Fixtures/text/minilm_reference.json.
 
-Run:  /work/venv-tools/bin/python tools/make_minilm_reference.py [--model-dir DIR]
+Run:  .venv-tools/bin/python tools/make_minilm_reference.py [--model-dir DIR]
 """
 import argparse
 import hashlib

@@ -25,7 +25,7 @@ next to them in a temporary folder.
 The reference is computed in float64 (the whole pipeline moved to torch.float64) from exactly the
 stored weights and noise; everything is saved as F32. Byte-reproducible; no hub access.
 
-Run:  /work/venv-tools/bin/python tools/make_pipeline_fixture.py
+Run:  .venv-tools/bin/python tools/make_pipeline_fixture.py
 """
 import json
 import os

@@ -38,7 +38,7 @@ The model: eps(x, t)[i] = 0.1 * x[i] + 0.05 * sin(t / 100 + 0.1 * i), i the flat
 element in the whole [2, 1, 4, 4] tensor, t the timestep passed to the model (a float for Euler),
 sin evaluated in float64 and rounded to float32. The model input is `scale_model_input(x, t)`.
 
-Run:  /work/venv-tools/bin/python tools/make_scheduler_fixtures.py [--out-dir DIR]
+Run:  .venv-tools/bin/python tools/make_scheduler_fixtures.py [--out-dir DIR]
 """
 import argparse
 import copy
@@ -76,7 +76,7 @@ CONFIGS = {
         "num_train_timesteps": 1000, "prediction_type": "v_prediction", "set_alpha_to_one": False,
         "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
     },
-    # the testbed's mini-SD (docs/testbed.md): DDPM 1000 steps, squaredcos_cap_v2, epsilon
+    # the testbed's mini-SD (docs/TESTBED.md): DDPM 1000 steps, squaredcos_cap_v2, epsilon
     "testbed": {
         "_class_name": "DDPMScheduler", "_diffusers_version": "0.42.1", "num_train_timesteps": 1000,
         "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon",

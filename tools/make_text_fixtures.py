@@ -37,7 +37,7 @@ stored as float32 (ids as I64). Gradients are of sum(out * gout) for random `gou
 Tokenizer ids come from transformers' own CLIPTokenizer(vocab, merges) / BertTokenizer(vocab),
 and are cross-checked against AutoTokenizer.from_pretrained on the written folders.
 
-Run:  /work/venv-tools/bin/python tools/make_text_fixtures.py [--out-dir DIR]
+Run:  .venv-tools/bin/python tools/make_text_fixtures.py [--out-dir DIR]
 """
 import argparse
 import json

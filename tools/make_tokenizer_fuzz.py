@@ -6,7 +6,7 @@ Needs the two folders the optional tests use: ~/.cache/score/clip-tokenizer (mad
 make_clip_tokenizer_reference.py) and ~/.cache/score/minilm (see make_minilm_reference.py), or
 SCORE_CLIP_TOKENIZER_DIR / SCORE_MINILM_DIR. Then:
 
-    /work/venv-tools/bin/python tools/make_tokenizer_fuzz.py --seed 1 --count 3000
+    .venv-tools/bin/python tools/make_tokenizer_fuzz.py --seed 1 --count 3000
     SCORE_TOKENIZER_FUZZ=/tmp/score-tokenizer-fuzz.json swift test -c release --filter TokenizerFuzzTests
 
 Strings mix words, contractions, special-token texts, every kind of whitespace, accents and

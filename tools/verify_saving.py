@@ -8,7 +8,7 @@ UNet and the tiny CLIP text encoder, and Swift's outputs on fixed inputs):
 
 then run (the venv needs `python -m pip install peft`):
 
-    /work/venv-tools/bin/python tools/verify_saving.py /tmp/score-export
+    .venv-tools/bin/python tools/verify_saving.py /tmp/score-export
 
 Checks, each printed with its error:
   1. unet_f32/, unet_f16/: UNet2DConditionModel.from_pretrained loads them with no missing or

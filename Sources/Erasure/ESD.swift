@@ -67,8 +67,9 @@ public struct ESDConfig: Codable, Equatable, Sendable {
     }
 }
 
-/// ESD, Erased Stable Diffusion (Gandikota et al., arXiv 2303.07345), as its current official
-/// script trains it. Each iteration:
+/// ESD, Erased Stable Diffusion (Gandikota et al., arXiv 2303.07345), with the current official
+/// script's defaults and sampling but the paper's target (docs/METHOD.md: the official script's
+/// target ε₀(c) − η(ε₀(c) − ε₀(∅)) equals this one at η − 1). Each iteration:
 /// 1. takes the next concept (round robin) and one of its target prompts c at random;
 /// 2. draws xₜ by running the pipeline's scheduler for `samplingSteps` steps with guidance
 ///    `samplingGuidance` from fresh noise, stopped before a random step k (xₜ at the k-th

@@ -1,6 +1,7 @@
 import Diffusion
 import Erasure
 import Foundation
+import SafeTensors
 import Tensor
 
 /// The human side of an evaluation: a Markdown summary and a self-contained HTML page with
@@ -26,9 +27,9 @@ public struct EvaluationReport {
         for grid in grids() {
             try PNG.write(PixelImage(tensor: grid.image), to: folder.appendingPathComponent("\(grid.name).png"))
         }
-        try Data(markdown().utf8).write(to: folder.appendingPathComponent("report.md"), options: .atomic)
+        try writeAtomically(Data(markdown().utf8), to: folder.appendingPathComponent("report.md"))
         let html = folder.appendingPathComponent("report.html")
-        try Data(self.html().utf8).write(to: html, options: .atomic)
+        try writeAtomically(Data(self.html().utf8), to: html)
         return html
     }
 

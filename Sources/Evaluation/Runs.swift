@@ -1,6 +1,7 @@
 import Diffusion
 import Erasure
 import Foundation
+import SafeTensors
 import Tensor
 import Testbed
 
@@ -249,7 +250,7 @@ public struct BenchmarkRun {
             encoded = try JSONOutput.encode(cells)
         }
         try FileManager.default.createDirectory(at: tableURL.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try Data(markdown.utf8).write(to: tableURL, options: .atomic)
+        try writeAtomically(Data(markdown.utf8), to: tableURL)
         return (markdown, encoded)
     }
 }

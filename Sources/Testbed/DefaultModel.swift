@@ -8,8 +8,7 @@ import Tensor
 public enum DefaultModel {
     /// Sampler settings every figure of the testbed is measured with. The guidance is diffusers'
     /// default and the scale ESD and UCE evaluate at; the embedded model draws the prompted class
-    /// 96–98% of the time there and 90% at 4 (docs/BENCHMARKS.md). Figures before 2026-11-30 (session 5)
-    /// used 4.
+    /// 96–98% of the time there and 90% at 4 (docs/BENCHMARKS.md).
     public static let steps = 25
     public static let guidance = StableDiffusionPipeline.defaultGuidance
 
@@ -24,7 +23,7 @@ public enum DefaultModel {
     }
 
     /// A pipeline over a testbed model folder (default: the embedded one), with MiniLM from the
-    /// asset cache and DDIM that recomputes ε from the clipped x̂₀ (docs/testbed.md says why).
+    /// asset cache and DDIM that recomputes ε from the clipped x̂₀ (docs/TESTBED.md says why).
     public static func pipeline(folder: URL? = nil, assets: Assets = Assets()) throws -> StableDiffusionPipeline {
         let directory = try folder ?? self.folder()
         let pipeline = try StableDiffusionPipeline(directory: directory, textEncoder: try MiniSD.textEncoder(assets: assets))

@@ -7,7 +7,7 @@ import Tensor
 /// The testbed's miniature Stable Diffusion: a pixel-space UNet2DConditionModel on 32×32 grey
 /// Fashion-MNIST, conditioned through cross-attention on frozen all-MiniLM-L6-v2 token states
 /// (padded tokens zeroed, attention mask passed on), trained with DDPM on a cosine schedule.
-/// Same classes and config files as the SD code path. Recipe: docs/testbed.md.
+/// Same classes and config files as the SD code path. Recipe: docs/TESTBED.md.
 public enum MiniSD {
     /// block_out_channels (32, 64, 64), cross-attention at 16×16, 8×8 and the mid block, 4 heads,
     /// cross_attention_dim 384: 1.97 M parameters (diffusers counts the same). 16 GroupNorm groups:
@@ -146,7 +146,7 @@ public protocol MiniSDTrainingData {
     /// The captions image `index` may be trained with.
     func captions(_ index: Int) -> [String]
     /// Every caption, when the set is small enough to encode once into a `CaptionTable`
-    /// (Fashion-MNIST: 401); nil to encode each batch's captions as it is drawn (emoji: ~14k).
+    /// (Fashion-MNIST: 126); nil to encode each batch's captions as it is drawn (emoji: ~14k).
     var allCaptions: [String]? { get }
 }
 

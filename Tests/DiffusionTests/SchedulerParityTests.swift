@@ -175,8 +175,8 @@ final class SchedulerParityTests: XCTestCase {
         }
     }
 
-    /// docs/testbed.md's pitfall: squaredcos_cap_v2, clipped x̂₀, first DDIM step at t = 999
-    /// (ᾱ ≈ 2.4e-9). Keeping the raw ε̂ and recomputing it from the clipped x̂₀ give different
+    /// The sampler pitfall of docs/TESTBED.md: squaredcos_cap_v2, clipped x̂₀, first DDIM step at
+    /// t = 960 (leading spacing; ᾱ[999] ≈ 2.4e-9). Keeping the raw ε̂ and recomputing it from the clipped x̂₀ give different
     /// samples, ours as diffusers' do.
     func testDDIMClippedModelOutputPitfall() throws {
         var config = try F.config("testbed")

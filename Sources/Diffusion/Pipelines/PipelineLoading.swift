@@ -63,7 +63,7 @@ extension StableDiffusionPipeline {
 
     /// A scheduler of `kind` built from `config` (any scheduler's config, as diffusers'
     /// `from_config`). DDIM recomputes ε̂ from the clipped x̂₀ when the config clips samples
-    /// (`clip_sample`, as the testbed's cosine schedule needs; see docs/testbed.md), and follows
+    /// (`clip_sample`, as the testbed's cosine schedule needs; see docs/TESTBED.md), and follows
     /// diffusers' default (the raw ε̂) for configs that do not clip, such as Stable Diffusion's.
     public static func makeScheduler(_ kind: SchedulerKind, config: SchedulerConfig) throws -> any NoiseScheduler {
         if kind == .ddim { return try DDIMScheduler(config: config, useClippedModelOutput: config.clipSample) }
@@ -89,7 +89,7 @@ extension StableDiffusionPipeline {
     ///     names one this package cannot build from the folder, e.g. the testbed's MiniLM).
     ///   - scheduler: a scheduler class to use instead of the one `scheduler_config.json` names
     ///     (built from that config, as diffusers' `from_config`). DDIM recomputes ε̂ from the
-    ///     clipped x̂₀ when the config clips samples (docs/testbed.md; no effect otherwise).
+    ///     clipped x̂₀ when the config clips samples (docs/TESTBED.md; no effect otherwise).
     ///   - variant: the weights variant to read (`fp16`, `bf16`, …) as diffusers' `variant=`: each
     ///     component folder that has it loads it, the others their plain weights, and a variant no
     ///     component has is an error (`WeightsVariant`). nil reads the plain weights only.

@@ -8,8 +8,9 @@ import Tensor
 /// x_prev = √ᾱ_prev·x̂₀ + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z, with σ = η·√((1−ᾱ_prev)/(1−ᾱₜ)·(1 − ᾱₜ/ᾱ_prev)).
 /// After the last step ᾱ_prev is 1 (`set_alpha_to_one`) or ᾱ₀.
 ///
-/// Pitfall (docs/testbed.md): with `squaredcos_cap_v2` the first step sits at t = 999 where
-/// ᾱ ≈ 2.4e-9, so x̂₀ from a guided ε is huge and clipping changes it completely. By default
+/// Pitfall (docs/TESTBED.md): with `squaredcos_cap_v2` the top timesteps keep almost no signal
+/// (ᾱ ≈ 0.004 at t = 960, the first of 25 "leading" steps; ≈ 2.4e-9 at t = 999, the first
+/// "trailing" one), so x̂₀ from a guided ε is huge and clipping changes it completely. By default
 /// (as in diffusers) ε̂ stays the raw model output, which no longer agrees with the clipped x̂₀,
 /// and guided samples saturate. `useClippedModelOutput` recomputes ε̂ = (xₜ − √ᾱₜ·x̂₀)/√(1−ᾱₜ)
 /// from the clipped x̂₀ (GLIDE's choice, diffusers' `use_clipped_model_output=True`).
