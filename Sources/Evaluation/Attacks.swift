@@ -608,7 +608,7 @@ public enum AttackOutput {
     public static func write<T: Encodable>(_ result: T, prompts: [String], grid: Tensor, to folder: URL) throws {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         try writeJSONAtomically(result, to: folder.appendingPathComponent("attack.json"))
-        try writeAtomically(Data((prompts.joined(separator: "\n") + "\n").utf8), to: folder.appendingPathComponent("prompts.txt"))
+        try SafeTensors.writeAtomically(Data((prompts.joined(separator: "\n") + "\n").utf8), to: folder.appendingPathComponent("prompts.txt"))
         try PNG.write(PixelImage(tensor: grid), to: folder.appendingPathComponent("grid.png"))
     }
 

@@ -27,9 +27,9 @@ public struct EvaluationReport {
         for grid in grids() {
             try PNG.write(PixelImage(tensor: grid.image), to: folder.appendingPathComponent("\(grid.name).png"))
         }
-        try writeAtomically(Data(markdown().utf8), to: folder.appendingPathComponent("report.md"))
+        try SafeTensors.writeAtomically(Data(markdown().utf8), to: folder.appendingPathComponent("report.md"))
         let html = folder.appendingPathComponent("report.html")
-        try writeAtomically(Data(self.html().utf8), to: html)
+        try SafeTensors.writeAtomically(Data(self.html().utf8), to: html)
         return html
     }
 

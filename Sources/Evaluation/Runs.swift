@@ -250,7 +250,7 @@ public struct BenchmarkRun {
             encoded = try JSONOutput.encode(cells)
         }
         try FileManager.default.createDirectory(at: tableURL.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try writeAtomically(Data(markdown.utf8), to: tableURL)
+        try SafeTensors.writeAtomically(Data(markdown.utf8), to: tableURL)
         return (markdown, encoded)
     }
 }
