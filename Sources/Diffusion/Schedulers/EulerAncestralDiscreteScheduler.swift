@@ -21,10 +21,7 @@ public struct EulerAncestralDiscreteScheduler: NoiseScheduler {
     public let trainSigmas: [Double]
 
     public init(config: SchedulerConfig) throws {
-        if config.predictionType == .sample {
-            throw SchedulerError.unsupportedValue(key: "prediction_type", value: config.predictionType.rawValue,
-                                                  supported: ["epsilon", "v_prediction"], source: config.source)
-        }
+        try config.requireNoiseOrVelocityPrediction()
         self.config = config
         self.noiseSchedule = try NoiseSchedule(config: config)
         self.timestepSpacing = config.spacing(default: .linspace)

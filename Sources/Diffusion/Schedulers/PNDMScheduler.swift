@@ -32,10 +32,7 @@ public struct PNDMScheduler: NoiseScheduler {
     static let rungeKuttaEvaluations = 12
 
     public init(config: SchedulerConfig) throws {
-        if config.predictionType == .sample {
-            throw SchedulerError.unsupportedValue(key: "prediction_type", value: config.predictionType.rawValue,
-                                                  supported: ["epsilon", "v_prediction"], source: config.source)
-        }
+        try config.requireNoiseOrVelocityPrediction()
         self.config = config
         self.noiseSchedule = try NoiseSchedule(config: config)
         self.timestepSpacing = config.spacing(default: .leading)

@@ -227,6 +227,14 @@ public struct SchedulerConfig: Sendable, Equatable {
         }
         return value
     }
+
+    /// Schedulers that implement, as diffusers' do, only ε and v prediction refuse `sample`.
+    func requireNoiseOrVelocityPrediction() throws {
+        if predictionType == .sample {
+            throw SchedulerError.unsupportedValue(key: "prediction_type", value: predictionType.rawValue,
+                                                  supported: ["epsilon", "v_prediction"], source: source)
+        }
+    }
 }
 
 extension SchedulerConfig: Codable {
