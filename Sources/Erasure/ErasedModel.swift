@@ -95,11 +95,8 @@ public enum ErasedModel {
         guard FileManager.default.fileExists(atPath: url.path) else { return nil }
         do {
             return try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: url))
-        } catch let DecodingError.keyNotFound(key, _) {
-            throw PipelineError.invalidFile(url, reason: "not an erasure manifest: \(key.stringValue) is missing")
-        } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
-            let key = context.codingPath.map(\.stringValue).joined(separator: ".")
-            throw PipelineError.invalidFile(url, reason: "not an erasure manifest: \(key) has the wrong type (\(context.debugDescription))")
+        } catch let error as DecodingError where !error.keyPath().isEmpty {
+            throw PipelineError.invalidFile(url, reason: "not an erasure manifest: \(error.keyPath()): \(error.reason)")
         } catch {
             throw PipelineError.invalidFile(url, reason: "not an erasure manifest (not valid JSON, or not an object)")
         }

@@ -73,26 +73,11 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
 
     public init() {}
 
-    /// The defaults with a JSON file's keys over them; an unknown key is an error naming it.
+    /// The defaults with a JSON file's keys over them; an unknown key or a value of the wrong
+    /// type is an error naming the file and the key.
     public static func load(_ url: URL, over base: SCOREConfig = SCOREConfig()) throws -> SCOREConfig {
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch {
-            throw ErasureError.invalidConfig("\(url.path): cannot be read (\(error.localizedDescription))")
-        }
-        guard let file = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw ErasureError.invalidConfig("\(url.path): not a JSON object")
-        }
-        var merged = try JSONSerialization.jsonObject(with: JSONEncoder().encode(base)) as! [String: Any]
-        for (key, value) in file {
-            guard merged[key] != nil else {
-                throw ErasureError.invalidConfig("\(url.path): unknown key '\(key)' (known: \(merged.keys.sorted().joined(separator: ", ")))")
-            }
-            merged[key] = value
-        }
-        do {
-            return try JSONDecoder().decode(SCOREConfig.self, from: JSONSerialization.data(withJSONObject: merged))
-        } catch {
-            throw ErasureError.invalidConfig("\(url.path): a value has the wrong type (\(error))")
+        do { return try JSONOverlay.decode(url, over: base) } catch let error as JSONOverlayError {
+            throw ErasureError.invalidConfig(error.description)
         }
     }
 

@@ -64,7 +64,7 @@ struct Attack: ParsableCommand {
         return run
     }
 
-    func validate() throws { try attackRun().validate() }
+    func validate() throws { try checking { try attackRun().validate() } }
 
     func run() throws {
         compute.apply()

@@ -202,7 +202,7 @@ struct Erase: ParsableCommand {
         return run
     }
 
-    func validate() throws { try erasure().validate() }
+    func validate() throws { try checking { try erasure().validate() } }
 
     func run() throws {
         compute.apply()
@@ -245,7 +245,7 @@ struct Evaluate: ParsableCommand {
         return run
     }
 
-    func validate() throws { try evaluation().validate() }
+    func validate() throws { try checking { try evaluation().validate() } }
 
     func run() throws {
         compute.apply()
@@ -294,7 +294,7 @@ struct Demo: ParsableCommand {
         return run
     }
 
-    func validate() throws { try demo().validate() }
+    func validate() throws { try checking { try demo().validate() } }
 
     func run() throws {
         compute.apply()
@@ -346,7 +346,7 @@ struct Benchmark: ParsableCommand {
         return run
     }
 
-    func validate() throws { try benchmark().validate() }
+    func validate() throws { try checking { try benchmark().validate() } }
 
     func run() throws {
         compute.apply()
@@ -383,7 +383,7 @@ struct CheckLeakage: ParsableCommand {
         return run
     }
 
-    func validate() throws { try check().validate() }
+    func validate() throws { try checking { try check().validate() } }
 
     func run() throws {
         compute.apply()

@@ -56,7 +56,7 @@ struct Generate: ParsableCommand {
         return run
     }
 
-    func validate() throws { try generation().validate() }
+    func validate() throws { try checking { try generation().validate() } }
 
     func run() throws {
         compute.apply()
@@ -92,7 +92,7 @@ struct Bench: ParsableCommand {
             return settings
         }
 
-        func validate() throws { try settings.validate() }
+        func validate() throws { try checking { try settings.validate() } }
 
         func run() throws {
             compute.apply()
@@ -138,7 +138,7 @@ struct Bench: ParsableCommand {
             return settings
         }
 
-        func validate() throws { try settings.validate() }
+        func validate() throws { try checking { try settings.validate() } }
 
         func run() throws {
             compute.apply()
@@ -181,7 +181,7 @@ struct Bench: ParsableCommand {
             return settings
         }
 
-        func validate() throws { try settings().validate() }
+        func validate() throws { try checking { try settings().validate() } }
 
         func run() throws {
             compute.apply()

@@ -50,50 +50,17 @@ struct CommandFailure: Error, LocalizedError, CustomStringConvertible {
             }
             return CommandFailure(error.description)
         case let error as DecodingError:
-            return CommandFailure(describe(error))
+            return CommandFailure(error.readableDescription)
         default:
-            let ns = error as NSError
-            guard ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain else { return error }
-            return CommandFailure(describe(ns))
+            return readableFileError(error).map(CommandFailure.init) ?? error
         }
     }
+}
 
-    /// "<path>: <reason>" of a Foundation file error.
-    static func describe(_ error: NSError) -> String {
-        let path = (error.userInfo[NSFilePathErrorKey] as? String) ?? (error.userInfo[NSURLErrorKey] as? URL)?.path
-        let posix = error.domain == NSPOSIXErrorDomain ? error : (error.userInfo[NSUnderlyingErrorKey] as? NSError).flatMap {
-            $0.domain == NSPOSIXErrorDomain ? $0 : nil
-        }
-        let reason: String
-        if let posix {
-            reason = String(cString: strerror(Int32(posix.code)))
-        } else {
-            switch CocoaError.Code(rawValue: error.code) {
-            case .fileNoSuchFile, .fileReadNoSuchFile: reason = "no such file or folder"
-            case .fileReadNoPermission, .fileWriteNoPermission: reason = "permission denied"
-            case .fileWriteOutOfSpace: reason = "no space left on the device"
-            case .fileWriteVolumeReadOnly: reason = "read-only file system"
-            case .fileWriteFileExists: reason = "already exists"
-            case .fileReadCorruptFile: reason = "cannot be read (corrupt or not the expected format)"
-            case .fileReadInapplicableStringEncoding: reason = "is not UTF-8 text"
-            default: reason = "file error \(error.code)"
-            }
-        }
-        return path.map { "\($0): \(reason)" } ?? reason
-    }
-
-    static func describe(_ error: DecodingError) -> String {
-        func path(_ context: DecodingError.Context) -> String {
-            context.codingPath.isEmpty ? "the top level" : "key \"" + context.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".") + "\""
-        }
-        switch error {
-        case let .typeMismatch(type, context): return "\(path(context)): expected \(type)"
-        case let .valueNotFound(type, context): return "\(path(context)): expected \(type), found null"
-        case let .keyNotFound(key, context): return "\(path(context)): missing key \"\(key.stringValue)\""
-        case let .dataCorrupted(context): return "\(path(context)): \(context.debugDescription)"
-        @unknown default: return "\(error)"
-        }
-    }
+/// A command's checks before any work. ArgumentParser prints what `validate()` throws as the
+/// error describes itself, so a Foundation error is worded here ("path: reason").
+func checking(_ checks: () throws -> Void) throws {
+    do { try checks() } catch { throw CommandFailure.presenting(error) }
 }
 
 /// Prints `value` as one line of JSON (`--json`).

@@ -65,7 +65,7 @@ struct Train: ParsableCommand {
             return run
         }
 
-        func validate() throws { try training().validate() }
+        func validate() throws { try checking { try training().validate() } }
 
         func run() throws {
             compute.apply()
@@ -112,7 +112,7 @@ struct Train: ParsableCommand {
             return run
         }
 
-        func validate() throws { try training().validate() }
+        func validate() throws { try checking { try training().validate() } }
 
         func run() throws {
             compute.apply()
@@ -163,7 +163,7 @@ struct CheckModel: ParsableCommand {
 
     func validate() throws {
         let run = try check()
-        try run.validate()
+        try checking { try run.validate() }
         if run.testbed.isEmoji, prompt != nil { throw ValidationError("--prompt is for the Fashion-MNIST testbed") }
     }
 

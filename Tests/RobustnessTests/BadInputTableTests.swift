@@ -172,6 +172,12 @@ final class BadInputTableTests: XCTestCase {
         return link
     }
 
+    static func scoreConfig(_ name: String, _ text: String, _ expected: String...) -> Row {
+        Row(name: "SCORE config \(name)", expected: ["c.json"] + expected) { s in
+            _ = try SCOREConfig.load(try s.write("c.json", text))
+        }
+    }
+
     static func idx(_ name: String, _ bytes: [UInt8], _ expected: String...) -> Row {
         Row(name: "idx \(name)", expected: ["train-images-idx3-ubyte"] + expected) { s in
             _ = try IDXArray(contentsOf: try s.write("train-images-idx3-ubyte", bytes))
@@ -395,12 +401,12 @@ final class BadInputTableTests: XCTestCase {
                 for i in 0..<12 { try s.erased("m\(i)", base: "../m\(i + 1)") }
                 _ = try ModelLoader.load(s.url("m0").path)
             },
-            Row(name: "erasure.json without base_model", expected: ["e/erasure.json", "base_model is missing"]) { s in
+            Row(name: "erasure.json without base_model", expected: ["e/erasure.json", "base_model: missing"]) { s in
                 try s.write("e/model_index.json", "{}")
                 try s.write("e/erasure.json", #"{"method": "uce", "concepts": [], "tensors_changed": 0, "parameters_changed": 0}"#)
                 _ = try ModelLoader.load(s.url("e").path)
             },
-            Row(name: "erasure.json base_model a number", expected: ["e/erasure.json", "base_model", "wrong type"]) { s in
+            Row(name: "erasure.json base_model a number", expected: ["e/erasure.json", "base_model: expected a string"]) { s in
                 try s.write("e/model_index.json", "{}")
                 try s.write("e/erasure.json", #"{"base_model": 5, "method": "uce", "concepts": [], "tensors_changed": 0, "parameters_changed": 0}"#)
                 _ = try ModelLoader.load(s.url("e").path)
@@ -412,6 +418,23 @@ final class BadInputTableTests: XCTestCase {
             },
             Row(name: "erasure.json base missing", expected: ["gone/model_index.json", "not found"]) { s in
                 _ = try ModelLoader.load(try s.erased("e", base: "../gone").path)
+            }
+        )
+        rows += [Row](arrayLiteral:
+            // SCORE's --config file: valid JSON of the wrong type names the key and the type it needs.
+            scoreConfig("steps a fraction", #"{"steps": 2.5}"#, "key 'steps' must be a whole number, not 2.5"),
+            scoreConfig("steps a string", #"{"steps": "10"}"#, "key 'steps' must be a whole number, not \"10\""),
+            scoreConfig("steps too large", #"{"steps": 1e30}"#, "key 'steps' must be a whole number"),
+            scoreConfig("eta a boolean", #"{"eta": true}"#, "key 'eta' must be a number, not true"),
+            scoreConfig("learningRate null", #"{"learningRate": null}"#, "key 'learningRate' must be a number, not null"),
+            scoreConfig("optimizer a number", #"{"optimizer": 1}"#, "key 'optimizer' must be a string, not 1"),
+            scoreConfig("saliencyIntersect a string", #"{"saliencyIntersect": "yes"}"#, "key 'saliencyIntersect' must be true or false"),
+            scoreConfig("adversarialForm unknown", #"{"adversarialForm": "loud"}"#, "key 'adversarialForm' must be one of", "confusion", "\"loud\""),
+            scoreConfig("an unknown key", #"{"lamda_adv": 1}"#, "unknown key 'lamda_adv'"),
+            scoreConfig("a list", "[1]", "not a JSON object"),
+            scoreConfig("cut short", #"{"steps": "#, "not a JSON object"),
+            Row(name: "SCORE config missing", expected: ["gone/c.json", "cannot be read (no such file or folder)"]) { s in
+                _ = try SCOREConfig.load(s.url("gone/c.json"))
             }
         )
         rows += [Row](arrayLiteral:

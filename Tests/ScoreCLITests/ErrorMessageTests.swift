@@ -31,6 +31,33 @@ final class ErrorMessageTests: XCTestCase {
         }
     }
 
+    /// ArgumentParser prints what `validate()` throws as the error describes itself; a Foundation
+    /// error thrown there is worded first.
+    func testFoundationErrorsThrownWhileValidatingPrintThePathAndReason() throws {
+        let missing = "/nonexistent-score-test/prompts.txt"
+        XCTAssertThrowsError(try checking { _ = try Data(contentsOf: URL(fileURLWithPath: missing)) }) { error in
+            let message = Score.message(for: error)
+            XCTAssertEqual(message, "\(missing): no such file or folder")
+        }
+    }
+
+    /// A --config value of the wrong JSON type names the file, the key and the type, not Swift's
+    /// DecodingError.
+    func testAConfigValueOfTheWrongTypeNamesTheKey() throws {
+        let config = FileManager.default.temporaryDirectory.appendingPathComponent("score-config-\(UUID().uuidString).json")
+        defer { try? FileManager.default.removeItem(at: config) }
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("score-config-run-\(UUID().uuidString)").path
+        for (text, needle) in [(#"{"steps": 2.5}"#, "key 'steps' must be a whole number, not 2.5"),
+                               (#"{"eta": true}"#, "key 'eta' must be a number, not true")] {
+            try Data(text.utf8).write(to: config)
+            XCTAssertThrowsError(try Score.parseAsRoot(["erase", "--concept", "sneaker", "--out", out, "--config", config.path])) { error in
+                let message = Score.message(for: error)
+                XCTAssert(message.contains(config.path) && message.contains(needle), message)
+                for raw in ["DecodingError", "codingPath", "Context", "Domain"] { XCTAssertFalse(message.contains(raw), message) }
+            }
+        }
+    }
+
     func testTheMissingTextEncoderErrorNamesAFlag() {
         let error = PipelineError.textEncoderRequired(file: URL(fileURLWithPath: "/models/x/model_index.json"), className: "BertModel")
         let message = printed(error)

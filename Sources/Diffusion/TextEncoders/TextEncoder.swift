@@ -172,7 +172,7 @@ enum CheckpointFiles {
         do {
             return try JSONDecoder().decode(T.self, from: Data(contentsOf: url))
         } catch let error as DecodingError {
-            throw TextEncoderError.invalidFile(url, reason: describe(error))
+            throw TextEncoderError.invalidFile(url, reason: error.readableDescription)
         } catch {
             throw TextEncoderError.invalidFile(url, reason: "\(error)")
         }
@@ -185,19 +185,6 @@ enum CheckpointFiles {
             throw TextEncoderError.invalidFile(url, reason: "expected a JSON object")
         }
         return object
-    }
-
-    static func describe(_ error: DecodingError) -> String {
-        func path(_ context: DecodingError.Context) -> String {
-            let p = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
-            return p.isEmpty ? "" : " at \(p)"
-        }
-        switch error {
-        case let .typeMismatch(_, c), let .valueNotFound(_, c), let .keyNotFound(_, c), let .dataCorrupted(c):
-            return "\(c.debugDescription)\(path(c))"
-        @unknown default:
-            return "\(error)"
-        }
     }
 }
 

@@ -1,3 +1,4 @@
+import Diffusion
 import Foundation
 
 /// A task file that cannot be read or does not fit the dataset, naming the file and the key.
@@ -99,33 +100,10 @@ public struct EmojiTasks: Decodable, Sendable {
         return tasks
     }
 
-    /// The key path of a coding path: "identity.characters[3].codepoint" (snake case, as in the file).
-    static func keyPath(_ path: [any CodingKey]) -> String {
-        var text = ""
-        for key in path {
-            if let index = key.intValue { text += "[\(index)]"; continue }
-            let snake = key.stringValue.reduce(into: "") { out, ch in
-                if ch.isUppercase { out += "_" + ch.lowercased() } else { out.append(ch) }
-            }
-            text += (text.isEmpty ? "" : ".") + snake
-        }
-        return text
-    }
-
     static func describe(_ error: DecodingError, file: String) -> EmojiTaskError {
-        switch error {
-        case .keyNotFound(let key, let context):
-            return EmojiTaskError(file: file, key: keyPath(context.codingPath + [key]), reason: "missing")
-        case .typeMismatch(let type, let context):
-            return EmojiTaskError(file: file, key: keyPath(context.codingPath), reason: "expected \(type): \(context.debugDescription)")
-        case .valueNotFound(let type, let context):
-            return EmojiTaskError(file: file, key: keyPath(context.codingPath), reason: "expected \(type), found null")
-        case .dataCorrupted(let context):
-            let underlying = (context.underlyingError as? EmojiTaskError)?.reason ?? context.debugDescription
-            return EmojiTaskError(file: file, key: keyPath(context.codingPath), reason: underlying)
-        @unknown default:
-            return EmojiTaskError(file: file, key: "", reason: "\(error)")
-        }
+        var reason = error.reason
+        if case let .dataCorrupted(context) = error, let underlying = context.underlyingError as? EmojiTaskError { reason = underlying.reason }
+        return EmojiTaskError(file: file, key: error.keyPath(snakeCase: true), reason: reason)
     }
 
     private func fail(_ key: String, _ reason: String) -> EmojiTaskError { EmojiTaskError(file: file, key: key, reason: reason) }
