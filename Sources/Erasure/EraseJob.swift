@@ -14,6 +14,10 @@ public struct EraseJob {
     public var baseName: String
     public var output: URL
     public var full = false
+    /// The variant the base was read with (recorded so the erased folder reads its base the same way).
+    public var baseVariant: String?
+    /// Save a `--full` model as this variant (fp16, bf16) instead of Float32 weights.
+    public var saveVariant: String?
     public var resume = false
     public var command = ""
     /// nil: skip the leakage estimate.
@@ -35,6 +39,7 @@ public struct EraseJob {
     @discardableResult
     public func run(pipeline: StableDiffusionPipeline, log: @escaping (String) -> Void) throws -> ErasureRecord? {
         try request.validate()
+        try ErasedModel.checkSaveVariant(saveVariant, full: full)
         Self.removeLeftovers(in: output)
         let started = Date()
         let original = try pipeline.unet.copy()
@@ -48,8 +53,11 @@ public struct EraseJob {
         let trainingSeconds = Date().timeIntervalSince(started) + outcome.earlierSeconds
         let staging = output.appendingPathComponent(Self.stagingName)
         try? FileManager.default.removeItem(at: staging)
+        // One id in run.json and in the model: a model/ moved into another run's folder is refused.
+        let runID = UUID().uuidString.lowercased()
         let (changed, changedCount) = try ErasedModel.write(unet: pipeline.unet, reference: original, baseFolder: baseFolder, baseName: baseName,
                                             method: method.name, concepts: request.concepts.map(\.name), full: full,
+                                            runID: runID, baseVariant: baseVariant, saveVariant: saveVariant,
                                             to: staging.appendingPathComponent("model"))
         if !outcome.masks.isEmpty {
             try Tensor.save(outcome.masks, to: staging.appendingPathComponent("mask.safetensors"))
@@ -62,6 +70,7 @@ public struct EraseJob {
             losses: outcome.losses, wall_seconds: trainingSeconds, peak_memory_mb: peakResidentMegabytes(),
             trainable_parameters: outcome.trainableParameters, parameters_changed: changedCount, tensors_changed: changed.count,
             mask_kept: outcome.masks.isEmpty ? nil : Saliency.count(outcome.masks).kept, threads: Kernels.threadCount)
+        record.run_id = runID
         try record.write(config: config, to: staging.appendingPathComponent("run.json"))
         try Self.swapIn(staging, to: output)
         log("wrote \(output.appendingPathComponent("model").path): \(changed.count) tensors, \(changedCount) parameters changed")

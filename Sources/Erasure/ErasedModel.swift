@@ -12,6 +12,11 @@ import Tensor
 public enum ErasedModel {
     public static let changedWeightsName = "erased_weights.safetensors"
     public static let manifestName = "erasure.json"
+    /// The safetensors metadata key of the run id in a `--full` model's UNet weights.
+    public static let runIDKey = "score_run_id"
+    /// The variants a `--full` model can be saved in (`--save-variant`), with the dtype each
+    /// stores, as diffusers' `save_pretrained(variant=)` of a model cast to that dtype.
+    public static let saveVariants: [String: DType] = ["fp16": .f16, "bf16": .bf16]
 
     /// `erasure.json`: what the changed-weights file applies to.
     public struct Manifest: Codable, Sendable {
@@ -21,6 +26,10 @@ public enum ErasedModel {
         public var concepts: [String]
         public var tensors_changed: Int
         public var parameters_changed: Int
+        /// The run.json of the same run carries the same id (nil in folders written before run ids).
+        public var run_id: String? = nil
+        /// The weights variant the base was read with (`--variant`); loading reads it again.
+        public var base_variant: String? = nil
 
         /// The base as written: "embedded", or an absolute path, so that the erased folder works
         /// from any working directory.
@@ -41,6 +50,17 @@ public enum ErasedModel {
         }
     }
 
+    /// `--save-variant` names one of `saveVariants` and needs `--full`.
+    public static func checkSaveVariant(_ saveVariant: String?, full: Bool) throws {
+        guard let saveVariant else { return }
+        guard saveVariants[saveVariant] != nil else {
+            throw ErasureError.invalidRequest("--save-variant '\(saveVariant)' is not a variant a model is saved in; use \(saveVariants.keys.sorted().joined(separator: " or "))")
+        }
+        guard full else {
+            throw ErasureError.invalidRequest("--save-variant writes the whole UNet; give --full (the changed tensors alone are always Float32)")
+        }
+    }
+
     /// How many erased folders may stack (an erasure of an erased model of an erased model, …).
     public static let maximumBaseDepth = 8
 
@@ -49,7 +69,10 @@ public enum ErasedModel {
     /// from `baseFolder`.
     @discardableResult
     public static func write(unet: UNet2DConditionModel, reference: UNet2DConditionModel, baseFolder: URL, baseName: String,
-                             method: String, concepts: [String], full: Bool, to folder: URL) throws -> (tensors: [String], entries: Int) {
+                             method: String, concepts: [String], full: Bool, runID: String? = nil,
+                             baseVariant: String? = nil, saveVariant: String? = nil,
+                             to folder: URL) throws -> (tensors: [String], entries: Int) {
+        try checkSaveVariant(saveVariant, full: full)
         let fm = FileManager.default
         try checkReplaceable(folder, directory: true)
         let staging = folder.deletingLastPathComponent().appendingPathComponent(".\(folder.lastPathComponent).partial")
@@ -65,12 +88,16 @@ public enum ErasedModel {
             where !["unet", "scheduler", "model_index.json"].contains(component) && !component.hasPrefix(".") {
                 try fm.copyItem(at: baseFolder.appendingPathComponent(component), to: staging.appendingPathComponent(component))
             }
-            try Tensor.save(unet.stateDict(), to: staging.appendingPathComponent("unet/diffusion_pytorch_model.safetensors"))
+            let name = "diffusion_pytorch_model\(saveVariant.map { ".\($0)" } ?? "").safetensors"
+            try Tensor.save(unet.stateDict(), to: staging.appendingPathComponent("unet/\(name)"),
+                            dtype: saveVariant.flatMap { saveVariants[$0] } ?? .f32,
+                            metadata: ["format": "pt"].merging(runID.map { [runIDKey: $0] } ?? [:]) { a, _ in a })
         } else {
             try saveWeights(of: unet, names: changed, to: staging.appendingPathComponent("unet/\(changedWeightsName)"),
-                            metadata: ["score_method": method])
+                            metadata: ["score_method": method].merging(runID.map { [runIDKey: $0] } ?? [:]) { a, _ in a })
             let manifest = Manifest(base_model: Manifest.storedBase(baseName), method: method, concepts: concepts,
-                                    tensors_changed: changed.count, parameters_changed: count)
+                                    tensors_changed: changed.count, parameters_changed: count, run_id: runID,
+                                    base_variant: baseVariant)
             try writeJSONAtomically(manifest, to: staging.appendingPathComponent(manifestName))
         }
         try? fm.removeItem(at: folder)
@@ -100,6 +127,37 @@ public enum ErasedModel {
         } catch {
             throw PipelineError.invalidFile(url, reason: "not an erasure manifest (not valid JSON, or not an object)")
         }
+    }
+
+    /// The run id an erased folder carries, and the file it is in: erasure.json's, else the
+    /// `--full` UNet weights' metadata; nil for a model not written by `score erase`.
+    public static func runID(in folder: URL) throws -> (id: String, file: URL)? {
+        if let manifest = try manifest(in: folder) {
+            return manifest.run_id.map { ($0, folder.appendingPathComponent(manifestName)) }
+        }
+        // A --full model: its UNet weights, of whichever variant it was saved in.
+        let unet = folder.appendingPathComponent("unet")
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: unet.path)) ?? []).sorted()
+        where name.hasSuffix(".safetensors") && WeightsVariant.weightsFile(named: name, prefix: "diffusion_pytorch_model") != nil {
+            let weights = unet.appendingPathComponent(name)
+            if let id = try? SafeTensorsArchive(url: weights).metadata[runIDKey] { return (id, weights) }
+        }
+        return nil
+    }
+
+    /// The run.json beside a run's `model/` folder, nil when there is none (or it is not an
+    /// erasure's); an error naming both files when the model and the record come from different
+    /// runs (a model/ copied into another run's folder).
+    public static func record(beside folder: URL) throws -> ErasureRecord? {
+        let url = folder.deletingLastPathComponent().appendingPathComponent("run.json")
+        guard FileManager.default.fileExists(atPath: url.path), let record = try? ErasureRecord.read(from: url) else { return nil }
+        let model = try runID(in: folder)
+        guard record.run_id != model?.id else { return record }
+        let modelFile = model?.file ?? folder
+        throw PipelineError.invalidFile(url, reason: """
+            run id \(record.run_id ?? "(none)") does not match \(modelFile.path)'s \(model?.id ?? "(none)"): \
+            the model and run.json come from different runs; evaluate the model from its own run folder
+            """)
     }
 
     /// Loads a changed-weights folder's tensors over `pipeline`'s UNet (the base model's).
@@ -139,6 +197,8 @@ public struct ErasureRecord: Codable, Sendable {
     public var threads: Int
     public var date: String
     public var leakage: [LeakageReport]?
+    /// The id the run's model/ carries too (nil in records written before run ids).
+    public var run_id: String? = nil
 
     public init(method: String, command: String, base_model: String, request: ErasureRequest, seed: UInt64, steps: Int,
                 losses: [String: [Float]], wall_seconds: Double, peak_memory_mb: Double?, trainable_parameters: Int,

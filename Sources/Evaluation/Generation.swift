@@ -42,7 +42,7 @@ public struct GenerationRun: Sendable {
         if let guidance { try check(guidance.isFinite, "--guidance must be a number, not \(guidance)") }
         if let height { try check(height >= 1, "--height must be at least 1, not \(height)") }
         if let width { try check(width >= 1, "--width must be at least 1, not \(width)") }
-        try check(variant == nil || model != nil, "--variant reads a --model folder's weights; give --model")
+        try ModelLoader.checkVariant(variant, model: model)
         _ = try OutputPath.file(output, flag: "--out")
     }
 
@@ -71,8 +71,7 @@ public struct GenerationRun: Sendable {
                     progress: ((Int, Int) -> Void)? = nil) throws -> GenerationResult {
         try validate()
         let started = Date()
-        let pipeline = try variant.map { try StableDiffusionPipeline(directory: URL(fileURLWithPath: model ?? ""), variant: $0) }
-            ?? ModelLoader.load(model, assets: assets).pipeline
+        let pipeline = try ModelLoader.load(model, variant: variant, assets: assets).pipeline
         if let scheduler { pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(scheduler, config: pipeline.scheduler.config) }
         let height = self.height ?? pipeline.defaultHeight, width = self.width ?? pipeline.defaultWidth
         let guidance = self.guidance ?? (model == nil ? DefaultModel.guidance : Self.folderGuidance)

@@ -12,18 +12,48 @@ public struct LoadedModel {
     public var name: String
     /// The erasure manifest when the folder holds changed weights over a base model.
     public var manifest: ErasedModel.Manifest?
+    /// The run.json of the `score erase` run whose model/ this is (checked to carry its run id).
+    public var record: ErasureRecord? = nil
 }
 
 /// Resolves every `--model` the tool accepts: nothing (the embedded mini-SD), a testbed folder
 /// (MiniLM from the asset cache), an erased folder of changed weights (loaded over its base) or
 /// a diffusers Stable Diffusion folder.
 public enum ModelLoader {
-    public static func load(_ path: String?, assets: Assets = Assets()) throws -> LoadedModel {
-        try load(path, assets: assets, chain: [])
+    /// `variant`: the weights variant to read (`--variant fp16`), with diffusers' rules
+    /// (`WeightsVariant`); for an erased folder, its base's.
+    public static func load(_ path: String?, variant: String? = nil, assets: Assets = Assets()) throws -> LoadedModel {
+        try checkVariant(variant, model: path)
+        // A model/ moved into another run's folder is refused before any weight is read.
+        let record = try path.flatMap { try ErasedModel.record(beside: URL(fileURLWithPath: $0)) }
+        var loaded = try load(path, variant: variant, assets: assets, chain: [])
+        loaded.record = record
+        return loaded
+    }
+
+    /// The testbed a model was trained as ("fashion-mnist", "emoji": model_index.json's
+    /// `_score_testbed`), following an erased folder to its base; "fashion-mnist" for the
+    /// embedded model, nil for any other model or a folder that cannot be read (loading says why).
+    public static func testbed(of path: String?) -> String? {
+        guard var folder = path.map({ URL(fileURLWithPath: $0) }) else { return "fashion-mnist" }
+        for _ in 0...ErasedModel.maximumBaseDepth {
+            guard let manifest = try? ErasedModel.manifest(in: folder) else { break }
+            guard let base = manifest.baseFolder(relativeTo: folder) else { return "fashion-mnist" }
+            folder = base
+        }
+        let index = try? JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("model_index.json")))
+        return (index as? [String: Any])?["_score_testbed"] as? String
+    }
+
+    /// `--variant` reads a `--model` folder's weights; the embedded model has one set.
+    public static func checkVariant(_ variant: String?, model: String?) throws {
+        if variant != nil, model == nil {
+            throw EvaluationError.invalidSetting("--variant reads a --model folder's weights; give --model")
+        }
     }
 
     /// `chain`: the erased folders whose `base_model` led here, outermost first, to refuse cycles.
-    private static func load(_ path: String?, assets: Assets, chain: [URL]) throws -> LoadedModel {
+    private static func load(_ path: String?, variant: String?, assets: Assets, chain: [URL]) throws -> LoadedModel {
         guard let path else {
             return LoadedModel(pipeline: try DefaultModel.pipeline(assets: assets), folder: try DefaultModel.folder(),
                                name: "embedded", manifest: nil)
@@ -44,13 +74,13 @@ public enum ModelLoader {
                 throw PipelineError.invalidFile(manifestFile, reason: "base_model chains through more than \(ErasedModel.maximumBaseDepth) erased folders (\(route))")
             }
             let baseFolder = manifest.baseFolder(relativeTo: folder)
-            let base = try load(baseFolder?.path, assets: assets, chain: chain + [here])
+            let base = try load(baseFolder?.path, variant: variant ?? manifest.base_variant, assets: assets, chain: chain + [here])
             try ErasedModel.apply(folder: folder, to: base.pipeline)
             return LoadedModel(pipeline: base.pipeline, folder: folder, name: path, manifest: manifest)
         }
         let isTestbed = (try? JSONSerialization.jsonObject(with: Data(contentsOf: index)) as? [String: Any])?["_score_testbed"] != nil
-        let pipeline = isTestbed ? try DefaultModel.pipeline(folder: folder, assets: assets)
-                                 : try StableDiffusionPipeline(directory: folder)
+        let pipeline = isTestbed ? try DefaultModel.pipeline(folder: folder, assets: assets, variant: variant)
+                                 : try StableDiffusionPipeline(directory: folder, variant: variant)
         return LoadedModel(pipeline: pipeline, folder: folder, name: path, manifest: nil)
     }
 }

@@ -22,8 +22,12 @@ public struct EraseRun {
     public var retain: [String]?
     /// Any `--model` folder `ModelLoader` accepts (nil: the embedded mini-SD).
     public var model: String?
+    /// The weights variant of `model` to read (nil: the plain weights).
+    public var variant: String?
     public var output: String
     public var full = false
+    /// Save the `full` model's UNet as this variant (fp16, bf16).
+    public var saveVariant: String?
     public var resume = false
     public var command = ""
     /// nil: no leakage estimate.
@@ -41,6 +45,8 @@ public struct EraseRun {
 
     public func validate() throws {
         _ = try request()
+        try ModelLoader.checkVariant(variant, model: model)
+        try ErasedModel.checkSaveVariant(saveVariant, full: full)
         _ = try OutputPath.folder(output, flag: "--out")
         try leakage?.validate()
     }
@@ -49,10 +55,12 @@ public struct EraseRun {
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> ErasureRecord? {
         try validate()
         let request = try request()
-        let loaded = try ModelLoader.load(model, assets: assets)
+        let loaded = try ModelLoader.load(model, variant: variant, assets: assets)
         var job = EraseJob(method: method, request: request, baseFolder: loaded.folder, baseName: loaded.name,
                            output: try OutputPath.folder(output, flag: "--out"))
         job.full = full
+        job.baseVariant = variant
+        job.saveVariant = saveVariant
         job.resume = resume
         job.command = command
         job.leakage = leakage
@@ -67,6 +75,8 @@ public struct EvaluationRun {
     public var model: String
     /// The original model (nil: for an erased folder, its base).
     public var original: String?
+    /// The weights variant to read of both models (nil: the plain weights, or what the erased folder records).
+    public var variant: String?
     public var concept: String
     public var settings = EvaluationSettings()
     /// nil: no leakage estimate when run.json has none.
@@ -92,9 +102,10 @@ public struct EvaluationRun {
 
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> ObjectEvaluation {
         try validate()
-        let erased = try ModelLoader.load(model, assets: assets)
+        let erased = try ModelLoader.load(model, variant: variant, assets: assets)
         let base = original ?? erased.manifest.flatMap { $0.base_model == "embedded" ? nil : $0.base_model }
-        let reference = original != nil || erased.manifest != nil ? try ModelLoader.load(base, assets: assets) : nil
+        let baseVariant = variant ?? erased.manifest?.base_variant
+        let reference = original != nil || erased.manifest != nil ? try ModelLoader.load(base, variant: base == nil ? nil : baseVariant, assets: assets) : nil
         return try Workflows.evaluate(model: erased, original: reference, concept: concept, settings: settings,
                                       leakage: leakage, reportFolder: reportURL, assets: assets, log: log)
     }
@@ -113,6 +124,8 @@ public struct AttackRun {
 
     public var kind: Kind
     public var model: String?
+    /// The weights variant of `model` to read (nil: the plain weights).
+    public var variant: String?
     public var concept: String
     /// Folder for attack.json, prompts.txt and grid.png (nil: nothing written).
     public var output: String?
@@ -140,6 +153,7 @@ public struct AttackRun {
 
     public func validate() throws {
         _ = try Workflows.testbedLabel(concept)
+        try ModelLoader.checkVariant(variant, model: model)
         try paraphrase.validate()
         if kind == .unlearndiffatk { try unlearnDiffAtkConfig.validate() }
         if let output { _ = try OutputPath.folder(output, flag: "--out") }
@@ -149,7 +163,7 @@ public struct AttackRun {
         try validate()
         let prompts = try FashionPrompts.bundled()
         let label = try Workflows.testbedLabel(concept)
-        let loaded = try ModelLoader.load(model, assets: assets)
+        let loaded = try ModelLoader.load(model, variant: variant, assets: assets)
         let scorer = try DefaultModel.judge(paraphrase.judge)
         let folder = output.map { URL(fileURLWithPath: $0) }
         switch kind {

@@ -60,14 +60,13 @@ public enum Workflows {
     public static func evaluate(model: LoadedModel, original: LoadedModel?, concept: String, settings: EvaluationSettings,
                                 leakage: LeakageOptions?, reportFolder: URL?, assets: Assets = Assets(),
                                 log: @escaping (String) -> Void) throws -> ObjectEvaluation {
+        let record = model.record
         let prompts = try FashionPrompts.bundled()
         let label = try testbedLabel(concept)
         let data = try FashionMNIST(assets: assets)
         var (evaluation, after, before) = try ObjectEvaluator.evaluate(
             erased: model.pipeline, original: original?.pipeline, label: label, prompts: prompts, test: data.test,
             settings: settings, modelName: model.name, originalName: original?.name, log: log)
-        let runFile = model.folder.deletingLastPathComponent().appendingPathComponent("run.json")
-        let record = FileManager.default.fileExists(atPath: runFile.path) ? try? ErasureRecord.read(from: runFile) : nil
         var report = record?.leakage?.first { prompts.label(forConcept: $0.concept) == label }
         if report == nil, let leakage, let original {
             // The concept as the erasure defined it (its anchors), else the testbed's default.

@@ -16,6 +16,7 @@ struct Attack: ParsableCommand {
     private static let paraphraseDefaults = ParaphraseAttackSettings()
     private static let defaults = UnlearnDiffAtkConfig()
     @Option(help: "The model to attack (the model/ folder of `score erase`, or any testbed folder; default: the embedded mini-SD).") var model: String?
+    @Option(help: variantHelp) var variant: String?
     @Option(help: "The erased concept (a testbed class).") var concept: String
     @Option(help: "Attack: paraphrase or unlearndiffatk.") var attack: AttackRun.Kind
     @Option(help: "Folder for attack.json, prompts.txt and grid.png.") var out: String?
@@ -44,6 +45,7 @@ struct Attack: ParsableCommand {
     func attackRun() -> AttackRun {
         var run = AttackRun(kind: attack, model: model, concept: concept)
         run.output = out
+        run.variant = variant
         run.paraphrase.seedsPerPrompt = seedsPerPrompt
         run.paraphrase.steps = samplingSteps
         run.paraphrase.guidance = guidance

@@ -164,8 +164,10 @@ struct Erase: ParsableCommand {
     @Option(help: "What target prompts should draw instead (repeat for an anchor set; default \"\", the unconditional model).") var anchor: [String] = []
     @Option(help: "Prompts to keep (a comma-separated list or a file). Default on the testbed: the other classes' canonical prompts.") var retain: String?
     @Option(help: "A diffusers pipeline folder (default: the embedded mini-SD).") var model: String?
+    @Option(help: variantHelp) var variant: String?
     @Option(help: "Output folder.") var out: String
     @Flag(help: "Write every UNet tensor and the base's other components, not just the changed tensors.") var full = false
+    @Option(help: "With --full: save the UNet as this variant, fp16 or bf16 (diffusion_pytorch_model.<variant>.safetensors in that precision).") var saveVariant: String?
     @Flag(help: "Continue from the checkpoint in --out.") var resume = false
     @Flag(help: "Skip the leakage estimate.") var noLeakage = false
     @OptionGroup var hyperparameters: SCOREOptions
@@ -195,7 +197,9 @@ struct Erase: ParsableCommand {
         run.anchors = anchor
         run.retain = try retain.map(listValue)
         run.model = model
+        run.variant = variant
         run.full = full
+        run.saveVariant = saveVariant
         run.resume = resume
         run.command = CommandLine.arguments.joined(separator: " ")
         run.leakage = noLeakage ? nil : leakage.options
@@ -222,6 +226,7 @@ struct Evaluate: ParsableCommand {
     private static let defaults = EvaluationSettings()
     @Option(help: "The erased model (the model/ folder of `score erase`, or any testbed folder).") var model: String
     @Option(help: "The original model (default for an erased folder: its base).") var original: String?
+    @Option(help: variantHelp) var variant: String?
     @Option(help: "The erased concept (a testbed class).") var concept: String
     @Option(help: "Report folder (default: <model>/../report).") var out: String?
     @Option(help: "Images of the target prompt.") var targetImages = defaults.targetImages
@@ -236,6 +241,7 @@ struct Evaluate: ParsableCommand {
     func evaluation() -> EvaluationRun {
         var run = EvaluationRun(model: model, concept: concept)
         run.original = original
+        run.variant = variant
         run.reportFolder = out
         run.settings.targetImages = targetImages
         run.settings.paraphraseImages = paraphraseImages

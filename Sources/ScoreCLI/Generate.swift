@@ -31,7 +31,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Negative prompt (the unconditional text of guidance).") var negative = defaults.negativePrompt
     @Option(help: "Sampler: \(SamplerName.allCases.map(\.rawValue).joined(separator: ", ")) (default: the model's scheduler_config.json).")
     var scheduler: SamplerName?
-    @Option(help: "Weights variant of a diffusers --model folder (fp16, bf16, …; diffusers' variant=).") var variant: String?
+    @Option(help: variantHelp) var variant: String?
     @Option(help: "Images to generate (tiled into one grid image when more than one).") var numImages = defaults.numImages
     @Option(help: "Rows of the grid (default: one row).") var gridRows: Int?
     @Option(help: "Image height in pixels (default: the model's).") var height: Int?

@@ -63,6 +63,9 @@ func checking(_ checks: () throws -> Void) throws {
     do { try checks() } catch { throw CommandFailure.presenting(error) }
 }
 
+/// `--variant`, the same wherever a model folder is read.
+let variantHelp: ArgumentHelp = "Weights variant of the --model folder to read (fp16, bf16, …; diffusers' variant=: components without it read their plain weights)."
+
 /// Prints `value` as one line of JSON (`--json`).
 func printJSON<T: Encodable>(_ value: T) throws {
     print(try JSONOutput.string(value))

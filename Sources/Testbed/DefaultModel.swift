@@ -24,9 +24,9 @@ public enum DefaultModel {
 
     /// A pipeline over a testbed model folder (default: the embedded one), with MiniLM from the
     /// asset cache and DDIM that recomputes ε from the clipped x̂₀ (docs/TESTBED.md says why).
-    public static func pipeline(folder: URL? = nil, assets: Assets = Assets()) throws -> StableDiffusionPipeline {
+    public static func pipeline(folder: URL? = nil, assets: Assets = Assets(), variant: String? = nil) throws -> StableDiffusionPipeline {
         let directory = try folder ?? self.folder()
-        let pipeline = try StableDiffusionPipeline(directory: directory, textEncoder: try MiniSD.textEncoder(assets: assets))
+        let pipeline = try StableDiffusionPipeline(directory: directory, textEncoder: try MiniSD.textEncoder(assets: assets), variant: variant)
         if let ddim = pipeline.scheduler as? DDIMScheduler {
             var clipped = ddim
             clipped.useClippedModelOutput = true
