@@ -71,15 +71,10 @@ public struct UCE: ErasureMethod {
                 throw ErasureError.invalidRequest("--uce-guide '\(guide)' is the concept '\(concept.name)' itself")
             }
         }
-        // (edit text, guide text) pairs, then the preserved texts, each once.
-        var edits: [(text: String, guide: String)] = []
-        for concept in request.concepts {
-            for prompt in concept.targetPrompts where !edits.contains(where: { $0.text == prompt }) {
-                edits.append((prompt, config.guide ?? concept.anchor))
-            }
-        }
-        var preserve: [String] = []
-        for prompt in request.retainPrompts where !preserve.contains(prompt) { preserve.append(prompt) }
+        // (edit text, guide text) pairs, then the preserved texts. A text given twice counts
+        // twice, as in the official script's sums over its ";"-separated lists.
+        let edits = request.concepts.flatMap { concept in concept.targetPrompts.map { (text: $0, guide: config.guide ?? concept.anchor) } }
+        let preserve = request.retainPrompts
         let embeddings = Self.tokenEmbeddings(of: edits.map(\.text) + edits.map(\.guide) + preserve, pipeline: pipeline)
 
         let closedForm: UCEClosedForm

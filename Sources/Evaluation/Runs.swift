@@ -18,6 +18,9 @@ public struct EraseRun {
     public var synonyms: [[String]?] = []
     /// What target prompts should draw instead (empty: "", the unconditional model).
     public var anchors: [String] = []
+    /// Per-concept anchors, "concept=guide" (`--edit`): the concept (added when not in
+    /// `concepts`) steered towards its own guide instead of `anchors`.
+    public var edits: [String] = []
     /// Prompts to keep (nil: on the testbed, the other classes' canonical prompts).
     public var retain: [String]?
     /// Any `--model` folder `ModelLoader` accepts (nil: the embedded mini-SD).
@@ -39,12 +42,17 @@ public struct EraseRun {
         self.output = output
     }
 
+    /// The request; the testbed's synonyms and retained classes only when the model is the testbed's.
     public func request() throws -> ErasureRequest {
-        try Workflows.request(concepts: concepts, synonyms: synonyms, anchors: anchors, retain: retain, prompts: try FashionPrompts.bundled())
+        let prompts = ModelLoader.testbed(of: model) == "fashion-mnist" ? try FashionPrompts.bundled() : nil
+        return try Workflows.request(concepts: concepts, synonyms: synonyms, anchors: anchors, edits: edits, retain: retain, prompts: prompts)
     }
 
     public func validate() throws {
         _ = try request()
+        if !edits.isEmpty, let guide = (method as? UCE)?.config.guide {
+            throw EvaluationError.invalidRequest("--uce-guide '\(guide)' would replace every concept's guide; give each with --edit alone")
+        }
         try ModelLoader.checkVariant(variant, model: model)
         try ErasedModel.checkSaveVariant(saveVariant, full: full)
         _ = try OutputPath.folder(output, flag: "--out")

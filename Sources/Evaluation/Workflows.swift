@@ -10,23 +10,37 @@ public enum Workflows {
     /// Templates the concept and its synonyms are placed in to form P_tgt.
     public static let targetTemplates = ["{}", "a photo of {a} {}", "a picture of {a} {}", "an image of {a} {}"]
 
-    /// A request for `concepts`, each steered towards the anchor set `anchors`. Without
-    /// `synonyms`, a testbed class gets its training synonyms; without `retain`, the testbed's
-    /// other classes' canonical prompts are kept.
-    public static func request(concepts: [String], synonyms: [[String]?], anchors: [String], retain: [String]?,
-                               prompts: FashionPrompts?) throws -> ErasureRequest {
+    /// A request for `concepts`, each steered towards the anchor set `anchors`, and for the
+    /// concepts of `edits` ("sneaker=shoe": the concept steered towards its own anchor, UCE's
+    /// guide). `prompts`: the testbed's, when the model is the testbed's; then a class without
+    /// `synonyms` gets its training synonyms and, without `retain`, the other classes' canonical
+    /// prompts are kept. Other models get only what is given.
+    public static func request(concepts: [String], synonyms: [[String]?], anchors: [String], edits: [String] = [],
+                               retain: [String]?, prompts: FashionPrompts?) throws -> ErasureRequest {
         guard synonyms.count <= concepts.count else {
             throw EvaluationError.invalidRequest("\(synonyms.count) --synonyms lists for \(concepts.count) concepts")
         }
+        var guides: [(concept: String, guide: String)] = []
+        for edit in edits {
+            guard let equals = edit.firstIndex(of: "=") else {
+                throw EvaluationError.invalidRequest("--edit '\(edit)' is not concept=guide (e.g. \"sneaker=shoe\"; \"sneaker=\" guides to the empty prompt)")
+            }
+            let concept = edit[..<equals].trimmingCharacters(in: .whitespaces)
+            if guides.contains(where: { $0.concept == concept }) {
+                throw EvaluationError.invalidRequest("--edit names '\(concept)' twice")
+            }
+            guides.append((concept, edit[edit.index(after: equals)...].trimmingCharacters(in: .whitespaces)))
+        }
         var labels: [Int] = []
-        let list = try concepts.enumerated().map { i, name -> Concept in
+        let names = concepts + guides.map(\.concept).filter { !concepts.contains($0) }
+        let list = try names.enumerated().map { i, name -> Concept in
+            if name.trimmingCharacters(in: .whitespaces).isEmpty { throw EvaluationError.invalidRequest("--concept is empty") }
             let label = prompts?.label(forConcept: name)
             if let label { labels.append(label) }
             let words = (i < synonyms.count ? synonyms[i] : nil) ?? label.map { prompts!.classes[$0].trainSynonyms } ?? []
-            let concept = Concept(name: name, targetPrompts: Concept.prompts(for: name, synonyms: words, templates: targetTemplates),
-                                  anchors: anchors.isEmpty ? [""] : anchors)
-            if name.trimmingCharacters(in: .whitespaces).isEmpty { throw EvaluationError.invalidRequest("--concept is empty") }
-            return concept
+            let guide = guides.first { $0.concept == name }?.guide
+            return Concept(name: name, targetPrompts: Concept.prompts(for: name, synonyms: words, templates: targetTemplates),
+                           anchors: guide.map { [$0] } ?? (anchors.isEmpty ? [""] : anchors))
         }
         let kept = retain ?? prompts.map { p in p.classes.map(\.label).filter { !labels.contains($0) }.map { p.canonicalPrompt($0) } } ?? []
         let request = ErasureRequest(concepts: list, retainPrompts: kept)

@@ -162,6 +162,7 @@ struct Erase: ParsableCommand {
     @Option(help: "A concept to erase (repeat for several).") var concept: [String] = []
     @Option(help: "Synonyms of the i-th --concept: a comma-separated list or a file (one per line). Default for testbed classes: their training synonyms.") var synonyms: [String] = []
     @Option(help: "What target prompts should draw instead (repeat for an anchor set; default \"\", the unconditional model).") var anchor: [String] = []
+    @Option(help: "A concept and its own guide, \"sneaker=shoe\" (repeat: --edit \"sneaker=shoe\" --edit \"bag=box\"; UCE's per-concept guide, every method's anchor for that concept).") var edit: [String] = []
     @Option(help: "Prompts to keep (a comma-separated list or a file). Default on the testbed: the other classes' canonical prompts.") var retain: String?
     @Option(help: "A diffusers pipeline folder (default: the embedded mini-SD).") var model: String?
     @Option(help: variantHelp) var variant: String?
@@ -195,6 +196,7 @@ struct Erase: ParsableCommand {
         var run = EraseRun(method: try eraser(), concepts: concept, output: out)
         run.synonyms = try synonyms.map { try listValue($0) }
         run.anchors = anchor
+        run.edits = edit
         run.retain = try retain.map(listValue)
         run.model = model
         run.variant = variant

@@ -198,4 +198,65 @@ final class ArgumentTests: XCTestCase {
         assertRefused(["bench", "unet", "--latent", "0"], mentioning: "--latent")
         assertRefused(["erase", "--concept", "sneaker", "--out", out, "--threads", "0"], mentioning: "--threads")
     }
+
+    // MARK: UCE's per-concept guides and the testbed's synonyms
+
+    func testEditGivesEachConceptItsOwnGuide() throws {
+        let command = try XCTUnwrap(try parse(["erase", "--method", "uce", "--edit", "sneaker=shoe", "--edit", "bag = box", "--out", out]) as? Erase)
+        let request = try command.erasure().request()
+        XCTAssertEqual(request.concepts.map(\.name), ["sneaker", "bag"])
+        XCTAssertEqual(request.concepts.map(\.anchors), [["shoe"], ["box"]])
+        // --concept/--anchor keep working, and mix with --edit: the edit's guide wins for its concept.
+        let mixed = try XCTUnwrap(try parse(["erase", "--concept", "sneaker", "--concept", "bag", "--anchor", "a shirt",
+                                             "--edit", "bag=", "--out", out]) as? Erase).erasure().request()
+        XCTAssertEqual(mixed.concepts.map(\.anchors), [["a shirt"], [""]])
+        assertRefused(["erase", "--method", "uce", "--edit", "sneaker", "--out", out], mentioning: "--edit 'sneaker' is not concept=guide")
+        assertRefused(["erase", "--method", "uce", "--edit", "bag=box", "--edit", "bag=tote", "--out", out], mentioning: "twice")
+        assertRefused(["erase", "--method", "uce", "--edit", "bag=box", "--uce-guide", "art", "--out", out], mentioning: "--uce-guide")
+    }
+
+    func testTestbedSynonymsApplyOnlyToTheTestbedsModel() throws {
+        func request(_ extra: [String]) throws -> ErasureRequest {
+            try XCTUnwrap(try parse(["erase", "--method", "uce", "--concept", "sneaker", "--out", out] + extra) as? Erase).erasure().request()
+        }
+        let testbed = try request([])
+        XCTAssert(testbed.concepts[0].targetPrompts.contains("trainer"), "\(testbed.concepts[0].targetPrompts)")
+        XCTAssertEqual(testbed.retainPrompts.count, 9)
+
+        // Another model folder: only the concept and what the user gives.
+        let other = folder.appendingPathComponent("other")
+        try FileManager.default.createDirectory(at: other, withIntermediateDirectories: true)
+        try Data(#"{"_class_name": "StableDiffusionPipeline"}"#.utf8).write(to: other.appendingPathComponent("model_index.json"))
+        let plain = try request(["--model", other.path])
+        XCTAssertFalse(plain.concepts[0].targetPrompts.contains { $0.contains("trainer") }, "\(plain.concepts[0].targetPrompts)")
+        XCTAssertEqual(plain.concepts[0].targetPrompts.first, "sneaker")
+        XCTAssertEqual(plain.retainPrompts, [])
+        let given = try request(["--model", other.path, "--synonyms", "kicks", "--retain", "a bag"])
+        XCTAssert(given.concepts[0].targetPrompts.contains("kicks"))
+        XCTAssertEqual(given.retainPrompts, ["a bag"])
+
+        // An erased folder over the embedded model is the testbed's.
+        let erased = folder.appendingPathComponent("erased")
+        try FileManager.default.createDirectory(at: erased, withIntermediateDirectories: true)
+        try Data("{}".utf8).write(to: erased.appendingPathComponent("model_index.json"))
+        try Data(#"{"base_model": "embedded", "method": "uce", "concepts": [], "tensors_changed": 0, "parameters_changed": 0}"#.utf8)
+            .write(to: erased.appendingPathComponent("erasure.json"))
+        XCTAssert(try request(["--model", erased.path]).concepts[0].targetPrompts.contains("trainer"))
+    }
+
+    func testVariantFlagsParseAndAreChecked() throws {
+        let model = folder.appendingPathComponent("m").path
+        let erase = try XCTUnwrap(try parse(["erase", "--concept", "sneaker", "--model", model, "--variant", "fp16", "--full",
+                                             "--save-variant", "bf16", "--out", out]) as? Erase).erasure()
+        XCTAssertEqual(erase.variant, "fp16")
+        XCTAssertEqual(erase.saveVariant, "bf16")
+        XCTAssertEqual(try XCTUnwrap(try parse(["evaluate", "--model", model, "--concept", "sneaker", "--variant", "bf16"]) as? Evaluate)
+            .evaluation().variant, "bf16")
+        XCTAssertEqual(try XCTUnwrap(try parse(["attack", "--model", model, "--concept", "sneaker", "--attack", "paraphrase",
+                                                "--variant", "fp16"]) as? Attack).attackRun().variant, "fp16")
+        assertRefused(["erase", "--concept", "sneaker", "--variant", "fp16", "--out", out], mentioning: "give --model")
+        assertRefused(["attack", "--concept", "sneaker", "--attack", "paraphrase", "--variant", "fp16"], mentioning: "give --model")
+        assertRefused(["erase", "--concept", "sneaker", "--save-variant", "fp16", "--out", out], mentioning: "--full")
+        assertRefused(["erase", "--concept", "sneaker", "--full", "--save-variant", "fp8", "--out", out], mentioning: "'fp8'")
+    }
 }
