@@ -62,8 +62,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "score", dependencies: ["ScoreCLI"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
-        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"], exclude: ["Fixtures"]),
+        // The tests' seedable generator, for test targets below Tensor's RandomGenerator.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"], resources: [.copy("Fixtures")]),
         .testTarget(name: "NNTests", dependencies: ["NN"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TestbedTests", dependencies: ["Testbed"], resources: [.copy("Fixtures")]),
@@ -72,7 +74,7 @@ let package = Package(
         .testTarget(name: "ScoreCLITests", dependencies: ["ScoreCLI", "Evaluation", "Erasure", "Testbed", "Benchmarks"]),
         .testTarget(name: "BenchmarksTests", dependencies: ["Benchmarks"]),
         // The fuzzing of every parser and the table of bad inputs (reads DiffusionTests' fixtures in place).
-        .testTarget(name: "RobustnessTests", dependencies: ["Diffusion", "Erasure", "Evaluation", "Testbed", "SafeTensors"]),
+        .testTarget(name: "RobustnessTests", dependencies: ["Diffusion", "Erasure", "Evaluation", "Testbed", "SafeTensors", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

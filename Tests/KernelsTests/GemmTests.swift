@@ -1,22 +1,8 @@
 import CKernels
 import Foundation
 import Kernels
+import TestSupport
 import XCTest
-
-/// Deterministic pseudo-random floats in [-1, 1) (SplitMix64), so failures reproduce.
-struct TestRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func float() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
-    mutating func floats(_ count: Int) -> [Float] { (0..<count).map { _ in float() } }
-}
 
 /// Every GEMM variant this machine can execute: the dispatchable ISAs (the setter clamps
 /// avx512 to avx2 on CPUs without it) plus the AVX-512 code compiled for AVX2.

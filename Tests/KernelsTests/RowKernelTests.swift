@@ -2,6 +2,7 @@ import CKernels
 import Foundation
 import Kernels
 import XCTest
+import TestSupport
 
 final class RowKernelTests: XCTestCase {
     /// Relative error, with an absolute floor for values too small to matter (denormals).

@@ -2,6 +2,7 @@ import CKernels
 import Foundation
 import Kernels
 import XCTest
+import TestSupport
 
 /// Prints SGEMM GFLOP/s per variant and thread count. Not a timed assertion: it runs only with
 /// SCORE_BENCH=1 (e.g. `SCORE_BENCH=1 swift test -c release --filter ThroughputReport`), and

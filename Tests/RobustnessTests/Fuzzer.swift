@@ -4,6 +4,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import TestSupport
 
 /// A small mutation fuzzer for the package's parsers: each run starts from valid seed inputs and
 /// feeds the parser random mutations of them (and random bytes) for a fixed time. Errors are the
@@ -19,7 +20,7 @@ struct Fuzzer {
 
     let name: String
     let seeds: [[UInt8]]
-    var random: SplitMix
+    var random: TestRandom
 
     init(_ name: String, seeds: [[UInt8]]) {
         precondition(!seeds.isEmpty, "fuzzer \(name): no seed inputs")
@@ -27,7 +28,7 @@ struct Fuzzer {
         self.seeds = seeds
         let seed = ProcessInfo.processInfo.environment["SCORE_FUZZ_SEED"].flatMap(UInt64.init)
             ?? UInt64(Date().timeIntervalSince1970 * 1000)
-        random = SplitMix(seed: seed ^ UInt64(truncatingIfNeeded: name.hashValue & 0xffff))
+        random = TestRandom(seed: seed ^ UInt64(truncatingIfNeeded: name.hashValue & 0xffff))
         print("fuzz \(name): seed \(random.state)")
     }
 
@@ -120,21 +121,6 @@ struct Fuzzer {
         }
         bytes.replaceSubrange(start..<end, with: token)
     }
-}
-
-/// SplitMix64: a tiny, fast, seedable generator (the fuzzer needs no cryptographic quality).
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in 0..<bound (bound > 0).
-    mutating func next(_ bound: Int) -> Int { Int(next() % UInt64(max(bound, 1))) }
 }
 
 /// Saves the input being parsed when the process dies of a signal, so a crash names its input.

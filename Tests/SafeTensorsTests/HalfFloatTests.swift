@@ -1,5 +1,6 @@
 import XCTest
 import SafeTensors
+import TestSupport
 
 final class HalfFloatTests: XCTestCase {
     // MARK: Float16
@@ -63,7 +64,7 @@ final class HalfFloatTests: XCTestCase {
         #if os(macOS) && arch(x86_64)
         throw XCTSkip("Float16 is unavailable on macOS/x86_64")
         #else
-        var generator = SplitMix64(seed: 1)
+        var generator = TestRandom(seed: 1)
         var samples: [Float] = []
         for _ in 0..<200_000 { samples.append(Float(bitPattern: UInt32(truncatingIfNeeded: generator.next()))) }
         // Every halfway point between adjacent halves, and its neighbours.
@@ -109,18 +110,5 @@ final class HalfFloatTests: XCTestCase {
         XCTAssertEqual(bfloat16Bits(from: -(1 + 3 * 0x1p-8)), 0xBF82)
         XCTAssertEqual(bfloat16Bits(from: Float(bitPattern: 0x0000_8000)), 0x0000, "subnormal tie to even")
         XCTAssertEqual(bfloat16Bits(from: Float(bitPattern: 0x0001_8000)), 0x0002)
-    }
-}
-
-/// A tiny deterministic random generator, so failures reproduce.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
