@@ -140,15 +140,21 @@ public struct EvaluationReport {
             body += "</table>\n"
         }
         if let record {
-            body += "<h2>Training curves</h2>\n"
+            body += "<h2>Training curves</h2>\n<div class=\"charts\">\n"
             for term in ["erase", "trajectory", "adversarial", "critic", "critic_accuracy"] {
-                if let values = record.losses[term]?.compactMap({ $0 }), values.count > 1 { body += lineChart(title: term, values: values) }
+                if let values = record.losses[term]?.compactMap({ $0 }), values.count > 1 {
+                    body += lineChart(title: term, values: values, yLabel: term == "critic_accuracy" ? "accuracy" : "loss")
+                }
             }
+            body += "</div>\n"
         }
         return """
         <!doctype html><html><head><meta charset="utf-8"><title>score: erasure of \(escape(e.concept))</title>
-        <style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}
-        td,th{border:1px solid #ccc;padding:.2em .6em}img.grid{image-rendering:pixelated}svg{margin:.5em 1em 0 0}</style>
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+        <style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;overflow-wrap:anywhere}
+        table{border-collapse:collapse;max-width:100%}td,th{border:1px solid #ccc;padding:.2em .6em}
+        img.grid{image-rendering:pixelated;display:block;max-width:100%;height:auto}
+        .charts{display:flex;flex-wrap:wrap;gap:.5em 1.5em}svg.chart{max-width:100%;height:auto}</style>
         </head><body>
         \(body)</body></html>
         """
@@ -158,28 +164,60 @@ public struct EvaluationReport {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
     }
 
-    /// An inline SVG line chart of one series (a 10-step moving average over the raw values).
-    func lineChart(title: String, values: [Float]) -> String {
-        let (width, height, pad) = (320.0, 140.0, 28.0)
+    /// An inline SVG line chart of one series (a 10-step moving average over the raw values),
+    /// with labelled axes: training steps along x, `yLabel` along y, round ticks on both.
+    func lineChart(title: String, values: [Float], yLabel: String) -> String {
+        let (width, height) = (360.0, 210.0)
+        let (left, right, top, bottom) = (52.0, 12.0, 24.0, 40.0)
         let window = 10
         let smoothed = values.indices.map { i -> Double in
             let slice = values[max(0, i - window + 1)...i]
             return Double(slice.reduce(0, +)) / Double(slice.count)
         }
-        let lo = smoothed.min() ?? 0, hi = smoothed.max() ?? 1
-        let span = hi > lo ? hi - lo : 1
-        let points = smoothed.enumerated().map { i, v in
-            String(format: "%.1f,%.1f", pad + Double(i) / Double(max(smoothed.count - 1, 1)) * (width - 2 * pad),
-                   height - pad - (v - lo) / span * (height - 2 * pad))
-        }.joined(separator: " ")
-        return """
-        <svg width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))">
-        <text x="\(pad)" y="14" font-size="12">\(escape(title)) (\(values.count) steps)</text>
-        <text x="2" y="\(pad + 4)" font-size="9">\(String(format: "%.3g", hi))</text>
-        <text x="2" y="\(height - pad)" font-size="9">\(String(format: "%.3g", lo))</text>
-        <polyline fill="none" stroke="#3366cc" stroke-width="1.5" points="\(points)"/>
-        <line x1="\(pad)" y1="\(height - pad)" x2="\(width - pad)" y2="\(height - pad)" stroke="#999"/>
-        </svg>
+        var lo = smoothed.min() ?? 0, hi = smoothed.max() ?? 1
+        if hi <= lo { (lo, hi) = (lo - 0.5, hi + 0.5) }
+        let steps = Double(values.count)
+        func x(_ step: Double) -> Double { left + step / steps * (width - left - right) }
+        func y(_ value: Double) -> Double { height - bottom - (value - lo) / (hi - lo) * (height - top - bottom) }
+        func label(_ value: Double) -> String { String(format: "%.3g", value) }
+        // Step i of the series is training step i + 1.
+        let points = smoothed.enumerated().map { String(format: "%.1f,%.1f", x(Double($0.offset + 1)), y($0.element)) }.joined(separator: " ")
+        var svg = """
+        <svg class="chart" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" font-size="10">
+        <title>\(escape(title)): \(escape(yLabel)) per training step</title>
+        <text x="\(left)" y="14" font-size="12">\(escape(title)) (\(values.count) steps, 10-step moving average)</text>
+        <line x1="\(left)" y1="\(top)" x2="\(left)" y2="\(height - bottom)" stroke="#666"/>
+        <line x1="\(left)" y1="\(height - bottom)" x2="\(width - right)" y2="\(height - bottom)" stroke="#666"/>
+
         """
+        for step in Self.ticks(from: 0, to: steps) {
+            let px = String(format: "%.1f", x(step))
+            svg += "<line x1=\"\(px)\" y1=\"\(height - bottom)\" x2=\"\(px)\" y2=\"\(height - bottom + 4)\" stroke=\"#666\"/>"
+            svg += "<text x=\"\(px)\" y=\"\(height - bottom + 15)\" text-anchor=\"middle\">\(label(step))</text>\n"
+        }
+        for value in Self.ticks(from: lo, to: hi) {
+            let py = String(format: "%.1f", y(value))
+            svg += "<line x1=\"\(left - 4)\" y1=\"\(py)\" x2=\"\(left)\" y2=\"\(py)\" stroke=\"#666\"/>"
+            svg += "<text x=\"\(left - 6)\" y=\"\(py)\" text-anchor=\"end\" dominant-baseline=\"middle\">\(label(value))</text>\n"
+        }
+        svg += """
+        <text x="\((left + width - right) / 2)" y="\(height - 6)" text-anchor="middle">training step</text>
+        <text transform="translate(12 \((top + height - bottom) / 2)) rotate(-90)" text-anchor="middle">\(escape(yLabel))</text>
+        <polyline fill="none" stroke="#3366cc" stroke-width="1.5" points="\(points)"/>
+        </svg>
+
+        """
+        return svg
+    }
+
+    /// Round tick values in lo...hi: the multiples of 1, 2 or 5 × 10ᵏ that give at most about
+    /// `count` + 1 ticks.
+    static func ticks(from lo: Double, to hi: Double, count: Int = 5) -> [Double] {
+        guard hi > lo, lo.isFinite, hi.isFinite else { return [lo] }
+        let raw = (hi - lo) / Double(count)
+        let magnitude = pow(10, (log10(raw)).rounded(.down))
+        let step = [1.0, 2, 5, 10].map { $0 * magnitude }.first { $0 >= raw * (1 - 1e-9) } ?? 10 * magnitude
+        let first = (lo / step).rounded(.up)
+        return stride(from: first, through: (hi / step + 1e-9).rounded(.down), by: 1).map { $0 * step }
     }
 }
