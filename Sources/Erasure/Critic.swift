@@ -7,14 +7,16 @@ import Tensor
 /// probability that a one-step clean estimate came from a target prompt rather than an anchor
 /// prompt. Three spectrally normalised 3×3 convolutions (widths w, 2w, 2w) with average pooling,
 /// a sinusoidal embedding of t added after the second, global average pooling and a linear head.
-/// Global pooling keeps it independent of the latent size (8×8 to 64×64).
+/// Global pooling keeps it independent of the latent size (8×8 to 64×64). `spectralNorm: false`
+/// gives the same network with plain layers: the leakage estimate's critics measure, and a
+/// Lipschitz limit would only make them weaker detectors.
 public final class Critic: Module {
     public let conv1: SpectralConv2d, conv2: SpectralConv2d, conv3: SpectralConv2d
     @Key("time_proj") public var timeProjection: SpectralLinear
     public let head: SpectralLinear
     public let width: Int
 
-    public init(channels: Int, width: Int = 32, generator: inout RandomGenerator) {
+    public init(channels: Int, width: Int = 32, spectralNorm: Bool = true, generator: inout RandomGenerator) {
         conv1 = SpectralConv2d(channels, width, kernelSize: 3, padding: 1, generator: &generator)
         conv2 = SpectralConv2d(width, 2 * width, kernelSize: 3, padding: 1, generator: &generator)
         conv3 = SpectralConv2d(2 * width, 2 * width, kernelSize: 3, padding: 1, generator: &generator)
@@ -22,6 +24,8 @@ public final class Critic: Module {
         self.width = width
         super.init()
         timeProjection = SpectralLinear(2 * width, 2 * width, generator: &generator)
+        for layer in [conv1, conv2, conv3] { layer.normalizes = spectralNorm }
+        for layer in [timeProjection, head] { layer.normalizes = spectralNorm }
     }
 
     /// Logits [B] for clean estimates [B, C, h, w] at discrete `timesteps` (one per item).
@@ -44,8 +48,9 @@ public final class CriticTrainer {
     public let critic: Critic
     public let optimizer: Adam
 
-    public init(channels: Int, width: Int, learningRate: Float, betas: (Float, Float), generator: inout RandomGenerator) {
-        critic = Critic(channels: channels, width: width, generator: &generator)
+    public init(channels: Int, width: Int, learningRate: Float, betas: (Float, Float), spectralNorm: Bool = true,
+                generator: inout RandomGenerator) {
+        critic = Critic(channels: channels, width: width, spectralNorm: spectralNorm, generator: &generator)
         critic.train()
         optimizer = Adam(critic.trainableParameters(), learningRate: learningRate, betas: betas)
     }

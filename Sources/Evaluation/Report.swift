@@ -50,9 +50,23 @@ public struct EvaluationReport {
              "\(Self.percent(e.second_judge.acc_e)) / \(Self.percent(e.second_judge.acc_g)) / \(Self.percent(e.second_judge.acc_s))"),
             ("KID vs original model (retained prompts)", "", Self.number(e.kid)),
             ("KID vs real test images (retained classes)", "", Self.number(e.kid_real)),
-            ("estimated leakage Î (nats)", "", Self.number(e.leakage_nats)),
-            ("bound on any detector's accuracy ½ + √(Î/2)", "", Self.number(e.leakage_bound, "%.3f")),
+            ("estimated leakage Î (nats), 95% interval", "", Self.number(e.leakage_nats)
+                + (e.leakage.map { String(format: " [%.4f, %.4f]", $0.leakage_interval[0], $0.leakage_interval[1]) } ?? "")),
+            ("estimated bound on a detector's accuracy ½ + √(Î/2)", "", Self.number(e.leakage_bound, "%.3f")),
+            ("information proven by a detector's accuracy (nats, 95% lower bound)", "",
+             e.leakage.flatMap { r in r.accuracy_implied_nats.map { String(format: "%.4f (%@)", $0, r.accuracy_implied_critic ?? "") } } ?? "–"),
         ]
+    }
+
+    /// The per-detector leakage table: (header, rows), each row's cells as text.
+    static func leakageTable(_ leakage: LeakageReport) -> (header: [String], rows: [[String]]) {
+        let header = ["detector", "Î (nats)", "95% interval", "held-out accuracy", "95% Wilson interval", "accuracy implies ≥ (nats)"]
+        let rows = leakage.critics.map { c in
+            [c.critic, String(format: "%.4f", c.leakage_nats), String(format: "[%.4f, %.4f]", c.interval_low, c.interval_high),
+             String(format: "%.3f", c.accuracy), c.accuracy_interval.map { String(format: "[%.3f, %.3f]", $0[0], $0[1]) } ?? "–",
+             c.accuracy_implied_nats.map { String(format: "%.4f", $0) } ?? "–"]
+        }
+        return (header, rows)
     }
 
     public func markdown() -> String {
@@ -76,10 +90,10 @@ public struct EvaluationReport {
             text += "\nWhat the target prompt draws now (\(s.judge) judge): \(drawn).\n"
         }
         if let leakage = e.leakage {
-            text += "\n## Leakage\n\n\(leakage.note)\n\n| critic | Î (nats) | 95% interval | held-out accuracy |\n|---|---|---|---|\n"
-            for c in leakage.critics {
-                text += String(format: "| %@ | %.4f | [%.4f, %.4f] | %.3f |\n", c.critic, c.leakage_nats, c.interval_low, c.interval_high, c.accuracy)
-            }
+            let (header, rows) = Self.leakageTable(leakage)
+            text += "\n## Leakage\n\n\(leakage.note)\n\n| " + header.joined(separator: " | ") + " |\n|"
+                + String(repeating: "---|", count: header.count) + "\n"
+            for row in rows { text += "| " + row.joined(separator: " | ") + " |\n" }
         }
         if let record {
             text += String(format: "\n## Training\n\n`%@`: %d steps, %.0f s, %d parameters changed (%d tensors), peak memory %@ MB.\n",
@@ -132,11 +146,9 @@ public struct EvaluationReport {
             body += "<img class=\"grid\" src=\"data:image/png;base64,\(png)\" width=\"\(grid.image.shape[2] * 4)\">\n"
         }
         if let leakage = e.leakage {
-            body += "<h2>Leakage</h2><p>\(escape(leakage.note))</p><table><tr><th>critic</th><th>Î (nats)</th><th>95% interval</th><th>held-out accuracy</th></tr>\n"
-            for c in leakage.critics {
-                body += String(format: "<tr><td>%@</td><td>%.4f</td><td>[%.4f, %.4f]</td><td>%.3f</td></tr>\n",
-                               escape(c.critic), c.leakage_nats, c.interval_low, c.interval_high, c.accuracy)
-            }
+            let (header, rows) = Self.leakageTable(leakage)
+            body += "<h2>Leakage</h2><p>\(escape(leakage.note))</p><table><tr>" + header.map { "<th>\(escape($0))</th>" }.joined() + "</tr>\n"
+            for row in rows { body += "<tr>" + row.map { "<td>\(escape($0))</td>" }.joined() + "</tr>\n" }
             body += "</table>\n"
         }
         if let record {

@@ -106,13 +106,16 @@ public struct LeakageFloor: Codable, Sendable {
     public var model: String
     public var trajectories_per_class: Int
     public var repeats: [LeakageReport]
-    /// The reported (largest-over-critics) Î of each repeat, its mean and largest value, and the
-    /// bound the largest gives: an erased model reading at or below these is indistinguishable
-    /// from independence at this sample size.
+    /// The reported (largest-over-detectors) Î of each repeat, its mean and largest value, and the
+    /// estimated bound the largest gives: an erased model reading at or below these is
+    /// indistinguishable from independence at this sample size.
     public var leakage_nats: [Double]
     public var mean_leakage_nats: Double
     public var max_leakage_nats: Double
     public var max_bound: Double
+    /// The largest accuracy-implied information of any detector in any repeat (true I is 0, so a
+    /// figure above 0 here is one of the 5% of intervals that miss, or several detectors' luck).
+    public var max_accuracy_implied_nats: Double?
 
     public init(prompt: String, model: String, trajectories_per_class: Int, repeats: [LeakageReport]) {
         (self.prompt, self.model, self.trajectories_per_class, self.repeats) = (prompt, model, trajectories_per_class, repeats)
@@ -120,5 +123,6 @@ public struct LeakageFloor: Codable, Sendable {
         mean_leakage_nats = leakage_nats.reduce(0, +) / Double(max(repeats.count, 1))
         max_leakage_nats = leakage_nats.max() ?? 0
         max_bound = Leakage.bound(nats: max_leakage_nats)
+        max_accuracy_implied_nats = repeats.compactMap(\.accuracy_implied_nats).max()
     }
 }

@@ -38,6 +38,8 @@ public final class SpectralLinear: Module {
     public let weight: Tensor
     public let bias: Tensor?
     @Key("weight_u") public var u: Tensor
+    /// false: W is used as is (a plain layer), for critics that measure rather than play.
+    public var normalizes = true
 
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true, generator: inout RandomGenerator) {
         let layer = Linear(inFeatures, outFeatures, bias: bias, generator: &generator)
@@ -48,7 +50,7 @@ public final class SpectralLinear: Module {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        linear(x, weight: SpectralNorm.apply(weight, u: u, training: isTraining), bias: bias)
+        linear(x, weight: normalizes ? SpectralNorm.apply(weight, u: u, training: isTraining) : weight, bias: bias)
     }
 }
 
@@ -58,6 +60,8 @@ public final class SpectralConv2d: Module {
     public let bias: Tensor?
     public let stride: Int, padding: Int
     @Key("weight_u") public var u: Tensor
+    /// false: W is used as is (a plain layer), for critics that measure rather than play.
+    public var normalizes = true
 
     public init(_ inChannels: Int, _ outChannels: Int, kernelSize: Int, stride: Int = 1, padding: Int = 0,
                 generator: inout RandomGenerator) {
@@ -71,6 +75,6 @@ public final class SpectralConv2d: Module {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        conv2d(x, weight: SpectralNorm.apply(weight, u: u, training: isTraining), bias: bias, stride: stride, padding: padding)
+        conv2d(x, weight: normalizes ? SpectralNorm.apply(weight, u: u, training: isTraining) : weight, bias: bias, stride: stride, padding: padding)
     }
 }

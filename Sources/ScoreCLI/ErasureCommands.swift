@@ -214,8 +214,7 @@ struct Erase: ParsableCommand {
         compute.apply()
         guard let record = try erasure().run(assets: Assets(log: { print("… \($0)") }), log: { print($0) }) else { return }
         for report in record.leakage ?? [] {
-            print(String(format: "'%@': estimated leakage %.4f nats (%@), bound on any detector's accuracy %.3f",
-                         report.concept, report.leakage_nats, report.best_critic, report.leakage_bound))
+            print("'\(report.concept)': \(report.summary)")
         }
         print("wrote \(out)/run.json and \(out)/model")
     }
@@ -271,9 +270,7 @@ func summary(_ e: ObjectEvaluation) -> String {
         lines.append(String(format: "original: Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%; Acc_s kept %.1f%%, KID vs original %.4f",
                             o.acc_e * 100, o.acc_g * 100, o.acc_s * 100, (e.acc_s_relative ?? 0) * 100, e.kid ?? .nan))
     }
-    if let nats = e.leakage_nats, let bound = e.leakage_bound {
-        lines.append(String(format: "estimated leakage %.4f nats, bound on any detector's accuracy %.3f", nats, bound))
-    }
+    if let leakage = e.leakage { lines.append(leakage.summary) }
     return lines.joined(separator: "\n")
 }
 
@@ -395,13 +392,14 @@ struct CheckLeakage: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let log = consoleLog(quiet: json)
+        // A long run: with --json the progress (each detector of each repeat) goes to stderr.
+        let log: (String) -> Void = json ? { FileHandle.standardError.write(Data(($0 + "\n").utf8)) } : { print($0) }
         let floor = try check().run(assets: Assets(log: log), log: log)
         if json { return try printJSON(floor) }
         for (r, report) in floor.repeats.enumerated() {
-            print(String(format: "repeat %d: Î %.4f nats (%@), bound %.3f", r, report.leakage_nats, report.best_critic, report.leakage_bound))
+            print("repeat \(r): \(report.summary)")
         }
-        print(String(format: "\"%@\" against itself, %d trajectories per class: mean Î %.4f, largest %.4f nats (bound %.3f)",
+        print(String(format: "\"%@\" against itself, %d trajectories per class: mean Î %.4f, largest %.4f nats (estimated bound %.3f)",
                      prompt, floor.trajectories_per_class, floor.mean_leakage_nats, floor.max_leakage_nats, floor.max_bound))
     }
 }

@@ -250,7 +250,7 @@ final class SCORETests: XCTestCase {
         XCTAssertGreaterThan(record.parameters_changed, 0)
         XCTAssertLessThanOrEqual(record.parameters_changed, record.trainable_parameters / 2 + record.tensors_changed)
         let report = try XCTUnwrap(record.leakage?.first)
-        XCTAssertEqual(report.critics.count, 2)
+        XCTAssertEqual(report.critics.count, 3)
         XCTAssertEqual(report.leakage_bound, Leakage.bound(nats: report.leakage_nats))
         XCTAssertEqual(report.leakage_nats, report.critics.map(\.leakage_nats).max())
 

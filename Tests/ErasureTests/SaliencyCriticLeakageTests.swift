@@ -69,6 +69,30 @@ final class CriticTests: XCTestCase {
         XCTAssertGreaterThan(accuracy, 0.9)
     }
 
+    /// Without spectral normalisation the critic is the same network with plain layers: no
+    /// power-iteration step in training mode, and scaling a weight scales what it passes on.
+    func testPlainCriticUsesItsWeightsAsTheyAre() {
+        var g = RandomGenerator(seed: 2)
+        let plain = Critic(channels: 1, width: 4, spectralNorm: false, generator: &g)
+        plain.train()
+        let u = plain.conv1.u.copy()
+        let x = g.normal([3, 1, 8, 8])
+        let before = noGrad { plain(x, timesteps: [1, 2, 3]).scalars }
+        XCTAssertEqual(plain.conv1.u.scalars, u.scalars, "no power iteration")
+        plain.head.weight.assign(plain.head.weight * 2)
+        plain.head.bias!.assign(plain.head.bias! * 2)
+        let after = noGrad { plain(x, timesteps: [1, 2, 3]).scalars }
+        for (a, b) in zip(after, before) { XCTAssertEqual(a, 2 * b, accuracy: 1e-5) }
+        // The spectrally normalised head divides the doubled weight by its doubled σ.
+        var h = RandomGenerator(seed: 2)
+        let normalised = Critic(channels: 1, width: 4, generator: &h)
+        normalised.eval()
+        let once = noGrad { normalised(x, timesteps: [1, 2, 3]).scalars }
+        normalised.head.weight.assign(normalised.head.weight * 2)
+        let twice = noGrad { normalised(x, timesteps: [1, 2, 3]).scalars }
+        for (a, b) in zip(twice, once) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+    }
+
     func testCriticStaysNearChanceOnIdenticalDistributions() {
         let same: (inout RandomGenerator, Int) -> Tensor = { g, n in g.normal([n, 1, 8, 8]) }
         let accuracy = heldOutAccuracy(target: same, anchor: same, steps: 60)
@@ -113,6 +137,86 @@ final class LeakageTests: XCTestCase {
                                                  rounds: 200, generator: &bootstrap)
         XCTAssertLessThanOrEqual(interval.low, nats)
         XCTAssertGreaterThanOrEqual(interval.high, nats)
+    }
+
+    /// Wilson intervals against hand-computed values: 8 of 10 gives [0.4902, 0.9433] (the
+    /// textbook example); 64 of 64 gives n / (n + z²) = 0.94338 below and 1 above.
+    func testWilsonInterval() {
+        let eight = Leakage.wilsonInterval(successes: 8, samples: 10)
+        XCTAssertEqual(eight.low, 0.49016, accuracy: 1e-5)
+        XCTAssertEqual(eight.high, 0.94332, accuracy: 1e-5)
+        let all = Leakage.wilsonInterval(successes: 64, samples: 64)
+        XCTAssertEqual(all.low, 64 / (64 + 1.959964 * 1.959964), accuracy: 1e-6)
+        XCTAssertEqual(all.high, 1, accuracy: 1e-12)
+        let none = Leakage.wilsonInterval(successes: 0, samples: 20)
+        XCTAssertEqual(none.low, 0, accuracy: 1e-12)
+        XCTAssertEqual(none.high, 0.16113, accuracy: 1e-5)
+    }
+
+    /// ln 2 − H_b(a): 0.3681 nats at a = 0.9 (H_b = 0.1·ln 10 + 0.9·ln(10/9) = 0.3251), 0.1308 at
+    /// 0.75, 0 at and below ½, ln 2 at 1; symmetric in a ↔ 1 − a for H_b.
+    func testAccuracyImpliedInformation() {
+        XCTAssertEqual(Leakage.binaryEntropy(0.9), 0.1 * log(10) + 0.9 * log(10.0 / 9), accuracy: 1e-12)
+        XCTAssertEqual(Leakage.binaryEntropy(0.1), Leakage.binaryEntropy(0.9), accuracy: 1e-12)
+        XCTAssertEqual(Leakage.accuracyImpliedNats(accuracyLowerLimit: 0.9), 0.36806, accuracy: 1e-5)
+        XCTAssertEqual(Leakage.accuracyImpliedNats(accuracyLowerLimit: 0.75), 0.13081, accuracy: 1e-5)
+        XCTAssertEqual(Leakage.accuracyImpliedNats(accuracyLowerLimit: 0.5), 0)
+        XCTAssertEqual(Leakage.accuracyImpliedNats(accuracyLowerLimit: 0.3), 0)
+        XCTAssertEqual(Leakage.accuracyImpliedNats(accuracyLowerLimit: 1), log(2), accuracy: 1e-12)
+        // A detector row: 90% of 100 held-out trajectories → [0.8256, 0.9448], ≥ 0.2304 nats;
+        // 55% → a lower limit under ½, nothing proven.
+        let row = CriticLeakage(critic: "c", leakage_nats: 0.2, interval_low: 0.1, interval_high: 0.3, accuracy: 0.9,
+                                test_samples: 1500, accuracy_samples: 100)
+        XCTAssertEqual(row.accuracy_interval![0], 0.82563, accuracy: 1e-5)
+        XCTAssertEqual(row.accuracy_interval![1], 0.94477, accuracy: 1e-5)
+        XCTAssertEqual(row.accuracy_implied_nats!, 0.23041, accuracy: 1e-5)
+        let chance = CriticLeakage(critic: "c", leakage_nats: 0, interval_low: 0, interval_high: 0, accuracy: 0.55,
+                                   test_samples: 100, accuracy_samples: 100)
+        XCTAssertEqual(chance.accuracy_implied_nats, 0)
+        // The report names the estimated bound and the strongest proof separately.
+        let report = LeakageReport(concept: "x", critics: [chance, row], trajectories_per_class: 400)
+        XCTAssertEqual(report.estimated_bound, Leakage.bound(nats: 0.2))
+        XCTAssertEqual(report.leakage_bound, report.estimated_bound)
+        XCTAssertEqual(report.accuracy_implied_nats, row.accuracy_implied_nats)
+        XCTAssertTrue(report.note.contains("estimated bound"))
+    }
+
+    /// A report written before the accuracy figures existed still reads (benchmark cells are kept).
+    func testEarlierReportsStillDecode() throws {
+        let old = """
+            {"concept": "sneaker", "critics": [{"critic": "critic w32", "leakage_nats": 0.1, "interval_low": 0.05, \
+            "interval_high": 0.15, "accuracy": 0.7, "test_samples": 120}], "leakage_nats": 0.1, "leakage_interval": [0.05, 0.15], \
+            "best_critic": "critic w32", "leakage_bound": 0.72, "trajectories_per_class": 32, "note": "n"}
+            """
+        let report = try JSONDecoder().decode(LeakageReport.self, from: Data(old.utf8))
+        XCTAssertEqual(report.leakage_bound, 0.72)
+        XCTAssertNil(report.critics[0].accuracy_interval)
+        XCTAssertNil(report.accuracy_implied_nats)
+        XCTAssertTrue(report.summary.contains("estimated bound"))
+    }
+
+    /// The pixel-space critic, cross-fitted like the probes: bright against dark images is found
+    /// with every image tested once; two samples of one distribution read near 0.
+    func testCrossFittedImageCritic() throws {
+        let n = 16
+        func detect(shift: Float, seed: UInt64) throws -> (nats: Double, low: Double, high: Double, accuracy: Double, tested: Int) {
+            var g = RandomGenerator(seed: seed)
+            let images = Tensor.concat([g.normal([n, 1, 8, 8], mean: shift, std: 0.5), g.normal([n, 1, 8, 8], mean: -shift, std: 0.5)], axis: 0)
+            let labels = Array(repeating: Float(1), count: n) + Array(repeating: 0, count: n)
+            var critic = RandomGenerator(seed: seed + 1), bootstrap = RandomGenerator(seed: 3)
+            return try Leakage.crossFitted(labels: labels, groups: Array(0..<(2 * n)), n: n, rounds: 50, generator: &bootstrap) { train, validation, test in
+                let logits = try Leakage.fitCritic(x: images, timesteps: Array(repeating: 0, count: 2 * n), labels: labels, train: train,
+                                                   validation: validation, width: 4, steps: 50, batchSize: 16, generator: &critic)
+                return (logits(validation), logits(test))
+            }
+        }
+        let separable = try detect(shift: 0.5, seed: 1)
+        XCTAssertEqual(separable.tested, 2 * n)
+        XCTAssertGreaterThan(separable.accuracy, 0.9)
+        XCTAssertGreaterThan(separable.nats, 0.3)
+        let same = try detect(shift: 0, seed: 2)
+        XCTAssertEqual(same.tested, 2 * n)
+        XCTAssertLessThan(same.nats, 0.1)
     }
 
     /// The cross-fitted probe tests every image once, finds a mean shift along one feature, and
@@ -200,6 +304,9 @@ final class LeakageTests: XCTestCase {
         for report in floor {
             XCTAssertEqual(report.trajectories_per_class, 8)
             XCTAssertEqual(report.leakage_nats, report.critics.map(\.leakage_nats).max())
+            XCTAssertEqual(report.critics.map(\.critic), ["x̂₀ critic w4", "x̂₀ critic w8 ×3 steps", "image critic w4"])
+            XCTAssertEqual(report.critics.map(\.accuracy_samples), [4, 4, 16], "x̂₀ critics: two test trajectories per class")
+            XCTAssertEqual(report.critics[2].test_samples, 16, "the image critic tests every image once")
         }
         XCTAssertNotEqual(floor[0].critics.map(\.leakage_nats), floor[1].critics.map(\.leakage_nats))
         let again = try Leakage.noiseFloor(prompt: "a photo of a sneaker", pipeline: pipeline, options: options, repeats: 1)
