@@ -88,7 +88,7 @@ struct ESDOptions: ParsableArguments {
     @Option(help: "ESD trainable set: esd-x (cross-attention), esd-u (all but cross-attention), esd-all, esd-x-strict (cross-attention K/V).") var esdTrainMethod: ESDTrainMethod?
     @Option(help: "ESD iterations (official: 200; the paper: 1000).") var esdIterations: Int?
     @Option(help: "ESD Adam learning rate (official: 5e-5; the paper: 1e-5).") var esdLr: Float?
-    @Option(help: "ESD negative guidance η (official: 2; the paper: 1).") var esdEta: Float?
+    @Option(help: "ESD negative guidance η of the target ε₀(∅) − η(ε₀(c) − ε₀(∅)) (default 1: the official script's --negative_guidance 2, which is η + 1; the paper: 1).") var esdEta: Float?
     @Option(help: "ESD samples per iteration (official: 1).") var esdBatch: Int?
     @Option(help: "Steps of the sampling run xₜ is drawn from (official: 50).") var esdSamplingSteps: Int?
     @Option(help: "Guidance of that sampling run (official: 3).") var esdSamplingGuidance: Float?
