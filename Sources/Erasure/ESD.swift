@@ -34,15 +34,18 @@ public enum ESDSamplingModel: String, Codable, Sendable, CaseIterable {
 }
 
 /// Every hyper-parameter of ESD. Defaults are those of the current official script
-/// (rohitgandikota/erasing, `esd_sd.py`): 200 iterations, Adam lr 5e-5, negative guidance
-/// η = 2, batch 1, xₜ from a 50-step run with guidance 3 stopped at a random step. The paper (and
-/// the original CompVis script) used 1000 iterations, lr 1e-5 and η = 1.
+/// (rohitgandikota/erasing, `esd_sd.py`): 200 iterations, Adam lr 5e-5, its negative guidance 2
+/// (η = 1 in this code's form of the target, see `eta`), batch 1, xₜ from a 50-step run with
+/// guidance 3 stopped at a random step. The paper (and the original CompVis script) used 1000
+/// iterations, lr 1e-5 and η = 1.
 public struct ESDConfig: Codable, Equatable, Sendable {
     public var trainMethod: ESDTrainMethod = .esdX
     public var iterations = 200
     public var learningRate: Float = 5e-5
-    /// η, the negative guidance of the target ε₀(xₜ,∅) − η(ε₀(xₜ,c) − ε₀(xₜ,∅)).
-    public var eta: Float = 2
+    /// η, the negative guidance of the target ε₀(xₜ,∅) − η(ε₀(xₜ,c) − ε₀(xₜ,∅)) (the paper's form).
+    /// The official script writes the same target as ε₀(c) − g(ε₀(c) − ε₀(∅)) with
+    /// `--negative_guidance` g = 2, which is this form at η = g − 1 = 1.
+    public var eta: Float = 1
     /// Samples per iteration (the official script fixes 1); all share one prompt and stop step.
     public var batchSize = 1
     /// Steps of the sampling schedule xₜ is drawn from (the run stops at a random one of them).
@@ -68,8 +71,8 @@ public struct ESDConfig: Codable, Equatable, Sendable {
 }
 
 /// ESD, Erased Stable Diffusion (Gandikota et al., arXiv 2303.07345), with the current official
-/// script's defaults and sampling but the paper's target (docs/METHOD.md: the official script's
-/// target ε₀(c) − η(ε₀(c) − ε₀(∅)) equals this one at η − 1). Each iteration:
+/// script's defaults and sampling, its target written in the paper's form (docs/METHOD.md: the
+/// official ε₀(c) − g(ε₀(c) − ε₀(∅)) is ε₀(∅) − (g − 1)(ε₀(c) − ε₀(∅))). Each iteration:
 /// 1. takes the next concept (round robin) and one of its target prompts c at random;
 /// 2. draws xₜ by running the pipeline's scheduler for `samplingSteps` steps with guidance
 ///    `samplingGuidance` from fresh noise, stopped before a random step k (xₜ at the k-th

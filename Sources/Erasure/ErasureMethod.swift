@@ -200,15 +200,18 @@ extension ErasureError: LocalizedError {
 
 /// The methods `--method` can name.
 public enum ErasureMethods {
-    public static let names = ["score", "esd", "uce"]
+    public static let names = ["score", "esd", "uce", "ant", "rece"]
 
     /// The method called `name` with its hyper-parameters; each method reads only its own config.
     public static func make(_ name: String, score: SCOREConfig = SCOREConfig(), esd: ESDConfig = ESDConfig(),
-                            uce: UCEConfig = UCEConfig()) throws -> any ErasureMethod {
+                            uce: UCEConfig = UCEConfig(), ant: ANTConfig = ANTConfig(),
+                            rece: RECEConfig = RECEConfig()) throws -> any ErasureMethod {
         switch name {
         case "score": return SCORE(config: score)
         case "esd": return ESD(config: esd)
         case "uce": return UCE(config: uce)
+        case "ant": return ANT(config: ant)
+        case "rece": return RECE(config: rece)
         default: throw ErasureError.invalidRequest("unknown --method '\(name)'; available: \(names.joined(separator: ", "))")
         }
     }

@@ -85,10 +85,23 @@ public struct UCE: ErasureMethod {
         } catch {
             throw ErasureError.invalidConfig("UCE cannot solve its system: \(error)")
         }
+        let edit = try Self.apply(closedForm, to: pipeline.unet)
+        context.log(String(format: "UCE edited %d cross-attention K/V weights (%d entries) for %d edit and %d preserve texts in %.1f s",
+                           edit.tensors, edit.entries, edits.count, preserve.count, Date().timeIntervalSince(started)))
+        context.log(String(format: "edit texts' K/V now %.1f%% as far from their guide's as before%@", 100 * edit.editGap,
+                           edit.preserveDrift.map { String(format: "; preserved texts' K/V moved %.2f%% (relative)", 100 * $0) } ?? ""))
+        return ErasureOutcome(losses: [:], steps: 0, trainableParameters: edit.entries)
+    }
+
+    /// Replaces every weight UCE edits in `unet` (each taken as its own W₀) by `closedForm`'s
+    /// solution for it, and reports the tensors and entries edited and the means over weights of
+    /// `UCEClosedForm.report` (RECE's iterations edit the already edited weights the same way).
+    static func apply(_ closedForm: UCEClosedForm, to unet: UNet2DConditionModel) throws
+        -> (tensors: Int, entries: Int, editGap: Double, preserveDrift: Double?) {
         let width = closedForm.width
         var editedTensors = 0, editedEntries = 0
         var editGap: [Double] = [], preserveDrift: [Double] = []
-        for (name, p) in pipeline.unet.namedParameters() where Self.edits(name) {
+        for (name, p) in unet.namedParameters() where Self.edits(name) {
             guard p.rank == 2, p.shape[1] == width else {
                 throw ErasureError.invalidRequest("\(name) has shape \(p.shape); UCE needs [out, \(width)] (the text encoder's width)")
             }
@@ -105,11 +118,7 @@ public struct UCE: ErasureMethod {
             throw ErasureError.invalidRequest("the UNet has no cross-attention attn2.to_k/to_v weights for UCE to edit")
         }
         func mean(_ values: [Double]) -> Double { values.reduce(0, +) / Double(max(1, values.count)) }
-        context.log(String(format: "UCE edited %d cross-attention K/V weights (%d entries) for %d edit and %d preserve texts in %.1f s",
-                           editedTensors, editedEntries, edits.count, preserve.count, Date().timeIntervalSince(started)))
-        context.log(String(format: "edit texts' K/V now %.1f%% as far from their guide's as before%@", 100 * mean(editGap),
-                           preserveDrift.isEmpty ? "" : String(format: "; preserved texts' K/V moved %.2f%% (relative)", 100 * mean(preserveDrift))))
-        return ErasureOutcome(losses: [:], steps: 0, trainableParameters: editedEntries)
+        return (editedTensors, editedEntries, mean(editGap), preserveDrift.isEmpty ? nil : mean(preserveDrift))
     }
 
     /// One embedding c per text (Float64): the encoder's state at position (tokens − 2), where

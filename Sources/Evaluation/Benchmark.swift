@@ -112,6 +112,16 @@ public struct BenchmarkMethod {
             var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
             method.seeded = false
             return method
+        case "ant":
+            return BenchmarkMethod(name: name) { seed in
+                var config = ANTConfig()
+                config.seed = seed
+                return try ErasureMethods.make("ant", ant: config)
+            }
+        case "rece":
+            var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("rece") }
+            method.seeded = false
+            return method
         case let esd where esd.hasPrefix("esd-"):
             guard let trainMethod = ESDTrainMethod(rawValue: esd) else {
                 throw EvaluationError.invalidRequest("unknown benchmark method '\(esd)'; ESD rows are \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -123,7 +133,7 @@ public struct BenchmarkMethod {
                 return try ErasureMethods.make("esd", esd: config)
             }
         default:
-            throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, uce, esd-x, esd-u, esd-all, esd-x-strict")
+            throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, uce, rece, ant, esd-x, esd-u, esd-all, esd-x-strict")
         }
     }
 }

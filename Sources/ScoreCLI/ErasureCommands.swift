@@ -34,8 +34,8 @@ struct SCOREOptions: ParsableArguments {
     @Option(help: "Sampling steps of the pools.") var poolSteps: Int?
     @Option(help: "Guidance of the pools.") var poolGuidance: Float?
     @Option(help: "Resample the target pool every N steps (0: never).") var poolRefresh: Int?
-    @Option(help: "Checkpoint every N steps (SCORE and ESD).") var checkpointEvery: Int?
-    @Option(help: "Random seed (SCORE and ESD).") var seed: UInt64?
+    @Option(help: "Checkpoint every N steps (SCORE, ESD and ANT).") var checkpointEvery: Int?
+    @Option(help: "Random seed (SCORE, ESD and ANT).") var seed: UInt64?
 
     /// One given flag: its name and what it sets.
     typealias Override = (flag: String, apply: (inout SCOREConfig) -> Void)
@@ -88,7 +88,7 @@ struct ESDOptions: ParsableArguments {
     @Option(help: "ESD trainable set: esd-x (cross-attention), esd-u (all but cross-attention), esd-all, esd-x-strict (cross-attention K/V).") var esdTrainMethod: ESDTrainMethod?
     @Option(help: "ESD iterations (official: 200; the paper: 1000).") var esdIterations: Int?
     @Option(help: "ESD Adam learning rate (official: 5e-5; the paper: 1e-5).") var esdLr: Float?
-    @Option(help: "ESD negative guidance η (official: 2; the paper: 1).") var esdEta: Float?
+    @Option(help: "ESD negative guidance η of the target ε₀(∅) − η(ε₀(c) − ε₀(∅)) (default 1: the official script's --negative_guidance 2, which is η + 1; the paper: 1).") var esdEta: Float?
     @Option(help: "ESD samples per iteration (official: 1).") var esdBatch: Int?
     @Option(help: "Steps of the sampling run xₜ is drawn from (official: 50).") var esdSamplingSteps: Int?
     @Option(help: "Guidance of that sampling run (official: 3).") var esdSamplingGuidance: Float?
@@ -131,6 +131,63 @@ struct UCEOptions: ParsableArguments {
     }
 }
 
+/// ANT's hyper-parameters as flags (defaults: the official configs', see `ANTConfig`). ANT also
+/// reads the shared --seed and --checkpoint-every.
+struct ANTOptions: ParsableArguments {
+    @Option(help: "ANT iterations (official: 250).") var antIterations: Int?
+    @Option(help: "ANT Adam learning rate (official: 5e-4).") var antLr: Float?
+    @Option(help: "ANT guidance η of both targets ε₀(∅) ± η(ε₀(c) − ε₀(∅)) (official: 1).") var antEta: Float?
+    @Option(help: "ANT α₁, weight of the early terms (official: 1).") var antAlpha1: Float?
+    @Option(help: "ANT α₂, weight of the unconditional terms (official: 0.5).") var antAlpha2: Float?
+    @Option(help: "ANT steps of the sampling run (official: 50).") var antSamplingSteps: Int?
+    @Option(help: "ANT early steps from noise, kept on the original's guidance direction (official: 7).") var antSplitStep: Int?
+    @Option(help: "ANT guidance of the sampling run (official: 3).") var antSamplingGuidance: Float?
+    @Option(help: "ANT saliency: fraction of each tensor one map keeps (official: 0.5; 1: no mask).") var antSaliency: Float?
+    @Option(help: "ANT saliency: iterations of gradients per map (official: 10).") var antSaliencyIterations: Int?
+    @Option(help: "ANT saliency: target prompts used as variants (official nudity list: 4).") var antSaliencyVariants: Int?
+
+    var isSet: Bool {
+        antIterations != nil || antLr != nil || antEta != nil || antAlpha1 != nil || antAlpha2 != nil || antSamplingSteps != nil
+            || antSplitStep != nil || antSamplingGuidance != nil || antSaliency != nil || antSaliencyIterations != nil
+            || antSaliencyVariants != nil
+    }
+
+    func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> ANTConfig {
+        var c = ANTConfig()
+        func set<T>(_ value: T?, _ path: WritableKeyPath<ANTConfig, T>) { if let value { c[keyPath: path] = value } }
+        set(antIterations, \.iterations); set(antLr, \.learningRate); set(antEta, \.eta); set(antAlpha1, \.alpha1)
+        set(antAlpha2, \.alpha2); set(antSamplingSteps, \.samplingSteps); set(antSplitStep, \.splitStep)
+        set(antSamplingGuidance, \.samplingGuidance); set(antSaliency, \.saliencyRatio)
+        set(antSaliencyIterations, \.saliencyIterations); set(antSaliencyVariants, \.saliencyVariants)
+        set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
+        try c.validate()
+        return c
+    }
+}
+
+/// RECE's hyper-parameters as flags (defaults: the official object script's, see `RECEConfig`);
+/// its first edit is UCE at UCE's defaults.
+struct RECEOptions: ParsableArguments {
+    @Option(help: "RECE rounds of adversarial embeddings after the UCE edit (official for objects: 1).") var receEpochs: Int?
+    @Option(help: "RECE λ of each round's edit (official: 0.1).") var receLambda: Double?
+    @Option(help: "RECE erase scale of the adversarial embeddings (official: 1).") var receEraseScale: Double?
+    @Option(help: "RECE preserve scale of \"\" and the --retain prompts (official: 0.1).") var recePreserveScale: Double?
+    @Option(help: "RECE regularisation of the adversarial embedding (official: 1e-3; 0.1 for objects UCE erases easily).") var receRegularScale: Double?
+
+    var isSet: Bool { receEpochs != nil || receLambda != nil || receEraseScale != nil || recePreserveScale != nil || receRegularScale != nil }
+
+    func resolve() throws -> RECEConfig {
+        var c = RECEConfig()
+        if let receEpochs { c.epochs = receEpochs }
+        if let receLambda { c.lambda = receLambda }
+        if let receEraseScale { c.eraseScale = receEraseScale }
+        if let recePreserveScale { c.preserveScale = recePreserveScale }
+        if let receRegularScale { c.regularScale = receRegularScale }
+        try c.validate()
+        return c
+    }
+}
+
 /// Leakage-estimate flags shared by erase, evaluate, benchmark, check-leakage and demo.
 struct LeakageFlags: ParsableArguments {
     @Option(help: "Trajectories per class for the leakage critics (at least 4).") var leakageTrajectories = LeakageOptions().trajectories
@@ -155,7 +212,7 @@ func listValue(_ value: String) throws -> [String] {
 
 struct Erase: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Erase concepts from a model (SCORE, ESD or UCE), write the erased model, mask, run.json and leakage estimate.",
+        abstract: "Erase concepts from a model (SCORE, ESD, UCE, ANT or RECE), write the erased model, mask, run.json and leakage estimate.",
         discussion: "Outputs in --out: model/ (diffusers layout; changed UNet tensors over the base unless --full), mask.safetensors, config.json, run.json, checkpoint.safetensors.")
 
     @Option(help: "Erasure method: \(ErasureMethods.names.joined(separator: ", ")).") var method = "score"
@@ -174,6 +231,8 @@ struct Erase: ParsableCommand {
     @OptionGroup var hyperparameters: SCOREOptions
     @OptionGroup var esd: ESDOptions
     @OptionGroup var uce: UCEOptions
+    @OptionGroup var ant: ANTOptions
+    @OptionGroup var rece: RECEOptions
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
 
@@ -182,12 +241,16 @@ struct Erase: ParsableCommand {
         guard ErasureMethods.names.contains(method) else { return try ErasureMethods.make(method) }
         if method != "esd", esd.isSet { throw ValidationError("--esd-… flags apply to --method esd, not \(method)") }
         if method != "uce", uce.isSet { throw ValidationError("--uce-… flags apply to --method uce, not \(method)") }
+        if method != "ant", ant.isSet { throw ValidationError("--ant-… flags apply to --method ant, not \(method)") }
+        if method != "rece", rece.isSet { throw ValidationError("--rece-… flags apply to --method rece, not \(method)") }
         if method != "score", let flag = hyperparameters.scoreOnlyFlags.first {
             throw ValidationError("\(flag) is a SCORE hyper-parameter and does not apply to --method \(method); see its --\(method)-… flags")
         }
         switch method {
         case "esd": return try ErasureMethods.make(method, esd: esd.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
         case "uce": return try ErasureMethods.make(method, uce: uce.resolve())
+        case "ant": return try ErasureMethods.make(method, ant: ant.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
+        case "rece": return try ErasureMethods.make(method, rece: rece.resolve())
         default: return try ErasureMethods.make(method, score: hyperparameters.resolve())
         }
     }
@@ -320,7 +383,7 @@ struct Benchmark: ParsableCommand {
 
     @Option(help: "Task: object (Fashion-MNIST classes), style (an emoji style), identity (an emoji character) or unsafe (the emoji weapons group).") var task = BenchmarkTask.object.rawValue
     @Option(help: "Concepts (comma-separated; default: sneaker, OpenMoji style, Santa Claus or weapons by task).") var concepts: String?
-    @Option(help: "Methods (comma-separated): original, score, score-retain-anchor (SCORE erasing towards the retained prompts), esd-x, esd-u, esd-all, esd-x-strict, uce.") var methods = BenchmarkRun.defaultMethods.joined(separator: ",")
+    @Option(help: "Methods (comma-separated): original, score, score-retain-anchor (SCORE erasing towards the retained prompts), esd-x, esd-u, esd-all, esd-x-strict, uce, rece, ant.") var methods = BenchmarkRun.defaultMethods.joined(separator: ",")
     @Option(help: "Seeds per method.") var seeds = BenchmarkRun(task: .object, methods: []).seeds
     @Option(help: "Folder for the cells (default: runs/benchmark for object, runs/benchmark-<task> for the emoji tasks).") var out: String?
     @Option(help: "Markdown table to write (default: <out>/results.md).") var table: String?

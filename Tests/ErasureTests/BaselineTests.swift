@@ -208,9 +208,7 @@ final class BaselineTests: XCTestCase {
     func testESDTargetIsNegativeGuidanceFromTheFrozenModel() throws {
         let pipeline = try Tiny.pipeline()
         let reference = try Tiny.pipeline()   // the same weights: θ₀, kept apart from the run
-        var config = Self.tinyESD()
-        config.eta = 2
-        let run = try ESDRun(config: config, request: Self.request, pipeline: pipeline)
+        let run = try ESDRun(config: Self.tinyESD(), request: Self.request, pipeline: pipeline)
         // As if training had moved the model: the target must still come from θ₀.
         for (_, p) in pipeline.unet.namedParameters() { for i in 0..<p.count { p.pointer[i] += 0.05 } }
 
@@ -227,8 +225,9 @@ final class BaselineTests: XCTestCase {
         XCTAssertNotEqual(conditional, unconditional)
         XCTAssertEqual(target.shape, z.shape)
         for i in 0..<target.count {
-            let expected = unconditional[i] - 2 * (conditional[i] - unconditional[i])
-            XCTAssertEqual(target.scalars[i], expected, accuracy: 1e-5, "entry \(i)")
+            // The official esd_sd.py target at its default --negative_guidance 2, written on ε₀(c).
+            let official = conditional[i] - 2 * (conditional[i] - unconditional[i])
+            XCTAssertEqual(target.scalars[i], official, accuracy: 1e-5, "entry \(i)")
         }
     }
 
@@ -297,7 +296,7 @@ final class BaselineTests: XCTestCase {
         XCTAssertEqual(differing, [])
 
         var other = config
-        other.eta = 1
+        other.eta = 2
         XCTAssertThrowsError(try ESD(config: other).erase(twoConcepts, pipeline: try Tiny.pipeline(),
                                                           context: ErasureContext(output: folder, resume: true))) {
             XCTAssertTrue("\($0)".contains("different config"), "\($0)")
@@ -373,7 +372,8 @@ final class BaselineTests: XCTestCase {
         let esd = ESDConfig()
         XCTAssertEqual(esd.iterations, 200)
         XCTAssertEqual(esd.learningRate, 5e-5)
-        XCTAssertEqual(esd.eta, 2)
+        // The official --negative_guidance 2 on ε₀(c): η = 1 on ε₀(∅).
+        XCTAssertEqual(esd.eta, 1)
         XCTAssertEqual(esd.batchSize, 1)
         XCTAssertEqual(esd.samplingSteps, 50)
         XCTAssertEqual(esd.samplingGuidance, 3)
