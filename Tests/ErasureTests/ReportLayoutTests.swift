@@ -16,7 +16,13 @@ final class ReportLayoutTests: XCTestCase {
                       "settings": try JSONSerialization.jsonObject(with: JSONEncoder().encode(EvaluationSettings())),
                       "model": "/a/rather/long/path/to/runs/an-erasure-with-a-long-name/model", "original": accuracies,
                       "original_model": "embedded"]) { a, _ in a }
-        let evaluation = try JSONDecoder().decode(ObjectEvaluation.self, from: JSONSerialization.data(withJSONObject: object))
+        var evaluation = try JSONDecoder().decode(ObjectEvaluation.self, from: JSONSerialization.data(withJSONObject: object))
+        // The widest table: every detector's row of the leakage estimate.
+        evaluation.leakage = LeakageReport(concept: "sneaker", critics: ["critic w32", "linear probe on cnn judge features",
+                                                                        "linear probe on mlp judge features"].map {
+            CriticLeakage(critic: $0, leakage_nats: 0.2, interval_low: 0.1, interval_high: 0.3, accuracy: 0.9, test_samples: 1500,
+                          accuracy_samples: 100)
+        }, trajectories_per_class: 400)
         var generator = RandomGenerator(seed: 3)
         func images(_ count: Int) -> Tensor { generator.uniform([count, 1, 32, 32]) }
         let set = EvaluationImages(target: images(32), paraphrase: images(30), paraphrasePrompts: ["a running shoe"],
