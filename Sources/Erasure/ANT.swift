@@ -93,10 +93,7 @@ public struct ANT: ErasureMethod {
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
-        for concept in request.concepts where concept.anchors.contains(where: { !$0.isEmpty }) {
-            throw ErasureError.invalidRequest(
-                "ANT has no anchor concept (its targets are built on the unconditional prediction); drop --anchor '\(concept.anchor)' for '\(concept.name)' or use --method score or uce")
-        }
+        try request.refuseAnchors(method: "ANT")
         return try TrainingRun.train(config: config, request: request, context: context) {
             try ANTRun(config: config, request: request, pipeline: pipeline, log: context.log)
         }
