@@ -76,7 +76,7 @@ public struct ANTConfig: Codable, Equatable, Sendable {
 ///    and one Adam step is taken on the entries the saliency mask allows.
 /// The mask is computed on θ₀ before training: for every prompt variant × seed, the sum of
 /// `saliencyIterations` gradients of L, its absolute value, the top `saliencyRatio` of each tensor;
-/// the final mask keeps the entries every map keeps.
+/// a concept's mask keeps the entries every one of its maps keeps (several concepts: the union).
 ///
 /// The official code differs from the paper in three places, and this follows the paper in all
 /// three (docs/METHOD.md): the unconditional terms carry a gradient here (the official ones are
@@ -93,10 +93,7 @@ public struct ANT: ErasureMethod {
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
-        for concept in request.concepts where concept.anchors.contains(where: { !$0.isEmpty }) {
-            throw ErasureError.invalidRequest(
-                "ANT has no anchor concept (its targets are built on the unconditional prediction); drop --anchor '\(concept.anchor)' for '\(concept.name)' or use --method score or uce")
-        }
+        try request.refuseAnchors(method: "ANT")
         return try TrainingRun.train(config: config, request: request, context: context) {
             try ANTRun(config: config, request: request, pipeline: pipeline, log: context.log)
         }
@@ -252,12 +249,14 @@ final class ANTRun: FineTuning {
         }
     }
 
-    /// The intersection over concepts' variants × seeds of per-tensor top-ρ masks of
+    /// Per concept, the intersection over its variants × seeds of per-tensor top-ρ masks of
     /// |Σ over `saliencyIterations` draws of ∂L/∂θ| on θ₀ (the gradients summed with their sign
-    /// before the absolute value, as the official gradient run accumulates them).
+    /// before the absolute value, as the official gradient run accumulates them); the union of
+    /// the concepts' masks, so that each concept keeps the entries salient for it.
     func saliencyMasks() throws -> [String: Tensor] {
-        var maps: [[String: Tensor]] = []
+        var union: [String: Tensor] = [:]
         for (c, variants) in saliencyVariantIndices.enumerated() {
+            var maps: [[String: Tensor]] = []
             for (v, variant) in variants.enumerated() {
                 for seed in config.saliencySeeds {
                     var g = RandomGenerator(seed: seed).fork(UInt64(1 + c * 1000 + v))
@@ -280,8 +279,12 @@ final class ANTRun: FineTuning {
                     maps.append(Saliency.masks(scores: sums, ratio: config.saliencyRatio))
                 }
             }
+            for (name, mask) in Saliency.intersection(maps) {
+                guard let kept = union[name] else { union[name] = mask; continue }
+                for k in 0..<mask.count where mask.pointer[k] != 0 { kept.pointer[k] = 1 }
+            }
         }
-        return Saliency.intersection(maps)
+        return union
     }
 
     func begin(log: (String) -> Void) {

@@ -95,10 +95,7 @@ public struct ESD: ErasureMethod {
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
-        for concept in request.concepts where concept.anchors.contains(where: { !$0.isEmpty }) {
-            throw ErasureError.invalidRequest(
-                "ESD has no anchor (its target is the unconditional prediction); drop --anchor '\(concept.anchor)' for '\(concept.name)' or use --method score or uce")
-        }
+        try request.refuseAnchors(method: "ESD")
         return try TrainingRun.train(config: config, request: request, context: context) {
             try ESDRun(config: config, request: request, pipeline: pipeline)
         }
@@ -240,4 +237,15 @@ final class ESDRun: FineTuning {
     }
 
     func progress(_ losses: [String: [Float]]) -> [(String, Float)] { [("erase", losses["erase"]?.last ?? .nan)] }
+}
+
+extension ErasureRequest {
+    /// Refuses a non-empty anchor for a method whose targets are built on the unconditional
+    /// prediction (ESD, ANT), rather than silently ignoring it.
+    func refuseAnchors(method: String) throws {
+        for concept in concepts where concept.anchors.contains(where: { !$0.isEmpty }) {
+            throw ErasureError.invalidRequest(
+                "\(method) has no anchor (its target is the unconditional prediction); drop --anchor '\(concept.anchor)' for '\(concept.name)' or use --method score or uce")
+        }
+    }
 }
