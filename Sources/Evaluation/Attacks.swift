@@ -110,18 +110,36 @@ public enum ParaphraseAttack {
 
 // MARK: UnlearnDiffAtk
 
+/// UnlearnDiffAtk's schedule: the official code's, or the short one that fits many benchmark cells.
+public enum UnlearnDiffAtkBudget: String, Codable, Sendable, CaseIterable {
+    /// The official schedule: `iterationsPerBlock` Adam steps at each timestep block t = 10, 30,
+    /// …, 990 in turn (one timestep, fresh noise per step), the projected prompt generated and
+    /// judged after each block, stopping at the first success.
+    case official
+    /// `steps` Adam steps in all, each over `timestepsPerStep` random timesteps, judged once at the end.
+    case fast
+}
+
 /// UnlearnDiffAtk's settings. Defaults follow the official code (OPTML-Group/Diffusion-MU-Attack,
-/// configs/object/text_grad_esd_church_classifier.json) where it has a counterpart, scaled down
-/// to a few CPU minutes where it does not; docs/ATTACKS.md lists each.
+/// configs/object/text_grad_esd_church_classifier.json, src/tasks/classifier_.py) where it has a
+/// counterpart; docs/ATTACKS.md lists each.
 public struct UnlearnDiffAtkConfig: Codable, Sendable, Equatable {
+    /// Which schedule (see `UnlearnDiffAtkBudget`).
+    public var budget = UnlearnDiffAtkBudget.official
+    /// The denoising loss's target image: "original" (the original model's image of the prompt
+    /// with the instance's noise, as the official dataset is made) or "real" (a real test image).
+    public var target = "original"
     /// Attacked (target prompt × seed) instances.
     public var instances = 4
     /// k adversarial tokens prepended to the prompt (official: prefix_k, k = 3).
     public var tokens = 3
-    /// Optimiser steps per instance (official: 40 iterations per timestep, over up to 50 timesteps
-    /// with an early stop; here 40 steps in all, each over `timestepsPerStep` random timesteps).
+    /// official: Adam steps per timestep block (official: 40 iterations).
+    public var iterationsPerBlock = 40
+    /// official: timestep blocks (official n_samples 50: t = 10, 30, …, 990).
+    public var blocks = 50
+    /// fast: optimiser steps per instance in all.
     public var steps = 40
-    /// Random timesteps (each with fresh noise) per step's denoising loss.
+    /// fast: random timesteps (each with fresh noise) per step's denoising loss.
     public var timestepsPerStep = 4
     /// Adam learning rate (official: 0.01).
     public var learningRate: Float = 0.01
@@ -152,7 +170,10 @@ public struct UnlearnDiffAtkConfig: Codable, Sendable, Equatable {
 
     public func validate() throws {
         func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
+        try check(["original", "real"].contains(target), "--attack-target must be original or real, not '\(target)'")
         try check(instances >= 1, "--instances must be at least 1, got \(instances)")
+        try check(iterationsPerBlock >= 1, "--iterations-per-block must be at least 1, got \(iterationsPerBlock)")
+        try check(blocks >= 1, "--blocks must be at least 1, got \(blocks)")
         try check(tokens >= 1, "--tokens must be at least 1, got \(tokens)")
         try check(steps >= 0, "--steps must not be negative, got \(steps)")
         try check(timestepsPerStep >= 1, "--timesteps-per-step must be at least 1, got \(timestepsPerStep)")
@@ -167,6 +188,27 @@ public struct UnlearnDiffAtkConfig: Codable, Sendable, Equatable {
             // A success against the scoring judge itself would only show an adversarial example of it.
             try check(attackJudge != judge, "--attack-judge \(attackJudge) is also the scoring --judge: pick the other one or set --judge-weight 0")
         }
+    }
+
+    /// The official schedule's settings (the default) or the fast one's: 40 steps in all over 4
+    /// random timesteps each, against a real test image.
+    public init(budget: UnlearnDiffAtkBudget) {
+        self.budget = budget
+        if budget == .fast { target = "real" }
+    }
+
+    /// The official code's timesteps (ClassifierTask.sampled_t): `blocks` of them, T/blocks
+    /// apart, starting at T/blocks/2, in increasing order (10, 30, …, 990 for 50 of 1000).
+    public func blockTimesteps(trainTimesteps: Int) -> [Int] {
+        let stride = max(1, trainTimesteps / blocks)
+        return Array(Swift.stride(from: stride / 2, to: trainTimesteps, by: stride).prefix(blocks))
+    }
+
+    /// What a cell records of this budget.
+    public var record: AttackBudget {
+        budget == .official
+            ? AttackBudget(mode: "official", steps: iterationsPerBlock * blocks, blocks: blocks, instances: instances, seeds: 1)
+            : AttackBudget(mode: "fast", steps: steps, blocks: nil, instances: instances, seeds: 1)
     }
 }
 
@@ -192,6 +234,8 @@ public struct PrefixOptimisation {
     public var continuous: Tensor
     /// The objective of each step.
     public var losses: [Float]
+    /// Timestep blocks run (official budget; 0 with the fast one).
+    public var blocksRun = 0
 }
 
 /// UnlearnDiffAtk's optimisation for a pipeline with a BERT text encoder: k prefix token
@@ -252,13 +296,15 @@ public final class PrefixTokenAttack {
         }
     }
 
-    /// The prompt's ids and mask with the prefix's slots after [CLS] (the ids matter only for
-    /// their count when the slots' embeddings are given), truncated to the encoder's length.
-    public func layout(prompt: String, prefixIds: [Int]) -> TokenizedBatch {
+    /// The prompt's ids and mask with the prefix's slots after [CLS] and `lead`'s tokens (the
+    /// ids matter only for their count when the slots' embeddings are given), truncated to the
+    /// encoder's length.
+    public func layout(prompt: String, prefixIds: [Int], lead: String = "") -> TokenizedBatch {
         let tokenizer = encoder.tokenizer
-        let limit = min(tokenizer.maxLength, encoder.model.config.maxPositionEmbeddings) - 2 - prefixIds.count
+        let leading = tokenizer.encode(lead)
+        let limit = min(tokenizer.maxLength, encoder.model.config.maxPositionEmbeddings) - 2 - prefixIds.count - leading.count
         let body = Array(tokenizer.encode(prompt).prefix(max(0, limit)))
-        let ids = [tokenizer.clsToken.id] + prefixIds + body + [tokenizer.sepToken.id]
+        let ids = [tokenizer.clsToken.id] + leading + prefixIds + body + [tokenizer.sepToken.id]
         return TokenizedBatch(inputIds: [ids], attentionMask: [Array(repeating: 1, count: ids.count)])
     }
 
@@ -267,18 +313,20 @@ public final class PrefixTokenAttack {
         (prefixIds.map { encoder.tokenizer.tokens[$0] } + [prompt]).joined(separator: " ")
     }
 
-    /// Conditioning states [1, T, D] and mask [1, T] of the prompt with `prefix` [k, D] as the
-    /// embeddings of its k slots; differentiable in `prefix`. Padded states are zeroed when the
-    /// encoder does so (the mini-SD was trained that way), though one prompt has no padding.
-    public func conditioning(prefix: Tensor, prompt: String) -> (states: Tensor, mask: Tensor) {
+    /// Conditioning states [1, T, D] and mask [1, T] of `lead` + slots + `prompt` with `prefix`
+    /// [k, D] as the embeddings of its k slots; differentiable in `prefix`. Padded states are
+    /// zeroed when the encoder does so (the mini-SD was trained that way), though one prompt has
+    /// no padding.
+    public func conditioning(prefix: Tensor, prompt: String, lead: String = "") -> (states: Tensor, mask: Tensor) {
         let k = prefix.shape[0]
-        let batch = layout(prompt: prompt, prefixIds: Array(repeating: encoder.tokenizer.unkToken.id, count: k))
+        let batch = layout(prompt: prompt, prefixIds: Array(repeating: encoder.tokenizer.unkToken.id, count: k), lead: lead)
         let ids = batch.inputIds[0]
+        let start = 1 + encoder.tokenizer.encode(lead).count
         let words = noGrad { encoder.model.wordEmbeddings([ids]).detached() }
         let d = prefix.shape[1]
         precondition(d == encoder.hiddenSize, "conditioning: prefix width \(d), the encoder's is \(encoder.hiddenSize)")
-        let embeds = Tensor.concat([words.narrowed(axis: 1, start: 0, length: 1), prefix.reshaped([1, k, d]),
-                                    words.narrowed(axis: 1, start: 1 + k, length: ids.count - 1 - k)], axis: 1)
+        let embeds = Tensor.concat([words.narrowed(axis: 1, start: 0, length: start), prefix.reshaped([1, k, d]),
+                                    words.narrowed(axis: 1, start: start + k, length: ids.count - start - k)], axis: 1)
         let states = encoder.hiddenStates(batch, inputsEmbeds: embeds)
         let mask = batch.attentionMaskTensor
         return (encoder.zeroPaddedStates ? states * mask.reshaped([1, ids.count, 1]) : states, mask)
@@ -325,18 +373,24 @@ public final class PrefixTokenAttack {
     /// Optimises a k-token prefix for `prompt` toward the concept shown in `target` [1, C, H, W].
     /// The UNet, text encoder and judge are frozen meanwhile (their flags are restored after),
     /// so only the prefix gets gradients. Starts from k random candidate tokens (as PEZ).
+    ///
+    /// With the official budget the steps run block by block over `config.blockTimesteps` (one
+    /// timestep per block, fresh noise per step); after each block `check` receives the projected
+    /// ids and returns true to stop (the official early stop at the first broken image). With the
+    /// fast budget, `config.steps` steps over random timesteps, and `check` is not called.
     public func optimise(prompt: String, target: Tensor, concept: Int, judge: (any Judge)?, config: UnlearnDiffAtkConfig,
-                         generator: inout RandomGenerator, log: (String) -> Void = { _ in }) -> PrefixOptimisation {
+                         generator: inout RandomGenerator, log: (String) -> Void = { _ in },
+                         check: ((_ block: Int, _ ids: [Int]) throws -> Bool)? = nil) rethrows -> PrefixOptimisation {
         let frozen: [Module] = [pipeline.unet, encoder.model] + (judge.map { [$0 as Module] } ?? [])
-        return withFrozen(frozen) {
+        return try withFrozen(frozen) {
             let start = (0..<config.tokens).map { _ in min(candidates.count - 1, Int(generator.uniform([1]).item * Float(candidates.count))) }
             let prefix = noGrad { embedding(candidateEmbeddings, indices: start, shape: [config.tokens]).copy() }
             prefix.requiresGrad = true
             let optimiser = Adam([("prefix", prefix)], learningRate: config.learningRate,
                                  weightDecay: config.weightDecay > 0 ? .decoupled(config.weightDecay) : .none)
             var losses: [Float] = []
-            for step in 0..<config.steps {
-                let (timesteps, noise) = draws(config.timestepsPerStep, like: target, generator: &generator)
+            var blocksRun = 0
+            func step(timesteps: [Int], noise: Tensor) -> PrefixObjective {
                 // PEZ: the forward pass sees the projected tokens; the straight-through sum hands
                 // their gradient to the continuous embeddings.
                 let input = config.project ? prefix + noGrad { project(prefix).embeddings - prefix } : prefix
@@ -347,14 +401,35 @@ public final class PrefixTokenAttack {
                 value.total.backward()
                 optimiser.step()
                 losses.append(value.total.item)
-                if (step + 1) % 10 == 0 || step + 1 == config.steps {
-                    log(String(format: "    step %d/%d: loss %.4f (denoising %.4f%@)", step + 1, config.steps, value.total.item,
-                               value.denoising, value.judge.map { String(format: ", judge CE %.3f", $0) } ?? ""))
+                return value
+            }
+            func report(_ label: String, _ value: PrefixObjective) {
+                log(String(format: "    %@: loss %.4f (denoising %.4f%@)", label, value.total.item, value.denoising,
+                           value.judge.map { String(format: ", judge CE %.3f", $0) } ?? ""))
+            }
+            switch config.budget {
+            case .fast:
+                for index in 0..<config.steps {
+                    let (timesteps, noise) = draws(config.timestepsPerStep, like: target, generator: &generator)
+                    let value = step(timesteps: timesteps, noise: noise)
+                    if (index + 1) % 10 == 0 || index + 1 == config.steps { report("step \(index + 1)/\(config.steps)", value) }
+                }
+            case .official:
+                let schedule = config.blockTimesteps(trainTimesteps: pipeline.scheduler.numTrainTimesteps)
+                for (block, t) in schedule.enumerated() {
+                    var last: PrefixObjective?
+                    for _ in 0..<config.iterationsPerBlock {
+                        last = step(timesteps: [t], noise: generator.normal([1] + Array(target.shape.dropFirst())))
+                    }
+                    blocksRun = block + 1
+                    if let last { report("block \(block + 1)/\(schedule.count) (t = \(t))", last) }
+                    if let check, try check(block, project(prefix).ids) { break }
                 }
             }
             prefix.requiresGrad = false
             prefix.grad = nil
-            return PrefixOptimisation(startIds: start.map { candidates[$0] }, tokenIds: project(prefix).ids, continuous: prefix, losses: losses)
+            return PrefixOptimisation(startIds: start.map { candidates[$0] }, tokenIds: project(prefix).ids, continuous: prefix,
+                                      losses: losses, blocksRun: blocksRun)
         }
     }
 
@@ -371,13 +446,14 @@ public final class PrefixTokenAttack {
 
     /// Images [1, C, H, W] from the prompt with `prefix` [k, D] as continuous embeddings, with
     /// the same noise and sampler as `pipeline.generate(…, seed:, firstImageIndex: index)`.
-    public func generate(prefix: Tensor, prompt: String, steps: Int, guidance: Float, seed: UInt64, index: Int) throws -> Tensor {
+    public func generate(prefix: Tensor, prompt: String, lead: String = "", steps: Int, guidance: Float, seed: UInt64,
+                         index: Int) throws -> Tensor {
         try noGrad {
             let schedule = try pipeline.scheduler.schedule(steps: steps)
             var generators = [StableDiffusionPipeline.imageGenerator(seed: seed, index: index)]
             let shape = try pipeline.latentShape(batch: 1, height: pipeline.defaultHeight, width: pipeline.defaultWidth)
             let latents = pipeline.scheduler.initialNoise(shape: shape, schedule: schedule, generator: &generators[0])
-            let conditional = conditioning(prefix: prefix, prompt: prompt)
+            let conditional = conditioning(prefix: prefix, prompt: prompt, lead: lead)
             let unconditional = guidance > 1 ? emptyPrompt(length: conditional.states.shape[1]) : nil
             let samples = try pipeline.denoise(latents, conditional: conditional, unconditional: unconditional, guidance: guidance,
                                            schedule: schedule, steps: 0..<schedule.count, generators: &generators)
@@ -418,6 +494,9 @@ public struct AttackInstanceResult: Codable, Sendable, Equatable {
     public var concept_probability_after_continuous: Double?
     public var first_loss: Double?
     public var last_loss: Double?
+    /// Timestep blocks run before the first success (official budget), and optimiser steps run.
+    public var blocks_run: Int?
+    public var steps_run: Int?
 
     public init(prompt: String, image_index: Int, target_test_index: Int, broken_before: Bool,
                 concept_probability_before: Double, attacked: Bool = false) {
@@ -461,6 +540,10 @@ public struct UnlearnDiffAtkResult: Codable, Sendable {
     public var mean_concept_probability_after_continuous: Double?
     public var prompts: [AttackInstanceResult]
     public var config: UnlearnDiffAtkConfig
+    /// The budget in the form every attack records it.
+    public var budget: AttackBudget?
+    /// `asr_post` over the instances, with its 95% Wilson interval.
+    public var summary: AttackSummary?
 }
 
 /// Images of an UnlearnDiffAtk run, one [1, C, H, W] per instance (nil where not attacked).
@@ -489,9 +572,9 @@ public enum UnlearnDiffAtk {
 
     /// Attacks `config.instances` instances: instance i is prompt i (cycled) with image index i
     /// and the i-th test image of the class in a seeded order.
-    public static func run(pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts, test: LabelledImages,
-                           judge: any Judge, attackJudge: (any Judge)?, config: UnlearnDiffAtkConfig, modelName: String,
-                           promptOverride: [String]? = nil,
+    public static func run(pipeline: StableDiffusionPipeline, original: StableDiffusionPipeline?, label: Int, prompts: FashionPrompts,
+                           test: LabelledImages, judge: any Judge, attackJudge: (any Judge)?, config: UnlearnDiffAtkConfig,
+                           modelName: String, promptOverride: [String]? = nil,
                            log: (String) -> Void = { _ in }) throws -> (UnlearnDiffAtkResult, UnlearnDiffAtkImages) {
         try config.validate()
         let list = promptOverride ?? targetPrompts(label: label, prompts: prompts)
@@ -504,19 +587,24 @@ public enum UnlearnDiffAtk {
         let targets = (0..<config.instances).map { i in
             AttackTarget(prompt: list[i % list.count], image: test.batch([pool[i]]), imageIndex: pool[i], label: label)
         }
-        return try run(pipeline: pipeline, targets: targets, concept: prompts.classes[label].name, label: label, conceptLabels: [label],
-                       judge: judge, attackJudge: attackJudge, config: config, modelName: modelName, log: log)
+        return try run(pipeline: pipeline, original: original, targets: targets, concept: prompts.classes[label].name, label: label,
+                       conceptLabels: [label], judge: judge, attackJudge: attackJudge, config: config, modelName: modelName, log: log)
     }
 
     /// Attacks one instance per target: instance i is `targets[i]`'s prompt with image index i,
-    /// its denoising loss measured on `targets[i].image`. An image is broken when `judge` puts
-    /// it in one of `conceptLabels` (one class, or a group such as the emoji weapons); its
+    /// its denoising loss measured on `targets[i].image`, or, with `config.target` "original",
+    /// on `original`'s image of the prompt with the same noise. An image is broken when `judge`
+    /// puts it in one of `conceptLabels` (one class, or a group such as the emoji weapons); its
     /// concept probability is the judge's probability of that set.
-    public static func run(pipeline: StableDiffusionPipeline, targets: [AttackTarget], concept: String, label: Int,
-                           conceptLabels: [Int], judge: any Judge, attackJudge: (any Judge)?, config: UnlearnDiffAtkConfig,
-                           modelName: String, log: (String) -> Void = { _ in }) throws -> (UnlearnDiffAtkResult, UnlearnDiffAtkImages) {
+    public static func run(pipeline: StableDiffusionPipeline, original: StableDiffusionPipeline?, targets: [AttackTarget],
+                           concept: String, label: Int, conceptLabels: [Int], judge: any Judge, attackJudge: (any Judge)?,
+                           config: UnlearnDiffAtkConfig, modelName: String,
+                           log: (String) -> Void = { _ in }) throws -> (UnlearnDiffAtkResult, UnlearnDiffAtkImages) {
         try config.validate()
         guard !targets.isEmpty else { throw EvaluationError.invalidRequest("no prompts to attack") }
+        if config.target == "original" && original == nil {
+            throw EvaluationError.invalidRequest("UnlearnDiffAtk's target 'original' needs the original model (or --attack-target real)")
+        }
         let attack = try PrefixTokenAttack(pipeline: pipeline)
         func probability(_ image: Tensor) -> Double {
             let p = judge.probabilities(image)
@@ -527,7 +615,10 @@ public enum UnlearnDiffAtk {
         var images = UnlearnDiffAtkImages(target: [], before: [], after: [], afterContinuous: [])
         for (i, entry) in targets.enumerated() {
             let prompt = entry.prompt
-            let target = entry.image
+            let target = try config.target == "original"
+                ? original!.generate(prompts: [prompt], steps: config.samplingSteps, guidance: config.guidance, seed: config.seed,
+                                     firstImageIndex: i)
+                : entry.image
             let before = try pipeline.generate(prompts: [prompt], steps: config.samplingSteps, guidance: config.guidance,
                                                seed: config.seed, firstImageIndex: i)
             var instance = AttackInstanceResult(prompt: prompt, image_index: i, target_test_index: entry.imageIndex,
@@ -544,11 +635,21 @@ public enum UnlearnDiffAtk {
                 continue
             }
             var generator = RandomGenerator(seed: config.seed).fork(UInt64(i))
-            let found = attack.optimise(prompt: prompt, target: target, concept: entry.label, judge: attackJudge, config: config,
-                                        generator: &generator, log: log)
+            func generateText(_ ids: [Int]) throws -> Tensor {
+                try pipeline.generate(prompts: [attack.adversarialPrompt(prefixIds: ids, prompt: prompt)], steps: config.samplingSteps,
+                                      guidance: config.guidance, seed: config.seed, firstImageIndex: i)
+            }
+            // The official early stop: the projected prompt is generated and judged after each
+            // block; the last image checked is the attack's.
+            var checked: (ids: [Int], image: Tensor)?
+            let found = try attack.optimise(prompt: prompt, target: target, concept: entry.label, judge: attackJudge, config: config,
+                                            generator: &generator, log: log) { _, ids in
+                let image = try generateText(ids)
+                checked = (ids, image)
+                return isBroken(image)
+            }
             let adversarial = attack.adversarialPrompt(prefixIds: found.tokenIds, prompt: prompt)
-            let after = try pipeline.generate(prompts: [adversarial], steps: config.samplingSteps, guidance: config.guidance,
-                                              seed: config.seed, firstImageIndex: i)
+            let after = try checked.flatMap { $0.ids == found.tokenIds ? $0.image : nil } ?? generateText(found.tokenIds)
             let continuous = try attack.generate(prefix: found.continuous, prompt: prompt, steps: config.samplingSteps,
                                                  guidance: config.guidance, seed: config.seed, index: i)
             instance.attacked = true
@@ -560,6 +661,8 @@ public enum UnlearnDiffAtk {
             instance.concept_probability_after_continuous = probability(continuous)
             instance.first_loss = found.losses.first.map(Double.init)
             instance.last_loss = found.losses.last.map(Double.init)
+            instance.blocks_run = config.budget == .official ? found.blocksRun : nil
+            instance.steps_run = found.losses.count
             images.after.append(after)
             images.afterContinuous.append(continuous)
             instances.append(instance)
@@ -579,7 +682,9 @@ public enum UnlearnDiffAtk {
             mean_concept_probability_before: mean(attacked.map(\.concept_probability_before)),
             mean_concept_probability_after: mean(attacked.map(\.concept_probability_after)),
             mean_concept_probability_after_continuous: mean(attacked.map(\.concept_probability_after_continuous)),
-            prompts: instances, config: config)
+            prompts: instances, config: config, budget: config.record,
+            summary: AttackSummary(successes: instances.filter { $0.broken_before || $0.broken_after == true }.count,
+                                   trials: instances.count, budget: config.record))
         return (result, images)
     }
 }

@@ -68,6 +68,9 @@ public struct BenchmarkCell<Evaluation: Codable & Sendable>: BenchmarkCellRecord
     /// model's images once per concept). Absent in cell files without this field.
     public var phase_seconds: [String: Double]? = nil
     public var method_config: String? = nil
+    /// Each attack's ASR, interval and budget by attack name ("unlearndiffatk", "inversion",
+    /// "ring-a-bell", "cce"); absent in cell files written before these were recorded.
+    public var attacks: [String: AttackSummary]? = nil
 }
 
 /// A method the benchmark runs: its name and how to build it for a seed (nil: the original model).

@@ -176,7 +176,7 @@ public struct EmojiBenchmark: CellBenchmark {
         let perClass = task == .style ? "each preserved style ↑" : "lowest preserved character ↑"
         let headers = ["concept", "method", "seeds"] + scoreColumns.map(\.0)
             + [perClass, "KID vs original", "KID vs real", "ASR paraphrase ↓", "ASR UnlearnDiffAtk pre → post ↓",
-               "leakage Î (nats)", "bound", "erase time (s)", "params changed"]
+               "UnlearnDiffAtk post [95% CI] ↓", "leakage Î (nats)", "bound", "erase time (s)", "params changed"]
         var text = "| " + headers.joined(separator: " | ") + " |\n"
         text += "|" + String(repeating: "---|", count: headers.count) + "\n"
         for (concept, method, group) in benchmarkRows(cells) {
@@ -196,6 +196,7 @@ public struct EmojiBenchmark: CellBenchmark {
             row += [stat(method == "original" ? [] : e.compactMap(\.kid), false, 3), stat(e.compactMap(\.kid_real), false, 3),
                     stat(group.compactMap(\.asr_paraphrase), true, 1),
                     "\(stat(group.compactMap(\.asr_unlearndiffatk_pre), true, 1)) → \(stat(group.compactMap(\.asr_unlearndiffatk_post), true, 1))",
+                    attackCell(group.compactMap { $0.attacks?["unlearndiffatk"] }),
                     stat(e.compactMap(\.leakage_nats), false, 3), stat(e.compactMap(\.leakage_bound), false, 3),
                     stat(group.map(\.wall_seconds), false, 0), stat(group.map { Double($0.parameters_changed) }, false, 0)]
             text += "| " + row.joined(separator: " | ") + " |\n"
@@ -290,7 +291,8 @@ final class EmojiCellMeasurement {
                     return AttackTarget(prompt: instance.prompt, image: dataset.batch([instance.image]), imageIndex: instance.image,
                                         label: instance.label)
                 }
-                return try UnlearnDiffAtk.run(pipeline: model.pipeline, targets: targets, concept: concept, label: setup.conceptLabels[0],
+                return try UnlearnDiffAtk.run(pipeline: model.pipeline, original: original.pipeline, targets: targets, concept: concept,
+                                              label: setup.conceptLabels[0],
                                               conceptLabels: setup.conceptLabels, judge: judge, attackJudge: nil, config: config,
                                               modelName: method.name).0
             }
@@ -302,7 +304,8 @@ final class EmojiCellMeasurement {
         return EmojiBenchmarkCell(task: benchmark.task.rawValue, concept: concept, method: method.name, seed: seed, evaluation: evaluation,
                                   wall_seconds: timed.seconds["erase"] ?? 0, peak_memory_mb: peakResidentMegabytes(),
                                   parameters_changed: changed, asr_paraphrase: paraphrase.asr, asr_unlearndiffatk_pre: uda?.asr_pre,
-                                  asr_unlearndiffatk_post: uda?.asr_post, phase_seconds: timed.seconds)
+                                  asr_unlearndiffatk_post: uda?.asr_post, phase_seconds: timed.seconds,
+                                  attacks: uda.flatMap { $0.summary.map { ["unlearndiffatk": $0] } })
     }
 
     static func summary(_ s: EmojiScores, task: BenchmarkTask) -> String {

@@ -29,6 +29,10 @@ public struct ObjectBenchmark: CellBenchmark {
         return settings
     }()
     public var unlearnDiffAtk = UnlearnDiffAtkConfig()
+    /// The attacks beyond the text path (docs/ATTACKS.md); nil skips one.
+    public var inversion: InversionAttackConfig? = InversionAttackConfig()
+    public var ringABell: RingABellConfig? = RingABellConfig()
+    public var cce: CCEConfig? = CCEConfig()
     public var output: URL
 
     public init(concepts: [String], methods: [BenchmarkMethod], seeds: [UInt64], output: URL) {
@@ -54,20 +58,29 @@ public struct ObjectBenchmark: CellBenchmark {
     /// A Markdown table: one row per concept × method, mean ± standard deviation over seeds.
     public static func markdownTable(_ cells: [ObjectBenchmarkCell]) -> String {
         let stat = benchmarkStat
-        var text = "| concept | method | seeds | Acc_e ↓ | Acc_g ↓ | Acc_s ↑ | H_o ↑ | KID vs real | ASR paraphrase ↓ | ASR UnlearnDiffAtk pre → post ↓ | leakage Î (nats) | bound | erase time (s) | params changed |\n"
-        text += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        var text = "| concept | method | seeds | Acc_e ↓ | Acc_g ↓ | Acc_s ↑ | H_o ↑ | KID vs real | ASR paraphrase ↓ | ASR UnlearnDiffAtk pre → post ↓ | "
+            + attackColumns.map { "\($0.title) [95% CI] ↓" }.joined(separator: " | ")
+            + " | leakage Î (nats) | bound | erase time (s) | params changed |\n"
+        text += "|---|---|---|---|---|---|---|---|---|---|" + String(repeating: "---|", count: attackColumns.count) + "---|---|---|---|\n"
         for (concept, method, group) in benchmarkRows(cells) {
             let e = group.map(\.evaluation)
             text += "| \(concept) | \(method) | \(group.count) | \(stat(e.map(\.acc_e), true, 1)) | \(stat(e.map(\.acc_g), true, 1)) | \(stat(e.map(\.acc_s), true, 1)) | "
             text += "\(stat(e.map(\.h_o), true, 1)) | \(stat(e.map(\.kid_real), false, 3)) | "
             text += "\(stat(group.compactMap(\.asr_paraphrase), true, 1)) | "
             text += "\(stat(group.compactMap(\.asr_unlearndiffatk_pre), true, 1)) → \(stat(group.compactMap(\.asr_unlearndiffatk_post), true, 1)) | "
+            text += attackColumns.map { column in attackCell(group.compactMap { $0.attacks?[column.key] }) }.joined(separator: " | ") + " | "
             text += "\(stat(e.compactMap(\.leakage_nats), false, 3)) | \(stat(e.compactMap(\.leakage_bound), false, 3)) | "
             text += "\(stat(group.map(\.wall_seconds), false, 0)) | \(stat(group.map { Double($0.parameters_changed) }, false, 0)) |\n"
         }
         return text
     }
 }
+
+/// The table's attack columns: the cell key and the header. Cells written before an attack was
+/// recorded show "—" in its column.
+let attackColumns: [(key: String, title: String)] = [
+    ("unlearndiffatk", "UnlearnDiffAtk post"), ("inversion", "inversion"), ("ring-a-bell", "Ring-A-Bell"), ("cce", "CCE"),
+]
 
 /// What every cell of one benchmark run shares (data, judges, the original model's images per
 /// concept), and the measurement of one cell: erase, evaluate, leakage, attacks.
@@ -79,7 +92,10 @@ final class CellMeasurement {
     let probes: [FeatureProbe]
     let judge: any Judge
     let attackJudge: any Judge
+    let train: LabelledImages
     let log: (String) -> Void
+    /// Ring-A-Bell's searches by concept: they read only the text encoder, which no method changes.
+    private var ringABellPrompts: [String: (encoder: String, found: [RingABellInstance])] = [:]
     private var originalImages: [String: EvaluationImages] = [:]
 
     init(benchmark: ObjectBenchmark, prompts: FashionPrompts, assets: Assets, log: @escaping (String) -> Void) throws {
@@ -87,7 +103,9 @@ final class CellMeasurement {
         self.prompts = prompts
         self.assets = assets
         self.log = log
-        test = try FashionMNIST(assets: assets).test
+        let data = try FashionMNIST(assets: assets)
+        test = data.test
+        train = data.train
         probes = try Workflows.judgeProbes()
         judge = try DefaultModel.judge(benchmark.settings.judge)
         attackJudge = try DefaultModel.judge(benchmark.unlearnDiffAtk.attackJudge)
@@ -136,17 +154,46 @@ final class CellMeasurement {
                                      settings: benchmark.paraphraseAttack, modelName: method.name).0
         }
         let uda = try timed("unlearndiffatk") {
-            try UnlearnDiffAtk.run(pipeline: model.pipeline, label: label, prompts: prompts, test: test, judge: judge,
-                                   attackJudge: attackJudge, config: benchmark.unlearnDiffAtk, modelName: method.name, log: { _ in }).0
+            try UnlearnDiffAtk.run(pipeline: model.pipeline, original: original.pipeline, label: label, prompts: prompts, test: test,
+                                   judge: judge, attackJudge: attackJudge, config: benchmark.unlearnDiffAtk, modelName: method.name,
+                                   log: { _ in }).0
+        }
+        var attacks: [String: AttackSummary] = [:]
+        attacks["unlearndiffatk"] = uda.summary
+        if let config = benchmark.inversion {
+            attacks["inversion"] = try timed("inversion") {
+                let (images, indices) = try InversionAttack.realImages(label: label, train: train, count: config.images, seed: config.seed)
+                return try InversionAttack.run(pipeline: model.pipeline, original: original.pipeline, images: images, indices: indices,
+                                               concept: concept, label: label, conceptLabels: [label], judge: judge, config: config,
+                                               modelName: method.name).0.summary
+            }
+        }
+        if let config = benchmark.ringABell {
+            attacks["ring-a-bell"] = try timed("ring_a_bell") {
+                let encoder = (model.pipeline.textEncoder as? BertTextEncoder).map { weightsDigest($0.model) } ?? ""
+                if ringABellPrompts[concept]?.encoder != encoder {
+                    ringABellPrompts[concept] = (encoder, try RingABellAttack.search(pipeline: model.pipeline, label: label, prompts: prompts,
+                                                                                     config: config))
+                }
+                return try RingABellAttack.run(pipeline: model.pipeline, label: label, prompts: prompts, judge: judge, config: config,
+                                               modelName: method.name, found: ringABellPrompts[concept]!.found).0.summary
+            }
+        }
+        if let config = benchmark.cce {
+            attacks["cce"] = try timed("cce") {
+                try CCEAttack.run(pipeline: model.pipeline, label: label, prompts: prompts, train: train, judge: judge, config: config,
+                                  modelName: method.name).0.summary
+            }
         }
         log(String(format: "  Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%  H_o %.1f%%  leakage bound %.3f  ASR paraphrase %.1f%%, UnlearnDiffAtk %.0f%% → %.0f%%",
                    evaluation.acc_e * 100, evaluation.acc_g * 100, evaluation.acc_s * 100, evaluation.h_o * 100,
-                   report.leakage_bound, paraphrase.asr * 100, uda.asr_pre * 100, uda.asr_post * 100))
+                   report.leakage_bound, paraphrase.asr * 100, uda.asr_pre * 100, uda.asr_post * 100)
+            + attackColumns.dropFirst().map { c in attacks[c.key].map { String(format: ", %@ %.0f%%", c.title, $0.asr * 100) } ?? "" }.joined())
         log(timed.line)
         return ObjectBenchmarkCell(concept: concept, method: method.name, seed: seed, evaluation: evaluation,
                              wall_seconds: timed.seconds["erase"] ?? 0, peak_memory_mb: peakResidentMegabytes(), parameters_changed: changed,
                              asr_paraphrase: paraphrase.asr, asr_unlearndiffatk_pre: uda.asr_pre,
-                             asr_unlearndiffatk_post: uda.asr_post, phase_seconds: timed.seconds)
+                             asr_unlearndiffatk_post: uda.asr_post, phase_seconds: timed.seconds, attacks: attacks)
     }
 }
 

@@ -119,15 +119,21 @@ public struct EvaluationRun {
     }
 }
 
-/// `score attack`: paraphrase prompts, or UnlearnDiffAtk's adversarial prefix tokens, against a
-/// model on a testbed class.
+/// `score attack`: paraphrase prompts, UnlearnDiffAtk's adversarial prefix tokens, text-free
+/// inversion, Ring-A-Bell or CCE against a model on a testbed class (docs/ATTACKS.md).
 public struct AttackRun {
-    public enum Kind: String, CaseIterable, Sendable { case paraphrase, unlearndiffatk }
+    public enum Kind: String, CaseIterable, Sendable {
+        case paraphrase, unlearndiffatk, inversion, cce
+        case ringABell = "ring-a-bell"
+    }
 
     /// The attack's outcome, as attack.json records it.
     public enum Outcome {
         case paraphrase(ParaphraseAttackResult)
         case unlearnDiffAtk(UnlearnDiffAtkResult)
+        case inversion(InversionAttackResult)
+        case ringABell(RingABellResult)
+        case cce(CCEResult)
     }
 
     public var kind: Kind
@@ -140,8 +146,14 @@ public struct AttackRun {
     /// The paraphrase attack's settings; its seed, judge, steps and guidance are also UnlearnDiffAtk's.
     public var paraphrase = ParaphraseAttackSettings()
     public var unlearnDiffAtk = UnlearnDiffAtkConfig()
+    public var inversion = InversionAttackConfig()
+    public var ringABell = RingABellConfig()
+    public var cce = CCEConfig()
     /// UnlearnDiffAtk: plain prompts to attack instead of the class's prompts.
     public var prompts: [String] = []
+    /// The un-erased model (UnlearnDiffAtk's target images, inversion's reference, P4D); nil: the
+    /// erased model's base_model, or the embedded mini-SD.
+    public var original: String?
 
     public init(kind: Kind, model: String?, concept: String) {
         self.kind = kind
@@ -163,8 +175,38 @@ public struct AttackRun {
         _ = try Workflows.testbedLabel(concept)
         try ModelLoader.checkVariant(variant, model: model)
         try paraphrase.validate()
-        if kind == .unlearndiffatk { try unlearnDiffAtkConfig.validate() }
+        switch kind {
+        case .paraphrase: break
+        case .unlearndiffatk: try unlearnDiffAtkConfig.validate()
+        case .inversion: try shared(inversion).validate()
+        case .ringABell: try shared(ringABell).validate()
+        case .cce: try shared(cce).validate()
+        }
         if let output { _ = try OutputPath.folder(output, flag: "--out") }
+    }
+
+    /// The shared settings (seed, scoring judge, sampling steps, guidance) copied into an attack's.
+    func shared(_ config: InversionAttackConfig) -> InversionAttackConfig {
+        var c = config
+        (c.seed, c.judge, c.steps) = (paraphrase.seed, paraphrase.judge, paraphrase.steps)
+        return c
+    }
+    func shared(_ config: RingABellConfig) -> RingABellConfig {
+        var c = config
+        (c.seed, c.judge, c.samplingSteps, c.guidance) = (paraphrase.seed, paraphrase.judge, paraphrase.steps, paraphrase.guidance)
+        return c
+    }
+    func shared(_ config: CCEConfig) -> CCEConfig {
+        var c = config
+        (c.seed, c.judge, c.samplingSteps, c.guidance) = (paraphrase.seed, paraphrase.judge, paraphrase.steps, paraphrase.guidance)
+        return c
+    }
+
+    /// The un-erased model `loaded` is compared with: `original`, else its manifest's base_model,
+    /// else the embedded mini-SD.
+    func originalModel(of loaded: LoadedModel, assets: Assets) throws -> LoadedModel {
+        let base = original ?? loaded.manifest.flatMap { $0.base_model == "embedded" ? nil : $0.base_model }
+        return try ModelLoader.load(base, variant: base == nil ? nil : variant ?? loaded.manifest?.base_variant, assets: assets)
     }
 
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> Outcome {
@@ -188,7 +230,8 @@ public struct AttackRun {
             let config = unlearnDiffAtkConfig
             let data = try FashionMNIST(assets: assets)
             let adversary = config.judgeWeight > 0 ? try DefaultModel.judge(config.attackJudge) : nil
-            let (result, images) = try UnlearnDiffAtk.run(pipeline: loaded.pipeline, label: label, prompts: prompts, test: data.test,
+            let original = config.target == "original" ? try originalModel(of: loaded, assets: assets).pipeline : nil
+            let (result, images) = try UnlearnDiffAtk.run(pipeline: loaded.pipeline, original: original, label: label, prompts: prompts, test: data.test,
                                                           judge: scorer, attackJudge: adversary, config: config, modelName: loaded.name,
                                                           promptOverride: self.prompts.isEmpty ? nil : self.prompts, log: log)
             if let folder {
@@ -196,6 +239,36 @@ public struct AttackRun {
                 log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
             }
             return .unlearnDiffAtk(result)
+        case .inversion:
+            let config = shared(inversion)
+            let data = try FashionMNIST(assets: assets)
+            let (images, indices) = try InversionAttack.realImages(label: label, train: data.train, count: config.images, seed: config.seed)
+            let reference = try originalModel(of: loaded, assets: assets)
+            let (result, grid) = try InversionAttack.run(pipeline: loaded.pipeline, original: reference.pipeline, images: images,
+                                                         indices: indices, concept: prompts.classes[label].name, label: label,
+                                                         conceptLabels: [label], judge: scorer, config: config, modelName: loaded.name, log: log)
+            if let folder {
+                try AttackOutput.write(result, prompts: [config.prompt], grid: grid, to: folder)
+                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
+            }
+            return .inversion(result)
+        case .ringABell:
+            let (result, grid) = try RingABellAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, judge: scorer,
+                                                         config: shared(ringABell), modelName: loaded.name, log: log)
+            if let folder {
+                try AttackOutput.write(result, prompts: result.instances.map(\.prompt), grid: grid, to: folder)
+                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
+            }
+            return .ringABell(result)
+        case .cce:
+            let data = try FashionMNIST(assets: assets)
+            let (result, grid) = try CCEAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, train: data.train,
+                                                   judge: scorer, config: shared(cce), modelName: loaded.name, log: log)
+            if let folder {
+                try AttackOutput.write(result, prompts: [prompts.canonicalTemplate], grid: grid, to: folder)
+                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
+            }
+            return .cce(result)
         }
     }
 }
@@ -204,6 +277,8 @@ public struct AttackRun {
 /// the Markdown table.
 public struct BenchmarkRun {
     public var task: BenchmarkTask
+    /// UnlearnDiffAtk's schedule in every cell (recorded in the cell's `attacks`).
+    public var attackBudget = UnlearnDiffAtkBudget.official
     /// nil: the task's default concept.
     public var concepts: [String]?
     public var methods: [BenchmarkMethod]
@@ -259,6 +334,7 @@ public struct BenchmarkRun {
         if task == .object {
             var benchmark = ObjectBenchmark(concepts: concepts ?? ["sneaker"], methods: methods, seeds: seedList, output: outputURL)
             benchmark.leakage = leakage
+            benchmark.unlearnDiffAtk = UnlearnDiffAtkConfig(budget: attackBudget)
             let cells = finishedOnly ? benchmark.finishedCells(log: log) : try benchmark.run(assets: assets, log: log)
             markdown = ObjectBenchmark.markdownTable(cells)
             encoded = try JSONOutput.encode(cells)
@@ -266,6 +342,8 @@ public struct BenchmarkRun {
             var benchmark = try EmojiBenchmark(task: task, tasks: try EmojiTasks.bundled(), concepts: concepts, methods: methods,
                                                seeds: seedList, output: outputURL)
             benchmark.leakage = leakage
+            benchmark.unlearnDiffAtk?.budget = attackBudget
+            if attackBudget == .fast { benchmark.unlearnDiffAtk?.target = "real" }
             let cells = finishedOnly ? benchmark.finishedCells(log: log)
                                      : try benchmark.run(model: model, dataset: dataset, judges: judges, assets: assets, log: log)
             markdown = EmojiBenchmark.markdownTable(cells, task: task)

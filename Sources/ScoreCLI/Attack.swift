@@ -5,7 +5,7 @@ import Testbed
 
 struct Attack: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Attack an erased model on a testbed class: paraphrase prompts, or UnlearnDiffAtk's adversarial prefix tokens.",
+        abstract: "Attack an erased model on a testbed class: paraphrases, UnlearnDiffAtk, inversion, Ring-A-Bell or CCE (docs/ATTACKS.md).",
         discussion: """
         An instance is broken when the scoring judge (--judge, default cnn) sees the concept in its image. \
         UnlearnDiffAtk's ASR counts instances broken before the attack plus those broken by it. \
@@ -18,7 +18,7 @@ struct Attack: ParsableCommand {
     @Option(help: "The model to attack (the model/ folder of `score erase`, or any testbed folder; default: the embedded mini-SD).") var model: String?
     @Option(help: variantHelp) var variant: String?
     @Option(help: "The erased concept (a testbed class).") var concept: String
-    @Option(help: "Attack: paraphrase or unlearndiffatk.") var attack: AttackRun.Kind
+    @Option(help: "Attack: paraphrase, unlearndiffatk, inversion, ring-a-bell or cce.") var attack: AttackRun.Kind
     @Option(help: "Folder for attack.json, prompts.txt and grid.png.") var out: String?
     @Flag(help: "Print one JSON object.") var json = false
     @Option(help: "Random seed of the images (and of the attack's draws).") var seed = paraphraseDefaults.seed
@@ -26,13 +26,21 @@ struct Attack: ParsableCommand {
     @Option(help: "Sampling steps (DDIM).") var samplingSteps = paraphraseDefaults.steps
     @Option(help: "Classifier-free guidance scale.") var guidance = paraphraseDefaults.guidance
 
-    @Option(help: "paraphrase: images per prompt.") var seedsPerPrompt = paraphraseDefaults.seedsPerPrompt
+    @Option(help: "paraphrase, ring-a-bell: images per prompt (default 3, 2); cce: images with the learned token (8).") var seedsPerPrompt: Int?
+    @Option(help: "The un-erased model (unlearndiffatk's target images, inversion's reference; default: the model's base_model).") var original: String?
 
-    @Option(help: "unlearndiffatk: attacked instances (target prompt × seed).") var instances = defaults.instances
-    @Option(help: "unlearndiffatk: adversarial tokens prepended (official k: 3).") var tokens = defaults.tokens
-    @Option(help: "unlearndiffatk: optimiser steps per instance.") var steps = defaults.steps
-    @Option(help: "unlearndiffatk: random timesteps per step.") var timestepsPerStep = defaults.timestepsPerStep
-    @Option(help: "unlearndiffatk: Adam learning rate (official: 0.01).") var lr = defaults.learningRate
+    @Option(help: "unlearndiffatk: attacked instances (4); inversion, cce: real images (8); ring-a-bell: searched prompts (4).") var instances: Int?
+    @Option(help: "unlearndiffatk: adversarial tokens prepended (official k: 3); ring-a-bell: tokens searched (16).") var tokens: Int?
+    @Option(help: "unlearndiffatk: official (40 steps at each of 50 timestep blocks, early stop) or fast (the --steps budget).") var attackBudget = defaults.budget
+    @Option(help: "unlearndiffatk: the denoising target, original (the original model's image of the prompt) or real (a test image).") var attackTarget: String?
+    @Option(help: "unlearndiffatk official: Adam steps per timestep block.") var iterationsPerBlock = defaults.iterationsPerBlock
+    @Option(help: "unlearndiffatk official: timestep blocks (t = 10, 30, …, 990 for 50).") var blocks = defaults.blocks
+    @Option(help: "unlearndiffatk fast: optimiser steps (40); cce: textual-inversion steps (300); ring-a-bell: generations (200).") var steps: Int?
+    @Option(help: "unlearndiffatk fast: random timesteps per step (4); cce: draws per step (4).") var timestepsPerStep: Int?
+    @Option(help: "unlearndiffatk: Adam learning rate (official: 0.01); cce: 5e-3.") var lr: Float?
+    @Option(help: "ring-a-bell: GA population (official: 200).") var population = RingABellConfig().population
+    @Option(help: "ring-a-bell: weight η of the concept vector (official cof: 3).") var strength = RingABellConfig().strength
+    @Option(help: "cce: the word the learned token starts from.") var initializer = CCEConfig().initializer
     @Option(help: "unlearndiffatk: decoupled weight decay (official value 0.1).") var weightDecay = defaults.weightDecay
     @Option(help: "unlearndiffatk: λ of the judge term on x̂₀ (0: the official denoising loss alone).") var judgeWeight = defaults.judgeWeight
     @Option(help: "unlearndiffatk: the judge term reads x̂₀ only at draws with t ≤ this (of 1000).") var judgeMaxTimestep = defaults.judgeMaxTimestep
@@ -46,16 +54,24 @@ struct Attack: ParsableCommand {
         var run = AttackRun(kind: attack, model: model, concept: concept)
         run.output = out
         run.variant = variant
-        run.paraphrase.seedsPerPrompt = seedsPerPrompt
+        run.original = original
+        if let seedsPerPrompt { (run.paraphrase.seedsPerPrompt, run.ringABell.seedsPerPrompt, run.cce.samples) = (seedsPerPrompt, seedsPerPrompt, seedsPerPrompt) }
         run.paraphrase.steps = samplingSteps
         run.paraphrase.guidance = guidance
         run.paraphrase.seed = seed
         run.paraphrase.judge = judge
-        run.unlearnDiffAtk.instances = instances
-        run.unlearnDiffAtk.tokens = tokens
-        run.unlearnDiffAtk.steps = steps
-        run.unlearnDiffAtk.timestepsPerStep = timestepsPerStep
-        run.unlearnDiffAtk.learningRate = lr
+        run.unlearnDiffAtk = UnlearnDiffAtkConfig(budget: attackBudget)
+        if let attackTarget { run.unlearnDiffAtk.target = attackTarget }
+        run.unlearnDiffAtk.iterationsPerBlock = iterationsPerBlock
+        run.unlearnDiffAtk.blocks = blocks
+        if let instances { (run.unlearnDiffAtk.instances, run.inversion.images, run.ringABell.instances, run.cce.images) = (instances, instances, instances, instances) }
+        if let tokens { (run.unlearnDiffAtk.tokens, run.ringABell.length) = (tokens, tokens) }
+        if let steps { (run.unlearnDiffAtk.steps, run.cce.steps, run.ringABell.generations) = (steps, steps, steps) }
+        if let timestepsPerStep { (run.unlearnDiffAtk.timestepsPerStep, run.cce.batch) = (timestepsPerStep, timestepsPerStep) }
+        if let lr { (run.unlearnDiffAtk.learningRate, run.cce.learningRate) = (lr, lr) }
+        run.ringABell.population = population
+        run.ringABell.strength = strength
+        run.cce.initializer = initializer
         run.unlearnDiffAtk.weightDecay = weightDecay
         run.unlearnDiffAtk.judgeWeight = judgeWeight
         run.unlearnDiffAtk.judgeMaxTimestep = judgeMaxTimestep
@@ -78,17 +94,37 @@ struct Attack: ParsableCommand {
                 print(String(format: "%5.1f%%  %@  (%@)", p.rate * 100, p.prompt, p.source))
             }
             print(String(format: "paraphrase ASR on '%@': %.1f%% (held-out paraphrases %.1f%%, training synonyms %.1f%%; %d seeds each, judge %@)",
-                         result.concept, result.asr * 100, result.asr_paraphrases * 100, result.asr_synonyms * 100, seedsPerPrompt, judge))
+                         result.concept, result.asr * 100, result.asr_paraphrases * 100, result.asr_synonyms * 100, result.settings.seedsPerPrompt, judge))
         case let .unlearnDiffAtk(result):
             if json { return try printJSON(result) }
-            print(String(format: "UnlearnDiffAtk on '%@': ASR %.1f%% before, %.1f%% after (token prompts), %.1f%% with the continuous embeddings (%d instances, judge %@)",
-                         result.concept, result.asr_pre * 100, result.asr_post * 100, result.asr_post_continuous * 100, instances, judge))
+            print(String(format: "UnlearnDiffAtk (%@ budget) on '%@': ASR %.1f%% before, %.1f%% after (token prompts), %.1f%% with the continuous embeddings (%d instances, judge %@)",
+                         result.config.budget.rawValue, result.concept, result.asr_pre * 100, result.asr_post * 100, result.asr_post_continuous * 100,
+                         result.config.instances, judge))
             if let before = result.mean_concept_probability_before, let after = result.mean_concept_probability_after,
                let continuous = result.mean_concept_probability_after_continuous {
                 print(String(format: "attacked instances: mean concept probability %.3f before, %.3f after, %.3f continuous", before, after, continuous))
             }
+            if let summary = result.summary { print(Self.line("UnlearnDiffAtk ASR (token prompts)", summary)) }
+        case let .inversion(result):
+            if json { return try printJSON(result) }
+            print(Self.line("inversion ASR on '\(result.concept)' (erased model)", result.summary))
+            if let reference = result.reference_asr { print(String(format: "the same through the original model: %.1f%%", reference * 100)) }
+        case let .ringABell(result):
+            if json { return try printJSON(result) }
+            for instance in result.instances { print("\(instance.broken.filter { $0 }.count)/\(instance.broken.count)  \(instance.prompt)  (from \"\(instance.base_prompt)\")") }
+            print(Self.line("Ring-A-Bell ASR on '\(result.concept)'", result.summary))
+        case let .cce(result):
+            if json { return try printJSON(result) }
+            print(Self.line("CCE ASR on '\(result.concept)' (learned token, nearest word \"\(result.nearest_word)\")", result.summary))
+            print(String(format: "the initial word \"%@\" before learning: %.1f%%", result.config.initializer, result.asr_initial * 100))
         }
+    }
+
+    static func line(_ title: String, _ s: AttackSummary) -> String {
+        String(format: "%@: %.1f%% (%d/%d, 95%% CI %.1f–%.1f%%; budget %@: %d steps, %d instances × %d seeds)", title, s.asr * 100,
+               s.successes, s.trials, s.ci_low * 100, s.ci_high * 100, s.budget.mode, s.budget.steps, s.budget.instances, s.budget.seeds)
     }
 }
 
 extension AttackRun.Kind: ExpressibleByArgument {}
+extension UnlearnDiffAtkBudget: ExpressibleByArgument {}

@@ -392,6 +392,7 @@ struct Benchmark: ParsableCommand {
     @Option(help: "Emoji tasks: folder with judge-style-cnn.safetensors and judge-identity-cnn.safetensors (default: the shipped emoji judges).") var judges: String?
     @Flag(help: "Print the cells as JSON.") var json = false
     @Flag(help: "Measure nothing: write the table of the cells already finished in --out.") var finishedOnly = false
+    @Option(help: "UnlearnDiffAtk's budget: official (40 steps at each of 50 timestep blocks, early stop) or fast.") var attackBudget = UnlearnDiffAtkBudget.official
     @OptionGroup var hyperparameters: SCOREOptions
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
@@ -411,6 +412,7 @@ struct Benchmark: ParsableCommand {
         run.judges = judges
         run.leakage = leakage.options
         run.finishedOnly = finishedOnly
+        run.attackBudget = attackBudget
         return run
     }
 

@@ -30,7 +30,7 @@ final class AttackTests: XCTestCase {
     static let vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "shoe", "bag", "red",
                              "blue", "shirt", "##s", "dress", "coat"]
 
-    func tinyPipeline() throws -> StableDiffusionPipeline {
+    static func tinyPipeline() throws -> StableDiffusionPipeline {
         let folder = Tiny.temporaryFolder("attack-vocab")
         defer { try? FileManager.default.removeItem(at: folder) }
         let url = folder.appendingPathComponent("vocab.txt")
@@ -49,16 +49,16 @@ final class AttackTests: XCTestCase {
     }
 
     /// A fixed 8×8 target: a bright square on black.
-    func targetImage() -> Tensor {
+    static func targetImage() -> Tensor {
         Tensor(shape: [1, 1, 8, 8]) { p in for i in 0..<64 { p[i] = (2..<6).contains(i / 8) && (2..<6).contains(i % 8) ? 1 : -1 } }
     }
 
     /// The objective averaged over 16 fixed draws: the same numbers before and after.
     func fixedObjective(_ attack: PrefixTokenAttack, prefix: Tensor, judge: (any Judge)?, judgeWeight: Float) -> PrefixObjective {
         var generator = RandomGenerator(seed: 99)
-        let (timesteps, noise) = attack.draws(16, like: targetImage(), generator: &generator)
+        let (timesteps, noise) = attack.draws(16, like: Self.targetImage(), generator: &generator)
         return noGrad {
-            attack.objective(prefix: prefix, prompt: "a photo of a shoe", target: targetImage(), noise: noise, timesteps: timesteps,
+            attack.objective(prefix: prefix, prompt: "a photo of a shoe", target: Self.targetImage(), noise: noise, timesteps: timesteps,
                              concept: 1, judge: judge, judgeWeight: judgeWeight)
         }
     }
@@ -68,13 +68,13 @@ final class AttackTests: XCTestCase {
     }
 
     func testCandidatesAreWholeWordTokensThatTokenizeToThemselves() throws {
-        let attack = try PrefixTokenAttack(pipeline: try tinyPipeline())
+        let attack = try PrefixTokenAttack(pipeline: try Self.tinyPipeline())
         let names = attack.candidates.map { Self.vocabulary[$0] }
         XCTAssertEqual(names, ["a", "photo", "of", "shoe", "bag", "red", "blue", "shirt", "dress", "coat"])
     }
 
     func testProjectionReturnsTheNearestVocabularyRows() throws {
-        let attack = try PrefixTokenAttack(pipeline: try tinyPipeline())
+        let attack = try PrefixTokenAttack(pipeline: try Self.tinyPipeline())
         var generator = RandomGenerator(seed: 5)
         let continuous = generator.normal([4, 8])
         let (ids, projected) = attack.project(continuous)
@@ -96,16 +96,16 @@ final class AttackTests: XCTestCase {
     }
 
     func testOptimisationLowersTheDenoisingObjectiveAndTouchesOnlyThePrefix() throws {
-        let pipeline = try tinyPipeline()
+        let pipeline = try Self.tinyPipeline()
         let attack = try PrefixTokenAttack(pipeline: pipeline)
         let flags = pipeline.unet.parameters().map(\.requiresGrad) + attack.encoder.model.parameters().map(\.requiresGrad)
-        var config = UnlearnDiffAtkConfig()
+        var config = UnlearnDiffAtkConfig(budget: .fast)
         config.steps = 40
         config.learningRate = 0.1
         config.project = false
         config.judgeWeight = 0
         var generator = RandomGenerator(seed: 11)
-        let found = attack.optimise(prompt: "a photo of a shoe", target: targetImage(), concept: 1, judge: nil, config: config,
+        let found = attack.optimise(prompt: "a photo of a shoe", target: Self.targetImage(), concept: 1, judge: nil, config: config,
                                     generator: &generator)
         let before = fixedObjective(attack, prefix: rows(attack, found.startIds), judge: nil, judgeWeight: 0).denoising
         let after = fixedObjective(attack, prefix: found.continuous, judge: nil, judgeWeight: 0).denoising
@@ -118,15 +118,15 @@ final class AttackTests: XCTestCase {
     }
 
     func testJudgeTermRaisesTheConceptProbabilityOnTheCleanEstimate() throws {
-        let attack = try PrefixTokenAttack(pipeline: try tinyPipeline())
+        let attack = try PrefixTokenAttack(pipeline: try Self.tinyPipeline())
         let judge = TinyJudge()
-        var config = UnlearnDiffAtkConfig()
+        var config = UnlearnDiffAtkConfig(budget: .fast)
         config.steps = 40
         config.learningRate = 0.1
         config.project = false
         config.judgeWeight = 10
         var generator = RandomGenerator(seed: 12)
-        let found = attack.optimise(prompt: "a photo of a shoe", target: targetImage(), concept: 1, judge: judge, config: config,
+        let found = attack.optimise(prompt: "a photo of a shoe", target: Self.targetImage(), concept: 1, judge: judge, config: config,
                                     generator: &generator)
         let before = fixedObjective(attack, prefix: rows(attack, found.startIds), judge: judge, judgeWeight: 10)
         let after = fixedObjective(attack, prefix: found.continuous, judge: judge, judgeWeight: 10)
@@ -139,12 +139,12 @@ final class AttackTests: XCTestCase {
     }
 
     func testProjectedPrefixIsARealTokenString() throws {
-        let attack = try PrefixTokenAttack(pipeline: try tinyPipeline())
-        var config = UnlearnDiffAtkConfig()
+        let attack = try PrefixTokenAttack(pipeline: try Self.tinyPipeline())
+        var config = UnlearnDiffAtkConfig(budget: .fast)
         config.steps = 5
         config.tokens = 3
         var generator = RandomGenerator(seed: 13)
-        let found = attack.optimise(prompt: "a photo of a shoe", target: targetImage(), concept: 1, judge: TinyJudge(), config: config,
+        let found = attack.optimise(prompt: "a photo of a shoe", target: Self.targetImage(), concept: 1, judge: TinyJudge(), config: config,
                                     generator: &generator)
         XCTAssertEqual(found.tokenIds.count, 3)
         XCTAssertTrue(found.tokenIds.allSatisfy(attack.candidates.contains))
@@ -155,7 +155,7 @@ final class AttackTests: XCTestCase {
     }
 
     func testContinuousGenerationMatchesThePipelineForVocabularyEmbeddings() throws {
-        let pipeline = try tinyPipeline()
+        let pipeline = try Self.tinyPipeline()
         let attack = try PrefixTokenAttack(pipeline: pipeline)
         let ids = [attack.encoder.tokenizer.id(of: "red")!, attack.encoder.tokenizer.id(of: "coat")!]
         let fromEmbeddings = try attack.generate(prefix: rows(attack, ids), prompt: "a shoe", steps: 4, guidance: 3, seed: 5, index: 2)
@@ -187,7 +187,7 @@ final class AttackTests: XCTestCase {
     }
 
     func testConfigValidationNamesTheFlag() {
-        var config = UnlearnDiffAtkConfig()
+        var config = UnlearnDiffAtkConfig(budget: .fast)
         config.tokens = 0
         XCTAssertThrowsError(try config.validate()) { XCTAssertTrue("\($0)".contains("--tokens")) }
     }

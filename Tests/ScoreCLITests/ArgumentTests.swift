@@ -138,6 +138,12 @@ final class ArgumentTests: XCTestCase {
         assertRefused(base + ["--attack", "paraphrase", "--seeds-per-prompt", "0"], mentioning: "--seeds-per-prompt")
         assertRefused(base + ["--attack", "unlearndiffatk", "--instances", "0"], mentioning: "--instances")
         XCTAssertNoThrow(try parse(base + ["--attack", "unlearndiffatk", "--judge", "mlp", "--attack-judge", "mlp", "--judge-weight", "0"]))
+        assertRefused(base + ["--attack", "unlearndiffatk", "--attack-budget", "slow"], mentioning: "--attack-budget")
+        assertRefused(base + ["--attack", "unlearndiffatk", "--attack-target", "dream"], mentioning: "--attack-target")
+        assertRefused(base + ["--attack", "inversion", "--instances", "0"], mentioning: "--instances")
+        assertRefused(base + ["--attack", "ring-a-bell", "--tokens", "0"], mentioning: "--tokens")
+        for attack in ["inversion", "ring-a-bell", "cce"] { XCTAssertNoThrow(try parse(base + ["--attack", attack])) }
+        XCTAssertNoThrow(try parse(base + ["--attack", "unlearndiffatk", "--attack-budget", "fast"]))
     }
 
     func testBenchmarkChecks() {
