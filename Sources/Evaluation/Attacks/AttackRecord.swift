@@ -1,3 +1,4 @@
+import Erasure
 import Foundation
 
 // What every attack records beside its own details: the budget it ran with and its attack
@@ -49,15 +50,17 @@ public struct AttackSummary: Codable, Sendable, Equatable {
     }
 }
 
-/// The Wilson score interval of a binomial proportion (z = 1.96: 95%); (0, 1) without trials.
-/// Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n successes.
-public func wilsonInterval(successes: Int, trials: Int, z: Double = 1.959964) -> (low: Double, high: Double) {
-    guard trials > 0 else { return (0, 1) }
-    let n = Double(trials), p = Double(successes) / n
-    let denominator = 1 + z * z / n
-    let centre = (p + z * z / (2 * n)) / denominator
-    let half = z * (p * (1 - p) / n + z * z / (4 * n * n)).squareRoot() / denominator
-    return (max(0, centre - half), min(1, centre + half))
+/// The checks of the sampler and scoring judge every attack's settings share.
+func validateAttackSampling(steps: Int, guidance: Float, judge: String) throws {
+    guard steps >= 1 else { throw EvaluationError.invalidSetting("--sampling-steps must be at least 1, got \(steps)") }
+    guard guidance.isFinite else { throw EvaluationError.invalidSetting("--guidance must be a number, got \(guidance)") }
+    guard ["cnn", "mlp"].contains(judge) else { throw EvaluationError.invalidSetting("--judge must be cnn or mlp, not '\(judge)'") }
+}
+
+/// The 95% Wilson score interval of `successes` / `trials` (the leakage estimate's): unlike the
+/// normal approximation it stays inside [0, 1] and is not empty at 0 or n successes.
+public func wilsonInterval(successes: Int, trials: Int) -> (low: Double, high: Double) {
+    Leakage.wilsonInterval(successes: Double(successes), samples: trials)
 }
 
 /// "62.5% [30.6, 86.3]" for a table cell: the pooled successes over the pooled trials of

@@ -41,8 +41,7 @@ public struct CCEConfig: Codable, Sendable, Equatable {
         try check(batch >= 1, "--timesteps-per-step (batch) must be at least 1, got \(batch)")
         try check(learningRate > 0 && learningRate.isFinite, "--lr must be positive, got \(learningRate)")
         try check(samples >= 1, "--seeds-per-prompt (samples) must be at least 1, got \(samples)")
-        try check(samplingSteps >= 1, "--sampling-steps must be at least 1, got \(samplingSteps)")
-        try check(["cnn", "mlp"].contains(judge), "--judge must be cnn or mlp, not '\(judge)'")
+        try validateAttackSampling(steps: samplingSteps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget {

@@ -32,9 +32,7 @@ public struct InversionAttackConfig: Codable, Sendable, Equatable {
     public func validate() throws {
         func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
         try check(images >= 1, "--instances must be at least 1, got \(images)")
-        try check(steps >= 1, "--sampling-steps must be at least 1, got \(steps)")
-        try check(guidance.isFinite, "--guidance must be a number, got \(guidance)")
-        try check(["cnn", "mlp"].contains(judge), "--judge must be cnn or mlp, not '\(judge)'")
+        try validateAttackSampling(steps: steps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget { AttackBudget(mode: "testbed", steps: steps, instances: images, seeds: 1) }

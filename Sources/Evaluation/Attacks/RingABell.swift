@@ -47,8 +47,7 @@ public struct RingABellConfig: Codable, Sendable, Equatable {
         try check(generations >= 1, "--steps (generations) must be at least 1, got \(generations)")
         try check((0...1).contains(mutationRate) && (0...1).contains(crossoverRate), "mutation and crossover rates must lie in [0, 1]")
         try check(strength.isFinite, "--strength must be a number, got \(strength)")
-        try check(samplingSteps >= 1, "--sampling-steps must be at least 1, got \(samplingSteps)")
-        try check(["cnn", "mlp"].contains(judge), "--judge must be cnn or mlp, not '\(judge)'")
+        try validateAttackSampling(steps: samplingSteps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget {
