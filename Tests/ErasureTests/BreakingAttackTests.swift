@@ -87,11 +87,11 @@ final class BreakingAttackTests: XCTestCase {
             var generator = RandomGenerator(seed: 21)
             var checked: [Int] = []
             let found = attack.optimise(prompt: "a photo of a shoe", target: AttackTests.targetImage(), concept: 1, judge: nil,
-                                        config: config, generator: &generator) { block, ids in
+                                        config: config, generator: &generator, check: { block, ids in
                 XCTAssertEqual(ids.count, 3)
                 checked.append(block)
                 return block == stopAt
-            }
+            })
             return (found, checked)
         }
         let (all, checkedAll) = run(stopAt: nil)
