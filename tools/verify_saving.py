@@ -19,7 +19,7 @@ Checks, each printed with its error:
   3. pytorch_lora_weights.safetensors:
      a. StableDiffusionPipeline.load_lora_weights accepts it (UNet and text encoder), with the
         ranks / scales of the metadata; the UNet's output with the adapter equals Swift's
-        mergeLoRA output (out_merged), and again after pipe.fuse_lora();
+        LoRA.merge output (out_merged), and again after pipe.fuse_lora();
      b. PEFT: LoraConfig from the metadata, inject_adapter_in_model, set_peft_model_state_dict
         with no unexpected keys; same output;
      c. the text encoder's LoRA: the adapter sits on the module named in the file, with scale alpha/r.
@@ -117,7 +117,7 @@ def main(export):
                    for n, (r, s) in scales.items())
     check("load_lora_weights: UNet ranks and scales", ranks_ok)
     err = rel(run(unet, io), io["out_merged"])
-    check("load_lora_weights: UNet output vs Swift mergeLoRA", err < 1e-5, f"rel err {err:.2e}")
+    check("load_lora_weights: UNet output vs Swift LoRA.merge", err < 1e-5, f"rel err {err:.2e}")
     te_layers = {n: (m.r["swift"], m.scaling["swift"]) for n, m in pipe.text_encoder.named_modules()
                  if hasattr(m, "lora_A") and "swift" in m.lora_A}
     check("load_lora_weights: text encoder modules",
@@ -127,7 +127,7 @@ def main(export):
     pipe.fuse_lora()
     pipe.unload_lora_weights()
     err = rel(run(pipe.unet.eval(), io), io["out_merged"])
-    check("fuse_lora: UNet output vs Swift mergeLoRA", err < 1e-5, f"rel err {err:.2e}")
+    check("fuse_lora: UNet output vs Swift LoRA.merge", err < 1e-5, f"rel err {err:.2e}")
 
     # b. PEFT directly.
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
@@ -139,7 +139,7 @@ def main(export):
     unexpected = getattr(result, "unexpected_keys", [])
     check("PEFT set_peft_model_state_dict: keys", not unexpected, str(unexpected))
     err = rel(run(unet, io), io["out_merged"])
-    check("PEFT: UNet output vs Swift mergeLoRA", err < 1e-5, f"rel err {err:.2e}")
+    check("PEFT: UNet output vs Swift LoRA.merge", err < 1e-5, f"rel err {err:.2e}")
 
     print("all checks passed" if not failures else f"{len(failures)} FAILED: {failures}")
     return 1 if failures else 0

@@ -22,6 +22,8 @@ public struct GenerationRun: Sendable {
     public var scheduler: SamplerName?
     /// The weights variant of a diffusers `--model` folder (diffusers' `variant=`; nil: the plain weights).
     public var variant: String?
+    /// LoRA files merged into the model's weights, in order.
+    public var loras: [LoRAFile] = []
     public var numImages = 1
     public var gridRows: Int?
     public var height: Int?
@@ -72,6 +74,7 @@ public struct GenerationRun: Sendable {
         try validate()
         let started = Date()
         let pipeline = try ModelLoader.load(model, variant: variant, assets: assets).pipeline
+        try pipeline.merge(loras)
         if let scheduler { pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(scheduler, config: pipeline.scheduler.config) }
         let height = self.height ?? pipeline.defaultHeight, width = self.width ?? pipeline.defaultWidth
         let guidance = self.guidance ?? (model == nil ? DefaultModel.guidance : Self.folderGuidance)

@@ -14,6 +14,13 @@ public struct LoadedModel {
     public var manifest: ErasedModel.Manifest?
     /// The run.json of the `score erase` run whose model/ this is (checked to carry its run id).
     public var record: ErasureRecord? = nil
+
+    /// Merges `loras` into the pipeline's weights (`--lora`), and names them in `name`.
+    public mutating func merge(_ loras: [LoRAFile]) throws {
+        guard !loras.isEmpty else { return }
+        try pipeline.merge(loras)
+        name += loras.map { " + LoRA \($0.path)" + ($0.scale == 1 ? "" : " × \($0.scale)") }.joined()
+    }
 }
 
 /// Resolves every `--model` the tool accepts: nothing (the embedded mini-SD), a testbed folder

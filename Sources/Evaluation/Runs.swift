@@ -91,6 +91,8 @@ public struct EvaluationRun {
     public var leakage: LeakageOptions? = LeakageOptions()
     /// Report folder (nil: `<model>/../report`).
     public var reportFolder: String?
+    /// LoRA files merged into the erased model's weights (not the original's), in order.
+    public var loras: [LoRAFile] = []
 
     public init(model: String, concept: String) {
         self.model = model
@@ -110,7 +112,8 @@ public struct EvaluationRun {
 
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> ObjectEvaluation {
         try validate()
-        let erased = try ModelLoader.load(model, variant: variant, assets: assets)
+        var erased = try ModelLoader.load(model, variant: variant, assets: assets)
+        try erased.merge(loras)
         let base = original ?? erased.manifest.flatMap { $0.base_model == "embedded" ? nil : $0.base_model }
         let baseVariant = variant ?? erased.manifest?.base_variant
         let reference = original != nil || erased.manifest != nil ? try ModelLoader.load(base, variant: base == nil ? nil : baseVariant, assets: assets) : nil
@@ -154,6 +157,8 @@ public struct AttackRun {
     /// The un-erased model (UnlearnDiffAtk's target images, inversion's reference, P4D); nil: the
     /// erased model's base_model, or the embedded mini-SD.
     public var original: String?
+    /// LoRA files merged into the attacked model's weights, in order.
+    public var loras: [LoRAFile] = []
 
     public init(kind: Kind, model: String?, concept: String) {
         self.kind = kind
@@ -213,7 +218,8 @@ public struct AttackRun {
         try validate()
         let prompts = try FashionPrompts.bundled()
         let label = try Workflows.testbedLabel(concept)
-        let loaded = try ModelLoader.load(model, variant: variant, assets: assets)
+        var loaded = try ModelLoader.load(model, variant: variant, assets: assets)
+        try loaded.merge(loras)
         let scorer = try DefaultModel.judge(paraphrase.judge)
         let folder = output.map { URL(fileURLWithPath: $0) }
         switch kind {

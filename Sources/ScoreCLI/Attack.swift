@@ -48,10 +48,12 @@ struct Attack: ParsableCommand {
     @Flag(help: "unlearndiffatk: optimise continuous embeddings only and project at the end (no PEZ projection in the loop).") var noProjection = false
     @Flag(help: "unlearndiffatk: also attack instances broken before (sanity check on an un-erased model).") var attackBroken = false
     @Option(help: "unlearndiffatk: a plain prompt to attack instead of the class's prompts (repeat for several).") var prompt: [String] = []
+    @OptionGroup var lora: LoRAOptions
     @OptionGroup var compute: ComputeOptions
 
     func attackRun() -> AttackRun {
         var run = AttackRun(kind: attack, model: model, concept: concept)
+        run.loras = lora.files
         run.output = out
         run.variant = variant
         run.original = original

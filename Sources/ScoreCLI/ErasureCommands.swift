@@ -300,10 +300,12 @@ struct Evaluate: ParsableCommand {
     @Flag(help: "Do not estimate the leakage when run.json has none.") var noLeakage = false
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var leakage: LeakageFlags
+    @OptionGroup var lora: LoRAOptions
     @OptionGroup var compute: ComputeOptions
 
     func evaluation() -> EvaluationRun {
         var run = EvaluationRun(model: model, concept: concept)
+        run.loras = lora.files
         run.original = original
         run.variant = variant
         run.reportFolder = out

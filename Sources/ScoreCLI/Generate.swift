@@ -36,10 +36,12 @@ struct Generate: ParsableCommand {
     @Option(help: "Rows of the grid (default: one row).") var gridRows: Int?
     @Option(help: "Image height in pixels (default: the model's).") var height: Int?
     @Option(help: "Image width in pixels (default: the model's).") var width: Int?
+    @OptionGroup var lora: LoRAOptions
     @OptionGroup var compute: ComputeOptions
 
     func generation() -> GenerationRun {
         var run = GenerationRun(output: out)
+        run.loras = lora.files
         run.model = model
         run.prompt = prompt
         run.grid = grid

@@ -5,7 +5,7 @@ import NN
 import SafeTensors
 import Tensor
 
-/// Saving models in diffusers layout, changed-tensors files, LoRA files and merging.
+/// Saving models in diffusers layout and changed-tensors files (LoRA files: LoRATests).
 /// tools/verify_saving.py checks the same files with diffusers / PEFT (see `testExportForDiffusers`).
 final class SavingTests: XCTestCase {
     let toK = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
@@ -127,100 +127,6 @@ final class SavingTests: XCTestCase {
         expectError(try changedParameterNames(base, reference: clip), mentioning: ["reference"], "other model")
     }
 
-    // MARK: LoRA
-
-    func loraFactors(seed: UInt64) -> [String: LoRAFactors] {
-        var g = RandomGenerator(seed: seed)
-        return [
-            toK: LoRAFactors(down: g.normal([4, 24]), up: g.normal([16, 4]), alpha: 4),     // to_k: 24 (cross) → 16
-            toV: LoRAFactors(down: g.normal([4, 24]), up: g.normal([16, 4]), alpha: 4),     // up block: 24 → 16
-            projIn: LoRAFactors(down: g.normal([2, 16, 1, 1]), up: g.normal([16, 2, 1, 1]), alpha: 1),
-        ]
-    }
-
-    func testLoRAFileHasDiffusersPEFTKeysAndConfig() throws {
-        let dir = try temporaryDirectory(self)
-        let unetFactors = loraFactors(seed: 2)
-        var g = RandomGenerator(seed: 3)
-        let textFactors = ["encoder.layers.0.self_attn.q_proj": LoRAFactors(down: g.normal([4, 32]), up: g.normal([32, 4]), alpha: 8)]
-        let file = dir.appendingPathComponent("pytorch_lora_weights.safetensors")
-        try saveLoRA([.unet: unetFactors, .textEncoder: textFactors], to: file)
-
-        let archive = try TensorArchive(contentsOf: file)
-        XCTAssertEqual(Set(archive.names), [
-            "unet.\(toK).lora_A.weight", "unet.\(toK).lora_B.weight",
-            "unet.\(toV).lora_A.weight", "unet.\(toV).lora_B.weight",
-            "unet.\(projIn).lora_A.weight", "unet.\(projIn).lora_B.weight",
-            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight",
-            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight",
-        ])
-        XCTAssertEqual(try archive.shape("unet.\(toK).lora_A.weight"), [4, 24])
-        XCTAssertEqual(try archive.shape("unet.\(toK).lora_B.weight"), [16, 4])
-        XCTAssertEqual(try archive.shape("unet.\(projIn).lora_B.weight"), [16, 2, 1, 1])
-        XCTAssertEqual(archive.metadata["format"], "pt")
-        let config = try JSONSerialization.jsonObject(with: Data(archive.metadata["lora_adapter_metadata"]!.utf8)) as! [String: Any]
-        XCTAssertEqual(config["unet.r"] as? Int, 4)
-        XCTAssertEqual(config["unet.lora_alpha"] as? Int, 4)
-        XCTAssertEqual(config["unet.rank_pattern"] as? [String: Int], [projIn: 2])
-        XCTAssertEqual(config["unet.alpha_pattern"] as? [String: Int], [projIn: 1])
-        XCTAssertEqual(config["unet.target_modules"] as? [String], [toK, projIn, toV].sorted())
-        XCTAssertEqual(config["text_encoder.r"] as? Int, 4)
-        XCTAssertEqual(config["text_encoder.lora_alpha"] as? Int, 8)
-        // Without `text_model.`: PEFT matches suffixes, so transformers 4 and 5 both find the module.
-        XCTAssertEqual(config["text_encoder.target_modules"] as? [String], ["encoder.layers.0.self_attn.q_proj"])
-
-        // Read back: same factors, alphas from the metadata, CLIP paths without `text_model.`.
-        let loaded = try loadLoRA(from: file)
-        XCTAssertEqual(Set(loaded[.unet]!.keys), Set(unetFactors.keys))
-        for (path, lora) in unetFactors {
-            assertSameBits(loaded[.unet]![path]!.down, lora.down, path)
-            assertSameBits(loaded[.unet]![path]!.up, lora.up, path)
-            XCTAssertEqual(loaded[.unet]![path]!.alpha, lora.alpha, path)
-        }
-        XCTAssertEqual(loaded[.textEncoder]?["encoder.layers.0.self_attn.q_proj"]?.alpha, 8)
-
-        expectError(try saveLoRA([.unet: [toK: LoRAFactors(down: g.normal([4, 24]), up: g.normal([16, 3]), alpha: 1)]],
-                                 to: dir.appendingPathComponent("bad.safetensors")),
-                    mentioning: [toK, "[16, 3]"], "rank mismatch")
-    }
-
-    func testMergeLoRAAddsScaledProduct() throws {
-        let unet = try tinyUNet(), reference = try tinyUNet()
-        var factors = loraFactors(seed: 5)
-        factors[toK]!.alpha = 2
-        try mergeLoRA(factors, into: unet, scale: 0.5)
-        let merged = unet.stateDict(), base = reference.stateDict()
-        for (path, lora) in factors {
-            let w = merged[path + ".weight"]!, w0 = base[path + ".weight"]!
-            let (out, r) = (lora.up.shape[0], lora.rank)
-            let inCount = lora.down.count / r
-            // W' = W + 0.5 · (alpha/r) · B·A, written out element by element.
-            var expected = w0.scalars
-            let a = lora.down.scalars, b = lora.up.scalars
-            for o in 0..<out {
-                for i in 0..<inCount {
-                    var sum: Float = 0
-                    for k in 0..<r { sum += b[o * r + k] * a[k * inCount + i] }
-                    expected[o * inCount + i] += 0.5 * lora.alpha / Float(r) * sum
-                }
-            }
-            assertClose(w, Tensor(shape: w0.shape, scalars: expected), tolerance: 1e-6, path)
-        }
-        for name in base.keys where !factors.keys.contains(where: { name == $0 + ".weight" }) {
-            assertSameBits(merged[name]!, base[name]!, name)
-        }
-        // Unknown module or wrong shape: an error, and no weight changes.
-        let untouched = try tinyUNet()
-        var g = RandomGenerator(seed: 6)
-        expectError(try mergeLoRA([toK: LoRAFactors(down: g.normal([2, 24]), up: g.normal([16, 2]), alpha: 1),
-                                   "down_blocks.9.nothing": LoRAFactors(down: g.normal([2, 24]), up: g.normal([16, 2]), alpha: 1)],
-                                  into: untouched),
-                    mentioning: ["down_blocks.9.nothing.weight"], "unknown module")
-        expectError(try mergeLoRA([toK: LoRAFactors(down: g.normal([2, 32]), up: g.normal([16, 2]), alpha: 1)], into: untouched),
-                    mentioning: [toK, "[16, 24]", "[16, 32]"], "shape")
-        assertSameParameters(untouched, reference)
-    }
-
     // MARK: Files for tools/verify_saving.py
 
     /// With SCORE_EXPORT_DIR set, writes the files tools/verify_saving.py checks with diffusers:
@@ -239,13 +145,14 @@ final class SavingTests: XCTestCase {
         try edited.save(to: dir.appendingPathComponent("unet_f16"), dtype: .f16)
         try saveChangedWeights(of: edited, reference: base, to: dir.appendingPathComponent("unet_changed.safetensors"))
 
-        var factors = loraFactors(seed: 7)
+        var factors = LoRATests.factors(seed: 7)
         for key in factors.keys { factors[key]!.up = factors[key]!.up * 0.05 }
         var g = RandomGenerator(seed: 8)
         let textFactors = ["encoder.layers.1.self_attn.v_proj": LoRAFactors(down: g.normal([2, 32]), up: g.normal([32, 2]) * 0.05, alpha: 4)]
-        try saveLoRA([.unet: factors, .textEncoder: textFactors], to: dir.appendingPathComponent("pytorch_lora_weights.safetensors"))
+        try LoRA([.unet: factors, .textEncoder: textFactors]).write(to: dir.appendingPathComponent("pytorch_lora_weights.safetensors"),
+                                                                  layout: .peft)
         let merged = try tinyUNet()
-        try mergeLoRA(factors, into: merged)
+        try LoRA([.unet: factors]).merge(into: [.unet: merged])
 
         let clip = try CLIPTextModel.load(from: Fixtures.folder("text/clip_sd1/text_encoder"))
         perturb(clip, ["encoder.layers.1.self_attn.v_proj.weight", "final_layer_norm.bias"])
