@@ -22,6 +22,33 @@ public func cleanEstimate(latents: Tensor, noise: Tensor, timesteps: [Int], alph
     return (latents - noise * noiseScale) * inverseSignal
 }
 
+/// Classifier-free guidance's ε̂ = ε(∅) + w·(ε(c) − ε(∅)), as the sampler forms it
+/// (`StableDiffusionPipeline.denoise`); w = 1 gives ε(c) itself.
+public func guidedNoise(conditional: Tensor, unconditional: Tensor, guidance: Float) -> Tensor {
+    guidance == 1 ? conditional : unconditional + (conditional - unconditional) * guidance
+}
+
+/// x̂₀ of the guided ε̂ for zₜ on `prompts` (caption indices into `table`), against its
+/// `unconditional` caption: one UNet pass over [c; ∅] (just [c] when guidance is 1), with the
+/// pipeline's UNet or `model`.
+func guidedCleanEstimate(pipeline: StableDiffusionPipeline, model: UNet2DConditionModel?, table: CaptionTable, latents: Tensor,
+                         timesteps: [Int], prompts: [Int], unconditional: Int, guidance: Float) -> Tensor {
+    let guided = guidance != 1 && prompts.contains { $0 != unconditional }
+    let n = prompts.count
+    let states = table.batch(guided ? prompts + Array(repeating: unconditional, count: n) : prompts)
+    let eps = pipeline.predictNoise(latents: guided ? Tensor.concat([latents, latents], axis: 0) : latents,
+                                    timesteps: guided ? timesteps + timesteps : timesteps,
+                                    states: states.states, mask: states.mask, model: model)
+    let noise: Tensor
+    if guided {
+        let parts = eps.split(sizes: [n, n], axis: 0)
+        noise = guidedNoise(conditional: parts[0], unconditional: parts[1], guidance: guidance)
+    } else {
+        noise = eps
+    }
+    return cleanEstimate(latents: latents, noise: noise, timesteps: timesteps, alphasCumprod: pipeline.scheduler.alphasCumprod)
+}
+
 /// Draws `count` indices from `candidates`, uniformly with replacement.
 func draw(_ count: Int, from candidates: [Int], generator: inout RandomGenerator) -> [Int] {
     precondition(!candidates.isEmpty, "draw: no candidates")

@@ -25,6 +25,17 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     public var trainable: TrainableSet = .full
 
     // Loss
+    /// Which game the critic and the adversarial term play (docs/METHOD.md, SCORE §1).
+    public var objective: SCOREObjective = .negativeGuidance
+    /// What the critic's class 0 is drawn from under the independence objective: the request's
+    /// anchors ("" by default, what the leakage estimate compares with) or the retained prompts
+    /// (a mixture without the concept).
+    public var gameReference: GameReference = .anchors
+    /// The guidance of the critic's x̂₀ under the independence objective: the user's.
+    public var criticGuidance = StableDiffusionPipeline.defaultGuidance
+    /// The independence objective plays (and erases) at gameMinTimestep ≤ t ≤ t′ only: below it
+    /// x̂₀ is mostly zₜ itself, which the model cannot move (docs/METHOD.md gives the measurement).
+    public var gameMinTimestep = 400
     public var lambdaAdversarial: Float = 0.1
     public var lambdaErase: Float = 1
     /// 3, not 1: with 1 the retained classes lost 12% of their accuracy on the testbed.
@@ -73,6 +84,48 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
 
     public init() {}
 
+    /// The independence game (docs/METHOD.md, SCORE §1) with the settings the sneaker runs
+    /// chose: the critic on the guided x̂₀ at 400 ≤ t ≤ t′ against θ₀ on the anchors (what the
+    /// leakage estimate compares with),
+    /// the non-saturating loss at λ_adv 1, a critic at lr 2e-4, and the erase term at λ_er 1,
+    /// η 1; every other key as `self`.
+    public var independenceObjective: SCOREConfig {
+        var c = self
+        c.objective = .independence
+        c.gameReference = .anchors
+        c.criticGuidance = StableDiffusionPipeline.defaultGuidance
+        c.gameMinTimestep = 400
+        c.lambdaAdversarial = 1
+        c.adversarialForm = .nonSaturating
+        c.criticLearningRate = 2e-4
+        c.criticSteps = 2
+        c.criticWidth = 32
+        c.lambdaErase = 1
+        c.eta = 1
+        return c
+    }
+
+    /// The first design (docs/METHOD.md, SCORE §1): the critic on the unguided x̂₀ at every
+    /// t ≤ t′ against the anchors, the confusion loss at λ_adv 0.1, and
+    /// the negative-guidance erase term at η 1 doing the erasing; every other key as `self`.
+    public var negativeGuidanceObjective: SCOREConfig {
+        var c = self
+        c.objective = .negativeGuidance
+        // What the independence keys read as for this game (they do not act under it), pinned so
+        // that the preset is the same whatever their defaults.
+        c.gameReference = .anchors
+        c.criticGuidance = 1
+        c.gameMinTimestep = 0
+        c.lambdaAdversarial = 0.1
+        c.lambdaErase = 1
+        c.eta = 1
+        c.adversarialForm = .confusion
+        c.criticLearningRate = 1e-4
+        c.criticSteps = 2
+        c.criticWidth = 32
+        return c
+    }
+
     /// The defaults with a JSON file's keys over them; an unknown key or a value of the wrong
     /// type is an error naming the file and the key.
     public static func load(_ url: URL, over base: SCOREConfig = SCOREConfig()) throws -> SCOREConfig {
@@ -95,8 +148,30 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
         try check(checkpointEvery >= 1, "checkpointEvery must be at least 1")
         try check(criticWidth >= 1, "criticWidth must be at least 1, not \(criticWidth)")
         // With no seeds there is no gradient to rank, so no mask: every parameter would train.
+        try check(criticGuidance >= 1, "criticGuidance must be at least 1, not \(criticGuidance)")
+        try check(objective == .negativeGuidance || (gameMinTimestep >= 0 && gameMinTimestep < splitTimestep),
+                  "gameMinTimestep (\(gameMinTimestep)) must be in [0, splitTimestep (\(splitTimestep)))")
         try check(saliencySeeds >= 1, "saliencySeeds must be at least 1, not \(saliencySeeds) (saliencyRatio 1 turns the mask off)")
     }
+}
+
+/// The game SCORE's critic and adversarial term play (docs/METHOD.md, SCORE §1).
+public enum SCOREObjective: String, Codable, Sendable, CaseIterable {
+    /// The critic judges the x̂₀ users sample through, from the *guided* ε̂ at `criticGuidance`,
+    /// at gameMinTimestep ≤ t ≤ t′, against θ₀'s guided x̂₀ on `gameReference`'s prompts.
+    case independence
+    /// The first design: the critic judges the unguided x̂₀ at any t ≤ t′ against θ₀'s x̂₀ on
+    /// the anchors; erasure comes from the negative-guidance erase term.
+    case negativeGuidance = "negative-guidance"
+}
+
+/// The prompts whose θ₀ outputs the independence game's critic takes as class 0.
+public enum GameReference: String, Codable, Sendable, CaseIterable {
+    /// The retained prompts: a mixture of images without the concept.
+    case retained
+    /// The request's anchors ("" on the testbed: the unconditional mixture, which still holds
+    /// the concept at its own rate).
+    case anchors
 }
 
 /// SCORE: erasure as adversarial independence (docs/METHOD.md). Per step: n_D critic steps on
@@ -140,9 +215,13 @@ final class SCORERun: FineTuning {
     /// is steered towards anchor k mod count).
     let targetIndices: [[Int]]
     let anchorIndices: [[Int]]
-    let anchorPools: [TrajectoryPool]
-    /// x̂₀ of θ₀ on the anchor prompt for every late entry of the anchor pool (fixed: θ₀ is frozen).
-    let anchorEstimates: [(estimates: Tensor, timesteps: [Int])]
+    /// Per concept: the prompts of the critic's class 0 (the anchors, or the retained prompts).
+    let referenceIndices: [[Int]]
+    /// θ₀'s trajectories on each concept's reference prompts.
+    let referencePools: [TrajectoryPool]
+    /// θ₀'s x̂₀ (guided at `criticGuidance` under the independence objective) for every game-window
+    /// entry of the reference pool (fixed: θ₀ is frozen): the critic's class 0.
+    let referenceEstimates: [(estimates: Tensor, timesteps: [Int])]
     let retainPool: TrajectoryPool
     var targetPools: [TrajectoryPool]
     let critics: [CriticTrainer]
@@ -154,6 +233,10 @@ final class SCORERun: FineTuning {
     typealias Config = SCOREConfig
     static let method = "score"
     var model: Module { pipeline.unet }
+
+    var independence: Bool { config.objective == .independence }
+    /// The timesteps the erase and adversarial terms (and the critic) act at.
+    var gameWindow: ClosedRange<Int> { (independence ? config.gameMinTimestep : 0)...config.splitTimestep }
 
     init(config: SCOREConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline, log: (String) -> Void) throws {
         self.config = config
@@ -171,39 +254,48 @@ final class SCORERun: FineTuning {
         var captions = CaptionList()
         targetIndices = request.concepts.map { $0.targetPrompts.map { captions.index($0) } }
         anchorIndices = request.concepts.map { $0.anchors.map { captions.index($0) } }
-        let retainIndices = request.retainPrompts.map { captions.index($0) } + [captions.empty]
+        let retainPrompts = request.retainPrompts.map { captions.index($0) }
+        let retainIndices = retainPrompts + [captions.empty]
+        let useRetained = config.objective == .independence && config.gameReference == .retained && !retainPrompts.isEmpty
+        referenceIndices = useRetained ? request.concepts.map { _ in retainPrompts } : anchorIndices
         let table = CaptionTable(captions: captions.captions, encoder: pipeline.textEncoder)
         self.table = table
 
         // Pools from θ₀ (the pipeline's UNet is still θ₀ here, also when resuming: the
-        // checkpoint is loaded afterwards), each from its own noise streams.
+        // checkpoint is loaded afterwards), each from its own noise streams. The first target
+        // pool holds every target prompt at least once (stratified: prompt k mod count).
         let n = config.poolTrajectories
-        func cycle(_ indices: [Int], _ count: Int) -> [Int] { (0..<count).map { indices[$0 % indices.count] } }
         let started = Date()
-        var anchorPools: [TrajectoryPool] = [], targetPools: [TrajectoryPool] = []
+        var referencePools: [TrajectoryPool] = [], targetPools: [TrajectoryPool] = []
         for (c, concept) in request.concepts.enumerated() {
-            anchorPools.append(try TrajectoryPool.sample(
-                pipeline: pipeline, table: table, promptIndices: cycle(anchorIndices[c], n), unconditionalIndex: 0,
-                steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 101 &+ UInt64(c)))
+            referencePools.append(try TrajectoryPool.sample(
+                pipeline: pipeline, table: table, promptIndices: stratified(referenceIndices[c], max(n, referenceIndices[c].count)),
+                unconditionalIndex: 0, steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 101 &+ UInt64(c)))
             targetPools.append(try TrajectoryPool.sample(
-                pipeline: pipeline, table: table, promptIndices: cycle(targetIndices[c], n), unconditionalIndex: 0,
-                steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 201 &+ UInt64(c)))
-            log("sampled trajectory pools for '\(concept.name)': \(n) anchor + \(n) target trajectories × \(config.poolSteps) steps")
+                pipeline: pipeline, table: table, promptIndices: stratified(targetIndices[c], max(n, targetIndices[c].count)),
+                unconditionalIndex: 0, steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 201 &+ UInt64(c)))
+            log("sampled trajectory pools for '\(concept.name)': \(referencePools[c].trajectoryCount) reference + \(targetPools[c].trajectoryCount) target trajectories (\(targetIndices[c].count) target prompts) × \(config.poolSteps) steps")
         }
         retainPool = try TrajectoryPool.sample(
-            pipeline: pipeline, table: table, promptIndices: cycle(retainIndices, max(2 * n, retainIndices.count)),
+            pipeline: pipeline, table: table, promptIndices: stratified(retainIndices, max(2 * n, retainIndices.count)),
             unconditionalIndex: 0, steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 301)
         log(String(format: "sampled the retain pool (%d prompts incl. \"\") in %.0f s", retainIndices.count, Date().timeIntervalSince(started)))
-        self.anchorPools = anchorPools
+        self.referencePools = referencePools
         self.targetPools = targetPools
-        let split = config.splitTimestep
-        anchorEstimates = anchorPools.enumerated().map { c, pool in
-            let late = pool.indices { $0 <= split }
-            let (z, t, p) = pool.batch(late)
-            let states = table.batch(p)
-            let eps = noGrad { pipeline.predictNoise(latents: z, timesteps: t, states: states.states, mask: states.mask, model: frozen) }
-            return (cleanEstimate(latents: z, noise: eps, timesteps: t, alphasCumprod: pipeline.scheduler.alphasCumprod), t)
+        let window = (config.objective == .independence ? config.gameMinTimestep : 0)...config.splitTimestep
+        guard !targetPools[0].indices(where: { window.contains($0) }).isEmpty else {
+            throw ErasureError.invalidConfig("no step of the \(config.poolSteps)-step pools lies in the game window [\(window.lowerBound), \(window.upperBound)] (gameMinTimestep, splitTimestep)")
         }
+        let guidance = config.objective == .independence ? config.criticGuidance : 1
+        referenceEstimates = referencePools.map { pool in
+            let (z, t, p) = pool.batch(pool.indices { window.contains($0) })
+            let estimate = noGrad {
+                guidedCleanEstimate(pipeline: pipeline, model: frozen, table: table, latents: z, timesteps: t, prompts: p,
+                                    unconditional: 0, guidance: guidance)
+            }
+            return (estimate, t)
+        }
+        log(Self.estimateShares(pool: referencePools[0], pipeline: pipeline, model: frozen, table: table))
 
         let master = RandomGenerator(seed: config.seed)
         generator = master.fork(1)
@@ -227,14 +319,46 @@ final class SCORERun: FineTuning {
         }
     }
 
+    /// How much of x̂₀ the model's ε̂ decides, per timestep of a pool: the mean over its entries of
+    /// ‖(√(1−ᾱₜ)/√ᾱₜ)·ε̂‖ / ‖zₜ/√ᾱₜ‖ under θ₀ (unguided, on the entry's own prompt). Where it is
+    /// small, x̂₀ is zₜ rescaled, and no change of the model moves what a critic sees there.
+    static func estimateShares(pool: TrajectoryPool, pipeline: StableDiffusionPipeline, model: UNet2DConditionModel,
+                               table: CaptionTable) -> String {
+        let alphas = pipeline.scheduler.alphasCumprod
+        let steps = Array(Set(pool.timesteps)).sorted(by: >)
+        var parts: [String] = []
+        for t in steps {
+            let (z, ts, p) = pool.batch(pool.indices { $0 == t }.filter { pool.trajectories[$0] < 4 })
+            let states = table.batch(p)
+            let eps = noGrad { pipeline.predictNoise(latents: z, timesteps: ts, states: states.states, mask: states.mask, model: model) }
+            let a = alphas[t]
+            let noisePart = Double(eps.scalars.map { $0 * $0 }.reduce(0, +)).squareRoot() * ((1 - a) / a).squareRoot()
+            let statePart = Double(z.scalars.map { $0 * $0 }.reduce(0, +)).squareRoot() / a.squareRoot()
+            parts.append(String(format: "%d:%.2f", t, noisePart / statePart))
+        }
+        return "x̂₀'s model share ‖σ/α·ε̂‖/‖zₜ/α‖ by t: " + parts.joined(separator: " ")
+    }
+
     // MARK: Loss terms
 
-    /// The terms of one model step on concept `c` (recorded for autodiff).
-    struct Terms { var erase: Tensor; var trajectory: Tensor; var adversarial: Tensor }
+    /// One model step's batch: its inputs, θ₀'s references, and θ's prediction on
+    /// [late; early; retain] (recorded for autodiff).
+    struct Batch {
+        var zLate: Tensor, tLate: [Int]
+        var counts: (late: Int, early: Int, retain: Int)
+        var prediction: Tensor
+        var eraseTarget: Tensor
+        /// ε_θ₀(zₜ, ∅) on the late entries: the unconditional half of the guided ε̂.
+        var unconditional: Tensor
+        var frozenEarly: Tensor, frozenRetain: Tensor
+    }
 
-    func terms(concept c: Int, late: [Int], early: [Int], retain: [Int], adversarialTerm: Bool = true) -> Terms {
+    /// θ₀'s references and θ's prediction for the entries of concept `c`'s pools; `prompts`
+    /// replaces the late entries' prompts (the saliency's variants).
+    func batch(concept c: Int, late: [Int], early: [Int], retain: [Int], prompts: [Int]? = nil) -> Batch {
         let pool = targetPools[c]
-        let (zL, tL, pL) = pool.batch(late)
+        var (zL, tL, pL) = pool.batch(late)
+        if let prompts { pL = prompts }
         let (zE, tE, pE) = pool.batch(early)
         let (zR, tR, pR) = retainPool.batch(retain)
         let (nL, nE, nR) = (late.count, early.count, retain.count)
@@ -255,60 +379,78 @@ final class SCORERun: FineTuning {
         let parts = reference.split(sizes: sizes, axis: 0)
         let (conditional, unconditional) = (parts[0], parts[1])
         let anchor = anchorIsEmpty ? unconditional : parts[2]
-        let (frozenEarly, frozenRetain) = (parts[parts.count - 2], parts[parts.count - 1])
 
         // θ: one pass over [late; early; retain].
         let states = table.batch(pL + pE + pR)
         let latents = Tensor.concat([zL, zE, zR].filter { $0.shape[0] > 0 }, axis: 0)
         let prediction = pipeline.predictNoise(latents: latents, timesteps: tL + tE + tR, states: states.states, mask: states.mask)
-        let predicted = prediction.split(sizes: [nL, nE, nR], axis: 0)
+        return Batch(zLate: zL, tLate: tL, counts: (nL, nE, nR), prediction: prediction,
+                     eraseTarget: negativeGuidanceTarget(anchor: anchor, conditional: conditional, unconditional: unconditional, eta: config.eta),
+                     unconditional: unconditional, frozenEarly: parts[parts.count - 2], frozenRetain: parts[parts.count - 1])
+    }
 
-        let target = negativeGuidanceTarget(anchor: anchor, conditional: conditional, unconditional: unconditional, eta: config.eta)
-        let erase = mseLoss(predicted[0], target)
+    /// The three terms on a prediction of `batch`'s layout (θ's, or a leaf standing for it).
+    struct Terms { var erase: Tensor; var trajectory: Tensor; var adversarial: Tensor }
+
+    func terms(_ b: Batch, prediction: Tensor, concept c: Int, adversarialTerm: Bool = true) -> Terms {
+        let predicted = prediction.split(sizes: [b.counts.late, b.counts.early, b.counts.retain], axis: 0)
+        let erase = mseLoss(predicted[0], b.eraseTarget)
         var trajectory = Tensor(0)
-        if nR > 0 { trajectory = trajectory + mseLoss(predicted[2], frozenRetain) }
-        if nE > 0 { trajectory = trajectory + mseLoss(predicted[1], frozenEarly) }
+        if b.counts.retain > 0 { trajectory = trajectory + mseLoss(predicted[2], b.frozenRetain) }
+        if b.counts.early > 0 { trajectory = trajectory + mseLoss(predicted[1], b.frozenEarly) }
         var adversarial = Tensor(0)
         if adversarialTerm, config.lambdaAdversarial > 0 {
-            let estimate = cleanEstimate(latents: zL, noise: predicted[0], timesteps: tL, alphasCumprod: alphas)
-            adversarial = adversarialLoss(logits: critics[c].logitsForModel(estimate, timesteps: tL), form: config.adversarialForm)
+            adversarial = adversarialLoss(logits: critics[c].logitsForModel(modelEstimate(b, late: predicted[0]), timesteps: b.tLate),
+                                          form: config.adversarialForm)
         }
         return Terms(erase: erase, trajectory: trajectory, adversarial: adversarial)
     }
 
-    /// One critic step for concept `c`: target x̂₀ through the current model vs θ₀'s anchor x̂₀.
+    /// The x̂₀ the critic judges for the model's late prediction ε_θ(zₜ, c): under the
+    /// independence objective from the guided ε̂ = ε(∅) + w(ε_θ(c) − ε(∅)), whose unconditional
+    /// half is θ₀'s (the trajectory term keeps θ's ∅ prediction there; the critic's own samples
+    /// use θ's).
+    func modelEstimate(_ b: Batch, late: Tensor) -> Tensor {
+        let noise = independence ? guidedNoise(conditional: late, unconditional: b.unconditional, guidance: config.criticGuidance) : late
+        return cleanEstimate(latents: b.zLate, noise: noise, timesteps: b.tLate, alphasCumprod: alphas)
+    }
+
+    /// One critic step for concept `c`: the current model's x̂₀ on target prompts vs θ₀'s on the
+    /// reference prompts, both in the game window.
     @discardableResult
     func criticStep(concept c: Int) -> (loss: Float, accuracy: Float) {
         let half = config.criticBatchSize / 2
-        let late = targetPools[c].indices { $0 <= config.splitTimestep }
+        let window = gameWindow
+        let late = targetPools[c].indices { window.contains($0) }
         let (z, t, p) = targetPools[c].batch(draw(half, from: late, generator: &generator))
-        let states = table.batch(p)
         let estimate = noGrad {
-            cleanEstimate(latents: z, noise: pipeline.predictNoise(latents: z, timesteps: t, states: states.states, mask: states.mask),
-                          timesteps: t, alphasCumprod: alphas)
+            guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: t, prompts: p,
+                                unconditional: emptyIndex, guidance: independence ? config.criticGuidance : 1)
         }
-        let anchors = anchorEstimates[c]
-        let picked = draw(half, from: Array(anchors.timesteps.indices), generator: &generator)
-        let anchorBatch = gather(anchors.estimates, picked)
-        return critics[c].step(target: estimate, targetTimesteps: t, anchor: anchorBatch, anchorTimesteps: picked.map { anchors.timesteps[$0] })
+        let reference = referenceEstimates[c]
+        let picked = draw(half, from: Array(reference.timesteps.indices), generator: &generator)
+        return critics[c].step(target: estimate, targetTimesteps: t, anchor: gather(reference.estimates, picked),
+                               anchorTimesteps: picked.map { reference.timesteps[$0] })
     }
 
     // MARK: Saliency
 
-    /// Top-ρ masks of Σ |∂L_erase/∂θ| over target prompt variants × seeds, computed on θ₀.
+    /// Top-ρ masks of Σ |∂L_erase/∂θ| over every target prompt variant × seeds, computed on θ₀
+    /// at late entries of the variant's own trajectories (the first pool holds each variant).
     func saliencyMasks(generator seedGenerator: RandomGenerator) throws -> [String: Tensor] {
         var perRun: [[String: Tensor]] = []
         var summed: [String: Tensor] = [:]
         var g = seedGenerator
+        let window = gameWindow
         for c in request.concepts.indices {
             let pool = targetPools[c]
             for variant in targetIndices[c] {
-                let candidates = pool.indices { $0 <= config.splitTimestep }.filter { pool.prompts[$0] == variant }
+                let candidates = pool.indices { window.contains($0) }.filter { pool.prompts[$0] == variant }
                 guard !candidates.isEmpty else { continue }
                 for _ in 0..<config.saliencySeeds {
-                    let batch = draw(config.batchSize, from: candidates, generator: &g)
-                    let erase = terms(concept: c, late: batch, early: [], retain: [], adversarialTerm: false).erase
-                    erase.backward()
+                    let late = draw(config.batchSize, from: candidates, generator: &g)
+                    let b = batch(concept: c, late: late, early: [], retain: [])
+                    terms(b, prediction: b.prediction, concept: c, adversarialTerm: false).erase.backward()
                     var scores: [String: Tensor] = [:]
                     Saliency.accumulate(trainable, into: &scores)
                     Saliency.accumulate(trainable, into: &summed)
@@ -334,7 +476,10 @@ final class SCORERun: FineTuning {
     }
 
     /// Step `step` on its concept (round robin): n_D critic steps, then the model's terms on
-    /// batches drawn from the pools.
+    /// batches drawn from the pools. Each term is evaluated on its own detached copy of θ's
+    /// prediction, so its gradient at ε̂ is known apart (and its norm recorded); the model's
+    /// graph is then back-propagated once from their weighted sum, the same gradient as the
+    /// weighted sum of the terms.
     func losses(step: Int) throws -> StepLosses {
         let c = step % request.concepts.count
         let adversarial = config.lambdaAdversarial > 0
@@ -342,20 +487,50 @@ final class SCORERun: FineTuning {
         if adversarial {
             for _ in 0..<config.criticSteps { critic = criticStep(concept: c) }
         }
+        let entries = drawEntries(concept: c)
+        let b = batch(concept: c, late: entries.late, early: entries.early, retain: entries.retain)
+
+        let weighted: [(name: String, weight: Float, pick: (Terms) -> Tensor)] = [
+            ("erase", config.lambdaErase, \.erase), ("trajectory", config.lambdaTrajectory, \.trajectory),
+            ("adversarial", config.lambdaAdversarial, \.adversarial)]
+        var values: [(String, Float)] = [], norms: [(String, Float)] = []
+        var gradient = Tensor.zeros(b.prediction.shape)
+        for term in weighted {
+            let leaf = Tensor(storage: b.prediction.detached().storage, shape: b.prediction.shape, requiresGrad: true)
+            let value = term.pick(terms(b, prediction: leaf, concept: c, adversarialTerm: term.name == "adversarial"))
+            values.append((term.name, value.item))
+            var norm: Float = 0
+            if term.weight > 0 {
+                value.backward()
+                if let g = leaf.grad {
+                    let scaled = g * term.weight
+                    norm = Float(Double(scaled.scalars.reduce(0) { $0 + $1 * $1 }).squareRoot())
+                    gradient = gradient + scaled
+                }
+            }
+            norms.append(("grad_\(term.name)", norm))
+        }
+        let totalValue = zip(values, weighted).reduce(Float(0)) { $0 + $1.0.1 * $1.1.weight }
+        // d/dθ of Σ(prediction ⊙ gradient) is the weighted terms' gradient through θ's pass.
+        let surrogate = (b.prediction * gradient).sum()
+        let criticLoss = [("critic", critic.loss)]
+        return StepLosses(total: surrogate,
+                          checked: values + (adversarial ? criticLoss : []) + [("total", totalValue)],
+                          recorded: (adversarial ? [] : criticLoss) + [("critic_accuracy", critic.accuracy)] + norms)
+    }
+
+    /// A model step's pool entries, uniformly with replacement: late target entries (in the
+    /// game window), early ones (t > t′) and retain-pool ones.
+    func drawEntries(concept c: Int) -> (late: [Int], early: [Int], retain: [Int]) {
         let pool = targetPools[c]
         let split = config.splitTimestep
-        let late = draw(config.batchSize, from: pool.indices { $0 <= split }, generator: &generator)
+        let window = gameWindow
+        let late = draw(config.batchSize, from: pool.indices { window.contains($0) }, generator: &generator)
         let earlyCandidates = pool.indices { $0 > split }
         let early = earlyCandidates.isEmpty ? [] : draw(config.earlyBatchSize, from: earlyCandidates, generator: &generator)
         let retain = config.retainBatchSize > 0 && config.lambdaTrajectory > 0
             ? draw(config.retainBatchSize, from: Array(0..<retainPool.count), generator: &generator) : []
-        let t = terms(concept: c, late: late, early: early, retain: retain)
-        let total = t.erase * config.lambdaErase + t.trajectory * config.lambdaTrajectory + t.adversarial * config.lambdaAdversarial
-        let criticLoss = [("critic", critic.loss)]
-        return StepLosses(total: total,
-                          checked: [("erase", t.erase.item), ("trajectory", t.trajectory.item), ("adversarial", t.adversarial.item)]
-                              + (adversarial ? criticLoss : []) + [("total", total.item)],
-                          recorded: (adversarial ? [] : criticLoss) + [("critic_accuracy", critic.accuracy)])
+        return (late, early, retain)
     }
 
     func beforeUpdate() {
@@ -377,13 +552,17 @@ final class SCORERun: FineTuning {
                 ("critic_acc", accuracy.isEmpty ? .nan : accuracy.reduce(0, +) / Float(accuracy.count))]
     }
 
-    /// The target pool resampled from the current model, from noise streams no earlier pool used.
+    /// The target pool resampled from the current model, from noise streams no earlier pool
+    /// used, its prompts continuing the stratified cycle where the last pool stopped (so over
+    /// the refreshes every target prompt comes back).
     func refreshedTargetPool(concept c: Int, done: Int) throws -> TrajectoryPool {
         let n = config.poolTrajectories
-        let prompts = (0..<n).map { targetIndices[c][$0 % targetIndices[c].count] }
-        return try TrajectoryPool.sample(pipeline: pipeline, table: table, promptIndices: prompts, unconditionalIndex: 0,
-                                         steps: config.poolSteps, guidance: config.poolGuidance,
-                                         seed: config.seed &+ 201 &+ UInt64(c), firstTrajectory: n * done)
+        let prompts = targetIndices[c]
+        let first = max(n, prompts.count)
+        let offset = first + n * (done / max(1, config.poolRefreshEvery) - 1)
+        return try TrajectoryPool.sample(pipeline: pipeline, table: table, promptIndices: stratified(prompts, n, offset: offset),
+                                         unconditionalIndex: 0, steps: config.poolSteps, guidance: config.poolGuidance,
+                                         seed: config.seed &+ 201 &+ UInt64(c), firstTrajectory: first * done)
     }
 
     // MARK: Checkpoints
@@ -407,4 +586,10 @@ final class SCORERun: FineTuning {
             targetPools[c] = try TrajectoryPool(archive: checkpoint.tensors, prefix: "pool\(c)")
         }
     }
+}
+
+/// `count` prompts cycling through `prompts` from `offset`: every prompt appears ⌊count/|P|⌋ or
+/// one more times, so no prompt is left out once count ≥ |P|.
+func stratified(_ prompts: [Int], _ count: Int, offset: Int = 0) -> [Int] {
+    (0..<count).map { prompts[(offset + $0) % prompts.count] }
 }

@@ -95,6 +95,19 @@ public struct BenchmarkMethod {
         self.make = make
     }
 
+    /// SCORE's ablation rows (docs/RESULTS.md): the independence game in full ("score-game"),
+    /// with one thing changed, and the first design's negative-guidance objective; each over
+    /// `score`'s other keys.
+    public static let scoreAblations: [String: @Sendable (SCOREConfig) -> SCOREConfig] = [
+        "score-game": { $0.independenceObjective },
+        "score-game-no-adversarial": { var c = $0.independenceObjective; c.lambdaAdversarial = 0; return c },
+        "score-game-only": { var c = $0.independenceObjective; c.lambdaErase = 0; return c },
+        "score-game-eta0": { var c = $0.independenceObjective; c.eta = 0; return c },
+        "score-game-eta0.5": { var c = $0.independenceObjective; c.eta = 0.5; return c },
+        "score-game-eta1": { var c = $0.independenceObjective; c.eta = 1; return c },
+        "score-negative-guidance": { $0.negativeGuidanceObjective },
+    ]
+
     /// A benchmark row by name: "original" (no erasure), "score", "score-retain-anchor" (SCORE
     /// towards the retained prompts: with the unconditional anchor, SCORE's equilibrium draws
     /// the concept as often as the unconditional model does), "uce", or "esd-…" with that
@@ -111,6 +124,13 @@ public struct BenchmarkMethod {
             }
             method.anchorsFromRetained = name == "score-retain-anchor"
             return method
+        case let variant where scoreAblations[variant] != nil:
+            let change = scoreAblations[variant]!
+            return BenchmarkMethod(name: name) { seed in
+                var config = change(score)
+                config.seed = seed
+                return try ErasureMethods.make("score", score: config)
+            }
         case "uce":
             var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
             method.seeded = false
@@ -136,7 +156,7 @@ public struct BenchmarkMethod {
                 return try ErasureMethods.make("esd", esd: config)
             }
         default:
-            throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, uce, rece, ant, esd-x, esd-u, esd-all, esd-x-strict")
+            throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, \(scoreAblations.keys.sorted().joined(separator: ", ")), uce, rece, ant, esd-x, esd-u, esd-all, esd-x-strict")
         }
     }
 }

@@ -1,0 +1,175 @@
+import Diffusion
+@testable import Erasure
+@testable import Evaluation
+import Foundation
+import NN
+import Tensor
+import XCTest
+
+/// The independence game's pieces on the tiny model: the guided x̂₀ the critic judges, the step's
+/// terms and their recorded gradients against a direct computation, and stratified prompts.
+final class SCOREGameTests: XCTestCase {
+    static let request = ErasureRequest(
+        concepts: [Concept(name: "cat", targetPrompts: ["cat", "a photo of a cat", "a cat", "one cat", "cats"], anchor: "")],
+        retainPrompts: ["dog", "a photo of a car"])
+
+    static func config() -> SCOREConfig {
+        SCORETests.tinyConfig().independenceObjective
+    }
+
+    func testGuidedNoiseIsClassifierFreeGuidance() {
+        let conditional = Tensor(shape: [2], scalars: [3, 0])
+        let unconditional = Tensor(shape: [2], scalars: [1, 1])
+        // ε(∅) + w(ε(c) − ε(∅)) with w = 7.5: [1 + 15, 1 − 7.5]
+        XCTAssertEqual(guidedNoise(conditional: conditional, unconditional: unconditional, guidance: 7.5).scalars, [16, -6.5])
+        XCTAssertEqual(guidedNoise(conditional: conditional, unconditional: unconditional, guidance: 1).scalars, [3, 0])
+    }
+
+    func testGuidedCleanEstimateMatchesTwoSeparatePasses() throws {
+        let pipeline = try Tiny.pipeline()
+        let table = CaptionTable(captions: ["", "cat", "a photo of a dog"], encoder: pipeline.textEncoder)
+        var g = RandomGenerator(seed: 4)
+        let z = g.normal([2, 1, 8, 8])
+        let t = [700, 450]
+        let prompts = [1, 2]
+        let estimate = noGrad {
+            guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: t, prompts: prompts,
+                                unconditional: 0, guidance: 7.5)
+        }
+        let conditional = table.batch(prompts), empty = table.batch([0, 0])
+        let epsC = noGrad { pipeline.predictNoise(latents: z, timesteps: t, states: conditional.states, mask: conditional.mask) }
+        let epsU = noGrad { pipeline.predictNoise(latents: z, timesteps: t, states: empty.states, mask: empty.mask) }
+        let alphas = pipeline.scheduler.alphasCumprod
+        for i in 0..<2 {
+            let a = alphas[t[i]]
+            for j in 0..<64 {
+                let k = i * 64 + j
+                let eps = Double(epsU.scalars[k]) + 7.5 * Double(epsC.scalars[k] - epsU.scalars[k])
+                let expected = (Double(z.scalars[k]) - (1 - a).squareRoot() * eps) / a.squareRoot()
+                XCTAssertEqual(Double(estimate.scalars[k]), expected, accuracy: 1e-3 * max(1, abs(expected)))
+            }
+        }
+        // Prompts that are all the unconditional caption need no second pass: x̂₀ of ε(∅).
+        let unconditionalOnly = noGrad {
+            guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: t, prompts: [0, 0],
+                                unconditional: 0, guidance: 7.5)
+        }
+        XCTAssertEqual(unconditionalOnly.scalars, cleanEstimate(latents: z, noise: epsU, timesteps: t, alphasCumprod: alphas).scalars)
+    }
+
+    /// The step's gradient (each term on its own leaf, then one pass back through θ) is the
+    /// gradient of λ_adv·L_adv + λ_er·L_erase + λ_tr·L_traj computed directly, and the adversarial
+    /// term is the non-saturating loss of the critic on the guided x̂₀ built by hand.
+    func testStepGradientIsTheWeightedTermsGradientAndEachNormIsRecorded() throws {
+        var config = Self.config()
+        config.criticSteps = 0
+        let pipeline = try Tiny.pipeline()
+        let run = try SCORERun(config: config, request: Self.request, pipeline: pipeline, log: { _ in })
+        let saved = run.generator
+        let step = try run.losses(step: 0)
+        step.total.backward()
+        let viaLeaves = run.trainable.map { $0.tensor.grad?.copy() }
+        pipeline.unet.zeroGrad()
+
+        run.generator = saved
+        let entries = run.drawEntries(concept: 0)
+        let b = run.batch(concept: 0, late: entries.late, early: entries.early, retain: entries.retain)
+        let terms = run.terms(b, prediction: b.prediction, concept: 0)
+        (terms.erase * config.lambdaErase + terms.trajectory * config.lambdaTrajectory + terms.adversarial * config.lambdaAdversarial).backward()
+        var compared = 0
+        for ((name, p), expected) in zip(run.trainable, viaLeaves) {
+            guard let g = p.grad, let expected else { continue }
+            for i in 0..<g.count {
+                XCTAssertEqual(g.pointer[i], expected.pointer[i], accuracy: 1e-5 + 1e-4 * abs(expected.pointer[i]), "\(name)[\(i)]")
+            }
+            compared += 1
+        }
+        XCTAssertGreaterThan(compared, 0)
+        pipeline.unet.zeroGrad()
+
+        // L_adv by hand: guided ε̂ with θ₀'s ε(∅), its x̂₀, the critic, −log(1 − D).
+        let late = b.prediction.narrowed(axis: 0, start: 0, length: entries.late.count).detached()
+        let eps = b.unconditional + (late - b.unconditional) * config.criticGuidance
+        let x0 = cleanEstimate(latents: b.zLate, noise: eps, timesteps: b.tLate, alphasCumprod: pipeline.scheduler.alphasCumprod)
+        let logits = run.critics[0].logitsForModel(x0, timesteps: b.tLate).scalars
+        let expected = logits.map { Double(log1p(exp($0))) }.reduce(0, +) / Double(logits.count)
+        XCTAssertEqual(Double(terms.adversarial.item), expected, accuracy: 1e-5)
+        XCTAssertTrue(b.tLate.allSatisfy { (config.gameMinTimestep...config.splitTimestep).contains($0) }, "\(b.tLate)")
+
+        let recorded = Dictionary(uniqueKeysWithValues: step.recorded)
+        for term in ["grad_erase", "grad_adversarial"] {
+            let norm = try XCTUnwrap(recorded[term], term)
+            XCTAssertTrue(norm.isFinite && norm > 0, "\(term) = \(norm)")
+        }
+        // At the first step θ is θ₀: the trajectory term and its gradient are exactly 0.
+        XCTAssertEqual(recorded["grad_trajectory"], 0)
+    }
+
+    func testGradientNormsAreRecordedEveryStepAndZeroForAnOffTerm() throws {
+        var config = Self.config()
+        config.lambdaErase = 0
+        let outcome = try SCORE(config: config).erase(Self.request, pipeline: try Tiny.pipeline(), context: ErasureContext(output: nil))
+        for term in ["grad_erase", "grad_trajectory", "grad_adversarial", "critic_accuracy"] {
+            XCTAssertEqual(outcome.losses[term]?.count, config.steps, term)
+        }
+        XCTAssertEqual(outcome.losses["grad_erase"]!, Array(repeating: 0, count: config.steps), "λ_er = 0: no erase gradient")
+        XCTAssertTrue(outcome.losses["grad_adversarial"]!.allSatisfy { $0 > 0 })
+    }
+
+    func testEveryTargetPromptEntersThePoolsAndTheRefreshesContinueTheCycle() throws {
+        var config = Self.config()
+        config.poolTrajectories = 2
+        let run = try SCORERun(config: config, request: Self.request, pipeline: try Tiny.pipeline(), log: { _ in })
+        let prompts = run.targetIndices[0]
+        XCTAssertEqual(prompts.count, 5)
+        // The first pool holds max(n, |P_tgt|) trajectories: every prompt once.
+        XCTAssertEqual(Set(run.targetPools[0].prompts), Set(prompts))
+        XCTAssertEqual(run.targetPools[0].trajectoryCount, 5)
+        // Refreshes of n = 2 continue from prompt 5 mod 5 = 0: (0, 1), (2, 3), (4, 0), …
+        var seen: [Int] = []
+        for refresh in 1...3 {
+            let pool = try run.refreshedTargetPool(concept: 0, done: refresh * config.poolRefreshEvery)
+            XCTAssertEqual(pool.trajectoryCount, 2)
+            seen += (0..<2).map { k in pool.prompts[pool.trajectories.firstIndex(of: k)!] }
+        }
+        XCTAssertEqual(seen, [0, 1, 2, 3, 4, 0].map { prompts[$0] })
+        XCTAssertEqual(stratified([7, 8, 9], 7, offset: 2), [9, 7, 8, 9, 7, 8, 9])
+    }
+
+    /// The game's reference is the anchors (the preset) or the retained prompts.
+    func testReferencePromptsFollowTheConfig() throws {
+        var config = Self.config()
+        config.gameReference = .retained
+        let retained = try SCORERun(config: config, request: Self.request, pipeline: try Tiny.pipeline(), log: { _ in })
+        XCTAssertEqual(Set(retained.referencePools[0].prompts), Set(retained.referenceIndices[0]))
+        XCTAssertEqual(retained.referenceIndices[0].count, 2, "the two retained prompts")
+        config.gameReference = .anchors
+        let anchors = try SCORERun(config: config, request: Self.request, pipeline: try Tiny.pipeline(), log: { _ in })
+        XCTAssertEqual(anchors.referenceIndices[0], [0], "the anchor \"\"")
+        var old = Self.config().negativeGuidanceObjective
+        old.gameReference = .retained
+        let negative = try SCORERun(config: old, request: Self.request, pipeline: try Tiny.pipeline(), log: { _ in })
+        XCTAssertEqual(negative.referenceIndices[0], [0], "the negative-guidance objective plays against the anchors")
+    }
+
+    func testBenchmarkAblationRowsChangeOneKeyAndRecordTheirConfig() throws {
+        let base = SCOREConfig()
+        func config(_ name: String) throws -> SCOREConfig {
+            let json = try XCTUnwrap(try BenchmarkMethod.named(name).configJSON(seed: 1))
+            return try JSONDecoder().decode(SCOREConfig.self, from: Data(json.utf8))
+        }
+        XCTAssertEqual(try config("score-game"), { var c = base.independenceObjective; c.seed = 1; return c }())
+        XCTAssertEqual(try config("score-game-no-adversarial").lambdaAdversarial, 0)
+        XCTAssertEqual(try config("score-game-only").lambdaErase, 0)
+        XCTAssertEqual(try config("score-game-only").objective, .independence)
+        XCTAssertEqual(try config("score-game-eta0.5").eta, 0.5)
+        let old = try config("score-negative-guidance")
+        XCTAssertEqual(old.objective, .negativeGuidance)
+        XCTAssertEqual(old.lambdaAdversarial, 0.1)
+        XCTAssertEqual(old.adversarialForm, .confusion)
+        var expected = base.negativeGuidanceObjective
+        expected.seed = 1
+        XCTAssertEqual(old, expected)
+        XCTAssertThrowsError(try BenchmarkMethod.named("score-game-eta2"))
+    }
+}
