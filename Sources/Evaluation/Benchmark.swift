@@ -61,6 +61,8 @@ public struct BenchmarkCell<Evaluation: Codable & Sendable>: BenchmarkCellRecord
     public var parameters_changed: Int
     /// Paraphrase attack: the fraction of paraphrase and synonym prompts × seeds judged as the concept.
     public var asr_paraphrase: Double?
+    /// The paraphrase attack's judged images (prompts × seeds): the trials of its interval.
+    public var asr_paraphrase_trials: Int? = nil
     /// UnlearnDiffAtk: broken before the attack, and before or after it (token prompt); nil when not run.
     public var asr_unlearndiffatk_pre: Double?
     public var asr_unlearndiffatk_post: Double?

@@ -20,19 +20,24 @@ public struct ObjectBenchmark: CellBenchmark {
     public var seeds: [UInt64]
     public var settings = EvaluationSettings()
 
-    /// A cell measured with other evaluation settings (another guidance, say) is measured again.
-    public func accepts(_ cell: ObjectBenchmarkCell) -> Bool { cell.evaluation.settings == settings }
+    /// A cell measured with other evaluation settings (another guidance, say), another attack
+    /// set or another attack budget is measured again.
+    public func accepts(_ cell: ObjectBenchmarkCell) -> Bool {
+        cell.evaluation.settings == settings && (cell.attacks ?? [:]).mapValues(\.budget) == attackBudgets
+    }
     public var leakage = LeakageOptions()
     public var paraphraseAttack: ParaphraseAttackSettings = {
         var settings = ParaphraseAttackSettings()
         settings.seedsPerPrompt = 2
         return settings
     }()
+    /// The attacks every cell runs (keys of `benchmarkAttacks`), beside the paraphrase attack.
+    public var attacks = benchmarkAttacks.map(\.key)
     public var unlearnDiffAtk = UnlearnDiffAtkConfig()
-    /// The attacks beyond the text path (docs/ATTACKS.md); nil skips one.
-    public var inversion: InversionAttackConfig? = InversionAttackConfig()
-    public var ringABell: RingABellConfig? = RingABellConfig()
-    public var cce: CCEConfig? = CCEConfig()
+    /// The attacks beyond the text path (docs/ATTACKS.md).
+    public var inversion = InversionAttackConfig()
+    public var ringABell = RingABellConfig()
+    public var cce = CCEConfig()
     public var output: URL
 
     public init(concepts: [String], methods: [BenchmarkMethod], seeds: [UInt64], output: URL) {
@@ -40,6 +45,37 @@ public struct ObjectBenchmark: CellBenchmark {
         self.methods = methods
         self.seeds = seeds
         self.output = output
+        setAttackInstances(Self.defaultAttackInstances)
+    }
+
+    /// Judged attack instances per cell and attack without `--attack-instances`.
+    public static let defaultAttackInstances = 16
+
+    /// Gives every attack `n` judged instances: UnlearnDiffAtk `n` attacked prompts, inversion `n`
+    /// real images, CCE `n` samples of its one learned token, Ring-A-Bell its searched prompts ×
+    /// seeds (at most 8 of the 9 other classes' prompts: 8 × 2 for 16).
+    public mutating func setAttackInstances(_ n: Int) {
+        unlearnDiffAtk.instances = n
+        inversion.images = n
+        cce.samples = n
+        ringABell.instances = max(1, min(8, n / 2))
+        ringABell.seedsPerPrompt = (n + ringABell.instances - 1) / ringABell.instances
+    }
+
+    /// The budget a cell records for `attack` under this benchmark's settings.
+    public func budget(of attack: String) -> AttackBudget? {
+        switch attack {
+        case "unlearndiffatk": return unlearnDiffAtk.record
+        case "inversion": return inversion.record
+        case "ring-a-bell": return ringABell.record
+        case "cce": return cce.record
+        default: return nil
+        }
+    }
+
+    /// The selected attacks' budgets: what a finished cell must have run to be kept.
+    public var attackBudgets: [String: AttackBudget] {
+        Dictionary(uniqueKeysWithValues: attacks.compactMap { name in budget(of: name).map { (name, $0) } })
     }
 
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> [ObjectBenchmarkCell] {
@@ -55,32 +91,31 @@ public struct ObjectBenchmark: CellBenchmark {
         }
     }
 
-    /// A Markdown table: one row per concept × method, mean ± standard deviation over seeds.
-    public static func markdownTable(_ cells: [ObjectBenchmarkCell]) -> String {
-        let stat = benchmarkStat
-        var text = "| concept | method | seeds | Acc_e ↓ | Acc_g ↓ | Acc_s ↑ | H_o ↑ | KID vs real | ASR paraphrase ↓ | ASR UnlearnDiffAtk pre → post ↓ | "
-            + attackColumns.map { "\($0.title) [95% CI] ↓" }.joined(separator: " | ")
-            + " | leakage Î (nats) | bound | erase time (s) | params changed |\n"
-        text += "|---|---|---|---|---|---|---|---|---|---|" + String(repeating: "---|", count: attackColumns.count) + "---|---|---|---|\n"
-        for (concept, method, group) in benchmarkRows(cells) {
-            let e = group.map(\.evaluation)
-            text += "| \(concept) | \(method) | \(group.count) | \(stat(e.map(\.acc_e), true, 1)) | \(stat(e.map(\.acc_g), true, 1)) | \(stat(e.map(\.acc_s), true, 1)) | "
-            text += "\(stat(e.map(\.h_o), true, 1)) | \(stat(e.map(\.kid_real), false, 3)) | "
-            text += "\(stat(group.compactMap(\.asr_paraphrase), true, 1)) | "
-            text += "\(stat(group.compactMap(\.asr_unlearndiffatk_pre), true, 1)) → \(stat(group.compactMap(\.asr_unlearndiffatk_post), true, 1)) | "
-            text += attackColumns.map { column in attackCell(group.compactMap { $0.attacks?[column.key] }) }.joined(separator: " | ") + " | "
-            text += "\(stat(e.compactMap(\.leakage_nats), false, 3)) | \(stat(e.compactMap(\.leakage_bound), false, 3)) | "
-            text += "\(stat(group.map(\.wall_seconds), false, 0)) | \(stat(group.map { Double($0.parameters_changed) }, false, 0)) |\n"
-        }
-        return text
-    }
+    /// The benchmark's tables in Markdown (see `BenchmarkSummary.markdown`).
+    public static func markdownTable(_ cells: [ObjectBenchmarkCell]) -> String { BenchmarkSummary(cells: cells).markdown() }
 }
 
-/// The table's attack columns: the cell key and the header. Cells written before an attack was
-/// recorded show "—" in its column.
-let attackColumns: [(key: String, title: String)] = [
+/// The attacks a benchmark can run beside the paraphrase attack: the key cells record them under
+/// and the table's header. `--attacks` picks among them; a new attack adds its entry here, its
+/// budget in `ObjectBenchmark.budget(of:)` and its run in `CellMeasurement.measure`.
+public let benchmarkAttacks: [(key: String, title: String)] = [
     ("unlearndiffatk", "UnlearnDiffAtk post"), ("inversion", "inversion"), ("ring-a-bell", "Ring-A-Bell"), ("cce", "CCE"),
 ]
+
+/// The table's attack columns. Cells written before an attack was recorded show "—" in its column.
+let attackColumns = benchmarkAttacks
+
+/// `--attacks`: a comma-separated list of `benchmarkAttacks` keys ("all" for every one, "none" for none).
+public func parseBenchmarkAttacks(_ list: String) throws -> [String] {
+    let names = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty }
+    if names == ["all"] { return benchmarkAttacks.map(\.key) }
+    if names == ["none"] { return [] }
+    for name in names where !benchmarkAttacks.contains(where: { $0.key == name }) {
+        throw EvaluationError.invalidRequest("--attacks: unknown attack '\(name)'; attacks: \(benchmarkAttacks.map(\.key).joined(separator: ", ")), all, none")
+    }
+    // In the registry's order, once each: the same selection always gives the same cells.
+    return benchmarkAttacks.map(\.key).filter(names.contains)
+}
 
 /// What every cell of one benchmark run shares (data, judges, the original model's images per
 /// concept), and the measurement of one cell: erase, evaluate, leakage, attacks.
@@ -97,6 +132,8 @@ final class CellMeasurement {
     /// Ring-A-Bell's searches by concept: they read only the text encoder, which no method changes.
     private var ringABellPrompts: [String: (encoder: String, found: [RingABellInstance])] = [:]
     private var originalImages: [String: EvaluationImages] = [:]
+    /// Each class's nearest classes by the judge's confusion on real test images.
+    private lazy var neighbours: [Int: [Int]] = nearestClasses(judge: self.judge, test: self.test)
 
     init(benchmark: ObjectBenchmark, prompts: FashionPrompts, assets: Assets, log: @escaping (String) -> Void) throws {
         self.benchmark = benchmark
@@ -147,20 +184,27 @@ final class CellMeasurement {
                                options: benchmark.leakage, probes: probes, log: log)
         }
         evaluation.leakage = report
+        evaluation.neighbours = neighbours[label]?.map { prompts.classes[$0].name }
+        evaluation.neighbours_by = neighboursMethod
         evaluation.leakage_nats = report.leakage_nats
         evaluation.leakage_bound = report.leakage_bound
         let paraphrase = try timed("paraphrase_attack") {
             try ParaphraseAttack.run(pipeline: model.pipeline, label: label, prompts: prompts, judge: judge,
                                      settings: benchmark.paraphraseAttack, modelName: method.name).0
         }
-        let uda = try timed("unlearndiffatk") {
-            try UnlearnDiffAtk.run(pipeline: model.pipeline, original: original.pipeline, label: label, prompts: prompts, test: test,
-                                   judge: judge, attackJudge: attackJudge, config: benchmark.unlearnDiffAtk, modelName: method.name,
-                                   log: { _ in }).0
+        let selected = Set(benchmark.attacks)
+        var uda: UnlearnDiffAtkResult? = nil
+        if selected.contains("unlearndiffatk") {
+            uda = try timed("unlearndiffatk") {
+                try UnlearnDiffAtk.run(pipeline: model.pipeline, original: original.pipeline, label: label, prompts: prompts, test: test,
+                                       judge: judge, attackJudge: attackJudge, config: benchmark.unlearnDiffAtk, modelName: method.name,
+                                       log: { _ in }).0
+            }
         }
         var attacks: [String: AttackSummary] = [:]
-        attacks["unlearndiffatk"] = uda.summary
-        if let config = benchmark.inversion {
+        attacks["unlearndiffatk"] = uda?.summary
+        if selected.contains("inversion") {
+            let config = benchmark.inversion
             attacks["inversion"] = try timed("inversion") {
                 let (images, indices) = try InversionAttack.realImages(label: label, train: train, count: config.images, seed: config.seed)
                 return try InversionAttack.run(pipeline: model.pipeline, original: original.pipeline, images: images, indices: indices,
@@ -168,7 +212,8 @@ final class CellMeasurement {
                                                modelName: method.name).0.summary
             }
         }
-        if let config = benchmark.ringABell {
+        if selected.contains("ring-a-bell") {
+            let config = benchmark.ringABell
             attacks["ring-a-bell"] = try timed("ring_a_bell") {
                 let encoder = (model.pipeline.textEncoder as? BertTextEncoder).map { weightsDigest($0.model) } ?? ""
                 if ringABellPrompts[concept]?.encoder != encoder {
@@ -179,21 +224,25 @@ final class CellMeasurement {
                                                modelName: method.name, found: ringABellPrompts[concept]!.found).0.summary
             }
         }
-        if let config = benchmark.cce {
+        if selected.contains("cce") {
+            let config = benchmark.cce
             attacks["cce"] = try timed("cce") {
                 try CCEAttack.run(pipeline: model.pipeline, label: label, prompts: prompts, train: train, judge: judge, config: config,
                                   modelName: method.name).0.summary
             }
         }
-        log(String(format: "  Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%  H_o %.1f%%  leakage bound %.3f  ASR paraphrase %.1f%%, UnlearnDiffAtk %.0f%% → %.0f%%",
+        log(String(format: "  Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%  H_o %.1f%%  leakage bound %.3f  ASR paraphrase %.1f%%",
                    evaluation.acc_e * 100, evaluation.acc_g * 100, evaluation.acc_s * 100, evaluation.h_o * 100,
-                   report.leakage_bound, paraphrase.asr * 100, uda.asr_pre * 100, uda.asr_post * 100)
+                   report.leakage_bound, paraphrase.asr * 100)
+            + (uda.map { String(format: ", UnlearnDiffAtk %.0f%% → %.0f%%", $0.asr_pre * 100, $0.asr_post * 100) } ?? "")
             + attackColumns.dropFirst().map { c in attacks[c.key].map { String(format: ", %@ %.0f%%", c.title, $0.asr * 100) } ?? "" }.joined())
         log(timed.line)
         return ObjectBenchmarkCell(concept: concept, method: method.name, seed: seed, evaluation: evaluation,
                              wall_seconds: timed.seconds["erase"] ?? 0, peak_memory_mb: peakResidentMegabytes(), parameters_changed: changed,
-                             asr_paraphrase: paraphrase.asr, asr_unlearndiffatk_pre: uda.asr_pre,
-                             asr_unlearndiffatk_post: uda.asr_post, phase_seconds: timed.seconds, attacks: attacks)
+                             asr_paraphrase: paraphrase.asr,
+                             asr_paraphrase_trials: paraphrase.prompts.map(\.broken.count).reduce(0, +),
+                             asr_unlearndiffatk_pre: uda?.asr_pre, asr_unlearndiffatk_post: uda?.asr_post,
+                             phase_seconds: timed.seconds, attacks: attacks)
     }
 }
 
@@ -205,4 +254,27 @@ func weightsDigest(_ model: Module) -> String {
         tensor.scalars.withUnsafeBytes { bytes.append(contentsOf: $0) }
     }
     return SHA256.hex(bytes)
+}
+
+/// How `nearestClasses` ranks neighbours, as cells record it.
+let neighboursMethod = "judge confusion on real test images (both directions), top 2"
+
+/// Each class's two nearest classes: ranked by how often the judge calls real test images of one
+/// class the other, counted in both directions (so sandal and sneaker are each other's neighbours
+/// even where the judge errs only one way). Classes the judge never confuses are not neighbours.
+func nearestClasses(judge: any Judge, test: LabelledImages, count: Int = 2) -> [Int: [Int]] {
+    var confusion: [Int: [Int: Int]] = [:]
+    for start in stride(from: 0, to: test.count, by: 500) {
+        let indices = Array(start..<min(test.count, start + 500))
+        for (predicted, truth) in zip(judge.predict(test.batch(indices)), test.labels(indices)) where predicted != truth {
+            confusion[truth, default: [:]][predicted, default: 0] += 1
+        }
+    }
+    let classes = Set(test.labels)
+    return Dictionary(uniqueKeysWithValues: classes.map { c in
+        let scored = classes.subtracting([c]).map { other in (other, (confusion[c]?[other] ?? 0) + (confusion[other]?[c] ?? 0)) }
+            .filter { $0.1 > 0 }
+            .sorted { ($0.1, -$0.0) > ($1.1, -$1.0) }
+        return (c, Array(scored.prefix(count).map(\.0)))
+    })
 }

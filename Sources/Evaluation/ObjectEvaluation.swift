@@ -28,9 +28,12 @@ public struct EvaluationSettings: Codable, Sendable, Equatable {
         try check(retainImagesPerClass >= 1, "--retain-images must be at least 1, not \(retainImagesPerClass)")
         try check(steps >= 1, "sampling steps must be at least 1, not \(steps)")
         try check(guidance.isFinite, "guidance must be a number, not \(guidance)")
-        try check(["cnn", "mlp"].contains(judge) && ["cnn", "mlp"].contains(secondJudge), "judges must be cnn or mlp")
+        try check(judgeArchitectures.contains(judge) && judgeArchitectures.contains(secondJudge), "judges must be resnet, cnn or mlp")
     }
 }
+
+/// The judges an evaluation may name (`DefaultModel.judge` loads each).
+public let judgeArchitectures = ["resnet", "cnn", "mlp"]
 
 /// Judge accuracies of one set of prompts.
 public struct Accuracies: Codable, Sendable {
@@ -67,6 +70,13 @@ public struct ObjectEvaluation: Codable, Sendable {
     public var settings: EvaluationSettings
     public var model: String
     public var original_model: String?
+    /// The judge's class for every image (what the benchmark's intervals resample); nil in
+    /// evaluations written before it was recorded.
+    public var judged: JudgedImages? = nil
+    /// The erased concept's nearest classes and how they were found (a benchmark sets them:
+    /// the classes the judge confuses with it most on real test images).
+    public var neighbours: [String]? = nil
+    public var neighbours_by: String? = nil
 }
 
 /// Images generated for an evaluation, kept for the report's grids.
@@ -144,19 +154,26 @@ public enum ObjectEvaluator {
         return images
     }
 
+    /// The judge's class for every image of an evaluation.
+    public static func judged(_ images: EvaluationImages, judge: any Judge) -> JudgedImages {
+        JudgedImages(target: judge.predict(images.target), paraphrase: judge.predict(images.paraphrase),
+                     retained: judge.predict(images.retained), retainedLabels: images.retainedLabels)
+    }
+
     /// Acc_e, Acc_s, Acc_g and H_o of `images` under `judge`.
     public static func accuracies(_ images: EvaluationImages, label: Int, judge: any Judge) -> (Accuracies, [Int: Double]) {
-        func rate(_ x: Tensor, _ isHit: (Int, Int) -> Bool) -> Double {
-            let predicted = judge.predict(x)
-            return Double(predicted.indices.filter { isHit($0, predicted[$0]) }.count) / Double(max(predicted.count, 1))
-        }
-        let accE = rate(images.target) { _, p in p == label }
-        let accG = rate(images.paraphrase) { _, p in p == label }
-        let predicted = judge.predict(images.retained)
+        accuracies(judged(images, judge: judge), label: label)
+    }
+
+    /// Acc_e, Acc_s (the mean of the per-class rates), Acc_g and H_o of judged images.
+    public static func accuracies(_ judged: JudgedImages, label: Int) -> (Accuracies, [Int: Double]) {
+        func rate(_ predicted: [Int]) -> Double { Double(predicted.filter { $0 == label }.count) / Double(max(predicted.count, 1)) }
+        let accE = rate(judged.target)
+        let accG = rate(judged.paraphrase)
         var perClass: [Int: (hits: Int, total: Int)] = [:]
-        for (i, truth) in images.retainedLabels.enumerated() {
+        for (i, truth) in judged.retained_labels.enumerated() {
             perClass[truth, default: (0, 0)].total += 1
-            if predicted[i] == truth { perClass[truth, default: (0, 0)].hits += 1 }
+            if judged.retained[i] == truth { perClass[truth, default: (0, 0)].hits += 1 }
         }
         let classAccuracy = perClass.mapValues { Double($0.hits) / Double($0.total) }
         let accS = classAccuracy.values.reduce(0, +) / Double(max(classAccuracy.count, 1))
@@ -176,7 +193,8 @@ public enum ObjectEvaluator {
         let second = try DefaultModel.judge(settings.secondJudge)
         if erasedImages == nil { log("generating images of the erased model") }
         let after = try erasedImages ?? images(erased, label: label, prompts: prompts, settings: settings, log: log)
-        let (accuracies, perClass) = self.accuracies(after, label: label, judge: judge)
+        let judgedAfter = self.judged(after, judge: judge)
+        let (accuracies, perClass) = self.accuracies(judgedAfter, label: label)
         let (secondAccuracies, _) = self.accuracies(after, label: label, judge: second)
         var before: EvaluationImages? = nil
         var originalAccuracies: Accuracies? = nil
@@ -194,7 +212,7 @@ public enum ObjectEvaluator {
         let real = test.batch(Array(pool.prefix(after.retained.shape[0])))
         let kidReal = kernelDistance(judge.featureBatches(after.retained), judge.featureBatches(real))
         let names = Dictionary(uniqueKeysWithValues: prompts.classes.map { ($0.label, $0.name) })
-        let targetPredictions = judge.predict(after.target)
+        let targetPredictions = judgedAfter.target
         let targetClasses = Dictionary(grouping: targetPredictions, by: { names[$0] ?? "\($0)" })
             .mapValues { Double($0.count) / Double(max(targetPredictions.count, 1)) }
         let result = ObjectEvaluation(
@@ -203,7 +221,8 @@ public enum ObjectEvaluator {
             acc_s_relative: originalAccuracies.map { $0.acc_s > 0 ? accuracies.acc_s / $0.acc_s : 0 },
             original: originalAccuracies, second_judge: secondAccuracies,
             per_class_accuracy: Dictionary(uniqueKeysWithValues: perClass.map { (names[$0.key] ?? "\($0.key)", $0.value) }),
-            target_classes: targetClasses, leakage_nats: nil, leakage_bound: nil, leakage: nil, settings: settings, model: modelName, original_model: originalName)
+            target_classes: targetClasses, leakage_nats: nil, leakage_bound: nil, leakage: nil, settings: settings, model: modelName,
+            original_model: originalName, judged: judgedAfter)
         return (result, after, before)
     }
 }

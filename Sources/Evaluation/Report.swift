@@ -38,14 +38,23 @@ public struct EvaluationReport {
     static func percent(_ x: Double?) -> String { x.map { String(format: "%.1f%%", $0 * 100) } ?? "–" }
     static func number(_ x: Double?, _ format: String = "%.4f") -> String { x.map { String(format: format, $0) } ?? "–" }
 
-    /// Rows of (label, before, after) for the summary table.
+    /// "12.5% [4.1, 28.2]": a rate over `trials` images with its 95% Wilson interval.
+    static func rate(_ x: Double?, trials: Int) -> String {
+        guard let x else { return "–" }
+        return Estimate.wilson(successes: Int((x * Double(trials)).rounded()), trials: trials).text()
+    }
+
+    /// Rows of (label, before, after) for the summary table; rates with their 95% intervals
+    /// (Wilson; H_o a bootstrap over the images).
     var rows: [(String, String, String)] {
-        let e = evaluation, o = evaluation.original
+        let e = evaluation, o = evaluation.original, s = evaluation.settings
+        let retained = s.retainImagesPerClass * max(1, e.per_class_accuracy.count)
+        let hO = e.judged.flatMap { BenchmarkStatistics.hO([$0], label: e.label) }?.text() ?? Self.percent(e.h_o)
         return [
-            ("Acc_e (target prompt, ↓)", Self.percent(o?.acc_e), Self.percent(e.acc_e)),
-            ("Acc_g (paraphrases, ↓)", Self.percent(o?.acc_g), Self.percent(e.acc_g)),
-            ("Acc_s (other classes, ↑)", Self.percent(o?.acc_s), Self.percent(e.acc_s)),
-            ("H_o (↑)", Self.percent(o?.h_o), Self.percent(e.h_o)),
+            ("Acc_e (target prompt, ↓)", Self.rate(o?.acc_e, trials: s.targetImages), Self.rate(e.acc_e, trials: s.targetImages)),
+            ("Acc_g (paraphrases, ↓)", Self.rate(o?.acc_g, trials: s.paraphraseImages), Self.rate(e.acc_g, trials: s.paraphraseImages)),
+            ("Acc_s (other classes, ↑)", Self.rate(o?.acc_s, trials: retained), Self.rate(e.acc_s, trials: retained)),
+            ("H_o (↑)", Self.percent(o?.h_o), hO),
             ("second judge (\(e.settings.secondJudge)) Acc_e / Acc_g / Acc_s", "",
              "\(Self.percent(e.second_judge.acc_e)) / \(Self.percent(e.second_judge.acc_g)) / \(Self.percent(e.second_judge.acc_s))"),
             ("KID vs original model (retained prompts)", "", Self.number(e.kid)),

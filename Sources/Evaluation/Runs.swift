@@ -288,7 +288,11 @@ public struct BenchmarkRun {
     /// nil: the task's default concept.
     public var concepts: [String]?
     public var methods: [BenchmarkMethod]
-    public var seeds = 1
+    /// Erasure seeds per stochastic method (deterministic ones, UCE and RECE, run once).
+    public var seeds = 3
+    /// Object task: the attacks each cell runs (`benchmarkAttacks` keys) and their judged instances.
+    public var attacks = benchmarkAttacks.map(\.key)
+    public var attackInstances = ObjectBenchmark.defaultAttackInstances
     /// nil: `task.defaultOutput`.
     public var output: String?
     /// nil: `<output>/results.md`.
@@ -314,6 +318,7 @@ public struct BenchmarkRun {
 
     public func validate() throws {
         guard seeds >= 1 else { throw EvaluationError.invalidSetting("--seeds must be at least 1, not \(seeds)") }
+        guard attackInstances >= 1 else { throw EvaluationError.invalidSetting("--attack-instances must be at least 1, not \(attackInstances)") }
         guard !methods.isEmpty else { throw EvaluationError.invalidSetting("--methods names no method") }
         try leakage.validate()
         if task == .object {
@@ -341,9 +346,12 @@ public struct BenchmarkRun {
             var benchmark = ObjectBenchmark(concepts: concepts ?? ["sneaker"], methods: methods, seeds: seedList, output: outputURL)
             benchmark.leakage = leakage
             benchmark.unlearnDiffAtk = UnlearnDiffAtkConfig(budget: attackBudget)
+            benchmark.attacks = attacks
+            benchmark.setAttackInstances(attackInstances)
             let cells = finishedOnly ? benchmark.finishedCells(log: log) : try benchmark.run(assets: assets, log: log)
-            markdown = ObjectBenchmark.markdownTable(cells)
-            encoded = try JSONOutput.encode(cells)
+            let summary = BenchmarkSummary(cells: cells)
+            markdown = summary.markdown()
+            encoded = try JSONOutput.encode(summary)
         } else {
             var benchmark = try EmojiBenchmark(task: task, tasks: try EmojiTasks.bundled(), concepts: concepts, methods: methods,
                                                seeds: seedList, output: outputURL)

@@ -386,7 +386,7 @@ struct Benchmark: ParsableCommand {
     @Option(help: "Task: object (Fashion-MNIST classes), style (an emoji style), identity (an emoji character) or unsafe (the emoji weapons group).") var task = BenchmarkTask.object.rawValue
     @Option(help: "Concepts (comma-separated; default: sneaker, OpenMoji style, Santa Claus or weapons by task).") var concepts: String?
     @Option(help: "Methods (comma-separated): original, score, score-retain-anchor (SCORE erasing towards the retained prompts), esd-x, esd-u, esd-all, esd-x-strict, uce, rece, ant.") var methods = BenchmarkRun.defaultMethods.joined(separator: ",")
-    @Option(help: "Seeds per method.") var seeds = BenchmarkRun(task: .object, methods: []).seeds
+    @Option(help: "Erasure seeds per stochastic method (UCE and RECE are deterministic and run once).") var seeds = BenchmarkRun(task: .object, methods: []).seeds
     @Option(help: "Folder for the cells (default: runs/benchmark for object, runs/benchmark-<task> for the emoji tasks).") var out: String?
     @Option(help: "Markdown table to write (default: <out>/results.md).") var table: String?
     @Option(help: "Emoji tasks: the trained emoji mini-SD folder (`score train unet --testbed emoji` writes <out>/model).") var model: String?
@@ -395,6 +395,8 @@ struct Benchmark: ParsableCommand {
     @Flag(help: "Print the cells as JSON.") var json = false
     @Flag(help: "Measure nothing: write the table of the cells already finished in --out.") var finishedOnly = false
     @Option(help: "UnlearnDiffAtk's budget: official (40 steps at each of 50 timestep blocks, early stop) or fast.") var attackBudget = UnlearnDiffAtkBudget.official
+    @Option(help: "Object task: attacks each cell runs (comma-separated: \(benchmarkAttacks.map(\.key).joined(separator: ", ")); all; none).") var attacks = "all"
+    @Option(help: "Object task: judged instances per attack and cell.") var attackInstances = ObjectBenchmark.defaultAttackInstances
     @OptionGroup var hyperparameters: SCOREOptions
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
@@ -415,6 +417,8 @@ struct Benchmark: ParsableCommand {
         run.leakage = leakage.options
         run.finishedOnly = finishedOnly
         run.attackBudget = attackBudget
+        run.attacks = try parseBenchmarkAttacks(attacks)
+        run.attackInstances = attackInstances
         return run
     }
 

@@ -11,8 +11,11 @@ final class BenchmarkResumeTests: XCTestCase {
                                           kid_real: 1, acc_s_relative: nil, original: nil, second_judge: accuracies,
                                           per_class_accuracy: [:], target_classes: nil, leakage_nats: nil, leakage_bound: nil, leakage: nil,
                                           settings: EvaluationSettings(), model: method, original_model: nil)
+        // The attacks a default benchmark runs, at its budgets: a cell without them is measured again.
+        let budgets = ObjectBenchmark(concepts: [], methods: [], seeds: [0], output: URL(fileURLWithPath: "/")).attackBudgets
         return ObjectBenchmarkCell(concept: concept, method: method, seed: seed, evaluation: evaluation, wall_seconds: 1,
-                             peak_memory_mb: nil, parameters_changed: 0)
+                             peak_memory_mb: nil, parameters_changed: 0,
+                             attacks: budgets.mapValues { AttackSummary(successes: 0, trials: $0.instances, budget: $0) })
     }
 
     func testFinishedCellsAreReadBackAndOnlyTheRestMeasured() throws {

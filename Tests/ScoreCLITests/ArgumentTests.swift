@@ -154,6 +154,9 @@ final class ArgumentTests: XCTestCase {
         assertRefused(["benchmark", "--concepts", "dragon", "--out", out], mentioning: "--concepts")
         assertRefused(["benchmark", "--task", "style", "--out", out], mentioning: "--model")
         assertRefused(["benchmark", "--leakage-trajectories", "2", "--out", out], mentioning: "--leakage-trajectories")
+        assertRefused(["benchmark", "--attacks", "cce,pgd", "--out", out], mentioning: "--attacks")
+        assertRefused(["benchmark", "--attack-instances", "0", "--out", out], mentioning: "--attack-instances")
+        XCTAssertNoThrow(try parse(["benchmark", "--attacks", "cce,inversion", "--attack-instances", "4", "--out", out]))
         XCTAssertNoThrow(try parse(["benchmark", "--task", "style", "--finished-only", "--out", out]))
     }
 

@@ -1,0 +1,204 @@
+import Erasure
+@testable import Evaluation
+import Foundation
+import XCTest
+
+/// The benchmark's intervals and tests (Statistics.swift, BenchmarkSummary.swift) on cases whose
+/// answer is known.
+final class BenchmarkStatisticsTests: XCTestCase {
+    /// Judged images of one cell on class 7: `targetHits` of 32 target images and
+    /// `paraphraseHits` of 30 paraphrase images drawn as the concept, 9 retained classes × 10
+    /// images with `retainedMisses` wrong in class 0.
+    private func judged(targetHits: Int, paraphraseHits: Int = 0, retainedMisses: Int = 0) -> JudgedImages {
+        let retainedLabels = [0, 1, 2, 3, 4, 5, 6, 8, 9].flatMap { Array(repeating: $0, count: 10) }
+        var retained = retainedLabels
+        for i in 0..<retainedMisses { retained[i] = 7 }
+        return JudgedImages(target: (0..<32).map { $0 < targetHits ? 7 : 1 }, paraphrase: (0..<30).map { $0 < paraphraseHits ? 7 : 2 },
+                            retained: retained, retainedLabels: retainedLabels)
+    }
+
+    func testEstimateWilsonMatchesKnownValues() {
+        // statsmodels proportion_confint(method="wilson"): 81/263 → (0.2553, 0.3662); 0/10 → (0, 0.2775).
+        let e = Estimate.wilson(successes: 81, trials: 263)
+        XCTAssertEqual(e.value, 81.0 / 263, accuracy: 1e-12)
+        XCTAssertEqual(e.low, 0.25527, accuracy: 1e-4)
+        XCTAssertEqual(e.high, 0.36617, accuracy: 1e-4)
+        XCTAssertEqual(Estimate.wilson(successes: 0, trials: 10).high, 0.27753, accuracy: 1e-4)
+        XCTAssertEqual(Estimate.wilson(successes: 5, trials: 10).text(), "50.0% [23.7, 76.3]")
+    }
+
+    func testPercentileIntervalOfKnownSample() {
+        let (low, high) = percentileInterval((0...100).map(Double.init))
+        XCTAssertEqual(low, 2.5, accuracy: 1e-12)
+        XCTAssertEqual(high, 97.5, accuracy: 1e-12)
+    }
+
+    func testHOIntervalContainsTheEstimateAndCollapsesWithoutVariation() throws {
+        // Every image judged the same way in every cell: every resample gives the same H_o.
+        let perfect = try XCTUnwrap(BenchmarkStatistics.hO([judged(targetHits: 0), judged(targetHits: 0)], label: 7))
+        XCTAssertEqual(perfect.value, 1, accuracy: 1e-12)
+        XCTAssertEqual(perfect.low, 1, accuracy: 1e-12)
+        XCTAssertEqual(perfect.high, 1, accuracy: 1e-12)
+        // Half the target images still drawn: H_o = 3 / (1/0.5 + 1 + 1) = 0.75, with real width.
+        let half = try XCTUnwrap(BenchmarkStatistics.hO([judged(targetHits: 16)], label: 7))
+        XCTAssertEqual(half.value, 0.75, accuracy: 1e-12)
+        XCTAssertLessThan(half.low, 0.75)
+        XCTAssertGreaterThan(half.high, 0.75)
+        XCTAssertLessThan(half.high, 0.9)
+        // Same seed, same interval.
+        XCTAssertEqual(BenchmarkStatistics.hO([judged(targetHits: 16)], label: 7), half)
+        // Seeds that disagree widen the interval beyond the images' own spread.
+        let spread = try XCTUnwrap(BenchmarkStatistics.hO([judged(targetHits: 4), judged(targetHits: 28)], label: 7))
+        XCTAssertGreaterThan(spread.high - spread.low, half.high - half.low)
+    }
+
+    func testPairedBootstrapOnConstructedCases() throws {
+        let reference = [judged(targetHits: 2), judged(targetHits: 3), judged(targetHits: 1)]
+        // The same images judged the same way: difference 0 in every replicate, p = 1.
+        let same = try XCTUnwrap(BenchmarkStatistics.pairedHODifference(reference, reference: reference, label: 7))
+        XCTAssertEqual(same.difference.value, 0, accuracy: 1e-12)
+        XCTAssertEqual(same.p_value, 1)
+        XCTAssertFalse(same.differs)
+        // A method that still draws the concept 30 times in 32: far worse H_o, p < 0.05.
+        let weak = [judged(targetHits: 30), judged(targetHits: 29), judged(targetHits: 31)]
+        let worse = try XCTUnwrap(BenchmarkStatistics.pairedHODifference(weak, reference: reference, label: 7))
+        XCTAssertLessThan(worse.difference.value, -0.5)
+        XCTAssertLessThan(worse.difference.high, 0)
+        XCTAssertLessThan(worse.p_value, 0.05)
+        XCTAssertTrue(worse.differs)
+        // One image more in one seed: within the noise.
+        let close = [judged(targetHits: 3), judged(targetHits: 3), judged(targetHits: 1)]
+        let near = try XCTUnwrap(BenchmarkStatistics.pairedHODifference(close, reference: reference, label: 7))
+        XCTAssertGreaterThan(near.p_value, 0.05)
+        XCTAssertFalse(near.differs)
+        XCTAssertLessThan(near.difference.low, 0)
+        XCTAssertGreaterThan(near.difference.high, 0)
+        // Different prompt lists cannot be paired.
+        var other = judged(targetHits: 1)
+        other.target.removeLast()
+        XCTAssertNil(BenchmarkStatistics.pairedHODifference([other], reference: reference, label: 7))
+    }
+
+    func testLeakageIntervalOverSeeds() throws {
+        let one = try XCTUnwrap(BenchmarkStatistics.leakage([(0.02, 0.01, 0.03)]))
+        XCTAssertEqual([one.value, one.low, one.high], [0.02, 0.01, 0.03])
+        let three = try XCTUnwrap(BenchmarkStatistics.leakage([(0.01, 0.0, 0.02), (0.03, 0.02, 0.04), (0.02, 0.01, 0.03)]))
+        XCTAssertEqual(three.value, 0.02, accuracy: 1e-12)
+        XCTAssertLessThan(three.low, 0.02)
+        XCTAssertGreaterThan(three.high, 0.02)
+        XCTAssertGreaterThan(three.low, -0.01)
+        XCTAssertLessThan(three.high, 0.05)
+        XCTAssertNil(BenchmarkStatistics.leakage([]))
+    }
+
+    // MARK: Benchmark
+
+    private func cell(_ method: String, seed: UInt64, judged: JudgedImages, benchmark: ObjectBenchmark) -> ObjectBenchmarkCell {
+        let (accuracies, perClass) = ObjectEvaluator.accuracies(judged, label: 7)
+        var evaluation = ObjectEvaluation(concept: "Sneaker", label: 7, acc_e: accuracies.acc_e, acc_s: accuracies.acc_s,
+                                          acc_g: accuracies.acc_g, h_o: accuracies.h_o, kid: nil, kid_real: 1, acc_s_relative: nil,
+                                          original: nil, second_judge: accuracies,
+                                          per_class_accuracy: Dictionary(uniqueKeysWithValues: perClass.map { ("class \($0.key)", $0.value) }),
+                                          target_classes: nil, leakage_nats: 0.01, leakage_bound: nil, leakage: nil,
+                                          settings: benchmark.settings, model: method, original_model: nil, judged: judged)
+        evaluation.neighbours = ["class 5", "class 9"]
+        evaluation.neighbours_by = neighboursMethod
+        let attacks = benchmark.attackBudgets.mapValues { AttackSummary(successes: 1, trials: $0.instances * $0.seeds, budget: $0) }
+        return ObjectBenchmarkCell(concept: "sneaker", method: method, seed: seed, evaluation: evaluation, wall_seconds: 1,
+                                   parameters_changed: 1, asr_paraphrase: 0.25, asr_paraphrase_trials: 16,
+                                   asr_unlearndiffatk_pre: 0, asr_unlearndiffatk_post: 0.1, attacks: attacks)
+    }
+
+    func testDefaultsMeetTheBenchmarkPower() throws {
+        let benchmark = ObjectBenchmark(concepts: ["sneaker"], methods: [], seeds: [0], output: URL(fileURLWithPath: "/tmp/unused"))
+        XCTAssertEqual(benchmark.attacks, ["unlearndiffatk", "inversion", "ring-a-bell", "cce"])
+        for (name, budget) in benchmark.attackBudgets {
+            XCTAssertGreaterThanOrEqual(budget.instances * budget.seeds, 16, name)
+        }
+        XCTAssertEqual(benchmark.budget(of: "unlearndiffatk")?.instances, 16)
+        XCTAssertGreaterThanOrEqual(BenchmarkRun(task: .object, methods: []).seeds, 3)
+    }
+
+    func testAttacksFlagSelectsByName() throws {
+        XCTAssertEqual(try parseBenchmarkAttacks("cce, unlearndiffatk"), ["unlearndiffatk", "cce"])
+        XCTAssertEqual(try parseBenchmarkAttacks("all"), benchmarkAttacks.map(\.key))
+        XCTAssertEqual(try parseBenchmarkAttacks("none"), [])
+        XCTAssertThrowsError(try parseBenchmarkAttacks("inversion,pgd")) { error in
+            XCTAssertTrue("\(error)".contains("--attacks") && "\(error)".contains("pgd"), "\(error)")
+        }
+    }
+
+    func testCellOfAnotherAttackBudgetOrSetIsMeasuredAgain() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bench-attacks-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let methods = [BenchmarkMethod(name: "original", make: nil)]
+        let benchmark = ObjectBenchmark(concepts: ["sneaker"], methods: methods, seeds: [0], output: folder)
+        _ = try benchmark.run(log: { _ in }) { _, method, seed in self.cell(method.name, seed: seed, judged: self.judged(targetHits: 30), benchmark: benchmark) }
+        XCTAssertEqual(benchmark.finishedCells().count, 1)
+
+        var fewer = benchmark
+        fewer.setAttackInstances(4)
+        var logged: [String] = []
+        XCTAssertEqual(fewer.finishedCells(log: { logged.append($0) }).count, 0, "another attack budget")
+        XCTAssertTrue(logged.contains { $0.contains("other evaluation settings") }, "\(logged)")
+
+        var official = benchmark
+        official.unlearnDiffAtk.budget = .fast
+        XCTAssertEqual(official.finishedCells().count, 0, "another UnlearnDiffAtk schedule")
+
+        var subset = benchmark
+        subset.attacks = ["cce"]
+        XCTAssertEqual(subset.finishedCells().count, 0, "another attack set")
+        var measured = 0
+        _ = try subset.run(log: { _ in }) { _, method, seed in
+            measured += 1
+            return self.cell(method.name, seed: seed, judged: self.judged(targetHits: 30), benchmark: subset)
+        }
+        XCTAssertEqual(measured, 1)
+        XCTAssertEqual(subset.finishedCells().count, 1)
+        XCTAssertEqual(benchmark.finishedCells().count, 0, "the full set no longer matches the cell on disk")
+    }
+
+    func testSummaryJSONCarriesIntervalsAndTheComparison() throws {
+        let benchmark = ObjectBenchmark(concepts: ["sneaker"], methods: [], seeds: [0, 1, 2], output: URL(fileURLWithPath: "/tmp/unused"))
+        let cells = [cell("original", seed: 0, judged: judged(targetHits: 31, paraphraseHits: 28), benchmark: benchmark)]
+            + (0..<3).map { cell("esd-x", seed: UInt64($0), judged: judged(targetHits: 20 + $0, paraphraseHits: 15), benchmark: benchmark) }
+            + (0..<3).map { cell("score", seed: UInt64($0), judged: judged(targetHits: 1 + $0, retainedMisses: 3), benchmark: benchmark) }
+        let summary = BenchmarkSummary(cells: cells)
+        let json = try JSONSerialization.jsonObject(with: JSONOutput.encode(summary)) as! [String: Any]
+        XCTAssertEqual(json["reference_method"] as? String, "score")
+        XCTAssertEqual((json["cells"] as? [Any])?.count, 7)
+        let rows = try XCTUnwrap(json["rows"] as? [[String: Any]])
+        XCTAssertEqual(rows.map { $0["method"] as? String }, ["original", "esd-x", "score"])
+        let esd = rows[1]
+        let accE = try XCTUnwrap(esd["acc_e"] as? [String: Any])
+        XCTAssertEqual(accE["successes"] as? Int, 20 + 21 + 22)
+        XCTAssertEqual(accE["trials"] as? Int, 96)
+        XCTAssertEqual(accE["method"] as? String, "wilson")
+        for key in ["low", "high", "value"] { XCTAssertNotNil(accE[key] as? Double, key) }
+        let hO = try XCTUnwrap(esd["h_o"] as? [String: Any])
+        XCTAssertLessThanOrEqual(hO["low"] as! Double, hO["value"] as! Double)
+        XCTAssertGreaterThanOrEqual(hO["high"] as! Double, hO["value"] as! Double)
+        let versus = try XCTUnwrap(esd["versus_reference"] as? [String: Any])
+        XCTAssertEqual(versus["differs"] as? Bool, true)
+        XCTAssertLessThan(versus["p_value"] as! Double, 0.05)
+        XCTAssertNil(rows[2]["versus_reference"], "the reference row is not tested against itself")
+        let retained = try XCTUnwrap(esd["retained"] as? [String: Any])
+        XCTAssertEqual(retained.count, 9)
+        XCTAssertEqual(((retained["class 0"] as? [String: Any])?["trials"]) as? Int, 30)
+        XCTAssertEqual(esd["neighbours"] as? [String], ["class 5", "class 9"])
+        let attacks = try XCTUnwrap(esd["attacks"] as? [String: Any])
+        XCTAssertEqual(Set(attacks.keys), Set(benchmark.attacks))
+        XCTAssertNotNil((esd["asr_paraphrase"] as? [String: Any])?["low"])
+
+        // The table shows the intervals, the comparison and the flagged neighbours.
+        let table = summary.markdown()
+        let lines = table.split(separator: "\n").map(String.init)
+        XCTAssertTrue(lines[0].contains("H_o vs score"))
+        XCTAssertTrue(lines[3].contains("| esd-x | 3 | 65.6% ["), lines[3])
+        XCTAssertTrue(lines[3].contains("differs (p "), lines[3])
+        XCTAssertTrue(lines[4].contains("| reference |"), lines[4])
+        XCTAssertTrue(table.contains("class 5 ◆"))
+        XCTAssertTrue(table.contains("| score | 70% ["), table)
+    }
+}
