@@ -42,7 +42,15 @@ and loop.* : a whole FLUX sampling loop in float32 with flux_guided as the fixed
 guidance 3.5, FLUX scheduler config, mu from the token count): loop.latents (initial packed),
 loop.step<i> (latents after each step), loop.final.
 
-Run:  .venv-tools/bin/python tools/make_flux_fixtures.py [--out-dir DIR]
+pipeline.safetensors / pipeline.json: diffusers' FluxPipeline itself (vae and text encoders
+None; prompt_embeds, pooled_prompt_embeds and their negatives passed in; output_type="latent")
+over flux_guided in float32, from fixed latents, for each case of PIPELINE_CASES: <case>.latents
+[B,c,h,w] (packed with _pack_latents and passed as `latents`), <case>.prompt_embeds,
+<case>.pooled_prompt_embeds, <case>.negative_prompt_embeds, <case>.negative_pooled_prompt_embeds
+(row 0, used for every image), <case>.final (the packed output) and <case>.unpacked [B,c,h,w].
+pipeline.json lists per case steps, true_cfg_scale, guidance_scale, batch and the timesteps.
+
+Run:  .venv-tools/bin/python tools/make_flux_fixtures.py [--out-dir DIR] [--pipeline-only]
 """
 import argparse
 import json
@@ -248,14 +256,61 @@ def make_scheduler(out_dir, seed):
         f.write("\n")
 
 
+# true CFG with a negative prompt (two passes per step) and embedded guidance, and neither
+PIPELINE_CASES = {
+    "cfg": dict(steps=4, true_cfg_scale=2.5, guidance_scale=3.5, batch=2),
+    "plain": dict(steps=3, true_cfg_scale=1.0, guidance_scale=2.0, batch=1),
+}
+
+
+def make_pipeline(out_dir, seed):
+    folder = os.path.join(out_dir, "flux_guided")
+    transformer = FluxTransformer2DModel.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(SCHEDULER_CONFIGS["flux"])
+    pipe = FluxPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    spec = MODELS["flux_guided"]
+    c, h, w = spec["latent"]
+    gen = torch.Generator().manual_seed(seed)
+    tensors, cases = {}, {}
+    for name, case in PIPELINE_CASES.items():
+        b = case["batch"]
+        latents = torch.randn((b, c, h, w), generator=gen)
+        embeds = torch.randn((b, spec["text"], transformer.config.joint_attention_dim), generator=gen)
+        pooled = torch.randn((b, transformer.config.pooled_projection_dim), generator=gen)
+        negative = torch.randn((1, spec["text"], transformer.config.joint_attention_dim), generator=gen)
+        negative_pooled = torch.randn((1, transformer.config.pooled_projection_dim), generator=gen)
+        with torch.no_grad():
+            final = pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                         negative_prompt_embeds=negative.expand(b, -1, -1), negative_pooled_prompt_embeds=negative_pooled.expand(b, -1),
+                         true_cfg_scale=case["true_cfg_scale"], guidance_scale=case["guidance_scale"],
+                         num_inference_steps=case["steps"], height=h * pipe.vae_scale_factor, width=w * pipe.vae_scale_factor,
+                         latents=FluxPipeline._pack_latents(latents, b, c, h, w), output_type="latent", return_dict=False)[0]
+        unpacked = FluxPipeline._unpack_latents(final, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
+        for key, value in [("latents", latents), ("prompt_embeds", embeds), ("pooled_prompt_embeds", pooled),
+                           ("negative_prompt_embeds", negative), ("negative_pooled_prompt_embeds", negative_pooled),
+                           ("final", final), ("unpacked", unpacked)]:
+            tensors[f"{name}.{key}"] = f32(value)
+        cases[name] = dict(case, timesteps=floats(pipe.scheduler.timesteps))
+    save_file(tensors, os.path.join(out_dir, "pipeline.safetensors"))
+    with open(os.path.join(out_dir, "pipeline.json"), "w") as f:
+        json.dump(cases, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out-dir", default=DEFAULT_OUT)
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="only (re)write pipeline.*, from the flux_guided model already in --out-dir")
     args = parser.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
-    for i, (name, spec) in enumerate(MODELS.items()):
-        make_model(name, spec, args.out_dir, seed=100 + i)
-    make_scheduler(args.out_dir, seed=7)
+    if not args.pipeline_only:
+        for i, (name, spec) in enumerate(MODELS.items()):
+            make_model(name, spec, args.out_dir, seed=100 + i)
+        make_scheduler(args.out_dir, seed=7)
+    make_pipeline(args.out_dir, seed=11)
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out_dir) for f in fs)
     print(f"wrote {args.out_dir} ({total / 1024:.0f} KB)")
 

@@ -54,6 +54,16 @@ public struct PipelineIndex: Equatable, Sendable {
 
     /// The class of component `name`, nil when absent or null.
     public func className(of name: String) -> String? { components[name]?.className }
+
+    /// The folder of component `name` beside model_index.json; throws naming it when absent.
+    public func componentFolder(_ name: String) throws -> URL {
+        let url = file.deletingLastPathComponent().appendingPathComponent(name)
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw PipelineError.missingFile(url, what: "the \(name) folder that \(file.lastPathComponent) names")
+        }
+        return url
+    }
 }
 
 extension StableDiffusionPipeline {
@@ -96,15 +106,7 @@ extension StableDiffusionPipeline {
     public convenience init(directory: URL, textEncoder: (any TextEncoder)? = nil, scheduler kind: SchedulerKind? = nil,
                             variant: String? = nil) throws {
         let index = try PipelineIndex(directory: directory)
-
-        func folder(_ name: String) throws -> URL {
-            let url = directory.appendingPathComponent(name)
-            var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue else {
-                throw PipelineError.missingFile(url, what: "the \(name) folder that \(index.file.lastPathComponent) names")
-            }
-            return url
-        }
+        let folder = index.componentFolder
 
         guard let unetClass = index.className(of: "unet") else {
             throw PipelineError.invalidFile(index.file, reason: "names no unet")
