@@ -68,16 +68,23 @@ public struct GenerationRun: Sendable {
                        images: images, height: height, width: width, guidance: guidance)
     }
 
+    /// A FLUX pipeline's run: per image and guidance pass, the token stream's activations (about
+    /// 24 copies of tokens × width per block input, attention's tokens² scores per head) and
+    /// the picture three times over.
+    public static func estimatedBytes(pipeline: FluxPipeline, images: Int, height: Int, width: Int, guidance: Float) -> Double {
+        let c = pipeline.transformer.config
+        let scale = Double(pipeline.vaeScaleFactor)
+        let tokens = Double(height) * Double(width) / (4 * scale * scale) + 512
+        let perPass = 24 * tokens * Double(c.innerDim) + Double(c.numAttentionHeads) * tokens * tokens
+        let vae = pipeline.vae.map { 4 * Double($0.config.blockOutChannels.first ?? 1) * Double(height) * Double(width) } ?? 0
+        return 4 * Double(images) * (perPass * (guidance > 1 ? 2 : 1) + vae + 9 * Double(height) * Double(width))
+    }
+
     /// Generates and writes the PNG; `progress` sees (steps done, steps in all).
     public func run(assets: Assets = Assets(), available: Double = availableMemoryBytes(),
                     progress: ((Int, Int) -> Void)? = nil) throws -> GenerationResult {
         try validate()
         let started = Date()
-        let pipeline = try ModelLoader.load(model, variant: variant, assets: assets).pipeline
-        try pipeline.merge(loras)
-        if let scheduler { pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(scheduler, config: pipeline.scheduler.config) }
-        let height = self.height ?? pipeline.defaultHeight, width = self.width ?? pipeline.defaultWidth
-        let guidance = self.guidance ?? (model == nil ? DefaultModel.guidance : Self.folderGuidance)
         let rowPrompts: [String]
         if grid {
             let prompts = try FashionPrompts.bundled()
@@ -86,14 +93,42 @@ public struct GenerationRun: Sendable {
             rowPrompts = [prompt ?? ""]
         }
         let prompts = rowPrompts.flatMap { Array(repeating: $0, count: numImages) }
-        let needed = Self.estimatedBytes(pipeline: pipeline, images: prompts.count, height: height, width: width, guidance: guidance)
-        guard needed <= available else {
-            throw EvaluationError.invalidSetting(String(
-                format: "%d image%@ of %d×%d would need about %.1f GB, and %.1f GB is available: lower --num-images, --height or --width",
-                prompts.count, prompts.count == 1 ? "" : "s", width, height, needed / 1e9, available / 1e9))
+        func checkMemory(_ needed: Double, height: Int, width: Int) throws {
+            guard needed <= available else {
+                throw EvaluationError.invalidSetting(String(
+                    format: "%d image%@ of %d×%d would need about %.1f GB, and %.1f GB is available: lower --num-images, --height or --width",
+                    prompts.count, prompts.count == 1 ? "" : "s", width, height, needed / 1e9, available / 1e9))
+            }
         }
-        let images = try pipeline.generate(prompts: prompts, negativePrompt: negativePrompt, steps: steps, guidance: guidance,
+        let images: Tensor, height: Int, width: Int, guidance: Float, schedulerName: String
+        if let model, FluxPipeline.isFluxFolder(URL(fileURLWithPath: model)) {
+            // The flow family: its own pipeline, the same denoising loop.
+            guard loras.isEmpty, scheduler == nil else {
+                throw EvaluationError.invalidSetting("--lora and --scheduler are for UNet models; \(model) is a FLUX folder (flow-matching Euler)")
+            }
+            let pipeline = try MiniFlux.pipeline(folder: URL(fileURLWithPath: model), assets: assets, variant: variant)
+            (height, width) = (self.height ?? pipeline.defaultSize, self.width ?? pipeline.defaultSize)
+            guidance = self.guidance ?? MiniFlux.guidance
+            try checkMemory(Self.estimatedBytes(pipeline: pipeline, images: prompts.count, height: height, width: width, guidance: guidance),
+                            height: height, width: width)
+            images = try pipeline.generate(prompts: prompts, negativePrompt: negativePrompt, steps: steps, guidance: guidance,
+                                           seed: seed, height: height, width: width) { step, total in
+                progress?(step, total)
+                return .proceed
+            }
+            schedulerName = "\(type(of: pipeline.scheduler))"
+        } else {
+            let pipeline = try ModelLoader.load(model, variant: variant, assets: assets).pipeline
+            try pipeline.merge(loras)
+            if let scheduler { pipeline.scheduler = try StableDiffusionPipeline.makeScheduler(scheduler, config: pipeline.scheduler.config) }
+            (height, width) = (self.height ?? pipeline.defaultHeight, self.width ?? pipeline.defaultWidth)
+            guidance = self.guidance ?? (model == nil ? DefaultModel.guidance : Self.folderGuidance)
+            try checkMemory(Self.estimatedBytes(pipeline: pipeline, images: prompts.count, height: height, width: width, guidance: guidance),
+                            height: height, width: width)
+            images = try pipeline.generate(prompts: prompts, negativePrompt: negativePrompt, steps: steps, guidance: guidance,
                                            seed: seed, height: height, width: width, progress: progress)
+            schedulerName = "\(type(of: pipeline.scheduler))"
+        }
         let total = prompts.count
         let picture: Tensor
         if total == 1 {
@@ -107,7 +142,7 @@ public struct GenerationRun: Sendable {
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
         let text: [(key: String, value: String)] = [
             ("prompt", rowPrompts.joined(separator: " | ")), ("negative_prompt", negativePrompt), ("seed", "\(seed)"),
-            ("steps", "\(steps)"), ("guidance", "\(guidance)"), ("scheduler", "\(type(of: pipeline.scheduler))"),
+            ("steps", "\(steps)"), ("guidance", "\(guidance)"), ("scheduler", schedulerName),
             ("size", "\(width)x\(height)"), ("images", "\(total)"), ("model", model ?? "embedded default"), ("Software", "score"),
         ]
         try PNG.write(PixelImage(tensor: picture), to: url, text: text)

@@ -25,7 +25,7 @@ struct TestbedOptions: ParsableArguments {
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the testbed's models on Fashion-MNIST.",
-        subcommands: [UNetCommand.self, JudgeCommand.self])
+        subcommands: [UNetCommand.self, FluxCommand.self, JudgeCommand.self])
 
     struct UNetCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -70,6 +70,48 @@ struct Train: ParsableCommand {
         func run() throws {
             compute.apply()
             let training = try training()
+            let folder = exportCheckpoint ? try training.exportCheckpoint()
+                                          : try training.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
+            print("wrote \(folder.path)")
+        }
+    }
+
+    struct FluxCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "flux", abstract: "Train the mini-FLUX transformer (pixel space, MiniLM states + pooled vector, rectified flow).")
+
+        private static let defaults = MiniFluxTrainingOptions(output: FluxTrainingRun.defaultOutput)
+        @Option(help: "Optimizer steps.") var steps = defaults.steps
+        @Option(help: "Images per step.") var batch = defaults.batchSize
+        @Option(help: "Peak learning rate (warm-up, then cosine).") var lr = defaults.learningRate
+        @Option(help: "σ sampling: logit-normal or uniform (recorded in the checkpoint; --resume must pass the same).") var timeSampling = defaults.timeSampling
+        @Option(help: "Random seed.") var seed = defaults.seed
+        @Option(help: "Checkpoint every N steps.") var checkpointEvery = defaults.checkpointEvery
+        @Option(help: "Output folder (a diffusers-layout model folder is written into it).") var out = FluxTrainingRun.defaultOutput.path
+        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+        @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
+        @Option(help: "Stop after this step, writing a checkpoint that --resume continues from (the schedule still runs to --steps).") var stopAfter: Int?
+        @OptionGroup var compute: ComputeOptions
+
+        func training() -> FluxTrainingRun {
+            var options = MiniFluxTrainingOptions(output: URL(fileURLWithPath: out))
+            options.steps = steps
+            options.batchSize = batch
+            options.learningRate = lr
+            options.timeSampling = timeSampling
+            options.seed = seed
+            options.checkpointEvery = checkpointEvery
+            options.resume = resume
+            options.stopAfter = stopAfter
+            options.command = CommandLine.arguments.joined(separator: " ")
+            return FluxTrainingRun(options: options)
+        }
+
+        func validate() throws { try checking { try training().validate() } }
+
+        func run() throws {
+            compute.apply()
+            let training = training()
             let folder = exportCheckpoint ? try training.exportCheckpoint()
                                           : try training.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
             print("wrote \(folder.path)")
@@ -139,14 +181,17 @@ struct CheckModel: ParsableCommand {
     @Option(help: "Emoji: images per identity-task character (cycling over the styles).") var imagesPerIdentity = defaults.imagesPerIdentity
     @Option(help: "Emoji: how many emoji the style check samples.") var styleEmoji = defaults.styleEmoji
     @OptionGroup var testbed: TestbedOptions
-    @Option(help: "Sampling steps (DDIM).") var steps = defaults.steps
-    @Option(help: "Classifier-free guidance scale.") var guidance = defaults.guidance
+    @Option(help: "Model family: sd (the mini-SD, DDIM) or flux (a mini-FLUX folder from `score train flux`, flow-matching Euler).") var family = defaults.family
+    @Option(help: "Sampling steps (default: \(ModelCheckRun.defaultSampling(family: "sd").steps) for sd, \(ModelCheckRun.defaultSampling(family: "flux").steps) for flux).") var steps: Int?
+    @Option(help: "Classifier-free guidance scale (default: \(ModelCheckRun.defaultSampling(family: "sd").guidance) for sd, \(ModelCheckRun.defaultSampling(family: "flux").guidance) for flux).") var guidance: Float?
     @Option(help: "Random seed.") var seed = defaults.seed
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var compute: ComputeOptions
 
     func check() throws -> ModelCheckRun {
         var run = ModelCheckRun()
+        run.family = family
+        let sampling = ModelCheckRun.defaultSampling(family: family)
         run.model = model.map { URL(fileURLWithPath: $0) }
         run.judges = judges.map { URL(fileURLWithPath: $0) }
         run.judge = judge
@@ -154,8 +199,8 @@ struct CheckModel: ParsableCommand {
         run.imagesPerStyle = imagesPerStyle
         run.imagesPerIdentity = imagesPerIdentity
         run.styleEmoji = styleEmoji
-        run.steps = steps
-        run.guidance = guidance
+        run.steps = steps ?? sampling.steps
+        run.guidance = guidance ?? sampling.guidance
         run.seed = seed
         run.testbed = try testbed.data()
         return run

@@ -104,12 +104,22 @@ public func classDistribution(pipeline: StableDiffusionPipeline, judge: any Judg
 public func checkModel(pipeline: StableDiffusionPipeline, judge: any Judge, prompts: FashionPrompts, test: LabelledImages,
                        imagesPerClass: Int, steps: Int = DefaultModel.steps, guidance: Float = DefaultModel.guidance,
                        seed: UInt64 = 0, log: (String) -> Void = { _ in }) throws -> ModelCheck {
+    try checkModel(sampler: "DDIM (eta 0, clipped x̂₀ with ε recomputed), \(type(of: pipeline.scheduler))", judge: judge, prompts: prompts,
+                   test: test, imagesPerClass: imagesPerClass, steps: steps, guidance: guidance, seed: seed, log: log) { prompts, seed in
+        try pipeline.generate(prompts: prompts, steps: steps, guidance: guidance, seed: seed)
+    }
+}
+
+/// `checkModel` for any model family: `generate(prompts, seed)` draws one image per prompt in
+/// [−1, 1] at the given sampler settings (which are recorded, with `sampler`, in the result).
+public func checkModel(sampler: String, judge: any Judge, prompts: FashionPrompts, test: LabelledImages,
+                       imagesPerClass: Int, steps: Int, guidance: Float, seed: UInt64 = 0, log: (String) -> Void = { _ in },
+                       generate: (_ prompts: [String], _ seed: UInt64) throws -> Tensor) throws -> ModelCheck {
     var perClass: [String: Double] = [:]
     var generated: [Tensor] = []
     for c in prompts.classes {
         let prompt = prompts.canonicalPrompt(c.label)
-        let images = try pipeline.generate(prompts: Array(repeating: prompt, count: imagesPerClass), steps: steps,
-                                           guidance: guidance, seed: seed &+ UInt64(c.label) &* 1_000_003)
+        let images = try generate(Array(repeating: prompt, count: imagesPerClass), seed &+ UInt64(c.label) &* 1_000_003)
         let predicted = judge.predict(images)
         let accuracy = Double(predicted.filter { $0 == c.label }.count) / Double(imagesPerClass)
         perClass[c.name] = accuracy
@@ -125,5 +135,5 @@ public func checkModel(pipeline: StableDiffusionPipeline, judge: any Judge, prom
                       kid: kid, images_per_class: imagesPerClass, steps: steps, guidance: guidance, seed: seed,
                       judge: judge.architecture, judge_test_accuracy: nil, judge_test_per_class_accuracy: nil,
                       mean_border_pixel: meanBorderPixel(all), real_mean_border_pixel: meanBorderPixel(real),
-                      sampler: "DDIM (eta 0, clipped x̂₀ with ε recomputed), \(type(of: pipeline.scheduler))")
+                      sampler: sampler)
 }

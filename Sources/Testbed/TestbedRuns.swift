@@ -239,13 +239,23 @@ public struct ModelCheckRun: Sendable {
     public var guidance = DefaultModel.guidance
     public var seed: UInt64 = 0
     public var testbed = TestbedData()
+    /// Which model family `model` is: "sd" (the mini-SD, a UNet) or "flux" (the mini-FLUX).
+    public var family = "sd"
 
     public init() {}
+
+    /// The sampler settings a family is measured at when none are given.
+    public static func defaultSampling(family: String) -> (steps: Int, guidance: Float) {
+        family == "flux" ? (MiniFlux.steps, MiniFlux.guidance) : (DefaultModel.steps, DefaultModel.guidance)
+    }
 
     public func validate() throws {
         func check(_ ok: Bool, _ message: String) throws { if !ok { throw TrainingError.invalidOption(message) } }
         try testbed.validate()
         try check(["resnet", "cnn", "mlp"].contains(judge), "--judge must be resnet, cnn or mlp, not '\(judge)'")
+        try check(["sd", "flux"].contains(family), "--family must be sd or flux, not '\(family)'")
+        try check(family == "sd" || !testbed.isEmoji, "--family flux is for the Fashion-MNIST testbed (no emoji mini-FLUX exists)")
+        try check(family == "sd" || model != nil, "--family flux needs --model: a folder written by `score train flux` (<out>/model)")
         try check(imagesPerClass >= 1, "--images-per-class must be at least 1, not \(imagesPerClass)")
         try check(imagesPerStyle >= 1, "--images-per-style must be at least 1, not \(imagesPerStyle)")
         try check(imagesPerIdentity >= 1, "--images-per-identity must be at least 1, not \(imagesPerIdentity)")
@@ -260,12 +270,23 @@ public struct ModelCheckRun: Sendable {
     /// test images, and the judge's own accuracy on those test images.
     public func runFashion(assets: Assets, log: @escaping (String) -> Void) throws -> ModelCheck {
         try validate()
-        let pipeline = try DefaultModel.pipeline(folder: model, assets: assets)
         let classifier = try DefaultModel.judge(judge, folder: judges)
         let prompts = try FashionPrompts.bundled()
         let data = try FashionMNIST(assets: assets)
-        var result = try checkModel(pipeline: pipeline, judge: classifier, prompts: prompts, test: data.test,
+        var result: ModelCheck
+        if family == "flux", let model {
+            let pipeline = try MiniFlux.pipeline(folder: model, assets: assets)
+            let side = pipeline.defaultSize
+            result = try checkModel(sampler: "flow-matching Euler, true CFG with the empty prompt, \(type(of: pipeline.scheduler))",
+                                    judge: classifier, prompts: prompts, test: data.test, imagesPerClass: imagesPerClass,
+                                    steps: steps, guidance: guidance, seed: seed, log: log) { prompts, seed in
+                try pipeline.generate(prompts: prompts, steps: steps, guidance: guidance, seed: seed, height: side, width: side)
+            }
+        } else {
+            let pipeline = try DefaultModel.pipeline(folder: model, assets: assets)
+            result = try checkModel(pipeline: pipeline, judge: classifier, prompts: prompts, test: data.test,
                                     imagesPerClass: imagesPerClass, steps: steps, guidance: guidance, seed: seed, log: log)
+        }
         result.judge_test_accuracy = judgeAccuracy(classifier, on: data.test)
         let real = judgePerClassAccuracy(classifier, on: data.test)
         result.judge_test_per_class_accuracy = Dictionary(uniqueKeysWithValues: prompts.classes.compactMap { c in real[c.label].map { (c.name, $0) } })
@@ -275,6 +296,7 @@ public struct ModelCheckRun: Sendable {
     /// Fashion-MNIST: where the judge places `imagesPerClass` images of `prompt`.
     public func runDistribution(prompt: String, assets: Assets) throws -> ClassDistribution {
         try validate()
+        guard family == "sd" else { throw TrainingError.invalidOption("--prompt is for --family sd") }
         let pipeline = try DefaultModel.pipeline(folder: model, assets: assets)
         let classifier = try DefaultModel.judge(judge, folder: judges)
         let fractions = try classDistribution(pipeline: pipeline, judge: classifier, prompts: try FashionPrompts.bundled(), prompt: prompt,
