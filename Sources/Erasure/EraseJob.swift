@@ -24,6 +24,9 @@ public struct EraseJob {
     public var leakage: LeakageOptions? = LeakageOptions()
     public var probes: [FeatureProbe] = []
     public var stopAfter: Int?
+    /// Recompute the UNet's block activations in the backward pass (diffusers'
+    /// `gradient_checkpointing`): the same weights bit for bit, less memory, more time.
+    public var gradientCheckpointing = false
 
     public init(method: any ErasureMethod, request: ErasureRequest, baseFolder: URL, baseName: String, output: URL) {
         self.method = method
@@ -44,6 +47,8 @@ public struct EraseJob {
         let started = Date()
         let original = try pipeline.unet.copy()
         original.freeze()
+        pipeline.unet.gradientCheckpointing = gradientCheckpointing
+        defer { pipeline.unet.gradientCheckpointing = false }
         let context = ErasureContext(output: output, resume: resume, stopAfter: stopAfter, log: log)
         let outcome = try method.erase(request, pipeline: pipeline, context: context)
         if outcome.stoppedEarly {
@@ -71,6 +76,7 @@ public struct EraseJob {
             trainable_parameters: outcome.trainableParameters, parameters_changed: changedCount, tensors_changed: changed.count,
             mask_kept: outcome.masks.isEmpty ? nil : Saliency.count(outcome.masks).kept, threads: Kernels.threadCount)
         record.run_id = runID
+        record.gradient_checkpointing = gradientCheckpointing
         try record.write(config: config, to: staging.appendingPathComponent("run.json"))
         try Self.swapIn(staging, to: output)
         log("wrote \(output.appendingPathComponent("model").path): \(changed.count) tensors, \(changedCount) parameters changed")

@@ -78,9 +78,19 @@ public enum ErasedModel {
         let staging = folder.deletingLastPathComponent().appendingPathComponent(".\(folder.lastPathComponent).partial")
         try? fm.removeItem(at: staging)
         try fm.createDirectory(at: staging.appendingPathComponent("unet"), withIntermediateDirectories: true)
-        try fm.copyItem(at: baseFolder.appendingPathComponent("model_index.json"), to: staging.appendingPathComponent("model_index.json"))
-        try fm.copyItem(at: baseFolder.appendingPathComponent("scheduler"), to: staging.appendingPathComponent("scheduler"))
-        try fm.copyItem(at: baseFolder.appendingPathComponent("unet/config.json"), to: staging.appendingPathComponent("unet/config.json"))
+        if SingleFileCheckpoint.isSingleFile(baseFolder.path) {
+            // A single-file base has no configs to copy: the UNet's is written, the rest is read
+            // from the base when the folder is loaded.
+            guard !full else {
+                try? fm.removeItem(at: staging)
+                throw ErasureError.invalidRequest("--full copies a base folder's files; \(baseFolder.path) is a single file: save the changed weights, then `score convert` them to a single file")
+            }
+            try writeJSONAtomically(unet.config, to: staging.appendingPathComponent("unet/config.json"))
+        } else {
+            try fm.copyItem(at: baseFolder.appendingPathComponent("model_index.json"), to: staging.appendingPathComponent("model_index.json"))
+            try fm.copyItem(at: baseFolder.appendingPathComponent("scheduler"), to: staging.appendingPathComponent("scheduler"))
+            try fm.copyItem(at: baseFolder.appendingPathComponent("unet/config.json"), to: staging.appendingPathComponent("unet/config.json"))
+        }
         let changed = try changedParameterNames(unet, reference: reference)
         let count = changedEntryCount(unet, reference: reference)
         if full {
@@ -199,6 +209,8 @@ public struct ErasureRecord: Codable, Sendable {
     public var leakage: [LeakageReport]?
     /// The id the run's model/ carries too (nil in records written before run ids).
     public var run_id: String? = nil
+    /// Whether the UNet recomputed its activations in the backward pass (`--gradient-checkpointing`).
+    public var gradient_checkpointing: Bool? = nil
 
     public init(method: String, command: String, base_model: String, request: ErasureRequest, seed: UInt64, steps: Int,
                 losses: [String: [Float]], wall_seconds: Double, peak_memory_mb: Double?, trainable_parameters: Int,

@@ -5,7 +5,8 @@ import Tensor
 
 /// An erased model's change to its UNet expressed as LoRA factors: each changed linear or
 /// convolution weight's difference Δ = W_erased − W_base (a convolution's as [out, in·kh·kw])
-/// truncated to rank r by SVD (Float64), as B·A with B [out, r] and A [r, in…], alpha = r
+/// truncated to rank r by SVD (Float64; randomized subspace iteration for the top of a large
+/// weight's spectrum, exact for small ones: `LowRankFactorization`), as B·A with B [out, r] and A [r, in…], alpha = r
 /// (scale 1). A low-rank change (UCE edits K/V by a rank-(concepts) update) comes out exactly at
 /// its rank; a full fine-tune's loses what the dropped singular values held, which the report
 /// measures tensor by tensor. Biases and normalisation weights cannot be LoRA factors: they are
@@ -81,12 +82,17 @@ public enum LoRAExtraction {
                 continue
             }
             let out = weight.shape[0], inner = weight.count / out
-            let factorization = try LowRankFactorization(Matrix64(rows: out, columns: inner, values: delta))
+            let matrix = Matrix64(rows: out, columns: inner, values: delta)
             let fullRank = min(out, inner)
+            let factorization: LowRankFactorization
             let r: Int
             switch choice {
-            case let .rank(limit): r = min(limit, fullRank)
-            case let .energy(energy): r = max(1, factorization.rank(keeping: energy))
+            case let .rank(limit):
+                r = min(limit, fullRank)
+                factorization = try LowRankFactorization(matrix, rank: r)
+            case let .energy(energy):
+                factorization = try LowRankFactorization(matrix, energy: energy)
+                r = max(1, factorization.rank(keeping: energy))
             }
             let (up64, down64) = factorization.factors(rank: r)
             let trailing = Array(repeating: 1, count: weight.rank - 2)
@@ -103,7 +109,7 @@ public enum LoRAExtraction {
                     residual += e * e
                 }
             }
-            let total = factorization.squaredSingularValues.reduce(0, +)
+            let total = factorization.totalSquared
             let kept = factorization.squaredSingularValues.prefix(r).reduce(0, +)
             let path = String(name.dropLast(".weight".count))
             modules[path] = LoRAFactors(down: down, up: up, alpha: Float(r))

@@ -62,10 +62,16 @@ public struct GenerationRun: Sendable {
         return 4 * n * (unet + vae + picture)
     }
 
+    /// The same for `pipeline`'s own architecture: the UNet's sampling activations from its
+    /// config (`UNet2DConditionConfig.activationBytes`, the batch doubled under guidance), the
+    /// VAE decoder's, and the images. The weights are loaded already, so are not counted.
     public static func estimatedBytes(pipeline: StableDiffusionPipeline, images: Int, height: Int, width: Int, guidance: Float) -> Double {
-        estimatedBytes(unetChannels: pipeline.unet.config.blockOutChannels.first ?? 1,
-                       vaeChannels: pipeline.vae.map { $0.config.blockOutChannels.first ?? 1 }, vaeScale: pipeline.vaeScaleFactor,
-                       images: images, height: height, width: width, guidance: guidance)
+        let scale = pipeline.vaeScaleFactor
+        let latentHeight = (height + scale - 1) / scale, latentWidth = (width + scale - 1) / scale
+        let unet = pipeline.unet.config.activationBytes(batch: images * (guidance > 1 ? 2 : 1), height: latentHeight, width: latentWidth,
+                                                        contextTokens: 77, mode: .sampling)
+        let vae = pipeline.vae.map { $0.config.decodeActivationBytes(batch: images, height: height, width: width) } ?? 0
+        return unet + vae + 4 * Double(images) * 9 * Double(height) * Double(width)
     }
 
     /// A FLUX pipeline's run: per image and guidance pass, the token stream's activations (about

@@ -25,7 +25,8 @@ public struct LoadedModel {
 
 /// Resolves every `--model` the tool accepts: nothing (the embedded mini-SD), a testbed folder
 /// (MiniLM from the asset cache), an erased folder of changed weights (loaded over its base) or
-/// a diffusers Stable Diffusion folder.
+/// a diffusers Stable Diffusion folder, or an SD 1.x/2.x single-file checkpoint (`.safetensors`;
+/// its tokenizer and configs from the folder holding it, see `StableDiffusionPipeline(singleFile:)`).
 public enum ModelLoader {
     /// `variant`: the weights variant to read (`--variant fp16`), with diffusers' rules
     /// (`WeightsVariant`); for an erased folder, its base's.
@@ -65,12 +66,20 @@ public enum ModelLoader {
             return LoadedModel(pipeline: try DefaultModel.pipeline(assets: assets), folder: try DefaultModel.folder(),
                                name: "embedded", manifest: nil)
         }
+        if SingleFileCheckpoint.isSingleFile(path) {
+            guard variant == nil else {
+                throw EvaluationError.invalidSetting("--variant picks among a folder's weights files; \(path) is a single file")
+            }
+            let pipeline = try StableDiffusionPipeline(singleFile: URL(fileURLWithPath: path))
+            return LoadedModel(pipeline: pipeline, folder: URL(fileURLWithPath: path), name: path, manifest: nil)
+        }
         let folder = URL(fileURLWithPath: path)
         let index = folder.appendingPathComponent("model_index.json")
-        guard FileManager.default.fileExists(atPath: index.path) else {
-            throw PipelineError.missingFile(index, what: "--model must be a diffusers pipeline folder or the model/ folder of `score erase`")
+        let manifest = try ErasedModel.manifest(in: folder)
+        guard manifest != nil || FileManager.default.fileExists(atPath: index.path) else {
+            throw PipelineError.missingFile(index, what: "--model must be a diffusers pipeline folder, the model/ folder of `score erase`, or a single-file .safetensors checkpoint")
         }
-        if let manifest = try ErasedModel.manifest(in: folder) {
+        if let manifest {
             let here = folder.standardizedFileURL.resolvingSymlinksInPath()
             let manifestFile = folder.appendingPathComponent(ErasedModel.manifestName)
             let route = (chain + [here]).map(\.path).joined(separator: " → ")

@@ -35,6 +35,8 @@ public struct EraseRun {
     public var command = ""
     /// nil: no leakage estimate.
     public var leakage: LeakageOptions? = LeakageOptions()
+    /// `--gradient-checkpointing` (`EraseJob.gradientCheckpointing`).
+    public var gradientCheckpointing = false
 
     public init(method: any ErasureMethod, concepts: [String], output: String) {
         self.method = method
@@ -72,6 +74,7 @@ public struct EraseRun {
         job.resume = resume
         job.command = command
         job.leakage = leakage
+        job.gradientCheckpointing = gradientCheckpointing
         job.probes = loaded.pipeline.latentChannels == 1 ? try Workflows.judgeProbes() : []
         return try job.run(pipeline: loaded.pipeline, log: log)
     }

@@ -221,13 +221,14 @@ struct Erase: ParsableCommand {
     @Option(help: "What target prompts should draw instead (repeat for an anchor set; default \"\", the unconditional model).") var anchor: [String] = []
     @Option(help: "A concept and its own guide, \"sneaker=shoe\" (repeat: --edit \"sneaker=shoe\" --edit \"bag=box\"; UCE's per-concept guide, every method's anchor for that concept).") var edit: [String] = []
     @Option(help: "Prompts to keep (a comma-separated list or a file). Default on the testbed: the other classes' canonical prompts.") var retain: String?
-    @Option(help: "A diffusers pipeline folder (default: the embedded mini-SD).") var model: String?
+    @Option(help: "A diffusers pipeline folder or an SD 1.x/2.x single-file .safetensors (default: the embedded mini-SD).") var model: String?
     @Option(help: variantHelp) var variant: String?
     @Option(help: "Output folder.") var out: String
     @Flag(help: "Write every UNet tensor and the base's other components, not just the changed tensors.") var full = false
     @Option(help: "With --full: save the UNet as this variant, fp16 or bf16 (diffusion_pytorch_model.<variant>.safetensors in that precision).") var saveVariant: String?
     @Flag(help: "Continue from the checkpoint in --out.") var resume = false
     @Flag(help: "Skip the leakage estimate.") var noLeakage = false
+    @Flag(help: "Recompute the UNet's block activations in the backward pass (diffusers' gradient_checkpointing): less memory, the same weights, more time.") var gradientCheckpointing = false
     @OptionGroup var hyperparameters: SCOREOptions
     @OptionGroup var esd: ESDOptions
     @OptionGroup var uce: UCEOptions
@@ -266,6 +267,7 @@ struct Erase: ParsableCommand {
         run.full = full
         run.saveVariant = saveVariant
         run.resume = resume
+        run.gradientCheckpointing = gradientCheckpointing
         run.command = CommandLine.arguments.joined(separator: " ")
         run.leakage = noLeakage ? nil : leakage.options
         return run

@@ -44,6 +44,7 @@ struct Train: ParsableCommand {
         @Option(help: "Emoji: draw the tasks' characters and weapons this many times as often as other emoji.") var taskEmojiWeight = 1
         @Option(help: "Offset noise: std of a per-image, per-channel constant added to the training noise (0 = off; 0.1 lets samples' colour means follow the prompt, not the starting noise). The checkpoint records it; --resume must pass the same value.") var offsetNoise = defaults.offsetNoise
         @Option(help: "Stop after this step, writing a checkpoint that --resume continues from (the schedule still runs to --steps).") var stopAfter: Int?
+        @Flag(help: "Recompute each block's activations in the backward pass (diffusers' gradient_checkpointing): less memory, the same weights, more time.") var gradientCheckpointing = false
         @OptionGroup var testbed: TestbedOptions
         @OptionGroup var compute: ComputeOptions
 
@@ -59,6 +60,7 @@ struct Train: ParsableCommand {
             options.initialModel = initFrom.map { URL(fileURLWithPath: $0) }
             options.stopAfter = stopAfter
             options.offsetNoise = offsetNoise
+            options.gradientCheckpointing = gradientCheckpointing
             options.command = CommandLine.arguments.joined(separator: " ")
             var run = UNetTrainingRun(options: options, testbed: data)
             run.taskEmojiWeight = taskEmojiWeight

@@ -20,6 +20,8 @@ public struct TrainingRecord: Codable, Sendable {
     public var metrics: [String: Double]
     public var threads: Int
     public var date: String
+    /// Whether activations were recomputed in the backward pass (nil: not recorded).
+    public var gradientCheckpointing: Bool? = nil
 
     public func write(to url: URL) throws { try writeJSON(self, to: url) }
 }

@@ -113,6 +113,9 @@ public struct MiniSDTrainingOptions {
     public var initialModel: URL?
     public var stopAfter: Int?
     public var command = ""
+    /// Recompute each block's activations in the backward pass (diffusers' `gradient_checkpointing`):
+    /// less memory, the same gradients bit for bit, about one more forward pass of time.
+    public var gradientCheckpointing = false
 
     public init(output: URL) { self.output = output }
 }
@@ -189,8 +192,15 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
         throw TrainingError.invalidOption("the UNet takes \(config.inChannels) channels, the \(data.testbed) images have \(data.imageShape[0]); train with the testbed's UNet config (--testbed)")
     }
     try options.validate()
+    // The model, AdamW's state, the EMA copy and a step's activations, before any is allocated.
+    let estimate = config.memoryEstimate(batch: options.batchSize, height: data.imageShape[1], width: data.imageShape[2],
+                                         contextTokens: 77, mode: .training(gradientCheckpointing: options.gradientCheckpointing),
+                                         extraCopies: 1)
+    try estimate.check("training the UNet with batch \(options.batchSize)",
+                       advice: options.gradientCheckpointing ? "lower --batch" : "lower --batch or add --gradient-checkpointing")
     var generator = RandomGenerator(seed: options.seed)
     let unet = try UNet2DConditionModel(config: config, generator: &generator)
+    unet.gradientCheckpointing = options.gradientCheckpointing
     let ema = try UNet2DConditionModel(config: config, generator: &generator)
     if let folder = options.initialModel {
         let weights = folder.appendingPathComponent("unet/diffusion_pytorch_model.safetensors")
@@ -284,12 +294,13 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
     }
     let wall = Date().timeIntervalSince(start)
     let tail = state.losses.suffix(50)
-    let record = TrainingRecord(
+    var record = TrainingRecord(
         model: data.testbed == "fashion-mnist" ? "mini-sd-unet" : "mini-sd-unet-\(data.testbed)", command: options.command, seed: options.seed, steps: state.step,
         batchSize: b, learningRate: options.learningRate, dataSHA256: digests, wallSeconds: wall,
         imagesPerSecond: Double((state.step - firstStep) * b) / max(wall, 1e-9),
         finalLoss: tail.reduce(0, +) / Float(max(tail.count, 1)), parameters: unet.parameterCount,
         metrics: options.offsetNoise > 0 ? ["offset_noise": Double(options.offsetNoise)] : [:], threads: Kernels.threadCount, date: ISO8601DateFormatter().string(from: Date()))
+    record.gradientCheckpointing = options.gradientCheckpointing
     return (ema, record)
 }
 
