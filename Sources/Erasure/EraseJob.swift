@@ -44,6 +44,8 @@ public struct EraseJob {
         let started = Date()
         let original = try pipeline.unet.copy()
         original.freeze()
+        let textEncoder = method.changesTextEncoder ? ErasedModel.textEncoderModule(of: pipeline) : nil
+        let originalText = textEncoder.map { $0.namedParameters().reduce(into: [String: Tensor]()) { $0[$1.name] = Tensor(shape: $1.tensor.shape, scalars: $1.tensor.scalars) } }
         let context = ErasureContext(output: output, resume: resume, stopAfter: stopAfter, log: log)
         let outcome = try method.erase(request, pipeline: pipeline, context: context)
         if outcome.stoppedEarly {
@@ -58,6 +60,7 @@ public struct EraseJob {
         let (changed, changedCount) = try ErasedModel.write(unet: pipeline.unet, reference: original, baseFolder: baseFolder, baseName: baseName,
                                             method: method.name, concepts: request.concepts.map(\.name), full: full,
                                             runID: runID, baseVariant: baseVariant, saveVariant: saveVariant,
+                                            textEncoder: textEncoder.map { ($0, originalText!) },
                                             to: staging.appendingPathComponent("model"))
         if !outcome.masks.isEmpty {
             try Tensor.save(outcome.masks, to: staging.appendingPathComponent("mask.safetensors"))
