@@ -49,6 +49,8 @@ public struct EraseJob {
         original.freeze()
         pipeline.unet.gradientCheckpointing = gradientCheckpointing
         defer { pipeline.unet.gradientCheckpointing = false }
+        let textEncoder = method.changesTextEncoder ? ErasedModel.textEncoderModule(of: pipeline) : nil
+        let originalText = textEncoder.map { $0.namedParameters().reduce(into: [String: Tensor]()) { $0[$1.name] = Tensor(shape: $1.tensor.shape, scalars: $1.tensor.scalars) } }
         let context = ErasureContext(output: output, resume: resume, stopAfter: stopAfter, log: log)
         let outcome = try method.erase(request, pipeline: pipeline, context: context)
         if outcome.stoppedEarly {
@@ -63,6 +65,7 @@ public struct EraseJob {
         let (changed, changedCount) = try ErasedModel.write(unet: pipeline.unet, reference: original, baseFolder: baseFolder, baseName: baseName,
                                             method: method.name, concepts: request.concepts.map(\.name), full: full,
                                             runID: runID, baseVariant: baseVariant, saveVariant: saveVariant,
+                                            textEncoder: textEncoder.map { ($0, originalText!) },
                                             to: staging.appendingPathComponent("model"))
         if !outcome.masks.isEmpty {
             try Tensor.save(outcome.masks, to: staging.appendingPathComponent("mask.safetensors"))

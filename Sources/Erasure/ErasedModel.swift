@@ -30,6 +30,9 @@ public enum ErasedModel {
         public var run_id: String? = nil
         /// The weights variant the base was read with (`--variant`); loading reads it again.
         public var base_variant: String? = nil
+        /// Text-encoder tensors the erasure changed (in `text_encoder/erased_weights.safetensors`;
+        /// nil when it left the encoder alone).
+        public var text_encoder_tensors_changed: Int? = nil
 
         /// The base as written: "embedded", or an absolute path, so that the erased folder works
         /// from any working directory.
@@ -71,8 +74,13 @@ public enum ErasedModel {
     public static func write(unet: UNet2DConditionModel, reference: UNet2DConditionModel, baseFolder: URL, baseName: String,
                              method: String, concepts: [String], full: Bool, runID: String? = nil,
                              baseVariant: String? = nil, saveVariant: String? = nil,
+                             textEncoder: (model: Module, original: [String: Tensor])? = nil,
                              to folder: URL) throws -> (tensors: [String], entries: Int) {
         try checkSaveVariant(saveVariant, full: full)
+        let textChanged = textEncoder.map { changedNames($0.model, original: $0.original) } ?? []
+        if full, !textChanged.isEmpty {
+            throw ErasureError.invalidRequest("--full does not write a changed text encoder yet; save without --full (the changed UNet and text-encoder tensors over the base)")
+        }
         let fm = FileManager.default
         try checkReplaceable(folder, directory: true)
         let staging = folder.deletingLastPathComponent().appendingPathComponent(".\(folder.lastPathComponent).partial")
@@ -105,14 +113,34 @@ public enum ErasedModel {
         } else {
             try saveWeights(of: unet, names: changed, to: staging.appendingPathComponent("unet/\(changedWeightsName)"),
                             metadata: ["score_method": method].merging(runID.map { [runIDKey: $0] } ?? [:]) { a, _ in a })
-            let manifest = Manifest(base_model: Manifest.storedBase(baseName), method: method, concepts: concepts,
+            var manifest = Manifest(base_model: Manifest.storedBase(baseName), method: method, concepts: concepts,
                                     tensors_changed: changed.count, parameters_changed: count, run_id: runID,
                                     base_variant: baseVariant)
+            if let textEncoder, !textChanged.isEmpty {
+                try fm.createDirectory(at: staging.appendingPathComponent("text_encoder"), withIntermediateDirectories: true)
+                try saveWeights(of: textEncoder.model, names: textChanged,
+                                to: staging.appendingPathComponent("text_encoder/\(changedWeightsName)"),
+                                metadata: ["score_method": method].merging(runID.map { [runIDKey: $0] } ?? [:]) { a, _ in a })
+                manifest.text_encoder_tensors_changed = textChanged.count
+            }
             try writeJSONAtomically(manifest, to: staging.appendingPathComponent(manifestName))
         }
         try? fm.removeItem(at: folder)
         try fm.moveItem(at: staging, to: folder)
         return (changed, count)
+    }
+
+    /// The parameters of `module` whose values differ from `original` (a snapshot by name).
+    static func changedNames(_ module: Module, original: [String: Tensor]) -> [String] {
+        module.namedParameters().filter { name, tensor in
+            guard let other = original[name], other.count == tensor.count else { return true }
+            return memcmp(tensor.pointer, other.pointer, tensor.count * MemoryLayout<Float>.stride) != 0
+        }.map(\.name)
+    }
+
+    /// The module of a pipeline's text encoder (MiniLM or CLIP), nil for other encoders.
+    public static func textEncoderModule(of pipeline: StableDiffusionPipeline) -> Module? {
+        (pipeline.textEncoder as? BertTextEncoder)?.model ?? (pipeline.textEncoder as? CLIPTextEncoder)?.model
     }
 
     /// How many parameter entries of `module` differ from `reference`'s (same names and shapes).
@@ -177,6 +205,13 @@ public enum ErasedModel {
             throw PipelineError.missingFile(weights, what: "the erased UNet tensors")
         }
         try loadChangedWeights(into: pipeline.unet, from: weights)
+        let text = folder.appendingPathComponent("text_encoder/\(changedWeightsName)")
+        if FileManager.default.fileExists(atPath: text.path) {
+            guard let module = textEncoderModule(of: pipeline) else {
+                throw PipelineError.incompatible("\(text.path) changes a text encoder, but the base's is neither MiniLM nor CLIP")
+            }
+            try loadChangedWeights(into: module, from: text)
+        }
     }
 }
 

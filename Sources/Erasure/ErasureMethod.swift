@@ -162,9 +162,13 @@ public protocol ErasureMethod {
     /// Every hyper-parameter, as run.json records it.
     var config: Config { get }
     func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome
+    /// Whether the method changes the pipeline's text encoder too (then the erased model saves it).
+    var changesTextEncoder: Bool { get }
 }
 
 extension ErasureMethod {
+    public var changesTextEncoder: Bool { false }
+
     /// The hyper-parameters as pretty, key-sorted JSON (run.json's "config", the run's config.json).
     public var configJSON: Data {
         get throws {
@@ -200,18 +204,21 @@ extension ErasureError: LocalizedError {
 
 /// The methods `--method` can name.
 public enum ErasureMethods {
-    public static let names = ["score", "esd", "uce", "ant", "rece"]
+    public static let names = ["score", "esd", "uce", "ant", "rece", "mace", "advunlearn"]
 
     /// The method called `name` with its hyper-parameters; each method reads only its own config.
     public static func make(_ name: String, score: SCOREConfig = SCOREConfig(), esd: ESDConfig = ESDConfig(),
                             uce: UCEConfig = UCEConfig(), ant: ANTConfig = ANTConfig(),
-                            rece: RECEConfig = RECEConfig()) throws -> any ErasureMethod {
+                            rece: RECEConfig = RECEConfig(), mace: MACEConfig = MACEConfig(),
+                            advUnlearn: AdvUnlearnConfig = AdvUnlearnConfig()) throws -> any ErasureMethod {
         switch name {
         case "score": return SCORE(config: score)
         case "esd": return ESD(config: esd)
         case "uce": return UCE(config: uce)
         case "ant": return ANT(config: ant)
         case "rece": return RECE(config: rece)
+        case "mace": return MACE(config: mace)
+        case "advunlearn": return AdvUnlearn(config: advUnlearn)
         default: throw ErasureError.invalidRequest("unknown --method '\(name)'; available: \(names.joined(separator: ", "))")
         }
     }

@@ -143,6 +143,10 @@ public struct BenchmarkMethod {
                 config.seed = seed
                 return try ErasureMethods.make("ant", ant: config)
             }
+        case "mace":
+            return BenchmarkMethod(name: name) { seed in var c = MACEConfig(); c.seed = seed; return try ErasureMethods.make("mace", mace: c) }
+        case "advunlearn":
+            return BenchmarkMethod(name: name) { seed in var c = AdvUnlearnConfig(); c.seed = seed; return try ErasureMethods.make("advunlearn", advUnlearn: c) }
         case "rece":
             var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("rece") }
             method.seeded = false
@@ -158,7 +162,7 @@ public struct BenchmarkMethod {
                 return try ErasureMethods.make("esd", esd: config)
             }
         default:
-            throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, \(scoreAblations.keys.sorted().joined(separator: ", ")), uce, rece, ant, esd-x, esd-u, esd-all, esd-x-strict")
+            throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, \(scoreAblations.keys.sorted().joined(separator: ", ")), uce, rece, ant, mace, advunlearn, esd-x, esd-u, esd-all, esd-x-strict")
         }
     }
 }

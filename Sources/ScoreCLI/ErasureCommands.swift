@@ -34,8 +34,8 @@ struct SCOREOptions: ParsableArguments {
     @Option(help: "Sampling steps of the pools.") var poolSteps: Int?
     @Option(help: "Guidance of the pools.") var poolGuidance: Float?
     @Option(help: "Resample the target pool every N steps (0: never).") var poolRefresh: Int?
-    @Option(help: "Checkpoint every N steps (SCORE, ESD and ANT).") var checkpointEvery: Int?
-    @Option(help: "Random seed (SCORE, ESD and ANT).") var seed: UInt64?
+    @Option(help: "Checkpoint every N steps (SCORE, ESD, ANT, MACE and AdvUnlearn).") var checkpointEvery: Int?
+    @Option(help: "Random seed (SCORE, ESD, ANT, MACE and AdvUnlearn).") var seed: UInt64?
 
     /// One given flag: its name and what it sets.
     typealias Override = (flag: String, apply: (inout SCOREConfig) -> Void)
@@ -188,6 +188,71 @@ struct RECEOptions: ParsableArguments {
     }
 }
 
+/// MACE's hyper-parameters as flags (defaults: the official object configs', see `MACEConfig`);
+/// MACE also reads the shared --seed and --checkpoint-every.
+struct MACEOptions: ParsableArguments {
+    @Option(help: "MACE λ of the refinement and fusion closed forms (official objects: 10, 100 or 1000; default 100).") var maceLambda: Double?
+    @Option(help: "MACE weight of the --retain prompts' tokens in the refinement (official objects: 0).") var maceTrainPreserveScale: Double?
+    @Option(help: "MACE weight of the --retain prompts' tokens in the fusion (official objects: 0).") var maceFusePreserveScale: Double?
+    @Option(help: "MACE LoRA steps per concept (official: 50).") var maceIterations: Int?
+    @Option(help: "MACE AdamW learning rate of the LoRAs (official objects: 1e-5).") var maceLr: Float?
+    @Option(help: "MACE LoRA rank (official: 1).") var maceRank: Int?
+    @Option(help: "MACE training images per concept, drawn by the original model (official: 8).") var maceImages: Int?
+    @Option(help: "MACE object mask: a pixel differing from the background by more than this ([−1, 1] units; default 0.1).") var maceMaskThreshold: Float?
+
+    var isSet: Bool {
+        maceLambda != nil || maceTrainPreserveScale != nil || maceFusePreserveScale != nil || maceIterations != nil || maceLr != nil
+            || maceRank != nil || maceImages != nil || maceMaskThreshold != nil
+    }
+
+    func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> MACEConfig {
+        var c = MACEConfig()
+        func set<T>(_ value: T?, _ path: WritableKeyPath<MACEConfig, T>) { if let value { c[keyPath: path] = value } }
+        set(maceLambda, \.lambda); set(maceTrainPreserveScale, \.trainPreserveScale); set(maceFusePreserveScale, \.fusePreserveScale)
+        set(maceIterations, \.iterations); set(maceLr, \.learningRate); set(maceRank, \.rank); set(maceImages, \.trainingImages)
+        set(maceMaskThreshold, \.maskThreshold); set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
+        try c.validate()
+        return c
+    }
+}
+
+/// AdvUnlearn's hyper-parameters as flags (defaults: the official script with its README
+/// command, see `AdvUnlearnConfig`); AdvUnlearn also reads the shared --seed and --checkpoint-every.
+struct AdvUnlearnOptions: ParsableArguments {
+    @Option(help: "AdvUnlearn module to train: text-encoder (official default) or cross-attention (the UNet's attn2).") var advunlearnModule: String?
+    @Option(help: "AdvUnlearn iterations (official: 1000).") var advunlearnIterations: Int?
+    @Option(help: "AdvUnlearn Adam learning rate (official: 1e-5).") var advunlearnLr: Float?
+    @Option(help: "AdvUnlearn iterations before the attacks start (official: 200).") var advunlearnWarmup: Int?
+    @Option(help: "AdvUnlearn attack steps per attack (official: 30).") var advunlearnAttackSteps: Int?
+    @Option(help: "AdvUnlearn attack learning rate (official: 1e-3).") var advunlearnAttackLr: Float?
+    @Option(help: "AdvUnlearn soft prefix tokens (official: 1).") var advunlearnPrefixTokens: Int?
+    @Option(help: "AdvUnlearn retained prompts per iteration (official: 5).") var advunlearnRetainBatch: Int?
+    @Option(help: "AdvUnlearn weight of the retain term (official README: 0.3).") var advunlearnRetainWeight: Float?
+
+    var isSet: Bool {
+        advunlearnModule != nil || advunlearnIterations != nil || advunlearnLr != nil || advunlearnWarmup != nil
+            || advunlearnAttackSteps != nil || advunlearnAttackLr != nil || advunlearnPrefixTokens != nil
+            || advunlearnRetainBatch != nil || advunlearnRetainWeight != nil
+    }
+
+    func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> AdvUnlearnConfig {
+        var c = AdvUnlearnConfig()
+        if let advunlearnModule {
+            guard let module = AdvUnlearnModule(rawValue: advunlearnModule) else {
+                throw ValidationError("--advunlearn-module '\(advunlearnModule)': use \(AdvUnlearnModule.allCases.map(\.rawValue).joined(separator: " or "))")
+            }
+            c.module = module
+        }
+        func set<T>(_ value: T?, _ path: WritableKeyPath<AdvUnlearnConfig, T>) { if let value { c[keyPath: path] = value } }
+        set(advunlearnIterations, \.iterations); set(advunlearnLr, \.learningRate); set(advunlearnWarmup, \.warmupIterations)
+        set(advunlearnAttackSteps, \.attackSteps); set(advunlearnAttackLr, \.attackLearningRate)
+        set(advunlearnPrefixTokens, \.prefixTokens); set(advunlearnRetainBatch, \.retainBatch)
+        set(advunlearnRetainWeight, \.retainWeight); set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
+        try c.validate()
+        return c
+    }
+}
+
 /// Leakage-estimate flags shared by erase, evaluate, benchmark, check-leakage and demo.
 struct LeakageFlags: ParsableArguments {
     @Option(help: "Trajectories per class for the leakage critics (at least 4).") var leakageTrajectories = LeakageOptions().trajectories
@@ -212,7 +277,7 @@ func listValue(_ value: String) throws -> [String] {
 
 struct Erase: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Erase concepts from a model (SCORE, ESD, UCE, ANT or RECE), write the erased model, mask, run.json and leakage estimate.",
+        abstract: "Erase concepts from a model (SCORE, ESD, UCE, ANT, RECE, MACE or AdvUnlearn), write the erased model, mask, run.json and leakage estimate.",
         discussion: "Outputs in --out: model/ (diffusers layout; changed UNet tensors over the base unless --full), mask.safetensors, config.json, run.json, checkpoint.safetensors.")
 
     @Option(help: "Erasure method: \(ErasureMethods.names.joined(separator: ", ")).") var method = "score"
@@ -234,6 +299,8 @@ struct Erase: ParsableCommand {
     @OptionGroup var uce: UCEOptions
     @OptionGroup var ant: ANTOptions
     @OptionGroup var rece: RECEOptions
+    @OptionGroup var mace: MACEOptions
+    @OptionGroup var advUnlearn: AdvUnlearnOptions
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
 
@@ -244,6 +311,8 @@ struct Erase: ParsableCommand {
         if method != "uce", uce.isSet { throw ValidationError("--uce-… flags apply to --method uce, not \(method)") }
         if method != "ant", ant.isSet { throw ValidationError("--ant-… flags apply to --method ant, not \(method)") }
         if method != "rece", rece.isSet { throw ValidationError("--rece-… flags apply to --method rece, not \(method)") }
+        if method != "mace", mace.isSet { throw ValidationError("--mace-… flags apply to --method mace, not \(method)") }
+        if method != "advunlearn", advUnlearn.isSet { throw ValidationError("--advunlearn-… flags apply to --method advunlearn, not \(method)") }
         if method != "score", let flag = hyperparameters.scoreOnlyFlags.first {
             throw ValidationError("\(flag) is a SCORE hyper-parameter and does not apply to --method \(method); see its --\(method)-… flags")
         }
@@ -252,6 +321,9 @@ struct Erase: ParsableCommand {
         case "uce": return try ErasureMethods.make(method, uce: uce.resolve())
         case "ant": return try ErasureMethods.make(method, ant: ant.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
         case "rece": return try ErasureMethods.make(method, rece: rece.resolve())
+        case "mace": return try ErasureMethods.make(method, mace: mace.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
+        case "advunlearn":
+            return try ErasureMethods.make(method, advUnlearn: advUnlearn.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
         default: return try ErasureMethods.make(method, score: hyperparameters.resolve())
         }
     }

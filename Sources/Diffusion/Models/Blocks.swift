@@ -160,6 +160,10 @@ public final class Attention: Module {
     public let heads: Int
     public let residualConnection: Bool
     public let rescaleOutputFactor: Float
+    /// While set, called on every forward pass with the attention probabilities
+    /// softmax(q·kᵀ/√d) [B, heads, N, M], recorded for autodiff: losses on attention maps (MACE)
+    /// need them, and the fused attention keeps its own out of reach. Costs one extra score matrix.
+    public var probabilityObserver: ((Tensor) -> Void)?
 
     /// - Parameters:
     ///   - crossAttentionDim: width of `encoderHiddenStates` (nil: self-attention, keys from the query input)
@@ -206,6 +210,12 @@ public final class Attention: Module {
         let k = splitHeads(to_k(context))
         let v = splitHeads(to_v(context))
         let attended = scaledDotProductAttention(q, k, v, mask: mask)   // [B, H, N, D]
+        if let probabilityObserver {
+            var scores = matmul(q, k.transposed(2, 3)) * (1 / Float(q.shape[3]).squareRoot())
+            // Masked keys get −1e9 before the softmax (probability 0), as the fused kernel's mask.
+            if let mask { scores = scores + (mask - 1) * 1e9 }
+            probabilityObserver(scores.softmax(axis: -1))
+        }
         let (b, n) = (attended.shape[0], attended.shape[2])
         var out = to_out[0](attended.permuted([0, 2, 1, 3]).reshaped([b, n, -1]))
 
