@@ -39,6 +39,12 @@ func tinyFluxConfig() -> FluxTransformer2DConfig {
 }
 
 final class MiniFluxTests: XCTestCase {
+    func testTheTestbedTransformerHasTheReferenceParameterCount() throws {
+        var g = RandomGenerator(seed: 0)
+        let model = try FluxTransformer2DModel(config: MiniFlux.transformerConfig(), generator: &g)
+        XCTAssertEqual(model.parameterCount, 2_375_172, "diffusers counts 2,375,172 for this config")
+    }
+
     func testTheAdaLNZeroStartPredictsZeroVelocity() throws {
         var g = RandomGenerator(seed: 0)
         let model = try MiniFlux.initialModel(config: tinyFluxConfig(), generator: &g)
