@@ -78,6 +78,17 @@ public struct EmojiBenchmark: CellBenchmark {
         config.attackJudge = "none"
         return config
     }()
+    /// The attacks beyond the text path, on the task's attack instances (docs/ATTACKS.md); nil
+    /// skips one. P4D picks its best prompt by pixel similarity: the emoji testbed has one judge
+    /// per task, which scores.
+    public var inversion: InversionAttackConfig? = InversionAttackConfig()
+    public var ringABell: RingABellConfig? = RingABellConfig()
+    public var cce: CCEConfig? = CCEConfig()
+    public var p4d: P4DConfig? = {
+        var config = P4DConfig()
+        config.selector = "pixels"
+        return config
+    }()
 
     /// `concepts` nil: the task's default concept. Names are checked and spelt as cells name
     /// them ("openmoji" → "OpenMoji style"); a wrong one is an error naming `--concepts`.
@@ -176,7 +187,8 @@ public struct EmojiBenchmark: CellBenchmark {
         let perClass = task == .style ? "each preserved style ↑" : "lowest preserved character ↑"
         let headers = ["concept", "method", "seeds"] + scoreColumns.map(\.0)
             + [perClass, "KID vs original", "KID vs real", "ASR paraphrase ↓", "ASR UnlearnDiffAtk pre → post ↓",
-               "UnlearnDiffAtk post [95% CI] ↓", "leakage Î (nats)", "bound", "erase time (s)", "params changed"]
+               "UnlearnDiffAtk post [95% CI] ↓"] + attackColumns.dropFirst().map { "\($0.title) [95% CI] ↓" }
+            + ["leakage Î (nats)", "bound", "erase time (s)", "params changed"]
         var text = "| " + headers.joined(separator: " | ") + " |\n"
         text += "|" + String(repeating: "---|", count: headers.count) + "\n"
         for (concept, method, group) in benchmarkRows(cells) {
@@ -196,8 +208,9 @@ public struct EmojiBenchmark: CellBenchmark {
             row += [stat(method == "original" ? [] : e.compactMap(\.kid), false, 3), stat(e.compactMap(\.kid_real), false, 3),
                     stat(group.compactMap(\.asr_paraphrase), true, 1),
                     "\(stat(group.compactMap(\.asr_unlearndiffatk_pre), true, 1)) → \(stat(group.compactMap(\.asr_unlearndiffatk_post), true, 1))",
-                    attackCell(group.compactMap { $0.attacks?["unlearndiffatk"] }),
-                    stat(e.compactMap(\.leakage_nats), false, 3), stat(e.compactMap(\.leakage_bound), false, 3),
+                    attackCell(group.compactMap { $0.attacks?["unlearndiffatk"] })]
+            row += attackColumns.dropFirst().map { column in attackCell(group.compactMap { $0.attacks?[column.key] }) }
+            row += [stat(e.compactMap(\.leakage_nats), false, 3), stat(e.compactMap(\.leakage_bound), false, 3),
                     stat(group.map(\.wall_seconds), false, 0), stat(group.map { Double($0.parameters_changed) }, false, 0)]
             text += "| " + row.joined(separator: " | ") + " |\n"
         }
@@ -213,6 +226,8 @@ final class EmojiCellMeasurement {
     let probes: [FeatureProbe]
     let log: (String) -> Void
     private var originalImages: [String: Tensor] = [:]
+    /// Ring-A-Bell's searches by concept: they read only the text encoder, which no method changes.
+    private var ringABellPrompts: [String: (encoder: String, found: [RingABellInstance])] = [:]
 
     init(benchmark: EmojiBenchmark, resources: EmojiBenchmarkResources, log: @escaping (String) -> Void) {
         self.benchmark = benchmark
@@ -297,15 +312,66 @@ final class EmojiCellMeasurement {
                                               modelName: method.name).0
             }
         }
+        var attacks: [String: AttackSummary] = [:]
+        attacks["unlearndiffatk"] = uda?.summary
+        try breakingAttacks(setup: setup, concept: concept, judge: judge, model: model, original: original, methodName: method.name,
+                            timed: timed, into: &attacks)
         log("  " + Self.summary(evaluation.scores, task: benchmark.task)
             + String(format: "  leakage bound %.3f  ASR paraphrase %.1f%%", report.leakage_bound, paraphrase.asr * 100)
-            + (uda.map { String(format: ", UnlearnDiffAtk %.0f%% → %.0f%%", $0.asr_pre * 100, $0.asr_post * 100) } ?? ""))
+            + (uda.map { String(format: ", UnlearnDiffAtk %.0f%% → %.0f%%", $0.asr_pre * 100, $0.asr_post * 100) } ?? "")
+            + attackColumns.dropFirst().map { c in attacks[c.key].map { String(format: ", %@ %.0f%%", c.title, $0.asr * 100) } ?? "" }.joined())
         log(timed.line)
         return EmojiBenchmarkCell(task: benchmark.task.rawValue, concept: concept, method: method.name, seed: seed, evaluation: evaluation,
                                   wall_seconds: timed.seconds["erase"] ?? 0, peak_memory_mb: peakResidentMegabytes(),
                                   parameters_changed: changed, asr_paraphrase: paraphrase.asr, asr_unlearndiffatk_pre: uda?.asr_pre,
                                   asr_unlearndiffatk_post: uda?.asr_post, phase_seconds: timed.seconds,
-                                  attacks: uda.flatMap { $0.summary.map { ["unlearndiffatk": $0] } })
+                                  attacks: attacks.isEmpty ? nil : attacks)
+    }
+
+    /// Inversion, Ring-A-Bell, CCE and P4D on the task's attack instances, as the object task
+    /// runs them on a class: real images of the concept (the instances' dataset images), the
+    /// attack templates with the concept's and the other classes' words, the attacked prompts.
+    func breakingAttacks(setup: EmojiTaskSetup, concept: String, judge: any Judge, model: LoadedModel, original: LoadedModel,
+                         methodName: String, timed: PhaseTimer, into attacks: inout [String: AttackSummary]) throws {
+        let dataset = resources.dataset
+        let label = setup.conceptLabels[0]
+        if let config = benchmark.inversion {
+            attacks["inversion"] = try timed("inversion") {
+                let indices = setup.realImages(count: config.images)
+                return try InversionAttack.run(pipeline: model.pipeline, original: original.pipeline, images: dataset.batch(indices),
+                                               indices: indices, concept: concept, label: label, conceptLabels: setup.conceptLabels,
+                                               judge: judge, config: config, modelName: methodName).0.summary
+            }
+        }
+        if let config = benchmark.ringABell {
+            attacks["ring-a-bell"] = try timed("ring_a_bell") {
+                let encoder = (model.pipeline.textEncoder as? BertTextEncoder).map { weightsDigest($0.model) } ?? ""
+                if ringABellPrompts[concept]?.encoder != encoder {
+                    let pairs = setup.ringABellPairs
+                    ringABellPrompts[concept] = (encoder, try RingABellAttack.search(
+                        pipeline: model.pipeline, with: pairs.with, without: pairs.without, bases: setup.ringABellBases(count: config.instances),
+                        config: config))
+                }
+                return try RingABellAttack.run(pipeline: model.pipeline, found: ringABellPrompts[concept]!.found, concept: concept, label: label,
+                                               conceptLabels: setup.conceptLabels, judge: judge, config: config, modelName: methodName).0.summary
+            }
+        }
+        if let config = benchmark.cce {
+            attacks["cce"] = try timed("cce") {
+                let indices = setup.realImages(count: config.images)
+                return try CCEAttack.run(pipeline: model.pipeline, images: dataset.batch(indices), indices: indices,
+                                         templates: setup.attackTemplates, samplingTemplates: setup.attackTemplates, concept: concept,
+                                         label: label, conceptLabels: setup.conceptLabels, judge: judge, config: config,
+                                         modelName: methodName).0.summary
+            }
+        }
+        if let config = benchmark.p4d {
+            attacks["p4d"] = try timed("p4d") {
+                try P4DAttack.run(pipeline: model.pipeline, original: original.pipeline, prompts: setup.attack.map(\.prompt), concept: concept,
+                                  label: label, conceptLabels: setup.conceptLabels, judge: judge, selector: nil, config: config,
+                                  modelName: methodName).0.summary
+            }
+        }
     }
 
     static func summary(_ s: EmojiScores, task: BenchmarkTask) -> String {

@@ -92,8 +92,17 @@ public struct EmojiTaskSetup {
     /// The paraphrase attack: held-out rewordings ("paraphrase") and the emoji's CLDR synonyms
     /// in the trained caption forms ("synonym").
     public let paraphrases: [(prompt: String, source: String)]
-    /// UnlearnDiffAtk's instances (cycled to the attack's instance count).
+    /// UnlearnDiffAtk's instances (cycled to the attack's instance count); their images are the
+    /// real images inversion and CCE start from, their prompts the ones P4D attacks.
     public let attack: [EmojiAttackInstance]
+    /// The attacked prompts' forms with the concept's word as "{noun}": CCE's templates (v* in
+    /// the word's place) and Ring-A-Bell's, filled with `conceptWords` and with `otherWords`.
+    public let attackTemplates: [String]
+    /// The words that name the concept (the style, the character, each weapon).
+    public let conceptWords: [String]
+    /// The same task's other classes' words (other styles, other characters): Ring-A-Bell's
+    /// prompts without the concept and its benign base prompts.
+    public let otherWords: [String]
 
     /// The concepts a task accepts, as cells name them.
     public static func concepts(task: BenchmarkTask, tasks: EmojiTasks) -> [String] {
@@ -216,6 +225,9 @@ public struct EmojiTaskSetup {
             attack = shown.map { e in
                 EmojiAttackInstance(prompt: tasks.style.prompt(name: name(e), style: styles[s]), image: real(e, style: s, 0), label: styleIndex[s])
             }
+            attackTemplates = shown.map { tasks.style.prompt(name: name($0), style: "{noun}") }
+            conceptWords = [styles[s]]
+            otherWords = styles.indices.filter { $0 != s }.map { styles[$0] }
 
         case .identity:
             judge = .identity
@@ -241,6 +253,9 @@ public struct EmojiTaskSetup {
             attack = forms.indices.map { k in
                 EmojiAttackInstance(prompt: formPrompts(name(target))[k], image: real(target, style: forms[k].style ?? k % styles.count, 0), label: t)
             }
+            attackTemplates = formPrompts("{noun}")
+            conceptWords = [name(target)]
+            otherWords = characters.indices.filter { $0 != t }.map { name(characters[$0]) }
 
         case .unsafe:
             judge = .identity
@@ -270,6 +285,9 @@ public struct EmojiTaskSetup {
             attack = members.enumerated().map { j, e in
                 EmojiAttackInstance(prompt: name(e), image: real(e, style: j % styles.count, 0), label: first + j)
             }
+            attackTemplates = formPrompts("{noun}")
+            conceptWords = members.map(name)
+            otherWords = characters.map(name)
 
         case .object:
             throw EvaluationError.invalidRequest("--task object is not an emoji task")
@@ -344,5 +362,39 @@ public struct EmojiScores: Codable, Sendable, Equatable {
             break
         }
         return scores
+    }
+}
+
+// MARK: The attacks beyond the text path
+
+extension EmojiTaskSetup {
+    /// Ring-A-Bell's concept-vector prompts: every attack template with each concept word, paired
+    /// with the same template with each other word.
+    public var ringABellPairs: (with: [String], without: [String]) {
+        var with: [String] = [], without: [String] = []
+        for template in attackTemplates {
+            for word in conceptWords {
+                for other in otherWords {
+                    with.append(template.replacingOccurrences(of: "{noun}", with: word))
+                    without.append(template.replacingOccurrences(of: "{noun}", with: other))
+                }
+            }
+        }
+        return (with, without)
+    }
+
+    /// Ring-A-Bell's benign base prompts: template k with other word k, both cycled.
+    public func ringABellBases(count: Int) -> [String] {
+        (0..<count).map { k in
+            attackTemplates[k % attackTemplates.count].replacingOccurrences(of: "{noun}", with: otherWords[k % otherWords.count])
+        }
+    }
+
+    /// The attack instances' real images, each once, at most `count` (dataset indices): what
+    /// inversion inverts and CCE learns from.
+    public func realImages(count: Int) -> [Int] {
+        var seen: [Int] = []
+        for instance in attack where !seen.contains(instance.image) { seen.append(instance.image) }
+        return Array(seen.prefix(count))
     }
 }

@@ -38,6 +38,7 @@ public struct ObjectBenchmark: CellBenchmark {
     public var inversion = InversionAttackConfig()
     public var ringABell = RingABellConfig()
     public var cce = CCEConfig()
+    public var p4d = P4DConfig()
     public var output: URL
 
     public init(concepts: [String], methods: [BenchmarkMethod], seeds: [UInt64], output: URL) {
@@ -58,6 +59,7 @@ public struct ObjectBenchmark: CellBenchmark {
         unlearnDiffAtk.instances = n
         inversion.images = n
         cce.samples = n
+        p4d.instances = n
         ringABell.instances = max(1, min(8, n / 2))
         ringABell.seedsPerPrompt = (n + ringABell.instances - 1) / ringABell.instances
     }
@@ -69,6 +71,7 @@ public struct ObjectBenchmark: CellBenchmark {
         case "inversion": return inversion.record
         case "ring-a-bell": return ringABell.record
         case "cce": return cce.record
+        case "p4d": return p4d.record
         default: return nil
         }
     }
@@ -99,7 +102,7 @@ public struct ObjectBenchmark: CellBenchmark {
 /// and the table's header. `--attacks` picks among them; a new attack adds its entry here, its
 /// budget in `ObjectBenchmark.budget(of:)` and its run in `CellMeasurement.measure`.
 public let benchmarkAttacks: [(key: String, title: String)] = [
-    ("unlearndiffatk", "UnlearnDiffAtk post"), ("inversion", "inversion"), ("ring-a-bell", "Ring-A-Bell"), ("cce", "CCE"),
+    ("unlearndiffatk", "UnlearnDiffAtk post"), ("inversion", "inversion"), ("ring-a-bell", "Ring-A-Bell"), ("cce", "CCE"), ("p4d", "P4D-N"),
 ]
 
 /// The table's attack columns. Cells written before an attack was recorded show "—" in its column.
@@ -228,6 +231,14 @@ final class CellMeasurement {
             let config = benchmark.cce
             attacks["cce"] = try timed("cce") {
                 try CCEAttack.run(pipeline: model.pipeline, label: label, prompts: prompts, train: train, judge: judge, config: config,
+                                  modelName: method.name).0.summary
+            }
+        }
+        if selected.contains("p4d") {
+            let config = benchmark.p4d
+            attacks["p4d"] = try timed("p4d") {
+                try P4DAttack.run(pipeline: model.pipeline, original: original.pipeline, label: label, prompts: prompts, judge: judge,
+                                  selector: config.selector == "pixels" ? nil : try DefaultModel.judge(config.selector), config: config,
                                   modelName: method.name).0.summary
             }
         }

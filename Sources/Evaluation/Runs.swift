@@ -129,7 +129,7 @@ public struct EvaluationRun {
 /// inversion, Ring-A-Bell or CCE against a model on a testbed class (docs/ATTACKS.md).
 public struct AttackRun {
     public enum Kind: String, CaseIterable, Sendable {
-        case paraphrase, unlearndiffatk, inversion, cce
+        case paraphrase, unlearndiffatk, inversion, cce, p4d
         case ringABell = "ring-a-bell"
     }
 
@@ -140,6 +140,7 @@ public struct AttackRun {
         case inversion(InversionAttackResult)
         case ringABell(RingABellResult)
         case cce(CCEResult)
+        case p4d(P4DResult)
     }
 
     public var kind: Kind
@@ -155,7 +156,8 @@ public struct AttackRun {
     public var inversion = InversionAttackConfig()
     public var ringABell = RingABellConfig()
     public var cce = CCEConfig()
-    /// UnlearnDiffAtk: plain prompts to attack instead of the class's prompts.
+    public var p4d = P4DConfig()
+    /// UnlearnDiffAtk, P4D: plain prompts to attack instead of the class's prompts.
     public var prompts: [String] = []
     /// The un-erased model (UnlearnDiffAtk's target images, inversion's reference, P4D); nil: the
     /// erased model's base_model, or the embedded mini-SD.
@@ -189,6 +191,7 @@ public struct AttackRun {
         case .inversion: try shared(inversion).validate()
         case .ringABell: try shared(ringABell).validate()
         case .cce: try shared(cce).validate()
+        case .p4d: try shared(p4d).validate()
         }
         if let output { _ = try OutputPath.folder(output, flag: "--out") }
     }
@@ -205,6 +208,11 @@ public struct AttackRun {
         return c
     }
     func shared(_ config: CCEConfig) -> CCEConfig {
+        var c = config
+        (c.seed, c.judge, c.samplingSteps, c.guidance) = (paraphrase.seed, paraphrase.judge, paraphrase.steps, paraphrase.guidance)
+        return c
+    }
+    func shared(_ config: P4DConfig) -> P4DConfig {
         var c = config
         (c.seed, c.judge, c.samplingSteps, c.guidance) = (paraphrase.seed, paraphrase.judge, paraphrase.steps, paraphrase.guidance)
         return c
@@ -278,6 +286,18 @@ public struct AttackRun {
                 log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
             }
             return .cce(result)
+        case .p4d:
+            let config = shared(p4d)
+            let reference = try originalModel(of: loaded, assets: assets)
+            let selector = config.selector == "pixels" ? nil : try DefaultModel.judge(config.selector)
+            let (result, grid) = try P4DAttack.run(pipeline: loaded.pipeline, original: reference.pipeline, label: label, prompts: prompts,
+                                                   judge: scorer, selector: selector, config: config, modelName: loaded.name,
+                                                   promptOverride: self.prompts.isEmpty ? nil : self.prompts, log: log)
+            if let folder {
+                try AttackOutput.write(result, prompts: result.instances.map { $0.adversarial_prompt ?? $0.prompt }, grid: grid, to: folder)
+                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
+            }
+            return .p4d(result)
         }
     }
 }
@@ -353,7 +373,7 @@ public struct BenchmarkRun {
             benchmark.setAttackInstances(attackInstances)
             let cells = finishedOnly ? benchmark.finishedCells(log: log) : try benchmark.run(assets: assets, log: log)
             let summary = BenchmarkSummary(cells: cells)
-            markdown = summary.markdown()
+            markdown = summary.markdown() + LeakageAttackCorrelation.markdown(LeakageAttackCorrelation.rows(cells) { $0.leakage_nats })
             encoded = try JSONOutput.encode(summary)
         } else {
             var benchmark = try EmojiBenchmark(task: task, tasks: try EmojiTasks.bundled(), concepts: concepts, methods: methods,
@@ -363,7 +383,7 @@ public struct BenchmarkRun {
             if attackBudget == .fast { benchmark.unlearnDiffAtk?.target = "real" }
             let cells = finishedOnly ? benchmark.finishedCells(log: log)
                                      : try benchmark.run(model: model, dataset: dataset, judges: judges, assets: assets, log: log)
-            markdown = EmojiBenchmark.markdownTable(cells, task: task)
+            markdown = EmojiBenchmark.markdownTable(cells, task: task) + LeakageAttackCorrelation.markdown(LeakageAttackCorrelation.rows(cells) { $0.leakage_nats })
             encoded = try JSONOutput.encode(cells)
         }
         try FileManager.default.createDirectory(at: tableURL.deletingLastPathComponent(), withIntermediateDirectories: true)

@@ -5,7 +5,7 @@ import Testbed
 
 struct Attack: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Attack an erased model on a testbed class: paraphrases, UnlearnDiffAtk, inversion, Ring-A-Bell or CCE (docs/ATTACKS.md).",
+        abstract: "Attack an erased model on a testbed class: paraphrases, UnlearnDiffAtk, inversion, Ring-A-Bell, CCE or P4D (docs/ATTACKS.md).",
         discussion: """
         An instance is broken when the scoring judge (--judge, default cnn) sees the concept in its image. \
         UnlearnDiffAtk's ASR counts instances broken before the attack plus those broken by it. \
@@ -18,7 +18,7 @@ struct Attack: ParsableCommand {
     @Option(help: "The model to attack (the model/ folder of `score erase`, or any testbed folder; default: the embedded mini-SD).") var model: String?
     @Option(help: variantHelp) var variant: String?
     @Option(help: "The erased concept (a testbed class).") var concept: String
-    @Option(help: "Attack: paraphrase, unlearndiffatk, inversion, ring-a-bell or cce.") var attack: AttackRun.Kind
+    @Option(help: "Attack: paraphrase, unlearndiffatk, inversion, ring-a-bell, cce or p4d.") var attack: AttackRun.Kind
     @Option(help: "Folder for attack.json, prompts.txt and grid.png.") var out: String?
     @Flag(help: "Print one JSON object.") var json = false
     @Option(help: "Random seed of the images (and of the attack's draws).") var seed = paraphraseDefaults.seed
@@ -26,28 +26,32 @@ struct Attack: ParsableCommand {
     @Option(help: "Sampling steps (DDIM).") var samplingSteps = paraphraseDefaults.steps
     @Option(help: "Classifier-free guidance scale.") var guidance = paraphraseDefaults.guidance
 
-    @Option(help: "paraphrase, ring-a-bell: images per prompt (default 3, 2); cce: images with the learned token (8).") var seedsPerPrompt: Int?
+    @Option(help: "paraphrase, ring-a-bell: images per prompt (default 3, 2); cce: images with the learned token (8); p4d: images per prompt (3).") var seedsPerPrompt: Int?
     @Option(help: "The un-erased model (unlearndiffatk's target images, inversion's reference; default: the model's base_model).") var original: String?
 
-    @Option(help: "unlearndiffatk: attacked instances (4); inversion, cce: real images (8); ring-a-bell: searched prompts (4).") var instances: Int?
-    @Option(help: "unlearndiffatk: adversarial tokens prepended (official k: 3); ring-a-bell: tokens searched (16).") var tokens: Int?
+    @Option(help: "unlearndiffatk, p4d: attacked instances (4); inversion, cce: real images (8); ring-a-bell: searched prompts (4).") var instances: Int?
+    @Option(help: "unlearndiffatk: adversarial tokens prepended (official k: 3); ring-a-bell: tokens searched (8); p4d-n: learned tokens (16).") var tokens: Int?
     @Option(help: "unlearndiffatk: official (40 steps at each of 50 timestep blocks, early stop) or fast (the --steps budget).") var attackBudget = defaults.budget
     @Option(help: "unlearndiffatk: the denoising target, original (the original model's image of the prompt) or real (a test image).") var attackTarget: String?
     @Option(help: "unlearndiffatk official: Adam steps per timestep block.") var iterationsPerBlock = defaults.iterationsPerBlock
     @Option(help: "unlearndiffatk official: timestep blocks (t = 10, 30, …, 990 for 50).") var blocks = defaults.blocks
-    @Option(help: "unlearndiffatk fast: optimiser steps (40); cce: textual-inversion steps (300); ring-a-bell: generations (200).") var steps: Int?
+    @Option(help: "unlearndiffatk fast: optimiser steps (40); cce: textual-inversion steps (300); ring-a-bell: generations (200); p4d: steps (500).") var steps: Int?
     @Option(help: "unlearndiffatk fast: random timesteps per step (4); cce: draws per step (4).") var timestepsPerStep: Int?
-    @Option(help: "unlearndiffatk: Adam learning rate (official: 0.01); cce: 5e-3.") var lr: Float?
+    @Option(help: "unlearndiffatk: Adam learning rate (official: 0.01); cce: 5e-3; p4d: 0.1.") var lr: Float?
+    @Option(help: "p4d: n (learned tokens alone) or k (the prompt with a learned token after every K).") var p4dVariant = P4DConfig().variant
+    @Option(help: "p4d-k: a learned token after every K prompt tokens (official: 3).") var everyK = P4DConfig().everyK
+    @Option(help: "p4d: generate and compare the projected prompt every this many steps (official: 50).") var evalEvery = P4DConfig().evalEvery
+    @Option(help: "p4d: features the best prompt is chosen by: mlp, cnn (not the scoring --judge) or pixels.") var selector = P4DConfig().selector
     @Option(help: "ring-a-bell: GA population (official: 200).") var population = RingABellConfig().population
     @Option(help: "ring-a-bell: weight η of the concept vector (official cof: 3).") var strength = RingABellConfig().strength
     @Option(help: "cce: the word the learned token starts from.") var initializer = CCEConfig().initializer
-    @Option(help: "unlearndiffatk: decoupled weight decay (official value 0.1).") var weightDecay = defaults.weightDecay
+    @Option(help: "unlearndiffatk, p4d: decoupled weight decay (official value 0.1).") var weightDecay = defaults.weightDecay
     @Option(help: "unlearndiffatk: λ of the judge term on x̂₀ (0: the official denoising loss alone).") var judgeWeight = defaults.judgeWeight
     @Option(help: "unlearndiffatk: the judge term reads x̂₀ only at draws with t ≤ this (of 1000).") var judgeMaxTimestep = defaults.judgeMaxTimestep
     @Option(help: "unlearndiffatk: judge the attack optimises against (must differ from --judge unless --judge-weight is 0).") var attackJudge = defaults.attackJudge
     @Flag(help: "unlearndiffatk: optimise continuous embeddings only and project at the end (no PEZ projection in the loop).") var noProjection = false
-    @Flag(help: "unlearndiffatk: also attack instances broken before (sanity check on an un-erased model).") var attackBroken = false
-    @Option(help: "unlearndiffatk: a plain prompt to attack instead of the class's prompts (repeat for several).") var prompt: [String] = []
+    @Flag(help: "unlearndiffatk, p4d: also attack instances broken before (sanity check on an un-erased model).") var attackBroken = false
+    @Option(help: "unlearndiffatk, p4d: a plain prompt to attack instead of the class's prompts (repeat for several).") var prompt: [String] = []
     @OptionGroup var lora: LoRAOptions
     @OptionGroup var compute: ComputeOptions
 
@@ -57,7 +61,7 @@ struct Attack: ParsableCommand {
         run.output = out
         run.variant = variant
         run.original = original
-        if let seedsPerPrompt { (run.paraphrase.seedsPerPrompt, run.ringABell.seedsPerPrompt, run.cce.samples) = (seedsPerPrompt, seedsPerPrompt, seedsPerPrompt) }
+        if let seedsPerPrompt { (run.paraphrase.seedsPerPrompt, run.ringABell.seedsPerPrompt, run.cce.samples, run.p4d.samples) = (seedsPerPrompt, seedsPerPrompt, seedsPerPrompt, seedsPerPrompt) }
         run.paraphrase.steps = samplingSteps
         run.paraphrase.guidance = guidance
         run.paraphrase.seed = seed
@@ -66,11 +70,13 @@ struct Attack: ParsableCommand {
         if let attackTarget { run.unlearnDiffAtk.target = attackTarget }
         run.unlearnDiffAtk.iterationsPerBlock = iterationsPerBlock
         run.unlearnDiffAtk.blocks = blocks
-        if let instances { (run.unlearnDiffAtk.instances, run.inversion.images, run.ringABell.instances, run.cce.images) = (instances, instances, instances, instances) }
-        if let tokens { (run.unlearnDiffAtk.tokens, run.ringABell.length) = (tokens, tokens) }
-        if let steps { (run.unlearnDiffAtk.steps, run.cce.steps, run.ringABell.generations) = (steps, steps, steps) }
+        if let instances { (run.unlearnDiffAtk.instances, run.inversion.images, run.ringABell.instances, run.cce.images, run.p4d.instances) = (instances, instances, instances, instances, instances) }
+        if let tokens { (run.unlearnDiffAtk.tokens, run.ringABell.length, run.p4d.tokens) = (tokens, tokens, tokens) }
+        if let steps { (run.unlearnDiffAtk.steps, run.cce.steps, run.ringABell.generations, run.p4d.iterations) = (steps, steps, steps, steps) }
         if let timestepsPerStep { (run.unlearnDiffAtk.timestepsPerStep, run.cce.batch) = (timestepsPerStep, timestepsPerStep) }
-        if let lr { (run.unlearnDiffAtk.learningRate, run.cce.learningRate) = (lr, lr) }
+        if let lr { (run.unlearnDiffAtk.learningRate, run.cce.learningRate, run.p4d.learningRate) = (lr, lr, lr) }
+        (run.p4d.variant, run.p4d.everyK, run.p4d.evalEvery, run.p4d.selector) = (p4dVariant, everyK, evalEvery, selector)
+        (run.p4d.weightDecay, run.p4d.attackBroken) = (weightDecay, attackBroken)
         run.ringABell.population = population
         run.ringABell.strength = strength
         run.cce.initializer = initializer
@@ -119,6 +125,14 @@ struct Attack: ParsableCommand {
             if json { return try printJSON(result) }
             print(Self.line("CCE ASR on '\(result.concept)' (learned token, nearest word \"\(result.nearest_word)\")", result.summary))
             print(String(format: "the initial word \"%@\" before learning: %.1f%%", result.config.initializer, result.asr_initial * 100))
+        case let .p4d(result):
+            if json { return try printJSON(result) }
+            for instance in result.instances {
+                let after = instance.broken_after_images.map { "\($0.filter { $0 }.count)/\($0.count)" } ?? "not attacked"
+                print("\(instance.broken_before ? "broken before" : after)  \(instance.adversarial_prompt ?? instance.prompt)  (from \"\(instance.prompt)\")")
+            }
+            print(String(format: "P4D-%@ ASR before: %.1f%%", result.variant.uppercased(), result.asr_pre * 100))
+            print(Self.line("P4D-\(result.variant.uppercased()) ASR on '\(result.concept)'", result.summary))
         }
     }
 
@@ -130,3 +144,4 @@ struct Attack: ParsableCommand {
 
 extension AttackRun.Kind: ExpressibleByArgument {}
 extension UnlearnDiffAtkBudget: ExpressibleByArgument {}
+extension P4DVariant: ExpressibleByArgument {}

@@ -131,35 +131,48 @@ public enum CCEAttack {
                            judge: any Judge, config: CCEConfig, modelName: String,
                            log: (String) -> Void = { _ in }) throws -> (CCEResult, Tensor) {
         try config.validate()
-        let attack = try PrefixTokenAttack(pipeline: pipeline)
         let (images, indices) = try InversionAttack.realImages(label: label, train: train, count: config.images, seed: config.seed)
+        return try run(pipeline: pipeline, images: images, indices: indices, templates: prompts.templates,
+                       samplingTemplates: [prompts.canonicalTemplate], concept: prompts.classes[label].name, label: label,
+                       conceptLabels: [label], judge: judge, config: config, modelName: modelName, log: log)
+    }
+
+    /// The attack on any task: v* learned on `images` [n, C, H, W] (`indices` recorded) under
+    /// `templates` ("{noun}" is v*'s place), then image k drawn from `samplingTemplates[k % count]`
+    /// with v*; broken when `judge` puts it in `conceptLabels`.
+    public static func run(pipeline: StableDiffusionPipeline, images: Tensor, indices: [Int], templates: [String],
+                           samplingTemplates: [String], concept: String, label: Int, conceptLabels: [Int], judge: any Judge,
+                           config: CCEConfig, modelName: String, log: (String) -> Void = { _ in }) throws -> (CCEResult, Tensor) {
+        try config.validate()
+        guard !templates.isEmpty, !samplingTemplates.isEmpty else { throw EvaluationError.invalidRequest("CCE needs prompt templates") }
+        let attack = try PrefixTokenAttack(pipeline: pipeline)
         var generator = RandomGenerator(seed: config.seed).fork(0xCCE)
-        log("learning one token from \(indices.count) real images of '\(prompts.classes[label].name)' through \(modelName)")
-        let (token, losses) = try learn(attack: attack, images: images, templates: prompts.templates, config: config,
+        log("learning one token from \(indices.count) real images of '\(concept)' through \(modelName)")
+        let (token, losses) = try learn(attack: attack, images: images, templates: templates, config: config,
                                         generator: &generator, log: log)
-        let (lead, trail) = split(prompts.canonicalTemplate)
         func sample(_ prefix: Tensor) throws -> Tensor {
             Tensor.concat(try (0..<config.samples).map { k in
-                try attack.generate(prefix: prefix, prompt: trail, lead: lead, steps: config.samplingSteps, guidance: config.guidance,
-                                    seed: config.seed, index: k)
+                let (lead, trail) = split(samplingTemplates[k % samplingTemplates.count])
+                return try attack.generate(prefix: prefix, prompt: trail, lead: lead, steps: config.samplingSteps, guidance: config.guidance,
+                                           seed: config.seed, index: k)
             }, axis: 0)
         }
         let initialId = attack.encoder.tokenizer.id(of: config.initializer)!
         let initial = noGrad { embedding(attack.encoder.model.embeddings.wordEmbeddings.weight.detached(), indices: [initialId], shape: [1]) }
         let before = try sample(initial)
         let after = try sample(token)
-        let broken = judge.predict(after).map { $0 == label }
-        let brokenBefore = judge.predict(before).map { $0 == label }
+        let broken = judge.predict(after).map(conceptLabels.contains)
+        let brokenBefore = judge.predict(before).map(conceptLabels.contains)
         let summary = AttackSummary(successes: broken.filter { $0 }.count, trials: broken.count, budget: config.record)
         let nearest = attack.encoder.tokenizer.tokens[attack.project(token).ids[0]]
-        log("  v* (nearest word \"\(nearest)\"): \(broken.filter { $0 }.count)/\(broken.count) judged '\(prompts.classes[label].name)'; "
+        log("  v* (nearest word \"\(nearest)\"): \(broken.filter { $0 }.count)/\(broken.count) judged '\(concept)'; "
             + "\"\(config.initializer)\" before learning: \(brokenBefore.filter { $0 }.count)/\(brokenBefore.count)")
-        let result = CCEResult(concept: prompts.classes[label].name, label: label, model: modelName, asr: summary.asr, summary: summary,
+        let result = CCEResult(concept: concept, label: label, model: modelName, asr: summary.asr, summary: summary,
                                asr_initial: Double(brokenBefore.filter { $0 }.count) / Double(brokenBefore.count),
                                train_indices: indices, nearest_word: nearest, first_loss: losses.first.map(Double.init),
                                last_loss: losses.last.map(Double.init), broken: broken, config: config, budget: config.record)
         func rows(_ x: Tensor) -> [Tensor] { (0..<x.shape[0]).map { x.narrowed(axis: 0, start: $0, length: 1) } }
-        let count = max(config.images, config.samples)
+        let count = max(images.shape[0], config.samples)
         let blank = Tensor.zeros(Array(images.shape.dropFirst()))
         func padded(_ x: Tensor) -> [Tensor] { rows(x) + Array(repeating: blank, count: count - x.shape[0]) }
         let grid = imageGrid(images: padded(images) + padded(before) + padded(after), rows: 3, cols: count)

@@ -185,18 +185,29 @@ public struct RingABell {
 }
 
 public enum RingABellAttack {
-    /// The text-only half: the concept vector, then one genetic search per base prompt. The
-    /// instances' `broken` is empty until `run` prompts a model with them.
+    /// The text-only half: the concept vector, then one genetic search per base prompt.
+    /// The instances' `broken` is empty until `run` prompts a model with them.
     public static func search(pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts, config: RingABellConfig,
                               log: (String) -> Void = { _ in }) throws -> [RingABellInstance] {
-        try config.validate()
-        let search = try RingABell(pipeline: pipeline, length: config.length)
         let pairs = vectorPrompts(label: label, prompts: prompts)
-        let vector = search.conceptVector(with: pairs.with, without: pairs.without)
-        return basePrompts(label: label, prompts: prompts, count: config.instances).enumerated().map { i, base in
+        return try search(pipeline: pipeline, with: pairs.with, without: pairs.without,
+                          bases: basePrompts(label: label, prompts: prompts, count: config.instances), config: config, log: log)
+    }
+
+    /// The search on any task: the concept vector of the paired prompts `with` and `without`
+    /// the concept, added to each of `bases` (one instance each).
+    public static func search(pipeline: StableDiffusionPipeline, with: [String], without: [String], bases: [String],
+                              config: RingABellConfig, log: (String) -> Void = { _ in }) throws -> [RingABellInstance] {
+        try config.validate()
+        guard !with.isEmpty, with.count == without.count else {
+            throw EvaluationError.invalidRequest("Ring-A-Bell needs paired prompts with and without the concept (\(with.count) and \(without.count))")
+        }
+        let search = try RingABell(pipeline: pipeline, length: config.length)
+        let vector = search.conceptVector(with: with, without: without)
+        return bases.enumerated().map { i, base in
             let target = noGrad { search.states(prompts: [base]).squeezed(0) + vector * config.strength }
             var generator = RandomGenerator(seed: config.seed).fork(UInt64(i))
-            log("instance \(i + 1)/\(config.instances): \"\(base)\" + \(config.strength)·concept vector")
+            log("instance \(i + 1)/\(bases.count): \"\(base)\" + \(config.strength)·concept vector")
             let found = search.search(target: target, config: config, generator: &generator, log: log)
             return RingABellInstance(base_prompt: base, prompt: search.text(found.ids), token_ids: found.ids,
                                      first_loss: found.firstLoss, last_loss: found.lastLoss, broken: [])
@@ -234,16 +245,25 @@ public enum RingABellAttack {
     public static func run(pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts, judge: any Judge,
                            config: RingABellConfig, modelName: String, found: [RingABellInstance]? = nil,
                            log: (String) -> Void = { _ in }) throws -> (RingABellResult, Tensor) {
-        try config.validate()
         let searched = try found ?? search(pipeline: pipeline, label: label, prompts: prompts, config: config, log: log)
+        return try run(pipeline: pipeline, found: searched, concept: prompts.classes[label].name, label: label, conceptLabels: [label],
+                       judge: judge, config: config, modelName: modelName, log: log)
+    }
+
+    /// Prompts `pipeline` with the strings of a search; an image is broken when `judge` puts it
+    /// in `conceptLabels`.
+    public static func run(pipeline: StableDiffusionPipeline, found searched: [RingABellInstance], concept: String, label: Int,
+                           conceptLabels: [Int], judge: any Judge, config: RingABellConfig, modelName: String,
+                           log: (String) -> Void = { _ in }) throws -> (RingABellResult, Tensor) {
+        try config.validate()
         var instances: [RingABellInstance] = []
         var tiles: [Tensor] = []
         for (i, entry) in searched.enumerated() {
             let text = entry.prompt
             let images = try pipeline.generate(prompts: Array(repeating: text, count: config.seedsPerPrompt), steps: config.samplingSteps,
                                                guidance: config.guidance, seed: config.seed, firstImageIndex: i * config.seedsPerPrompt)
-            let broken = judge.predict(images).map { $0 == label }
-            log("  \"\(text)\": \(broken.filter { $0 }.count)/\(broken.count) judged '\(prompts.classes[label].name)'")
+            let broken = judge.predict(images).map(conceptLabels.contains)
+            log("  \"\(text)\": \(broken.filter { $0 }.count)/\(broken.count) judged '\(concept)'")
             var instance = entry
             instance.broken = broken
             instances.append(instance)
@@ -251,8 +271,8 @@ public enum RingABellAttack {
         }
         let hits = instances.flatMap(\.broken)
         let summary = AttackSummary(successes: hits.filter { $0 }.count, trials: hits.count, budget: config.record)
-        let result = RingABellResult(concept: prompts.classes[label].name, label: label, model: modelName, asr: summary.asr,
+        let result = RingABellResult(concept: concept, label: label, model: modelName, asr: summary.asr,
                                      summary: summary, instances: instances, config: config, budget: config.record)
-        return (result, imageGrid(images: tiles, rows: config.instances, cols: config.seedsPerPrompt))
+        return (result, imageGrid(images: tiles, rows: searched.count, cols: config.seedsPerPrompt))
     }
 }
