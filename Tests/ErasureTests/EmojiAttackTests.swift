@@ -31,8 +31,9 @@ final class EmojiAttackTests: XCTestCase {
         XCTAssertTrue(style.ringABellBases(count: 5).allSatisfy { !$0.contains("OpenMoji") && !$0.contains("{noun}") })
 
         let identity = try EmojiTaskSetup(task: .identity, concept: "santa claus", tasks: tasks, dataset: dataset, sample: [26, 27, 28, 29])
-        XCTAssertEqual(identity.conceptWords, ["Santa Claus"])
-        XCTAssertFalse(identity.otherWords.contains("Santa Claus"))
+        XCTAssertEqual(identity.conceptWords.count, 1)
+        XCTAssertTrue(identity.attack.allSatisfy { $0.prompt.contains(identity.conceptWords[0]) })
+        XCTAssertFalse(identity.otherWords.contains(identity.conceptWords[0]))
         let images = identity.realImages(count: 100)
         XCTAssertEqual(images.count, Set(images).count)
         XCTAssertTrue(images.allSatisfy { dataset.entries[dataset.emoji[$0]].name == "Santa Claus" })

@@ -88,7 +88,7 @@ final class RankCorrelationTests: XCTestCase {
         XCTAssertNil(rows[3].leakage)
         let found = LeakageAttackCorrelation.correlations(rows)
         // p4d has 2 rows with both: left out. cce: esd-x 0.3 → 0.5, uce 0.5 → 1, score 0.01 → 0.
-        XCTAssertEqual(found.map(\.attack), ["cce", LeakageAttackCorrelation.worstAttack])
+        XCTAssertEqual(found.map { $0.attack }, ["cce", LeakageAttackCorrelation.worstAttack])
         XCTAssertEqual(try XCTUnwrap(found[0].result).rho, 1, accuracy: 1e-12)
         XCTAssertEqual(found[0].rows, 3)
         let section = LeakageAttackCorrelation.markdown(rows)
