@@ -12,8 +12,9 @@ import Foundation
 //   recomputed, so no score matrix is kept), plus the gradients in flight;
 // - training with gradient checkpointing: each block's input, plus the largest block's maps
 //   during its recomputation.
-// The counts are deliberately on the high side (rounding up a few maps per layer); they are an
-// estimate to refuse hopeless runs, not an allocator.
+// The counts are an estimate to refuse hopeless runs, not an allocator: the engine's own
+// temporaries (im2col buffers, cached allocations) come on top. For SD 1.5 at 64² latents,
+// batch 1, they give 0.11 GB sampling, 2.3 GB training and 0.37 GB with checkpointing.
 
 /// How a model is run.
 public enum ActivationMode: Sendable, Equatable {
