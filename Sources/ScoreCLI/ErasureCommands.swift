@@ -278,7 +278,7 @@ func listValue(_ value: String) throws -> [String] {
 struct Erase: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Erase concepts from a model (SCORE, ESD, UCE, ANT, RECE, MACE or AdvUnlearn), write the erased model, mask, run.json and leakage estimate.",
-        discussion: "Outputs in --out: model/ (diffusers layout; changed UNet tensors over the base unless --full), mask.safetensors, config.json, run.json, checkpoint.safetensors.")
+        discussion: "Outputs in --out: model/ (diffusers layout; changed UNet tensors, and AdvUnlearn's text-encoder tensors, over the base unless --full), mask.safetensors, config.json, run.json, checkpoint.safetensors.")
 
     @Option(help: "Erasure method: \(ErasureMethods.names.joined(separator: ", ")).") var method = "score"
     @Option(help: "A concept to erase (repeat for several).") var concept: [String] = []

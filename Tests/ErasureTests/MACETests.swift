@@ -233,7 +233,11 @@ final class MACETests: XCTestCase {
         let run = try makeRun(pipeline, config: config)
         var draws: [MACERun.Draw] = []
         for _ in 0..<4 { draws.append(run.draw(concept: 0)) }
-        func mean() throws -> Float { try draws.reduce(0) { try $0 + noGrad { try run.attentionLoss(concept: 0, $1).item } } / 4 }
+        func mean() throws -> Float {
+            var sum: Float = 0
+            for d in draws { sum += try noGrad { try run.attentionLoss(concept: 0, d).item } }
+            return sum / Float(draws.count)
+        }
         run.applyFactors(concept: 0)
         let before = try mean()
         for step in 0..<config.iterations {
