@@ -30,6 +30,11 @@ public final class Critic: Module {
 
     /// Logits [B] for clean estimates [B, C, h, w] at discrete `timesteps` (one per item).
     public func callAsFunction(_ x: Tensor, timesteps: [Int]) -> Tensor {
+        head(features(x, timesteps: timesteps)).reshaped([x.shape[0]])
+    }
+
+    /// The pooled features [B, 2w] the head reads: what feature matching compares.
+    public func features(_ x: Tensor, timesteps: [Int]) -> Tensor {
         precondition(timesteps.count == x.shape[0], "Critic: \(timesteps.count) timesteps for \(x.shape[0]) samples")
         let b = x.shape[0]
         var h = conv1(x).silu()
@@ -38,8 +43,7 @@ public final class Critic: Module {
         let time = timeProjection(timestepEmbedding(timesteps.map(Float.init), dim: 2 * width, flipSinToCos: true, freqShift: 0)).silu()
         h = (h + time.reshaped([b, 2 * width, 1, 1])).silu()
         if h.shape[2] >= 4 { h = h.avgPool2d(kernel: 2) }
-        h = conv3(h).silu().mean(axes: [2, 3])
-        return head(h).reshaped([b])
+        return conv3(h).silu().mean(axes: [2, 3])
     }
 }
 
@@ -77,11 +81,20 @@ extension CriticTrainer {
     /// the critic. (`step` also zeroes any stale gradient first: a resumed run, whose checkpoint
     /// holds no gradients, must continue with the same bits.)
     public func logitsForModel(_ x: Tensor, timesteps: [Int]) -> Tensor {
+        frozen { critic(x, timesteps: timesteps) }
+    }
+
+    /// The critic's pooled features for the model's feature-matching term, frozen the same way.
+    public func featuresForModel(_ x: Tensor, timesteps: [Int]) -> Tensor {
+        frozen { critic.features(x, timesteps: timesteps) }
+    }
+
+    private func frozen(_ body: () -> Tensor) -> Tensor {
         critic.eval()
         let weights = critic.trainableParameters().map(\.tensor)
         for w in weights { w.requiresGrad = false }
         defer { for w in weights { w.requiresGrad = true } }
-        return critic(x, timesteps: timesteps)
+        return body()
     }
 }
 
@@ -97,4 +110,24 @@ public enum AdversarialForm: String, Codable, Sendable, CaseIterable {
 public func adversarialLoss(logits: Tensor, form: AdversarialForm) -> Tensor {
     let target: Float = form == .confusion ? 0.5 : 0
     return binaryCrossEntropy(logits: logits, targets: Tensor.full(target, logits.shape)).mean()
+}
+
+/// Feature matching on the critic's features (Salimans et al. 2016), as an unbiased squared
+/// distance between the mean feature of the model's samples `model` [n, d] and of the reference
+/// samples `reference` [m, d] (the linear-kernel MMD²: pairs i ≠ j only, so a small batch is not
+/// rewarded for shrinking its own spread), divided by the reference features' total variance so
+/// that its scale does not follow the critic's. A per-sample critic can be fooled by drawing one
+/// mode of the reference; the mean over a batch of that mode is still far from the mixture's.
+public func featureMatchingLoss(model a: Tensor, reference b: Tensor) -> Tensor {
+    precondition(a.rank == 2 && b.rank == 2 && a.shape[1] == b.shape[1] && a.shape[0] >= 2 && b.shape[0] >= 2,
+                 "featureMatchingLoss: model \(a.shape), reference \(b.shape) (at least 2 rows each, same width)")
+    let (n, m) = (Float(a.shape[0]), Float(b.shape[0]))
+    let b = b.detached()
+    let sumA = a.sum(axes: [0]), sumB = b.sum(axes: [0])
+    let withinA = ((sumA * sumA).sum() - (a * a).sum()) * (1 / (n * (n - 1)))
+    let cross = (sumA * sumB).sum() * (-2 / (n * m))
+    let withinB = ((sumB * sumB).sum() - (b * b).sum()).item / (m * (m - 1))
+    let centred = b - sumB.reshaped([1, b.shape[1]]) * (1 / m)
+    let variance = (centred * centred).sum().item / (m - 1)
+    return (withinA + cross + withinB) * (1 / max(variance, 1e-8))
 }

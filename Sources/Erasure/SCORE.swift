@@ -37,6 +37,11 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     /// x̂₀ is mostly zₜ itself, which the model cannot move (docs/METHOD.md gives the measurement).
     public var gameMinTimestep = 400
     public var lambdaAdversarial: Float = 0.1
+    /// λ_fm of the feature-matching term: the mean of the critic's features over the model's
+    /// late batch against their mean over θ₀'s reference estimates at the same timesteps
+    /// (`featureMatchingLoss`). A per-sample critic is fooled by one mode of the reference (the
+    /// game alone drew bags for every sneaker prompt); a batch's mean is not.
+    public var lambdaFeatureMatching: Float = 0
     public var lambdaErase: Float = 1
     /// 3, not 1: with 1 the retained classes lost 12% of their accuracy on the testbed.
     public var lambdaTrajectory: Float = 3
@@ -50,6 +55,9 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
 
     // Critic
     public var criticWidth = 32
+    /// Spectral normalisation of the training critic's layers. Without it the critic is a far
+    /// stronger detector (docs/RESULTS.md, the leakage estimate's plain critics).
+    public var criticSpectralNorm = true
     /// n_D: critic steps per model step.
     public var criticSteps = 2
     public var criticWarmupSteps = 50
@@ -144,7 +152,8 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
         try check(splitTimestep > 0, "splitTimestep (t′) must be positive")
         try check(criticSteps >= 0 && criticWarmupSteps >= 0 && criticBatchSize >= 2, "critic steps ≥ 0 and criticBatchSize ≥ 2")
         try check(poolTrajectories >= 1 && poolSteps >= 2, "poolTrajectories ≥ 1 and poolSteps ≥ 2")
-        try check(lambdaAdversarial >= 0 && lambdaErase >= 0 && lambdaTrajectory >= 0, "λ must be ≥ 0")
+        try check(lambdaAdversarial >= 0 && lambdaErase >= 0 && lambdaTrajectory >= 0 && lambdaFeatureMatching >= 0, "λ must be ≥ 0")
+        try check(lambdaFeatureMatching == 0 || batchSize >= 2, "feature matching (lambdaFeatureMatching > 0) needs batchSize ≥ 2, not \(batchSize)")
         try check(checkpointEvery >= 1, "checkpointEvery must be at least 1")
         try check(criticWidth >= 1, "criticWidth must be at least 1, not \(criticWidth)")
         // With no seeds there is no gradient to rank, so no mask: every parameter would train.
@@ -235,6 +244,10 @@ final class SCORERun: FineTuning {
     var model: Module { pipeline.unet }
 
     var independence: Bool { config.objective == .independence }
+    /// Whether a critic is trained: some term reads it.
+    var playsGame: Bool { config.lambdaAdversarial > 0 || config.lambdaFeatureMatching > 0 }
+    /// Reference estimates drawn per late sample for the feature-matching term, at its timestep.
+    static let referencePerSample = 4
     /// The timesteps the erase and adversarial terms (and the critic) act at.
     var gameWindow: ClosedRange<Int> { (independence ? config.gameMinTimestep : 0)...config.splitTimestep }
 
@@ -302,7 +315,8 @@ final class SCORERun: FineTuning {
         var criticGenerator = master.fork(2)
         critics = request.concepts.map { _ in
             CriticTrainer(channels: pipeline.latentChannels, width: config.criticWidth, learningRate: config.criticLearningRate,
-                          betas: (config.criticBeta1, config.criticBeta2), generator: &criticGenerator)
+                          betas: (config.criticBeta1, config.criticBeta2), spectralNorm: config.criticSpectralNorm,
+                          generator: &criticGenerator)
         }
 
         trainable = config.trainable.select(in: pipeline.unet)
@@ -351,11 +365,13 @@ final class SCORERun: FineTuning {
         /// ε_θ₀(zₜ, ∅) on the late entries: the unconditional half of the guided ε̂.
         var unconditional: Tensor
         var frozenEarly: Tensor, frozenRetain: Tensor
+        /// θ₀'s reference x̂₀ at the late entries' timesteps (the feature-matching term's).
+        var reference: Tensor?, referenceTimesteps: [Int]
     }
 
     /// θ₀'s references and θ's prediction for the entries of concept `c`'s pools; `prompts`
     /// replaces the late entries' prompts (the saliency's variants).
-    func batch(concept c: Int, late: [Int], early: [Int], retain: [Int], prompts: [Int]? = nil) -> Batch {
+    func batch(concept c: Int, late: [Int], early: [Int], retain: [Int], reference picked: [Int] = [], prompts: [Int]? = nil) -> Batch {
         let pool = targetPools[c]
         var (zL, tL, pL) = pool.batch(late)
         if let prompts { pL = prompts }
@@ -386,24 +402,34 @@ final class SCORERun: FineTuning {
         let prediction = pipeline.predictNoise(latents: latents, timesteps: tL + tE + tR, states: states.states, mask: states.mask)
         return Batch(zLate: zL, tLate: tL, counts: (nL, nE, nR), prediction: prediction,
                      eraseTarget: negativeGuidanceTarget(anchor: anchor, conditional: conditional, unconditional: unconditional, eta: config.eta),
-                     unconditional: unconditional, frozenEarly: parts[parts.count - 2], frozenRetain: parts[parts.count - 1])
+                     unconditional: unconditional, frozenEarly: parts[parts.count - 2], frozenRetain: parts[parts.count - 1],
+                     reference: picked.isEmpty ? nil : gather(referenceEstimates[c].estimates, picked),
+                     referenceTimesteps: picked.map { referenceEstimates[c].timesteps[$0] })
     }
 
     /// The three terms on a prediction of `batch`'s layout (θ's, or a leaf standing for it).
-    struct Terms { var erase: Tensor; var trajectory: Tensor; var adversarial: Tensor }
+    struct Terms { var erase: Tensor; var trajectory: Tensor; var adversarial: Tensor; var featureMatching: Tensor }
 
-    func terms(_ b: Batch, prediction: Tensor, concept c: Int, adversarialTerm: Bool = true) -> Terms {
+    /// The terms on `prediction`; of the two that read the critic, only those in `criticTerms`
+    /// (each costs a critic pass).
+    func terms(_ b: Batch, prediction: Tensor, concept c: Int,
+               criticTerms: Set<String> = ["adversarial", "feature_matching"]) -> Terms {
         let predicted = prediction.split(sizes: [b.counts.late, b.counts.early, b.counts.retain], axis: 0)
         let erase = mseLoss(predicted[0], b.eraseTarget)
         var trajectory = Tensor(0)
         if b.counts.retain > 0 { trajectory = trajectory + mseLoss(predicted[2], b.frozenRetain) }
         if b.counts.early > 0 { trajectory = trajectory + mseLoss(predicted[1], b.frozenEarly) }
-        var adversarial = Tensor(0)
-        if adversarialTerm, config.lambdaAdversarial > 0 {
+        var adversarial = Tensor(0), featureMatching = Tensor(0)
+        if criticTerms.contains("adversarial"), config.lambdaAdversarial > 0 {
             adversarial = adversarialLoss(logits: critics[c].logitsForModel(modelEstimate(b, late: predicted[0]), timesteps: b.tLate),
                                           form: config.adversarialForm)
         }
-        return Terms(erase: erase, trajectory: trajectory, adversarial: adversarial)
+        if criticTerms.contains("feature_matching"), config.lambdaFeatureMatching > 0, let reference = b.reference {
+            let features = critics[c].featuresForModel(modelEstimate(b, late: predicted[0]), timesteps: b.tLate)
+            let referenceFeatures = noGrad { critics[c].featuresForModel(reference, timesteps: b.referenceTimesteps) }
+            featureMatching = featureMatchingLoss(model: features, reference: referenceFeatures)
+        }
+        return Terms(erase: erase, trajectory: trajectory, adversarial: adversarial, featureMatching: featureMatching)
     }
 
     /// The x̂₀ the critic judges for the model's late prediction ε_θ(zₜ, c): under the
@@ -450,7 +476,7 @@ final class SCORERun: FineTuning {
                 for _ in 0..<config.saliencySeeds {
                     let late = draw(config.batchSize, from: candidates, generator: &g)
                     let b = batch(concept: c, late: late, early: [], retain: [])
-                    terms(b, prediction: b.prediction, concept: c, adversarialTerm: false).erase.backward()
+                    terms(b, prediction: b.prediction, concept: c, criticTerms: []).erase.backward()
                     var scores: [String: Tensor] = [:]
                     Saliency.accumulate(trainable, into: &scores)
                     Saliency.accumulate(trainable, into: &summed)
@@ -466,7 +492,7 @@ final class SCORERun: FineTuning {
 
     /// Critic warm-up before the first model step.
     func begin(log: (String) -> Void) {
-        guard config.lambdaAdversarial > 0 else { return }
+        guard playsGame else { return }
         for c in request.concepts.indices {
             var last = (loss: Float(0), accuracy: Float(0))
             for _ in 0..<config.criticWarmupSteps { last = criticStep(concept: c) }
@@ -482,22 +508,23 @@ final class SCORERun: FineTuning {
     /// weighted sum of the terms.
     func losses(step: Int) throws -> StepLosses {
         let c = step % request.concepts.count
-        let adversarial = config.lambdaAdversarial > 0
+        let adversarial = playsGame
         var critic = (loss: Float.nan, accuracy: Float.nan)
         if adversarial {
             for _ in 0..<config.criticSteps { critic = criticStep(concept: c) }
         }
         let entries = drawEntries(concept: c)
-        let b = batch(concept: c, late: entries.late, early: entries.early, retain: entries.retain)
+        let b = batch(concept: c, late: entries.late, early: entries.early, retain: entries.retain, reference: entries.reference)
 
         let weighted: [(name: String, weight: Float, pick: (Terms) -> Tensor)] = [
             ("erase", config.lambdaErase, \.erase), ("trajectory", config.lambdaTrajectory, \.trajectory),
-            ("adversarial", config.lambdaAdversarial, \.adversarial)]
+            ("adversarial", config.lambdaAdversarial, \.adversarial),
+            ("feature_matching", config.lambdaFeatureMatching, \.featureMatching)]
         var values: [(String, Float)] = [], norms: [(String, Float)] = []
         var gradient = Tensor.zeros(b.prediction.shape)
         for term in weighted {
             let leaf = Tensor(storage: b.prediction.detached().storage, shape: b.prediction.shape, requiresGrad: true)
-            let value = term.pick(terms(b, prediction: leaf, concept: c, adversarialTerm: term.name == "adversarial"))
+            let value = term.pick(terms(b, prediction: leaf, concept: c, criticTerms: [term.name]))
             values.append((term.name, value.item))
             var norm: Float = 0
             if term.weight > 0 {
@@ -520,8 +547,9 @@ final class SCORERun: FineTuning {
     }
 
     /// A model step's pool entries, uniformly with replacement: late target entries (in the
-    /// game window), early ones (t > t′) and retain-pool ones.
-    func drawEntries(concept c: Int) -> (late: [Int], early: [Int], retain: [Int]) {
+    /// game window), early ones (t > t′), retain-pool ones and, for feature matching,
+    /// `referencePerSample` reference estimates at each late entry's timestep.
+    func drawEntries(concept c: Int) -> (late: [Int], early: [Int], retain: [Int], reference: [Int]) {
         let pool = targetPools[c]
         let split = config.splitTimestep
         let window = gameWindow
@@ -530,7 +558,15 @@ final class SCORERun: FineTuning {
         let early = earlyCandidates.isEmpty ? [] : draw(config.earlyBatchSize, from: earlyCandidates, generator: &generator)
         let retain = config.retainBatchSize > 0 && config.lambdaTrajectory > 0
             ? draw(config.retainBatchSize, from: Array(0..<retainPool.count), generator: &generator) : []
-        return (late, early, retain)
+        var reference: [Int] = []
+        if config.lambdaFeatureMatching > 0 {
+            let times = referenceEstimates[c].timesteps
+            for t in late.map({ pool.timesteps[$0] }) {
+                let matched = times.indices.filter { times[$0] == t }
+                reference += draw(Self.referencePerSample, from: matched.isEmpty ? Array(times.indices) : matched, generator: &generator)
+            }
+        }
+        return (late, early, retain, reference)
     }
 
     func beforeUpdate() {
@@ -548,7 +584,7 @@ final class SCORERun: FineTuning {
     func progress(_ losses: [String: [Float]]) -> [(String, Float)] {
         let accuracy = (losses["critic_accuracy"] ?? []).suffix(20).filter { $0.isFinite }
         return [("erase", losses["erase"]?.last ?? .nan), ("traj", losses["trajectory"]?.last ?? .nan),
-                ("adv", losses["adversarial"]?.last ?? .nan),
+                ("adv", losses["adversarial"]?.last ?? .nan), ("fm", losses["feature_matching"]?.last ?? .nan),
                 ("critic_acc", accuracy.isEmpty ? .nan : accuracy.reduce(0, +) / Float(accuracy.count))]
     }
 

@@ -105,6 +105,102 @@ final class SCOREGameTests: XCTestCase {
         XCTAssertEqual(recorded["grad_trajectory"], 0)
     }
 
+    /// The feature-matching loss against its definition: the squared distance of the two means
+    /// with each batch's own pairs i = j left out, over the reference's variance; and its
+    /// gradient in the model's features against central differences.
+    func testFeatureMatchingLossIsTheUnbiasedMeanDistanceAndItsGradientMatchesDifferences() {
+        var g = RandomGenerator(seed: 11)
+        let a = g.normal([3, 5]), b = g.normal([4, 5]) + 0.7
+        func direct(_ a: [Float]) -> Double {
+            let (n, m, d) = (3, 4, 5)
+            func row(_ x: [Float], _ i: Int) -> ArraySlice<Float> { x[(i * d)..<((i + 1) * d)] }
+            func dot(_ u: ArraySlice<Float>, _ v: ArraySlice<Float>) -> Double { zip(u, v).reduce(0) { $0 + Double($1.0) * Double($1.1) } }
+            var aa = 0.0, ab = 0.0, bb = 0.0
+            for i in 0..<n { for j in 0..<n where i != j { aa += dot(row(a, i), row(a, j)) } }
+            for i in 0..<n { for k in 0..<m { ab += dot(row(a, i), row(b.scalars, k)) } }
+            for k in 0..<m { for l in 0..<m where k != l { bb += dot(row(b.scalars, k), row(b.scalars, l)) } }
+            var variance = 0.0
+            for j in 0..<d {
+                let mean = (0..<m).reduce(0.0) { $0 + Double(b.scalars[$1 * d + j]) } / Double(m)
+                variance += (0..<m).reduce(0.0) { $0 + pow(Double(b.scalars[$1 * d + j]) - mean, 2) } / Double(m - 1)
+            }
+            return (aa / Double(n * (n - 1)) - 2 * ab / Double(n * m) + bb / Double(m * (m - 1))) / variance
+        }
+        let leaf = Tensor(storage: a.storage, shape: a.shape, requiresGrad: true)
+        let loss = featureMatchingLoss(model: leaf, reference: b)
+        XCTAssertEqual(Double(loss.item), direct(a.scalars), accuracy: 1e-4 * max(1, abs(direct(a.scalars))))
+        loss.backward()
+        let grad = try! XCTUnwrap(leaf.grad)
+        for i in 0..<a.count {
+            var plus = a.scalars, minus = a.scalars
+            plus[i] += 1e-2
+            minus[i] -= 1e-2
+            let numeric = (direct(plus) - direct(minus)) / 2e-2
+            XCTAssertEqual(Double(grad.scalars[i]), numeric, accuracy: 1e-3 * max(1, abs(numeric)), "entry \(i)")
+        }
+        // One mode of the reference drawn n times is far from the reference's mean; the
+        // reference's own rows are not (the unbiased distance is about 0).
+        let modes = Tensor(shape: [4, 2], scalars: [1, 0, -1, 0, 0, 1, 0, -1])
+        let collapsed = Tensor(shape: [4, 2], scalars: [1, 0, 1, 0, 1, 0, 1, 0])
+        XCTAssertGreaterThan(featureMatchingLoss(model: collapsed, reference: modes).item, 0.5)
+        XCTAssertLessThan(abs(featureMatchingLoss(model: modes, reference: modes).item), 1e-6)
+    }
+
+    /// With λ_fm > 0 the step's gradient still is the weighted terms' gradient, the term reads the
+    /// critic's features of the guided x̂₀ against θ₀'s reference estimates at the late entries'
+    /// timesteps, and its gradient in θ's prediction matches central differences.
+    func testFeatureMatchingTermInTheStep() throws {
+        var config = Self.config()
+        config.criticSteps = 0
+        config.lambdaFeatureMatching = 2
+        config.criticSpectralNorm = false
+        let pipeline = try Tiny.pipeline()
+        let run = try SCORERun(config: config, request: Self.request, pipeline: pipeline, log: { _ in })
+        XCTAssertTrue(run.critics[0].critic.conv1.normalizes == false, "criticSpectralNorm false: plain layers")
+        let saved = run.generator
+        let step = try run.losses(step: 0)
+        step.total.backward()
+        let viaLeaves = run.trainable.map { $0.tensor.grad?.copy() }
+        pipeline.unet.zeroGrad()
+
+        run.generator = saved
+        let entries = run.drawEntries(concept: 0)
+        XCTAssertEqual(entries.reference.count, SCORERun.referencePerSample * entries.late.count)
+        let b = run.batch(concept: 0, late: entries.late, early: entries.early, retain: entries.retain, reference: entries.reference)
+        let lateTimes = entries.late.map { run.targetPools[0].timesteps[$0] }
+        XCTAssertEqual(b.referenceTimesteps, lateTimes.flatMap { Array(repeating: $0, count: SCORERun.referencePerSample) })
+        let terms = run.terms(b, prediction: b.prediction, concept: 0)
+        XCTAssertNotEqual(terms.featureMatching.item, 0)
+        (terms.erase * config.lambdaErase + terms.trajectory * config.lambdaTrajectory + terms.adversarial * config.lambdaAdversarial
+            + terms.featureMatching * config.lambdaFeatureMatching).backward()
+        for ((name, p), expected) in zip(run.trainable, viaLeaves) {
+            guard let g = p.grad, let expected else { continue }
+            for i in 0..<g.count {
+                XCTAssertEqual(g.pointer[i], expected.pointer[i], accuracy: 1e-5 + 1e-4 * abs(expected.pointer[i]), "\(name)[\(i)]")
+            }
+        }
+        pipeline.unet.zeroGrad()
+        let recorded = Dictionary(uniqueKeysWithValues: step.recorded)
+        XCTAssertTrue((recorded["grad_feature_matching"] ?? 0) > 0)
+
+        // ∂L_fm/∂ε_θ at a few entries of the late prediction, against central differences.
+        let leaf = Tensor(storage: b.prediction.detached().storage, shape: b.prediction.shape, requiresGrad: true)
+        run.terms(b, prediction: leaf, concept: 0, criticTerms: ["feature_matching"]).featureMatching.backward()
+        let grad = try XCTUnwrap(leaf.grad)
+        let base = b.prediction.detached().scalars
+        for i in [0, 17, 63, 64 + 5] {
+            func value(_ delta: Float) -> Double {
+                var x = base
+                x[i] += delta
+                let probe = Tensor(shape: b.prediction.shape, scalars: x)
+                return Double(noGrad { run.terms(b, prediction: probe, concept: 0, criticTerms: ["feature_matching"]).featureMatching.item })
+            }
+            let h: Float = 2e-3
+            let numeric = (value(h) - value(-h)) / Double(2 * h)
+            XCTAssertEqual(Double(grad.scalars[i]), numeric, accuracy: 3e-2 * abs(numeric) + 1e-4, "entry \(i)")
+        }
+    }
+
     func testGradientNormsAreRecordedEveryStepAndZeroForAnOffTerm() throws {
         var config = Self.config()
         config.lambdaErase = 0
