@@ -17,6 +17,33 @@ final class SCOREGameTests: XCTestCase {
         SCORETests.tinyConfig().independenceObjective
     }
 
+    /// Step 0's loss and its gradient in θ (each term on its own leaf, then one pass back through
+    /// θ), with the run's generator rewound so that the same entries can be drawn again.
+    static func stepGradient(_ run: SCORERun) throws -> (step: StepLosses, gradients: [Tensor?]) {
+        let saved = run.generator
+        let step = try run.losses(step: 0)
+        step.total.backward()
+        let gradients = run.trainable.map { $0.tensor.grad?.copy() }
+        run.pipeline.unet.zeroGrad()
+        run.generator = saved
+        return (step, gradients)
+    }
+
+    /// θ's accumulated gradients equal `expected` entry by entry (then cleared).
+    static func assertGradients(of run: SCORERun, equal expected: [Tensor?], file: StaticString = #filePath, line: UInt = #line) {
+        var compared = 0
+        for ((name, p), expected) in zip(run.trainable, expected) {
+            guard let g = p.grad, let expected else { continue }
+            for i in 0..<g.count {
+                XCTAssertEqual(g.pointer[i], expected.pointer[i], accuracy: 1e-5 + 1e-4 * abs(expected.pointer[i]), "\(name)[\(i)]",
+                               file: file, line: line)
+            }
+            compared += 1
+        }
+        XCTAssertGreaterThan(compared, 0, file: file, line: line)
+        run.pipeline.unet.zeroGrad()
+    }
+
     func testGuidedNoiseIsClassifierFreeGuidance() {
         let conditional = Tensor(shape: [2], scalars: [3, 0])
         let unconditional = Tensor(shape: [2], scalars: [1, 1])
@@ -65,27 +92,12 @@ final class SCOREGameTests: XCTestCase {
         config.criticSteps = 0
         let pipeline = try Tiny.pipeline()
         let run = try SCORERun(config: config, request: Self.request, pipeline: pipeline, log: { _ in })
-        let saved = run.generator
-        let step = try run.losses(step: 0)
-        step.total.backward()
-        let viaLeaves = run.trainable.map { $0.tensor.grad?.copy() }
-        pipeline.unet.zeroGrad()
-
-        run.generator = saved
+        let (step, viaLeaves) = try Self.stepGradient(run)
         let entries = run.drawEntries(concept: 0)
         let b = run.batch(concept: 0, late: entries.late, early: entries.early, retain: entries.retain)
         let terms = run.terms(b, prediction: b.prediction, concept: 0)
         (terms.erase * config.lambdaErase + terms.trajectory * config.lambdaTrajectory + terms.adversarial * config.lambdaAdversarial).backward()
-        var compared = 0
-        for ((name, p), expected) in zip(run.trainable, viaLeaves) {
-            guard let g = p.grad, let expected else { continue }
-            for i in 0..<g.count {
-                XCTAssertEqual(g.pointer[i], expected.pointer[i], accuracy: 1e-5 + 1e-4 * abs(expected.pointer[i]), "\(name)[\(i)]")
-            }
-            compared += 1
-        }
-        XCTAssertGreaterThan(compared, 0)
-        pipeline.unet.zeroGrad()
+        Self.assertGradients(of: run, equal: viaLeaves)
 
         // L_adv by hand: guided ε̂ with θ₀'s ε(∅), its x̂₀, the critic, −log(1 − D).
         let late = b.prediction.narrowed(axis: 0, start: 0, length: entries.late.count).detached()
@@ -157,13 +169,7 @@ final class SCOREGameTests: XCTestCase {
         let pipeline = try Tiny.pipeline()
         let run = try SCORERun(config: config, request: Self.request, pipeline: pipeline, log: { _ in })
         XCTAssertTrue(run.critics[0].critic.conv1.normalizes == false, "criticSpectralNorm false: plain layers")
-        let saved = run.generator
-        let step = try run.losses(step: 0)
-        step.total.backward()
-        let viaLeaves = run.trainable.map { $0.tensor.grad?.copy() }
-        pipeline.unet.zeroGrad()
-
-        run.generator = saved
+        let (step, viaLeaves) = try Self.stepGradient(run)
         let entries = run.drawEntries(concept: 0)
         XCTAssertEqual(entries.reference.count, SCORERun.referencePerSample * entries.late.count)
         let b = run.batch(concept: 0, late: entries.late, early: entries.early, retain: entries.retain, reference: entries.reference)
@@ -173,13 +179,7 @@ final class SCOREGameTests: XCTestCase {
         XCTAssertNotEqual(terms.featureMatching.item, 0)
         (terms.erase * config.lambdaErase + terms.trajectory * config.lambdaTrajectory + terms.adversarial * config.lambdaAdversarial
             + terms.featureMatching * config.lambdaFeatureMatching).backward()
-        for ((name, p), expected) in zip(run.trainable, viaLeaves) {
-            guard let g = p.grad, let expected else { continue }
-            for i in 0..<g.count {
-                XCTAssertEqual(g.pointer[i], expected.pointer[i], accuracy: 1e-5 + 1e-4 * abs(expected.pointer[i]), "\(name)[\(i)]")
-            }
-        }
-        pipeline.unet.zeroGrad()
+        Self.assertGradients(of: run, equal: viaLeaves)
         let recorded = Dictionary(uniqueKeysWithValues: step.recorded)
         XCTAssertTrue((recorded["grad_feature_matching"] ?? 0) > 0)
 
