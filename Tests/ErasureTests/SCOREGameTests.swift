@@ -150,12 +150,13 @@ final class SCOREGameTests: XCTestCase {
             let numeric = (direct(plus) - direct(minus)) / 2e-2
             XCTAssertEqual(Double(grad.scalars[i]), numeric, accuracy: 1e-3 * max(1, abs(numeric)), "entry \(i)")
         }
-        // One mode of the reference drawn n times is far from the reference's mean; the
-        // reference's own rows are not (the unbiased distance is about 0).
+        // One of four modes drawn four times is far from their mean: (1 − 1/3)/(4/3) = ½. The
+        // modes themselves read below 0 (the unbiased estimate of a zero distance from a sample
+        // compared with itself: (−1/3 − 1/3)/(4/3) = −½).
         let modes = Tensor(shape: [4, 2], scalars: [1, 0, -1, 0, 0, 1, 0, -1])
         let collapsed = Tensor(shape: [4, 2], scalars: [1, 0, 1, 0, 1, 0, 1, 0])
-        XCTAssertGreaterThan(featureMatchingLoss(model: collapsed, reference: modes).item, 0.5)
-        XCTAssertLessThan(abs(featureMatchingLoss(model: modes, reference: modes).item), 1e-6)
+        XCTAssertEqual(featureMatchingLoss(model: collapsed, reference: modes).item, 0.5, accuracy: 1e-6)
+        XCTAssertEqual(featureMatchingLoss(model: modes, reference: modes).item, -0.5, accuracy: 1e-6)
     }
 
     /// With λ_fm > 0 the step's gradient still is the weighted terms' gradient, the term reads the
