@@ -58,11 +58,12 @@ final class AdvUnlearnTests: XCTestCase {
         for _ in 0..<2 { rows.append(pool.remove(at: min(pool.count - 1, Int(g.uniform([1]).scalars[0] * Float(pool.count))))) }
         let text = run.table.captions[prompt], retained = rows.map { run.table.captions[$0] }
 
-        func sample(_ texts: [String], stream: Int) throws -> Tensor {
-            var generators = texts.indices.map { StableDiffusionPipeline.imageGenerator(seed: 1, index: stream * 64 + $0) }
+        // The run encodes every caption once, padded to one length; the replay uses those states.
+        func sample(_ captionRows: [Int], stream: Int) throws -> Tensor {
+            var generators = captionRows.indices.map { StableDiffusionPipeline.imageGenerator(seed: 1, index: stream * 64 + $0) }
             let shape = try pipeline.latentShape(batch: 1, height: pipeline.defaultHeight, width: pipeline.defaultWidth)
             let noise = initialNoise(shape: shape, schedule: run.schedule, generators: &generators)
-            let c = reference.encodePrompts(texts), u = reference.encodePrompts(Array(repeating: "", count: texts.count))
+            let c = run.table.batch(captionRows), u = run.table.batch(Array(repeating: run.emptyIndex, count: captionRows.count))
             return try noGrad { try reference.denoise(noise, conditional: c, unconditional: u, guidance: 3, schedule: run.schedule,
                                                       steps: 0..<stop, generators: &generators) }
         }
@@ -71,11 +72,11 @@ final class AdvUnlearnTests: XCTestCase {
             return noGrad { p.predictNoise(latents: x, timestep: run.schedule.timesteps[stop], states: states, mask: mask).scalars }
         }
         func mse(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } / Float(a.count) }
-        let x = try sample([text], stream: 0)
+        let x = try sample([prompt], stream: 0)
         let (c0, u0) = (epsilon(reference, [text], x), epsilon(reference, [""], x))
         let target = zip(c0, u0).map { $1 - 1.5 * ($0 - $1) }
         let unlearn = mse(epsilon(pipeline, [text], x), target)
-        let xr = try sample(retained, stream: config.attackSteps + 1)
+        let xr = try sample(rows, stream: config.attackSteps + 1)
         let retain = mse(epsilon(pipeline, retained, xr), epsilon(reference, retained, xr))
         let values = Dictionary(uniqueKeysWithValues: terms.checked)
         XCTAssertEqual(values["unlearn"]!, unlearn, accuracy: 1e-5 * max(1, unlearn))
