@@ -277,6 +277,9 @@ func eraseCell(method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, m
         }
         for i in request.concepts.indices { request.concepts[i].anchors = request.retainPrompts }
     }
+    // A method that trains the text encoder saves that change beside the UNet's, as `score erase` does.
+    let encoder = eraser.changesTextEncoder ? ErasedModel.textEncoderModule(of: model.pipeline) : nil
+    let encoderBefore = encoder.map { $0.namedParameters().reduce(into: [String: Tensor]()) { $0[$1.name] = Tensor(shape: $1.tensor.shape, scalars: $1.tensor.scalars) } }
     let outcome = try timer("erase") {
         try eraser.erase(request, pipeline: model.pipeline, context: ErasureContext(output: runFolder, resume: true, log: log))
     }
@@ -284,6 +287,7 @@ func eraseCell(method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, m
     let written = try ErasedModel.write(unet: model.pipeline.unet, reference: original.pipeline.unet,
                                         baseFolder: original.folder, baseName: original.name, method: eraser.name,
                                         concepts: request.concepts.map(\.name), full: false,
+                                        textEncoder: encoder.map { ($0, encoderBefore!) },
                                         to: runFolder.appendingPathComponent("model"))
     log(String(format: "  erased in %.0f s, %d parameters changed, final erase loss %@", timer.seconds["erase"] ?? 0, written.entries,
                outcome.losses["erase"]?.last.map { String(format: "%.4f", $0) } ?? "–"))
