@@ -71,3 +71,33 @@ public struct EMA {
         }
     }
 }
+
+extension TrainingCheckpoint {
+    /// What every testbed trainer does with a step's loss: stop on a non-finite value (naming the
+    /// last good checkpoint), clip and apply the gradient, update the EMA with warm-up (the decay
+    /// grows with the step so early weights do not dominate), report progress and checkpoint on
+    /// the cadence. Returns true when the run reached `stopAfter`.
+    mutating func finishStep(loss: Tensor, training what: String, model: Module, optimizer: Adam, ema: Module,
+                             emaMaxDecay: Float, progress: inout ProgressReporter, firstStep: Int, batch: Int,
+                             checkpointURL: URL, checkpointEvery: Int, steps: Int, stopAfter: Int?) throws -> Bool {
+        let value = loss.item
+        guard value.isFinite else {
+            throw TrainingError.nonFinite(what: what, loss: value, step: step, checkpoint: checkpointURL.path)
+        }
+        loss.backward()
+        clipGradNorm(model.trainableParameters().map(\.tensor), maxNorm: 1)
+        optimizer.step()
+        model.zeroGrad()
+        step += 1
+        losses.append(value)
+        EMA(decay: min(emaMaxDecay, Float(1 + step) / Float(10 + step))).update(ema, from: model)
+
+        let recent = losses.suffix(20)
+        progress.report(step: step, firstStep: firstStep, items: (step - firstStep) * batch,
+                        values: [("loss", recent.reduce(0, +) / Float(recent.count)), ("lr", optimizer.learningRate)])
+        if step % checkpointEvery == 0 || step == steps || step == stopAfter {
+            try save(to: checkpointURL, model: model, optimizer: optimizer, ema: ema)
+        }
+        return step == stopAfter
+    }
+}

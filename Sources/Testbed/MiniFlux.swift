@@ -191,26 +191,11 @@ public func trainMiniFlux(_ options: MiniFluxTrainingOptions, data: some MiniSDT
         optimizer.learningRate = schedule.learningRate(at: state.step)
         let loss = flowMatchingLoss(model: model, clean: data.batch(indices), noise: noise, sigmas: sigmas,
                                     states: rows(allStates, captionRows), pooled: rows(allPooled, captionRows))
-        let value = loss.item
-        guard value.isFinite else {
-            throw TrainingError.nonFinite(what: "mini-FLUX training", loss: value, step: state.step, checkpoint: checkpointURL.path)
-        }
-        loss.backward()
-        clipGradNorm(model.trainableParameters().map(\.tensor), maxNorm: 1)
-        optimizer.step()
-        model.zeroGrad()
-        state.step += 1
-        state.losses.append(value)
-        let decay = min(options.emaMaxDecay, Float(1 + state.step) / Float(10 + state.step))
-        EMA(decay: decay).update(ema, from: model)
-
-        let recent = state.losses.suffix(20)
-        progress.report(step: state.step, firstStep: firstStep, items: (state.step - firstStep) * b,
-                        values: [("loss", recent.reduce(0, +) / Float(recent.count)), ("lr", optimizer.learningRate)])
-        if state.step % options.checkpointEvery == 0 || state.step == options.steps || state.step == options.stopAfter {
-            try state.save(to: checkpointURL, model: model, optimizer: optimizer, ema: ema)
-        }
-        if state.step == options.stopAfter { break }
+        let stop = try state.finishStep(loss: loss, training: "mini-FLUX training", model: model, optimizer: optimizer, ema: ema,
+                                        emaMaxDecay: options.emaMaxDecay, progress: &progress, firstStep: firstStep, batch: b,
+                                        checkpointURL: checkpointURL, checkpointEvery: options.checkpointEvery,
+                                        steps: options.steps, stopAfter: options.stopAfter)
+        if stop { break }
     }
     let wall = Date().timeIntervalSince(start)
     let tail = state.losses.suffix(50)

@@ -270,27 +270,11 @@ public func trainMiniSD(_ options: MiniSDTrainingOptions, data: some MiniSDTrain
         optimizer.learningRate = schedule.learningRate(at: state.step)
         let loss = diffusionLoss(unet: unet, scheduler: scheduler, clean: data.batch(indices), noise: noise,
                                  timesteps: timesteps, states: states, mask: mask, minSNRGamma: options.minSNRGamma)
-        let value = loss.item
-        guard value.isFinite else {
-            throw TrainingError.nonFinite(what: "mini-SD training", loss: value, step: state.step, checkpoint: checkpointURL.path)
-        }
-        loss.backward()
-        clipGradNorm(unet.trainableParameters().map(\.tensor), maxNorm: 1)
-        optimizer.step()
-        unet.zeroGrad()
-        state.step += 1
-        state.losses.append(value)
-        // EMA with warm-up: the decay grows with the step so early weights do not dominate.
-        let decay = min(options.emaMaxDecay, Float(1 + state.step) / Float(10 + state.step))
-        EMA(decay: decay).update(ema, from: unet)
-
-        let recent = state.losses.suffix(20)
-        progress.report(step: state.step, firstStep: firstStep, items: (state.step - firstStep) * b,
-                        values: [("loss", recent.reduce(0, +) / Float(recent.count)), ("lr", optimizer.learningRate)])
-        if state.step % options.checkpointEvery == 0 || state.step == options.steps || state.step == options.stopAfter {
-            try state.save(to: checkpointURL, model: unet, optimizer: optimizer, ema: ema)
-        }
-        if state.step == options.stopAfter { break }
+        let stop = try state.finishStep(loss: loss, training: "mini-SD training", model: unet, optimizer: optimizer, ema: ema,
+                                        emaMaxDecay: options.emaMaxDecay, progress: &progress, firstStep: firstStep, batch: b,
+                                        checkpointURL: checkpointURL, checkpointEvery: options.checkpointEvery,
+                                        steps: options.steps, stopAfter: options.stopAfter)
+        if stop { break }
     }
     let wall = Date().timeIntervalSince(start)
     let tail = state.losses.suffix(50)
