@@ -166,7 +166,7 @@ final class AdvUnlearnRun: FineTuning {
             access.module.unfreeze(where: trainableNames.contains)
             trainable = access.module.trainableParameters()
         case .crossAttention:
-            trainableNames = ESDRun.trainableNames(pipeline.unet, method: .esdX)
+            trainableNames = Erasure.trainableNames(pipeline.unet, method: .esdX, family: .unet)
             pipeline.unet.unfreeze(where: trainableNames.contains)
             trainable = pipeline.unet.trainableParameters()
         }

@@ -14,7 +14,7 @@ public enum ESDTrainMethod: String, Codable, Sendable, CaseIterable {
     case esdXStrict = "esd-x-strict"
 
     /// The parameter set by name. ESD further keeps to the weights and biases of linear and
-    /// convolution layers (see `ESDRun.trainableNames`).
+    /// convolution layers (see `trainableNames(_:method:family:)`).
     public var trainableSet: TrainableSet {
         switch self {
         case .esdX: return .crossAttention
@@ -85,6 +85,12 @@ public struct ESDConfig: Codable, Equatable, Sendable {
 /// 4. takes one Adam step on MSE(ε_θ(xₜ,c,t), target).
 /// ESD has no anchor: its target is built on the unconditional prediction, so a concept with a
 /// non-empty `anchor` is refused rather than silently ignored.
+///
+/// On FLUX the same run works on velocities: xₜ is x_σ from a partial flow-matching run, and the
+/// target v₀(x_σ,∅) − η(v₀(x_σ,c) − v₀(x_σ,∅)) is the ε-target above mapped through
+/// ε̂ = x_σ + (1 − σ)·v̂ (its weights sum to 1, so the x_σ terms cancel); the loss is the MSE on
+/// velocities, not the ε-MSE's (1 − σ)²-weighted one (`ErasableModel` says why). The trainable
+/// sets map by `TrainableSet.includes(_:family:)` (esd-x: the double blocks' text-stream attention).
 public struct ESD: ErasureMethod {
     public var config: ESDConfig
 
@@ -92,13 +98,17 @@ public struct ESD: ErasureMethod {
 
     public var name: String { "esd" }
 
-    public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+    public func erase<Model: ErasableModel>(_ request: ErasureRequest, model: Model, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
         try request.refuseAnchors(method: "ESD")
         return try TrainingRun.train(config: config, request: request, context: context) {
-            try ESDRun(config: config, request: request, pipeline: pipeline)
+            try ESDRun(config: config, request: request, pipeline: model)
         }
+    }
+
+    public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+        try erase(request, model: pipeline, context: context)
     }
 }
 
@@ -108,12 +118,12 @@ extension ESDConfig: TrainingConfig {
 }
 
 /// The state of one ESD run, trained by `TrainingRun`.
-final class ESDRun: FineTuning {
+final class ESDRun<Family: ErasableModel>: FineTuning {
     let config: ESDConfig
     let request: ErasureRequest
-    let pipeline: StableDiffusionPipeline
-    let frozen: UNet2DConditionModel
-    let table: CaptionTable
+    let pipeline: Family
+    let frozen: Family.Denoiser
+    let table: ConditioningTable
     let emptyIndex = 0
     /// Per concept: the caption indices of its target prompts.
     let targetIndices: [[Int]]
@@ -125,54 +135,35 @@ final class ESDRun: FineTuning {
     var generator: RandomGenerator
 
     typealias Config = ESDConfig
-    static let method = "esd"
-    var model: Module { pipeline.unet }
+    static var method: String { "esd" }
+    var model: Module { pipeline.denoiser }
 
-    init(config: ESDConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline) throws {
+    init(config: ESDConfig, request: ErasureRequest, pipeline: Family) throws {
         self.config = config
         self.request = request
         self.pipeline = pipeline
         // diffusers' from_pretrained returns models in eval mode, so the official script trains
         // without dropout; so does this.
-        pipeline.unet.eval()
-        frozen = try pipeline.unet.frozenCopy()
+        pipeline.denoiser.eval()
+        frozen = try pipeline.frozenDenoiser()
         do {
-            schedule = try pipeline.scheduler.schedule(steps: config.samplingSteps)
+            schedule = try pipeline.schedule(steps: config.samplingSteps)
         } catch {
             throw ErasureError.invalidConfig("ESD samplingSteps \(config.samplingSteps): \(error)")
         }
         var captions = CaptionList()
         targetIndices = request.concepts.map { $0.targetPrompts.map { captions.index($0) } }
-        table = CaptionTable(captions: captions.captions, encoder: pipeline.textEncoder)
+        table = ConditioningTable(captions: captions.captions, model: pipeline)
 
-        let names = Self.trainableNames(pipeline.unet, method: config.trainMethod)
-        pipeline.unet.freeze()
-        pipeline.unet.unfreeze(where: names.contains)
-        trainable = pipeline.unet.trainableParameters()
+        let names = trainableNames(pipeline.denoiser, method: config.trainMethod, family: Family.family)
+        pipeline.denoiser.freeze()
+        pipeline.denoiser.unfreeze(where: names.contains)
+        trainable = pipeline.denoiser.trainableParameters()
         guard !trainable.isEmpty else {
-            throw ErasureError.invalidConfig("ESD \(config.trainMethod.rawValue) finds no parameter to train in this UNet")
+            throw ErasureError.invalidConfig("ESD \(config.trainMethod.rawValue) finds no parameter to train in this \(Family.denoiserComponent)")
         }
         optimizer = Adam(trainable, learningRate: config.learningRate)
         generator = RandomGenerator(seed: config.seed).fork(1)
-    }
-
-    /// Names of the parameters `method` trains: those of its set that belong to linear or
-    /// convolution layers. The official script collects parameters module by module, keeping only
-    /// `Linear` and `Conv2d` (and their LoRA-compatible variants), so normalisation layers stay
-    /// frozen even in esd-u and esd-all.
-    static func trainableNames(_ unet: UNet2DConditionModel, method: ESDTrainMethod) -> Set<String> {
-        var names = Set<String>()
-        func visit(_ value: Any, _ prefix: String) {
-            if let layer = value as? Module, layer is Linear || layer is Conv2d {
-                for (name, _) in layer.namedParameters() { names.insert("\(prefix).\(name)") }
-            } else if let module = value as? Module {
-                for (key, child) in module.namedChildren() { visit(child, prefix.isEmpty ? key : "\(prefix).\(key)") }
-            } else if let modules = value as? [Module] {
-                for (i, module) in modules.enumerated() { visit(module, "\(prefix).\(i)") }
-            }
-        }
-        visit(unet, "")
-        return names.filter(method.trainableSet.includes)
     }
 
     // MARK: One iteration's pieces
@@ -182,30 +173,29 @@ final class ESDRun: FineTuning {
     func noiseIndex(iteration: Int, item: Int) -> Int { iteration * config.batchSize + item }
 
     /// xₜ of prompt `prompt` (a caption index): the pipeline's loop with guidance over steps
-    /// 0..<`stopStep`, from the noise streams of `iteration`, with `model` (nil: the pipeline's UNet).
-    func partialSample(prompt: Int, stopStep: Int, iteration: Int, model: UNet2DConditionModel?) throws -> Tensor {
+    /// 0..<`stopStep`, from the noise streams of `iteration`, with `model` (nil: the denoiser trained).
+    func partialSample(prompt: Int, stopStep: Int, iteration: Int, model: Family.Denoiser?) throws -> Tensor {
         let b = config.batchSize
-        let shape = try pipeline.latentShape(batch: 1, height: pipeline.defaultHeight, width: pipeline.defaultWidth)
         var generators = (0..<b).map {
             StableDiffusionPipeline.imageGenerator(seed: config.seed &+ 1, index: noiseIndex(iteration: iteration, item: $0))
         }
-        let x = initialNoise(shape: shape, schedule: schedule, generators: &generators)
+        let x = try pipeline.initialSample(schedule: schedule, generators: &generators)
         let unconditional = config.samplingGuidance > 1 ? table.batch(Array(repeating: emptyIndex, count: b)) : nil
         return try noGrad {
             try pipeline.denoise(x, conditional: table.batch(Array(repeating: prompt, count: b)), unconditional: unconditional,
                                  guidance: config.samplingGuidance, schedule: schedule, steps: 0..<stopStep,
-                                 generators: &generators, model: model)
+                                 generators: &generators, model: model, observe: nil)
         }
     }
 
-    /// ESD's target for the UNet input `latents` at `timestep`, prompt `prompt`:
-    /// ε₀(xₜ,∅) − η(ε₀(xₜ,c) − ε₀(xₜ,∅)) from the frozen model (one pass over [c; ∅]).
+    /// ESD's target for the model input `latents` at `timestep`, prompt `prompt`:
+    /// ε₀(xₜ,∅) − η(ε₀(xₜ,c) − ε₀(xₜ,∅)) from the frozen model (one pass over [c; ∅]); on FLUX the
+    /// same combination of velocities.
     func target(latents: Tensor, timestep: Float, prompt: Int) -> Tensor {
         let b = latents.shape[0]
-        let states = table.batch(Array(repeating: prompt, count: b) + Array(repeating: emptyIndex, count: b))
+        let conditioning = table.batch(Array(repeating: prompt, count: b) + Array(repeating: emptyIndex, count: b))
         let both = noGrad {
-            pipeline.predictNoise(latents: Tensor.concat([latents, latents], axis: 0), timestep: timestep,
-                                  states: states.states, mask: states.mask, model: frozen)
+            pipeline.predict(Tensor.concat([latents, latents], axis: 0), timestep: timestep, conditioning: conditioning, model: frozen)
         }
         let parts = both.split(sizes: [b, b], axis: 0)
         return negativeGuidanceTarget(anchor: parts[1], conditional: parts[0], unconditional: parts[1], eta: config.eta)
@@ -219,12 +209,12 @@ final class ESDRun: FineTuning {
         let stopStep = min(config.samplingSteps - 1, Int(generator.uniform([1]).scalars[0] * Float(config.samplingSteps)))
         let x = try partialSample(prompt: prompt, stopStep: stopStep, iteration: step,
                                   model: config.samplingModel == .frozen ? frozen : nil)
-        // The UNet's input at that step (the sample itself for DDPM/DDIM; x/√(σ²+1) for Euler).
-        let input = pipeline.scheduler.scaleModelInput(x, index: stopStep, of: schedule)
+        // The model's input at that step (the sample itself for DDPM/DDIM and flows; x/√(σ²+1) for Euler).
+        let input = pipeline.modelInput(x, index: stopStep, of: schedule)
         let timestep = schedule.timesteps[stopStep]
         let target = target(latents: input, timestep: timestep, prompt: prompt)
-        let states = table.batch(Array(repeating: prompt, count: config.batchSize))
-        let prediction = pipeline.predictNoise(latents: input, timestep: timestep, states: states.states, mask: states.mask)
+        let prediction = pipeline.predict(input, timestep: timestep, conditioning: table.batch(Array(repeating: prompt, count: config.batchSize)),
+                                          model: nil)
         let loss = mseLoss(prediction, target)
         return StepLosses(total: loss, checked: [("erase", loss.item)])
     }
@@ -237,6 +227,25 @@ final class ESDRun: FineTuning {
     }
 
     func progress(_ losses: [String: [Float]]) -> [(String, Float)] { [("erase", losses["erase"]?.last ?? .nan)] }
+}
+
+/// Names of the parameters ESD's `method` trains on `family`: those of its set that belong to
+/// linear or convolution layers. The official script collects parameters module by module,
+/// keeping only `Linear` and `Conv2d` (and their LoRA-compatible variants), so normalisation
+/// layers stay frozen even in esd-u and esd-all.
+func trainableNames(_ denoiser: Module, method: ESDTrainMethod, family: DenoiserFamily) -> Set<String> {
+    var names = Set<String>()
+    func visit(_ value: Any, _ prefix: String) {
+        if let layer = value as? Module, layer is Linear || layer is Conv2d {
+            for (name, _) in layer.namedParameters() { names.insert("\(prefix).\(name)") }
+        } else if let module = value as? Module {
+            for (key, child) in module.namedChildren() { visit(child, prefix.isEmpty ? key : "\(prefix).\(key)") }
+        } else if let modules = value as? [Module] {
+            for (i, module) in modules.enumerated() { visit(module, "\(prefix).\(i)") }
+        }
+    }
+    visit(denoiser, "")
+    return names.filter { method.trainableSet.includes($0, family: family) }
 }
 
 extension ErasureRequest {

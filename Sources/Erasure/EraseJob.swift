@@ -4,8 +4,9 @@ import Kernels
 import NN
 import Tensor
 
-/// `score erase` as a function: runs a method on a pipeline, writes the erased model, the
-/// saliency mask and run.json into the output folder, and estimates the leakage of every concept.
+/// `score erase` as a function: runs a method on a model of either family, writes the erased
+/// model, the saliency mask and run.json into the output folder, and estimates the leakage of
+/// every concept (on the UNet family; the flow family's estimate is not implemented yet).
 public struct EraseJob {
     public var method: any ErasureMethod
     public var request: ErasureRequest
@@ -25,7 +26,7 @@ public struct EraseJob {
     public var probes: [FeatureProbe] = []
     public var stopAfter: Int?
     /// Recompute the UNet's block activations in the backward pass (diffusers'
-    /// `gradient_checkpointing`): the same weights bit for bit, less memory, more time.
+    /// `gradient_checkpointing`): the same weights bit for bit, less memory, more time. UNet only.
     public var gradientCheckpointing = false
 
     public init(method: any ErasureMethod, request: ErasureRequest, baseFolder: URL, baseName: String, output: URL) {
@@ -41,18 +42,26 @@ public struct EraseJob {
     /// together (`swapIn`); leftovers of an interrupted run are removed first.
     @discardableResult
     public func run(pipeline: StableDiffusionPipeline, log: @escaping (String) -> Void) throws -> ErasureRecord? {
-        try request.validate()
-        try ErasedModel.checkSaveVariant(saveVariant, full: full)
-        Self.removeLeftovers(in: output)
-        let started = Date()
-        let original = try pipeline.unet.copy()
-        original.freeze()
         pipeline.unet.gradientCheckpointing = gradientCheckpointing
         defer { pipeline.unet.gradientCheckpointing = false }
-        let textEncoder = method.changesTextEncoder ? ErasedModel.textEncoderModule(of: pipeline) : nil
+        return try run(model: pipeline, log: log)
+    }
+
+    /// Runs the job on a model of any family (see `run(pipeline:log:)`).
+    @discardableResult
+    public func run<Model: ErasableModel>(model pipeline: Model, log: @escaping (String) -> Void) throws -> ErasureRecord? {
+        try request.validate()
+        try ErasedModel.checkSaveVariant(saveVariant, full: full)
+        if gradientCheckpointing && Model.family != .unet {
+            throw ErasureError.invalidRequest("--gradient-checkpointing is implemented for the UNet only, not the \(Model.denoiserComponent)")
+        }
+        Self.removeLeftovers(in: output)
+        let started = Date()
+        let original = try pipeline.frozenDenoiser()
+        let textEncoder = method.changesTextEncoder ? pipeline.textEncoderModule : nil
         let originalText = textEncoder.map { $0.namedParameters().reduce(into: [String: Tensor]()) { $0[$1.name] = Tensor(shape: $1.tensor.shape, scalars: $1.tensor.scalars) } }
         let context = ErasureContext(output: output, resume: resume, stopAfter: stopAfter, log: log)
-        let outcome = try method.erase(request, pipeline: pipeline, context: context)
+        let outcome = try method.erase(request, model: pipeline, context: context)
         if outcome.stoppedEarly {
             log("stopped at step \(outcome.steps) as asked; continue with --resume")
             return nil
@@ -62,7 +71,8 @@ public struct EraseJob {
         try? FileManager.default.removeItem(at: staging)
         // One id in run.json and in the model: a model/ moved into another run's folder is refused.
         let runID = UUID().uuidString.lowercased()
-        let (changed, changedCount) = try ErasedModel.write(unet: pipeline.unet, reference: original, baseFolder: baseFolder, baseName: baseName,
+        let (changed, changedCount) = try ErasedModel.write(denoiser: pipeline.denoiser, reference: original,
+                                            component: Model.denoiserComponent, baseFolder: baseFolder, baseName: baseName,
                                             method: method.name, concepts: request.concepts.map(\.name), full: full,
                                             runID: runID, baseVariant: baseVariant, saveVariant: saveVariant,
                                             textEncoder: textEncoder.map { ($0, originalText!) },
@@ -84,10 +94,14 @@ public struct EraseJob {
         try Self.swapIn(staging, to: output)
         log("wrote \(output.appendingPathComponent("model").path): \(changed.count) tensors, \(changedCount) parameters changed")
         if let leakage {
-            record.leakage = try request.concepts.map { concept in
-                try Leakage.report(concept: concept, pipeline: pipeline, original: original, options: leakage, probes: probes, log: log)
+            if let sd = pipeline as? StableDiffusionPipeline, let original = original as? UNet2DConditionModel {
+                record.leakage = try request.concepts.map { concept in
+                    try Leakage.report(concept: concept, pipeline: sd, original: original, options: leakage, probes: probes, log: log)
+                }
+                try record.write(config: config, to: output.appendingPathComponent("run.json"))
+            } else {
+                log("no leakage estimate: it is implemented for the UNet family only")
             }
-            try record.write(config: config, to: output.appendingPathComponent("run.json"))
         }
         return record
     }

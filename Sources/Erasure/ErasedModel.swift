@@ -4,11 +4,12 @@ import NN
 import SafeTensors
 import Tensor
 
-/// An erased model on disk, in diffusers layout: `model_index.json`, `scheduler/`, `unet/config.json`
-/// and either the full UNet weights (`--full`: `unet/diffusion_pytorch_model.safetensors`, plus
-/// copies of the base's other components, so the folder stands alone) or only the tensors the
-/// erasure changed (`unet/erased_weights.safetensors`) with `erasure.json` naming the base model
-/// they apply to.
+/// An erased model on disk, in diffusers layout: `model_index.json`, `scheduler/`, the denoiser's
+/// `config.json` (`unet/` for Stable Diffusion, `transformer/` for FLUX) and either its full
+/// weights (`--full`: `unet/diffusion_pytorch_model.safetensors`, plus copies of the base's other
+/// components, so the folder stands alone) or only the tensors the erasure changed
+/// (`unet/erased_weights.safetensors`, `transformer/erased_weights.safetensors`) with
+/// `erasure.json` naming the base model they apply to.
 public enum ErasedModel {
     public static let changedWeightsName = "erased_weights.safetensors"
     public static let manifestName = "erasure.json"
@@ -67,11 +68,23 @@ public enum ErasedModel {
     /// How many erased folders may stack (an erasure of an erased model of an erased model, …).
     public static let maximumBaseDepth = 8
 
-    /// Writes `unet` (erased from `reference`) into `folder`; returns the changed tensor names and
-    /// how many entries differ. Small files (model_index.json, scheduler/, configs) are copied
-    /// from `baseFolder`.
+    /// Writes `unet` (erased from `reference`) into `folder`; see `write(denoiser:…)`.
     @discardableResult
     public static func write(unet: UNet2DConditionModel, reference: UNet2DConditionModel, baseFolder: URL, baseName: String,
+                             method: String, concepts: [String], full: Bool, runID: String? = nil,
+                             baseVariant: String? = nil, saveVariant: String? = nil,
+                             textEncoder: (model: Module, original: [String: Tensor])? = nil,
+                             to folder: URL) throws -> (tensors: [String], entries: Int) {
+        try write(denoiser: unet, reference: reference, component: "unet", baseFolder: baseFolder, baseName: baseName,
+                  method: method, concepts: concepts, full: full, runID: runID, baseVariant: baseVariant,
+                  saveVariant: saveVariant, textEncoder: textEncoder, to: folder)
+    }
+
+    /// Writes `denoiser` (erased from `reference`), the pipeline folder's `component` ("unet",
+    /// "transformer"), into `folder`; returns the changed tensor names and how many entries
+    /// differ. Small files (model_index.json, scheduler/, configs) are copied from `baseFolder`.
+    @discardableResult
+    public static func write(denoiser: Module, reference: Module, component: String, baseFolder: URL, baseName: String,
                              method: String, concepts: [String], full: Bool, runID: String? = nil,
                              baseVariant: String? = nil, saveVariant: String? = nil,
                              textEncoder: (model: Module, original: [String: Tensor])? = nil,
@@ -85,11 +98,11 @@ public enum ErasedModel {
         try checkReplaceable(folder, directory: true)
         let staging = folder.deletingLastPathComponent().appendingPathComponent(".\(folder.lastPathComponent).partial")
         try? fm.removeItem(at: staging)
-        try fm.createDirectory(at: staging.appendingPathComponent("unet"), withIntermediateDirectories: true)
+        try fm.createDirectory(at: staging.appendingPathComponent(component), withIntermediateDirectories: true)
         if SingleFileCheckpoint.isSingleFile(baseFolder.path) {
             // A single-file base has no configs to copy: the UNet's is written, the rest is read
             // from the base when the folder is loaded.
-            guard !full else {
+            guard !full, let unet = denoiser as? UNet2DConditionModel else {
                 try? fm.removeItem(at: staging)
                 throw ErasureError.invalidRequest("--full copies a base folder's files; \(baseFolder.path) is a single file: save the changed weights, then `score convert` them to a single file")
             }
@@ -97,21 +110,22 @@ public enum ErasedModel {
         } else {
             try fm.copyItem(at: baseFolder.appendingPathComponent("model_index.json"), to: staging.appendingPathComponent("model_index.json"))
             try fm.copyItem(at: baseFolder.appendingPathComponent("scheduler"), to: staging.appendingPathComponent("scheduler"))
-            try fm.copyItem(at: baseFolder.appendingPathComponent("unet/config.json"), to: staging.appendingPathComponent("unet/config.json"))
+            try fm.copyItem(at: baseFolder.appendingPathComponent("\(component)/config.json"),
+                            to: staging.appendingPathComponent("\(component)/config.json"))
         }
-        let changed = try changedParameterNames(unet, reference: reference)
-        let count = changedEntryCount(unet, reference: reference)
+        let changed = try changedParameterNames(denoiser, reference: reference)
+        let count = changedEntryCount(denoiser, reference: reference)
         if full {
-            for component in try fm.contentsOfDirectory(atPath: baseFolder.path)
-            where !["unet", "scheduler", "model_index.json"].contains(component) && !component.hasPrefix(".") {
-                try fm.copyItem(at: baseFolder.appendingPathComponent(component), to: staging.appendingPathComponent(component))
+            for other in try fm.contentsOfDirectory(atPath: baseFolder.path)
+            where ![component, "scheduler", "model_index.json"].contains(other) && !other.hasPrefix(".") {
+                try fm.copyItem(at: baseFolder.appendingPathComponent(other), to: staging.appendingPathComponent(other))
             }
             let name = "diffusion_pytorch_model\(saveVariant.map { ".\($0)" } ?? "").safetensors"
-            try Tensor.save(unet.stateDict(), to: staging.appendingPathComponent("unet/\(name)"),
+            try Tensor.save(denoiser.stateDict(), to: staging.appendingPathComponent("\(component)/\(name)"),
                             dtype: saveVariant.flatMap { saveVariants[$0] } ?? .f32,
                             metadata: ["format": "pt"].merging(runID.map { [runIDKey: $0] } ?? [:]) { a, _ in a })
         } else {
-            try saveWeights(of: unet, names: changed, to: staging.appendingPathComponent("unet/\(changedWeightsName)"),
+            try saveWeights(of: denoiser, names: changed, to: staging.appendingPathComponent("\(component)/\(changedWeightsName)"),
                             metadata: ["score_method": method].merging(runID.map { [runIDKey: $0] } ?? [:]) { a, _ in a })
             var manifest = Manifest(base_model: Manifest.storedBase(baseName), method: method, concepts: concepts,
                                     tensors_changed: changed.count, parameters_changed: count, run_id: runID,
@@ -139,9 +153,7 @@ public enum ErasedModel {
     }
 
     /// The module of a pipeline's text encoder (MiniLM or CLIP), nil for other encoders.
-    public static func textEncoderModule(of pipeline: StableDiffusionPipeline) -> Module? {
-        (pipeline.textEncoder as? BertTextEncoder)?.model ?? (pipeline.textEncoder as? CLIPTextEncoder)?.model
-    }
+    public static func textEncoderModule(of pipeline: StableDiffusionPipeline) -> Module? { pipeline.textEncoderModule }
 
     /// How many parameter entries of `module` differ from `reference`'s (same names and shapes).
     public static func changedEntryCount(_ module: Module, reference: Module) -> Int {
@@ -173,12 +185,14 @@ public enum ErasedModel {
         if let manifest = try manifest(in: folder) {
             return manifest.run_id.map { ($0, folder.appendingPathComponent(manifestName)) }
         }
-        // A --full model: its UNet weights, of whichever variant it was saved in.
-        let unet = folder.appendingPathComponent("unet")
-        for name in ((try? FileManager.default.contentsOfDirectory(atPath: unet.path)) ?? []).sorted()
-        where name.hasSuffix(".safetensors") && WeightsVariant.weightsFile(named: name, prefix: "diffusion_pytorch_model") != nil {
-            let weights = unet.appendingPathComponent(name)
-            if let id = try? SafeTensorsArchive(url: weights).metadata[runIDKey] { return (id, weights) }
+        // A --full model: its denoiser's weights (UNet or transformer), of whichever variant it was saved in.
+        for component in ["unet", "transformer"] {
+            let denoiser = folder.appendingPathComponent(component)
+            for name in ((try? FileManager.default.contentsOfDirectory(atPath: denoiser.path)) ?? []).sorted()
+            where name.hasSuffix(".safetensors") && WeightsVariant.weightsFile(named: name, prefix: "diffusion_pytorch_model") != nil {
+                let weights = denoiser.appendingPathComponent(name)
+                if let id = try? SafeTensorsArchive(url: weights).metadata[runIDKey] { return (id, weights) }
+            }
         }
         return nil
     }
@@ -200,14 +214,25 @@ public enum ErasedModel {
 
     /// Loads a changed-weights folder's tensors over `pipeline`'s UNet (the base model's).
     public static func apply(folder: URL, to pipeline: StableDiffusionPipeline) throws {
-        let weights = folder.appendingPathComponent("unet/\(changedWeightsName)")
+        try apply(folder: folder, model: pipeline)
+    }
+
+    /// Loads a changed-weights folder's tensors over `pipeline`'s transformer (the base model's).
+    public static func apply(folder: URL, to pipeline: FluxPipeline) throws {
+        try apply(folder: folder, model: pipeline)
+    }
+
+    /// Loads a changed-weights folder's tensors over `model`'s denoiser and, when the folder has
+    /// them, its text encoder.
+    static func apply<Model: ErasableModel>(folder: URL, model: Model) throws {
+        let weights = folder.appendingPathComponent("\(Model.denoiserComponent)/\(changedWeightsName)")
         guard FileManager.default.fileExists(atPath: weights.path) else {
-            throw PipelineError.missingFile(weights, what: "the erased UNet tensors")
+            throw PipelineError.missingFile(weights, what: "the erased \(Model.denoiserComponent) tensors")
         }
-        try loadChangedWeights(into: pipeline.unet, from: weights)
+        try loadChangedWeights(into: model.denoiser, from: weights)
         let text = folder.appendingPathComponent("text_encoder/\(changedWeightsName)")
         if FileManager.default.fileExists(atPath: text.path) {
-            guard let module = textEncoderModule(of: pipeline) else {
+            guard let module = model.textEncoderModule else {
                 throw PipelineError.incompatible("\(text.path) changes a text encoder, but the base's is neither MiniLM nor CLIP")
             }
             try loadChangedWeights(into: module, from: text)

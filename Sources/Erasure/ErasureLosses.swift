@@ -23,30 +23,29 @@ public func cleanEstimate(latents: Tensor, noise: Tensor, timesteps: [Int], alph
 }
 
 /// Classifier-free guidance's ε̂ = ε(∅) + w·(ε(c) − ε(∅)), as the sampler forms it
-/// (`StableDiffusionPipeline.denoise`); w = 1 gives ε(c) itself.
+/// (`StableDiffusionPipeline.denoise`); w = 1 gives ε(c) itself. The same on velocities.
 public func guidedNoise(conditional: Tensor, unconditional: Tensor, guidance: Float) -> Tensor {
     guidance == 1 ? conditional : unconditional + (conditional - unconditional) * guidance
 }
 
-/// x̂₀ of the guided ε̂ for zₜ on `prompts` (caption indices into `table`), against its
-/// `unconditional` caption: one UNet pass over [c; ∅] (just [c] when guidance is 1), with the
-/// pipeline's UNet or `model`.
-func guidedCleanEstimate(pipeline: StableDiffusionPipeline, model: UNet2DConditionModel?, table: CaptionTable, latents: Tensor,
-                         timesteps: [Int], prompts: [Int], unconditional: Int, guidance: Float) -> Tensor {
+/// x̂₀ of the guided prediction for zₜ on `prompts` (caption indices into `table`), against its
+/// `unconditional` caption: one pass over [c; ∅] (just [c] when guidance is 1), with the family's
+/// denoiser or `model`.
+func guidedCleanEstimate<Family: ErasableModel>(pipeline: Family, model: Family.Denoiser?, table: ConditioningTable, latents: Tensor,
+                                                timesteps: [Float], prompts: [Int], unconditional: Int, guidance: Float) -> Tensor {
     let guided = guidance != 1 && prompts.contains { $0 != unconditional }
     let n = prompts.count
-    let states = table.batch(guided ? prompts + Array(repeating: unconditional, count: n) : prompts)
-    let eps = pipeline.predictNoise(latents: guided ? Tensor.concat([latents, latents], axis: 0) : latents,
-                                    timesteps: guided ? timesteps + timesteps : timesteps,
-                                    states: states.states, mask: states.mask, model: model)
-    let noise: Tensor
+    let conditioning = table.batch(guided ? prompts + Array(repeating: unconditional, count: n) : prompts)
+    let prediction = pipeline.predict(guided ? Tensor.concat([latents, latents], axis: 0) : latents,
+                                      timesteps: guided ? timesteps + timesteps : timesteps, conditioning: conditioning, model: model)
+    let combined: Tensor
     if guided {
-        let parts = eps.split(sizes: [n, n], axis: 0)
-        noise = guidedNoise(conditional: parts[0], unconditional: parts[1], guidance: guidance)
+        let parts = prediction.split(sizes: [n, n], axis: 0)
+        combined = guidedNoise(conditional: parts[0], unconditional: parts[1], guidance: guidance)
     } else {
-        noise = eps
+        combined = prediction
     }
-    return cleanEstimate(latents: latents, noise: noise, timesteps: timesteps, alphasCumprod: pipeline.scheduler.alphasCumprod)
+    return pipeline.cleanEstimate(latents, prediction: combined, timesteps: timesteps)
 }
 
 /// Draws `count` indices from `candidates`, uniformly with replacement.

@@ -152,15 +152,22 @@ public struct ErasureOutcome {
     }
 }
 
-/// An erasure method: changes `pipeline.unet` in place so that the request's concepts are gone.
-/// Methods use the pipeline's public pieces (prompt encoding, noise prediction, schedulers) and
-/// never the engine's internals.
+/// An erasure method: changes a model's denoiser (the UNet, the flow transformer) in place so
+/// that the request's concepts are gone. Methods use the family's pieces (`ErasableModel`: prompt
+/// conditioning, predictions with a swappable frozen copy, the sampling loop) and never the
+/// engine's internals.
+///
+/// `erase(_:model:context:)` is the entry point for every family; a method written over
+/// `ErasableModel` (ESD, UCE, SCORE) implements it, one written for the UNet alone implements
+/// `erase(_:pipeline:context:)` and refuses other families.
 public protocol ErasureMethod {
     associatedtype Config: Codable
     /// The `--method` name.
     var name: String { get }
     /// Every hyper-parameter, as run.json records it.
     var config: Config { get }
+    func erase<Model: ErasableModel>(_ request: ErasureRequest, model: Model, context: ErasureContext) throws -> ErasureOutcome
+    /// The UNet family's entry point (the same run as `erase(_:model:context:)` on the pipeline).
     func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome
     /// Whether the method changes the pipeline's text encoder too (then the erased model saves it).
     var changesTextEncoder: Bool { get }
@@ -168,6 +175,14 @@ public protocol ErasureMethod {
 
 extension ErasureMethod {
     public var changesTextEncoder: Bool { false }
+
+    /// A UNet-only method: runs on a `StableDiffusionPipeline` and refuses other families by name.
+    public func erase<Model: ErasableModel>(_ request: ErasureRequest, model: Model, context: ErasureContext) throws -> ErasureOutcome {
+        guard let pipeline = model as? StableDiffusionPipeline else {
+            throw ErasureError.invalidRequest("--method \(name) runs on Stable Diffusion (UNet) models only, not on \(Model.family.rawValue) models; on FLUX use esd, uce or score")
+        }
+        return try erase(request, pipeline: pipeline, context: context)
+    }
 
     /// The hyper-parameters as pretty, key-sorted JSON (run.json's "config", the run's config.json).
     public var configJSON: Data {

@@ -193,7 +193,7 @@ public enum Leakage {
     public static func report(concept: Concept, pipeline: StableDiffusionPipeline, original: UNet2DConditionModel,
                               options: LeakageOptions = LeakageOptions(), probes: [FeatureProbe] = [],
                               log: (String) -> Void = { _ in }) throws -> LeakageReport {
-        let table = CaptionTable(captions: [""] + concept.targetPrompts + concept.anchors, encoder: pipeline.textEncoder)
+        let table = ConditioningTable(captions: [""] + concept.targetPrompts + concept.anchors, model: pipeline)
         let anchorIndices = concept.anchors.indices.map { 1 + concept.targetPrompts.count + $0 }
         let n = options.trajectories
         let started = Date()
@@ -207,15 +207,14 @@ public enum Leakage {
 
         // The critic's view: x̂₀ of each model on its own prompt at t ≤ t′, grouped by trajectory.
         func estimates(_ pool: TrajectoryPool, model: UNet2DConditionModel?) -> (Tensor, [Int], [Int]) {
-            let late = pool.indices { $0 <= options.splitTimestep }
+            let late = pool.indices { $0 <= Float(options.splitTimestep) }
             var parts: [Tensor] = []
             for start in stride(from: 0, to: late.count, by: 64) {
                 let (z, t, p) = pool.batch(Array(late[start..<min(late.count, start + 64)]))
-                let states = table.batch(p)
-                let eps = noGrad { pipeline.predictNoise(latents: z, timesteps: t, states: states.states, mask: states.mask, model: model) }
-                parts.append(cleanEstimate(latents: z, noise: eps, timesteps: t, alphasCumprod: pipeline.scheduler.alphasCumprod))
+                let eps = noGrad { pipeline.predict(z, timesteps: t, conditioning: table.batch(p), model: model) }
+                parts.append(pipeline.cleanEstimate(z, prediction: eps, timesteps: t))
             }
-            return (Tensor.concat(parts, axis: 0), late.map { pool.timesteps[$0] }, late.map { pool.trajectories[$0] })
+            return (Tensor.concat(parts, axis: 0), late.map { Int(pool.timesteps[$0]) }, late.map { pool.trajectories[$0] })
         }
         let (xT, tT, gT) = estimates(target, model: nil)
         let (xA, tA, gA) = estimates(anchor, model: original)

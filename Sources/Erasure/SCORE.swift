@@ -197,13 +197,21 @@ public struct SCORE: ErasureMethod {
 
     public var name: String { "score" }
 
-
-    public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+    /// One implementation over both families (`ErasableModel`): on FLUX the predictions are
+    /// velocities, the erase target the same negative-guidance combination of them, the
+    /// trajectory term an MSE on velocities, the critic reads x̂₀ = x_σ − σ·v̂ unpacked to images,
+    /// and the timestep keys (t′, the game window) are on the σ·1000 scale the flow's schedule
+    /// gives the model (t′ = 900: σ ≤ 0.9).
+    public func erase<Model: ErasableModel>(_ request: ErasureRequest, model: Model, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
         return try TrainingRun.train(config: config, request: request, context: context) {
-            try SCORERun(config: config, request: request, pipeline: pipeline, log: context.log)
+            try SCORERun(config: config, request: request, pipeline: model, log: context.log)
         }
+    }
+
+    public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+        try erase(request, model: pipeline, context: context)
     }
 }
 
@@ -212,13 +220,12 @@ extension SCOREConfig: TrainingConfig {
 }
 
 /// The state of one SCORE run, trained by `TrainingRun`.
-final class SCORERun: FineTuning {
+final class SCORERun<Family: ErasableModel>: FineTuning {
     let config: SCOREConfig
     let request: ErasureRequest
-    let pipeline: StableDiffusionPipeline
-    let frozen: UNet2DConditionModel
-    let table: CaptionTable
-    let alphas: [Double]
+    let pipeline: Family
+    let frozen: Family.Denoiser
+    let table: ConditioningTable
     let emptyIndex = 0
     /// Per concept: caption indices of its target prompts and of its anchors (target trajectory k
     /// is steered towards anchor k mod count).
@@ -230,7 +237,7 @@ final class SCORERun: FineTuning {
     let referencePools: [TrajectoryPool]
     /// θ₀'s x̂₀ (guided at `criticGuidance` under the independence objective) for every game-window
     /// entry of the reference pool (fixed: θ₀ is frozen): the critic's class 0.
-    let referenceEstimates: [(estimates: Tensor, timesteps: [Int])]
+    let referenceEstimates: [(estimates: Tensor, timesteps: [Float])]
     let retainPool: TrajectoryPool
     var targetPools: [TrajectoryPool]
     let critics: [CriticTrainer]
@@ -240,27 +247,26 @@ final class SCORERun: FineTuning {
     var generator: RandomGenerator
 
     typealias Config = SCOREConfig
-    static let method = "score"
-    var model: Module { pipeline.unet }
+    static var method: String { "score" }
+    var model: Module { pipeline.denoiser }
 
     var independence: Bool { config.objective == .independence }
     /// Whether a critic is trained: some term reads it.
     var playsGame: Bool { config.lambdaAdversarial > 0 || config.lambdaFeatureMatching > 0 }
     /// Reference estimates drawn per late sample for the feature-matching term, at its timestep.
-    static let referencePerSample = 4
+    static var referencePerSample: Int { 4 }
     /// The timesteps the erase and adversarial terms (and the critic) act at.
-    var gameWindow: ClosedRange<Int> { (independence ? config.gameMinTimestep : 0)...config.splitTimestep }
+    var gameWindow: ClosedRange<Float> { Float(independence ? config.gameMinTimestep : 0)...Float(config.splitTimestep) }
 
-    init(config: SCOREConfig, request: ErasureRequest, pipeline: StableDiffusionPipeline, log: (String) -> Void) throws {
+    init(config: SCOREConfig, request: ErasureRequest, pipeline: Family, log: (String) -> Void) throws {
         self.config = config
         self.request = request
         self.pipeline = pipeline
-        pipeline.unet.eval()
-        let frozen = try pipeline.unet.frozenCopy()
+        pipeline.denoiser.eval()
+        let frozen = try pipeline.frozenDenoiser()
         self.frozen = frozen
-        alphas = pipeline.scheduler.alphasCumprod
-        guard config.splitTimestep < alphas.count else {
-            throw ErasureError.invalidConfig("splitTimestep (t′) \(config.splitTimestep) must be below the model's \(alphas.count) training timesteps")
+        guard config.splitTimestep < pipeline.trainingTimestepCount else {
+            throw ErasureError.invalidConfig("splitTimestep (t′) \(config.splitTimestep) must be below the model's \(pipeline.trainingTimestepCount) training timesteps")
         }
 
         // Every text the run uses, encoded once.
@@ -271,10 +277,10 @@ final class SCORERun: FineTuning {
         let retainIndices = retainPrompts + [captions.empty]
         let useRetained = config.objective == .independence && config.gameReference == .retained && !retainPrompts.isEmpty
         referenceIndices = useRetained ? request.concepts.map { _ in retainPrompts } : anchorIndices
-        let table = CaptionTable(captions: captions.captions, encoder: pipeline.textEncoder)
+        let table = ConditioningTable(captions: captions.captions, model: pipeline)
         self.table = table
 
-        // Pools from θ₀ (the pipeline's UNet is still θ₀ here, also when resuming: the
+        // Pools from θ₀ (the denoiser is still θ₀ here, also when resuming: the
         // checkpoint is loaded afterwards), each from its own noise streams. The first target
         // pool holds every target prompt at least once (stratified: prompt k mod count).
         let n = config.poolTrajectories
@@ -295,7 +301,7 @@ final class SCORERun: FineTuning {
         log(String(format: "sampled the retain pool (%d prompts incl. \"\") in %.0f s", retainIndices.count, Date().timeIntervalSince(started)))
         self.referencePools = referencePools
         self.targetPools = targetPools
-        let window = (config.objective == .independence ? config.gameMinTimestep : 0)...config.splitTimestep
+        let window = Float(config.objective == .independence ? config.gameMinTimestep : 0)...Float(config.splitTimestep)
         guard !targetPools[0].indices(where: { window.contains($0) }).isEmpty else {
             throw ErasureError.invalidConfig("no step of the \(config.poolSteps)-step pools lies in the game window [\(window.lowerBound), \(window.upperBound)] (gameMinTimestep, splitTimestep)")
         }
@@ -303,8 +309,8 @@ final class SCORERun: FineTuning {
         referenceEstimates = referencePools.map { pool in
             let (z, t, p) = pool.batch(pool.indices { window.contains($0) })
             let estimate = noGrad {
-                guidedCleanEstimate(pipeline: pipeline, model: frozen, table: table, latents: z, timesteps: t, prompts: p,
-                                    unconditional: 0, guidance: guidance)
+                pipeline.imageLayout(guidedCleanEstimate(pipeline: pipeline, model: frozen, table: table, latents: z, timesteps: t,
+                                                         prompts: p, unconditional: 0, guidance: guidance))
             }
             return (estimate, t)
         }
@@ -314,12 +320,12 @@ final class SCORERun: FineTuning {
         generator = master.fork(1)
         var criticGenerator = master.fork(2)
         critics = request.concepts.map { _ in
-            CriticTrainer(channels: pipeline.latentChannels, width: config.criticWidth, learningRate: config.criticLearningRate,
+            CriticTrainer(channels: pipeline.imageChannels, width: config.criticWidth, learningRate: config.criticLearningRate,
                           betas: (config.criticBeta1, config.criticBeta2), spectralNorm: config.criticSpectralNorm,
                           generator: &criticGenerator)
         }
 
-        trainable = config.trainable.select(in: pipeline.unet)
+        trainable = pipeline.selectTrainable(config.trainable)
         let masks = config.saliencyRatio < 1 ? try saliencyMasks(generator: master.fork(3)) : [:]
         self.masks = masks
         switch config.optimizer {
@@ -333,24 +339,24 @@ final class SCORERun: FineTuning {
         }
     }
 
-    /// How much of x̂₀ the model's ε̂ decides, per timestep of a pool: the mean over its entries of
-    /// ‖(√(1−ᾱₜ)/√ᾱₜ)·ε̂‖ / ‖zₜ/√ᾱₜ‖ under θ₀ (unguided, on the entry's own prompt). Where it is
-    /// small, x̂₀ is zₜ rescaled, and no change of the model moves what a critic sees there.
-    static func estimateShares(pool: TrajectoryPool, pipeline: StableDiffusionPipeline, model: UNet2DConditionModel,
-                               table: CaptionTable) -> String {
-        let alphas = pipeline.scheduler.alphasCumprod
+    /// How much of x̂₀ the model's prediction decides, per timestep of a pool: ‖x̂₀ − x̂₀|pred=0‖ /
+    /// ‖x̂₀|pred=0‖ over its entries under θ₀ (unguided, on the entry's own prompt), i.e.
+    /// ‖(√(1−ᾱₜ)/√ᾱₜ)·ε̂‖ / ‖zₜ/√ᾱₜ‖ for the UNet and ‖σ·v̂‖ / ‖x_σ‖ for a flow. Where it is small,
+    /// x̂₀ is zₜ rescaled, and no change of the model moves what a critic sees there.
+    static func estimateShares(pool: TrajectoryPool, pipeline: Family, model: Family.Denoiser, table: ConditioningTable) -> String {
+        func norm(_ x: Tensor) -> Double { Double(x.scalars.map { $0 * $0 }.reduce(0, +)).squareRoot() }
         let steps = Array(Set(pool.timesteps)).sorted(by: >)
         var parts: [String] = []
         for t in steps {
             let (z, ts, p) = pool.batch(pool.indices { $0 == t }.filter { pool.trajectories[$0] < 4 })
-            let states = table.batch(p)
-            let eps = noGrad { pipeline.predictNoise(latents: z, timesteps: ts, states: states.states, mask: states.mask, model: model) }
-            let a = alphas[t]
-            let noisePart = Double(eps.scalars.map { $0 * $0 }.reduce(0, +)).squareRoot() * ((1 - a) / a).squareRoot()
-            let statePart = Double(z.scalars.map { $0 * $0 }.reduce(0, +)).squareRoot() / a.squareRoot()
-            parts.append(String(format: "%d:%.2f", t, noisePart / statePart))
+            let (estimate, statePart) = noGrad {
+                let prediction = pipeline.predict(z, timesteps: ts, conditioning: table.batch(p), model: model)
+                return (pipeline.cleanEstimate(z, prediction: prediction, timesteps: ts),
+                        pipeline.cleanEstimate(z, prediction: Tensor.zeros(prediction.shape), timesteps: ts))
+            }
+            parts.append(String(format: "%.0f:%.2f", t, norm(estimate - statePart) / norm(statePart)))
         }
-        return "x̂₀'s model share ‖σ/α·ε̂‖/‖zₜ/α‖ by t: " + parts.joined(separator: " ")
+        return "x̂₀'s model share ‖x̂₀ − x̂₀(prediction 0)‖/‖x̂₀(prediction 0)‖ by t: " + parts.joined(separator: " ")
     }
 
     // MARK: Loss terms
@@ -358,7 +364,7 @@ final class SCORERun: FineTuning {
     /// One model step's batch: its inputs, θ₀'s references, and θ's prediction on
     /// [late; early; retain] (recorded for autodiff).
     struct Batch {
-        var zLate: Tensor, tLate: [Int]
+        var zLate: Tensor, tLate: [Float]
         var counts: (late: Int, early: Int, retain: Int)
         var prediction: Tensor
         var eraseTarget: Tensor
@@ -366,7 +372,7 @@ final class SCORERun: FineTuning {
         var unconditional: Tensor
         var frozenEarly: Tensor, frozenRetain: Tensor
         /// θ₀'s reference x̂₀ at the late entries' timesteps (the feature-matching term's).
-        var reference: Tensor?, referenceTimesteps: [Int]
+        var reference: Tensor?, referenceTimesteps: [Float]
     }
 
     /// θ₀'s references and θ's prediction for the entries of concept `c`'s pools; `prompts`
@@ -386,10 +392,8 @@ final class SCORERun: FineTuning {
         let frozenPrompts = pL + Array(repeating: emptyIndex, count: nL) + (anchorIsEmpty ? [] : anchorPrompts) + pE + pR
         let frozenLatents = Tensor.concat([zL, zL] + (anchorIsEmpty ? [] : [zL]) + [zE, zR].filter { $0.shape[0] > 0 }, axis: 0)
         let frozenTimes = tL + tL + (anchorIsEmpty ? [] : tL) + tE + tR
-        let frozenStates = table.batch(frozenPrompts)
         let reference = noGrad {
-            pipeline.predictNoise(latents: frozenLatents, timesteps: frozenTimes, states: frozenStates.states,
-                                  mask: frozenStates.mask, model: frozen)
+            pipeline.predict(frozenLatents, timesteps: frozenTimes, conditioning: table.batch(frozenPrompts), model: frozen)
         }
         let sizes = [nL, nL] + (anchorIsEmpty ? [] : [nL]) + [nE, nR]
         let parts = reference.split(sizes: sizes, axis: 0)
@@ -397,9 +401,8 @@ final class SCORERun: FineTuning {
         let anchor = anchorIsEmpty ? unconditional : parts[2]
 
         // θ: one pass over [late; early; retain].
-        let states = table.batch(pL + pE + pR)
         let latents = Tensor.concat([zL, zE, zR].filter { $0.shape[0] > 0 }, axis: 0)
-        let prediction = pipeline.predictNoise(latents: latents, timesteps: tL + tE + tR, states: states.states, mask: states.mask)
+        let prediction = pipeline.predict(latents, timesteps: tL + tE + tR, conditioning: table.batch(pL + pE + pR), model: nil)
         return Batch(zLate: zL, tLate: tL, counts: (nL, nE, nR), prediction: prediction,
                      eraseTarget: negativeGuidanceTarget(anchor: anchor, conditional: conditional, unconditional: unconditional, eta: config.eta),
                      unconditional: unconditional, frozenEarly: parts[parts.count - 2], frozenRetain: parts[parts.count - 1],
@@ -421,12 +424,12 @@ final class SCORERun: FineTuning {
         if b.counts.early > 0 { trajectory = trajectory + mseLoss(predicted[1], b.frozenEarly) }
         var adversarial = Tensor(0), featureMatching = Tensor(0)
         if criticTerms.contains("adversarial"), config.lambdaAdversarial > 0 {
-            adversarial = adversarialLoss(logits: critics[c].logitsForModel(modelEstimate(b, late: predicted[0]), timesteps: b.tLate),
+            adversarial = adversarialLoss(logits: critics[c].logitsForModel(modelEstimate(b, late: predicted[0]), timesteps: criticTimesteps(b.tLate)),
                                           form: config.adversarialForm)
         }
         if criticTerms.contains("feature_matching"), config.lambdaFeatureMatching > 0, let reference = b.reference {
-            let features = critics[c].featuresForModel(modelEstimate(b, late: predicted[0]), timesteps: b.tLate)
-            let referenceFeatures = noGrad { critics[c].featuresForModel(reference, timesteps: b.referenceTimesteps) }
+            let features = critics[c].featuresForModel(modelEstimate(b, late: predicted[0]), timesteps: criticTimesteps(b.tLate))
+            let referenceFeatures = noGrad { critics[c].featuresForModel(reference, timesteps: criticTimesteps(b.referenceTimesteps)) }
             featureMatching = featureMatchingLoss(model: features, reference: referenceFeatures)
         }
         return Terms(erase: erase, trajectory: trajectory, adversarial: adversarial, featureMatching: featureMatching)
@@ -438,8 +441,12 @@ final class SCORERun: FineTuning {
     /// use θ's).
     func modelEstimate(_ b: Batch, late: Tensor) -> Tensor {
         let noise = independence ? guidedNoise(conditional: late, unconditional: b.unconditional, guidance: config.criticGuidance) : late
-        return cleanEstimate(latents: b.zLate, noise: noise, timesteps: b.tLate, alphasCumprod: alphas)
+        return pipeline.imageLayout(pipeline.cleanEstimate(b.zLate, prediction: noise, timesteps: b.tLate))
     }
+
+    /// The critic's time input: the training timestep rounded (exact for the UNet's integers;
+    /// σ·1000 to the nearest integer for a flow, which only feeds its sinusoidal embedding).
+    func criticTimesteps(_ timesteps: [Float]) -> [Int] { timesteps.map { Int($0.rounded()) } }
 
     /// One critic step for concept `c`: the current model's x̂₀ on target prompts vs θ₀'s on the
     /// reference prompts, both in the game window.
@@ -450,13 +457,13 @@ final class SCORERun: FineTuning {
         let late = targetPools[c].indices { window.contains($0) }
         let (z, t, p) = targetPools[c].batch(draw(half, from: late, generator: &generator))
         let estimate = noGrad {
-            guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: t, prompts: p,
-                                unconditional: emptyIndex, guidance: independence ? config.criticGuidance : 1)
+            pipeline.imageLayout(guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: t, prompts: p,
+                                                     unconditional: emptyIndex, guidance: independence ? config.criticGuidance : 1))
         }
         let reference = referenceEstimates[c]
         let picked = draw(half, from: Array(reference.timesteps.indices), generator: &generator)
-        return critics[c].step(target: estimate, targetTimesteps: t, anchor: gather(reference.estimates, picked),
-                               anchorTimesteps: picked.map { reference.timesteps[$0] })
+        return critics[c].step(target: estimate, targetTimesteps: criticTimesteps(t), anchor: gather(reference.estimates, picked),
+                               anchorTimesteps: criticTimesteps(picked.map { reference.timesteps[$0] }))
     }
 
     // MARK: Saliency
@@ -480,7 +487,7 @@ final class SCORERun: FineTuning {
                     var scores: [String: Tensor] = [:]
                     Saliency.accumulate(trainable, into: &scores)
                     Saliency.accumulate(trainable, into: &summed)
-                    pipeline.unet.zeroGrad()
+                    pipeline.denoiser.zeroGrad()
                     if config.saliencyIntersect { perRun.append(Saliency.masks(scores: scores, ratio: config.saliencyRatio)) }
                 }
             }
@@ -551,7 +558,7 @@ final class SCORERun: FineTuning {
     /// `referencePerSample` reference estimates at each late entry's timestep.
     func drawEntries(concept c: Int) -> (late: [Int], early: [Int], retain: [Int], reference: [Int]) {
         let pool = targetPools[c]
-        let split = config.splitTimestep
+        let split = Float(config.splitTimestep)
         let window = gameWindow
         let late = draw(config.batchSize, from: pool.indices { window.contains($0) }, generator: &generator)
         let earlyCandidates = pool.indices { $0 > split }

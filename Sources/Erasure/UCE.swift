@@ -47,6 +47,14 @@ public struct UCEConfig: Codable, Equatable, Sendable {
 /// CLIP, the last word; for "" the start token). The same rule is applied to the pipeline's
 /// encoder through its mask, which counts the start and end tokens (`TextEncoder`); with the
 /// testbed's MiniLM that is the last word piece before [SEP].
+///
+/// On FLUX there is no cross-attention; the closed form edits the two linear maps whose input is
+/// a text embedding alone (`FluxPipeline.textReadingWeights`): `context_embedder`, on the same
+/// token rule, and the pooled vector's projection `time_text_embed.text_embedder.linear_1`, on
+/// the prompts' pooled vectors, each with its own system. The double blocks' `add_k_proj` and
+/// `add_v_proj` are left alone: they read the context stream after a timestep- and
+/// pooled-text-dependent AdaLN (and, past the first block, after attention to the image), so no
+/// single closed form maps a concept's keys to its guide's there.
 public struct UCE: ErasureMethod {
     public var config: UCEConfig
 
@@ -54,13 +62,16 @@ public struct UCE: ErasureMethod {
 
     public var name: String { "uce" }
 
-
-    /// Whether UCE edits the parameter called `name`.
+    /// Whether UCE edits the UNet parameter called `name`.
     public static func edits(_ name: String) -> Bool {
         name.hasSuffix("attn2.to_k.weight") || name.hasSuffix("attn2.to_v.weight")
     }
 
     public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+        try erase(request, model: pipeline, context: context)
+    }
+
+    public func erase<Model: ErasableModel>(_ request: ErasureRequest, model: Model, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
         let started = Date()
@@ -75,22 +86,37 @@ public struct UCE: ErasureMethod {
         // twice, as in the official script's sums over its ";"-separated lists.
         let edits = request.concepts.flatMap { concept in concept.targetPrompts.map { (text: $0, guide: config.guide ?? concept.anchor) } }
         let preserve = request.retainPrompts
-        let embeddings = Self.tokenEmbeddings(of: edits.map(\.text) + edits.map(\.guide) + preserve, pipeline: pipeline)
-
-        let closedForm: UCEClosedForm
-        do {
-            closedForm = try UCEClosedForm(edits: edits.map { embeddings[$0.text]! }, guides: edits.map { embeddings[$0.guide]! },
-                                           preserve: preserve.map { embeddings[$0]! }, lambda: config.lambda,
-                                           eraseScale: config.eraseScale, preserveScale: config.preserveScale)
-        } catch {
-            throw ErasureError.invalidConfig("UCE cannot solve its system: \(error)")
+        let weights = model.textReadingWeights()
+        guard !weights.isEmpty else {
+            throw ErasureError.invalidRequest("the \(Model.denoiserComponent) has no weights that read the text for UCE to edit")
         }
-        let edit = try Self.apply(closedForm, to: pipeline.unet)
-        context.log(String(format: "UCE edited %d cross-attention K/V weights (%d entries) for %d edit and %d preserve texts in %.1f s",
-                           edit.tensors, edit.entries, edits.count, preserve.count, Date().timeIntervalSince(started)))
-        context.log(String(format: "edit texts' K/V now %.1f%% as far from their guide's as before%@", 100 * edit.editGap,
-                           edit.preserveDrift.map { String(format: "; preserved texts' K/V moved %.2f%% (relative)", 100 * $0) } ?? ""))
-        return ErasureOutcome(losses: [:], steps: 0, trainableParameters: edit.entries)
+        var editedTensors = 0, editedEntries = 0
+        var editGap: [Double] = [], preserveDrift: [Double] = []
+        for input in [TextInput.token, .pooled] {
+            let group = weights.filter { $0.input == input }
+            guard !group.isEmpty else { continue }
+            let embeddings = try model.textEmbeddings(edits.map(\.text) + edits.map(\.guide) + preserve, input: input)
+            let closedForm: UCEClosedForm
+            do {
+                closedForm = try UCEClosedForm(edits: edits.map { embeddings[$0.text]! }, guides: edits.map { embeddings[$0.guide]! },
+                                               preserve: preserve.map { embeddings[$0]! }, lambda: config.lambda,
+                                               eraseScale: config.eraseScale, preserveScale: config.preserveScale)
+            } catch {
+                throw ErasureError.invalidConfig("UCE cannot solve its system: \(error)")
+            }
+            let edit = try Self.apply(closedForm, to: group.map { ($0.name, $0.tensor) })
+            editedTensors += edit.tensors
+            editedEntries += edit.entries
+            editGap += edit.editGaps
+            preserveDrift += edit.preserveDrifts
+        }
+        func mean(_ values: [Double]) -> Double { values.reduce(0, +) / Double(max(1, values.count)) }
+        context.log(String(format: "UCE edited %d text-reading weights of the %@ (%d entries) for %d edit and %d preserve texts in %.1f s",
+                           editedTensors, Model.denoiserComponent, editedEntries, edits.count, preserve.count,
+                           Date().timeIntervalSince(started)))
+        context.log(String(format: "edit texts' projections now %.1f%% as far from their guide's as before%@", 100 * mean(editGap),
+                           preserveDrift.isEmpty ? "" : String(format: "; preserved texts' moved %.2f%% (relative)", 100 * mean(preserveDrift))))
+        return ErasureOutcome(losses: [:], steps: 0, trainableParameters: editedEntries)
     }
 
     /// Replaces every weight UCE edits in `unet` (each taken as its own W₀) by `closedForm`'s
@@ -98,12 +124,24 @@ public struct UCE: ErasureMethod {
     /// `UCEClosedForm.report` (RECE's iterations edit the already edited weights the same way).
     static func apply(_ closedForm: UCEClosedForm, to unet: UNet2DConditionModel) throws
         -> (tensors: Int, entries: Int, editGap: Double, preserveDrift: Double?) {
+        let edit = try apply(closedForm, to: unet.namedParameters().filter { Self.edits($0.name) })
+        guard edit.tensors > 0 else {
+            throw ErasureError.invalidRequest("the UNet has no cross-attention attn2.to_k/to_v weights for UCE to edit")
+        }
+        func mean(_ values: [Double]) -> Double { values.reduce(0, +) / Double(max(1, values.count)) }
+        return (edit.tensors, edit.entries, mean(edit.editGaps), edit.preserveDrifts.isEmpty ? nil : mean(edit.preserveDrifts))
+    }
+
+    /// Replaces each of `weights` [out, width] (each its own W₀) by `closedForm`'s solution for it;
+    /// returns the tensors and entries edited and `UCEClosedForm.report` per weight.
+    static func apply(_ closedForm: UCEClosedForm, to weights: [(name: String, tensor: Tensor)]) throws
+        -> (tensors: Int, entries: Int, editGaps: [Double], preserveDrifts: [Double]) {
         let width = closedForm.width
         var editedTensors = 0, editedEntries = 0
         var editGap: [Double] = [], preserveDrift: [Double] = []
-        for (name, p) in unet.namedParameters() where Self.edits(name) {
+        for (name, p) in weights {
             guard p.rank == 2, p.shape[1] == width else {
-                throw ErasureError.invalidRequest("\(name) has shape \(p.shape); UCE needs [out, \(width)] (the text encoder's width)")
+                throw ErasureError.invalidRequest("\(name) has shape \(p.shape); UCE needs [out, \(width)] (the text embedding's width)")
             }
             let original = Matrix64(rows: p.shape[0], columns: width, values: p.scalars.map(Double.init))
             let edited = closedForm.apply(to: original)
@@ -114,11 +152,7 @@ public struct UCE: ErasureMethod {
             editGap.append(report.editGap)
             if let drift = report.preserveDrift { preserveDrift.append(drift) }
         }
-        guard editedTensors > 0 else {
-            throw ErasureError.invalidRequest("the UNet has no cross-attention attn2.to_k/to_v weights for UCE to edit")
-        }
-        func mean(_ values: [Double]) -> Double { values.reduce(0, +) / Double(max(1, values.count)) }
-        return (editedTensors, editedEntries, mean(editGap), preserveDrift.isEmpty ? nil : mean(preserveDrift))
+        return (editedTensors, editedEntries, editGap, preserveDrift)
     }
 
     /// One embedding c per text (Float64): the encoder's state at position (tokens − 2), where
@@ -129,15 +163,7 @@ public struct UCE: ErasureMethod {
         var unique: [String] = []
         for text in texts where !unique.contains(text) { unique.append(text) }
         let (states, mask) = noGrad { pipeline.encodePrompts(unique) }
-        let (length, width) = (states.shape[1], states.shape[2])
-        var result: [String: [Double]] = [:]
-        for (i, text) in unique.enumerated() {
-            let tokens = (0..<length).reduce(0) { $0 + (mask.pointer[i * length + $1] != 0 ? 1 : 0) }
-            let position = min(max(tokens - 2, 0), length - 1)
-            let start = (i * length + position) * width
-            result[text] = (0..<width).map { Double(states.pointer[start + $0]) }
-        }
-        return result
+        return lastTokenStates(states: states, mask: mask, texts: unique)
     }
 }
 

@@ -234,10 +234,10 @@ final class BaselineTests: XCTestCase {
     func testESDTrainableSetsFollowTheOfficialScript() throws {
         let unet = try Tiny.pipeline().unet
         let all = Set(unet.namedParameters().map(\.name))
-        let x = ESDRun.trainableNames(unet, method: .esdX)
-        let u = ESDRun.trainableNames(unet, method: .esdU)
-        let everything = ESDRun.trainableNames(unet, method: .esdAll)
-        let strict = ESDRun.trainableNames(unet, method: .esdXStrict)
+        let x = trainableNames(unet, method: .esdX, family: .unet)
+        let u = trainableNames(unet, method: .esdU, family: .unet)
+        let everything = trainableNames(unet, method: .esdAll, family: .unet)
+        let strict = trainableNames(unet, method: .esdXStrict, family: .unet)
         XCTAssertFalse(x.isEmpty)
         XCTAssertTrue(x.allSatisfy { $0.contains("attn2.") })
         XCTAssertEqual(x, all.filter { $0.contains("attn2.") }, "attn2 holds only linear layers")

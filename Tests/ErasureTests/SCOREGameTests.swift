@@ -19,7 +19,7 @@ final class SCOREGameTests: XCTestCase {
 
     /// Step 0's loss and its gradient in θ (each term on its own leaf, then one pass back through
     /// θ), with the run's generator rewound so that the same entries can be drawn again.
-    static func stepGradient(_ run: SCORERun) throws -> (step: StepLosses, gradients: [Tensor?]) {
+    static func stepGradient(_ run: SCORERun<StableDiffusionPipeline>) throws -> (step: StepLosses, gradients: [Tensor?]) {
         let saved = run.generator
         let step = try run.losses(step: 0)
         step.total.backward()
@@ -30,7 +30,7 @@ final class SCOREGameTests: XCTestCase {
     }
 
     /// θ's accumulated gradients equal `expected` entry by entry (then cleared).
-    static func assertGradients(of run: SCORERun, equal expected: [Tensor?], file: StaticString = #filePath, line: UInt = #line) {
+    static func assertGradients(of run: SCORERun<StableDiffusionPipeline>, equal expected: [Tensor?], file: StaticString = #filePath, line: UInt = #line) {
         var compared = 0
         for ((name, p), expected) in zip(run.trainable, expected) {
             guard let g = p.grad, let expected else { continue }
@@ -54,13 +54,14 @@ final class SCOREGameTests: XCTestCase {
 
     func testGuidedCleanEstimateMatchesTwoSeparatePasses() throws {
         let pipeline = try Tiny.pipeline()
-        let table = CaptionTable(captions: ["", "cat", "a photo of a dog"], encoder: pipeline.textEncoder)
+        let table = ConditioningTable(captions: ["", "cat", "a photo of a dog"], model: pipeline)
         var g = RandomGenerator(seed: 4)
         let z = g.normal([2, 1, 8, 8])
         let t = [700, 450]
+        let times = t.map(Float.init)
         let prompts = [1, 2]
         let estimate = noGrad {
-            guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: t, prompts: prompts,
+            guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: times, prompts: prompts,
                                 unconditional: 0, guidance: 7.5)
         }
         let conditional = table.batch(prompts), empty = table.batch([0, 0])
@@ -78,7 +79,7 @@ final class SCOREGameTests: XCTestCase {
         }
         // Prompts that are all the unconditional caption need no second pass: x̂₀ of ε(∅).
         let unconditionalOnly = noGrad {
-            guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: t, prompts: [0, 0],
+            guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: times, prompts: [0, 0],
                                 unconditional: 0, guidance: 7.5)
         }
         XCTAssertEqual(unconditionalOnly.scalars, cleanEstimate(latents: z, noise: epsU, timesteps: t, alphasCumprod: alphas).scalars)
@@ -102,11 +103,11 @@ final class SCOREGameTests: XCTestCase {
         // L_adv by hand: guided ε̂ with θ₀'s ε(∅), its x̂₀, the critic, −log(1 − D).
         let late = b.prediction.narrowed(axis: 0, start: 0, length: entries.late.count).detached()
         let eps = b.unconditional + (late - b.unconditional) * config.criticGuidance
-        let x0 = cleanEstimate(latents: b.zLate, noise: eps, timesteps: b.tLate, alphasCumprod: pipeline.scheduler.alphasCumprod)
-        let logits = run.critics[0].logitsForModel(x0, timesteps: b.tLate).scalars
+        let x0 = cleanEstimate(latents: b.zLate, noise: eps, timesteps: b.tLate.map { Int($0) }, alphasCumprod: pipeline.scheduler.alphasCumprod)
+        let logits = run.critics[0].logitsForModel(x0, timesteps: b.tLate.map { Int($0) }).scalars
         let expected = logits.map { Double(log1p(exp($0))) }.reduce(0, +) / Double(logits.count)
         XCTAssertEqual(Double(terms.adversarial.item), expected, accuracy: 1e-5)
-        XCTAssertTrue(b.tLate.allSatisfy { (config.gameMinTimestep...config.splitTimestep).contains($0) }, "\(b.tLate)")
+        XCTAssertTrue(b.tLate.allSatisfy { (Float(config.gameMinTimestep)...Float(config.splitTimestep)).contains($0) }, "\(b.tLate)")
 
         let recorded = Dictionary(uniqueKeysWithValues: step.recorded)
         for term in ["grad_erase", "grad_adversarial"] {
@@ -172,10 +173,10 @@ final class SCOREGameTests: XCTestCase {
         XCTAssertTrue(run.critics[0].critic.conv1.normalizes == false, "criticSpectralNorm false: plain layers")
         let (step, viaLeaves) = try Self.stepGradient(run)
         let entries = run.drawEntries(concept: 0)
-        XCTAssertEqual(entries.reference.count, SCORERun.referencePerSample * entries.late.count)
+        XCTAssertEqual(entries.reference.count, SCORERun<StableDiffusionPipeline>.referencePerSample * entries.late.count)
         let b = run.batch(concept: 0, late: entries.late, early: entries.early, retain: entries.retain, reference: entries.reference)
         let lateTimes = entries.late.map { run.targetPools[0].timesteps[$0] }
-        XCTAssertEqual(b.referenceTimesteps, lateTimes.flatMap { Array(repeating: $0, count: SCORERun.referencePerSample) })
+        XCTAssertEqual(b.referenceTimesteps, lateTimes.flatMap { Array(repeating: $0, count: SCORERun<StableDiffusionPipeline>.referencePerSample) })
         let terms = run.terms(b, prediction: b.prediction, concept: 0)
         XCTAssertNotEqual(terms.featureMatching.item, 0)
         (terms.erase * config.lambdaErase + terms.trajectory * config.lambdaTrajectory + terms.adversarial * config.lambdaAdversarial

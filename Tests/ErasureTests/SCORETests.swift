@@ -94,11 +94,11 @@ final class SCORETests: XCTestCase {
     func testPoolTrajectoriesAreThePipelinesRuns() throws {
         let pipeline = try Tiny.pipeline()
         let captions = ["", "cat", "a photo of a dog"]
-        let table = CaptionTable(captions: captions, encoder: pipeline.textEncoder)
+        let table = ConditioningTable(captions: captions, model: pipeline)
         let prompts = [1, 2, 1]
         let pool = try TrajectoryPool.sample(pipeline: pipeline, table: table, promptIndices: prompts, unconditionalIndex: 0,
                                              steps: 4, guidance: 3, seed: 7, firstTrajectory: 2, batchSize: 2)
-        let timesteps = try pipeline.scheduler.schedule(steps: 4).timesteps.map { Int($0.rounded()) }
+        let timesteps = try pipeline.scheduler.schedule(steps: 4).timesteps.map { $0.rounded() }
         XCTAssertEqual(pool.count, 12)
         XCTAssertEqual(pool.trajectories, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
         XCTAssertEqual(pool.prompts, [1, 1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1])
