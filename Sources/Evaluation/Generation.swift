@@ -112,7 +112,7 @@ public struct GenerationRun: Sendable {
             guard loras.isEmpty, scheduler == nil else {
                 throw EvaluationError.invalidSetting("--lora and --scheduler are for UNet models; \(model) is a FLUX folder (flow-matching Euler)")
             }
-            let pipeline = try MiniFlux.pipeline(folder: URL(fileURLWithPath: model), assets: assets, variant: variant)
+            let pipeline = try ModelLoader.loadFlux(model, variant: variant, assets: assets)
             (height, width) = (self.height ?? pipeline.defaultSize, self.width ?? pipeline.defaultSize)
             guidance = self.guidance ?? MiniFlux.guidance
             try checkMemory(Self.estimatedBytes(pipeline: pipeline, images: prompts.count, height: height, width: width, guidance: guidance),

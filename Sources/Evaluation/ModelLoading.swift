@@ -60,6 +60,28 @@ public enum ModelLoader {
         }
     }
 
+    /// A FLUX `--model` folder (the mini-FLUX's layout, `MiniFlux.pipeline`) or the model/ folder
+    /// of `score erase` over one: its base, followed through every erased folder, with each
+    /// folder's changed transformer tensors loaded over it in turn.
+    public static func loadFlux(_ path: String, variant: String? = nil, assets: Assets = Assets()) throws -> FluxPipeline {
+        var folders = [URL(fileURLWithPath: path)]
+        var baseVariant = variant
+        while let manifest = try ErasedModel.manifest(in: folders[folders.count - 1]) {
+            let file = folders[folders.count - 1].appendingPathComponent(ErasedModel.manifestName)
+            guard let base = manifest.baseFolder(relativeTo: folders[folders.count - 1]) else {
+                throw PipelineError.invalidFile(file, reason: "base_model is the embedded mini-SD, not a FLUX folder")
+            }
+            guard folders.count <= ErasedModel.maximumBaseDepth else {
+                throw PipelineError.invalidFile(file, reason: "base_model chains through more than \(ErasedModel.maximumBaseDepth) erased folders")
+            }
+            baseVariant = baseVariant ?? manifest.base_variant
+            folders.append(base)
+        }
+        let pipeline = try MiniFlux.pipeline(folder: folders[folders.count - 1], assets: assets, variant: baseVariant)
+        for erased in folders.dropLast().reversed() { try ErasedModel.apply(folder: erased, to: pipeline) }
+        return pipeline
+    }
+
     /// `chain`: the erased folders whose `base_model` led here, outermost first, to refuse cycles.
     private static func load(_ path: String?, variant: String?, assets: Assets, chain: [URL]) throws -> LoadedModel {
         guard let path else {

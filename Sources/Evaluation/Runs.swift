@@ -61,13 +61,27 @@ public struct EraseRun {
         try leakage?.validate()
     }
 
-    /// Runs the erasure; returns the record written to run.json (nil when stopped early).
+    /// Runs the erasure; returns the record written to run.json (nil when stopped early). A FLUX
+    /// `--model` folder (recognised by its model_index.json, as `generate` does) runs on the flow
+    /// family; the erased folder names it as its base as an SD one does.
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> ErasureRecord? {
         try validate()
         let request = try request()
+        let output = try OutputPath.folder(output, flag: "--out")
+        if let model, FluxPipeline.isFluxFolder(URL(fileURLWithPath: model)) {
+            let pipeline = try ModelLoader.loadFlux(model, variant: variant, assets: assets)
+            return try eraseJob(request: request, baseFolder: URL(fileURLWithPath: model), baseName: model, output: output)
+                .run(model: pipeline, log: log)
+        }
         let loaded = try ModelLoader.load(model, variant: variant, assets: assets)
-        var job = EraseJob(method: method, request: request, baseFolder: loaded.folder, baseName: loaded.name,
-                           output: try OutputPath.folder(output, flag: "--out"))
+        var job = eraseJob(request: request, baseFolder: loaded.folder, baseName: loaded.name, output: output)
+        job.probes = loaded.pipeline.latentChannels == 1 ? try Workflows.judgeProbes() : []
+        return try job.run(pipeline: loaded.pipeline, log: log)
+    }
+
+    /// The job of this run's settings.
+    func eraseJob(request: ErasureRequest, baseFolder: URL, baseName: String, output: URL) -> EraseJob {
+        var job = EraseJob(method: method, request: request, baseFolder: baseFolder, baseName: baseName, output: output)
         job.full = full
         job.baseVariant = variant
         job.saveVariant = saveVariant
@@ -75,8 +89,7 @@ public struct EraseRun {
         job.command = command
         job.leakage = leakage
         job.gradientCheckpointing = gradientCheckpointing
-        job.probes = loaded.pipeline.latentChannels == 1 ? try Workflows.judgeProbes() : []
-        return try job.run(pipeline: loaded.pipeline, log: log)
+        return job
     }
 }
 
