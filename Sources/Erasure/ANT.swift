@@ -135,11 +135,7 @@ final class ANTRun: FineTuning {
         // SD 1.4 UNet has dropout 0, so train mode changes nothing there).
         pipeline.unet.eval()
         frozen = try pipeline.unet.frozenCopy()
-        do {
-            schedule = try pipeline.scheduler.schedule(steps: config.samplingSteps)
-        } catch {
-            throw ErasureError.invalidConfig("ANT samplingSteps \(config.samplingSteps): \(error)")
-        }
+        schedule = try pipeline.samplingSchedule(steps: config.samplingSteps, method: "ANT")
         var captions = CaptionList()
         targetIndices = request.concepts.map { $0.targetPrompts.map { captions.index($0) } }
         table = CaptionTable(captions: captions.captions, encoder: pipeline.textEncoder)
@@ -176,21 +172,11 @@ final class ANTRun: FineTuning {
     /// `samplingGuidance`), from the noise stream (`seed`, `stream`), sampled by `model` (nil:
     /// the pipeline's UNet): the state after `earlyStep` steps, and after `lateStep`.
     func states(_ draw: Draw, seed: UInt64, stream: Int, model: UNet2DConditionModel?) throws -> (early: Tensor, late: Tensor) {
-        let shape = try pipeline.latentShape(batch: 1, height: pipeline.defaultHeight, width: pipeline.defaultWidth)
-        var generators = [StableDiffusionPipeline.imageGenerator(seed: seed, index: stream)]
-        let noise = initialNoise(shape: shape, schedule: schedule, generators: &generators)
-        let conditional = table.batch([draw.prompt])
-        let unconditional = config.samplingGuidance > 1 ? table.batch([emptyIndex]) : nil
-        return try noGrad {
-            let early = try pipeline.denoise(noise, conditional: conditional, unconditional: unconditional,
-                                             guidance: config.samplingGuidance, schedule: schedule, steps: 0..<draw.earlyStep,
-                                             generators: &generators, model: model)
-            let late = try pipeline.denoise(early, conditional: conditional, unconditional: unconditional,
-                                            guidance: config.samplingGuidance, schedule: schedule,
-                                            steps: draw.earlyStep..<draw.lateStep, generators: &generators, model: model)
-            return (pipeline.scheduler.scaleModelInput(early, index: draw.earlyStep, of: schedule),
-                    pipeline.scheduler.scaleModelInput(late, index: draw.lateStep, of: schedule))
-        }
+        let x = try pipeline.partialRun(conditional: table.conditioning([draw.prompt]), unconditional: table.conditioning([emptyIndex]),
+                                        guidance: config.samplingGuidance, schedule: schedule, seed: seed, streams: [stream],
+                                        stops: [draw.earlyStep, draw.lateStep], model: model)
+        return (pipeline.scheduler.scaleModelInput(x[0], index: draw.earlyStep, of: schedule),
+                pipeline.scheduler.scaleModelInput(x[1], index: draw.lateStep, of: schedule))
     }
 
     /// The four terms at the early and late states of `draw` (recorded for autodiff).

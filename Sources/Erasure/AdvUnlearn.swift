@@ -148,11 +148,7 @@ final class AdvUnlearnRun: FineTuning {
         pipeline.unet.eval()
         access.module.eval()
         frozen = try pipeline.unet.frozenCopy()
-        do {
-            schedule = try pipeline.scheduler.schedule(steps: config.samplingSteps)
-        } catch {
-            throw ErasureError.invalidConfig("AdvUnlearn samplingSteps \(config.samplingSteps): \(error)")
-        }
+        schedule = try pipeline.samplingSchedule(steps: config.samplingSteps, method: "AdvUnlearn")
         var captions = CaptionList()
         targetIndices = request.concepts.map { $0.targetPrompts.map { captions.index($0) } }
         retainIndices = request.retainPrompts.map { captions.index($0) }
@@ -182,14 +178,9 @@ final class AdvUnlearnRun: FineTuning {
     /// xₜ of `prompts` (caption rows, original states) from the current UNet with guidance, over
     /// steps 0..<`stop` from the noise of stream `stream`.
     func partialSample(prompts: [Int], stop: Int, stream: Int) throws -> Tensor {
-        let shape = try pipeline.latentShape(batch: 1, height: pipeline.defaultHeight, width: pipeline.defaultWidth)
-        var generators = prompts.indices.map { StableDiffusionPipeline.imageGenerator(seed: config.seed &+ 1, index: stream * 64 + $0) }
-        let x = initialNoise(shape: shape, schedule: schedule, generators: &generators)
-        let unconditional = config.samplingGuidance > 1 ? table.batch(Array(repeating: emptyIndex, count: prompts.count)) : nil
-        return try noGrad {
-            try pipeline.denoise(x, conditional: table.batch(prompts), unconditional: unconditional, guidance: config.samplingGuidance,
-                                 schedule: schedule, steps: 0..<stop, generators: &generators)
-        }
+        try pipeline.partialRun(conditional: table.conditioning(prompts), unconditional: table.conditioning(prompts.map { _ in emptyIndex }),
+                                guidance: config.samplingGuidance, schedule: schedule, seed: config.seed &+ 1,
+                                streams: prompts.indices.map { stream * 64 + $0 }, stops: [stop])[0]
     }
 
     /// A random step of the sampling schedule and xₜ there (the UNet's input), for `prompts`.

@@ -146,11 +146,7 @@ final class ESDRun<Family: ErasableModel>: FineTuning {
         // without dropout; so does this.
         pipeline.denoiser.eval()
         frozen = try pipeline.frozenDenoiser()
-        do {
-            schedule = try pipeline.schedule(steps: config.samplingSteps)
-        } catch {
-            throw ErasureError.invalidConfig("ESD samplingSteps \(config.samplingSteps): \(error)")
-        }
+        schedule = try pipeline.samplingSchedule(steps: config.samplingSteps, method: "ESD")
         var captions = CaptionList()
         targetIndices = request.concepts.map { $0.targetPrompts.map { captions.index($0) } }
         table = ConditioningTable(captions: captions.captions, model: pipeline)
@@ -176,16 +172,10 @@ final class ESDRun<Family: ErasableModel>: FineTuning {
     /// 0..<`stopStep`, from the noise streams of `iteration`, with `model` (nil: the denoiser trained).
     func partialSample(prompt: Int, stopStep: Int, iteration: Int, model: Family.Denoiser?) throws -> Tensor {
         let b = config.batchSize
-        var generators = (0..<b).map {
-            StableDiffusionPipeline.imageGenerator(seed: config.seed &+ 1, index: noiseIndex(iteration: iteration, item: $0))
-        }
-        let x = try pipeline.initialSample(schedule: schedule, generators: &generators)
-        let unconditional = config.samplingGuidance > 1 ? table.batch(Array(repeating: emptyIndex, count: b)) : nil
-        return try noGrad {
-            try pipeline.denoise(x, conditional: table.batch(Array(repeating: prompt, count: b)), unconditional: unconditional,
-                                 guidance: config.samplingGuidance, schedule: schedule, steps: 0..<stopStep,
-                                 generators: &generators, model: model, observe: nil)
-        }
+        return try pipeline.partialRun(conditional: table.batch(Array(repeating: prompt, count: b)),
+                                       unconditional: table.batch(Array(repeating: emptyIndex, count: b)), guidance: config.samplingGuidance,
+                                       schedule: schedule, seed: config.seed &+ 1, streams: (0..<b).map { noiseIndex(iteration: iteration, item: $0) },
+                                       stops: [stopStep], model: model)[0]
     }
 
     /// ESD's target for the model input `latents` at `timestep`, prompt `prompt`:
