@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 
 /// A dense row-major matrix of Float64, for closed-form edits that must not lose precision to
 /// Float32 (UCE inverts a d × d Gram matrix whose entries span several orders of magnitude).
@@ -110,6 +111,52 @@ public struct Cholesky: Sendable {
             }
         }
         return x
+    }
+}
+
+/// The closed form of a ridge-regularised linear edit, as UCE, RECE and MACE solve it: for
+/// contexts cᵢ with weights sᵢ, W = (λ W_base + Σᵢ sᵢ vᵢcᵢᵀ) A⁻¹ with A = λI + Σᵢ sᵢ cᵢcᵢᵀ
+/// minimises Σᵢ sᵢ‖W cᵢ − vᵢ‖² + λ‖W − W_base‖²_F. A depends only on the contexts, so it is
+/// factored once and serves every edited weight, each with its own base and values vᵢ.
+public struct RidgeEdit: Sendable {
+    public let contexts: [[Double]]
+    public let scales: [Double]
+    public let lambda: Double
+    let factor: Cholesky
+
+    /// d, the width of the contexts (the weights' input width).
+    public var width: Int { factor.lower.rows }
+
+    /// Factors A; throws `LinearAlgebraError` when it is not positive definite (λ ≤ 0 with too
+    /// few contexts). A context of weight 0 does not count.
+    public init(contexts: [[Double]], scales: [Double], lambda: Double) throws {
+        precondition(contexts.count == scales.count, "RidgeEdit: \(contexts.count) contexts, \(scales.count) scales")
+        precondition(!contexts.isEmpty, "RidgeEdit: no contexts")
+        var a = Matrix64.identity(contexts[0].count, scale: lambda)
+        for (c, s) in zip(contexts, scales) where s != 0 { a.addOuterProduct(c, c, scale: s) }
+        factor = try Cholesky(a)
+        self.contexts = contexts
+        self.scales = scales
+        self.lambda = lambda
+    }
+
+    /// W for the weight `base` [out, d] and the values vᵢ [out] its contexts should map to. As A
+    /// is symmetric, each row w of W solves A w = (the same row of B = λ W_base + Σᵢ sᵢ vᵢcᵢᵀ).
+    public func solve(base: Matrix64, values: [[Double]]) -> Matrix64 {
+        precondition(values.count == contexts.count, "RidgeEdit.solve: \(values.count) values for \(contexts.count) contexts")
+        precondition(base.columns == width, "RidgeEdit.solve: a weight of \(base.columns) columns for contexts of \(width)")
+        var b = base
+        for k in b.values.indices { b.values[k] *= lambda }
+        for (i, c) in contexts.enumerated() where scales[i] != 0 { b.addOuterProduct(values[i], c, scale: scales[i]) }
+        // Rows are independent solves; each worker writes its own rows of the result.
+        var result = Matrix64.zeros(base.rows, width)
+        result.values.withUnsafeMutableBufferPointer { out in
+            Kernels.parallelFor(base.rows) { r in
+                let w = factor.solve(b.row(r))
+                for k in 0..<width { out[r * width + k] = w[k] }
+            }
+        }
+        return result
     }
 }
 

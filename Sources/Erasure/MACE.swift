@@ -1,6 +1,5 @@
 import Diffusion
 import Foundation
-import Kernels
 import NN
 import Tensor
 
@@ -68,7 +67,7 @@ public struct MACEConfig: Codable, Equatable, Sendable {
 ///      W = argmin Σ‖W eᵒ − W₀ eⁿ‖² + p·Σ_ret‖W c − W₀ c‖² + λ‖W − W₀‖²,
 ///    eᵒ the states of the tokens the two prompts share (common prefix and suffix; with CLIP's
 ///    77 positions also the padding after them), eⁿ the matching states of the anchor prompt, c
-///    every token of the retained prompts. `MACEClosedForm` solves it.
+///    every token of the retained prompts. `RidgeEdit.mace` solves it.
 /// 2. One LoRA per concept (W + B·A, rank r, on the refined weights), trained on images the
 ///    original model draws of the concept: the image noised at t, the loss
 ///      L = Σ_layers ‖P_l[mask, concept tokens]‖_F,
@@ -111,7 +110,7 @@ public struct MACE: ErasureMethod {
             guides += matched.new
         }
         let preserve = Self.allTokenStates(request.retainPrompts, pipeline: pipeline)
-        let refinement = try MACEClosedForm(contexts: contexts + preserve,
+        let refinement = try RidgeEdit.mace(contexts: contexts + preserve,
                                             scales: contexts.map { _ in 1 } + preserve.map { _ in config.trainPreserveScale },
                                             lambda: config.lambda)
         for (l, w) in layers.weights.enumerated() {
@@ -143,7 +142,7 @@ public struct MACE: ErasureMethod {
             fusionContexts += states
             owners += states.map { _ in i }
         }
-        let fusion = try MACEClosedForm(contexts: fusionContexts + preserve,
+        let fusion = try RidgeEdit.mace(contexts: fusionContexts + preserve,
                                         scales: fusionContexts.map { _ in 1 } + preserve.map { _ in config.fusePreserveScale },
                                         lambda: config.lambda)
         for (l, w) in layers.weights.enumerated() {
@@ -308,43 +307,16 @@ struct MACEData {
     }
 }
 
-/// MACE's closed form for one set of token states: with A = λI + Σᵢ sᵢ cᵢcᵢᵀ (factored once),
-/// W = (λ W_base + Σᵢ sᵢ vᵢcᵢᵀ) A⁻¹ minimises Σᵢ sᵢ‖W cᵢ − vᵢ‖² + λ‖W − W_base‖²_F, for each
-/// weight's own base and target values vᵢ. The official `closed_form_refinement` (with the
-/// preserved states' scale folded into sᵢ).
-struct MACEClosedForm {
-    let contexts: [[Double]]
-    let scales: [Double]
-    let lambda: Double
-    let factor: Cholesky
-
-    init(contexts: [[Double]], scales: [Double], lambda: Double) throws {
-        precondition(contexts.count == scales.count, "MACEClosedForm: \(contexts.count) states, \(scales.count) scales")
-        guard let d = contexts.first?.count else {
+extension RidgeEdit {
+    /// MACE's closed form for one set of token states (the official `closed_form_refinement`,
+    /// the preserved states' scale folded into sᵢ), its failures worded as MACE's.
+    static func mace(contexts: [[Double]], scales: [Double], lambda: Double) throws -> RidgeEdit {
+        guard !contexts.isEmpty else {
             throw ErasureError.invalidRequest("MACE has no token states to solve for (no target prompt tokens)")
         }
-        var a = Matrix64.identity(d, scale: lambda)
-        for (c, s) in zip(contexts, scales) where s != 0 { a.addOuterProduct(c, c, scale: s) }
-        do { factor = try Cholesky(a) } catch { throw ErasureError.invalidConfig("MACE cannot solve its closed form: \(error)") }
-        self.contexts = contexts
-        self.scales = scales
-        self.lambda = lambda
-    }
-
-    func solve(base: Matrix64, values: [[Double]]) -> Matrix64 {
-        precondition(values.count == contexts.count, "MACEClosedForm.solve: \(values.count) values for \(contexts.count) states")
-        var b = base
-        for k in b.values.indices { b.values[k] *= lambda }
-        for (i, c) in contexts.enumerated() where scales[i] != 0 { b.addOuterProduct(values[i], c, scale: scales[i]) }
-        let width = base.columns
-        var result = Matrix64.zeros(base.rows, width)
-        result.values.withUnsafeMutableBufferPointer { out in
-            Kernels.parallelFor(base.rows) { r in
-                let w = factor.solve(b.row(r))
-                for k in 0..<width { out[r * width + k] = w[k] }
-            }
+        do { return try RidgeEdit(contexts: contexts, scales: scales, lambda: lambda) } catch {
+            throw ErasureError.invalidConfig("MACE cannot solve its closed form: \(error)")
         }
-        return result
     }
 }
 

@@ -1,6 +1,5 @@
 import Diffusion
 import Foundation
-import Kernels
 import NN
 import Tensor
 
@@ -167,7 +166,7 @@ public struct UCE: ErasureMethod {
     }
 }
 
-/// UCE's closed form for one set of concepts: the system matrix
+/// UCE's closed form for one set of concepts, a `RidgeEdit`: the system matrix
 /// A = λI + e·Σᵢ cᵢcᵢᵀ + p·Σⱼ cⱼcⱼᵀ depends only on the text embeddings, so it is factored once
 /// and applied to every edited weight.
 public struct UCEClosedForm {
@@ -177,10 +176,10 @@ public struct UCEClosedForm {
     /// cⱼ, the preserve embeddings.
     public let preserve: [[Double]]
     public let lambda: Double, eraseScale: Double, preserveScale: Double
-    let factor: Cholesky
+    let ridge: RidgeEdit
 
     /// d, the width of the embeddings (the weights' input width).
-    public var width: Int { factor.lower.rows }
+    public var width: Int { ridge.width }
 
     public init(edits: [[Double]], guides: [[Double]], preserve: [[Double]], lambda: Double, eraseScale: Double,
                 preserveScale: Double) throws {
@@ -193,30 +192,16 @@ public struct UCEClosedForm {
         self.lambda = lambda
         self.eraseScale = eraseScale
         self.preserveScale = preserveScale
-        var a = Matrix64.identity(d, scale: lambda)
-        for c in edits { a.addOuterProduct(c, c, scale: eraseScale) }
-        for c in preserve { a.addOuterProduct(c, c, scale: preserveScale) }
-        factor = try Cholesky(a)
+        ridge = try RidgeEdit(contexts: edits + preserve, scales: edits.map { _ in eraseScale } + preserve.map { _ in preserveScale },
+                              lambda: lambda)
     }
 
     /// The edited weight W = B A⁻¹ for the original W₀ [out, d], where
-    /// B = λW₀ + e·Σᵢ (W₀c_guide,ᵢ)cᵢᵀ + p·Σⱼ (W₀cⱼ)cⱼᵀ. As A is symmetric, each row w of W solves
-    /// A w = (the same row of B).
+    /// B = λW₀ + e·Σᵢ (W₀c_guide,ᵢ)cᵢᵀ + p·Σⱼ (W₀cⱼ)cⱼᵀ: the edit texts map to their guides' values
+    /// under W₀, the preserved texts to their own.
     public func apply(to original: Matrix64) -> Matrix64 {
         precondition(original.columns == width, "UCEClosedForm.apply: a weight of \(original.columns) columns for embeddings of \(width)")
-        var b = original
-        for k in b.values.indices { b.values[k] *= lambda }
-        for (c, g) in zip(edits, guides) { b.addOuterProduct(original.times(g), c, scale: eraseScale) }
-        for c in preserve { b.addOuterProduct(original.times(c), c, scale: preserveScale) }
-        // Rows are independent solves; each worker writes its own rows of the result.
-        var result = Matrix64.zeros(original.rows, width)
-        result.values.withUnsafeMutableBufferPointer { out in
-            Kernels.parallelFor(original.rows) { r in
-                let w = factor.solve(b.row(r))
-                for k in 0..<width { out[r * width + k] = w[k] }
-            }
-        }
-        return result
+        return ridge.solve(base: original, values: guides.map { original.times($0) } + preserve.map { original.times($0) })
     }
 
     /// How the edit did on one weight: editGap = mean over edits of ‖W cᵢ − v*ᵢ‖ / ‖W₀ cᵢ − v*ᵢ‖

@@ -65,7 +65,7 @@ final class MACETests: XCTestCase {
         let scales: [Double] = [1, 1, 2, 0.5, 0]
         let base = Matrix64(rows: out, columns: d, values: g.normal([out * d]).scalars.map(Double.init))
         let lambda = 0.7
-        let w = try MACEClosedForm(contexts: contexts, scales: scales, lambda: lambda).solve(base: base, values: values)
+        let w = try RidgeEdit.mace(contexts: contexts, scales: scales, lambda: lambda).solve(base: base, values: values)
         // Direct: each row solves the normal equations (Σ sᵢcᵢcᵢᵀ + λI) w = Σ sᵢ vᵢ[r] cᵢ + λ base[r],
         // here by Gaussian elimination with partial pivoting.
         for r in 0..<out {
@@ -89,7 +89,7 @@ final class MACETests: XCTestCase {
         // A state with scale 0 does not count: its value may be anything.
         var changed = values
         changed[4] = changed[4].map { $0 + 100 }
-        XCTAssertEqual(try MACEClosedForm(contexts: contexts, scales: scales, lambda: lambda).solve(base: base, values: changed), w)
+        XCTAssertEqual(try RidgeEdit.mace(contexts: contexts, scales: scales, lambda: lambda).solve(base: base, values: changed), w)
     }
 
     func testMatchingPositionsAreTheOfficialOnes() {
