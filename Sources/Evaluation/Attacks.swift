@@ -25,11 +25,8 @@ public struct ParaphraseAttackSettings: Codable, Sendable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
-        try check(seedsPerPrompt >= 1, "--seeds-per-prompt must be at least 1, got \(seedsPerPrompt)")
-        try check(steps >= 1, "--sampling-steps must be at least 1, got \(steps)")
-        try check(guidance.isFinite, "--guidance must be a number, got \(guidance)")
-        try check(["cnn", "mlp"].contains(judge), "--judge must be cnn or mlp, not '\(judge)'")
+        try SettingCheck.atLeast(1, "--seeds-per-prompt", seedsPerPrompt)
+        try SettingCheck.sampling(steps: steps, guidance: guidance, judge: judge)
     }
 }
 
@@ -169,24 +166,22 @@ public struct UnlearnDiffAtkConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
-        try check(["original", "real"].contains(target), "--attack-target must be original or real, not '\(target)'")
-        try check(instances >= 1, "--instances must be at least 1, got \(instances)")
-        try check(iterationsPerBlock >= 1, "--iterations-per-block must be at least 1, got \(iterationsPerBlock)")
-        try check(blocks >= 1, "--blocks must be at least 1, got \(blocks)")
-        try check(tokens >= 1, "--tokens must be at least 1, got \(tokens)")
-        try check(steps >= 0, "--steps must not be negative, got \(steps)")
-        try check(timestepsPerStep >= 1, "--timesteps-per-step must be at least 1, got \(timestepsPerStep)")
-        try check(learningRate > 0 && learningRate.isFinite, "--lr must be positive, got \(learningRate)")
-        try check(weightDecay >= 0, "--weight-decay must not be negative, got \(weightDecay)")
-        try check(judgeWeight >= 0 && judgeWeight.isFinite, "--judge-weight must not be negative, got \(judgeWeight)")
-        try check(judgeMaxTimestep >= 0, "--judge-max-timestep must not be negative, got \(judgeMaxTimestep)")
-        try check(samplingSteps >= 1, "--sampling-steps must be at least 1, got \(samplingSteps)")
-        try check(["cnn", "mlp"].contains(judge), "--judge must be cnn or mlp, not '\(judge)'")
+        try SettingCheck.oneOf(["original", "real"], "--attack-target", target)
+        try SettingCheck.atLeast(1, "--instances", instances)
+        try SettingCheck.atLeast(1, "--iterations-per-block", iterationsPerBlock)
+        try SettingCheck.atLeast(1, "--blocks", blocks)
+        try SettingCheck.atLeast(1, "--tokens", tokens)
+        try SettingCheck.atLeast(0, "--steps", steps)
+        try SettingCheck.atLeast(1, "--timesteps-per-step", timestepsPerStep)
+        try SettingCheck.positive("--lr", learningRate)
+        try SettingCheck.atLeast(0, "--weight-decay", weightDecay)
+        try SettingCheck.atLeast(0, "--judge-weight", judgeWeight)
+        try SettingCheck.atLeast(0, "--judge-max-timestep", judgeMaxTimestep)
+        try SettingCheck.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
         if judgeWeight > 0 {
-            try check(["cnn", "mlp"].contains(attackJudge), "--attack-judge must be cnn or mlp, not '\(attackJudge)'")
+            try SettingCheck.oneOf(["cnn", "mlp"], "--attack-judge", attackJudge)
             // A success against the scoring judge itself would only show an adversarial example of it.
-            try check(attackJudge != judge, "--attack-judge \(attackJudge) is also the scoring --judge: pick the other one or set --judge-weight 0")
+            try SettingCheck.require(attackJudge != judge, "--attack-judge \(attackJudge) is also the scoring --judge: pick the other one or set --judge-weight 0")
         }
     }
 

@@ -35,13 +35,12 @@ public struct CCEConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
-        try check(images >= 1, "--instances (real images) must be at least 1, got \(images)")
-        try check(steps >= 0, "--steps must not be negative, got \(steps)")
-        try check(batch >= 1, "--timesteps-per-step (batch) must be at least 1, got \(batch)")
-        try check(learningRate > 0 && learningRate.isFinite, "--lr must be positive, got \(learningRate)")
-        try check(samples >= 1, "--seeds-per-prompt (samples) must be at least 1, got \(samples)")
-        try validateAttackSampling(steps: samplingSteps, guidance: guidance, judge: judge)
+        try SettingCheck.atLeast(1, "--instances (real images)", images)
+        try SettingCheck.atLeast(0, "--steps", steps)
+        try SettingCheck.atLeast(1, "--timesteps-per-step (batch)", batch)
+        try SettingCheck.positive("--lr", learningRate)
+        try SettingCheck.atLeast(1, "--seeds-per-prompt (samples)", samples)
+        try SettingCheck.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget {

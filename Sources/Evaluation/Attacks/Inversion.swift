@@ -30,9 +30,8 @@ public struct InversionAttackConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
-        try check(images >= 1, "--instances must be at least 1, got \(images)")
-        try validateAttackSampling(steps: steps, guidance: guidance, judge: judge)
+        try SettingCheck.atLeast(1, "--instances", images)
+        try SettingCheck.sampling(steps: steps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget { AttackBudget(mode: "testbed", steps: steps, instances: images, seeds: 1) }

@@ -62,18 +62,17 @@ public struct P4DConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
-        try check(tokens >= 1, "--tokens must be at least 1, got \(tokens)")
-        try check(everyK >= 1, "--every-k must be at least 1, got \(everyK)")
-        try check(iterations >= 1, "--steps must be at least 1, got \(iterations)")
-        try check(evalEvery >= 1, "--eval-every must be at least 1, got \(evalEvery)")
-        try check(learningRate > 0 && learningRate.isFinite, "--lr must be positive, got \(learningRate)")
-        try check(weightDecay >= 0 && weightDecay.isFinite, "--weight-decay must not be negative, got \(weightDecay)")
-        try check(instances >= 1, "--instances must be at least 1, got \(instances)")
-        try check(samples >= 1, "--seeds-per-prompt must be at least 1, got \(samples)")
-        try check(["cnn", "mlp", "pixels"].contains(selector), "--selector must be cnn, mlp or pixels, not '\(selector)'")
-        try check(selector != judge, "--selector \(selector) is also the scoring --judge: pick the other judge or pixels")
-        try validateAttackSampling(steps: samplingSteps, guidance: guidance, judge: judge)
+        try SettingCheck.atLeast(1, "--tokens", tokens)
+        try SettingCheck.atLeast(1, "--every-k", everyK)
+        try SettingCheck.atLeast(1, "--steps", iterations)
+        try SettingCheck.atLeast(1, "--eval-every", evalEvery)
+        try SettingCheck.positive("--lr", learningRate)
+        try SettingCheck.atLeast(0, "--weight-decay", weightDecay)
+        try SettingCheck.atLeast(1, "--instances", instances)
+        try SettingCheck.atLeast(1, "--seeds-per-prompt", samples)
+        try SettingCheck.oneOf(["cnn", "mlp", "pixels"], "--selector", selector)
+        try SettingCheck.require(selector != judge, "--selector \(selector) is also the scoring --judge: pick the other judge or pixels")
+        try SettingCheck.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget {

@@ -39,15 +39,14 @@ public struct RingABellConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
-        try check(instances >= 1, "--instances must be at least 1, got \(instances)")
-        try check(seedsPerPrompt >= 1, "--seeds-per-prompt must be at least 1, got \(seedsPerPrompt)")
-        try check(length >= 1, "--tokens must be at least 1, got \(length)")
-        try check(population >= 2, "--population must be at least 2, got \(population)")
-        try check(generations >= 1, "--steps (generations) must be at least 1, got \(generations)")
-        try check((0...1).contains(mutationRate) && (0...1).contains(crossoverRate), "mutation and crossover rates must lie in [0, 1]")
-        try check(strength.isFinite, "--strength must be a number, got \(strength)")
-        try validateAttackSampling(steps: samplingSteps, guidance: guidance, judge: judge)
+        try SettingCheck.atLeast(1, "--instances", instances)
+        try SettingCheck.atLeast(1, "--seeds-per-prompt", seedsPerPrompt)
+        try SettingCheck.atLeast(1, "--tokens", length)
+        try SettingCheck.atLeast(2, "--population", population)
+        try SettingCheck.atLeast(1, "--steps (generations)", generations)
+        try SettingCheck.require((0...1).contains(mutationRate) && (0...1).contains(crossoverRate), "mutation and crossover rates must lie in [0, 1]")
+        try SettingCheck.require(strength.isFinite, "--strength must be a number, got \(strength)")
+        try SettingCheck.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget {
