@@ -155,6 +155,65 @@ final class P4DTests: XCTestCase {
         XCTAssertEqual(again.finalIds, found.finalIds)
     }
 
+    /// P4D-N from random vocabulary tokens (issue 27): for a seed it repeats bit for bit, it
+    /// finds a prompt whose objective is lower than the random start's, and every prompt it
+    /// reports is made of whole vocabulary words that type back to the same tokens.
+    func testP4DNFromRandomTokensRepeatsLowersTheObjectiveAndDecodesToVocabularyTokens() throws {
+        let (erased, original) = try models()
+        let optimizer = try P4DOptimizer(pipeline: erased, original: original)
+        var config = P4DConfig()
+        config.variant = .n
+        config.tokens = 4
+        config.iterations = 40
+        config.evalEvery = 1
+        let prompt = "a photo of a shoe"
+        let layout = try optimizer.layout(prompt: prompt, config: config)
+        XCTAssertEqual(layout, .learned(4))
+        // The objective at 16 fixed draws, so that prompts are compared on the same numbers.
+        var draws = RandomGenerator(seed: 31)
+        let timesteps = (0..<16).map { _ in min(999, Int(draws.uniform([1]).item * 1000)) }
+        let noise = draws.normal([16, 1, 8, 8])
+        let reference = optimizer.reference(prompt)
+        func objective(_ ids: [Int]) -> Float {
+            noGrad {
+                optimizer.loss(slots: rows(optimizer, ids), layout: layout, reference: reference, target: AttackTests.targetImage(),
+                               noise: noise, timesteps: timesteps).item
+            }
+        }
+        func run(seed: UInt64) -> P4DOptimisation {
+            var generator = RandomGenerator(seed: seed)
+            return optimizer.optimise(layout: layout, prompt: prompt, target: AttackTests.targetImage(), config: config,
+                                      generator: &generator) { ids in -Double(objective(ids)) }
+        }
+        let found = run(seed: 21)
+
+        let again = run(seed: 21)
+        XCTAssertEqual(again.startIds, found.startIds)
+        XCTAssertEqual(again.losses, found.losses)
+        XCTAssertEqual(again.bestIds, found.bestIds)
+        XCTAssertEqual(again.finalIds, found.finalIds)
+        XCTAssertNotEqual(run(seed: 22).startIds, found.startIds, "another seed starts from other tokens")
+
+        // Step 0 evaluates the random start itself; a later projected prompt, and the last one,
+        // do better on the same draws.
+        XCTAssertEqual(found.evaluations.first?.step, 0)
+        XCTAssertEqual(found.evaluations.first?.similarity, -Double(objective(found.startIds)))
+        XCTAssertGreaterThan(found.bestStep, 0)
+        XCTAssertLessThan(objective(found.bestIds), objective(found.startIds))
+        XCTAssertLessThan(objective(found.finalIds), objective(found.startIds))
+        XCTAssertTrue(found.losses.allSatisfy(\.isFinite))
+
+        let tokenizer = optimizer.encoder.tokenizer
+        let special = [tokenizer.clsToken.id, tokenizer.sepToken.id, tokenizer.unkToken.id]
+        for ids in [found.startIds, found.bestIds, found.finalIds] {
+            XCTAssertEqual(ids.count, 4)
+            XCTAssertTrue(ids.allSatisfy(optimizer.attack.candidates.contains), "\(ids)")
+            XCTAssertFalse(ids.contains(where: special.contains), "\(ids)")
+            let text = optimizer.text(layout.ids(slots: ids))
+            XCTAssertEqual(tokenizer.encode(text), ids, "\"\(text)\"")
+        }
+    }
+
     func testRunJudgesTheFoundPromptAndRecordsItsBudget() throws {
         let (erased, original) = try models()
         var config = P4DConfig()
