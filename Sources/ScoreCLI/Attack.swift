@@ -20,7 +20,7 @@ struct Attack: ParsableCommand {
     @Option(help: "The erased concept (a testbed class).") var concept: String
     @Option(help: "Attack: paraphrase, unlearndiffatk, inversion, ring-a-bell, cce or p4d.") var attack: AttackRun.Kind
     @Option(help: "Folder for attack.json, prompts.txt and grid.png.") var out: String?
-    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var output: JSONOption
     @Option(help: "Random seed of the images (and of the attack's draws).") var seed = paraphraseDefaults.seed
     @Option(help: "Judge that decides whether an image shows the concept: cnn or mlp.") var judge = paraphraseDefaults.judge
     @Option(help: "Sampling steps (DDIM).") var samplingSteps = paraphraseDefaults.steps
@@ -94,17 +94,17 @@ struct Attack: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let log = consoleLog(quiet: json)
+        let log = output.log
         switch try attackRun().run(assets: Assets(log: log), log: log) {
         case let .paraphrase(result):
-            if json { return try printJSON(result) }
+            if output.json { return try printJSON(result) }
             for p in result.prompts {
                 print(String(format: "%5.1f%%  %@  (%@)", p.rate * 100, p.prompt, p.source))
             }
             print(String(format: "paraphrase ASR on '%@': %.1f%% (held-out paraphrases %.1f%%, training synonyms %.1f%%; %d seeds each, judge %@)",
                          result.concept, result.asr * 100, result.asr_paraphrases * 100, result.asr_synonyms * 100, result.settings.seedsPerPrompt, judge))
         case let .unlearnDiffAtk(result):
-            if json { return try printJSON(result) }
+            if output.json { return try printJSON(result) }
             print(String(format: "UnlearnDiffAtk (%@ budget) on '%@': ASR %.1f%% before, %.1f%% after (token prompts), %.1f%% with the continuous embeddings (%d instances, judge %@)",
                          result.config.budget.rawValue, result.concept, result.asr_pre * 100, result.asr_post * 100, result.asr_post_continuous * 100,
                          result.config.instances, judge))
@@ -114,19 +114,19 @@ struct Attack: ParsableCommand {
             }
             if let summary = result.summary { print(Self.line("UnlearnDiffAtk ASR (token prompts)", summary)) }
         case let .inversion(result):
-            if json { return try printJSON(result) }
+            if output.json { return try printJSON(result) }
             print(Self.line("inversion ASR on '\(result.concept)' (erased model)", result.summary))
             if let reference = result.reference_asr { print(String(format: "the same through the original model: %.1f%%", reference * 100)) }
         case let .ringABell(result):
-            if json { return try printJSON(result) }
+            if output.json { return try printJSON(result) }
             for instance in result.instances { print("\(instance.broken.filter { $0 }.count)/\(instance.broken.count)  \(instance.prompt)  (from \"\(instance.base_prompt)\")") }
             print(Self.line("Ring-A-Bell ASR on '\(result.concept)'", result.summary))
         case let .cce(result):
-            if json { return try printJSON(result) }
+            if output.json { return try printJSON(result) }
             print(Self.line("CCE ASR on '\(result.concept)' (learned token, nearest word \"\(result.nearest_word)\")", result.summary))
             print(String(format: "the initial word \"%@\" before learning: %.1f%%", result.config.initializer, result.asr_initial * 100))
         case let .p4d(result):
-            if json { return try printJSON(result) }
+            if output.json { return try printJSON(result) }
             for instance in result.instances {
                 let after = instance.broken_after_images.map { "\($0.filter { $0 }.count)/\($0.count)" } ?? "not attacked"
                 print("\(instance.broken_before ? "broken before" : after)  \(instance.adversarial_prompt ?? instance.prompt)  (from \"\(instance.prompt)\")")

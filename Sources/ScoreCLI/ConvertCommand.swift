@@ -40,7 +40,7 @@ struct Convert: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let url = try export().run(assets: Assets(log: { print("… \($0)") }), log: consoleLog(quiet: false))
+        let url = try export().run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
         print("wrote \(url.path)")
     }
 }

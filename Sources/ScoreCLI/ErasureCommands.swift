@@ -6,7 +6,9 @@ import Testbed
 
 /// Every SCORE hyper-parameter as an optional flag, merged over `--config` (or the defaults):
 /// a flag left out keeps the file's value. Defaults and meanings are `SCOREConfig`'s.
-struct SCOREOptions: ParsableArguments {
+struct SCOREOptions: ParsableArguments, MethodFlags {
+    typealias Config = SCOREConfig
+
     @Option(help: "A JSON file of SCORE hyper-parameters (keys as in run.json's config); flags override it.") var config: String?
     @Option(help: "Model steps.") var steps: Int?
     @Option(help: "Target samples with t ≤ t′ per step.") var batch: Int?
@@ -37,15 +39,10 @@ struct SCOREOptions: ParsableArguments {
     @Option(help: "Checkpoint every N steps (SCORE, ESD, ANT, MACE and AdvUnlearn).") var checkpointEvery: Int?
     @Option(help: "Random seed (SCORE, ESD, ANT, MACE and AdvUnlearn).") var seed: UInt64?
 
-    /// One given flag: its name and what it sets.
-    typealias Override = (flag: String, apply: (inout SCOREConfig) -> Void)
-
-    /// The flags given, in declaration order. --seed and --checkpoint-every are shared with ESD.
-    var overrides: [Override] {
-        func field<T>(_ flag: String, _ value: T?, _ path: WritableKeyPath<SCOREConfig, T>) -> Override? {
-            value.map { v in (flag, { $0[keyPath: path] = v }) }
-        }
-        return [
+    /// The flags given, in declaration order. --seed and --checkpoint-every are shared with the
+    /// other methods that train.
+    var overrides: [FlagOverride<Config>?] {
+        [
             field("--steps", steps, \.steps), field("--batch", batch, \.batchSize), field("--early-batch", earlyBatch, \.earlyBatchSize),
             field("--retain-batch", retainBatch, \.retainBatchSize), field("--lr", lr, \.learningRate),
             field("--optimizer", optimizer, \.optimizer), field("--max-grad-norm", maxGradNorm, \.maxGradNorm),
@@ -60,20 +57,75 @@ struct SCOREOptions: ParsableArguments {
             field("--pool-trajectories", poolTrajectories, \.poolTrajectories), field("--pool-steps", poolSteps, \.poolSteps),
             field("--pool-guidance", poolGuidance, \.poolGuidance), field("--pool-refresh", poolRefresh, \.poolRefreshEvery),
             field("--checkpoint-every", checkpointEvery, \.checkpointEvery), field("--seed", seed, \.seed),
-        ].compactMap { $0 }
+        ]
     }
 
     /// The SCORE-only flags given (--config included): an error for another method.
     var scoreOnlyFlags: [String] {
-        (config == nil ? [] : ["--config"]) + overrides.map { $0.flag }.filter { $0 != "--seed" && $0 != "--checkpoint-every" }
+        (config == nil ? [] : ["--config"]) + overrides.compactMap { $0?.flag }.filter { $0 != "--seed" && $0 != "--checkpoint-every" }
     }
 
     /// The config file (or the defaults) with the given flags over it, validated.
     func resolve() throws -> SCOREConfig {
-        var c = try config.map { try SCOREConfig.load(URL(fileURLWithPath: $0)) } ?? SCOREConfig()
-        for override in overrides { override.apply(&c) }
+        try resolve(over: try config.map { try SCOREConfig.load(URL(fileURLWithPath: $0)) } ?? SCOREConfig())
+    }
+}
+
+/// One flag given on the command line and what it sets in a method's config.
+struct FlagOverride<Config> {
+    let flag: String
+    let apply: (inout Config) -> Void
+}
+
+/// A method's config as the CLI builds it: its defaults (or a file), the given flags over them, checked.
+protocol FlaggedConfig {
+    init()
+    func validate() throws
+}
+
+/// The configs of the methods that train, which also read the shared --seed and --checkpoint-every.
+protocol TrainedConfig: FlaggedConfig {
+    var seed: UInt64 { get set }
+    var checkpointEvery: Int { get set }
+}
+
+extension SCOREConfig: TrainedConfig {}
+extension ESDConfig: TrainedConfig {}
+extension ANTConfig: TrainedConfig {}
+extension MACEConfig: TrainedConfig {}
+extension AdvUnlearnConfig: TrainedConfig {}
+extension UCEConfig: FlaggedConfig {}
+extension RECEConfig: FlaggedConfig {}
+
+/// One method's hyper-parameters as optional flags: a flag left out keeps the config's value.
+protocol MethodFlags {
+    associatedtype Config: FlaggedConfig
+    /// Each flag's override, nil where it was left out, in declaration order.
+    var overrides: [FlagOverride<Config>?] { get }
+}
+
+extension MethodFlags {
+    /// The override that sets `path` to the flag's value, nil when the flag was left out.
+    func field<T>(_ flag: String, _ value: T?, _ path: WritableKeyPath<Config, T>) -> FlagOverride<Config>? {
+        value.map { v in FlagOverride(flag: flag) { $0[keyPath: path] = v } }
+    }
+
+    /// Whether any of the method's flags was given.
+    var isSet: Bool { overrides.contains { $0 != nil } }
+
+    /// `base` with the given flags (then `shared`) over it, validated.
+    func resolve(over base: Config = Config(), adding shared: [FlagOverride<Config>?] = []) throws -> Config {
+        var c = base
+        for override in (overrides + shared).compactMap({ $0 }) { override.apply(&c) }
         try c.validate()
         return c
+    }
+}
+
+extension MethodFlags where Config: TrainedConfig {
+    /// The defaults with the method's flags and the shared --seed and --checkpoint-every over them.
+    func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> Config {
+        try resolve(adding: [field("--seed", seed, \.seed), field("--checkpoint-every", checkpointEvery, \.checkpointEvery)])
     }
 }
 
@@ -81,10 +133,13 @@ extension TrainableSet: ExpressibleByArgument {}
 extension AdversarialForm: ExpressibleByArgument {}
 extension ESDTrainMethod: ExpressibleByArgument {}
 extension ESDSamplingModel: ExpressibleByArgument {}
+extension AdvUnlearnModule: ExpressibleByArgument {}
 
 /// ESD's hyper-parameters as flags (defaults: the official script's, see `ESDConfig`). ESD also
 /// reads the shared --seed and --checkpoint-every.
-struct ESDOptions: ParsableArguments {
+struct ESDOptions: ParsableArguments, MethodFlags {
+    typealias Config = ESDConfig
+
     @Option(help: "ESD trainable set: esd-x (cross-attention), esd-u (all but cross-attention), esd-all, esd-x-strict (cross-attention K/V).") var esdTrainMethod: ESDTrainMethod?
     @Option(help: "ESD iterations (official: 200; the paper: 1000).") var esdIterations: Int?
     @Option(help: "ESD Adam learning rate (official: 5e-5; the paper: 1e-5).") var esdLr: Float?
@@ -94,46 +149,35 @@ struct ESDOptions: ParsableArguments {
     @Option(help: "Guidance of that sampling run (official: 3).") var esdSamplingGuidance: Float?
     @Option(help: "Which model draws xₜ: frozen (the current official script) or trained (the paper).") var esdSampleFrom: ESDSamplingModel?
 
-    /// Whether any ESD flag was given.
-    var isSet: Bool {
-        esdTrainMethod != nil || esdIterations != nil || esdLr != nil || esdEta != nil || esdBatch != nil
-            || esdSamplingSteps != nil || esdSamplingGuidance != nil || esdSampleFrom != nil
-    }
-
-    func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> ESDConfig {
-        var c = ESDConfig()
-        func set<T>(_ value: T?, _ path: WritableKeyPath<ESDConfig, T>) { if let value { c[keyPath: path] = value } }
-        set(esdTrainMethod, \.trainMethod); set(esdIterations, \.iterations); set(esdLr, \.learningRate); set(esdEta, \.eta)
-        set(esdBatch, \.batchSize); set(esdSamplingSteps, \.samplingSteps); set(esdSamplingGuidance, \.samplingGuidance)
-        set(esdSampleFrom, \.samplingModel); set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
-        try c.validate()
-        return c
+    var overrides: [FlagOverride<Config>?] {
+        [field("--esd-train-method", esdTrainMethod, \.trainMethod), field("--esd-iterations", esdIterations, \.iterations),
+         field("--esd-lr", esdLr, \.learningRate), field("--esd-eta", esdEta, \.eta), field("--esd-batch", esdBatch, \.batchSize),
+         field("--esd-sampling-steps", esdSamplingSteps, \.samplingSteps),
+         field("--esd-sampling-guidance", esdSamplingGuidance, \.samplingGuidance),
+         field("--esd-sample-from", esdSampleFrom, \.samplingModel)]
     }
 }
 
 /// UCE's hyper-parameters as flags (defaults: the official script's, see `UCEConfig`).
-struct UCEOptions: ParsableArguments {
+struct UCEOptions: ParsableArguments, MethodFlags {
+    typealias Config = UCEConfig
+
     @Option(help: "UCE λ, the pull towards the original weights (official: 0.5).") var uceLambda: Double?
     @Option(help: "UCE erase scale (official: 1; too large damages unrelated prompts).") var uceEraseScale: Double?
     @Option(help: "UCE preserve scale for the --retain prompts (official: 1).") var ucePreserveScale: Double?
     @Option(help: "UCE guide concept for every erased concept (default: each concept's --anchor, \"\"; the official script uses \"art\" for styles).") var uceGuide: String?
 
-    var isSet: Bool { uceLambda != nil || uceEraseScale != nil || ucePreserveScale != nil || uceGuide != nil }
-
-    func resolve() throws -> UCEConfig {
-        var c = UCEConfig()
-        if let uceLambda { c.lambda = uceLambda }
-        if let uceEraseScale { c.eraseScale = uceEraseScale }
-        if let ucePreserveScale { c.preserveScale = ucePreserveScale }
-        c.guide = uceGuide
-        try c.validate()
-        return c
+    var overrides: [FlagOverride<Config>?] {
+        [field("--uce-lambda", uceLambda, \.lambda), field("--uce-erase-scale", uceEraseScale, \.eraseScale),
+         field("--uce-preserve-scale", ucePreserveScale, \.preserveScale), uceGuide.map { guide in FlagOverride(flag: "--uce-guide") { $0.guide = guide } }]
     }
 }
 
 /// ANT's hyper-parameters as flags (defaults: the official configs', see `ANTConfig`). ANT also
 /// reads the shared --seed and --checkpoint-every.
-struct ANTOptions: ParsableArguments {
+struct ANTOptions: ParsableArguments, MethodFlags {
+    typealias Config = ANTConfig
+
     @Option(help: "ANT iterations (official: 250).") var antIterations: Int?
     @Option(help: "ANT Adam learning rate (official: 5e-4).") var antLr: Float?
     @Option(help: "ANT guidance η of both targets ε₀(∅) ± η(ε₀(c) − ε₀(∅)) (official: 1).") var antEta: Float?
@@ -146,51 +190,40 @@ struct ANTOptions: ParsableArguments {
     @Option(help: "ANT saliency: iterations of gradients per map (official: 10).") var antSaliencyIterations: Int?
     @Option(help: "ANT saliency: target prompts used as variants (official nudity list: 4).") var antSaliencyVariants: Int?
 
-    var isSet: Bool {
-        antIterations != nil || antLr != nil || antEta != nil || antAlpha1 != nil || antAlpha2 != nil || antSamplingSteps != nil
-            || antSplitStep != nil || antSamplingGuidance != nil || antSaliency != nil || antSaliencyIterations != nil
-            || antSaliencyVariants != nil
-    }
-
-    func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> ANTConfig {
-        var c = ANTConfig()
-        func set<T>(_ value: T?, _ path: WritableKeyPath<ANTConfig, T>) { if let value { c[keyPath: path] = value } }
-        set(antIterations, \.iterations); set(antLr, \.learningRate); set(antEta, \.eta); set(antAlpha1, \.alpha1)
-        set(antAlpha2, \.alpha2); set(antSamplingSteps, \.samplingSteps); set(antSplitStep, \.splitStep)
-        set(antSamplingGuidance, \.samplingGuidance); set(antSaliency, \.saliencyRatio)
-        set(antSaliencyIterations, \.saliencyIterations); set(antSaliencyVariants, \.saliencyVariants)
-        set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
-        try c.validate()
-        return c
+    var overrides: [FlagOverride<Config>?] {
+        [field("--ant-iterations", antIterations, \.iterations), field("--ant-lr", antLr, \.learningRate),
+         field("--ant-eta", antEta, \.eta), field("--ant-alpha1", antAlpha1, \.alpha1), field("--ant-alpha2", antAlpha2, \.alpha2),
+         field("--ant-sampling-steps", antSamplingSteps, \.samplingSteps), field("--ant-split-step", antSplitStep, \.splitStep),
+         field("--ant-sampling-guidance", antSamplingGuidance, \.samplingGuidance),
+         field("--ant-saliency", antSaliency, \.saliencyRatio),
+         field("--ant-saliency-iterations", antSaliencyIterations, \.saliencyIterations),
+         field("--ant-saliency-variants", antSaliencyVariants, \.saliencyVariants)]
     }
 }
 
 /// RECE's hyper-parameters as flags (defaults: the official object script's, see `RECEConfig`);
 /// its first edit is UCE at UCE's defaults.
-struct RECEOptions: ParsableArguments {
+struct RECEOptions: ParsableArguments, MethodFlags {
+    typealias Config = RECEConfig
+
     @Option(help: "RECE rounds of adversarial embeddings after the UCE edit (official for objects: 1).") var receEpochs: Int?
     @Option(help: "RECE λ of each round's edit (official: 0.1).") var receLambda: Double?
     @Option(help: "RECE erase scale of the adversarial embeddings (official: 1).") var receEraseScale: Double?
     @Option(help: "RECE preserve scale of \"\" and the --retain prompts (official: 0.1).") var recePreserveScale: Double?
     @Option(help: "RECE regularisation of the adversarial embedding (official: 1e-3; 0.1 for objects UCE erases easily).") var receRegularScale: Double?
 
-    var isSet: Bool { receEpochs != nil || receLambda != nil || receEraseScale != nil || recePreserveScale != nil || receRegularScale != nil }
-
-    func resolve() throws -> RECEConfig {
-        var c = RECEConfig()
-        if let receEpochs { c.epochs = receEpochs }
-        if let receLambda { c.lambda = receLambda }
-        if let receEraseScale { c.eraseScale = receEraseScale }
-        if let recePreserveScale { c.preserveScale = recePreserveScale }
-        if let receRegularScale { c.regularScale = receRegularScale }
-        try c.validate()
-        return c
+    var overrides: [FlagOverride<Config>?] {
+        [field("--rece-epochs", receEpochs, \.epochs), field("--rece-lambda", receLambda, \.lambda),
+         field("--rece-erase-scale", receEraseScale, \.eraseScale), field("--rece-preserve-scale", recePreserveScale, \.preserveScale),
+         field("--rece-regular-scale", receRegularScale, \.regularScale)]
     }
 }
 
 /// MACE's hyper-parameters as flags (defaults: the official object configs', see `MACEConfig`);
 /// MACE also reads the shared --seed and --checkpoint-every.
-struct MACEOptions: ParsableArguments {
+struct MACEOptions: ParsableArguments, MethodFlags {
+    typealias Config = MACEConfig
+
     @Option(help: "MACE λ of the refinement and fusion closed forms (official objects: 10, 100 or 1000; default 100).") var maceLambda: Double?
     @Option(help: "MACE weight of the --retain prompts' tokens in the refinement (official objects: 0).") var maceTrainPreserveScale: Double?
     @Option(help: "MACE weight of the --retain prompts' tokens in the fusion (official objects: 0).") var maceFusePreserveScale: Double?
@@ -200,26 +233,21 @@ struct MACEOptions: ParsableArguments {
     @Option(help: "MACE training images per concept, drawn by the original model (official: 8).") var maceImages: Int?
     @Option(help: "MACE object mask: a pixel differing from the background by more than this ([−1, 1] units; default 0.1).") var maceMaskThreshold: Float?
 
-    var isSet: Bool {
-        maceLambda != nil || maceTrainPreserveScale != nil || maceFusePreserveScale != nil || maceIterations != nil || maceLr != nil
-            || maceRank != nil || maceImages != nil || maceMaskThreshold != nil
-    }
-
-    func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> MACEConfig {
-        var c = MACEConfig()
-        func set<T>(_ value: T?, _ path: WritableKeyPath<MACEConfig, T>) { if let value { c[keyPath: path] = value } }
-        set(maceLambda, \.lambda); set(maceTrainPreserveScale, \.trainPreserveScale); set(maceFusePreserveScale, \.fusePreserveScale)
-        set(maceIterations, \.iterations); set(maceLr, \.learningRate); set(maceRank, \.rank); set(maceImages, \.trainingImages)
-        set(maceMaskThreshold, \.maskThreshold); set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
-        try c.validate()
-        return c
+    var overrides: [FlagOverride<Config>?] {
+        [field("--mace-lambda", maceLambda, \.lambda), field("--mace-train-preserve-scale", maceTrainPreserveScale, \.trainPreserveScale),
+         field("--mace-fuse-preserve-scale", maceFusePreserveScale, \.fusePreserveScale),
+         field("--mace-iterations", maceIterations, \.iterations), field("--mace-lr", maceLr, \.learningRate),
+         field("--mace-rank", maceRank, \.rank), field("--mace-images", maceImages, \.trainingImages),
+         field("--mace-mask-threshold", maceMaskThreshold, \.maskThreshold)]
     }
 }
 
 /// AdvUnlearn's hyper-parameters as flags (defaults: the official script with its README
 /// command, see `AdvUnlearnConfig`); AdvUnlearn also reads the shared --seed and --checkpoint-every.
-struct AdvUnlearnOptions: ParsableArguments {
-    @Option(help: "AdvUnlearn module to train: text-encoder (official default) or cross-attention (the UNet's attn2).") var advunlearnModule: String?
+struct AdvUnlearnOptions: ParsableArguments, MethodFlags {
+    typealias Config = AdvUnlearnConfig
+
+    @Option(help: "AdvUnlearn module to train: text-encoder (official default) or cross-attention (the UNet's attn2).") var advunlearnModule: AdvUnlearnModule?
     @Option(help: "AdvUnlearn iterations (official: 1000).") var advunlearnIterations: Int?
     @Option(help: "AdvUnlearn Adam learning rate (official: 1e-5).") var advunlearnLr: Float?
     @Option(help: "AdvUnlearn iterations before the attacks start (official: 200).") var advunlearnWarmup: Int?
@@ -229,27 +257,14 @@ struct AdvUnlearnOptions: ParsableArguments {
     @Option(help: "AdvUnlearn retained prompts per iteration (official: 5).") var advunlearnRetainBatch: Int?
     @Option(help: "AdvUnlearn weight of the retain term (official README: 0.3).") var advunlearnRetainWeight: Float?
 
-    var isSet: Bool {
-        advunlearnModule != nil || advunlearnIterations != nil || advunlearnLr != nil || advunlearnWarmup != nil
-            || advunlearnAttackSteps != nil || advunlearnAttackLr != nil || advunlearnPrefixTokens != nil
-            || advunlearnRetainBatch != nil || advunlearnRetainWeight != nil
-    }
-
-    func resolve(seed: UInt64?, checkpointEvery: Int?) throws -> AdvUnlearnConfig {
-        var c = AdvUnlearnConfig()
-        if let advunlearnModule {
-            guard let module = AdvUnlearnModule(rawValue: advunlearnModule) else {
-                throw ValidationError("--advunlearn-module '\(advunlearnModule)': use \(AdvUnlearnModule.allCases.map(\.rawValue).joined(separator: " or "))")
-            }
-            c.module = module
-        }
-        func set<T>(_ value: T?, _ path: WritableKeyPath<AdvUnlearnConfig, T>) { if let value { c[keyPath: path] = value } }
-        set(advunlearnIterations, \.iterations); set(advunlearnLr, \.learningRate); set(advunlearnWarmup, \.warmupIterations)
-        set(advunlearnAttackSteps, \.attackSteps); set(advunlearnAttackLr, \.attackLearningRate)
-        set(advunlearnPrefixTokens, \.prefixTokens); set(advunlearnRetainBatch, \.retainBatch)
-        set(advunlearnRetainWeight, \.retainWeight); set(seed, \.seed); set(checkpointEvery, \.checkpointEvery)
-        try c.validate()
-        return c
+    var overrides: [FlagOverride<Config>?] {
+        [field("--advunlearn-module", advunlearnModule, \.module), field("--advunlearn-iterations", advunlearnIterations, \.iterations),
+         field("--advunlearn-lr", advunlearnLr, \.learningRate), field("--advunlearn-warmup", advunlearnWarmup, \.warmupIterations),
+         field("--advunlearn-attack-steps", advunlearnAttackSteps, \.attackSteps),
+         field("--advunlearn-attack-lr", advunlearnAttackLr, \.attackLearningRate),
+         field("--advunlearn-prefix-tokens", advunlearnPrefixTokens, \.prefixTokens),
+         field("--advunlearn-retain-batch", advunlearnRetainBatch, \.retainBatch),
+         field("--advunlearn-retain-weight", advunlearnRetainWeight, \.retainWeight)]
     }
 }
 
@@ -372,7 +387,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Images per retained class.") var retainImages = defaults.retainImagesPerClass
     @Option(help: "Random seed of the evaluation images.") var seed = defaults.seed
     @Flag(help: "Do not estimate the leakage when run.json has none.") var noLeakage = false
-    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var output: JSONOption
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var lora: LoRAOptions
     @OptionGroup var compute: ComputeOptions
@@ -395,9 +410,9 @@ struct Evaluate: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let log = consoleLog(quiet: json)
+        let log = output.log
         let result = try evaluation().run(assets: Assets(log: log), log: log)
-        if json { return try printJSON(result) }
+        if output.json { return try printJSON(result) }
         print(summary(result))
     }
 }
@@ -466,7 +481,7 @@ struct Benchmark: ParsableCommand {
     @Option(help: "Emoji tasks: the trained emoji mini-SD folder (`score train unet --testbed emoji` writes <out>/model).") var model: String?
     @Option(help: "Emoji tasks: the emoji dataset file (default: the one `score dataset emoji` builds).") var dataset: String?
     @Option(help: "Emoji tasks: folder with judge-style-cnn.safetensors and judge-identity-cnn.safetensors (default: the shipped emoji judges).") var judges: String?
-    @Flag(help: "Print the cells as JSON.") var json = false
+    @OptionGroup var output: JSONOption
     @Flag(help: "Measure nothing: write the table of the cells already finished in --out.") var finishedOnly = false
     @Option(help: "UnlearnDiffAtk's budget: official (40 steps at each of 50 timestep blocks, early stop) or fast.") var attackBudget = UnlearnDiffAtkBudget.official
     @Option(help: "Object task: attacks each cell runs (comma-separated: \(benchmarkAttacks.map(\.key).joined(separator: ", ")); all; none).") var attacks = "all"
@@ -502,7 +517,7 @@ struct Benchmark: ParsableCommand {
         compute.apply()
         let run = try benchmark()
         let (markdown, cells) = try run.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
-        if json {
+        if output.json {
             print(String(decoding: cells, as: UTF8.self))
         } else {
             print(markdown)
@@ -520,7 +535,7 @@ struct CheckLeakage: ParsableCommand {
     @Option(help: "A testbed model folder (default: the embedded mini-SD).") var model: String?
     @Option(help: "The prompt both classes are drawn from (default \"\", the anchor of the testbed's erasures).") var prompt = defaults.prompt
     @Option(help: "Independent estimates (seeds 7, 107, 207, …).") var repeats = defaults.repeats
-    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var output: JSONOption
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
 
@@ -538,9 +553,9 @@ struct CheckLeakage: ParsableCommand {
     func run() throws {
         compute.apply()
         // A long run: with --json the progress (each detector of each repeat) goes to stderr.
-        let log: (String) -> Void = json ? { FileHandle.standardError.write(Data(($0 + "\n").utf8)) } : { print($0) }
+        let log: (String) -> Void = output.json ? { FileHandle.standardError.write(Data(($0 + "\n").utf8)) } : { print($0) }
         let floor = try check().run(assets: Assets(log: log), log: log)
-        if json { return try printJSON(floor) }
+        if output.json { return try printJSON(floor) }
         for (r, report) in floor.repeats.enumerated() {
             print("repeat \(r): \(report.summary)")
         }

@@ -84,7 +84,7 @@ struct Bench: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "GEMM GFLOP/s, conv2d / attention / GroupNorm forward+backward times.")
 
-        @Flag(help: "Print one JSON object instead of a table.") var json = false
+        @OptionGroup var output: JSONOption
         @Option(help: "Timed runs per measurement (the median is reported).") var runs = EngineBenchmark.Settings().runs
         @OptionGroup var compute: ComputeOptions
 
@@ -98,8 +98,8 @@ struct Bench: ParsableCommand {
 
         func run() throws {
             compute.apply()
-            let result = try EngineBenchmark.run(settings, progress: Bench.progress(json: json))
-            if json { return try printJSON(result) }
+            let result = try EngineBenchmark.run(settings, progress: Bench.progress(json: output.json))
+            if output.json { return try printJSON(result) }
             print("""
             engine benchmark (\(result.threads) threads, \(result.isa) kernels, median of \(runs) runs)
               GEMM 1024³                 \(String(format: "%8.1f", result.gemm_1024_gflops)) GFLOP/s
@@ -125,7 +125,7 @@ struct Bench: ParsableCommand {
         @Option(help: "Timed runs per measurement (the median; one untimed warm-up when more than 1).") var runs = defaults.runs
         @Flag(help: "Time the forward pass only.") var forwardOnly = false
         @Flag(help: "Recompute each block's activations in the backward pass (diffusers' gradient_checkpointing).") var gradientCheckpointing = false
-        @Flag(help: "Print one JSON object instead of a table.") var json = false
+        @OptionGroup var output: JSONOption
         @OptionGroup var compute: ComputeOptions
 
         var settings: UNetBenchmark.Settings {
@@ -144,8 +144,8 @@ struct Bench: ParsableCommand {
 
         func run() throws {
             compute.apply()
-            let result = try UNetBenchmark.run(settings, progress: Bench.progress(json: json))
-            if json { return try printJSON(result) }
+            let result = try UNetBenchmark.run(settings, progress: Bench.progress(json: output.json))
+            if output.json { return try printJSON(result) }
             func mb(_ value: Double?) -> String { value.map { String(format: "%.0f MB", $0) } ?? "n/a" }
             print("""
             UNet benchmark: \(result.config), \(result.parameters) parameters, batch \(result.batch), \
@@ -166,7 +166,7 @@ struct Bench: ParsableCommand {
         @Option(help: "Samples per step (at least 2: half target, half anchor).") var batch = defaults.batch
         @Option(help: "Image side (the testbed's x̂₀ is 32×32×1).") var side = defaults.side
         @Option(help: "Timed steps (the median is reported).") var runs = defaults.runs
-        @Flag(help: "Print one JSON array instead of lines.") var json = false
+        @OptionGroup var output: JSONOption
         @OptionGroup var compute: ComputeOptions
 
         func settings() throws -> CriticBenchmark.Settings {
@@ -188,7 +188,7 @@ struct Bench: ParsableCommand {
         func run() throws {
             compute.apply()
             let results = try CriticBenchmark.run(try settings())
-            if json { return try printJSON(results) }
+            if output.json { return try printJSON(results) }
             for r in results {
                 print(String(format: "critic width %d, batch %d, %d×%d: %.1f ms per step (%d threads, %@)",
                              r.width, r.batch, r.image_side, r.image_side, r.step_s * 1000, r.threads, r.isa))

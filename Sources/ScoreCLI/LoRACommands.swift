@@ -52,7 +52,7 @@ struct ExportLoRA: ParsableCommand {
     @Option(help: "The largest rank per tensor.") var rank: Int?
     @Option(help: "Keep the smallest rank holding this fraction of each tensor's squared singular values, in (0, 1].") var energy: Double?
     @Option(help: "Stored dtype: f32, f16 or bf16.") var dtype = "f32"
-    @Flag(help: "Print one JSON object instead of a table.") var json = false
+    @OptionGroup var output: JSONOption
     @OptionGroup var compute: ComputeOptions
 
     func export() throws -> LoRAExportRun {
@@ -73,8 +73,8 @@ struct ExportLoRA: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let result = try export().run(assets: Assets(log: { if !json { print("… \($0)") } }), log: consoleLog(quiet: json))
-        if json { return try printJSON(result) }
+        let result = try export().run(assets: Assets(log: { if !output.json { print("… \($0)") } }), log: output.log)
+        if output.json { return try printJSON(result) }
         let report = result.report
         print("wrote \(result.file) (\(result.format), \(result.modules) modules, \(report.lora_parameters) LoRA entries for \(report.changed_parameters) changed)")
         for tensor in report.tensors {

@@ -71,9 +71,14 @@ func printJSON<T: Encodable>(_ value: T) throws {
     print(try JSONOutput.string(value))
 }
 
-/// A log that prints unless the command prints JSON.
-func consoleLog(quiet: Bool) -> (String) -> Void {
-    { message in if !quiet { print(message) } }
+/// `--json`, declared once for every command that can print its result as JSON.
+struct JSONOption: ParsableArguments {
+    @Flag(help: "Print the result as one JSON value (an object, or an array of cells or results) instead of text.") var json = false
+
+    /// A log that prints unless the command prints JSON.
+    var log: (String) -> Void {
+        { [json] message in if !json { print(message) } }
+    }
 }
 
 /// Options every compute-heavy command shares.

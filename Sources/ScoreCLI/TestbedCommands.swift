@@ -22,6 +22,49 @@ struct TestbedOptions: ParsableArguments {
     }
 }
 
+/// The options of a trainer that `score train` sets from the flags every trainer shares.
+protocol TrainerOptions {
+    var steps: Int { get set }
+    var batchSize: Int { get set }
+    var learningRate: Float { get set }
+    var seed: UInt64 { get set }
+    var checkpointEvery: Int { get set }
+    var resume: Bool { get set }
+    var command: String { get set }
+    /// The trainer's defaults, which its flags show.
+    static var defaults: Self { get }
+}
+
+extension MiniSDTrainingOptions: TrainerOptions {
+    static var defaults: Self { Self(output: URL(fileURLWithPath: ".")) }
+}
+extension MiniFluxTrainingOptions: TrainerOptions {
+    static var defaults: Self { Self(output: FluxTrainingRun.defaultOutput) }
+}
+extension JudgeTrainingOptions: TrainerOptions {
+    static var defaults: Self { Self(output: URL(fileURLWithPath: JudgeTrainingRun.defaultOutput)) }
+}
+
+/// The flags every `score train` command has, declared once; each command's defaults are its
+/// trainer's (`Options.defaults`).
+struct TrainingFlags<Options: TrainerOptions>: ParsableArguments {
+    @Option(help: "Optimizer steps.") var steps = Options.defaults.steps
+    @Option(help: "Images per step.") var batch = Options.defaults.batchSize
+    @Option(help: "Peak learning rate (cosine schedule; the UNet and FLUX warm up to it first).") var lr = Options.defaults.learningRate
+    @Option(help: "Random seed.") var seed = Options.defaults.seed
+    @Option(help: "Checkpoint every N steps.") var checkpointEvery = Options.defaults.checkpointEvery
+    @Flag(help: "Continue from the checkpoint in --out.") var resume = false
+
+    /// `options` with these flags and the command line that gave them.
+    func applied(to options: Options) -> Options {
+        var o = options
+        (o.steps, o.batchSize, o.learningRate, o.seed) = (steps, batch, lr, seed)
+        (o.checkpointEvery, o.resume) = (checkpointEvery, resume)
+        o.command = CommandLine.arguments.joined(separator: " ")
+        return o
+    }
+}
+
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the testbed's models on Fashion-MNIST.",
@@ -31,14 +74,9 @@ struct Train: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "unet", abstract: "Train the mini-SD UNet (pixel space, MiniLM conditioning, DDPM).")
 
-        private static let defaults = MiniSDTrainingOptions(output: URL(fileURLWithPath: "."))
-        @Option(help: "Optimizer steps.") var steps = defaults.steps
-        @Option(help: "Images per step.") var batch = defaults.batchSize
-        @Option(help: "Peak learning rate (warm-up, then cosine).") var lr = defaults.learningRate
-        @Option(help: "Random seed.") var seed = defaults.seed
-        @Option(help: "Checkpoint every N steps.") var checkpointEvery = defaults.checkpointEvery
+        private static let defaults = MiniSDTrainingOptions.defaults
+        @OptionGroup var trainingFlags: TrainingFlags<MiniSDTrainingOptions>
         @Option(help: "Output folder (a diffusers-layout model folder is written into it; default runs/mini-sd, runs/mini-sd-emoji).") var out: String?
-        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
         @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
         @Option(help: "Start from this model folder's UNet weights (a fine-tuning phase: fresh optimiser and schedule) instead of a random initialisation.") var initFrom: String?
         @Option(help: "Emoji: draw the tasks' characters and weapons this many times as often as other emoji.") var taskEmojiWeight = 1
@@ -50,18 +88,11 @@ struct Train: ParsableCommand {
 
         func training() throws -> UNetTrainingRun {
             let data = try testbed.data()
-            var options = MiniSDTrainingOptions(output: out.map { URL(fileURLWithPath: $0) } ?? UNetTrainingRun.defaultOutput(data))
-            options.steps = steps
-            options.batchSize = batch
-            options.learningRate = lr
-            options.seed = seed
-            options.checkpointEvery = checkpointEvery
-            options.resume = resume
+            var options = trainingFlags.applied(to: MiniSDTrainingOptions(output: out.map { URL(fileURLWithPath: $0) } ?? UNetTrainingRun.defaultOutput(data)))
             options.initialModel = initFrom.map { URL(fileURLWithPath: $0) }
             options.stopAfter = stopAfter
             options.offsetNoise = offsetNoise
             options.gradientCheckpointing = gradientCheckpointing
-            options.command = CommandLine.arguments.joined(separator: " ")
             var run = UNetTrainingRun(options: options, testbed: data)
             run.taskEmojiWeight = taskEmojiWeight
             return run
@@ -82,30 +113,17 @@ struct Train: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "flux", abstract: "Train the mini-FLUX transformer (pixel space, MiniLM states + pooled vector, rectified flow).")
 
-        private static let defaults = MiniFluxTrainingOptions(output: FluxTrainingRun.defaultOutput)
-        @Option(help: "Optimizer steps.") var steps = defaults.steps
-        @Option(help: "Images per step.") var batch = defaults.batchSize
-        @Option(help: "Peak learning rate (warm-up, then cosine).") var lr = defaults.learningRate
-        @Option(help: "σ sampling: logit-normal or uniform (recorded in the checkpoint; --resume must pass the same).") var timeSampling = defaults.timeSampling
-        @Option(help: "Random seed.") var seed = defaults.seed
-        @Option(help: "Checkpoint every N steps.") var checkpointEvery = defaults.checkpointEvery
+        @OptionGroup var trainingFlags: TrainingFlags<MiniFluxTrainingOptions>
+        @Option(help: "σ sampling: logit-normal or uniform (recorded in the checkpoint; --resume must pass the same).") var timeSampling = MiniFluxTrainingOptions.defaults.timeSampling
         @Option(help: "Output folder (a diffusers-layout model folder is written into it).") var out = FluxTrainingRun.defaultOutput.path
-        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
         @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
         @Option(help: "Stop after this step, writing a checkpoint that --resume continues from (the schedule still runs to --steps).") var stopAfter: Int?
         @OptionGroup var compute: ComputeOptions
 
         func training() -> FluxTrainingRun {
-            var options = MiniFluxTrainingOptions(output: URL(fileURLWithPath: out))
-            options.steps = steps
-            options.batchSize = batch
-            options.learningRate = lr
+            var options = trainingFlags.applied(to: MiniFluxTrainingOptions(output: URL(fileURLWithPath: out)))
             options.timeSampling = timeSampling
-            options.seed = seed
-            options.checkpointEvery = checkpointEvery
-            options.resume = resume
             options.stopAfter = stopAfter
-            options.command = CommandLine.arguments.joined(separator: " ")
             return FluxTrainingRun(options: options)
         }
 
@@ -124,15 +142,9 @@ struct Train: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "judge", abstract: "Train a concept classifier (judge) and report its test accuracy.")
 
-        private static let defaults = JudgeTrainingOptions(output: URL(fileURLWithPath: JudgeTrainingRun.defaultOutput))
-        @Option(help: "Architecture: resnet, cnn or mlp.") var arch = defaults.architecture
-        @Option(help: "Optimizer steps.") var steps = defaults.steps
-        @Option(help: "Images per step.") var batch = defaults.batchSize
-        @Option(help: "Peak learning rate (cosine schedule).") var lr = defaults.learningRate
-        @Option(help: "Random seed.") var seed = defaults.seed
-        @Option(help: "Checkpoint every N steps.") var checkpointEvery = defaults.checkpointEvery
+        @Option(help: "Architecture: resnet, cnn or mlp.") var arch = JudgeTrainingOptions.defaults.architecture
+        @OptionGroup var trainingFlags: TrainingFlags<JudgeTrainingOptions>
         @Option(help: "Output folder.") var out = JudgeTrainingRun.defaultOutput
-        @Flag(help: "Continue from the checkpoint in --out.") var resume = false
         @Flag(help: "Train on random flips and ±2-pixel shifts of the images (recorded in the checkpoint; --resume must pass it again).") var augment = false
         @Option(help: "Emoji judge: style (4 styles, held-out emoji) or identity (the tasks' emoji and \"other\", held-out copies).") var task: EmojiJudgeData.Task?
         @Option(help: "Emoji identity judge: hold out this whole style (noto, twemoji, openmoji, symbola) instead of the last copy; a measurement, not the judge check-model uses.") var heldOutStyle: String?
@@ -140,16 +152,9 @@ struct Train: ParsableCommand {
         @OptionGroup var compute: ComputeOptions
 
         func training() throws -> JudgeTrainingRun {
-            var options = JudgeTrainingOptions(output: URL(fileURLWithPath: out))
+            var options = trainingFlags.applied(to: JudgeTrainingOptions(output: URL(fileURLWithPath: out)))
             options.architecture = arch
-            options.steps = steps
-            options.batchSize = batch
-            options.learningRate = lr
-            options.seed = seed
-            options.checkpointEvery = checkpointEvery
-            options.resume = resume
             options.augment = augment
-            options.command = CommandLine.arguments.joined(separator: " ")
             var run = JudgeTrainingRun(options: options, testbed: try testbed.data())
             run.task = task
             run.heldOutStyle = heldOutStyle
@@ -187,7 +192,7 @@ struct CheckModel: ParsableCommand {
     @Option(help: "Sampling steps (default: \(ModelCheckRun.defaultSampling(family: "sd").steps) for sd, \(ModelCheckRun.defaultSampling(family: "flux").steps) for flux).") var steps: Int?
     @Option(help: "Classifier-free guidance scale (default: \(ModelCheckRun.defaultSampling(family: "sd").guidance) for sd, \(ModelCheckRun.defaultSampling(family: "flux").guidance) for flux).") var guidance: Float?
     @Option(help: "Random seed.") var seed = defaults.seed
-    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var output: JSONOption
     @OptionGroup var compute: ComputeOptions
 
     func check() throws -> ModelCheckRun {
@@ -217,23 +222,23 @@ struct CheckModel: ParsableCommand {
     func run() throws {
         compute.apply()
         let run = try check()
-        let log = consoleLog(quiet: json)
+        let log = output.log
         let assets = Assets(log: { log("… \($0)") })
         if run.testbed.isEmoji {
             let result = try run.runEmoji(assets: assets, log: log)
-            if json { return try printJSON(result) }
+            if output.json { return try printJSON(result) }
             print(String(format: "mean style accuracy %.1f%%, mean identity accuracy %.1f%%, KID %.4f (style judge features)",
                          result.mean_style_accuracy * 100, result.mean_identity_accuracy * 100, result.kid))
         } else if let prompt {
             let distribution = try run.runDistribution(prompt: prompt, assets: assets)
-            if json { return try printJSON(distribution) }
+            if output.json { return try printJSON(distribution) }
             print("\(imagesPerClass) images of \"\(prompt)\", judged by the \(judge) judge:")
             for c in try FashionPrompts.bundled().classes {
                 print(String(format: "%-12@ %5.1f%%", c.name as NSString, (distribution.class_fraction[c.name] ?? 0) * 100))
             }
         } else {
             let result = try run.runFashion(assets: assets, log: log)
-            if json { return try printJSON(result) }
+            if output.json { return try printJSON(result) }
             for c in try FashionPrompts.bundled().classes {
                 print(String(format: "%-12@ generated %5.1f%%, real test images %5.1f%%", c.name as NSString,
                              (result.per_class_accuracy[c.name] ?? 0) * 100, (result.judge_test_per_class_accuracy?[c.name] ?? 0) * 100))

@@ -104,7 +104,7 @@ final class ArgumentTests: XCTestCase {
         let values: [String: String] = ["--optimizer": "sgd", "--trainable": "full", "--adversarial": "confusion",
                                         "--saliency": "0.5", "--lr": "0.1", "--critic-lr": "0.1", "--pool-guidance": "2",
                                         "--eta": "1", "--max-grad-norm": "1", "--lambda-adv": "1", "--lambda-erase": "1", "--lambda-traj": "1"]
-        let all = try SCOREOptions.parse([]).overrides.map { $0.flag }
+        let all = try SCOREOptions.parse([]).overrides.compactMap { $0?.flag }
         XCTAssertTrue(all.isEmpty)
         var flags = ["--steps", "--batch", "--early-batch", "--retain-batch", "--lr", "--optimizer", "--max-grad-norm", "--trainable",
                      "--lambda-adv", "--lambda-erase", "--lambda-traj", "--eta", "--split-timestep", "--adversarial", "--critic-width",
@@ -114,7 +114,36 @@ final class ArgumentTests: XCTestCase {
         arguments.append("--saliency-intersect")
         flags.insert("--saliency-intersect", at: flags.firstIndex(of: "--pool-trajectories")!)
         let options = try SCOREOptions.parse(arguments)
-        XCTAssertEqual(options.overrides.map { $0.flag }, flags)
+        XCTAssertEqual(options.overrides.compactMap { $0?.flag }, flags)
+    }
+
+    /// Every method's override table names its flags as ArgumentParser spells them, and a
+    /// method's flags count as given only when one is.
+    func testEveryMethodFlagParsesUnderItsOwnName() throws {
+        func check<Options: ParsableArguments & MethodFlags>(_ type: Options.Type, _ values: [String: String]) throws {
+            let flags = values.keys.sorted()
+            let parsed = try Options.parse(flags.flatMap { [$0, values[$0]!] })
+            XCTAssertEqual(parsed.overrides.compactMap { $0?.flag }.sorted(), flags, "\(Options.self)")
+            XCTAssertTrue(parsed.isSet)
+            XCTAssertFalse(try Options.parse([]).isSet, "\(Options.self)")
+        }
+        try check(ESDOptions.self, ["--esd-train-method": "esd-u", "--esd-iterations": "3", "--esd-lr": "0.1", "--esd-eta": "1", "--esd-batch": "2",
+                                    "--esd-sampling-steps": "5", "--esd-sampling-guidance": "2", "--esd-sample-from": "trained"])
+        try check(UCEOptions.self, ["--uce-lambda": "1", "--uce-erase-scale": "1", "--uce-preserve-scale": "1", "--uce-guide": "art"])
+        try check(ANTOptions.self, ["--ant-iterations": "3", "--ant-lr": "0.1", "--ant-eta": "1", "--ant-alpha1": "1", "--ant-alpha2": "1",
+                                    "--ant-sampling-steps": "9", "--ant-split-step": "3", "--ant-sampling-guidance": "2", "--ant-saliency": "0.5",
+                                    "--ant-saliency-iterations": "2", "--ant-saliency-variants": "2"])
+        try check(RECEOptions.self, ["--rece-epochs": "1", "--rece-lambda": "1", "--rece-erase-scale": "1", "--rece-preserve-scale": "1",
+                                     "--rece-regular-scale": "1"])
+        try check(MACEOptions.self, ["--mace-lambda": "10", "--mace-train-preserve-scale": "0", "--mace-fuse-preserve-scale": "0",
+                                     "--mace-iterations": "3", "--mace-lr": "0.1", "--mace-rank": "1", "--mace-images": "2",
+                                     "--mace-mask-threshold": "0.1"])
+        try check(AdvUnlearnOptions.self, ["--advunlearn-module": "cross-attention", "--advunlearn-iterations": "3", "--advunlearn-lr": "0.1",
+                                           "--advunlearn-warmup": "1", "--advunlearn-attack-steps": "2", "--advunlearn-attack-lr": "0.1",
+                                           "--advunlearn-prefix-tokens": "1", "--advunlearn-retain-batch": "2", "--advunlearn-retain-weight": "0.3"])
+        XCTAssertEqual(try ESDOptions.parse(["--esd-iterations", "3"]).resolve(seed: 4, checkpointEvery: 2).iterations, 3)
+        XCTAssertEqual(try UCEOptions.parse(["--uce-guide", "art"]).resolve().guide, "art")
+        XCTAssertNil(try UCEOptions.parse([]).resolve().guide)
     }
 
     // MARK: evaluate
@@ -181,6 +210,33 @@ final class ArgumentTests: XCTestCase {
         XCTAssertEqual(try judge.training().options.architecture, "mlp")
         let unet = try XCTUnwrap(try parse(["train", "unet", "--testbed", "emoji"]) as? Train.UNetCommand)
         XCTAssertEqual(try unet.training().options.output.lastPathComponent, "mini-sd-emoji")
+    }
+
+    func testTrainingFlagsReachEveryTrainerOverItsOwnDefaults() throws {
+        let unet = try XCTUnwrap(try parse(["train", "unet", "--steps", "7", "--lr", "0.01", "--seed", "5", "--resume", "--out", out])
+            as? Train.UNetCommand)
+        let sd = try unet.training().options
+        XCTAssertEqual([sd.steps, sd.batchSize, sd.checkpointEvery], [7, MiniSDTrainingOptions(output: folder).batchSize, MiniSDTrainingOptions(output: folder).checkpointEvery])
+        XCTAssertEqual(sd.learningRate, 0.01)
+        XCTAssertEqual(sd.seed, 5)
+        XCTAssertTrue(sd.resume)
+        XCTAssertFalse(sd.command.isEmpty)
+        let flux = try XCTUnwrap(try parse(["train", "flux", "--batch", "3", "--checkpoint-every", "9", "--out", out]) as? Train.FluxCommand)
+        let f = flux.training().options, fluxDefaults = MiniFluxTrainingOptions(output: folder)
+        XCTAssertEqual([f.steps, f.batchSize, f.checkpointEvery], [fluxDefaults.steps, 3, 9])
+        XCTAssertEqual(f.learningRate, fluxDefaults.learningRate)
+        XCTAssertFalse(f.resume)
+        let judge = try XCTUnwrap(try parse(["train", "judge", "--out", out]) as? Train.JudgeCommand)
+        let j = try judge.training().options, judgeDefaults = JudgeTrainingOptions(output: folder)
+        XCTAssertEqual([j.steps, j.batchSize, j.checkpointEvery], [judgeDefaults.steps, judgeDefaults.batchSize, judgeDefaults.checkpointEvery])
+        XCTAssertEqual(j.learningRate, judgeDefaults.learningRate)
+    }
+
+    func testJSONFlagIsSharedAndSilencesTheLog() throws {
+        let attack = try XCTUnwrap(try parse(["attack", "--concept", "sneaker", "--attack", "paraphrase", "--json"]) as? Attack)
+        XCTAssertTrue(attack.output.json)
+        let check = try XCTUnwrap(try parse(["check-leakage"]) as? CheckLeakage)
+        XCTAssertFalse(check.output.json)
     }
 
     // MARK: generate and bench
