@@ -509,12 +509,12 @@ public struct LowRankFactorization: Sendable {
     }
 }
 
-/// SplitMix64 (Steele, Lea & Flood 2014): the random test matrices of the range finder, fixed by
-/// a seed.
-struct SplitMix64 {
+/// SplitMix64 (Steele, Lea & Flood 2014): the random test matrices of the range finder and the
+/// benchmark's resampled intervals, fixed by a seed.
+public struct SplitMix64: Sendable {
     var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -522,7 +522,7 @@ struct SplitMix64 {
         return z ^ (z >> 31)
     }
     /// Uniform in [0, 1).
-    mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+    public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
 }
 
 extension Matrix64 {
