@@ -217,17 +217,21 @@ extension EraseAnything {
         return (logits.narrowed(axis: 1, start: 0, length: 1) - logSumExp).mean()
     }
 
-    /// The concept's phrase in each of its target prompts: its name where the prompt holds it;
-    /// otherwise the prompt's words that no prompt holding the name uses (the synonym in a shared
+    /// The concept's phrase in each of its target prompts: its name where the prompt holds its
+    /// words; otherwise the prompt's words that no prompt holding the name uses (the synonym in a shared
     /// template), articles aside; the whole prompt when nothing is left.
     static func phrases(of concept: Concept) -> [(prompt: String, phrase: String)] {
         func words(_ text: String) -> [String] {
             text.lowercased().split(whereSeparator: { !$0.isLetter && !$0.isNumber && $0 != "'" && $0 != "-" }).map(String.init)
         }
-        let name = concept.name.lowercased()
-        let template = Set(concept.targetPrompts.filter { $0.lowercased().contains(name) }.flatMap(words))
+        let name = words(concept.name)
+        func named(_ prompt: String) -> Bool {
+            let w = words(prompt)
+            return !name.isEmpty && w.count >= name.count && (0...(w.count - name.count)).contains { Array(w[$0..<($0 + name.count)]) == name }
+        }
+        let template = Set(concept.targetPrompts.filter(named).flatMap(words))
         return concept.targetPrompts.map { prompt in
-            if prompt.lowercased().contains(name) { return (prompt, concept.name) }
+            if named(prompt) { return (prompt, concept.name) }
             let rest = words(prompt).filter { !template.contains($0) && !["a", "an", "the"].contains($0) }
             return (prompt, rest.isEmpty ? prompt : rest.joined(separator: " "))
         }
