@@ -1,5 +1,6 @@
 import Diffusion
 @testable import Erasure
+import Evaluation
 import Foundation
 import NN
 import Tensor
@@ -205,6 +206,23 @@ final class EraseAnythingTests: XCTestCase {
         let encoder = WordFluxEncoder()
         XCTAssertEqual(encoder.positions(of: "running shoe", in: "a photo of a running shoe"), [5])  // the 6th token is cut
         XCTAssertEqual(encoder.positions(of: "sneaker", in: "sneaker photo a"), [1])
+    }
+
+    /// The testbed's own requests under MiniLM's WordPiece (the mini-FLUX's encoder, 16 text
+    /// positions): every target prompt of every class holds its concept phrase's tokens.
+    func testEveryTestbedClassLocatesItsConceptInItsPromptsWithMiniLM() throws {
+        let encoder: PooledSentenceEncoder
+        do { encoder = try MiniFlux.textEncoder(assets: Assets()) } catch { throw XCTSkip("needs MiniLM (`score assets`): \(error)") }
+        let prompts = try FashionPrompts.bundled()
+        for c in prompts.classes {
+            let request = try Workflows.request(concepts: [c.noun], synonyms: [], anchors: [], retain: nil, prompts: prompts)
+            let phrases = EraseAnything.phrases(of: request.concepts[0])
+            XCTAssertGreaterThan(Set(phrases.map(\.phrase)).count, 1, "\(c.noun) has synonyms: \(phrases.map(\.phrase))")
+            for (prompt, phrase) in phrases {
+                XCTAssertFalse(encoder.positions(of: phrase, in: prompt).isEmpty, "\(c.noun): '\(phrase)' in '\(prompt)'")
+                XCTAssertFalse(phrase.contains("photo") || phrase.contains("picture") || phrase.contains("image"), "\(c.noun): '\(phrase)'")
+            }
+        }
     }
 
     // MARK: Steps on a tiny model
