@@ -225,6 +225,32 @@ final class EraseAnythingTests: XCTestCase {
         }
     }
 
+    /// One erasure and one preservation step at the official settings on the mini-FLUX's
+    /// architecture (random weights, MiniLM, 32 × 32): a smoke run at real shapes whose time the
+    /// log shows. Set SCORE_EA_SMOKE to run it.
+    func testAPairRunsAtTheMiniFluxShapes() throws {
+        guard ProcessInfo.processInfo.environment["SCORE_EA_SMOKE"] != nil else {
+            throw XCTSkip("set SCORE_EA_SMOKE to run a pair on the mini-FLUX architecture")
+        }
+        let encoder: PooledSentenceEncoder
+        do { encoder = try MiniFlux.textEncoder(assets: Assets()) } catch { throw XCTSkip("needs MiniLM (`score assets`): \(error)") }
+        var g = RandomGenerator(seed: 0)
+        let transformer = try FluxTransformer2DModel(config: MiniFlux.transformerConfig(), generator: &g)
+        let pipeline = try FluxPipeline(textEncoder: encoder, transformer: transformer, vae: nil,
+                                        scheduler: try FlowMatchEulerDiscreteScheduler(config: MiniFlux.schedulerConfig()))
+        pipeline.defaultSize = 32
+        let request = try Workflows.request(concepts: ["sneaker"], synonyms: [], anchors: [], retain: nil, prompts: try FashionPrompts.bundled())
+        var c = EraseAnythingConfig()
+        c.steps = 2
+        c.instanceImages = 1
+        let started = Date()
+        let outcome = try EraseAnything(config: c).erase(request, pipeline: pipeline, context: ErasureContext(output: nil, log: { print($0) }))
+        print(String(format: "EraseAnything: one pair on the mini-FLUX architecture in %.1f s (one instance image included); ", Date().timeIntervalSince(started))
+              + "\(outcome.losses.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" })")
+        XCTAssertEqual(outcome.losses.count, 4)
+        XCTAssertTrue(outcome.losses.values.allSatisfy { $0.allSatisfy(\.isFinite) })
+    }
+
     // MARK: Steps on a tiny model
 
     /// One erasure and one preservation step's terms, recomputed from the same draws by separate
