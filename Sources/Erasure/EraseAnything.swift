@@ -139,12 +139,24 @@ extension EraseAnythingConfig: TrainingConfig {
 ///   embedding (the mini-FLUX) gets true CFG at the start guidance in its sampling runs instead.
 /// - The code parses `max_grad_norm` but never clips; neither does this.
 /// Losses are recorded unweighted ("esd", "attention", "lora", "contrastive").
-public struct EraseAnything {
+public struct EraseAnything: ErasureMethod {
     public var config: EraseAnythingConfig
 
     public init(config: EraseAnythingConfig = EraseAnythingConfig()) { self.config = config }
 
     public var name: String { "eraseanything" }
+
+    /// The interface's entry point: FLUX pipelines only (the method is defined on MM-DiT blocks).
+    public func erase<Model: ErasableModel>(_ request: ErasureRequest, model: Model, context: ErasureContext) throws -> ErasureOutcome {
+        guard let pipeline = model as? FluxPipeline else {
+            throw ErasureError.invalidRequest("--method eraseanything runs on FLUX (flow) models only, not on \(Model.family.rawValue) models: it trains LoRA on the double blocks' text-stream projections")
+        }
+        return try erase(request, pipeline: pipeline, context: context)
+    }
+
+    public func erase(_ request: ErasureRequest, pipeline: StableDiffusionPipeline, context: ErasureContext) throws -> ErasureOutcome {
+        try erase(request, model: pipeline, context: context)
+    }
 
     /// Trains the LoRA and leaves it merged into `pipeline.transformer`; with an output folder,
     /// also writes it there as `pytorch_lora_weights.safetensors` (after a complete run).

@@ -403,6 +403,15 @@ final class EraseAnythingTests: XCTestCase {
                                                                                   context: ErasureContext(output: nil))) {
             XCTAssertTrue("\($0)".contains("retain"), "\($0)")
         }
+        XCTAssertThrowsError(try EraseAnything(config: config(steps: 2)).erase(request, pipeline: Tiny.pipeline(),
+                                                                                  context: ErasureContext(output: nil))) {
+            XCTAssertTrue("\($0)".contains("FLUX"), "\($0)")
+        }
+        let method = try ErasureMethods.make("eraseanything")
+        XCTAssertEqual(method.name, "eraseanything")
+        // Through the family-generic entry point on a FLUX pipeline.
+        let outcome = try EraseAnything(config: config(steps: 2)).erase(request, model: TinyFlux.pipeline(), context: ErasureContext(output: nil))
+        XCTAssertEqual(outcome.steps, 2)
         var c = config(steps: 2)
         c.targetModules = ["to_qkv"]
         XCTAssertThrowsError(try c.validate()) { XCTAssertTrue("\($0)".contains("to_qkv"), "\($0)") }
