@@ -49,7 +49,7 @@ final class WordFluxEncoder: FluxTokenPositions {
     }
 }
 
-enum TinyFlux {
+enum TokenTinyFlux {
     static func config() -> FluxTransformer2DConfig {
         var c = FluxTransformer2DConfig()
         c.inChannels = 4
@@ -256,7 +256,7 @@ final class EraseAnythingTests: XCTestCase {
     /// One erasure and one preservation step's terms, recomputed from the same draws by separate
     /// (unbatched) model calls and the loss formulas written out.
     func testStepLossesMatchADirectComputation() throws {
-        let pipeline = try TinyFlux.pipeline()
+        let pipeline = try TokenTinyFlux.pipeline()
         let c = config(steps: 2)
         let run = try EraseAnythingRun(config: c, request: request, pipeline: pipeline)
         run.applyFactors()
@@ -313,7 +313,7 @@ final class EraseAnythingTests: XCTestCase {
     }
 
     func testOnlyTheLoRAChangesAndTheFileHoldsIt() throws {
-        let pipeline = try TinyFlux.pipeline()
+        let pipeline = try TokenTinyFlux.pipeline()
         let before = Dictionary(uniqueKeysWithValues: pipeline.transformer.namedParameters().map { ($0.name, $0.tensor.copy()) })
         let out = try temporaryFolder()
         let (outcome, lora) = try EraseAnything(config: config(steps: 4)).train(request, pipeline: pipeline,
@@ -339,7 +339,7 @@ final class EraseAnythingTests: XCTestCase {
         let file = out.appendingPathComponent(EraseAnything.loraFileName)
         let names = try TensorArchive(contentsOf: file).names
         XCTAssertTrue(names.contains("transformer.transformer_blocks.1.attn.add_k_proj.lora_B.weight"), "\(names.sorted().prefix(3))")
-        let fresh = try TinyFlux.pipeline()
+        let fresh = try TokenTinyFlux.pipeline()
         try fresh.merge([LoRAFile(path: file.path)])
         let merged = Dictionary(uniqueKeysWithValues: fresh.transformer.namedParameters().map { ($0.name, $0.tensor) })
         for (name, tensor) in pipeline.transformer.namedParameters() {
@@ -349,15 +349,15 @@ final class EraseAnythingTests: XCTestCase {
 
     func testAResumedRunEqualsAnUninterruptedOne() throws {
         let c = config(steps: 6)
-        let straight = try EraseAnything(config: c).train(request, pipeline: TinyFlux.pipeline(),
+        let straight = try EraseAnything(config: c).train(request, pipeline: TokenTinyFlux.pipeline(),
                                                           context: ErasureContext(output: try temporaryFolder()))
         let out = try temporaryFolder()
         // Stopped after step 3 (an erasure step's pair still open), then resumed.
-        let first = try EraseAnything(config: c).train(request, pipeline: TinyFlux.pipeline(),
+        let first = try EraseAnything(config: c).train(request, pipeline: TokenTinyFlux.pipeline(),
                                                        context: ErasureContext(output: out, stopAfter: 3))
         XCTAssertTrue(first.outcome.stoppedEarly)
         XCTAssertFalse(FileManager.default.fileExists(atPath: out.appendingPathComponent(EraseAnything.loraFileName).path))
-        let resumed = try EraseAnything(config: c).train(request, pipeline: TinyFlux.pipeline(),
+        let resumed = try EraseAnything(config: c).train(request, pipeline: TokenTinyFlux.pipeline(),
                                                          context: ErasureContext(output: out, resume: true))
         XCTAssertEqual(resumed.outcome.losses, straight.outcome.losses)
         for (path, factors) in straight.lora.modules[.transformer]! {
@@ -372,7 +372,7 @@ final class EraseAnythingTests: XCTestCase {
     /// (λ₃ = λ₄ = 0, the official loop's all-upper case): on a random model the flow-matching
     /// term's pull toward the instance images is far larger than the small text-dependent gap.
     func testTheTargetsVelocityMovesTowardTheAnchors() throws {
-        let pipeline = try TinyFlux.pipeline(seed: 1)
+        let pipeline = try TokenTinyFlux.pipeline(seed: 1)
         let request = ErasureRequest(
             concepts: [Concept(name: "sneaker", targetPrompts: ["a photo of a sneaker"], anchor: "a photo of a bag")],
             retainPrompts: ["a photo of a shirt", "a photo of a coat", "a photo of a dress"])
@@ -399,7 +399,7 @@ final class EraseAnythingTests: XCTestCase {
 
     func testRequestsItCannotServeAreRefusedWithTheReason() throws {
         let noRetain = ErasureRequest(concepts: request.concepts, retainPrompts: [])
-        XCTAssertThrowsError(try EraseAnything(config: config(steps: 2)).erase(noRetain, pipeline: TinyFlux.pipeline(),
+        XCTAssertThrowsError(try EraseAnything(config: config(steps: 2)).erase(noRetain, pipeline: TokenTinyFlux.pipeline(),
                                                                                   context: ErasureContext(output: nil))) {
             XCTAssertTrue("\($0)".contains("retain"), "\($0)")
         }
@@ -410,7 +410,7 @@ final class EraseAnythingTests: XCTestCase {
         let method = try ErasureMethods.make("eraseanything")
         XCTAssertEqual(method.name, "eraseanything")
         // Through the family-generic entry point on a FLUX pipeline.
-        let outcome = try EraseAnything(config: config(steps: 2)).erase(request, model: TinyFlux.pipeline(), context: ErasureContext(output: nil))
+        let outcome = try EraseAnything(config: config(steps: 2)).erase(request, model: TokenTinyFlux.pipeline(), context: ErasureContext(output: nil))
         XCTAssertEqual(outcome.steps, 2)
         var c = config(steps: 2)
         c.targetModules = ["to_qkv"]
