@@ -219,13 +219,14 @@ extension ErasureError: LocalizedError {
 
 /// The methods `--method` can name.
 public enum ErasureMethods {
-    public static let names = ["score", "esd", "uce", "ant", "rece", "mace", "advunlearn"]
+    public static let names = ["score", "esd", "uce", "ant", "rece", "mace", "advunlearn", "eraseanything"]
 
     /// The method called `name` with its hyper-parameters; each method reads only its own config.
     public static func make(_ name: String, score: SCOREConfig = SCOREConfig(), esd: ESDConfig = ESDConfig(),
                             uce: UCEConfig = UCEConfig(), ant: ANTConfig = ANTConfig(),
                             rece: RECEConfig = RECEConfig(), mace: MACEConfig = MACEConfig(),
-                            advUnlearn: AdvUnlearnConfig = AdvUnlearnConfig()) throws -> any ErasureMethod {
+                            advUnlearn: AdvUnlearnConfig = AdvUnlearnConfig(),
+                            eraseAnything: EraseAnythingConfig = EraseAnythingConfig()) throws -> any ErasureMethod {
         switch name {
         case "score": return SCORE(config: score)
         case "esd": return ESD(config: esd)
@@ -234,6 +235,7 @@ public enum ErasureMethods {
         case "rece": return RECE(config: rece)
         case "mace": return MACE(config: mace)
         case "advunlearn": return AdvUnlearn(config: advUnlearn)
+        case "eraseanything": return EraseAnything(config: eraseAnything)
         default: throw ErasureError.invalidRequest("unknown --method '\(name)'; available: \(names.joined(separator: ", "))")
         }
     }

@@ -109,10 +109,11 @@ public struct GenerationRun: Sendable {
         let images: Tensor, height: Int, width: Int, guidance: Float, schedulerName: String
         if let model, FluxPipeline.isFluxFolder(URL(fileURLWithPath: model)) {
             // The flow family: its own pipeline, the same denoising loop.
-            guard loras.isEmpty, scheduler == nil else {
-                throw EvaluationError.invalidSetting("--lora and --scheduler are for UNet models; \(model) is a FLUX folder (flow-matching Euler)")
+            guard scheduler == nil else {
+                throw EvaluationError.invalidSetting("--scheduler is for UNet models; \(model) is a FLUX folder (flow-matching Euler)")
             }
             let pipeline = try ModelLoader.loadFlux(model, variant: variant, assets: assets)
+            try pipeline.merge(loras)
             (height, width) = (self.height ?? pipeline.defaultSize, self.width ?? pipeline.defaultSize)
             guidance = self.guidance ?? MiniFlux.guidance
             try checkMemory(Self.estimatedBytes(pipeline: pipeline, images: prompts.count, height: height, width: width, guidance: guidance),

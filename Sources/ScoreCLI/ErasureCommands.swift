@@ -301,7 +301,7 @@ struct Erase: ParsableCommand {
     @Option(help: "What target prompts should draw instead (repeat for an anchor set; default \"\", the unconditional model).") var anchor: [String] = []
     @Option(help: "A concept and its own guide, \"sneaker=shoe\" (repeat: --edit \"sneaker=shoe\" --edit \"bag=box\"; UCE's per-concept guide, every method's anchor for that concept).") var edit: [String] = []
     @Option(help: "Prompts to keep (a comma-separated list or a file). Default on the testbed: the other classes' canonical prompts.") var retain: String?
-    @Option(help: "A diffusers pipeline folder (Stable Diffusion, or a mini-FLUX folder of `score train flux`: esd, uce and score run on it) or an SD 1.x/2.x single-file .safetensors (default: the embedded mini-SD).") var model: String?
+    @Option(help: "A diffusers pipeline folder (Stable Diffusion, or a mini-FLUX folder of `score train flux`: esd, uce, score and eraseanything run on it) or an SD 1.x/2.x single-file .safetensors (default: the embedded mini-SD).") var model: String?
     @Option(help: variantHelp) var variant: String?
     @Option(help: "Output folder.") var out: String
     @Flag(help: "Write every UNet tensor and the base's other components, not just the changed tensors.") var full = false

@@ -86,11 +86,21 @@ public enum LoRAComponent: String, Sendable, CaseIterable {
     /// CLIP: module paths as this package names them (`encoder.layers.0.self_attn.q_proj`); files
     /// spell them as transformers does, under `text_model.`.
     case textEncoder = "text_encoder"
+    /// A FLUX transformer (diffusers' `FluxPipeline.save_lora_weights`: `transformer.<module>…`).
+    case transformer
 
     /// What files put between the component and this package's module path.
     var modulePrefix: String { self == .textEncoder ? "text_model." : "" }
-    /// kohya's key prefix (SD 1.x/2.x, one text encoder).
-    var kohyaPrefix: String { self == .unet ? "lora_unet_" : "lora_te_" }
+    /// kohya's key prefix (SD 1.x/2.x, one text encoder). kohya names FLUX modules after Black
+    /// Forest Labs' checkpoint (`lora_unet_double_blocks_0_img_attn_qkv`), not diffusers', so a
+    /// transformer is written and read in the peft layout only; its prefix here matches no file.
+    var kohyaPrefix: String {
+        switch self {
+        case .unet: return "lora_unet_"
+        case .textEncoder: return "lora_te_"
+        case .transformer: return "lora_transformer_"
+        }
+    }
 }
 
 /// The two key layouts LoRA files are written in.
@@ -126,6 +136,9 @@ public struct LoRA {
         var adapterMetadata: [String: Any] = [:]
         for component in LoRAComponent.allCases {
             guard let entries = modules[component], !entries.isEmpty else { continue }
+            if component == .transformer && layout == .kohya {
+                throw LoRAError.invalid("a FLUX transformer's LoRA is written in the peft layout (kohya names FLUX modules after Black Forest Labs' checkpoint)")
+            }
             for (path, factors) in entries.sorted(by: { $0.key < $1.key }) {
                 if let problem = factors.shapeProblem { throw LoRAError.invalid("\(path): \(problem)") }
                 let name = component.modulePrefix + path
@@ -354,12 +367,26 @@ extension StableDiffusionPipeline {
 
     /// Reads each file (either layout) and merges it into the weights, in order. A file is checked
     /// whole before any weight changes.
-    public func merge(_ files: [LoRAFile]) throws {
+    public func merge(_ files: [LoRAFile]) throws { try LoRA.merge(files, into: loraTargets) }
+}
+
+extension FluxPipeline {
+    /// The modules a LoRA file may address: the transformer (the text encoders are not FLUX.1's).
+    public var loraTargets: [LoRAComponent: Module] { [.transformer: transformer] }
+
+    /// Reads each file (peft layout, `transformer.` keys) and merges it into the transformer's
+    /// weights, in order. A file is checked whole before any weight changes.
+    public func merge(_ files: [LoRAFile]) throws { try LoRA.merge(files, into: loraTargets) }
+}
+
+extension LoRA {
+    /// Reads each file and merges it into `targets` at its scale, in order.
+    static func merge(_ files: [LoRAFile], into targets: [LoRAComponent: Module]) throws {
         for file in files {
             guard file.scale.isFinite else { throw LoRAError.invalid("--lora-scale of \(file.path) must be a number, not \(file.scale)") }
             let url = URL(fileURLWithPath: file.path)
             guard FileManager.default.fileExists(atPath: url.path) else { throw LoRAError.invalidFile(url, reason: "no such LoRA file") }
-            try LoRA.read(from: url, for: loraTargets).merge(into: loraTargets, scale: file.scale)
+            try LoRA.read(from: url, for: targets).merge(into: targets, scale: file.scale)
         }
     }
 }

@@ -185,6 +185,11 @@ public final class FluxAttention: Module {
     public let norm_added_q: RMSNorm?
     public let norm_added_k: RMSNorm?
     public let heads: Int
+    /// While set, called on every forward pass with the attention probabilities
+    /// softmax(q·kᵀ/√d) [B, heads, M + N, M + N] over [text; image], recorded for autodiff:
+    /// losses on attention maps (EraseAnything) need them, and the fused attention keeps its own
+    /// out of reach. Costs one extra score matrix.
+    public var probabilityObserver: ((Tensor) -> Void)?
 
     public init(dim: Int, heads: Int, headDim: Int, joint: Bool, preOnly: Bool, generator: inout RandomGenerator) {
         let inner = heads * headDim
@@ -234,6 +239,9 @@ public final class FluxAttention: Module {
             k = k.rotaryEmbedding(cos: rope.cos, sin: rope.sin)
         }
         let attended = scaledDotProductAttention(q, k, v)   // [B, H, M + N, D]
+        if let probabilityObserver {
+            probabilityObserver((matmul(q, k.transposed(2, 3)) * (1 / Float(q.shape[3]).squareRoot())).softmax(axis: -1))
+        }
         let (b, total) = (attended.shape[0], attended.shape[2])
         let tokens = attended.permuted([0, 2, 1, 3]).reshaped([b, total, -1])
         guard context != nil else { return (to_out?[0](tokens) ?? tokens, nil) }
