@@ -47,6 +47,20 @@ public final class Critic: Module {
     }
 }
 
+extension Critic {
+    /// The paired game's logit that `a`, not `b`, is the target prompt's, for pairs of clean
+    /// estimates [B, C, h, w] at one timestep each: f([a; b]) − f([b; a]) with f this network on
+    /// the channel-stacked pair (built with 2C input channels). It is antisymmetric, so swapping a
+    /// pair flips the call and an exchangeable pair law has the Bayes logit 0.
+    public func pairLogits(_ a: Tensor, _ b: Tensor, timesteps: [Int]) -> Tensor {
+        precondition(a.shape == b.shape, "Critic.pairLogits: pair members \(a.shape) and \(b.shape)")
+        let n = a.shape[0]
+        let both = self(Tensor.concat([Tensor.concat([a, b], axis: 1), Tensor.concat([b, a], axis: 1)], axis: 0),
+                        timesteps: timesteps + timesteps).split(sizes: [n, n], axis: 0)
+        return both[0] - both[1]
+    }
+}
+
 /// A critic with its optimiser: trained on detached samples (class 1 = target, 0 = anchor).
 public final class CriticTrainer {
     public let critic: Critic
@@ -76,6 +90,27 @@ public final class CriticTrainer {
 }
 
 extension CriticTrainer {
+    /// One step of the paired game on pairs (target, reference) that share their noise and
+    /// timestep: the loss −log σ(ℓ(target, reference)), which by antisymmetry is also the loss
+    /// of every swapped pair labelled 0, so each pair counts once in either order. Returns (loss,
+    /// accuracy: the fraction of pairs whose target member it picks).
+    @discardableResult
+    public func pairStep(target: Tensor, reference: Tensor, timesteps: [Int]) -> (loss: Float, accuracy: Float) {
+        critic.train()
+        critic.zeroGrad()
+        let logits = critic.pairLogits(target.detached(), reference.detached(), timesteps: timesteps)
+        let loss = binaryCrossEntropy(logits: logits, targets: Tensor.ones(logits.shape)).mean()
+        loss.backward()
+        optimizer.step()
+        critic.zeroGrad()
+        return (loss.item, Float(logits.scalars.filter { $0 > 0 }.count) / Float(logits.count))
+    }
+
+    /// The paired critic's logits for the model's adversarial term, frozen as `logitsForModel`.
+    public func pairLogitsForModel(_ target: Tensor, reference: Tensor, timesteps: [Int]) -> Tensor {
+        frozen { critic.pairLogits(target, reference.detached(), timesteps: timesteps) }
+    }
+
     /// The critic's logits for the model's adversarial term: evaluation mode (no power-iteration
     /// step) and weights frozen while the graph is recorded, so the model's loss does not train
     /// the critic. (`step` also zeroes any stale gradient first: a resumed run, whose checkpoint

@@ -31,6 +31,10 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     /// anchors ("" by default, what the leakage estimate compares with) or the retained prompts
     /// (a mixture without the concept).
     public var gameReference: GameReference = .anchors
+    /// What the independence game's critic sees: one x̂₀ at a time (`marginal`), or the model's
+    /// x̂₀ beside θ₀'s on the reference prompt from the same initial noise at the same step
+    /// (`shared-noise`: a trajectory that collapses onto one class is told apart pair by pair).
+    public var gamePairing: GamePairing = .marginal
     /// The guidance of the critic's x̂₀ under the independence objective: the user's.
     public var criticGuidance = StableDiffusionPipeline.defaultGuidance
     /// The independence objective plays (and erases) at gameMinTimestep ≤ t ≤ t′ only: below it
@@ -113,6 +117,18 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
         return c
     }
 
+    /// The paired game alone (docs/METHOD.md, SCORE §1): the independence objective's critic on
+    /// pairs that share their noise (`gamePairing = shared-noise`), the confusion loss (its
+    /// minimum is a critic that cannot order the pair) and no erase term (λ_er 0); every other
+    /// key as `independenceObjective`.
+    public var pairedGameObjective: SCOREConfig {
+        var c = independenceObjective
+        c.gamePairing = .sharedNoise
+        c.adversarialForm = .confusion
+        c.lambdaErase = 0
+        return c
+    }
+
     /// The first design (docs/METHOD.md, SCORE §1): the critic on the unguided x̂₀ at every
     /// t ≤ t′ against the anchors, the confusion loss at λ_adv 0.1, and
     /// the negative-guidance erase term at η 1 doing the erasing; every other key as `self`.
@@ -122,6 +138,7 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
         // What the independence keys read as for this game (they do not act under it), pinned so
         // that the preset is the same whatever their defaults.
         c.gameReference = .anchors
+        c.gamePairing = .marginal
         c.criticGuidance = 1
         c.gameMinTimestep = 0
         c.lambdaAdversarial = 0.1
@@ -160,6 +177,10 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
         try check(criticGuidance >= 1, "criticGuidance must be at least 1, not \(criticGuidance)")
         try check(objective == .negativeGuidance || (gameMinTimestep >= 0 && gameMinTimestep < splitTimestep),
                   "gameMinTimestep (\(gameMinTimestep)) must be in [0, splitTimestep (\(splitTimestep)))")
+        try check(gamePairing == .marginal || objective == .independence,
+                  "gamePairing shared-noise needs the independence objective, not \(objective.rawValue)")
+        try check(gamePairing == .marginal || lambdaFeatureMatching == 0,
+                  "feature matching (lambdaFeatureMatching > 0) reads a per-sample critic: use gamePairing marginal")
         try check(saliencySeeds >= 1, "saliencySeeds must be at least 1, not \(saliencySeeds) (saliencyRatio 1 turns the mask off)")
     }
 }
@@ -172,6 +193,20 @@ public enum SCOREObjective: String, Codable, Sendable, CaseIterable {
     /// The first design: the critic judges the unguided x̂₀ at any t ≤ t′ against θ₀'s x̂₀ on
     /// the anchors; erasure comes from the negative-guidance erase term.
     case negativeGuidance = "negative-guidance"
+}
+
+/// How the independence game's critic compares the model's x̂₀ with the reference's.
+public enum GamePairing: String, Codable, Sendable, CaseIterable {
+    /// One x̂₀ at a time: target x̂₀ (class 1) against reference x̂₀ (class 0) from separate
+    /// trajectories. Its optimum matches the two mixtures, which one mode of the reference can
+    /// fool sample by sample.
+    case marginal
+    /// Pairs (target x̂₀, reference x̂₀) from trajectories that start at the same noise and are
+    /// judged at the same step; the critic says which member is the target's
+    /// (`Critic.pairLogits`). It is at chance only when the pair's law is exchangeable, which
+    /// makes the two marginals equal, and a collapsed model is told apart on every pair whose
+    /// reference member left the collapsed mode.
+    case sharedNoise = "shared-noise"
 }
 
 /// The prompts whose θ₀ outputs the independence game's critic takes as class 0.
@@ -233,11 +268,13 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
     let anchorIndices: [[Int]]
     /// Per concept: the prompts of the critic's class 0 (the anchors, or the retained prompts).
     let referenceIndices: [[Int]]
-    /// θ₀'s trajectories on each concept's reference prompts.
-    let referencePools: [TrajectoryPool]
+    /// θ₀'s trajectories on each concept's reference prompts; under the paired game from the
+    /// target pool's noise streams (entry i pairs with the target pool's entry i), resampled with
+    /// it.
+    var referencePools: [TrajectoryPool]
     /// θ₀'s x̂₀ (guided at `criticGuidance` under the independence objective) for every game-window
-    /// entry of the reference pool (fixed: θ₀ is frozen): the critic's class 0.
-    let referenceEstimates: [(estimates: Tensor, timesteps: [Float])]
+    /// entry of the reference pool: the critic's class 0.
+    var referenceEstimates: [ReferenceEstimates]
     let retainPool: TrajectoryPool
     var targetPools: [TrajectoryPool]
     let critics: [CriticTrainer]
@@ -251,6 +288,8 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
     var model: Module { pipeline.denoiser }
 
     var independence: Bool { config.objective == .independence }
+    /// Whether the critic judges (target, reference) pairs that share their noise.
+    var paired: Bool { independence && config.gamePairing == .sharedNoise }
     /// Whether a critic is trained: some term reads it.
     var playsGame: Bool { config.lambdaAdversarial > 0 || config.lambdaFeatureMatching > 0 }
     /// Reference estimates drawn per late sample for the feature-matching term, at its timestep.
@@ -285,14 +324,15 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
         // pool holds every target prompt at least once (stratified: prompt k mod count).
         let n = config.poolTrajectories
         let started = Date()
+        let paired = config.objective == .independence && config.gamePairing == .sharedNoise
         var referencePools: [TrajectoryPool] = [], targetPools: [TrajectoryPool] = []
         for (c, concept) in request.concepts.enumerated() {
-            referencePools.append(try TrajectoryPool.sample(
-                pipeline: pipeline, table: table, promptIndices: stratified(referenceIndices[c], max(n, referenceIndices[c].count)),
-                unconditionalIndex: 0, steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 101 &+ UInt64(c)))
             targetPools.append(try TrajectoryPool.sample(
                 pipeline: pipeline, table: table, promptIndices: stratified(targetIndices[c], max(n, targetIndices[c].count)),
                 unconditionalIndex: 0, steps: config.poolSteps, guidance: config.poolGuidance, seed: config.seed &+ 201 &+ UInt64(c)))
+            referencePools.append(try Self.referencePool(
+                pipeline: pipeline, model: frozen, table: table, config: config, prompts: referenceIndices[c], concept: c,
+                pairedWith: paired ? (targetPools[c].trajectoryCount, 0) : nil))
             log("sampled trajectory pools for '\(concept.name)': \(referencePools[c].trajectoryCount) reference + \(targetPools[c].trajectoryCount) target trajectories (\(targetIndices[c].count) target prompts) × \(config.poolSteps) steps")
         }
         retainPool = try TrajectoryPool.sample(
@@ -305,14 +345,8 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
         guard !targetPools[0].indices(where: { window.contains($0) }).isEmpty else {
             throw ErasureError.invalidConfig("no step of the \(config.poolSteps)-step pools lies in the game window [\(window.lowerBound), \(window.upperBound)] (gameMinTimestep, splitTimestep)")
         }
-        let guidance = config.objective == .independence ? config.criticGuidance : 1
-        referenceEstimates = referencePools.map { pool in
-            let (z, t, p) = pool.batch(pool.indices { window.contains($0) })
-            let estimate = noGrad {
-                pipeline.imageLayout(guidedCleanEstimate(pipeline: pipeline, model: frozen, table: table, latents: z, timesteps: t,
-                                                         prompts: p, unconditional: 0, guidance: guidance))
-            }
-            return (estimate, t)
+        referenceEstimates = referencePools.map {
+            ReferenceEstimates(pool: $0, window: window, config: config, pipeline: pipeline, model: frozen, table: table)
         }
         log(Self.estimateShares(pool: referencePools[0], pipeline: pipeline, model: frozen, table: table))
 
@@ -320,7 +354,8 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
         generator = master.fork(1)
         var criticGenerator = master.fork(2)
         critics = request.concepts.map { _ in
-            CriticTrainer(channels: pipeline.imageChannels, width: config.criticWidth, learningRate: config.criticLearningRate,
+            // The paired critic reads the two members of a pair stacked on the channel axis.
+            CriticTrainer(channels: (paired ? 2 : 1) * pipeline.imageChannels, width: config.criticWidth, learningRate: config.criticLearningRate,
                           betas: (config.criticBeta1, config.criticBeta2), spectralNorm: config.criticSpectralNorm,
                           generator: &criticGenerator)
         }
@@ -359,6 +394,21 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
         return "x̂₀'s model share ‖x̂₀ − x̂₀(prediction 0)‖/‖x̂₀(prediction 0)‖ by t: " + parts.joined(separator: " ")
     }
 
+    /// θ₀'s trajectories on `prompts` (cycled). Marginal game: max(n, |prompts|) of them from
+    /// their own noise streams. Paired game (`pairedWith`: the target pool's trajectory count and
+    /// first stream): exactly the target pool's streams, so trajectory k here and there start
+    /// from the same noise (DDIM draws none after it) and entry i pairs with entry i.
+    static func referencePool(pipeline: Family, model: Family.Denoiser, table: ConditioningTable,
+                              config: SCOREConfig, prompts: [Int], concept c: Int,
+                              pairedWith: (trajectories: Int, first: Int)?) throws -> TrajectoryPool {
+        let count = pairedWith?.trajectories ?? max(config.poolTrajectories, prompts.count)
+        return try TrajectoryPool.sample(
+            pipeline: pipeline, table: table, promptIndices: stratified(prompts, count, offset: pairedWith?.first ?? 0),
+            unconditionalIndex: 0, steps: config.poolSteps, guidance: config.poolGuidance,
+            seed: config.seed &+ (pairedWith == nil ? 101 : 201) &+ UInt64(c), firstTrajectory: pairedWith?.first ?? 0,
+            model: model)
+    }
+
     // MARK: Loss terms
 
     /// One model step's batch: its inputs, θ₀'s references, and θ's prediction on
@@ -373,6 +423,8 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
         var frozenEarly: Tensor, frozenRetain: Tensor
         /// θ₀'s reference x̂₀ at the late entries' timesteps (the feature-matching term's).
         var reference: Tensor?, referenceTimesteps: [Float]
+        /// Under the paired game: θ₀'s x̂₀ paired with each late entry (same noise, same step).
+        var paired: Tensor?
     }
 
     /// θ₀'s references and θ's prediction for the entries of concept `c`'s pools; `prompts`
@@ -407,7 +459,8 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
                      eraseTarget: negativeGuidanceTarget(anchor: anchor, conditional: conditional, unconditional: unconditional, eta: config.eta),
                      unconditional: unconditional, frozenEarly: parts[parts.count - 2], frozenRetain: parts[parts.count - 1],
                      reference: picked.isEmpty ? nil : gather(referenceEstimates[c].estimates, picked),
-                     referenceTimesteps: picked.map { referenceEstimates[c].timesteps[$0] })
+                     referenceTimesteps: picked.map { referenceEstimates[c].timesteps[$0] },
+                     paired: paired ? referenceEstimates[c].paired(with: late) : nil)
     }
 
     /// The three terms on a prediction of `batch`'s layout (θ's, or a leaf standing for it).
@@ -424,8 +477,10 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
         if b.counts.early > 0 { trajectory = trajectory + mseLoss(predicted[1], b.frozenEarly) }
         var adversarial = Tensor(0), featureMatching = Tensor(0)
         if criticTerms.contains("adversarial"), config.lambdaAdversarial > 0 {
-            adversarial = adversarialLoss(logits: critics[c].logitsForModel(modelEstimate(b, late: predicted[0]), timesteps: criticTimesteps(b.tLate)),
-                                          form: config.adversarialForm)
+            let estimate = modelEstimate(b, late: predicted[0])
+            let logits = b.paired.map { critics[c].pairLogitsForModel(estimate, reference: $0, timesteps: criticTimesteps(b.tLate)) }
+                ?? critics[c].logitsForModel(estimate, timesteps: criticTimesteps(b.tLate))
+            adversarial = adversarialLoss(logits: logits, form: config.adversarialForm)
         }
         if criticTerms.contains("feature_matching"), config.lambdaFeatureMatching > 0, let reference = b.reference {
             let features = critics[c].featuresForModel(modelEstimate(b, late: predicted[0]), timesteps: criticTimesteps(b.tLate))
@@ -449,18 +504,23 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
     func criticTimesteps(_ timesteps: [Float]) -> [Int] { timesteps.map { Int($0.rounded()) } }
 
     /// One critic step for concept `c`: the current model's x̂₀ on target prompts vs θ₀'s on the
-    /// reference prompts, both in the game window.
+    /// reference prompts, both in the game window (under the paired game, each beside its pair:
+    /// half a batch of pairs, each seen in both orders).
     @discardableResult
     func criticStep(concept c: Int) -> (loss: Float, accuracy: Float) {
         let half = config.criticBatchSize / 2
         let window = gameWindow
         let late = targetPools[c].indices { window.contains($0) }
-        let (z, t, p) = targetPools[c].batch(draw(half, from: late, generator: &generator))
+        let entries = draw(half, from: late, generator: &generator)
+        let (z, t, p) = targetPools[c].batch(entries)
         let estimate = noGrad {
             pipeline.imageLayout(guidedCleanEstimate(pipeline: pipeline, model: nil, table: table, latents: z, timesteps: t, prompts: p,
                                                      unconditional: emptyIndex, guidance: independence ? config.criticGuidance : 1))
         }
         let reference = referenceEstimates[c]
+        if paired {
+            return critics[c].pairStep(target: estimate, reference: reference.paired(with: entries), timesteps: criticTimesteps(t))
+        }
         let picked = draw(half, from: Array(reference.timesteps.indices), generator: &generator)
         return critics[c].step(target: estimate, targetTimesteps: criticTimesteps(t), anchor: gather(reference.estimates, picked),
                                anchorTimesteps: criticTimesteps(picked.map { reference.timesteps[$0] }))
@@ -585,7 +645,21 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
         if config.poolRefreshEvery > 0, done % config.poolRefreshEvery == 0, done < config.steps {
             let c = (done - 1) % request.concepts.count
             targetPools[c] = try refreshedTargetPool(concept: c, done: done)
+            if paired { try resamplePairedReference(concept: c, done: done) }
         }
+    }
+
+    /// The paired game's reference pool and estimates for concept `c`'s current target pool:
+    /// θ₀ on the reference prompts from the noise streams of the target pool refreshed after
+    /// `done` steps.
+    func resamplePairedReference(concept c: Int, done: Int) throws {
+        let pool = targetPools[c]
+        let first = max(config.poolTrajectories, targetIndices[c].count) * done
+        referencePools[c] = try Self.referencePool(pipeline: pipeline, model: frozen, table: table, config: config,
+                                                   prompts: referenceIndices[c], concept: c,
+                                                   pairedWith: (pool.trajectoryCount, first))
+        referenceEstimates[c] = ReferenceEstimates(pool: referencePools[c], window: gameWindow, config: config,
+                                                   pipeline: pipeline, model: frozen, table: table)
     }
 
     func progress(_ losses: [String: [Float]]) -> [(String, Float)] {
@@ -603,6 +677,7 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
         let prompts = targetIndices[c]
         let first = max(n, prompts.count)
         let offset = first + n * (done / max(1, config.poolRefreshEvery) - 1)
+        // The paired game's reference pool (`resamplePairedReference`) starts at the same stream.
         return try TrajectoryPool.sample(pipeline: pipeline, table: table, promptIndices: stratified(prompts, n, offset: offset),
                                          unconditionalIndex: 0, steps: config.poolSteps, guidance: config.poolGuidance,
                                          seed: config.seed &+ 201 &+ UInt64(c), firstTrajectory: first * done)
@@ -617,6 +692,7 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
             for (name, p) in trainer.critic.namedParameters() { extra["critic\(c).\(name)"] = p }
             for (name, t) in trainer.optimizer.state() { extra["critic\(c).optimizer.\(name)"] = t }
             extra.merge(targetPools[c].archived(prefix: "pool\(c)")) { a, _ in a }
+            if paired { extra.merge(referencePools[c].archived(prefix: "reference\(c)")) { a, _ in a } }
         }
         return extra
     }
@@ -627,7 +703,42 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
             try trainer.critic.load(checkpoint.group(prefix).filter { !$0.key.hasPrefix("optimizer.") }, source: checkpoint.url.path)
             try trainer.optimizer.loadState(checkpoint.group(prefix + "optimizer."))
             targetPools[c] = try TrajectoryPool(archive: checkpoint.tensors, prefix: "pool\(c)")
+            if paired {
+                referencePools[c] = try TrajectoryPool(archive: checkpoint.tensors, prefix: "reference\(c)")
+                referenceEstimates[c] = ReferenceEstimates(pool: referencePools[c], window: gameWindow, config: config,
+                                                           pipeline: pipeline, model: frozen, table: table)
+            }
         }
+    }
+}
+
+/// θ₀'s x̂₀ (in the family's image layout) at every game-window entry of a reference pool (guided
+/// at `criticGuidance` under the independence objective), with each entry's row.
+struct ReferenceEstimates {
+    var estimates: Tensor
+    var timesteps: [Float]
+    /// The row of `estimates` holding each window entry of the pool.
+    var rows: [Int: Int]
+
+    init<Family: ErasableModel>(pool: TrajectoryPool, window: ClosedRange<Float>, config: SCOREConfig, pipeline: Family,
+                                model: Family.Denoiser, table: ConditioningTable) {
+        let entries = pool.indices { window.contains($0) }
+        let (z, t, p) = pool.batch(entries)
+        estimates = noGrad {
+            pipeline.imageLayout(guidedCleanEstimate(pipeline: pipeline, model: model, table: table, latents: z, timesteps: t, prompts: p,
+                                                     unconditional: 0, guidance: config.objective == .independence ? config.criticGuidance : 1))
+        }
+        timesteps = t
+        rows = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1, $0) })
+    }
+
+    /// The estimates paired with target-pool `entries` (the paired game's pools share their
+    /// layout, so target entry i pairs with reference entry i).
+    func paired(with entries: [Int]) -> Tensor {
+        gather(estimates, entries.map { entry in
+            guard let row = rows[entry] else { preconditionFailure("no paired reference estimate for target entry \(entry)") }
+            return row
+        })
     }
 }
 

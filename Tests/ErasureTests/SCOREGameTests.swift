@@ -203,6 +203,161 @@ final class SCOREGameTests: XCTestCase {
         }
     }
 
+    // MARK: The paired game
+
+    static func pairedConfig() -> SCOREConfig {
+        SCORETests.tinyConfig().pairedGameObjective
+    }
+
+    /// The pair logit is f([a; b]) − f([b; a]) of the network on the channel-stacked pair, so
+    /// swapping the pair negates it and a pair of equal members reads 0.
+    func testPairLogitsAreTheAntisymmetricDifferenceOfTheStackedPair() {
+        var g = RandomGenerator(seed: 5)
+        let critic = Critic(channels: 2, width: 4, spectralNorm: false, generator: &g)
+        let a = g.normal([3, 1, 8, 8]), b = g.normal([3, 1, 8, 8])
+        let t = [880, 600, 400]
+        let logits = critic.pairLogits(a, b, timesteps: t).scalars
+        let first = critic(Tensor.concat([a, b], axis: 1), timesteps: t).scalars
+        let swapped = critic(Tensor.concat([b, a], axis: 1), timesteps: t).scalars
+        for i in 0..<3 { XCTAssertEqual(logits[i], first[i] - swapped[i], accuracy: 1e-5) }
+        XCTAssertTrue(logits.contains { abs($0) > 1e-4 }, "a random critic orders some pair: \(logits)")
+        let flipped = critic.pairLogits(b, a, timesteps: t).scalars
+        for i in 0..<3 { XCTAssertEqual(flipped[i], -logits[i], accuracy: 1e-6) }
+        XCTAssertEqual(critic.pairLogits(a, a, timesteps: t).scalars, [0, 0, 0])
+    }
+
+    /// A pair step's loss is the mean of −log σ(ℓ(target, reference)) before its update, its
+    /// accuracy the share of ℓ > 0; repeated on pairs whose target member is shifted, the critic
+    /// learns to pick it.
+    func testPairStepIsTheLogLossOfTheTargetFirstOrderAndLearnsIt() {
+        var g = RandomGenerator(seed: 6)
+        let trainer = CriticTrainer(channels: 2, width: 4, learningRate: 3e-3, betas: (0.5, 0.999), spectralNorm: false, generator: &g)
+        let target = g.normal([4, 1, 8, 8]) + 1, reference = g.normal([4, 1, 8, 8])
+        let t = [800, 700, 500, 400]
+        let before = noGrad { trainer.critic.pairLogits(target, reference, timesteps: t) }.scalars
+        let expected = before.map { Double(log1p(exp(-$0))) }.reduce(0, +) / 4
+        let first = trainer.pairStep(target: target, reference: reference, timesteps: t)
+        XCTAssertEqual(Double(first.loss), expected, accuracy: 1e-5)
+        XCTAssertEqual(first.accuracy, Float(before.filter { $0 > 0 }.count) / 4)
+        var last = first
+        for _ in 0..<60 { last = trainer.pairStep(target: target, reference: reference, timesteps: t) }
+        XCTAssertEqual(last.accuracy, 1)
+        XCTAssertLessThan(last.loss, min(first.loss, 0.5))
+    }
+
+    /// The paired game's reference pool starts each trajectory from the target pool's noise
+    /// (entry i of one pairs with entry i of the other), draws it with θ₀ on the anchor, and is
+    /// resampled with every refresh of the target pool from the refreshed pool's noise.
+    func testPairedReferencePoolSharesTheTargetPoolsNoiseAndFollowsItsRefreshes() throws {
+        let config = Self.pairedConfig()
+        let run = try SCORERun(config: config, request: Self.request, pipeline: try Tiny.pipeline(), log: { _ in })
+        XCTAssertTrue(run.paired)
+        XCTAssertEqual(run.critics[0].critic.conv1.weight.shape[1], 2, "the pair stacked on the channel axis")
+        func checkPaired(_ target: TrajectoryPool, _ reference: TrajectoryPool, file: StaticString = #filePath, line: UInt = #line) {
+            XCTAssertEqual(reference.timesteps, target.timesteps, file: file, line: line)
+            XCTAssertEqual(reference.trajectories, target.trajectories, file: file, line: line)
+            XCTAssertEqual(Set(reference.prompts), [run.emptyIndex], file: file, line: line)
+            var laterDiffer = false
+            for k in 0..<target.trajectoryCount {
+                let entries = target.trajectories.indices.filter { target.trajectories[$0] == k }
+                XCTAssertEqual(target.batch([entries[0]]).latents.scalars, reference.batch([entries[0]]).latents.scalars,
+                               "trajectory \(k) starts from the same noise", file: file, line: line)
+                let last = entries[entries.count - 1]
+                laterDiffer = laterDiffer || target.batch([last]).latents.scalars != reference.batch([last]).latents.scalars
+            }
+            XCTAssertTrue(laterDiffer, "target prompts and \"\" part after the first step", file: file, line: line)
+        }
+        checkPaired(run.targetPools[0], run.referencePools[0])
+        let before = run.targetPools[0].latents.scalars
+        try run.afterUpdate(done: config.poolRefreshEvery)
+        XCTAssertNotEqual(run.targetPools[0].latents.scalars.prefix(64), before.prefix(64), "refreshed from new noise")
+        checkPaired(run.targetPools[0], run.referencePools[0])
+        XCTAssertEqual(run.referenceEstimates[0].rows.count, run.targetPools[0].indices {
+            (Float(config.gameMinTimestep)...Float(config.splitTimestep)).contains($0) }.count)
+    }
+
+    /// Under the paired game the adversarial term is the confusion loss BCE(ℓ, ½) of the pair
+    /// logit between the model's guided x̂₀ and θ₀'s x̂₀ of "" at the paired entry (built here by
+    /// hand from the reference pool); the step's gradient is still the weighted terms' gradient,
+    /// and the term's gradient in θ's prediction matches central differences.
+    func testPairedAdversarialTermAgainstADirectComputationAndDifferences() throws {
+        var config = Self.pairedConfig()
+        config.criticSteps = 0
+        config.lambdaErase = 0.5
+        let pipeline = try Tiny.pipeline()
+        let run = try SCORERun(config: config, request: Self.request, pipeline: pipeline, log: { _ in })
+        for _ in 0..<3 { run.criticStep(concept: 0) }
+        let (step, viaLeaves) = try Self.stepGradient(run)
+        let entries = run.drawEntries(concept: 0)
+        let b = run.batch(concept: 0, late: entries.late, early: entries.early, retain: entries.retain)
+        let terms = run.terms(b, prediction: b.prediction, concept: 0)
+        (terms.erase * config.lambdaErase + terms.trajectory * config.lambdaTrajectory + terms.adversarial * config.lambdaAdversarial).backward()
+        Self.assertGradients(of: run, equal: viaLeaves)
+        XCTAssertTrue((Dictionary(uniqueKeysWithValues: step.recorded)["grad_adversarial"] ?? 0) > 0)
+
+        // The pair's reference member: θ₀'s ε(∅) at the reference pool's entry, its x̂₀.
+        let alphas = pipeline.scheduler.alphasCumprod
+        let (zR, timesR, pR) = run.referencePools[0].batch(entries.late)
+        XCTAssertEqual(timesR, b.tLate)
+        let tR = timesR.map { Int($0) }, tLate = b.tLate.map { Int($0) }
+        let statesR = run.table.batch(pR)
+        let epsR = noGrad { pipeline.predictNoise(latents: zR, timesteps: tR, states: statesR.states, mask: statesR.mask, model: run.frozen) }
+        let xR = cleanEstimate(latents: zR, noise: epsR, timesteps: tR, alphasCumprod: alphas)
+        let paired = try XCTUnwrap(b.paired)
+        for i in 0..<xR.count { XCTAssertEqual(paired.scalars[i], xR.scalars[i], accuracy: 1e-4 * max(1, abs(xR.scalars[i]))) }
+        // The model's member: guided ε̂ with θ₀'s ε(∅), its x̂₀; then ℓ and BCE(ℓ, ½) = softplus(ℓ) − ℓ/2.
+        let late = b.prediction.narrowed(axis: 0, start: 0, length: entries.late.count).detached()
+        let eps = b.unconditional + (late - b.unconditional) * config.criticGuidance
+        let x0 = cleanEstimate(latents: b.zLate, noise: eps, timesteps: tLate, alphasCumprod: alphas)
+        let logits = run.critics[0].pairLogitsForModel(x0, reference: xR, timesteps: tLate).scalars
+        let expected = logits.map { Double(log1p(exp($0))) - Double($0) / 2 }.reduce(0, +) / Double(logits.count)
+        XCTAssertEqual(Double(terms.adversarial.item), expected, accuracy: 1e-5)
+        XCTAssertGreaterThan(terms.adversarial.item, Float(log(2.0)), "above its minimum ln 2 unless ℓ = 0")
+
+        let leaf = Tensor(storage: b.prediction.detached().storage, shape: b.prediction.shape, requiresGrad: true)
+        run.terms(b, prediction: leaf, concept: 0, criticTerms: ["adversarial"]).adversarial.backward()
+        let grad = try XCTUnwrap(leaf.grad)
+        let base = b.prediction.detached().scalars
+        for i in [3, 40, 64 + 9, 64 + 50] {
+            func value(_ delta: Float) -> Double {
+                var x = base
+                x[i] += delta
+                let probe = Tensor(shape: b.prediction.shape, scalars: x)
+                return Double(noGrad { run.terms(b, prediction: probe, concept: 0, criticTerms: ["adversarial"]).adversarial.item })
+            }
+            let h: Float = 2e-3
+            let numeric = (value(h) - value(-h)) / Double(2 * h)
+            XCTAssertEqual(Double(grad.scalars[i]), numeric, accuracy: 3e-2 * abs(numeric) + 1e-4, "entry \(i)")
+        }
+    }
+
+    /// A paired run killed after a refresh and resumed continues with the same bits (the
+    /// reference pool travels in the checkpoint); the pairing is refused where it cannot act.
+    func testPairedRunResumesWithTheSameBitsAndBadPairingsAreRefused() throws {
+        let config = Self.pairedConfig()
+        let straight = try Tiny.pipeline()
+        let whole = try SCORE(config: config).erase(Self.request, pipeline: straight, context: ErasureContext(output: nil))
+        let folder = Tiny.temporaryFolder("paired-resume")
+        let partial = try SCORE(config: config).erase(Self.request, pipeline: try Tiny.pipeline(),
+                                                      context: ErasureContext(output: folder, stopAfter: 4))
+        XCTAssertTrue(partial.stoppedEarly)
+        let resumed = try Tiny.pipeline()
+        let outcome = try SCORE(config: config).erase(Self.request, pipeline: resumed, context: ErasureContext(output: folder, resume: true))
+        XCTAssertEqual(outcome.losses["adversarial"], whole.losses["adversarial"])
+        XCTAssertEqual(outcome.losses["critic"], whole.losses["critic"])
+        let reference = straight.unet.stateDict()
+        XCTAssertEqual(resumed.unet.namedParameters().filter { $0.1.scalars != reference[$0.0]!.scalars }.map(\.0), [])
+
+        var bad = config
+        bad.objective = .negativeGuidance
+        XCTAssertThrowsError(try bad.validate()) { XCTAssertTrue("\($0)".contains("gamePairing"), "\($0)") }
+        bad = config
+        bad.lambdaFeatureMatching = 0.1
+        XCTAssertThrowsError(try bad.validate()) { XCTAssertTrue("\($0)".contains("lambdaFeatureMatching"), "\($0)") }
+        XCTAssertEqual(SCOREConfig().gamePairing, .marginal, "the marginal game stays the default")
+        XCTAssertEqual(SCOREConfig().pairedGameObjective.lambdaErase, 0)
+    }
+
     func testGradientNormsAreRecordedEveryStepAndZeroForAnOffTerm() throws {
         var config = Self.config()
         config.lambdaErase = 0
