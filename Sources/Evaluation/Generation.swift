@@ -6,8 +6,10 @@ import Testbed
 /// `score generate`: images of a prompt (or a class × seed grid of the testbed's canonical
 /// prompts) written as one PNG with the settings in its tEXt chunks.
 public struct GenerationRun: Sendable {
-    /// Any `--model` folder `ModelLoader` accepts (nil: the embedded mini-SD).
+    /// Any `--model` folder `ModelLoader` accepts, or a FLUX folder (nil: the family's embedded model).
     public var model: String?
+    /// "sd" or "flux": which embedded model draws when no `model` is given.
+    public var family = "sd"
     /// The prompt; nil with `grid`.
     public var prompt: String?
     /// One row per testbed class, `numImages` seeds per row.
@@ -44,6 +46,10 @@ public struct GenerationRun: Sendable {
         if let guidance { try check(guidance.isFinite, "--guidance must be a number, not \(guidance)") }
         if let height { try check(height >= 1, "--height must be at least 1, not \(height)") }
         if let width { try check(width >= 1, "--width must be at least 1, not \(width)") }
+        try check(["sd", "flux"].contains(family), "--family must be sd or flux, not '\(family)'")
+        if family == "flux", let model {
+            try check(FluxPipeline.isFluxFolder(URL(fileURLWithPath: model)), "--family flux: \(model) is not a FLUX folder (its model_index.json names no FluxPipeline)")
+        }
         try ModelLoader.checkVariant(variant, model: model)
         _ = try OutputPath.file(output, flag: "--out")
     }
@@ -107,7 +113,9 @@ public struct GenerationRun: Sendable {
             }
         }
         let images: Tensor, height: Int, width: Int, guidance: Float, schedulerName: String
-        if let model, FluxPipeline.isFluxFolder(URL(fileURLWithPath: model)) {
+        let fluxModel = try model.map { FluxPipeline.isFluxFolder(URL(fileURLWithPath: $0)) ? $0 : nil }
+            ?? (family == "flux" ? DefaultModel.fluxFolder().path : nil)
+        if let model = fluxModel {
             // The flow family: its own pipeline, the same denoising loop.
             guard scheduler == nil else {
                 throw EvaluationError.invalidSetting("--scheduler is for UNet models; \(model) is a FLUX folder (flow-matching Euler)")
@@ -150,7 +158,7 @@ public struct GenerationRun: Sendable {
         let text: [(key: String, value: String)] = [
             ("prompt", rowPrompts.joined(separator: " | ")), ("negative_prompt", negativePrompt), ("seed", "\(seed)"),
             ("steps", "\(steps)"), ("guidance", "\(guidance)"), ("scheduler", schedulerName),
-            ("size", "\(width)x\(height)"), ("images", "\(total)"), ("model", model ?? "embedded default"), ("Software", "score"),
+            ("size", "\(width)x\(height)"), ("images", "\(total)"), ("model", model ?? (family == "flux" ? "embedded mini-FLUX" : "embedded default")), ("Software", "score"),
         ]
         try PNG.write(PixelImage(tensor: picture), to: url, text: text)
         return GenerationResult(file: url, images: total, width: width, height: height, seconds: Date().timeIntervalSince(started))

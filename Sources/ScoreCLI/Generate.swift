@@ -21,6 +21,7 @@ struct Generate: ParsableCommand {
     private static let defaults = GenerationRun(output: "")
     @Option(help: "A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), a testbed folder or an erased model/ folder. Default: the embedded testbed model.")
     var model: String?
+    @Option(help: "Model family without --model: sd (the embedded mini-SD) or flux (the embedded mini-FLUX).") var family = defaults.family
     @Argument(help: "The prompt (not with --grid).") var prompt: String?
     @Flag(help: "Draw a class × seed grid of the testbed's canonical prompts (one row per class, --num-images seeds per row).") var grid = false
     @Option(name: .shortAndLong, help: "The PNG file to write.") var out: String
@@ -43,6 +44,7 @@ struct Generate: ParsableCommand {
         var run = GenerationRun(output: out)
         run.loras = lora.files
         run.model = model
+        run.family = family
         run.prompt = prompt
         run.grid = grid
         run.steps = steps

@@ -188,7 +188,7 @@ struct CheckModel: ParsableCommand {
     @Option(help: "Emoji: images per identity-task character (cycling over the styles).") var imagesPerIdentity = defaults.imagesPerIdentity
     @Option(help: "Emoji: how many emoji the style check samples.") var styleEmoji = defaults.styleEmoji
     @OptionGroup var testbed: TestbedOptions
-    @Option(help: "Model family: sd (the mini-SD, DDIM) or flux (a mini-FLUX folder from `score train flux`, flow-matching Euler).") var family = defaults.family
+    @Option(help: "Model family: sd (the mini-SD, DDIM) or flux (the mini-FLUX, flow-matching Euler); --model picks a folder of that family, else the embedded one.") var family = defaults.family
     @Option(help: "Sampling steps (default: \(ModelCheckRun.defaultSampling(family: "sd").steps) for sd, \(ModelCheckRun.defaultSampling(family: "flux").steps) for flux).") var steps: Int?
     @Option(help: "Classifier-free guidance scale (default: \(ModelCheckRun.defaultSampling(family: "sd").guidance) for sd, \(ModelCheckRun.defaultSampling(family: "flux").guidance) for flux).") var guidance: Float?
     @Option(help: "Random seed.") var seed = defaults.seed

@@ -22,6 +22,17 @@ public enum DefaultModel {
         return url
     }
 
+    /// The diffusers-layout folder of the embedded mini-FLUX (the flow family's default, sampled
+    /// at `MiniFlux.steps` and `MiniFlux.guidance`).
+    public static func fluxFolder() throws -> URL {
+        let remedy = "train one with `score train flux` and pass --model runs/mini-flux/model"
+        let url = try bundledResource("default/mini-flux", asset: "embedded mini-FLUX", remedy: remedy)
+        guard FileManager.default.fileExists(atPath: url.appendingPathComponent("model_index.json").path) else {
+            throw AssetError(asset: "embedded mini-FLUX", reason: "\(url.path) has no model_index.json", remedy: remedy)
+        }
+        return url
+    }
+
     /// A pipeline over a testbed model folder (default: the embedded one), with MiniLM from the
     /// asset cache and DDIM that recomputes ε from the clipped x̂₀ (docs/TESTBED.md says why).
     public static func pipeline(folder: URL? = nil, assets: Assets = Assets(), variant: String? = nil) throws -> StableDiffusionPipeline {

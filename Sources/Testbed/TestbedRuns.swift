@@ -239,7 +239,8 @@ public struct ModelCheckRun: Sendable {
     public var guidance = DefaultModel.guidance
     public var seed: UInt64 = 0
     public var testbed = TestbedData()
-    /// Which model family `model` is: "sd" (the mini-SD, a UNet) or "flux" (the mini-FLUX).
+    /// Which model family `model` is: "sd" (the mini-SD, a UNet) or "flux" (the mini-FLUX); with no
+    /// `model`, the family's embedded default.
     public var family = "sd"
 
     public init() {}
@@ -255,7 +256,6 @@ public struct ModelCheckRun: Sendable {
         try check(["resnet", "cnn", "mlp"].contains(judge), "--judge must be resnet, cnn or mlp, not '\(judge)'")
         try check(["sd", "flux"].contains(family), "--family must be sd or flux, not '\(family)'")
         try check(family == "sd" || !testbed.isEmoji, "--family flux is for the Fashion-MNIST testbed (no emoji mini-FLUX exists)")
-        try check(family == "sd" || model != nil, "--family flux needs --model: a folder written by `score train flux` (<out>/model)")
         try check(imagesPerClass >= 1, "--images-per-class must be at least 1, not \(imagesPerClass)")
         try check(imagesPerStyle >= 1, "--images-per-style must be at least 1, not \(imagesPerStyle)")
         try check(imagesPerIdentity >= 1, "--images-per-identity must be at least 1, not \(imagesPerIdentity)")
@@ -274,8 +274,8 @@ public struct ModelCheckRun: Sendable {
         let prompts = try FashionPrompts.bundled()
         let data = try FashionMNIST(assets: assets)
         var result: ModelCheck
-        if family == "flux", let model {
-            let pipeline = try MiniFlux.pipeline(folder: model, assets: assets)
+        if family == "flux" {
+            let pipeline = try MiniFlux.pipeline(folder: model ?? DefaultModel.fluxFolder(), assets: assets)
             let side = pipeline.defaultSize
             result = try checkModel(sampler: "flow-matching Euler, true CFG with the empty prompt, \(type(of: pipeline.scheduler))",
                                     judge: classifier, prompts: prompts, test: data.test, imagesPerClass: imagesPerClass,
