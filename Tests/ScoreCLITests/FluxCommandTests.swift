@@ -77,9 +77,9 @@ final class FluxCommandTests: XCTestCase {
         XCTAssertEqual(sd.family, "sd")
         XCTAssertEqual(sd.guidance, DefaultModel.guidance)
         XCTAssertEqual(try CheckModel.parse(["--family", "flux", "--model", "m", "--guidance", "2"]).check().guidance, 2)
-        XCTAssertThrowsError(try CheckModel.parse(["--family", "flux"])) { error in
-            XCTAssert(CheckModel.message(for: error).contains("--family flux needs --model"), CheckModel.message(for: error))
-        }
+        let embedded = try CheckModel.parse(["--family", "flux"]).check()
+        XCTAssertNil(embedded.model, "no --model: the embedded mini-FLUX")
+        XCTAssertEqual(embedded.steps, MiniFlux.steps)
         XCTAssertThrowsError(try CheckModel.parse(["--family", "dit", "--model", "m"])) { error in
             XCTAssert(CheckModel.message(for: error).contains("--family must be sd or flux"), CheckModel.message(for: error))
         }
