@@ -50,18 +50,8 @@ final class WordFluxEncoder: FluxTokenPositions {
 }
 
 enum TokenTinyFlux {
-    static func config() -> FluxTransformer2DConfig {
-        var c = FluxTransformer2DConfig()
-        c.inChannels = 4
-        c.numLayers = 2
-        c.numSingleLayers = 1
-        c.attentionHeadDim = 8
-        c.numAttentionHeads = 2
-        c.jointAttentionDim = 8
-        c.pooledProjectionDim = 8
-        c.axesDimsRope = [2, 2, 4]
-        return c
-    }
+    /// The flow-erasure tests' tiny FLUX with two double blocks (the attention map is read from the last).
+    static func config() -> FluxTransformer2DConfig { TinyFlux.config(doubleBlocks: 2) }
 
     /// A random tiny pixel-space FLUX pipeline (8 × 8 one-channel images), the same for a seed.
     static func pipeline(seed: UInt64 = 0) throws -> FluxPipeline {

@@ -23,12 +23,12 @@ final class WordHashFluxEncoder: FluxTextEncoder, FluxTokenMasking {
 }
 
 enum TinyFlux {
-    /// One double and one single block of width 16 (2 heads of 8), pixel space (one channel, 2×2
-    /// patches: 4 values a token), 8-wide text; RoPE axes 2 + 2 + 4.
-    static func config() -> FluxTransformer2DConfig {
+    /// `doubleBlocks` double and one single block of width 16 (2 heads of 8), pixel space (one
+    /// channel, 2×2 patches: 4 values a token), 8-wide text; RoPE axes 2 + 2 + 4.
+    static func config(doubleBlocks: Int = 1) -> FluxTransformer2DConfig {
         var c = FluxTransformer2DConfig()
         c.inChannels = 4
-        c.numLayers = 1
+        c.numLayers = doubleBlocks
         c.numSingleLayers = 1
         c.attentionHeadDim = 8
         c.numAttentionHeads = 2
