@@ -46,11 +46,13 @@ public enum DefaultModel {
         return pipeline
     }
 
-    /// A judge's weights: the embedded ones, or `<folder>/judge-<arch>.safetensors`.
+    /// A judge's weights: the embedded ones, or `<folder>/judge-<arch>.safetensors`. The ResNet
+    /// (trained on mirrored images) reads each image and its mirror (`MirrorAveragedJudge`).
     public static func judge(_ architecture: String = "cnn", folder: URL? = nil) throws -> any Judge {
         let directory = try folder ?? bundledResource("default/judges", asset: "embedded judges",
-                                                      remedy: "train them with `score train judge --arch cnn` and `--arch mlp`")
-        return try loadJudge(architecture, from: directory.appendingPathComponent("judge-\(architecture).safetensors"))
+                                                      remedy: "train them with `score train judge --arch resnet --augment`, `--arch cnn` and `--arch mlp`")
+        let judge = try loadJudge(architecture, from: directory.appendingPathComponent("judge-\(architecture).safetensors"))
+        return architecture == "resnet" ? MirrorAveragedJudge(judge) : judge
     }
 }
 

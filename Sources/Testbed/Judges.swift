@@ -130,6 +130,35 @@ public final class ResNetJudge: Module, Judge {
     public func classify(features: Tensor) -> Tensor { head(features) }
 }
 
+/// A judge that reads an image and its left–right mirror and averages the two views' features,
+/// so its logits are the mean of the two views' logits (the head is linear). Fashion-MNIST's
+/// classes keep their name when mirrored and the ResNet judge is trained on mirrored images, so
+/// the mirror is a second reading of the same image; averaging the two corrects some of the
+/// single view's mistakes (docs/TESTBED.md has the test accuracies with and without it).
+public final class MirrorAveragedJudge: Module, Judge {
+    public let inner: any Judge
+    public var architecture: String { inner.architecture }
+
+    public init(_ inner: any Judge) { self.inner = inner }
+
+    public func features(_ x: Tensor) -> Tensor {
+        (inner.features(x) + inner.features(mirrored(x))) * 0.5
+    }
+
+    public func classify(features: Tensor) -> Tensor { inner.classify(features: features) }
+
+    /// x with its last axis reversed, as a product with the exchange matrix so gradients flow
+    /// (the attacks differentiate through the judge).
+    private func mirrored(_ x: Tensor) -> Tensor {
+        let width = x.shape[x.rank - 1]
+        let exchange = Tensor(shape: [width, width]) { out in
+            out.update(repeating: 0, count: width * width)
+            for i in 0..<width { out[i * width + width - 1 - i] = 1 }
+        }
+        return matmul(x.reshaped([-1, width]), exchange).reshaped(x.shape)
+    }
+}
+
 /// A multilayer perceptron on raw pixels: a deliberately different inductive bias from the CNN.
 public final class MLPJudge: Module, Judge {
     public let fc1: Linear, fc2: Linear, head: Linear
