@@ -44,19 +44,20 @@ public struct ANTConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
-        try check(iterations >= 1, "ANT iterations must be at least 1, not \(iterations)")
-        try check(learningRate > 0 && learningRate.isFinite, "ANT learningRate must be positive, not \(learningRate)")
-        try check(eta.isFinite && eta >= 0, "ANT eta must be ≥ 0, not \(eta)")
-        try check(alpha1.isFinite && alpha1 >= 0 && alpha2.isFinite && alpha2 >= 0, "ANT alpha1 and alpha2 must be ≥ 0")
-        try check(samplingSteps >= 2, "ANT samplingSteps must be at least 2, not \(samplingSteps)")
-        try check(splitStep >= 1 && splitStep < samplingSteps,
-                  "ANT splitStep must be in 1..<samplingSteps (\(samplingSteps)), not \(splitStep)")
-        try check(samplingGuidance.isFinite && samplingGuidance >= 0, "ANT samplingGuidance must be ≥ 0, not \(samplingGuidance)")
-        try check(saliencyRatio > 0 && saliencyRatio <= 1, "ANT saliencyRatio must be in (0, 1], not \(saliencyRatio)")
-        try check(saliencyRatio == 1 || (!saliencySeeds.isEmpty && saliencyVariants >= 1 && saliencyIterations >= 1),
-                  "ANT saliency needs at least one seed, variant and iteration (saliencyRatio 1 turns the mask off)")
-        try check(checkpointEvery >= 1, "ANT checkpointEvery must be at least 1, not \(checkpointEvery)")
+        let check = ConfigCheck(method: "ANT")
+        try check.atLeast(1, "iterations", iterations)
+        try check.positive("learningRate", learningRate)
+        try check.nonNegative("eta", eta)
+        try check.nonNegative("alpha1", alpha1)
+        try check.nonNegative("alpha2", alpha2)
+        try check.atLeast(2, "samplingSteps", samplingSteps)
+        try check.require(splitStep >= 1 && splitStep < samplingSteps,
+                          "splitStep must be in 1..<samplingSteps (\(samplingSteps)), not \(splitStep)")
+        try check.nonNegative("samplingGuidance", samplingGuidance)
+        try check.fraction("saliencyRatio", saliencyRatio)
+        try check.require(saliencyRatio == 1 || (!saliencySeeds.isEmpty && saliencyVariants >= 1 && saliencyIterations >= 1),
+                          "saliency needs at least one seed, variant and iteration (saliencyRatio 1 turns the mask off)")
+        try check.atLeast(1, "checkpointEvery", checkpointEvery)
     }
 }
 

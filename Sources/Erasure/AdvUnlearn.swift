@@ -55,20 +55,20 @@ public struct AdvUnlearnConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
-        try check(iterations >= 1, "AdvUnlearn iterations must be at least 1, not \(iterations)")
-        try check(learningRate > 0 && learningRate.isFinite, "AdvUnlearn learningRate must be positive, not \(learningRate)")
-        try check(eta.isFinite && eta >= 0, "AdvUnlearn eta must be ≥ 0, not \(eta)")
-        try check(warmupIterations >= 0, "AdvUnlearn warmupIterations must be ≥ 0, not \(warmupIterations)")
-        try check(attackEvery >= 1, "AdvUnlearn attackEvery must be at least 1, not \(attackEvery)")
-        try check(attackSteps >= 1, "AdvUnlearn attackSteps must be at least 1, not \(attackSteps)")
-        try check(attackLearningRate > 0 && attackLearningRate.isFinite, "AdvUnlearn attackLearningRate must be positive, not \(attackLearningRate)")
-        try check(prefixTokens >= 1, "AdvUnlearn prefixTokens must be at least 1, not \(prefixTokens)")
-        try check(retainBatch >= 1, "AdvUnlearn retainBatch must be at least 1, not \(retainBatch)")
-        try check(retainWeight.isFinite && retainWeight >= 0, "AdvUnlearn retainWeight must be ≥ 0, not \(retainWeight)")
-        try check(samplingSteps >= 1, "AdvUnlearn samplingSteps must be at least 1, not \(samplingSteps)")
-        try check(samplingGuidance.isFinite && samplingGuidance >= 0, "AdvUnlearn samplingGuidance must be ≥ 0, not \(samplingGuidance)")
-        try check(checkpointEvery >= 1, "AdvUnlearn checkpointEvery must be at least 1, not \(checkpointEvery)")
+        let check = ConfigCheck(method: "AdvUnlearn")
+        try check.atLeast(1, "iterations", iterations)
+        try check.positive("learningRate", learningRate)
+        try check.nonNegative("eta", eta)
+        try check.atLeast(0, "warmupIterations", warmupIterations)
+        try check.atLeast(1, "attackEvery", attackEvery)
+        try check.atLeast(1, "attackSteps", attackSteps)
+        try check.positive("attackLearningRate", attackLearningRate)
+        try check.atLeast(1, "prefixTokens", prefixTokens)
+        try check.atLeast(1, "retainBatch", retainBatch)
+        try check.nonNegative("retainWeight", retainWeight)
+        try check.atLeast(1, "samplingSteps", samplingSteps)
+        try check.nonNegative("samplingGuidance", samplingGuidance)
+        try check.atLeast(1, "checkpointEvery", checkpointEvery)
     }
 }
 

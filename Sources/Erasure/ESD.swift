@@ -59,14 +59,14 @@ public struct ESDConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
-        try check(iterations >= 1, "ESD iterations must be at least 1, not \(iterations)")
-        try check(learningRate > 0 && learningRate.isFinite, "ESD learningRate must be positive, not \(learningRate)")
-        try check(eta.isFinite && eta >= 0, "ESD eta (negative guidance) must be ≥ 0, not \(eta)")
-        try check(batchSize >= 1, "ESD batchSize must be at least 1, not \(batchSize)")
-        try check(samplingSteps >= 1, "ESD samplingSteps must be at least 1, not \(samplingSteps)")
-        try check(samplingGuidance.isFinite && samplingGuidance >= 0, "ESD samplingGuidance must be ≥ 0, not \(samplingGuidance)")
-        try check(checkpointEvery >= 1, "ESD checkpointEvery must be at least 1, not \(checkpointEvery)")
+        let check = ConfigCheck(method: "ESD")
+        try check.atLeast(1, "iterations", iterations)
+        try check.positive("learningRate", learningRate)
+        try check.nonNegative("eta (negative guidance)", eta)
+        try check.atLeast(1, "batchSize", batchSize)
+        try check.atLeast(1, "samplingSteps", samplingSteps)
+        try check.nonNegative("samplingGuidance", samplingGuidance)
+        try check.atLeast(1, "checkpointEvery", checkpointEvery)
     }
 }
 

@@ -217,6 +217,34 @@ extension ErasureError: LocalizedError {
     public var errorDescription: String? { description }
 }
 
+/// The checks a method's config makes of its settings, each written once: the message names the
+/// method and the key ("ESD iterations must be at least 1, not 0").
+struct ConfigCheck {
+    /// The message's first word ("ESD").
+    let method: String
+
+    func require(_ ok: Bool, _ message: @autoclosure () -> String) throws {
+        if !ok { throw ErasureError.invalidConfig("\(method) \(message())") }
+    }
+
+    func atLeast(_ minimum: Int, _ key: String, _ value: Int) throws {
+        try require(value >= minimum, "\(key) must be \(minimum == 0 ? "≥ 0" : "at least \(minimum)"), not \(value)")
+    }
+
+    func positive<T: BinaryFloatingPoint>(_ key: String, _ value: T) throws {
+        try require(value.isFinite && value > 0, "\(key) must be positive, not \(value)")
+    }
+
+    func nonNegative<T: BinaryFloatingPoint>(_ key: String, _ value: T) throws {
+        try require(value.isFinite && value >= 0, "\(key) must be ≥ 0, not \(value)")
+    }
+
+    /// A fraction in (0, 1] (a saliency ratio: 1 keeps every entry).
+    func fraction(_ key: String, _ value: Float) throws {
+        try require(value > 0 && value <= 1, "\(key) must be in (0, 1], not \(value)")
+    }
+}
+
 /// The methods `--method` can name.
 public enum ErasureMethods {
     public static let names = ["score", "esd", "uce", "ant", "rece", "mace", "advunlearn", "eraseanything"]

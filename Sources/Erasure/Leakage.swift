@@ -116,12 +116,14 @@ public struct LeakageOptions: Codable, Sendable {
     /// Checked before any sampling. The trajectories split four ways (two quarters train the
     /// critics, one picks their step, one tests), so each class needs at least 4.
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
-        try check(trajectories >= 4, "leakage needs at least 4 trajectories per class (--leakage-trajectories), not \(trajectories)")
-        try check(criticSteps >= 1, "leakage critic steps (--leakage-critic-steps) must be at least 1, not \(criticSteps)")
-        try check(steps >= 2, "leakage sampling steps must be at least 2, not \(steps)")
-        try check(criticWidth >= 1 && batchSize >= 2 && bootstrapRounds >= 1, "leakage critic width ≥ 1, batch ≥ 2 and bootstrap rounds ≥ 1")
-        try check(guidance.isFinite, "leakage guidance must be a number, not \(guidance)")
+        let check = ConfigCheck(method: "leakage")
+        try check.atLeast(4, "trajectories per class (--leakage-trajectories)", trajectories)
+        try check.atLeast(1, "critic steps (--leakage-critic-steps)", criticSteps)
+        try check.atLeast(2, "sampling steps", steps)
+        try check.atLeast(1, "critic width", criticWidth)
+        try check.atLeast(2, "critic batch", batchSize)
+        try check.atLeast(1, "bootstrap rounds", bootstrapRounds)
+        try check.require(guidance.isFinite, "guidance must be a number, not \(guidance)")
     }
 }
 

@@ -42,20 +42,20 @@ public struct MACEConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
-        try check(lambda.isFinite && lambda > 0, "MACE lambda must be positive, not \(lambda)")
-        try check(trainPreserveScale.isFinite && trainPreserveScale >= 0 && fusePreserveScale.isFinite && fusePreserveScale >= 0,
-                  "MACE preserve scales must be ≥ 0")
-        try check(iterations >= 0, "MACE iterations must be ≥ 0, not \(iterations)")
-        try check(learningRate > 0 && learningRate.isFinite, "MACE learningRate must be positive, not \(learningRate)")
-        try check(weightDecay >= 0 && weightDecay.isFinite, "MACE weightDecay must be ≥ 0, not \(weightDecay)")
-        try check(maxGradNorm >= 0 && maxGradNorm.isFinite, "MACE maxGradNorm must be ≥ 0 (0: no clipping), not \(maxGradNorm)")
-        try check(rank >= 1, "MACE rank must be at least 1, not \(rank)")
-        try check(trainingImages >= 1, "MACE trainingImages must be at least 1, not \(trainingImages)")
-        try check(imageSteps >= 1, "MACE imageSteps must be at least 1, not \(imageSteps)")
-        try check(imageGuidance.isFinite && imageGuidance >= 0, "MACE imageGuidance must be ≥ 0, not \(imageGuidance)")
-        try check(maskThreshold.isFinite && maskThreshold >= 0 && maskThreshold < 2, "MACE maskThreshold must be in [0, 2), not \(maskThreshold)")
-        try check(checkpointEvery >= 1, "MACE checkpointEvery must be at least 1, not \(checkpointEvery)")
+        let check = ConfigCheck(method: "MACE")
+        try check.positive("lambda", lambda)
+        try check.nonNegative("trainPreserveScale", trainPreserveScale)
+        try check.nonNegative("fusePreserveScale", fusePreserveScale)
+        try check.atLeast(0, "iterations", iterations)
+        try check.positive("learningRate", learningRate)
+        try check.nonNegative("weightDecay", weightDecay)
+        try check.nonNegative("maxGradNorm (0: no clipping)", maxGradNorm)
+        try check.atLeast(1, "rank", rank)
+        try check.atLeast(1, "trainingImages", trainingImages)
+        try check.atLeast(1, "imageSteps", imageSteps)
+        try check.nonNegative("imageGuidance", imageGuidance)
+        try check.require(maskThreshold.isFinite && maskThreshold >= 0 && maskThreshold < 2, "maskThreshold must be in [0, 2), not \(maskThreshold)")
+        try check.atLeast(1, "checkpointEvery", checkpointEvery)
     }
 }
 

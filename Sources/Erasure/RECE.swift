@@ -24,13 +24,13 @@ public struct RECEConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
+        let check = ConfigCheck(method: "RECE")
         try uce.validate()
-        try check(epochs >= 0, "RECE epochs must be ≥ 0, not \(epochs)")
-        try check(lambda.isFinite && lambda > 0, "RECE lambda must be positive, not \(lambda)")
-        try check(eraseScale.isFinite && eraseScale >= 0, "RECE eraseScale must be ≥ 0, not \(eraseScale)")
-        try check(preserveScale.isFinite && preserveScale >= 0, "RECE preserveScale must be ≥ 0, not \(preserveScale)")
-        try check(regularScale.isFinite && regularScale > 0, "RECE regularScale must be positive, not \(regularScale)")
+        try check.atLeast(0, "epochs", epochs)
+        try check.positive("lambda", lambda)
+        try check.nonNegative("eraseScale", eraseScale)
+        try check.nonNegative("preserveScale", preserveScale)
+        try check.positive("regularScale", regularScale)
     }
 }
 

@@ -160,28 +160,32 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     }
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
-        try check(steps >= 1, "steps must be at least 1")
-        try check(batchSize >= 1 && earlyBatchSize >= 0 && retainBatchSize >= 0, "batch sizes must be positive")
-        try check(learningRate > 0, "learningRate must be positive")
-        try check(["adam", "adamw", "sgd"].contains(optimizer), "optimizer must be adam, adamw or sgd, not '\(optimizer)'")
-        try check(saliencyRatio > 0 && saliencyRatio <= 1, "saliencyRatio (ρ) must be in (0, 1]")
-        try check(splitTimestep > 0, "splitTimestep (t′) must be positive")
-        try check(criticSteps >= 0 && criticWarmupSteps >= 0 && criticBatchSize >= 2, "critic steps ≥ 0 and criticBatchSize ≥ 2")
-        try check(poolTrajectories >= 1 && poolSteps >= 2, "poolTrajectories ≥ 1 and poolSteps ≥ 2")
-        try check(lambdaAdversarial >= 0 && lambdaErase >= 0 && lambdaTrajectory >= 0 && lambdaFeatureMatching >= 0, "λ must be ≥ 0")
-        try check(lambdaFeatureMatching == 0 || batchSize >= 2, "feature matching (lambdaFeatureMatching > 0) needs batchSize ≥ 2, not \(batchSize)")
-        try check(checkpointEvery >= 1, "checkpointEvery must be at least 1")
-        try check(criticWidth >= 1, "criticWidth must be at least 1, not \(criticWidth)")
+        let check = ConfigCheck(method: "SCORE")
+        for (key, value, minimum) in [("steps", steps, 1), ("batchSize", batchSize, 1), ("earlyBatchSize", earlyBatchSize, 0),
+                                      ("retainBatchSize", retainBatchSize, 0), ("splitTimestep (t′)", splitTimestep, 1),
+                                      ("criticSteps", criticSteps, 0), ("criticWarmupSteps", criticWarmupSteps, 0),
+                                      ("criticBatchSize", criticBatchSize, 2), ("criticWidth", criticWidth, 1),
+                                      ("poolTrajectories", poolTrajectories, 1), ("poolSteps", poolSteps, 2),
+                                      ("checkpointEvery", checkpointEvery, 1)] {
+            try check.atLeast(minimum, key, value)
+        }
+        try check.positive("learningRate", learningRate)
+        try check.require(["adam", "adamw", "sgd"].contains(optimizer), "optimizer must be adam, adamw or sgd, not '\(optimizer)'")
+        try check.fraction("saliencyRatio (ρ)", saliencyRatio)
+        for (key, value) in [("lambdaAdversarial", lambdaAdversarial), ("lambdaErase", lambdaErase),
+                             ("lambdaTrajectory", lambdaTrajectory), ("lambdaFeatureMatching", lambdaFeatureMatching)] {
+            try check.nonNegative(key, value)
+        }
+        try check.require(lambdaFeatureMatching == 0 || batchSize >= 2, "feature matching (lambdaFeatureMatching > 0) needs batchSize ≥ 2, not \(batchSize)")
+        try check.require(criticGuidance >= 1, "criticGuidance must be at least 1, not \(criticGuidance)")
+        try check.require(objective == .negativeGuidance || (gameMinTimestep >= 0 && gameMinTimestep < splitTimestep),
+                          "gameMinTimestep (\(gameMinTimestep)) must be in [0, splitTimestep (\(splitTimestep)))")
+        try check.require(gamePairing == .marginal || objective == .independence,
+                          "gamePairing shared-noise needs the independence objective, not \(objective.rawValue)")
+        try check.require(gamePairing == .marginal || lambdaFeatureMatching == 0,
+                          "feature matching (lambdaFeatureMatching > 0) reads a per-sample critic: use gamePairing marginal")
         // With no seeds there is no gradient to rank, so no mask: every parameter would train.
-        try check(criticGuidance >= 1, "criticGuidance must be at least 1, not \(criticGuidance)")
-        try check(objective == .negativeGuidance || (gameMinTimestep >= 0 && gameMinTimestep < splitTimestep),
-                  "gameMinTimestep (\(gameMinTimestep)) must be in [0, splitTimestep (\(splitTimestep)))")
-        try check(gamePairing == .marginal || objective == .independence,
-                  "gamePairing shared-noise needs the independence objective, not \(objective.rawValue)")
-        try check(gamePairing == .marginal || lambdaFeatureMatching == 0,
-                  "feature matching (lambdaFeatureMatching > 0) reads a per-sample critic: use gamePairing marginal")
-        try check(saliencySeeds >= 1, "saliencySeeds must be at least 1, not \(saliencySeeds) (saliencyRatio 1 turns the mask off)")
+        try check.require(saliencySeeds >= 1, "saliencySeeds must be at least 1, not \(saliencySeeds) (saliencyRatio 1 turns the mask off)")
     }
 }
 

@@ -23,10 +23,10 @@ public struct UCEConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig(message) } }
-        try check(lambda.isFinite && lambda > 0, "UCE lambda must be positive, not \(lambda)")
-        try check(eraseScale.isFinite && eraseScale >= 0, "UCE eraseScale must be ≥ 0, not \(eraseScale)")
-        try check(preserveScale.isFinite && preserveScale >= 0, "UCE preserveScale must be ≥ 0, not \(preserveScale)")
+        let check = ConfigCheck(method: "UCE")
+        try check.positive("lambda", lambda)
+        try check.nonNegative("eraseScale", eraseScale)
+        try check.nonNegative("preserveScale", preserveScale)
     }
 }
 
