@@ -277,46 +277,6 @@ extension PooledSentenceEncoder: FluxTokenPositions {
     public func phraseTokenIds(_ phrase: String) -> [Int] { encoder.tokenizer.encode(phrase) }
 }
 
-// MARK: - LoRA on a linear layer
-
-/// LoRA factors on one linear layer, trained through its weight: each forward pass uses
-/// W = W₀ + s·B·A (assigned before the pass), the backward pass gives ∂L/∂W, and the chain rule
-/// gives ∂L/∂B = s·(∂L/∂W)·Aᵀ and ∂L/∂A = s·Bᵀ·(∂L/∂W). W₀ stays bit for bit in `base`.
-final class LinearLoRA {
-    /// The module path (`transformer_blocks.0.attn.add_q_proj`).
-    let path: String
-    let weight: Tensor
-    let base: Tensor
-    /// A [r, in] and B [out, r].
-    let down: Tensor
-    let up: Tensor
-    let alpha: Float
-
-    init(path: String, weight: Tensor, rank: Int, generator: inout RandomGenerator) {
-        self.path = path
-        self.weight = weight
-        base = weight.copy()
-        // PEFT's init_lora_weights="gaussian": A ~ N(0, 1/r²), B = 0.
-        down = generator.normal([rank, weight.shape[1]], std: 1 / Float(rank))
-        up = Tensor.zeros([weight.shape[0], rank])
-        alpha = Float(rank)
-    }
-
-    var scale: Float { alpha / Float(down.shape[0]) }
-
-    func apply() { noGrad { weight.assign(base + matmul(up, down) * scale) } }
-
-    func backpropagate() {
-        let g = weight.grad ?? Tensor.zeros(weight.shape)
-        noGrad {
-            up.grad = matmul(g, down.transposed(0, 1)) * scale
-            down.grad = matmul(up.transposed(0, 1), g) * scale
-        }
-    }
-
-    var factors: LoRAFactors { LoRAFactors(down: down.copy(), up: up.copy(), alpha: alpha) }
-}
-
 // MARK: - The run
 
 /// The state of one EraseAnything run, trained by `TrainingRun`.

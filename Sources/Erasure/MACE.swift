@@ -133,7 +133,7 @@ public struct MACE: ErasureMethod {
             run = made
             return made
         }
-        guard !outcome.stoppedEarly, let factors = run?.factors else { return outcome }
+        guard !outcome.stoppedEarly, let adapters = run?.adapters else { return outcome }
 
         // 3. Fusion of the trained (or restored) factors.
         var fusionContexts: [[Double]] = [], owners: [Int] = []
@@ -146,14 +146,11 @@ public struct MACE: ErasureMethod {
                                         scales: fusionContexts.map { _ in 1 } + preserve.map { _ in config.fusePreserveScale },
                                         lambda: config.lambda)
         for (l, w) in layers.weights.enumerated() {
-            let base = Matrix64(refined[l])
-            let withLoRA = factors.map { concept in
-                Matrix64(noGrad { refined[l] + matmul(concept[l].up, concept[l].down) })
-            }
+            let withLoRA = adapters.map { Matrix64($0[l].merged) }
             let values = zip(fusionContexts, owners).map { c, i in withLoRA[i].times(c) } + preserve.map { originals[l].times($0) }
-            w.tensor.assign(fusion.solve(base: base, values: values).tensor(shape: w.tensor.shape))
+            w.tensor.assign(fusion.solve(base: Matrix64(refined[l]), values: values).tensor(shape: w.tensor.shape))
         }
-        context.log(String(format: "MACE: fused %d LoRA(s) over %d tokens; %.1f s in all", factors.count, fusionContexts.count,
+        context.log(String(format: "MACE: fused %d LoRA(s) over %d tokens; %.1f s in all", adapters.count, fusionContexts.count,
                            Date().timeIntervalSince(started) + outcome.earlierSeconds))
         var result = outcome
         result.trainableParameters = layers.weights.reduce(0) { $0 + $1.tensor.count }
@@ -361,9 +358,7 @@ struct MACELayers {
 }
 
 /// The LoRA stage of one MACE run, trained by `TrainingRun`: step s trains concept
-/// ⌊s / iterations⌋'s factors. The factors are not UNet parameters: each step sets
-/// W = W_cfr + B·A, the backward pass gives ∂L/∂W, and `beforeUpdate` turns it into the
-/// factors' gradients by the chain rule, ∂L/∂B = (∂L/∂W)Aᵀ and ∂L/∂A = Bᵀ(∂L/∂W).
+/// ⌊s / iterations⌋'s factors (`LinearLoRA`s over the refined weights W_cfr, α = r).
 final class MACERun: FineTuning {
     typealias Config = MACETraining
     static let method = "mace"
@@ -371,9 +366,8 @@ final class MACERun: FineTuning {
     let config: MACEConfig
     let pipeline: StableDiffusionPipeline
     let layers: MACELayers
-    let refined: [Tensor]
-    /// [concept][weight]: A [r, in] and B [out, r].
-    let factors: [[(down: Tensor, up: Tensor)]]
+    /// [concept][weight].
+    let adapters: [[LinearLoRA]]
     let trainable: [(name: String, tensor: Tensor)]
     let optimizer: any Optimizer
     var generator: RandomGenerator
@@ -397,28 +391,20 @@ final class MACERun: FineTuning {
         self.config = config
         self.pipeline = pipeline
         self.layers = layers
-        self.refined = refined
         pipeline.unet.eval()
         let names = Set(layers.weights.map(\.name))
         pipeline.unet.freeze()
         pipeline.unet.unfreeze(where: names.contains)
 
         var initial = RandomGenerator(seed: config.seed).fork(3)
-        var factors: [[(down: Tensor, up: Tensor)]] = []
-        var trainable: [(name: String, tensor: Tensor)] = []
-        for c in request.concepts.indices {
-            var concept: [(down: Tensor, up: Tensor)] = []
-            for (name, w) in layers.weights {
-                // diffusers' LoRALinearLayer: A ~ N(0, 1/r²), B = 0.
-                let down = initial.normal([config.rank, w.shape[1]], std: 1 / Float(config.rank))
-                let up = Tensor.zeros([w.shape[0], config.rank])
-                concept.append((down, up))
-                trainable += [("concept\(c).\(name).lora_A", down), ("concept\(c).\(name).lora_B", up)]
+        adapters = request.concepts.indices.map { _ in
+            zip(layers.weights, refined).map { w, base in
+                LinearLoRA(path: w.name, weight: w.tensor, base: base, rank: config.rank, generator: &initial)
             }
-            factors.append(concept)
         }
-        self.factors = factors
-        self.trainable = trainable
+        trainable = adapters.enumerated().flatMap { c, concept in
+            concept.flatMap { [(name: "concept\(c).\($0.path).lora_A", tensor: $0.down), (name: "concept\(c).\($0.path).lora_B", tensor: $0.up)] }
+        }
         optimizer = Adam.adamW(trainable, learningRate: config.learningRate, weightDecay: config.weightDecay)
         generator = RandomGenerator(seed: config.seed).fork(1)
 
@@ -471,16 +457,10 @@ final class MACERun: FineTuning {
         terms.append((probabilities * selector).square().sum().sqrt())
     }
 
-    /// W = W_cfr + BA for every edited weight, with concept `c`'s factors.
-    func applyFactors(concept c: Int) {
-        noGrad {
-            for (l, w) in layers.weights.enumerated() {
-                w.tensor.assign(refined[l] + matmul(factors[c][l].up, factors[c][l].down))
-            }
-        }
-    }
+    /// W = W_cfr + B·A for every edited weight, with concept `c`'s factors.
+    func applyFactors(concept c: Int) { for adapter in adapters[c] { adapter.apply() } }
 
-    func concept(at step: Int) -> Int { min(factors.count - 1, step / max(1, config.iterations)) }
+    func concept(at step: Int) -> Int { min(adapters.count - 1, step / max(1, config.iterations)) }
 
     func draw(_ cdf: [Double]) -> Int {
         let u = Double(generator.uniform([1]).scalars[0])
@@ -526,17 +506,8 @@ final class MACERun: FineTuning {
     func beforeUpdate() {
         let c = currentConcept
         for p in trainable { p.tensor.grad = nil }
-        var current: [Tensor] = []
-        for (l, w) in layers.weights.enumerated() {
-            let g = w.tensor.grad ?? Tensor.zeros(w.tensor.shape)
-            let (down, up) = factors[c][l]
-            noGrad {
-                up.grad = matmul(g, down.transposed(0, 1))
-                down.grad = matmul(up.transposed(0, 1), g)
-            }
-            current += [down, up]
-        }
-        if config.maxGradNorm > 0 { clipGradNorm(current, maxNorm: config.maxGradNorm) }
+        for adapter in adapters[c] { adapter.backpropagate() }
+        if config.maxGradNorm > 0 { clipGradNorm(adapters[c].flatMap { [$0.down, $0.up] }, maxNorm: config.maxGradNorm) }
     }
 
     /// The concept of the step in flight (`losses` sets it, `beforeUpdate` reads it).
@@ -545,7 +516,7 @@ final class MACERun: FineTuning {
     func begin(log: (String) -> Void) {
         let kept = masks.flatMap { $0 }.map { m in m.reduce(0, +) / Float(m.count) }
         log(String(format: "MACE: %d concept LoRA(s) of rank %d on %d weights, %d steps each; object masks cover %.0f%% of the images on average",
-                   factors.count, config.rank, layers.weights.count, config.iterations,
+                   adapters.count, config.rank, layers.weights.count, config.iterations,
                    100 * kept.reduce(0, +) / Float(max(1, kept.count))))
     }
 

@@ -171,7 +171,7 @@ final class MACETests: XCTestCase {
         config.maxGradNorm = 0
         let run = try makeRun(pipeline, config: config)
         var g = RandomGenerator(seed: 9)
-        for (_, up) in run.factors[0] { up.assign(g.normal(up.shape, std: 0.3)) }
+        for adapter in run.adapters[0] { adapter.up.assign(g.normal(adapter.up.shape, std: 0.3)) }
         let d = run.draw(concept: 0)
         func loss() throws -> Float {
             run.applyFactors(concept: 0)
@@ -183,8 +183,8 @@ final class MACETests: XCTestCase {
         run.currentConcept = 0
         run.beforeUpdate()
         var checked = 0
-        for layer in [0, run.factors[0].count - 2] {
-            for tensor in [run.factors[0][layer].down, run.factors[0][layer].up] {
+        for layer in [0, run.adapters[0].count - 2] {
+            for tensor in [run.adapters[0][layer].down, run.adapters[0][layer].up] {
                 let analytic = try XCTUnwrap(tensor.grad).scalars
                 let index = analytic.indices.max { abs(analytic[$0]) < abs(analytic[$1]) }!
                 let h: Float = 1e-2
