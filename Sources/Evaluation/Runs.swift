@@ -184,23 +184,13 @@ public struct AttackRun {
         self.concept = concept
     }
 
-    /// The shared settings (seed, scoring judge, sampling steps, guidance) copied into UnlearnDiffAtk's.
-    var unlearnDiffAtkConfig: UnlearnDiffAtkConfig {
-        var config = unlearnDiffAtk
-        config.seed = paraphrase.seed
-        config.judge = paraphrase.judge
-        config.samplingSteps = paraphrase.steps
-        config.guidance = paraphrase.guidance
-        return config
-    }
-
     public func validate() throws {
         _ = try Workflows.testbedLabel(concept)
         try ModelLoader.checkVariant(variant, model: model)
         try paraphrase.validate()
         switch kind {
         case .paraphrase: break
-        case .unlearndiffatk: try unlearnDiffAtkConfig.validate()
+        case .unlearndiffatk: try shared(unlearnDiffAtk).validate()
         case .inversion: try shared(inversion).validate()
         case .ringABell: try shared(ringABell).validate()
         case .cce: try shared(cce).validate()
@@ -209,25 +199,12 @@ public struct AttackRun {
         if let output { _ = try OutputPath.folder(output, flag: "--out") }
     }
 
-    /// The shared settings (seed, scoring judge, sampling steps, guidance) copied into an attack's.
-    func shared(_ config: InversionAttackConfig) -> InversionAttackConfig {
+    /// An attack's config with the shared settings (seed, scoring judge, sampling steps and, where
+    /// the attack samples at the user's guidance, guidance) copied in.
+    func shared<Config: JudgedAttackConfig>(_ config: Config) -> Config {
         var c = config
-        (c.seed, c.judge, c.steps) = (paraphrase.seed, paraphrase.judge, paraphrase.steps)
-        return c
-    }
-    func shared(_ config: RingABellConfig) -> RingABellConfig {
-        var c = config
-        (c.seed, c.judge, c.samplingSteps, c.guidance) = (paraphrase.seed, paraphrase.judge, paraphrase.steps, paraphrase.guidance)
-        return c
-    }
-    func shared(_ config: CCEConfig) -> CCEConfig {
-        var c = config
-        (c.seed, c.judge, c.samplingSteps, c.guidance) = (paraphrase.seed, paraphrase.judge, paraphrase.steps, paraphrase.guidance)
-        return c
-    }
-    func shared(_ config: P4DConfig) -> P4DConfig {
-        var c = config
-        (c.seed, c.judge, c.samplingSteps, c.guidance) = (paraphrase.seed, paraphrase.judge, paraphrase.steps, paraphrase.guidance)
+        (c.seed, c.judge, c.samplingSteps) = (paraphrase.seed, paraphrase.judge, paraphrase.steps)
+        if Config.samplesAtUserGuidance { c.guidance = paraphrase.guidance }
         return c
     }
 
@@ -245,29 +222,29 @@ public struct AttackRun {
         var loaded = try ModelLoader.load(model, variant: variant, assets: assets)
         try loaded.merge(loras)
         let scorer = try DefaultModel.judge(paraphrase.judge)
-        let folder = output.map { URL(fileURLWithPath: $0) }
+        /// attack.json, prompts.txt and grid.png in --out, when it is given.
+        func save<Result: Encodable>(_ result: Result, prompts: [String], grid: @autoclosure () -> Tensor) throws {
+            guard let output else { return }
+            let folder = URL(fileURLWithPath: output)
+            try AttackOutput.write(result, prompts: prompts, grid: grid(), to: folder)
+            log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
+        }
         switch kind {
         case .paraphrase:
             let (result, images) = try ParaphraseAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, judge: scorer,
                                                             settings: paraphrase, modelName: loaded.name, log: log)
-            if let folder {
-                try AttackOutput.write(result, prompts: result.prompts.map(\.prompt),
-                                       grid: AttackOutput.paraphraseGrid(images, seedsPerPrompt: paraphrase.seedsPerPrompt), to: folder)
-                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
-            }
+            try save(result, prompts: result.prompts.map(\.prompt),
+                     grid: AttackOutput.paraphraseGrid(images, seedsPerPrompt: paraphrase.seedsPerPrompt))
             return .paraphrase(result)
         case .unlearndiffatk:
-            let config = unlearnDiffAtkConfig
+            let config = shared(unlearnDiffAtk)
             let data = try FashionMNIST(assets: assets)
             let adversary = config.judgeWeight > 0 ? try DefaultModel.judge(config.attackJudge) : nil
             let original = config.target == "original" ? try originalModel(of: loaded, assets: assets).pipeline : nil
             let (result, images) = try UnlearnDiffAtk.run(pipeline: loaded.pipeline, original: original, label: label, prompts: prompts, test: data.test,
                                                           judge: scorer, attackJudge: adversary, config: config, modelName: loaded.name,
                                                           promptOverride: self.prompts.isEmpty ? nil : self.prompts, log: log)
-            if let folder {
-                try AttackOutput.write(result, prompts: result.prompts.map { $0.adversarial_prompt ?? $0.prompt }, grid: images.grid(), to: folder)
-                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
-            }
+            try save(result, prompts: result.prompts.map { $0.adversarial_prompt ?? $0.prompt }, grid: images.grid())
             return .unlearnDiffAtk(result)
         case .inversion:
             let config = shared(inversion)
@@ -277,27 +254,18 @@ public struct AttackRun {
             let (result, grid) = try InversionAttack.run(pipeline: loaded.pipeline, original: reference.pipeline, images: images,
                                                          indices: indices, concept: prompts.classes[label].name, label: label,
                                                          conceptLabels: [label], judge: scorer, config: config, modelName: loaded.name, log: log)
-            if let folder {
-                try AttackOutput.write(result, prompts: [config.prompt], grid: grid, to: folder)
-                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
-            }
+            try save(result, prompts: [config.prompt], grid: grid)
             return .inversion(result)
         case .ringABell:
             let (result, grid) = try RingABellAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, judge: scorer,
                                                          config: shared(ringABell), modelName: loaded.name, log: log)
-            if let folder {
-                try AttackOutput.write(result, prompts: result.instances.map(\.prompt), grid: grid, to: folder)
-                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
-            }
+            try save(result, prompts: result.instances.map(\.prompt), grid: grid)
             return .ringABell(result)
         case .cce:
             let data = try FashionMNIST(assets: assets)
             let (result, grid) = try CCEAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, train: data.train,
                                                    judge: scorer, config: shared(cce), modelName: loaded.name, log: log)
-            if let folder {
-                try AttackOutput.write(result, prompts: [prompts.canonicalTemplate], grid: grid, to: folder)
-                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
-            }
+            try save(result, prompts: [prompts.canonicalTemplate], grid: grid)
             return .cce(result)
         case .p4d:
             let config = shared(p4d)
@@ -306,13 +274,34 @@ public struct AttackRun {
             let (result, grid) = try P4DAttack.run(pipeline: loaded.pipeline, original: reference.pipeline, label: label, prompts: prompts,
                                                    judge: scorer, selector: selector, config: config, modelName: loaded.name,
                                                    promptOverride: self.prompts.isEmpty ? nil : self.prompts, log: log)
-            if let folder {
-                try AttackOutput.write(result, prompts: result.instances.map { $0.adversarial_prompt ?? $0.prompt }, grid: grid, to: folder)
-                log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
-            }
+            try save(result, prompts: result.instances.map { $0.adversarial_prompt ?? $0.prompt }, grid: grid)
             return .p4d(result)
         }
     }
+}
+
+/// An attack's settings that `score attack` fills from the paraphrase attack's flags (--seed,
+/// --judge, --steps, --guidance), so each is given once.
+protocol JudgedAttackConfig {
+    var seed: UInt64 { get set }
+    var judge: String { get set }
+    var samplingSteps: Int { get set }
+    var guidance: Float { get set }
+    /// False where the attack keeps a guidance of its own (inversion regenerates at 1).
+    static var samplesAtUserGuidance: Bool { get }
+}
+
+extension JudgedAttackConfig {
+    static var samplesAtUserGuidance: Bool { true }
+}
+
+extension UnlearnDiffAtkConfig: JudgedAttackConfig {}
+extension RingABellConfig: JudgedAttackConfig {}
+extension CCEConfig: JudgedAttackConfig {}
+extension P4DConfig: JudgedAttackConfig {}
+extension InversionAttackConfig: JudgedAttackConfig {
+    var samplingSteps: Int { get { steps } set { steps = newValue } }
+    static var samplesAtUserGuidance: Bool { false }
 }
 
 /// `score benchmark`: every method on the task's concepts and seeds, one cell file each; writes
