@@ -44,6 +44,28 @@ final class SCOREGameTests: XCTestCase {
         run.pipeline.unet.zeroGrad()
     }
 
+    /// The gradient of one critic term in the model's prediction ε_θ, at `entries` of the batch's
+    /// prediction, against central differences (step 2e-3).
+    static func assertPredictionGradient(of run: SCORERun<StableDiffusionPipeline>, _ b: SCORERun<StableDiffusionPipeline>.Batch,
+                                         term: String, _ value: KeyPath<SCORERun<StableDiffusionPipeline>.Terms, Tensor>,
+                                         at entries: [Int], file: StaticString = #filePath, line: UInt = #line) throws {
+        func loss(_ prediction: Tensor) -> Tensor { run.terms(b, prediction: prediction, concept: 0, criticTerms: [term])[keyPath: value] }
+        let leaf = Tensor(storage: b.prediction.detached().storage, shape: b.prediction.shape, requiresGrad: true)
+        loss(leaf).backward()
+        let grad = try XCTUnwrap(leaf.grad, file: file, line: line)
+        let base = b.prediction.detached().scalars
+        let h: Float = 2e-3
+        for i in entries {
+            func shifted(_ delta: Float) -> Double {
+                var x = base
+                x[i] += delta
+                return Double(noGrad { loss(Tensor(shape: b.prediction.shape, scalars: x)).item })
+            }
+            let numeric = (shifted(h) - shifted(-h)) / Double(2 * h)
+            XCTAssertEqual(Double(grad.scalars[i]), numeric, accuracy: 3e-2 * abs(numeric) + 1e-4, "\(term) entry \(i)", file: file, line: line)
+        }
+    }
+
     func testGuidedNoiseIsClassifierFreeGuidance() {
         let conditional = Tensor(shape: [2], scalars: [3, 0])
         let unconditional = Tensor(shape: [2], scalars: [1, 1])
@@ -186,21 +208,7 @@ final class SCOREGameTests: XCTestCase {
         XCTAssertTrue((recorded["grad_feature_matching"] ?? 0) > 0)
 
         // ∂L_fm/∂ε_θ at a few entries of the late prediction, against central differences.
-        let leaf = Tensor(storage: b.prediction.detached().storage, shape: b.prediction.shape, requiresGrad: true)
-        run.terms(b, prediction: leaf, concept: 0, criticTerms: ["feature_matching"]).featureMatching.backward()
-        let grad = try XCTUnwrap(leaf.grad)
-        let base = b.prediction.detached().scalars
-        for i in [0, 17, 63, 64 + 5] {
-            func value(_ delta: Float) -> Double {
-                var x = base
-                x[i] += delta
-                let probe = Tensor(shape: b.prediction.shape, scalars: x)
-                return Double(noGrad { run.terms(b, prediction: probe, concept: 0, criticTerms: ["feature_matching"]).featureMatching.item })
-            }
-            let h: Float = 2e-3
-            let numeric = (value(h) - value(-h)) / Double(2 * h)
-            XCTAssertEqual(Double(grad.scalars[i]), numeric, accuracy: 3e-2 * abs(numeric) + 1e-4, "entry \(i)")
-        }
+        try Self.assertPredictionGradient(of: run, b, term: "feature_matching", \.featureMatching, at: [0, 17, 63, 64 + 5])
     }
 
     // MARK: The paired game
@@ -314,21 +322,7 @@ final class SCOREGameTests: XCTestCase {
         XCTAssertEqual(Double(terms.adversarial.item), expected, accuracy: 1e-5)
         XCTAssertGreaterThan(terms.adversarial.item, Float(log(2.0)), "above its minimum ln 2 unless ℓ = 0")
 
-        let leaf = Tensor(storage: b.prediction.detached().storage, shape: b.prediction.shape, requiresGrad: true)
-        run.terms(b, prediction: leaf, concept: 0, criticTerms: ["adversarial"]).adversarial.backward()
-        let grad = try XCTUnwrap(leaf.grad)
-        let base = b.prediction.detached().scalars
-        for i in [3, 40, 64 + 9, 64 + 50] {
-            func value(_ delta: Float) -> Double {
-                var x = base
-                x[i] += delta
-                let probe = Tensor(shape: b.prediction.shape, scalars: x)
-                return Double(noGrad { run.terms(b, prediction: probe, concept: 0, criticTerms: ["adversarial"]).adversarial.item })
-            }
-            let h: Float = 2e-3
-            let numeric = (value(h) - value(-h)) / Double(2 * h)
-            XCTAssertEqual(Double(grad.scalars[i]), numeric, accuracy: 3e-2 * abs(numeric) + 1e-4, "entry \(i)")
-        }
+        try Self.assertPredictionGradient(of: run, b, term: "adversarial", \.adversarial, at: [3, 40, 64 + 9, 64 + 50])
     }
 
     /// A paired run killed after a refresh and resumed continues with the same bits (the
