@@ -353,11 +353,11 @@ public struct LowRankFactorization: Sendable {
         }
         var q = Self.orthonormalizeColumns(Self.times(m, omega, width: width), count: m.rows, width: width)
         for _ in 0..<Self.powerIterations {
-            let z = Self.orthonormalizeColumns(Self.transposedTimes(m, q, width: width), count: m.columns, width: width)
+            let z = Self.orthonormalizeColumns(Self.times(m, q, width: width, transposed: true), count: m.columns, width: width)
             q = Self.orthonormalizeColumns(Self.times(m, z, width: width), count: m.rows, width: width)
         }
         // Bᵀ = Mᵀ Q (columns × width); the exact solver on B Bᵀ (width × width).
-        let bt = Self.transposedTimes(m, q, width: width)
+        let bt = Self.times(m, q, width: width, transposed: true)
         var gram = Matrix64.zeros(width, width)
         for j in 0..<m.columns {
             let row = j * width
@@ -443,39 +443,19 @@ public struct LowRankFactorization: Sendable {
         return out
     }
 
-    /// M · X for X columns × width (row-major): rows × width.
-    static func times(_ m: Matrix64, _ x: [Double], width: Int) -> [Double] {
-        var out = [Double](repeating: 0, count: m.rows * width)
+    /// M · X for X columns × width (row-major): rows × width; or, `transposed`, Mᵀ · X for X
+    /// rows × width: columns × width. Zero entries of M add nothing and are skipped.
+    static func times(_ m: Matrix64, _ x: [Double], width: Int, transposed: Bool = false) -> [Double] {
+        var out = [Double](repeating: 0, count: (transposed ? m.columns : m.rows) * width)
         out.withUnsafeMutableBufferPointer { out in
             m.values.withUnsafeBufferPointer { mv in
                 x.withUnsafeBufferPointer { x in
                     for i in 0..<m.rows {
-                        let target = out.baseAddress! + i * width
                         for j in 0..<m.columns {
                             let a = mv[i * m.columns + j]
                             if a == 0 { continue }
-                            let source = x.baseAddress! + j * width
-                            for k in 0..<width { target[k] += a * source[k] }
-                        }
-                    }
-                }
-            }
-        }
-        return out
-    }
-
-    /// Mᵀ · X for X rows × width (row-major): columns × width.
-    static func transposedTimes(_ m: Matrix64, _ x: [Double], width: Int) -> [Double] {
-        var out = [Double](repeating: 0, count: m.columns * width)
-        out.withUnsafeMutableBufferPointer { out in
-            m.values.withUnsafeBufferPointer { mv in
-                x.withUnsafeBufferPointer { x in
-                    for i in 0..<m.rows {
-                        let source = x.baseAddress! + i * width
-                        for j in 0..<m.columns {
-                            let a = mv[i * m.columns + j]
-                            if a == 0 { continue }
-                            let target = out.baseAddress! + j * width
+                            let (row, column) = transposed ? (j, i) : (i, j)
+                            let target = out.baseAddress! + row * width, source = x.baseAddress! + column * width
                             for k in 0..<width { target[k] += a * source[k] }
                         }
                     }
