@@ -174,16 +174,6 @@ public func saveWeights(of module: Module, names: [String], to url: URL, dtype: 
     try writeSafeTensors(entries(selected, dtype: dtype), metadata: fields, to: url)
 }
 
-/// Saves only the parameters of `module` that differ from `reference` (see `saveWeights`);
-/// returns their names. An unchanged model gives a file with no tensors.
-@discardableResult
-public func saveChangedWeights(of module: Module, reference: Module, to url: URL, dtype: DType = .f32,
-                               keyPrefix: String = "", metadata: [String: String] = [:]) throws -> [String] {
-    let names = try changedParameterNames(module, reference: reference)
-    try saveWeights(of: module, names: names, to: url, dtype: dtype, keyPrefix: keyPrefix, metadata: metadata)
-    return names
-}
-
 /// Loads a file of some of `module`'s tensors (as `saveWeights` writes) over its current weights.
 /// Every key must be one of the module's (after the usual rewrite rules, e.g. the optional
 /// `text_model.` prefix) with the right shape; nothing is changed otherwise.
