@@ -45,19 +45,15 @@ public struct ANTConfig: Codable, Equatable, Sendable {
 
     public func validate() throws {
         let check = ConfigCheck(method: "ANT")
-        try check.atLeast(1, "iterations", iterations)
-        try check.positive("learningRate", learningRate)
-        try check.nonNegative("eta", eta)
-        try check.nonNegative("alpha1", alpha1)
-        try check.nonNegative("alpha2", alpha2)
-        try check.atLeast(2, "samplingSteps", samplingSteps)
+        try check.atLeast(1, ["iterations": iterations, "checkpointEvery": checkpointEvery])
+        try check.atLeast(2, ["samplingSteps": samplingSteps])
+        try check.positive(["learningRate": learningRate])
+        try check.nonNegative(["eta": eta, "alpha1": alpha1, "alpha2": alpha2, "samplingGuidance": samplingGuidance])
         try check.require(splitStep >= 1 && splitStep < samplingSteps,
                           "splitStep must be in 1..<samplingSteps (\(samplingSteps)), not \(splitStep)")
-        try check.nonNegative("samplingGuidance", samplingGuidance)
         try check.fraction("saliencyRatio", saliencyRatio)
         try check.require(saliencyRatio == 1 || (!saliencySeeds.isEmpty && saliencyVariants >= 1 && saliencyIterations >= 1),
                           "saliency needs at least one seed, variant and iteration (saliencyRatio 1 turns the mask off)")
-        try check.atLeast(1, "checkpointEvery", checkpointEvery)
     }
 }
 

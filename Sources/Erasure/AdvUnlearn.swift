@@ -56,19 +56,11 @@ public struct AdvUnlearnConfig: Codable, Equatable, Sendable {
 
     public func validate() throws {
         let check = ConfigCheck(method: "AdvUnlearn")
-        try check.atLeast(1, "iterations", iterations)
-        try check.positive("learningRate", learningRate)
-        try check.nonNegative("eta", eta)
-        try check.atLeast(0, "warmupIterations", warmupIterations)
-        try check.atLeast(1, "attackEvery", attackEvery)
-        try check.atLeast(1, "attackSteps", attackSteps)
-        try check.positive("attackLearningRate", attackLearningRate)
-        try check.atLeast(1, "prefixTokens", prefixTokens)
-        try check.atLeast(1, "retainBatch", retainBatch)
-        try check.nonNegative("retainWeight", retainWeight)
-        try check.atLeast(1, "samplingSteps", samplingSteps)
-        try check.nonNegative("samplingGuidance", samplingGuidance)
-        try check.atLeast(1, "checkpointEvery", checkpointEvery)
+        try check.atLeast(0, ["warmupIterations": warmupIterations])
+        try check.atLeast(1, ["iterations": iterations, "attackEvery": attackEvery, "attackSteps": attackSteps, "prefixTokens": prefixTokens,
+                              "retainBatch": retainBatch, "samplingSteps": samplingSteps, "checkpointEvery": checkpointEvery])
+        try check.positive(["learningRate": learningRate, "attackLearningRate": attackLearningRate])
+        try check.nonNegative(["eta": eta, "retainWeight": retainWeight, "samplingGuidance": samplingGuidance])
     }
 }
 

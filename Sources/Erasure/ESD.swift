@@ -60,13 +60,10 @@ public struct ESDConfig: Codable, Equatable, Sendable {
 
     public func validate() throws {
         let check = ConfigCheck(method: "ESD")
-        try check.atLeast(1, "iterations", iterations)
-        try check.positive("learningRate", learningRate)
-        try check.nonNegative("eta (negative guidance)", eta)
-        try check.atLeast(1, "batchSize", batchSize)
-        try check.atLeast(1, "samplingSteps", samplingSteps)
-        try check.nonNegative("samplingGuidance", samplingGuidance)
-        try check.atLeast(1, "checkpointEvery", checkpointEvery)
+        try check.atLeast(1, ["iterations": iterations, "batchSize": batchSize, "samplingSteps": samplingSteps,
+                              "checkpointEvery": checkpointEvery])
+        try check.positive(["learningRate": learningRate])
+        try check.nonNegative(["eta (negative guidance)": eta, "samplingGuidance": samplingGuidance])
     }
 }
 

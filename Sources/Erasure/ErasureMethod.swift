@@ -217,8 +217,9 @@ extension ErasureError: LocalizedError {
     public var errorDescription: String? { description }
 }
 
-/// The checks a method's config makes of its settings, each written once: the message names the
-/// method and the key ("ESD iterations must be at least 1, not 0").
+/// The checks a method's config makes of its settings, each written once and each config's
+/// rules a table of keys and values; a message names the method and the key ("ESD iterations
+/// must be at least 1, not 0").
 struct ConfigCheck {
     /// The message's first word ("ESD").
     let method: String
@@ -227,16 +228,18 @@ struct ConfigCheck {
         if !ok { throw ErasureError.invalidConfig("\(method) \(message())") }
     }
 
-    func atLeast(_ minimum: Int, _ key: String, _ value: Int) throws {
-        try require(value >= minimum, "\(key) must be \(minimum == 0 ? "≥ 0" : "at least \(minimum)"), not \(value)")
+    func atLeast(_ minimum: Int, _ values: KeyValuePairs<String, Int>) throws {
+        for (key, value) in values {
+            try require(value >= minimum, "\(key) must be \(minimum == 0 ? "≥ 0" : "at least \(minimum)"), not \(value)")
+        }
     }
 
-    func positive<T: BinaryFloatingPoint>(_ key: String, _ value: T) throws {
-        try require(value.isFinite && value > 0, "\(key) must be positive, not \(value)")
+    func positive<T: BinaryFloatingPoint>(_ values: KeyValuePairs<String, T>) throws {
+        for (key, value) in values { try require(value.isFinite && value > 0, "\(key) must be positive, not \(value)") }
     }
 
-    func nonNegative<T: BinaryFloatingPoint>(_ key: String, _ value: T) throws {
-        try require(value.isFinite && value >= 0, "\(key) must be ≥ 0, not \(value)")
+    func nonNegative<T: BinaryFloatingPoint>(_ values: KeyValuePairs<String, T>) throws {
+        for (key, value) in values { try require(value.isFinite && value >= 0, "\(key) must be ≥ 0, not \(value)") }
     }
 
     /// A fraction in (0, 1] (a saliency ratio: 1 keeps every entry).

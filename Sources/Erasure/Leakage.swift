@@ -117,12 +117,9 @@ public struct LeakageOptions: Codable, Sendable {
     /// critics, one picks their step, one tests), so each class needs at least 4.
     public func validate() throws {
         let check = ConfigCheck(method: "leakage")
-        try check.atLeast(4, "trajectories per class (--leakage-trajectories)", trajectories)
-        try check.atLeast(1, "critic steps (--leakage-critic-steps)", criticSteps)
-        try check.atLeast(2, "sampling steps", steps)
-        try check.atLeast(1, "critic width", criticWidth)
-        try check.atLeast(2, "critic batch", batchSize)
-        try check.atLeast(1, "bootstrap rounds", bootstrapRounds)
+        try check.atLeast(4, ["trajectories per class (--leakage-trajectories)": trajectories])
+        try check.atLeast(2, ["sampling steps": steps, "critic batch": batchSize])
+        try check.atLeast(1, ["critic steps (--leakage-critic-steps)": criticSteps, "critic width": criticWidth, "bootstrap rounds": bootstrapRounds])
         try check.require(guidance.isFinite, "guidance must be a number, not \(guidance)")
     }
 }

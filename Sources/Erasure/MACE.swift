@@ -43,19 +43,13 @@ public struct MACEConfig: Codable, Equatable, Sendable {
 
     public func validate() throws {
         let check = ConfigCheck(method: "MACE")
-        try check.positive("lambda", lambda)
-        try check.nonNegative("trainPreserveScale", trainPreserveScale)
-        try check.nonNegative("fusePreserveScale", fusePreserveScale)
-        try check.atLeast(0, "iterations", iterations)
-        try check.positive("learningRate", learningRate)
-        try check.nonNegative("weightDecay", weightDecay)
-        try check.nonNegative("maxGradNorm (0: no clipping)", maxGradNorm)
-        try check.atLeast(1, "rank", rank)
-        try check.atLeast(1, "trainingImages", trainingImages)
-        try check.atLeast(1, "imageSteps", imageSteps)
-        try check.nonNegative("imageGuidance", imageGuidance)
+        try check.atLeast(0, ["iterations": iterations])
+        try check.atLeast(1, ["rank": rank, "trainingImages": trainingImages, "imageSteps": imageSteps, "checkpointEvery": checkpointEvery])
+        try check.positive(["lambda": lambda])
+        try check.nonNegative(["trainPreserveScale": trainPreserveScale, "fusePreserveScale": fusePreserveScale])
+        try check.positive(["learningRate": learningRate])
+        try check.nonNegative(["weightDecay": weightDecay, "maxGradNorm (0: no clipping)": maxGradNorm, "imageGuidance": imageGuidance])
         try check.require(maskThreshold.isFinite && maskThreshold >= 0 && maskThreshold < 2, "maskThreshold must be in [0, 2), not \(maskThreshold)")
-        try check.atLeast(1, "checkpointEvery", checkpointEvery)
     }
 }
 

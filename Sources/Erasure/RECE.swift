@@ -24,13 +24,11 @@ public struct RECEConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public func validate() throws {
-        let check = ConfigCheck(method: "RECE")
         try uce.validate()
-        try check.atLeast(0, "epochs", epochs)
-        try check.positive("lambda", lambda)
-        try check.nonNegative("eraseScale", eraseScale)
-        try check.nonNegative("preserveScale", preserveScale)
-        try check.positive("regularScale", regularScale)
+        let check = ConfigCheck(method: "RECE")
+        try check.atLeast(0, ["epochs": epochs])
+        try check.positive(["lambda": lambda, "regularScale": regularScale])
+        try check.nonNegative(["eraseScale": eraseScale, "preserveScale": preserveScale])
     }
 }
 

@@ -161,21 +161,16 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
 
     public func validate() throws {
         let check = ConfigCheck(method: "SCORE")
-        for (key, value, minimum) in [("steps", steps, 1), ("batchSize", batchSize, 1), ("earlyBatchSize", earlyBatchSize, 0),
-                                      ("retainBatchSize", retainBatchSize, 0), ("splitTimestep (t′)", splitTimestep, 1),
-                                      ("criticSteps", criticSteps, 0), ("criticWarmupSteps", criticWarmupSteps, 0),
-                                      ("criticBatchSize", criticBatchSize, 2), ("criticWidth", criticWidth, 1),
-                                      ("poolTrajectories", poolTrajectories, 1), ("poolSteps", poolSteps, 2),
-                                      ("checkpointEvery", checkpointEvery, 1)] {
-            try check.atLeast(minimum, key, value)
-        }
-        try check.positive("learningRate", learningRate)
+        try check.atLeast(0, ["earlyBatchSize": earlyBatchSize, "retainBatchSize": retainBatchSize, "criticSteps": criticSteps,
+                              "criticWarmupSteps": criticWarmupSteps])
+        try check.atLeast(1, ["steps": steps, "batchSize": batchSize, "splitTimestep (t′)": splitTimestep, "criticWidth": criticWidth,
+                              "poolTrajectories": poolTrajectories, "checkpointEvery": checkpointEvery])
+        try check.atLeast(2, ["criticBatchSize": criticBatchSize, "poolSteps": poolSteps])
+        try check.positive(["learningRate": learningRate])
         try check.require(["adam", "adamw", "sgd"].contains(optimizer), "optimizer must be adam, adamw or sgd, not '\(optimizer)'")
         try check.fraction("saliencyRatio (ρ)", saliencyRatio)
-        for (key, value) in [("lambdaAdversarial", lambdaAdversarial), ("lambdaErase", lambdaErase),
-                             ("lambdaTrajectory", lambdaTrajectory), ("lambdaFeatureMatching", lambdaFeatureMatching)] {
-            try check.nonNegative(key, value)
-        }
+        try check.nonNegative(["lambdaAdversarial": lambdaAdversarial, "lambdaErase": lambdaErase, "lambdaTrajectory": lambdaTrajectory,
+                               "lambdaFeatureMatching": lambdaFeatureMatching])
         try check.require(lambdaFeatureMatching == 0 || batchSize >= 2, "feature matching (lambdaFeatureMatching > 0) needs batchSize ≥ 2, not \(batchSize)")
         try check.require(criticGuidance >= 1, "criticGuidance must be at least 1, not \(criticGuidance)")
         try check.require(objective == .negativeGuidance || (gameMinTimestep >= 0 && gameMinTimestep < splitTimestep),

@@ -24,9 +24,8 @@ public struct UCEConfig: Codable, Equatable, Sendable {
 
     public func validate() throws {
         let check = ConfigCheck(method: "UCE")
-        try check.positive("lambda", lambda)
-        try check.nonNegative("eraseScale", eraseScale)
-        try check.nonNegative("preserveScale", preserveScale)
+        try check.positive(["lambda": lambda])
+        try check.nonNegative(["eraseScale": eraseScale, "preserveScale": preserveScale])
     }
 }
 
