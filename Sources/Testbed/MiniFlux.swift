@@ -98,15 +98,9 @@ public struct MiniFluxTrainingOptions {
     public init(output: URL) { self.output = output }
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw TrainingError.invalidOption(message) } }
-        try check(steps >= 1, "--steps must be at least 1, not \(steps)")
-        try check(batchSize >= 1, "--batch must be at least 1, not \(batchSize)")
-        try check(learningRate >= 0 && learningRate.isFinite, "--lr must be 0 or more, not \(learningRate)")
-        try check(checkpointEvery >= 1, "--checkpoint-every must be at least 1, not \(checkpointEvery)")
-        try check(["logit-normal", "uniform"].contains(timeSampling), "--time-sampling must be logit-normal or uniform, not '\(timeSampling)'")
-        if let stop = stopAfter {
-            try check((1...steps).contains(stop), "--stop-after \(stop) is outside the run's steps 1…\(steps) (--steps)")
-        }
+        try checkTrainingOptions(steps: steps, batchSize: batchSize, learningRate: learningRate, checkpointEvery: checkpointEvery,
+                                 stopAfter: stopAfter, more: (["logit-normal", "uniform"].contains(timeSampling),
+                                                              "--time-sampling must be logit-normal or uniform, not '\(timeSampling)'"))
     }
 }
 

@@ -47,18 +47,27 @@ public struct TestbedData: Sendable {
     }
 }
 
+/// The option checks the mini-SD and mini-FLUX trainers share, then `more` (each trainer's own),
+/// before any data is read.
+func checkTrainingOptions(steps: Int, batchSize: Int, learningRate: Float, checkpointEvery: Int, stopAfter: Int?,
+                          more: @autoclosure () -> (ok: Bool, message: String)) throws {
+    func check(_ ok: Bool, _ message: String) throws { if !ok { throw TrainingError.invalidOption(message) } }
+    try check(steps >= 1, "--steps must be at least 1, not \(steps)")
+    try check(batchSize >= 1, "--batch must be at least 1, not \(batchSize)")
+    try check(learningRate >= 0 && learningRate.isFinite, "--lr must be 0 or more, not \(learningRate)")
+    try check(checkpointEvery >= 1, "--checkpoint-every must be at least 1, not \(checkpointEvery)")
+    if let stop = stopAfter {
+        try check((1...steps).contains(stop), "--stop-after \(stop) is outside the run's steps 1…\(steps) (--steps)")
+    }
+    let (ok, message) = more()
+    try check(ok, message)
+}
+
 extension MiniSDTrainingOptions {
     /// Ranges of the options, checked before any data is read.
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw TrainingError.invalidOption(message) } }
-        try check(steps >= 1, "--steps must be at least 1, not \(steps)")
-        try check(batchSize >= 1, "--batch must be at least 1, not \(batchSize)")
-        try check(learningRate >= 0 && learningRate.isFinite, "--lr must be 0 or more, not \(learningRate)")
-        try check(checkpointEvery >= 1, "--checkpoint-every must be at least 1, not \(checkpointEvery)")
-        try check(offsetNoise >= 0 && offsetNoise.isFinite, "--offset-noise must be 0 or more, not \(offsetNoise)")
-        if let stop = stopAfter {
-            try check((1...steps).contains(stop), "--stop-after \(stop) is outside the run's steps 1…\(steps) (--steps)")
-        }
+        try checkTrainingOptions(steps: steps, batchSize: batchSize, learningRate: learningRate, checkpointEvery: checkpointEvery,
+                                 stopAfter: stopAfter, more: (offsetNoise >= 0 && offsetNoise.isFinite, "--offset-noise must be 0 or more, not \(offsetNoise)"))
     }
 }
 
