@@ -322,23 +322,22 @@ struct Erase: ParsableCommand {
     /// The method with its config; flags of another method are an error, not silently ignored.
     func eraser() throws -> any ErasureMethod {
         guard ErasureMethods.names.contains(method) else { return try ErasureMethods.make(method) }
-        if method != "esd", esd.isSet { throw ValidationError("--esd-… flags apply to --method esd, not \(method)") }
-        if method != "uce", uce.isSet { throw ValidationError("--uce-… flags apply to --method uce, not \(method)") }
-        if method != "ant", ant.isSet { throw ValidationError("--ant-… flags apply to --method ant, not \(method)") }
-        if method != "rece", rece.isSet { throw ValidationError("--rece-… flags apply to --method rece, not \(method)") }
-        if method != "mace", mace.isSet { throw ValidationError("--mace-… flags apply to --method mace, not \(method)") }
-        if method != "advunlearn", advUnlearn.isSet { throw ValidationError("--advunlearn-… flags apply to --method advunlearn, not \(method)") }
+        let given = [("esd", esd.isSet), ("uce", uce.isSet), ("ant", ant.isSet), ("rece", rece.isSet), ("mace", mace.isSet),
+                     ("advunlearn", advUnlearn.isSet)]
+        if let other = given.first(where: { $0.0 != method && $0.1 })?.0 {
+            throw ValidationError("--\(other)-… flags apply to --method \(other), not \(method)")
+        }
         if method != "score", let flag = hyperparameters.scoreOnlyFlags.first {
             throw ValidationError("\(flag) is a SCORE hyper-parameter and does not apply to --method \(method); see its --\(method)-… flags")
         }
+        let (seed, every) = (hyperparameters.seed, hyperparameters.checkpointEvery)
         switch method {
-        case "esd": return try ErasureMethods.make(method, esd: esd.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
+        case "esd": return try ErasureMethods.make(method, esd: esd.resolve(seed: seed, checkpointEvery: every))
         case "uce": return try ErasureMethods.make(method, uce: uce.resolve())
-        case "ant": return try ErasureMethods.make(method, ant: ant.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
+        case "ant": return try ErasureMethods.make(method, ant: ant.resolve(seed: seed, checkpointEvery: every))
         case "rece": return try ErasureMethods.make(method, rece: rece.resolve())
-        case "mace": return try ErasureMethods.make(method, mace: mace.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
-        case "advunlearn":
-            return try ErasureMethods.make(method, advUnlearn: advUnlearn.resolve(seed: hyperparameters.seed, checkpointEvery: hyperparameters.checkpointEvery))
+        case "mace": return try ErasureMethods.make(method, mace: mace.resolve(seed: seed, checkpointEvery: every))
+        case "advunlearn": return try ErasureMethods.make(method, advUnlearn: advUnlearn.resolve(seed: seed, checkpointEvery: every))
         default: return try ErasureMethods.make(method, score: hyperparameters.resolve())
         }
     }
