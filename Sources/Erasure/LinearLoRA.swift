@@ -10,11 +10,10 @@ final class LinearLoRA {
     /// The name its factors go by (EraseAnything: the module path `transformer_blocks.0.attn.add_q_proj`;
     /// MACE: the weight's name).
     let path: String
-    let weight: Tensor
-    let base: Tensor
+    /// W, the layer's weight, and W₀.
+    let weight: Tensor, base: Tensor
     /// A [r, in] and B [out, r].
-    let down: Tensor
-    let up: Tensor
+    let down: Tensor, up: Tensor
     let alpha: Float
 
     /// Factors over `base` (by default a copy of the weight as it is now), with α = r (s = 1).
