@@ -6,7 +6,7 @@ import Tensor
 
 /// `score erase` as a function: runs a method on a model of either family, writes the erased
 /// model, the saliency mask and run.json into the output folder, and estimates the leakage of
-/// every concept (on the UNet family; the flow family's estimate is not implemented yet).
+/// every concept (`Leakage.report`, the same estimator on either family).
 public struct EraseJob {
     public var method: any ErasureMethod
     public var request: ErasureRequest
@@ -94,14 +94,10 @@ public struct EraseJob {
         try Self.swapIn(staging, to: output)
         log("wrote \(output.appendingPathComponent("model").path): \(changed.count) tensors, \(changedCount) parameters changed")
         if let leakage {
-            if let sd = pipeline as? StableDiffusionPipeline, let original = original as? UNet2DConditionModel {
-                record.leakage = try request.concepts.map { concept in
-                    try Leakage.report(concept: concept, pipeline: sd, original: original, options: leakage, probes: probes, log: log)
-                }
-                try record.write(config: config, to: output.appendingPathComponent("run.json"))
-            } else {
-                log("no leakage estimate: it is implemented for the UNet family only")
+            record.leakage = try request.concepts.map { concept in
+                try Leakage.report(concept: concept, pipeline: pipeline, original: original, options: leakage, probes: probes, log: log)
             }
+            try record.write(config: config, to: output.appendingPathComponent("run.json"))
         }
         return record
     }

@@ -189,7 +189,8 @@ public enum Leakage {
     /// probes on `probes`' features of those images. Those two see one image per trajectory, so
     /// they are cross-fitted over the four quarters (every image tested once) and calibrated
     /// with one temperature.
-    public static func report(concept: Concept, pipeline: StableDiffusionPipeline, original: UNet2DConditionModel,
+    /// Either family: the critics read x̂₀ in image layout (FLUX: x_σ − σ·v̂, unpacked).
+    public static func report<Model: ErasableModel>(concept: Concept, pipeline: Model, original: Model.Denoiser,
                               options: LeakageOptions = LeakageOptions(), probes: [FeatureProbe] = [],
                               log: (String) -> Void = { _ in }) throws -> LeakageReport {
         let table = ConditioningTable(captions: [""] + concept.targetPrompts + concept.anchors, model: pipeline)
@@ -205,13 +206,13 @@ public enum Leakage {
         log(String(format: "leakage '%@': sampled %d + %d trajectories in %.0f s", concept.name, n, n, Date().timeIntervalSince(started)))
 
         // The critic's view: x̂₀ of each model on its own prompt at t ≤ t′, grouped by trajectory.
-        func estimates(_ pool: TrajectoryPool, model: UNet2DConditionModel?) -> (Tensor, [Int], [Int]) {
+        func estimates(_ pool: TrajectoryPool, model: Model.Denoiser?) -> (Tensor, [Int], [Int]) {
             let late = pool.indices { $0 <= Float(options.splitTimestep) }
             var parts: [Tensor] = []
             for start in stride(from: 0, to: late.count, by: 64) {
                 let (z, t, p) = pool.batch(Array(late[start..<min(late.count, start + 64)]))
                 let eps = noGrad { pipeline.predict(z, timesteps: t, conditioning: table.batch(p), model: model) }
-                parts.append(pipeline.cleanEstimate(z, prediction: eps, timesteps: t))
+                parts.append(pipeline.imageLayout(pipeline.cleanEstimate(z, prediction: eps, timesteps: t)))
             }
             return (Tensor.concat(parts, axis: 0), late.map { Int(pool.timesteps[$0]) }, late.map { pool.trajectories[$0] })
         }
@@ -252,7 +253,7 @@ public enum Leakage {
         }
 
         // Detectors on the finished guided images, one per trajectory.
-        let images = noGrad { Tensor.concat([pipeline.decode(target.finals), pipeline.decode(anchor.finals)], axis: 0) }
+        let images = noGrad { Tensor.concat([pipeline.images(fromSamples: target.finals), pipeline.images(fromSamples: anchor.finals)], axis: 0) }
         let imageLabels = Array(repeating: Float(1), count: n) + Array(repeating: 0, count: n)
         let imageGroups = Array(0..<(2 * n))
         var imageCriticGenerator = generator.fork(UInt64(critics.count))
@@ -310,7 +311,7 @@ public enum Leakage {
     /// Repeat r runs `report` with seed `options.seed + 100·r`. The largest-over-detectors Î
     /// these read is the floor under any erased model's estimate at the same sample size: an
     /// estimated bound ½ + √(Î/2) below the floor's cannot be told from independence.
-    public static func noiseFloor(prompt: String, pipeline: StableDiffusionPipeline, options: LeakageOptions = LeakageOptions(),
+    public static func noiseFloor<Model: ErasableModel>(prompt: String, pipeline: Model, options: LeakageOptions = LeakageOptions(),
                                   probes: [FeatureProbe] = [], repeats: Int,
                                   log: (String) -> Void = { _ in }) throws -> [LeakageReport] {
         guard repeats > 0 else { throw ErasureError.invalidConfig("the leakage noise floor needs at least 1 repeat, got \(repeats)") }
@@ -318,7 +319,7 @@ public enum Leakage {
         return try (0..<repeats).map { r in
             var o = options
             o.seed = options.seed &+ UInt64(100 * r)
-            return try report(concept: concept, pipeline: pipeline, original: pipeline.unet, options: o, probes: probes, log: log)
+            return try report(concept: concept, pipeline: pipeline, original: pipeline.denoiser, options: o, probes: probes, log: log)
         }
     }
 
