@@ -179,7 +179,7 @@ extension ErasureMethod {
     /// A UNet-only method: runs on a `StableDiffusionPipeline` and refuses other families by name.
     public func erase<Model: ErasableModel>(_ request: ErasureRequest, model: Model, context: ErasureContext) throws -> ErasureOutcome {
         guard let pipeline = model as? StableDiffusionPipeline else {
-            throw ErasureError.invalidRequest("--method \(name) runs on Stable Diffusion (UNet) models only, not on \(Model.family.rawValue) models; on FLUX use esd, uce or score")
+            throw ErasureError.invalidRequest("--method \(name) runs on Stable Diffusion (UNet) models only, not on \(Model.family.rawValue) models; on FLUX use esd, uce, score or eraseanything")
         }
         return try erase(request, pipeline: pipeline, context: context)
     }

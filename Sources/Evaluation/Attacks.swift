@@ -69,7 +69,15 @@ public enum ParaphraseAttack {
     public static func run(pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts, judge: any Judge,
                            settings: ParaphraseAttackSettings, modelName: String,
                            log: (String) -> Void = { _ in }) throws -> (ParaphraseAttackResult, Tensor) {
-        try run(pipeline: pipeline, list: self.prompts(label: label, prompts: prompts), concept: prompts.classes[label].name,
+        try run(sampler: ImageSampler(pipeline), label: label, prompts: prompts, judge: judge, settings: settings,
+                modelName: modelName, log: log)
+    }
+
+    /// The same on a model of either family.
+    public static func run(sampler: ImageSampler, label: Int, prompts: FashionPrompts, judge: any Judge,
+                           settings: ParaphraseAttackSettings, modelName: String,
+                           log: (String) -> Void = { _ in }) throws -> (ParaphraseAttackResult, Tensor) {
+        try run(sampler: sampler, list: self.prompts(label: label, prompts: prompts), concept: prompts.classes[label].name,
                 label: label, conceptLabels: [label], judge: judge, settings: settings, modelName: modelName, log: log)
     }
 
@@ -77,6 +85,13 @@ public enum ParaphraseAttack {
     /// puts its image in one of `conceptLabels` (one class, or a group such as the emoji
     /// weapons). Returns the result and the images [prompts·seeds, C, H, W], prompt by prompt.
     public static func run(pipeline: StableDiffusionPipeline, list: [(prompt: String, source: String)], concept: String,
+                           label: Int, conceptLabels: [Int], judge: any Judge, settings: ParaphraseAttackSettings,
+                           modelName: String, log: (String) -> Void = { _ in }) throws -> (ParaphraseAttackResult, Tensor) {
+        try run(sampler: ImageSampler(pipeline), list: list, concept: concept, label: label, conceptLabels: conceptLabels,
+                judge: judge, settings: settings, modelName: modelName, log: log)
+    }
+
+    public static func run(sampler pipeline: ImageSampler, list: [(prompt: String, source: String)], concept: String,
                            label: Int, conceptLabels: [Int], judge: any Judge, settings: ParaphraseAttackSettings,
                            modelName: String, log: (String) -> Void = { _ in }) throws -> (ParaphraseAttackResult, Tensor) {
         try settings.validate()

@@ -2,6 +2,7 @@ import Diffusion
 import Erasure
 import Foundation
 import Kernels
+import NN
 import Tensor
 import Testbed
 
@@ -133,6 +134,18 @@ public struct BenchmarkMethod {
                 config.seed = seed
                 return try ErasureMethods.make("score", score: config)
             }
+        case "esd":
+            return BenchmarkMethod(name: name) { seed in
+                var config = ESDConfig()
+                config.seed = seed
+                return try ErasureMethods.make("esd", esd: config)
+            }
+        case "eraseanything":
+            return BenchmarkMethod(name: name) { seed in
+                var config = EraseAnythingConfig()
+                config.seed = seed
+                return try ErasureMethods.make("eraseanything", eraseAnything: config)
+            }
         case "uce":
             var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
             method.seeded = false
@@ -162,7 +175,7 @@ public struct BenchmarkMethod {
                 return try ErasureMethods.make("esd", esd: config)
             }
         default:
-            throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, \(scoreAblations.keys.sorted().joined(separator: ", ")), uce, rece, ant, mace, advunlearn, esd-x, esd-u, esd-all, esd-x-strict")
+            throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, \(scoreAblations.keys.sorted().joined(separator: ", ")), uce, rece, ant, mace, advunlearn, esd (ESD at its defaults, esd-x), esd-x, esd-u, esd-all, esd-x-strict, eraseanything (FLUX only)")
         }
     }
 }
@@ -268,6 +281,15 @@ final class PhaseTimer {
 /// tensors over `original` to `<runFolder>/model`. Returns how many parameters changed.
 func eraseCell(method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, model: LoadedModel, original: LoadedModel,
                runFolder: URL, timer: PhaseTimer, log: @escaping (String) -> Void) throws -> Int {
+    try eraseCell(method: method, seed: seed, request: request, model: model.pipeline, reference: original.pipeline.unet,
+                  baseFolder: original.folder, baseName: original.name, runFolder: runFolder, timer: timer, log: log)
+}
+
+/// The same on a model of either family: the changed denoiser tensors are written over
+/// `reference` (the base's denoiser, read from `baseFolder`) under the family's component.
+func eraseCell<Model: ErasableModel>(method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, model: Model, reference: Module,
+                                     baseFolder: URL, baseName: String, runFolder: URL, timer: PhaseTimer,
+                                     log: @escaping (String) -> Void) throws -> Int {
     guard let make = method.make else { return 0 }
     let eraser = try make(seed)
     var request = request
@@ -278,14 +300,14 @@ func eraseCell(method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, m
         for i in request.concepts.indices { request.concepts[i].anchors = request.retainPrompts }
     }
     // A method that trains the text encoder saves that change beside the UNet's, as `score erase` does.
-    let encoder = eraser.changesTextEncoder ? ErasedModel.textEncoderModule(of: model.pipeline) : nil
+    let encoder = eraser.changesTextEncoder ? model.textEncoderModule : nil
     let encoderBefore = encoder.map { $0.namedParameters().reduce(into: [String: Tensor]()) { $0[$1.name] = Tensor(shape: $1.tensor.shape, scalars: $1.tensor.scalars) } }
     let outcome = try timer("erase") {
-        try eraser.erase(request, pipeline: model.pipeline, context: ErasureContext(output: runFolder, resume: true, log: log))
+        try eraser.erase(request, model: model, context: ErasureContext(output: runFolder, resume: true, log: log))
     }
     timer.add(outcome.earlierSeconds, to: "erase")
-    let written = try ErasedModel.write(unet: model.pipeline.unet, reference: original.pipeline.unet,
-                                        baseFolder: original.folder, baseName: original.name, method: eraser.name,
+    let written = try ErasedModel.write(denoiser: model.denoiser, reference: reference, component: Model.denoiserComponent,
+                                        baseFolder: baseFolder, baseName: baseName, method: eraser.name,
                                         concepts: request.concepts.map(\.name), full: false,
                                         textEncoder: encoder.map { ($0, encoderBefore!) },
                                         to: runFolder.appendingPathComponent("model"))

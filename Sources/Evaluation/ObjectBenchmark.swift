@@ -18,6 +18,9 @@ public struct ObjectBenchmark: CellBenchmark {
     public var concepts: [String]
     public var methods: [BenchmarkMethod]
     public var seeds: [UInt64]
+    /// Which embedded model every cell erases: the mini-SD (.unet) or the mini-FLUX (.flux). Set
+    /// `settings`, `leakage` and `paraphraseAttack` to the family's sampler with it (`BenchmarkRun` does).
+    public var family = DenoiserFamily.unet
     public var settings = EvaluationSettings()
 
     /// A cell measured with other evaluation settings (another guidance, say), another attack
@@ -157,7 +160,37 @@ final class CellMeasurement {
         }
         let request = try Workflows.request(concepts: [concept], synonyms: [], anchors: [], retain: nil, prompts: prompts)
         let timed = PhaseTimer()
-        let original = try ModelLoader.load(nil, assets: assets)
+        switch benchmark.family {
+        case .flux:
+            // The flow family: the paraphrase attack only (`AttackRun.fluxRefusal` says why not the rest).
+            // Erased cells name the embedded folder as their base (`ErasedModel.Manifest.baseFolder`).
+            let folder = try DefaultModel.fluxFolder()
+            let name = folder.path
+            let original = try ModelLoader.loadFlux(folder.path, assets: assets)
+            let model = try ModelLoader.loadFlux(folder.path, assets: assets)
+            return try measure(concept: concept, label: label, method: method, seed: seed, request: request, timed: timed,
+                               model: EvaluatedModel<FluxPipeline>(model, name: method.name), original: EvaluatedModel<FluxPipeline>(original, name: name),
+                               baseFolder: folder) { _ in (nil, [:]) }
+        case .unet:
+            let original = try ModelLoader.load(nil, assets: assets)
+            let model = try ModelLoader.load(nil, assets: assets)
+            return try measure(concept: concept, label: label, method: method, seed: seed, request: request, timed: timed,
+                               model: EvaluatedModel<StableDiffusionPipeline>(model.pipeline, name: method.name),
+                               original: EvaluatedModel<StableDiffusionPipeline>(original.pipeline, name: original.name), baseFolder: original.folder) { timed in
+                try self.attacks(concept: concept, label: label, method: method, model: model.pipeline, original: original.pipeline,
+                                 timed: timed)
+            }
+        }
+    }
+
+    /// One cell on either family: the original model's images (once per concept), the erasure,
+    /// the evaluation against those images, the leakage estimate, the paraphrase attack and the
+    /// family's other attacks (`attacks`: UnlearnDiffAtk's result and the rest by name).
+    func measure<Model: ErasableModel>(
+        concept: String, label: Int, method: BenchmarkMethod, seed: UInt64, request: ErasureRequest, timed: PhaseTimer,
+        model: EvaluatedModel<Model>, original: EvaluatedModel<Model>, baseFolder: URL,
+        attacks runAttacks: (PhaseTimer) throws -> (UnlearnDiffAtkResult?, [String: AttackSummary])
+    ) throws -> ObjectBenchmarkCell {
         if originalImages[concept] == nil {
             let encoder = JSONEncoder()
             encoder.outputFormatting = .sortedKeys
@@ -165,25 +198,25 @@ final class CellMeasurement {
             originalImages[concept] = try timed("original_images") {
                 try ObjectEvaluator.cachedImages(
                     file: benchmark.output.appendingPathComponent(concept).appendingPathComponent("original-images.safetensors"),
-                    key: "\(original.name) \(weightsDigest(original.pipeline.unet)) class \(label) \(settingsJSON)", label: label, prompts: prompts, settings: benchmark.settings) {
-                    try ObjectEvaluator.images(original.pipeline, label: label, prompts: prompts, settings: benchmark.settings, log: log)
+                    key: "\(original.name) \(weightsDigest(original.pipeline.denoiser)) class \(label) \(settingsJSON)", label: label, prompts: prompts, settings: benchmark.settings) {
+                    try ObjectEvaluator.images(original.sampler, label: label, prompts: prompts, settings: benchmark.settings, log: log)
                 }
             }
         }
-        let model = try ModelLoader.load(nil, assets: assets)
-        let changed = try eraseCell(method: method, seed: seed, request: request, model: model, original: original,
+        let changed = try eraseCell(method: method, seed: seed, request: request, model: model.pipeline,
+                                    reference: original.pipeline.denoiser, baseFolder: baseFolder, baseName: original.name,
                                     runFolder: benchmark.cellURL(concept: concept, method: method.name, seed: seed).deletingPathExtension(),
                                     timer: timed, log: log)
         var (evaluation, _, _) = try timed("evaluate") {
             try ObjectEvaluator.evaluate(
                 // The original model's cell evaluates the images it just generated (the same bits
                 // as generating them again).
-                erased: model.pipeline, original: nil, originalImages: originalImages[concept],
+                erased: model.sampler, original: nil, originalImages: originalImages[concept],
                 erasedImages: method.make == nil ? originalImages[concept] : nil, label: label, prompts: prompts,
                 test: test, settings: benchmark.settings, modelName: method.name, originalName: "embedded", log: { _ in })
         }
         let report = try timed("leakage") {
-            try Leakage.report(concept: request.concepts[0], pipeline: model.pipeline, original: original.pipeline.unet,
+            try Leakage.report(concept: request.concepts[0], pipeline: model.pipeline, original: original.pipeline.denoiser,
                                options: benchmark.leakage, probes: probes, log: log)
         }
         evaluation.leakage = report
@@ -192,56 +225,10 @@ final class CellMeasurement {
         evaluation.leakage_nats = report.leakage_nats
         evaluation.leakage_bound = report.leakage_bound
         let paraphrase = try timed("paraphrase_attack") {
-            try ParaphraseAttack.run(pipeline: model.pipeline, label: label, prompts: prompts, judge: judge,
+            try ParaphraseAttack.run(sampler: model.sampler, label: label, prompts: prompts, judge: judge,
                                      settings: benchmark.paraphraseAttack, modelName: method.name).0
         }
-        let selected = Set(benchmark.attacks)
-        var uda: UnlearnDiffAtkResult? = nil
-        if selected.contains("unlearndiffatk") {
-            uda = try timed("unlearndiffatk") {
-                try UnlearnDiffAtk.run(pipeline: model.pipeline, original: original.pipeline, label: label, prompts: prompts, test: test,
-                                       judge: judge, attackJudge: attackJudge, config: benchmark.unlearnDiffAtk, modelName: method.name,
-                                       log: { _ in }).0
-            }
-        }
-        var attacks: [String: AttackSummary] = [:]
-        attacks["unlearndiffatk"] = uda?.summary
-        if selected.contains("inversion") {
-            let config = benchmark.inversion
-            attacks["inversion"] = try timed("inversion") {
-                let (images, indices) = try InversionAttack.realImages(label: label, train: train, count: config.images, seed: config.seed)
-                return try InversionAttack.run(pipeline: model.pipeline, original: original.pipeline, images: images, indices: indices,
-                                               concept: concept, label: label, conceptLabels: [label], judge: judge, config: config,
-                                               modelName: method.name).0.summary
-            }
-        }
-        if selected.contains("ring-a-bell") {
-            let config = benchmark.ringABell
-            attacks["ring-a-bell"] = try timed("ring_a_bell") {
-                let encoder = (model.pipeline.textEncoder as? BertTextEncoder).map { weightsDigest($0.model) } ?? ""
-                if ringABellPrompts[concept]?.encoder != encoder {
-                    ringABellPrompts[concept] = (encoder, try RingABellAttack.search(pipeline: model.pipeline, label: label, prompts: prompts,
-                                                                                     config: config))
-                }
-                return try RingABellAttack.run(pipeline: model.pipeline, label: label, prompts: prompts, judge: judge, config: config,
-                                               modelName: method.name, found: ringABellPrompts[concept]!.found).0.summary
-            }
-        }
-        if selected.contains("cce") {
-            let config = benchmark.cce
-            attacks["cce"] = try timed("cce") {
-                try CCEAttack.run(pipeline: model.pipeline, label: label, prompts: prompts, train: train, judge: judge, config: config,
-                                  modelName: method.name).0.summary
-            }
-        }
-        if selected.contains("p4d") {
-            let config = benchmark.p4d
-            attacks["p4d"] = try timed("p4d") {
-                try P4DAttack.run(pipeline: model.pipeline, original: original.pipeline, label: label, prompts: prompts, judge: judge,
-                                  selector: config.selector == "pixels" ? nil : try DefaultModel.judge(config.selector), config: config,
-                                  modelName: method.name).0.summary
-            }
-        }
+        let (uda, attacks) = try runAttacks(timed)
         log(String(format: "  Acc_e %.1f%%  Acc_g %.1f%%  Acc_s %.1f%%  H_o %.1f%%  leakage bound %.3f  ASR paraphrase %.1f%%",
                    evaluation.acc_e * 100, evaluation.acc_g * 100, evaluation.acc_s * 100, evaluation.h_o * 100,
                    report.leakage_bound, paraphrase.asr * 100)
@@ -254,6 +241,59 @@ final class CellMeasurement {
                              asr_paraphrase_trials: paraphrase.prompts.map(\.broken.count).reduce(0, +),
                              asr_unlearndiffatk_pre: uda?.asr_pre, asr_unlearndiffatk_post: uda?.asr_post,
                              phase_seconds: timed.seconds, attacks: attacks)
+    }
+
+    /// The UNet family's attacks beyond the paraphrase attack, as the benchmark selects them.
+    func attacks(concept: String, label: Int, method: BenchmarkMethod, model: StableDiffusionPipeline,
+                 original: StableDiffusionPipeline, timed: PhaseTimer) throws -> (UnlearnDiffAtkResult?, [String: AttackSummary]) {
+        let selected = Set(benchmark.attacks)
+        var uda: UnlearnDiffAtkResult? = nil
+        if selected.contains("unlearndiffatk") {
+            uda = try timed("unlearndiffatk") {
+                try UnlearnDiffAtk.run(pipeline: model, original: original, label: label, prompts: prompts, test: test,
+                                       judge: judge, attackJudge: attackJudge, config: benchmark.unlearnDiffAtk, modelName: method.name,
+                                       log: { _ in }).0
+            }
+        }
+        var attacks: [String: AttackSummary] = [:]
+        attacks["unlearndiffatk"] = uda?.summary
+        if selected.contains("inversion") {
+            let config = benchmark.inversion
+            attacks["inversion"] = try timed("inversion") {
+                let (images, indices) = try InversionAttack.realImages(label: label, train: train, count: config.images, seed: config.seed)
+                return try InversionAttack.run(pipeline: model, original: original, images: images, indices: indices,
+                                               concept: concept, label: label, conceptLabels: [label], judge: judge, config: config,
+                                               modelName: method.name).0.summary
+            }
+        }
+        if selected.contains("ring-a-bell") {
+            let config = benchmark.ringABell
+            attacks["ring-a-bell"] = try timed("ring_a_bell") {
+                let encoder = (model.textEncoder as? BertTextEncoder).map { weightsDigest($0.model) } ?? ""
+                if ringABellPrompts[concept]?.encoder != encoder {
+                    ringABellPrompts[concept] = (encoder, try RingABellAttack.search(pipeline: model, label: label, prompts: prompts,
+                                                                                     config: config))
+                }
+                return try RingABellAttack.run(pipeline: model, label: label, prompts: prompts, judge: judge, config: config,
+                                               modelName: method.name, found: ringABellPrompts[concept]!.found).0.summary
+            }
+        }
+        if selected.contains("cce") {
+            let config = benchmark.cce
+            attacks["cce"] = try timed("cce") {
+                try CCEAttack.run(pipeline: model, label: label, prompts: prompts, train: train, judge: judge, config: config,
+                                  modelName: method.name).0.summary
+            }
+        }
+        if selected.contains("p4d") {
+            let config = benchmark.p4d
+            attacks["p4d"] = try timed("p4d") {
+                try P4DAttack.run(pipeline: model, original: original, label: label, prompts: prompts, judge: judge,
+                                  selector: config.selector == "pixels" ? nil : try DefaultModel.judge(config.selector), config: config,
+                                  modelName: method.name).0.summary
+            }
+        }
+        return (uda, attacks)
     }
 }
 

@@ -100,11 +100,17 @@ public enum ObjectEvaluator {
     /// get the same noise for the same list.
     public static func generate(_ pipeline: StableDiffusionPipeline, prompts: [String], settings: EvaluationSettings,
                                 log: (String) -> Void = { _ in }) throws -> Tensor {
+        try generate(ImageSampler(pipeline), prompts: prompts, settings: settings, log: log)
+    }
+
+    /// The same for a model of either family.
+    public static func generate(_ sampler: ImageSampler, prompts: [String], settings: EvaluationSettings,
+                                log: (String) -> Void = { _ in }) throws -> Tensor {
         var parts: [Tensor] = []
         for start in stride(from: 0, to: prompts.count, by: 32) {
             let chunk = Array(prompts[start..<min(prompts.count, start + 32)])
-            parts.append(try pipeline.generate(prompts: chunk, steps: settings.steps, guidance: settings.guidance,
-                                               seed: settings.seed, firstImageIndex: start))
+            parts.append(try sampler(prompts: chunk, steps: settings.steps, guidance: settings.guidance,
+                                     seed: settings.seed, firstImageIndex: start))
             log("  generated \(min(prompts.count, start + 32))/\(prompts.count) images")
         }
         return Tensor.concat(parts, axis: 0)
@@ -122,6 +128,11 @@ public enum ObjectEvaluator {
     }
 
     public static func images(_ pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts,
+                              settings: EvaluationSettings, log: (String) -> Void = { _ in }) throws -> EvaluationImages {
+        try images(ImageSampler(pipeline), label: label, prompts: prompts, settings: settings, log: log)
+    }
+
+    public static func images(_ pipeline: ImageSampler, label: Int, prompts: FashionPrompts,
                               settings: EvaluationSettings, log: (String) -> Void = { _ in }) throws -> EvaluationImages {
         let sets = promptSets(label: label, prompts: prompts, settings: settings)
         return EvaluationImages(target: try generate(pipeline, prompts: sets.target, settings: settings, log: log),
@@ -185,6 +196,17 @@ public enum ObjectEvaluator {
     /// models' retained images. `erasedImages`: the erased model's images when already generated
     /// with these settings (the original model's cell of a benchmark evaluates its own images).
     public static func evaluate(erased: StableDiffusionPipeline, original: StableDiffusionPipeline?,
+                                originalImages: EvaluationImages? = nil, erasedImages: EvaluationImages? = nil, label: Int,
+                                prompts: FashionPrompts, test: LabelledImages, settings: EvaluationSettings,
+                                modelName: String, originalName: String?,
+                                log: (String) -> Void = { _ in }) throws -> (ObjectEvaluation, EvaluationImages, EvaluationImages?) {
+        try evaluate(erased: ImageSampler(erased), original: original.map { ImageSampler($0) }, originalImages: originalImages,
+                     erasedImages: erasedImages, label: label, prompts: prompts, test: test, settings: settings,
+                     modelName: modelName, originalName: originalName, log: log)
+    }
+
+    /// The same for models of either family, drawn by their samplers.
+    public static func evaluate(erased: ImageSampler, original: ImageSampler?,
                                 originalImages: EvaluationImages? = nil, erasedImages: EvaluationImages? = nil, label: Int,
                                 prompts: FashionPrompts, test: LabelledImages, settings: EvaluationSettings,
                                 modelName: String, originalName: String?,

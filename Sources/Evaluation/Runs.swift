@@ -70,8 +70,10 @@ public struct EraseRun {
         let output = try OutputPath.folder(output, flag: "--out")
         if let model, FluxPipeline.isFluxFolder(URL(fileURLWithPath: model)) {
             let pipeline = try ModelLoader.loadFlux(model, variant: variant, assets: assets)
-            return try eraseJob(request: request, baseFolder: URL(fileURLWithPath: model), baseName: model, output: output)
-                .run(model: pipeline, log: log)
+            var job = eraseJob(request: request, baseFolder: URL(fileURLWithPath: model), baseName: model, output: output)
+            job.leakage = leakage?.sampledAsFlux
+            job.probes = try Workflows.judgeProbes()
+            return try job.run(model: pipeline, log: log)
         }
         let loaded = try ModelLoader.load(model, variant: variant, assets: assets)
         var job = eraseJob(request: request, baseFolder: loaded.folder, baseName: loaded.name, output: output)
@@ -95,31 +97,51 @@ public struct EraseRun {
 
 /// `score evaluate`: measure an erased model on a testbed class and write the report.
 public struct EvaluationRun {
-    /// The erased model (the model/ folder of `score erase`, or any testbed folder).
-    public var model: String
-    /// The original model (nil: for an erased folder, its base).
+    /// The erased model (the model/ folder of `score erase`, or any testbed folder); nil with
+    /// `family` "flux": the embedded mini-FLUX itself.
+    public var model: String?
+    /// "sd" or "flux". A FLUX-layout `model` (a FLUX folder, or `erase`'s changed tensors over one)
+    /// is measured as flux whatever this says; "flux" with a Stable Diffusion `model` is refused.
+    public var family = "sd"
+    /// The original model (nil: for an erased folder, its base; for a FLUX model, the embedded mini-FLUX).
     public var original: String?
     /// The weights variant to read of both models (nil: the plain weights, or what the erased folder records).
     public var variant: String?
     public var concept: String
+    /// Sampler, sizes and judges. A FLUX model is sampled at the mini-FLUX's steps and guidance
+    /// (`EvaluationSettings.flux`), whatever these say.
     public var settings = EvaluationSettings()
     /// nil: no leakage estimate when run.json has none.
     public var leakage: LeakageOptions? = LeakageOptions()
-    /// Report folder (nil: `<model>/../report`).
+    /// Report folder (nil: `<model>/../report`; without a model, runs/evaluate-flux/report).
     public var reportFolder: String?
     /// LoRA files merged into the erased model's weights (not the original's), in order.
     public var loras: [LoRAFile] = []
 
-    public init(model: String, concept: String) {
+    public init(model: String?, concept: String) {
         self.model = model
         self.concept = concept
     }
 
     public var reportURL: URL {
-        reportFolder.map { URL(fileURLWithPath: $0) } ?? URL(fileURLWithPath: model).deletingLastPathComponent().appendingPathComponent("report")
+        if let reportFolder { return URL(fileURLWithPath: reportFolder) }
+        guard let model else { return URL(fileURLWithPath: "runs/evaluate-flux/report") }
+        return URL(fileURLWithPath: model).deletingLastPathComponent().appendingPathComponent("report")
     }
 
+    /// Whether the model is measured as a flow model: `--family flux`, or a FLUX-layout `--model`.
+    public var isFlux: Bool { model.map { FluxPipeline.isFluxFolder(URL(fileURLWithPath: $0)) } ?? (family == "flux") }
+
     public func validate() throws {
+        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
+        try check(["sd", "flux"].contains(family), "--family must be sd or flux, not '\(family)'")
+        try check(model != nil || family == "flux", "give --model (or --family flux to evaluate the embedded mini-FLUX)")
+        if family == "flux", let model {
+            try check(isFlux, "--family flux: \(model) is not a FLUX folder (its model_index.json names no FluxPipeline)")
+        }
+        if isFlux, let original {
+            try check(FluxPipeline.isFluxFolder(URL(fileURLWithPath: original)), "--original \(original) is not a FLUX folder, and the model is one: compare models of one family")
+        }
         try settings.validate()
         try leakage?.validate()
         _ = try Workflows.testbedLabel(concept)
@@ -128,6 +150,7 @@ public struct EvaluationRun {
 
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> ObjectEvaluation {
         try validate()
+        if isFlux { return try runFlux(assets: assets, log: log) }
         var erased = try ModelLoader.load(model, variant: variant, assets: assets)
         try erased.merge(loras)
         let base = original ?? erased.manifest.flatMap { $0.base_model == "embedded" ? nil : $0.base_model }
@@ -135,6 +158,28 @@ public struct EvaluationRun {
         let reference = original != nil || erased.manifest != nil ? try ModelLoader.load(base, variant: base == nil ? nil : baseVariant, assets: assets) : nil
         return try Workflows.evaluate(model: erased, original: reference, concept: concept, settings: settings,
                                       leakage: leakage, reportFolder: reportURL, assets: assets, log: log)
+    }
+
+    /// The flow family: the model (or the embedded mini-FLUX) against `original`, else the erased
+    /// folder's base, else the embedded mini-FLUX; nothing to compare when the model is the
+    /// embedded mini-FLUX itself.
+    func runFlux(assets: Assets, log: @escaping (String) -> Void) throws -> ObjectEvaluation {
+        let embedded = try DefaultModel.fluxFolder().path
+        let path = model ?? embedded
+        let record = try model.flatMap { try ErasedModel.record(beside: URL(fileURLWithPath: $0)) }
+        let erased = try ModelLoader.loadFlux(path, variant: variant, assets: assets)
+        try erased.merge(loras)
+        let manifest = try ErasedModel.manifest(in: URL(fileURLWithPath: path))
+        let base = original ?? manifest?.baseFolder(relativeTo: URL(fileURLWithPath: path))?.path ?? (model == nil ? nil : embedded)
+        let reference = try base.map { try ModelLoader.loadFlux($0, variant: variant ?? manifest?.base_variant, assets: assets) }
+        var name = model ?? "embedded mini-FLUX"
+        name += loras.map { " + LoRA \($0.path)" + ($0.scale == 1 ? "" : " × \($0.scale)") }.joined()
+        var fluxSettings = settings
+        (fluxSettings.steps, fluxSettings.guidance) = (MiniFlux.steps, MiniFlux.guidance)
+        return try Workflows.evaluate(model: EvaluatedModel<FluxPipeline>(erased, name: name, record: record),
+                                      original: reference.map { EvaluatedModel<FluxPipeline>($0, name: base == embedded ? "embedded mini-FLUX" : base!) },
+                                      concept: concept, settings: fluxSettings, leakage: leakage?.sampledAsFlux,
+                                      reportFolder: reportURL, assets: assets, log: log)
     }
 }
 
@@ -184,8 +229,33 @@ public struct AttackRun {
         self.concept = concept
     }
 
+    /// "sd" or "flux": which embedded model is attacked without `model`; a FLUX-layout `model`
+    /// is attacked as flux whatever this says.
+    public var family = "sd"
+
+    /// Whether the attacked model is a flow model: `--family flux`, or a FLUX-layout `--model`.
+    public var isFlux: Bool { model.map { FluxPipeline.isFluxFolder(URL(fileURLWithPath: $0)) } ?? (family == "flux") }
+
+    /// Why `kind` is not run on the flow family (nil: it is).
+    public static func fluxRefusal(_ kind: Kind) -> String? {
+        switch kind {
+        case .paraphrase: return nil
+        case .unlearndiffatk, .cce, .p4d:
+            return "--attack \(kind.rawValue) is not implemented on FLUX: it optimises tokens or embeddings through the text encoder and the UNet's ε-prediction loss, and its FLUX form (gradients through the transformer's velocity w.r.t. the padded text states and the pooled vector) is not written; on FLUX use --attack paraphrase"
+        case .inversion:
+            return "--attack inversion is not implemented on FLUX: it needs the Euler inversion of the flow (x₀ → x₁ along the velocity), which is not written; on FLUX use --attack paraphrase"
+        case .ringABell:
+            return "--attack ring-a-bell is not implemented on FLUX: its search reads a CLIP/BERT text encoder's token states alone, and FLUX's encoder gives padded states and a pooled vector; on FLUX use --attack paraphrase"
+        }
+    }
+
     public func validate() throws {
         _ = try Workflows.testbedLabel(concept)
+        guard ["sd", "flux"].contains(family) else { throw EvaluationError.invalidSetting("--family must be sd or flux, not '\(family)'") }
+        if family == "flux", let model, !isFlux {
+            throw EvaluationError.invalidSetting("--family flux: \(model) is not a FLUX folder (its model_index.json names no FluxPipeline)")
+        }
+        if isFlux, let refusal = Self.fluxRefusal(kind) { throw EvaluationError.invalidRequest(refusal) }
         try ModelLoader.checkVariant(variant, model: model)
         try paraphrase.validate()
         switch kind {
@@ -219,9 +289,6 @@ public struct AttackRun {
         try validate()
         let prompts = try FashionPrompts.bundled()
         let label = try Workflows.testbedLabel(concept)
-        var loaded = try ModelLoader.load(model, variant: variant, assets: assets)
-        try loaded.merge(loras)
-        let scorer = try DefaultModel.judge(paraphrase.judge)
         /// attack.json, prompts.txt and grid.png in --out, when it is given.
         func save<Result: Encodable>(_ result: Result, prompts: [String], grid: @autoclosure () -> Tensor) throws {
             guard let output else { return }
@@ -229,6 +296,22 @@ public struct AttackRun {
             try AttackOutput.write(result, prompts: prompts, grid: grid(), to: folder)
             log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
         }
+        if isFlux {
+            // The flow family: the paraphrase attack at the mini-FLUX's sampler (validate refused the rest).
+            let pipeline = try ModelLoader.loadFlux(model ?? DefaultModel.fluxFolder().path, variant: variant, assets: assets)
+            try pipeline.merge(loras)
+            let name = (model ?? "embedded mini-FLUX") + loras.map { " + LoRA \($0.path)" }.joined()
+            let settings = paraphrase.sampledAsFlux
+            let (result, images) = try ParaphraseAttack.run(sampler: ImageSampler(pipeline), label: label, prompts: prompts,
+                                                            judge: try DefaultModel.judge(paraphrase.judge), settings: settings,
+                                                            modelName: name, log: log)
+            try save(result, prompts: result.prompts.map(\.prompt),
+                     grid: AttackOutput.paraphraseGrid(images, seedsPerPrompt: settings.seedsPerPrompt))
+            return .paraphrase(result)
+        }
+        var loaded = try ModelLoader.load(model, variant: variant, assets: assets)
+        try loaded.merge(loras)
+        let scorer = try DefaultModel.judge(paraphrase.judge)
         switch kind {
         case .paraphrase:
             let (result, images) = try ParaphraseAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, judge: scorer,
@@ -329,6 +412,13 @@ public struct BenchmarkRun {
     public var leakage = LeakageOptions()
     /// Measure nothing: table the cells already finished.
     public var finishedOnly = false
+    /// Object task: "sd" (the embedded mini-SD) or "flux" (the embedded mini-FLUX, sampled at its
+    /// own settings: 25 Euler steps, true CFG 4, for images, leakage and the paraphrase attack).
+    public var family = "sd"
+
+    /// The methods that run on the flow family (the rest are UNet-only).
+    public static let fluxMethods = ["original", "esd", "esd-x", "esd-u", "esd-all", "esd-x-strict", "uce", "eraseanything", "score",
+                                     "score-retain-anchor"] + BenchmarkMethod.scoreAblations.keys.sorted()
 
     /// The rows without `--methods`.
     public static let defaultMethods = ["original", "esd-x", "esd-u", "uce", "score"]
@@ -338,7 +428,7 @@ public struct BenchmarkRun {
         self.methods = methods
     }
 
-    public var outputURL: URL { URL(fileURLWithPath: output ?? task.defaultOutput) }
+    public var outputURL: URL { URL(fileURLWithPath: output ?? (family == "flux" ? "runs/benchmark-flux" : task.defaultOutput)) }
     public var tableURL: URL { table.map { URL(fileURLWithPath: $0) } ?? outputURL.appendingPathComponent("results.md") }
 
     public func validate() throws {
@@ -346,6 +436,20 @@ public struct BenchmarkRun {
         guard attackInstances >= 1 else { throw EvaluationError.invalidSetting("--attack-instances must be at least 1, not \(attackInstances)") }
         guard !methods.isEmpty else { throw EvaluationError.invalidSetting("--methods names no method") }
         try leakage.validate()
+        guard ["sd", "flux"].contains(family) else { throw EvaluationError.invalidSetting("--family must be sd or flux, not '\(family)'") }
+        if family == "flux" {
+            guard task == .object else {
+                throw EvaluationError.invalidRequest("--family flux runs the object task (the embedded mini-FLUX); --task \(task.rawValue) is the emoji mini-SD's")
+            }
+            for method in methods where !Self.fluxMethods.contains(method.name) {
+                throw EvaluationError.invalidRequest("--methods: \(method.name) runs on Stable Diffusion (UNet) models only; with --family flux the methods are \(Self.fluxMethods.joined(separator: ", "))")
+            }
+            if let attack = attacks.first, let kind = AttackRun.Kind(rawValue: attack), let refusal = AttackRun.fluxRefusal(kind) {
+                throw EvaluationError.invalidRequest("--attacks \(attack) with --family flux: " + refusal.replacingOccurrences(of: "--attack \(attack) is", with: "it is") + " (the paraphrase attack always runs; --attacks none)")
+            }
+        } else if let method = methods.first(where: { $0.name == "eraseanything" }) {
+            throw EvaluationError.invalidRequest("--methods: \(method.name) runs on FLUX models only; add --family flux")
+        }
         if task == .object {
             for (flag, value) in [("--model", model), ("--dataset", dataset), ("--judges", judges)] where value != nil {
                 throw EvaluationError.invalidRequest("\(flag) is for the emoji tasks; --task object uses the embedded mini-SD and judges")
@@ -370,6 +474,12 @@ public struct BenchmarkRun {
         if task == .object {
             var benchmark = ObjectBenchmark(concepts: concepts ?? ["sneaker"], methods: methods, seeds: seedList, output: outputURL)
             benchmark.leakage = leakage
+            if family == "flux" {
+                benchmark.family = .flux
+                benchmark.settings = .flux
+                benchmark.leakage = leakage.sampledAsFlux
+                benchmark.paraphraseAttack = benchmark.paraphraseAttack.sampledAsFlux
+            }
             benchmark.unlearnDiffAtk = UnlearnDiffAtkConfig(budget: attackBudget)
             benchmark.attacks = attacks
             benchmark.setAttackInstances(attackInstances)

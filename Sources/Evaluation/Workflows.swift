@@ -74,19 +74,29 @@ public enum Workflows {
     public static func evaluate(model: LoadedModel, original: LoadedModel?, concept: String, settings: EvaluationSettings,
                                 leakage: LeakageOptions?, reportFolder: URL?, assets: Assets = Assets(),
                                 log: @escaping (String) -> Void) throws -> ObjectEvaluation {
+        try evaluate(model: EvaluatedModel<StableDiffusionPipeline>(model.pipeline, name: model.name, record: model.record),
+                     original: original.map { EvaluatedModel<StableDiffusionPipeline>($0.pipeline, name: $0.name) }, concept: concept, settings: settings,
+                     leakage: leakage, reportFolder: reportFolder, assets: assets, log: log)
+    }
+
+    /// The same on models of either family: the images come from each model's sampler, the
+    /// leakage estimate from `Leakage.report` on the erased pipeline against the original's denoiser.
+    public static func evaluate<Model: ErasableModel>(model: EvaluatedModel<Model>, original: EvaluatedModel<Model>?, concept: String,
+                                                      settings: EvaluationSettings, leakage: LeakageOptions?, reportFolder: URL?,
+                                                      assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> ObjectEvaluation {
         let record = model.record
         let prompts = try FashionPrompts.bundled()
         let label = try testbedLabel(concept)
         let data = try FashionMNIST(assets: assets)
         var (evaluation, after, before) = try ObjectEvaluator.evaluate(
-            erased: model.pipeline, original: original?.pipeline, label: label, prompts: prompts, test: data.test,
+            erased: model.sampler, original: original?.sampler, label: label, prompts: prompts, test: data.test,
             settings: settings, modelName: model.name, originalName: original?.name, log: log)
         var report = record?.leakage?.first { prompts.label(forConcept: $0.concept) == label }
         if report == nil, let leakage, let original {
             // The concept as the erasure defined it (its anchors), else the testbed's default.
             let erased = record?.request.concepts.first { prompts.label(forConcept: $0.name) == label }
             let defined = try erased ?? Self.request(concepts: [concept], synonyms: [], anchors: [], retain: nil, prompts: prompts).concepts[0]
-            report = try Leakage.report(concept: defined, pipeline: model.pipeline, original: original.pipeline.unet,
+            report = try Leakage.report(concept: defined, pipeline: model.pipeline, original: original.pipeline.denoiser,
                                         options: leakage, probes: try judgeProbes(), log: log)
         }
         evaluation.leakage = report
@@ -97,6 +107,27 @@ public enum Workflows {
             log("wrote \(html.path)")
         }
         return evaluation
+    }
+}
+
+/// A model under evaluation, of either family: its pipeline (the leakage estimate samples it),
+/// how it draws images, how records name it, and the run.json of the erasure that wrote it.
+public struct EvaluatedModel<Model: ErasableModel> {
+    public var pipeline: Model
+    public var sampler: ImageSampler
+    public var name: String
+    public var record: ErasureRecord?
+}
+
+extension EvaluatedModel where Model == StableDiffusionPipeline {
+    public init(_ pipeline: StableDiffusionPipeline, name: String, record: ErasureRecord? = nil) {
+        self.init(pipeline: pipeline, sampler: ImageSampler(pipeline), name: name, record: record)
+    }
+}
+
+extension EvaluatedModel where Model == FluxPipeline {
+    public init(_ pipeline: FluxPipeline, name: String, record: ErasureRecord? = nil) {
+        self.init(pipeline: pipeline, sampler: ImageSampler(pipeline), name: name, record: record)
     }
 }
 

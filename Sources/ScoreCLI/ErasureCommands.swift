@@ -94,6 +94,7 @@ extension ESDConfig: TrainedConfig {}
 extension ANTConfig: TrainedConfig {}
 extension MACEConfig: TrainedConfig {}
 extension AdvUnlearnConfig: TrainedConfig {}
+extension EraseAnythingConfig: TrainedConfig {}
 extension UCEConfig: FlaggedConfig {}
 extension RECEConfig: FlaggedConfig {}
 
@@ -269,6 +270,30 @@ struct AdvUnlearnOptions: ParsableArguments, MethodFlags {
 }
 
 /// Leakage-estimate flags shared by erase, evaluate, benchmark, check-leakage and demo.
+/// EraseAnything's hyper-parameters as flags (defaults: the official config's, see
+/// `EraseAnythingConfig`). It also reads the shared --seed and --checkpoint-every.
+struct EraseAnythingOptions: ParsableArguments, MethodFlags {
+    typealias Config = EraseAnythingConfig
+
+    @Option(help: "EraseAnything steps, erasure and preservation alternating (official: 200).") var eraseanythingSteps: Int?
+    @Option(help: "EraseAnything AdamW learning rate (official: 1e-3).") var eraseanythingLr: Float?
+    @Option(help: "EraseAnything LoRA rank (official: 8; alpha = rank).") var eraseanythingRank: Int?
+    @Option(help: "EraseAnything negative guidance η of the ESD velocity target (official: 1).") var eraseanythingEta: Float?
+    @Option(help: "EraseAnything λ₁ of the ESD velocity loss (official: 1).") var eraseanythingLambdaEsd: Float?
+    @Option(help: "EraseAnything λ₂ of the attention-map regulariser (official: 1e-3).") var eraseanythingLambdaAttention: Float?
+    @Option(help: "EraseAnything λ₃ of the flow-matching (LoRA) loss on concept images (official: 0.1).") var eraseanythingLambdaLora: Float?
+    @Option(help: "EraseAnything λ₄ of the contrastive (InfoNCE) term (official: 0.1).") var eraseanythingLambdaContrastive: Float?
+
+    var overrides: [FlagOverride<Config>?] {
+        [field("--eraseanything-steps", eraseanythingSteps, \.steps), field("--eraseanything-lr", eraseanythingLr, \.learningRate),
+         field("--eraseanything-rank", eraseanythingRank, \.rank), field("--eraseanything-eta", eraseanythingEta, \.eta),
+         field("--eraseanything-lambda-esd", eraseanythingLambdaEsd, \.lambdaESD),
+         field("--eraseanything-lambda-attention", eraseanythingLambdaAttention, \.lambdaAttention),
+         field("--eraseanything-lambda-lora", eraseanythingLambdaLora, \.lambdaLoRA),
+         field("--eraseanything-lambda-contrastive", eraseanythingLambdaContrastive, \.lambdaContrastive)]
+    }
+}
+
 struct LeakageFlags: ParsableArguments {
     @Option(help: "Trajectories per class for the leakage critics (at least 4).") var leakageTrajectories = LeakageOptions().trajectories
     @Option(help: "Steps of the first leakage critic (the second trains 3× longer).") var leakageCriticSteps = LeakageOptions().criticSteps
@@ -316,6 +341,7 @@ struct Erase: ParsableCommand {
     @OptionGroup var rece: RECEOptions
     @OptionGroup var mace: MACEOptions
     @OptionGroup var advUnlearn: AdvUnlearnOptions
+    @OptionGroup var eraseAnything: EraseAnythingOptions
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
 
@@ -323,7 +349,7 @@ struct Erase: ParsableCommand {
     func eraser() throws -> any ErasureMethod {
         guard ErasureMethods.names.contains(method) else { return try ErasureMethods.make(method) }
         let given = [("esd", esd.isSet), ("uce", uce.isSet), ("ant", ant.isSet), ("rece", rece.isSet), ("mace", mace.isSet),
-                     ("advunlearn", advUnlearn.isSet)]
+                     ("advunlearn", advUnlearn.isSet), ("eraseanything", eraseAnything.isSet)]
         if let other = given.first(where: { $0.0 != method && $0.1 })?.0 {
             throw ValidationError("--\(other)-… flags apply to --method \(other), not \(method)")
         }
@@ -338,6 +364,7 @@ struct Erase: ParsableCommand {
         case "rece": return try ErasureMethods.make(method, rece: rece.resolve())
         case "mace": return try ErasureMethods.make(method, mace: mace.resolve(seed: seed, checkpointEvery: every))
         case "advunlearn": return try ErasureMethods.make(method, advUnlearn: advUnlearn.resolve(seed: seed, checkpointEvery: every))
+        case "eraseanything": return try ErasureMethods.make(method, eraseAnything: eraseAnything.resolve(seed: seed, checkpointEvery: every))
         default: return try ErasureMethods.make(method, score: hyperparameters.resolve())
         }
     }
@@ -376,7 +403,8 @@ struct Evaluate: ParsableCommand {
         abstract: "Measure an erased model on the testbed: Acc_e, Acc_s, Acc_g, H_o, KID, leakage; write the report.")
 
     private static let defaults = EvaluationSettings()
-    @Option(help: "The erased model (the model/ folder of `score erase`, or any testbed folder).") var model: String
+    @Option(help: "The erased model (the model/ folder of `score erase`, or any testbed folder; a FLUX folder is measured as flux).") var model: String?
+    @Option(help: "Model family: sd or flux (without --model: the embedded mini-FLUX; a FLUX --model is compared with the embedded mini-FLUX, or its base).") var family = "sd"
     @Option(help: "The original model (default for an erased folder: its base).") var original: String?
     @Option(help: variantHelp) var variant: String?
     @Option(help: "The erased concept (a testbed class).") var concept: String
@@ -393,6 +421,7 @@ struct Evaluate: ParsableCommand {
 
     func evaluation() -> EvaluationRun {
         var run = EvaluationRun(model: model, concept: concept)
+        run.family = family
         run.loras = lora.files
         run.original = original
         run.variant = variant
@@ -483,7 +512,8 @@ struct Benchmark: ParsableCommand {
     @OptionGroup var output: JSONOption
     @Flag(help: "Measure nothing: write the table of the cells already finished in --out.") var finishedOnly = false
     @Option(help: "UnlearnDiffAtk's budget: official (40 steps at each of 50 timestep blocks, early stop) or fast.") var attackBudget = UnlearnDiffAtkBudget.official
-    @Option(help: "Object task: attacks each cell runs (comma-separated: \(benchmarkAttacks.map(\.key).joined(separator: ", ")); all; none).") var attacks = "all"
+    @Option(help: "Object task: attacks each cell runs (comma-separated: \(benchmarkAttacks.map(\.key).joined(separator: ", ")); all; none; default: all, none with --family flux).") var attacks: String?
+    @Option(help: "Object task: sd (the embedded mini-SD) or flux (the embedded mini-FLUX; methods original, esd, uce, eraseanything, score; the paraphrase attack).") var family = "sd"
     @Option(help: "Object task: judged instances per attack and cell.") var attackInstances = ObjectBenchmark.defaultAttackInstances
     @OptionGroup var hyperparameters: SCOREOptions
     @OptionGroup var leakage: LeakageFlags
@@ -505,7 +535,8 @@ struct Benchmark: ParsableCommand {
         run.leakage = leakage.options
         run.finishedOnly = finishedOnly
         run.attackBudget = attackBudget
-        run.attacks = try parseBenchmarkAttacks(attacks)
+        run.family = family
+        run.attacks = try attacks.map(parseBenchmarkAttacks) ?? (family == "flux" ? [] : benchmarkAttacks.map(\.key))
         run.attackInstances = attackInstances
         return run
     }
