@@ -334,6 +334,45 @@ final class FluxErasureTests: XCTestCase {
         XCTAssertFalse(resumed.transformer.namedParameters().allSatisfy { $0.tensor.scalars == base[$0.name]!.scalars }, "SCORE changed nothing")
     }
 
+    // MARK: The leakage estimate
+
+    /// The leakage estimate at a size a test affords: 4 trajectories per class of 4 steps, critics of 2 steps.
+    static var tinyLeakage: LeakageOptions {
+        var options = LeakageOptions()
+        options.trajectories = 4
+        options.steps = 4
+        options.guidance = 4
+        options.criticWidth = 4
+        options.criticSteps = 2
+        options.batchSize = 4
+        options.bootstrapRounds = 20
+        return options
+    }
+
+    /// `Leakage.report` on FLUX: the erased model's target trajectories against θ₀'s anchor
+    /// trajectories, the critics on x̂₀ = x_σ − σ·v̂ unpacked to images; same inputs, same report.
+    func testLeakageOnFlowsRunsAndIsDeterministic() throws {
+        func estimate() throws -> LeakageReport {
+            let pipeline = try TinyFlux.pipeline()
+            let original = try pipeline.frozenDenoiser()
+            perturb(pipeline.transformer)
+            return try Leakage.report(concept: Self.request.concepts[0], pipeline: pipeline, original: original, options: Self.tinyLeakage)
+        }
+        let first = try estimate(), second = try estimate()
+        XCTAssertEqual(first.critics.map(\.critic), ["x̂₀ critic w4", "x̂₀ critic w8 ×3 steps", "image critic w4"])
+        XCTAssertEqual(first.trajectories_per_class, 4)
+        for critic in first.critics {
+            XCTAssert(critic.leakage_nats.isFinite && critic.leakage_nats <= log(2), "\(critic.critic): \(critic.leakage_nats)")
+            XCTAssert((0...1).contains(critic.accuracy), "\(critic.critic): accuracy \(critic.accuracy)")
+        }
+        // x̂₀ critics test one trajectory per class (a quarter) at its steps with σ ≤ 0.6; image detectors every image.
+        XCTAssertEqual(first.critics[0].accuracy_samples, 2)
+        XCTAssertEqual(first.critics[2].test_samples, 8)
+        XCTAssertEqual(first.critics.map(\.leakage_nats), second.critics.map(\.leakage_nats))
+        XCTAssertEqual(first.critics.map(\.accuracy), second.critics.map(\.accuracy))
+        XCTAssertEqual(first.leakage_interval, second.leakage_interval)
+    }
+
     // MARK: The erased folder
 
     func testEraseJobWritesTheChangedTransformerTensorsOverItsBase() throws {
@@ -342,10 +381,12 @@ final class FluxErasureTests: XCTestCase {
         try TinyFlux.save(pipeline, to: base)
         var job = EraseJob(method: UCE(), request: Self.request, baseFolder: base, baseName: base.path,
                            output: Tiny.temporaryFolder("flux-uce-job"))
-        job.leakage = LeakageOptions()
+        job.leakage = FluxErasureTests.tinyLeakage
         let record = try XCTUnwrap(job.run(model: pipeline) { _ in })
         XCTAssertEqual(record.tensors_changed, 2)
-        XCTAssertNil(record.leakage, "no leakage estimate on the flow family yet")
+        // The leakage estimate runs on the flow family too, one report per concept.
+        XCTAssertEqual(record.leakage?.map(\.concept), ["cat"])
+        XCTAssert(record.leakage?.first?.leakage_nats.isFinite == true)
         let model = job.output.appendingPathComponent("model")
         let manifest = try XCTUnwrap(ErasedModel.manifest(in: model))
         XCTAssertEqual(manifest.base_model, base.standardizedFileURL.path)

@@ -1,0 +1,185 @@
+import ArgumentParser
+import Diffusion
+import Erasure
+import Evaluation
+import Foundation
+@testable import ScoreCLI
+import Tensor
+import Testbed
+import XCTest
+
+/// `score evaluate`, `attack` and `benchmark` on the flow family: the shared measurement code
+/// driven by a FLUX sampler, and the arguments that pick the family.
+final class FluxEvaluationTests: XCTestCase {
+    /// A random tiny mini-FLUX folder (MiniLM-wide text inputs, 1 + 1 blocks) as `score train flux` writes one.
+    func tinyFluxFolder(seed: UInt64) throws -> URL {
+        var config = MiniFlux.transformerConfig()
+        config.numLayers = 1
+        config.numSingleLayers = 1
+        config.attentionHeadDim = 8
+        config.numAttentionHeads = 3
+        config.axesDimsRope = [2, 2, 4]
+        var g = RandomGenerator(seed: seed)
+        let model = try FluxTransformer2DModel(config: config, generator: &g)
+        let folder = temporaryFolder("tiny-flux-\(seed)")
+        try MiniFlux.save(model, to: folder)
+        return folder
+    }
+
+    func temporaryFolder(_ name: String) -> URL {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)")
+        addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
+        return folder
+    }
+
+    func smallSettings(_ run: inout EvaluationRun) {
+        run.settings.targetImages = 3
+        run.settings.paraphraseImages = 2
+        run.settings.retainImagesPerClass = 1
+        run.leakage = nil
+    }
+
+    /// Acc_e, Acc_g, Acc_s, H_o and KID of `evaluate` on FLUX folders equal the same figures
+    /// computed here from `FluxPipeline.generate` and the judge, at the mini-FLUX's sampler.
+    func testEvaluateOnFluxMatchesADirectComputation() throws {
+        let erasedFolder = try tinyFluxFolder(seed: 4), originalFolder = try tinyFluxFolder(seed: 5)
+        var run = EvaluationRun(model: erasedFolder.path, concept: "sneaker")
+        run.original = originalFolder.path
+        run.reportFolder = temporaryFolder("flux-report").path
+        smallSettings(&run)
+        XCTAssertTrue(run.isFlux, "a FLUX folder is measured as flux without --family")
+        let result: ObjectEvaluation
+        do {
+            result = try run.run(assets: Assets()) { _ in }
+        } catch let error as AssetError {
+            throw XCTSkip("MiniLM is not installed here (\(error)); run `score assets`")
+        }
+
+        let prompts = try FashionPrompts.bundled()
+        let label = try XCTUnwrap(prompts.label(forConcept: "sneaker"))
+        let erased = try MiniFlux.pipeline(folder: erasedFolder), original = try MiniFlux.pipeline(folder: originalFolder)
+        func draw(_ pipeline: FluxPipeline, _ list: [String]) throws -> Tensor {
+            try pipeline.generate(prompts: list, steps: MiniFlux.steps, guidance: MiniFlux.guidance, seed: run.settings.seed,
+                                  height: 32, width: 32)
+        }
+        let judge = try DefaultModel.judge("cnn")
+        func rate(_ images: Tensor) -> Double {
+            let predicted = judge.predict(images)
+            return Double(predicted.filter { $0 == label }.count) / Double(predicted.count)
+        }
+        let paraphrases = prompts.paraphrasePrompts(label)
+        let target = Array(repeating: prompts.canonicalPrompt(label), count: 3)
+        let paraphrase = (0..<2).map { paraphrases[$0 % paraphrases.count] }
+        let retainedLabels = prompts.classes.map(\.label).filter { $0 != label }
+        let retained = retainedLabels.map { prompts.canonicalPrompt($0) }
+        let accE = rate(try draw(erased, target)), accG = rate(try draw(erased, paraphrase))
+        let retainedImages = try draw(erased, retained)
+        // One image per retained class: the mean of the per-class rates is the overall rate.
+        let accS = Double(zip(judge.predict(retainedImages), retainedLabels).filter { $0 == $1 }.count) / Double(retainedLabels.count)
+        XCTAssertEqual(result.acc_e, accE)
+        XCTAssertEqual(result.acc_g, accG)
+        XCTAssertEqual(result.acc_s, accS)
+        XCTAssertEqual(result.h_o, harmonicMean([1 - accE, accS, 1 - accG]))
+        XCTAssertEqual(result.original?.acc_e, rate(try draw(original, target)))
+        let kid = kernelDistance(judge.featureBatches(retainedImages), judge.featureBatches(try draw(original, retained)))
+        XCTAssertEqual(try XCTUnwrap(result.kid), kid, accuracy: 1e-12)
+        XCTAssertEqual([result.settings.steps], [MiniFlux.steps])
+        XCTAssertEqual(result.settings.guidance, MiniFlux.guidance)
+        XCTAssertEqual(result.model, erasedFolder.path)
+        XCTAssertEqual(result.original_model, originalFolder.path)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: run.reportURL.appendingPathComponent("report.html").path))
+    }
+
+    /// `erase --model <FLUX folder>` then `evaluate --model <its model/>`: the erased folder is
+    /// loaded over its base and compared with that base; the run's leakage estimate is reported.
+    func testEvaluateAnErasedFluxFolderAgainstItsBase() throws {
+        let base = try tinyFluxFolder(seed: 6)
+        let out = temporaryFolder("flux-uce")
+        var erase = EraseRun(method: UCE(), concepts: ["sneaker"], output: out.path)
+        erase.model = base.path
+        var leakage = LeakageOptions()
+        (leakage.trajectories, leakage.steps, leakage.criticSteps, leakage.criticWidth, leakage.batchSize, leakage.bootstrapRounds) = (4, 3, 2, 4, 4, 10)
+        erase.leakage = leakage
+        let record: ErasureRecord?
+        do {
+            record = try erase.run(assets: Assets()) { _ in }
+        } catch let error as AssetError {
+            throw XCTSkip("MiniLM is not installed here (\(error)); run `score assets`")
+        }
+        let report = try XCTUnwrap(record?.leakage?.first, "erase on FLUX estimates the leakage")
+        XCTAssertEqual(report.critics.count, 5, "two x̂₀ critics, the image critic and the two judges' probes")
+
+        var run = EvaluationRun(model: out.appendingPathComponent("model").path, concept: "sneaker")
+        smallSettings(&run)
+        let result = try run.run(assets: Assets()) { _ in }
+        XCTAssertEqual(result.original_model, base.standardizedFileURL.path)
+        XCTAssertNotNil(result.kid)
+        XCTAssertEqual(result.leakage?.leakage_nats, report.leakage_nats, "the estimate comes from run.json")
+    }
+
+    // MARK: Arguments
+
+    func testEvaluateFamilyArguments() throws {
+        let embedded = try Evaluate.parse(["--family", "flux", "--concept", "sneaker"]).evaluation()
+        XCTAssertNil(embedded.model)
+        XCTAssertTrue(embedded.isFlux)
+        XCTAssertNoThrow(try embedded.validate())
+        XCTAssertThrowsError(try Evaluate.parse(["--concept", "sneaker"]).evaluation().validate()) {
+            XCTAssert("\($0)".contains("--model") && "\($0)".contains("--family flux"), "\($0)")
+        }
+        XCTAssertThrowsError(try Evaluate.parse(["--family", "jax", "--concept", "sneaker"]).evaluation().validate()) {
+            XCTAssert("\($0)".contains("--family"), "\($0)")
+        }
+    }
+
+    func testAttacksNotOnFluxAreRefusedNamingTheFlag() throws {
+        for kind in AttackRun.Kind.allCases where kind != .paraphrase {
+            var run = AttackRun(kind: kind, model: nil, concept: "sneaker")
+            run.family = "flux"
+            XCTAssertThrowsError(try run.validate()) {
+                XCTAssert("\($0)".contains("--attack \(kind.rawValue)") && "\($0)".contains("FLUX"), "\($0)")
+            }
+        }
+        var paraphrase = AttackRun(kind: .paraphrase, model: nil, concept: "sneaker")
+        paraphrase.family = "flux"
+        XCTAssertNoThrow(try paraphrase.validate())
+        XCTAssertEqual(try Attack.parse(["--family", "flux", "--concept", "bag", "--attack", "paraphrase"]).attackRun().family, "flux")
+    }
+
+    func testBenchmarkFamilyFluxArguments() throws {
+        let flux = try Benchmark.parse(["--family", "flux", "--concepts", "sneaker,trouser,bag",
+                                        "--methods", "original,uce,esd,eraseanything,score"]).benchmark()
+        XCTAssertEqual(flux.family, "flux")
+        XCTAssertEqual(flux.methods.map(\.name), ["original", "uce", "esd", "eraseanything", "score"])
+        XCTAssertEqual(flux.attacks, [], "the flow family runs the paraphrase attack alone by default")
+        XCTAssertEqual(flux.outputURL.path, URL(fileURLWithPath: "runs/benchmark-flux").path)
+        XCTAssertNoThrow(try flux.validate())
+        XCTAssertEqual(try Benchmark.parse([]).benchmark().attacks, benchmarkAttacks.map(\.key), "the UNet family keeps every attack")
+
+        func refused(_ arguments: [String], naming words: [String], line: UInt = #line) {
+            XCTAssertThrowsError(try Benchmark.parse(arguments).benchmark().validate(), line: line) { error in
+                for word in words { XCTAssert("\(error)".contains(word), "\(error) does not name \(word)", line: line) }
+            }
+        }
+        refused(["--family", "flux", "--methods", "original,ant"], naming: ["--methods", "ant"])
+        refused(["--family", "flux", "--attacks", "cce"], naming: ["--attacks", "cce", "FLUX"])
+        refused(["--methods", "eraseanything"], naming: ["eraseanything", "--family flux"])
+        refused(["--family", "flux", "--task", "style"], naming: ["--family flux", "--task style"])
+        refused(["--family", "mlx"], naming: ["--family"])
+    }
+
+    func testEraseAnythingFlags() throws {
+        let method = try Erase.parse(["--method", "eraseanything", "--concept", "bag", "--out", "/tmp/x", "--eraseanything-steps", "6",
+                                      "--eraseanything-rank", "4", "--eraseanything-lambda-attention", "0.01", "--seed", "3"]).eraser()
+        let config = try XCTUnwrap((method as? EraseAnything)?.config)
+        XCTAssertEqual([config.steps, config.rank], [6, 4])
+        XCTAssertEqual(config.lambdaAttention, 0.01)
+        XCTAssertEqual(config.seed, 3)
+        XCTAssertThrowsError(try Erase.parse(["--method", "esd", "--concept", "bag", "--out", "/tmp/x", "--eraseanything-rank", "4"]).eraser()) {
+            XCTAssert("\($0)".contains("--eraseanything-"), "\($0)")
+        }
+        XCTAssertThrowsError(try Erase.parse(["--method", "eraseanything", "--concept", "bag", "--out", "/tmp/x", "--eraseanything-rank", "0"]).eraser()) {
+            XCTAssert("\($0)".contains("rank"), "\($0)")
+        }
+    }
+}
