@@ -213,7 +213,7 @@ final class CellMeasurement {
                 // as generating them again).
                 erased: model.sampler, original: nil, originalImages: originalImages[concept],
                 erasedImages: method.make == nil ? originalImages[concept] : nil, label: label, prompts: prompts,
-                test: test, settings: benchmark.settings, modelName: method.name, originalName: "embedded", log: { _ in })
+                test: test, settings: benchmark.settings, modelName: method.name, originalName: original.name, log: { _ in })
         }
         let report = try timed("leakage") {
             try Leakage.report(concept: request.concepts[0], pipeline: model.pipeline, original: original.pipeline.denoiser,
