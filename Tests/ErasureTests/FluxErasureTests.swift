@@ -1,6 +1,6 @@
 import Diffusion
 @testable import Erasure
-import Evaluation
+@testable import Evaluation
 import Foundation
 import NN
 import Tensor
@@ -371,6 +371,38 @@ final class FluxErasureTests: XCTestCase {
         XCTAssertEqual(first.critics.map(\.leakage_nats), second.critics.map(\.leakage_nats))
         XCTAssertEqual(first.critics.map(\.accuracy), second.critics.map(\.accuracy))
         XCTAssertEqual(first.leakage_interval, second.leakage_interval)
+    }
+
+    /// The benchmark's erasure step on FLUX (`eraseCell` over `ErasableModel`): each method erases
+    /// the transformer in place and the changed tensors, written over the base folder under
+    /// `transformer/`, load back to the erased model; the original model's row changes nothing.
+    func testBenchmarkCellErasesAFlowModelAndWritesItOverItsBase() throws {
+        let base = Tiny.temporaryFolder("flux-cell-base")
+        try TinyFlux.save(try TinyFlux.pipeline(), to: base)
+        var esd = ESDConfig()
+        (esd.iterations, esd.samplingSteps) = (3, 4)
+        let methods = [try BenchmarkMethod.named("uce"),
+                       BenchmarkMethod(name: "esd") { seed in var c = esd; c.seed = seed; return ESD(config: c) },
+                       try BenchmarkMethod.named("original")]
+        for method in methods {
+            let pipeline = try TinyFlux.pipeline(), reference = try TinyFlux.pipeline()
+            let run = Tiny.temporaryFolder("flux-cell-\(method.name)")
+            let changed = try eraseCell(method: method, seed: 0, request: Self.request, model: pipeline, reference: reference.transformer,
+                                        baseFolder: base, baseName: base.path, runFolder: run, timer: PhaseTimer(), log: { _ in })
+            guard method.make != nil else {
+                XCTAssertEqual(changed, 0)
+                XCTAssertFalse(FileManager.default.fileExists(atPath: run.appendingPathComponent("model").path))
+                continue
+            }
+            XCTAssertGreaterThan(changed, 0, method.name)
+            let model = run.appendingPathComponent("model")
+            XCTAssertTrue(FileManager.default.fileExists(atPath: model.appendingPathComponent("transformer/erased_weights.safetensors").path))
+            let reloaded = try FluxPipeline(directory: base, textEncoder: WordHashFluxEncoder())
+            try ErasedModel.apply(folder: model, to: reloaded)
+            let erased = pipeline.transformer.stateDict()
+            XCTAssertEqual(reloaded.transformer.namedParameters().filter { $0.tensor.scalars != erased[$0.name]!.scalars }.map(\.name), [],
+                           method.name)
+        }
     }
 
     // MARK: The erased folder

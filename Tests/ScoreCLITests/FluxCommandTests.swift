@@ -9,18 +9,21 @@ import XCTest
 
 /// `score generate --model <FLUX folder>` and `score check-model --family flux`.
 final class FluxCommandTests: XCTestCase {
-    /// A random tiny mini-FLUX folder (MiniLM-wide text inputs, 1 + 1 blocks), as `score train flux` writes one.
-    func tinyFluxFolder() throws -> URL {
+    func tinyFluxFolder() throws -> URL { try Self.tinyFluxFolder(seed: 4, removedAfter: self) }
+
+    /// A random tiny mini-FLUX folder (MiniLM-wide text inputs, 1 + 1 blocks), as `score train flux`
+    /// writes one, removed when `test` ends.
+    static func tinyFluxFolder(seed: UInt64, removedAfter test: XCTestCase) throws -> URL {
         var config = MiniFlux.transformerConfig()
         config.numLayers = 1
         config.numSingleLayers = 1
         config.attentionHeadDim = 8
         config.numAttentionHeads = 3
         config.axesDimsRope = [2, 2, 4]
-        var g = RandomGenerator(seed: 4)
+        var g = RandomGenerator(seed: seed)
         let model = try FluxTransformer2DModel(config: config, generator: &g)
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("tiny-flux-\(UUID().uuidString)")
-        addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
+        test.addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
         try MiniFlux.save(model, to: folder)
         return folder
     }

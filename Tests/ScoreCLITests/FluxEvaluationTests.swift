@@ -11,20 +11,7 @@ import XCTest
 /// `score evaluate`, `attack` and `benchmark` on the flow family: the shared measurement code
 /// driven by a FLUX sampler, and the arguments that pick the family.
 final class FluxEvaluationTests: XCTestCase {
-    /// A random tiny mini-FLUX folder (MiniLM-wide text inputs, 1 + 1 blocks) as `score train flux` writes one.
-    func tinyFluxFolder(seed: UInt64) throws -> URL {
-        var config = MiniFlux.transformerConfig()
-        config.numLayers = 1
-        config.numSingleLayers = 1
-        config.attentionHeadDim = 8
-        config.numAttentionHeads = 3
-        config.axesDimsRope = [2, 2, 4]
-        var g = RandomGenerator(seed: seed)
-        let model = try FluxTransformer2DModel(config: config, generator: &g)
-        let folder = temporaryFolder("tiny-flux-\(seed)")
-        try MiniFlux.save(model, to: folder)
-        return folder
-    }
+    func tinyFluxFolder(seed: UInt64) throws -> URL { try FluxCommandTests.tinyFluxFolder(seed: seed, removedAfter: self) }
 
     func temporaryFolder(_ name: String) -> URL {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)")
