@@ -8,7 +8,7 @@ import Tensor
 public enum DefaultModel {
     /// Sampler settings every figure of the testbed is measured with. The guidance is diffusers'
     /// default and the scale ESD and UCE evaluate at; the embedded model draws the prompted class
-    /// 96–98% of the time there and 90% at 4 (docs/BENCHMARKS.md).
+    /// about 99% of the time there and at 4 (docs/TESTBED.md, "The default sampler settings").
     public static let steps = 25
     public static let guidance = StableDiffusionPipeline.defaultGuidance
 

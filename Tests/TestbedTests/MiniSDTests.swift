@@ -66,6 +66,24 @@ final class MiniSDTests: XCTestCase {
         XCTAssertEqual(unet.parameterCount, 1_972_641, "diffusers counts 1,972,641 for this config")
     }
 
+    /// The embedded model is what the code builds: the testbed's config (16 GroupNorm groups),
+    /// every tensor loaded and finite, and a training record of one uninterrupted run.
+    func testTheEmbeddedModelHasTheTestbedConfigAndLoads() throws {
+        let unetFolder = try DefaultModel.folder().appendingPathComponent("unet")
+        let config = try UNet2DConditionConfig(contentsOf: unetFolder.appendingPathComponent("config.json"))
+        XCTAssertEqual(config, MiniSD.unetConfig(), "the embedded unet/config.json is MiniSD.unetConfig()")
+        let unet = try UNet2DConditionModel(directory: unetFolder)
+        XCTAssertEqual(unet.parameterCount, 1_972_641)
+        for (name, p) in unet.namedParameters() {
+            XCTAssert(p.scalars.allSatisfy(\.isFinite), "\(name) holds a non-finite value")
+        }
+        let record = try JSONDecoder().decode(TrainingRecord.self,
+                                              from: Data(contentsOf: try DefaultModel.folder().appendingPathComponent("training.json")))
+        XCTAssertEqual(record.model, "mini-sd-unet")
+        XCTAssertEqual(record.parameters, unet.parameterCount)
+        XCTAssertFalse(record.command.contains("--resume"), "one run from scratch: \(record.command)")
+    }
+
     func testOneStepLowersTheLossOnItsBatch() throws {
         var g = RandomGenerator(seed: 1)
         let unet = try UNet2DConditionModel(config: tinyUNetConfig(), generator: &g)
