@@ -102,8 +102,8 @@ public final class ResidualBlock: Module {
 
 /// A small ResNet: a 3×3 stem at 32×32, then four residual blocks (32 channels at 16×16, 64 at
 /// 8×8 twice, 64 at 4×4), and the ConvJudge's head (a fully connected layer over the 4×4 map,
-/// 128 features). Trained with flips and shifts (`JudgeTrainingOptions.augment`); it is the
-/// default judge (docs/BENCHMARKS.md has its test accuracy beside the CNN's and the MLP's).
+/// 128 features). Trained with flips and shifts (`JudgeTrainingOptions.augment`) and loaded to
+/// judge as a `MirrorAveragedJudge` (docs/TESTBED.md has its test accuracy beside the CNN's and the MLP's).
 public final class ResNetJudge: Module, Judge {
     public let stem: Conv2d, stemNorm: GroupNorm
     public let blocks: [ResidualBlock]
