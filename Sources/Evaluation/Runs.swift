@@ -511,11 +511,20 @@ public struct LeakageFloorRun {
     public var prompt = ""
     public var repeats = 3
     public var leakage = LeakageOptions()
+    /// "flux": the flow family (without `model`, the embedded mini-FLUX), sampled at its CFG.
+    public var family = "sd"
 
     public init() {}
 
+    /// Whether the floor is measured on a flow model: `--family flux`, or a FLUX-layout `--model`.
+    public var isFlux: Bool { model.map { FluxPipeline.isFluxFolder(URL(fileURLWithPath: $0)) } ?? (family == "flux") }
+
     public func validate() throws {
         guard repeats >= 1 else { throw EvaluationError.invalidSetting("--repeats must be at least 1, not \(repeats)") }
+        guard ["sd", "flux"].contains(family) else { throw EvaluationError.invalidSetting("--family must be sd or flux, not '\(family)'") }
+        if family == "flux", let model, !isFlux {
+            throw EvaluationError.invalidSetting("--family flux: \(model) is not a FLUX folder (its model_index.json names no FluxPipeline)")
+        }
         try leakage.validate()
     }
 
@@ -524,6 +533,12 @@ public struct LeakageFloorRun {
     /// `benchmark` reads when there is no leakage to find.
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> LeakageFloor {
         try validate()
+        if isFlux {
+            let pipeline = try ModelLoader.loadFlux(model ?? DefaultModel.fluxFolder().path, assets: assets)
+            let reports = try Leakage.noiseFloor(prompt: prompt, pipeline: pipeline, options: leakage.sampledAsFlux,
+                                                 probes: try Workflows.judgeProbes(), repeats: repeats, log: log)
+            return LeakageFloor(prompt: prompt, model: model ?? "embedded mini-FLUX", trajectories_per_class: leakage.trajectories, repeats: reports)
+        }
         let loaded = try ModelLoader.load(model, assets: assets)
         let reports = try Leakage.noiseFloor(prompt: prompt, pipeline: loaded.pipeline, options: leakage,
                                              probes: try Workflows.judgeProbes(), repeats: repeats, log: log)

@@ -562,7 +562,8 @@ struct CheckLeakage: ParsableCommand {
         abstract: "The leakage estimate's noise floor: the same estimate as evaluate and benchmark, on two independent samples of one prompt through one model (true leakage 0).")
 
     private static let defaults = LeakageFloorRun()
-    @Option(help: "A testbed model folder (default: the embedded mini-SD).") var model: String?
+    @Option(help: "A testbed model folder (default: the embedded mini-SD, or the embedded mini-FLUX with --family flux).") var model: String?
+    @Option(help: "Model family: sd or flux (a FLUX-layout --model is measured as a flow model, sampled at true CFG 4).") var family = defaults.family
     @Option(help: "The prompt both classes are drawn from (default \"\", the anchor of the testbed's erasures).") var prompt = defaults.prompt
     @Option(help: "Independent estimates (seeds 7, 107, 207, …).") var repeats = defaults.repeats
     @OptionGroup var output: JSONOption
@@ -572,6 +573,7 @@ struct CheckLeakage: ParsableCommand {
     func check() -> LeakageFloorRun {
         var run = LeakageFloorRun()
         run.model = model
+        run.family = family
         run.prompt = prompt
         run.repeats = repeats
         run.leakage = leakage.options

@@ -119,6 +119,37 @@ final class FluxEvaluationTests: XCTestCase {
         }
     }
 
+    func testCheckLeakageOnFlux() throws {
+        let embedded = try CheckLeakage.parse(["--family", "flux"]).check()
+        XCTAssertNil(embedded.model)
+        XCTAssertTrue(embedded.isFlux)
+        XCTAssertNoThrow(try embedded.validate())
+        XCTAssertFalse(try CheckLeakage.parse([]).check().isFlux)
+        XCTAssertThrowsError(try CheckLeakage.parse(["--family", "jax"]).check().validate()) {
+            XCTAssert("\($0)".contains("--family"), "\($0)")
+        }
+        let notFlux = FileManager.default.temporaryDirectory.appendingPathComponent("not-flux-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: notFlux, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: notFlux) }
+        XCTAssertThrowsError(try CheckLeakage.parse(["--family", "flux", "--model", notFlux.path]).check().validate()) {
+            XCTAssert("\($0)".contains("--family flux") && "\($0)".contains("not a FLUX folder"), "\($0)")
+        }
+
+        var run = try CheckLeakage.parse(["--model", try tinyFluxFolder(seed: 5).path, "--repeats", "1"]).check()
+        XCTAssertTrue(run.isFlux, "a FLUX-layout --model is measured as a flow model")
+        (run.leakage.trajectories, run.leakage.steps, run.leakage.criticSteps, run.leakage.criticWidth,
+         run.leakage.batchSize, run.leakage.bootstrapRounds) = (4, 3, 2, 4, 4, 10)
+        let first: LeakageFloor
+        do {
+            first = try run.run(assets: Assets()) { _ in }
+        } catch let error as AssetError {
+            throw XCTSkip("MiniLM is not installed here (\(error)); run `score assets`")
+        }
+        let second = try run.run(assets: Assets()) { _ in }
+        XCTAssertEqual(first.repeats.count, 1)
+        XCTAssertEqual(first.repeats.map(\.leakage_nats), second.repeats.map(\.leakage_nats), "the floor repeats bit for bit")
+    }
+
     func testAttacksNotOnFluxAreRefusedNamingTheFlag() throws {
         for kind in AttackRun.Kind.allCases where kind != .paraphrase {
             var run = AttackRun(kind: kind, model: nil, concept: "sneaker")
