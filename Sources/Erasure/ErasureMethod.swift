@@ -217,34 +217,50 @@ extension ErasureError: LocalizedError {
     public var errorDescription: String? { description }
 }
 
-/// The checks a method's config makes of its settings, each written once and each config's
-/// rules a table of keys and values; a message names the method and the key ("ESD iterations
-/// must be at least 1, not 0").
-struct ConfigCheck {
-    /// The message's first word ("ESD").
-    let method: String
+/// The checks a config or a command's settings make, each bound and its message written once and
+/// each config's rules a table of keys and values. A failure throws the layer's own error and
+/// names the key or flag and the value given ("ESD iterations must be at least 1, not 0").
+public struct ConfigCheck {
+    /// What every message starts with ("ESD "; nothing for command-line flags).
+    let prefix: String
+    let failure: (String) -> Error
 
-    func require(_ ok: Bool, _ message: @autoclosure () -> String) throws {
-        if !ok { throw ErasureError.invalidConfig("\(method) \(message())") }
+    /// A method's config: failures are `ErasureError.invalidConfig`, starting with the method's name.
+    init(method: String) {
+        self.init(prefix: method + " ") { ErasureError.invalidConfig($0) }
     }
 
-    func atLeast(_ minimum: Int, _ values: KeyValuePairs<String, Int>) throws {
+    public init(prefix: String = "", failure: @escaping (String) -> Error) {
+        self.prefix = prefix
+        self.failure = failure
+    }
+
+    public func require(_ ok: Bool, _ message: @autoclosure () -> String) throws {
+        if !ok { throw failure(prefix + message()) }
+    }
+
+    public func atLeast(_ minimum: Int, _ values: KeyValuePairs<String, Int>) throws {
         for (key, value) in values {
             try require(value >= minimum, "\(key) must be \(minimum == 0 ? "≥ 0" : "at least \(minimum)"), not \(value)")
         }
     }
 
-    func positive<T: BinaryFloatingPoint>(_ values: KeyValuePairs<String, T>) throws {
+    public func positive<T: BinaryFloatingPoint>(_ values: KeyValuePairs<String, T>) throws {
         for (key, value) in values { try require(value.isFinite && value > 0, "\(key) must be positive, not \(value)") }
     }
 
-    func nonNegative<T: BinaryFloatingPoint>(_ values: KeyValuePairs<String, T>) throws {
+    public func nonNegative<T: BinaryFloatingPoint>(_ values: KeyValuePairs<String, T>) throws {
         for (key, value) in values { try require(value.isFinite && value >= 0, "\(key) must be ≥ 0, not \(value)") }
     }
 
     /// A fraction in (0, 1] (a saliency ratio: 1 keeps every entry).
-    func fraction(_ key: String, _ value: Float) throws {
+    public func fraction(_ key: String, _ value: Float) throws {
         try require(value > 0 && value <= 1, "\(key) must be in (0, 1], not \(value)")
+    }
+
+    public func oneOf(_ allowed: [String], _ key: String, _ value: String) throws {
+        let names = allowed.count > 1 ? allowed.dropLast().joined(separator: ", ") + " or " + allowed.last! : allowed.joined()
+        try require(allowed.contains(value), "\(key) must be \(names), not '\(value)'")
     }
 }
 

@@ -25,8 +25,8 @@ public struct ParaphraseAttackSettings: Codable, Sendable {
     public init() {}
 
     public func validate() throws {
-        try SettingCheck.atLeast(1, "--seeds-per-prompt", seedsPerPrompt)
-        try SettingCheck.sampling(steps: steps, guidance: guidance, judge: judge)
+        try ConfigCheck.settings.atLeast(1, ["--seeds-per-prompt": seedsPerPrompt])
+        try ConfigCheck.settings.sampling(steps: steps, guidance: guidance, judge: judge)
     }
 }
 
@@ -181,22 +181,18 @@ public struct UnlearnDiffAtkConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        try SettingCheck.oneOf(["original", "real"], "--attack-target", target)
-        try SettingCheck.atLeast(1, "--instances", instances)
-        try SettingCheck.atLeast(1, "--iterations-per-block", iterationsPerBlock)
-        try SettingCheck.atLeast(1, "--blocks", blocks)
-        try SettingCheck.atLeast(1, "--tokens", tokens)
-        try SettingCheck.atLeast(0, "--steps", steps)
-        try SettingCheck.atLeast(1, "--timesteps-per-step", timestepsPerStep)
-        try SettingCheck.positive("--lr", learningRate)
-        try SettingCheck.atLeast(0, "--weight-decay", weightDecay)
-        try SettingCheck.atLeast(0, "--judge-weight", judgeWeight)
-        try SettingCheck.atLeast(0, "--judge-max-timestep", judgeMaxTimestep)
-        try SettingCheck.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
+        let check = ConfigCheck.settings
+        try check.oneOf(["original", "real"], "--attack-target", target)
+        try check.atLeast(1, ["--instances": instances, "--iterations-per-block": iterationsPerBlock, "--blocks": blocks,
+                              "--tokens": tokens, "--timesteps-per-step": timestepsPerStep])
+        try check.atLeast(0, ["--steps": steps, "--judge-max-timestep": judgeMaxTimestep])
+        try check.positive(["--lr": learningRate])
+        try check.nonNegative(["--weight-decay": weightDecay, "--judge-weight": judgeWeight])
+        try check.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
         if judgeWeight > 0 {
-            try SettingCheck.oneOf(["cnn", "mlp"], "--attack-judge", attackJudge)
+            try check.oneOf(["cnn", "mlp"], "--attack-judge", attackJudge)
             // A success against the scoring judge itself would only show an adversarial example of it.
-            try SettingCheck.require(attackJudge != judge, "--attack-judge \(attackJudge) is also the scoring --judge: pick the other one or set --judge-weight 0")
+            try check.require(attackJudge != judge, "--attack-judge \(attackJudge) is also the scoring --judge: pick the other one or set --judge-weight 0")
         }
     }
 

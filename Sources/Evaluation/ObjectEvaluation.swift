@@ -22,13 +22,11 @@ public struct EvaluationSettings: Codable, Sendable, Equatable {
 
     /// Checked before any model is loaded; messages name the flags of `score evaluate`.
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw EvaluationError.invalidSetting(message) } }
-        try check(targetImages >= 1, "--target-images must be at least 1, not \(targetImages)")
-        try check(paraphraseImages >= 1, "--paraphrase-images must be at least 1, not \(paraphraseImages)")
-        try check(retainImagesPerClass >= 1, "--retain-images must be at least 1, not \(retainImagesPerClass)")
-        try check(steps >= 1, "sampling steps must be at least 1, not \(steps)")
-        try check(guidance.isFinite, "guidance must be a number, not \(guidance)")
-        try check(judgeArchitectures.contains(judge) && judgeArchitectures.contains(secondJudge), "judges must be resnet, cnn or mlp")
+        let check = ConfigCheck.settings
+        try check.atLeast(1, ["--target-images": targetImages, "--paraphrase-images": paraphraseImages,
+                              "--retain-images": retainImagesPerClass, "sampling steps": steps])
+        try check.require(guidance.isFinite, "guidance must be a number, not \(guidance)")
+        try check.require(judgeArchitectures.contains(judge) && judgeArchitectures.contains(secondJudge), "judges must be resnet, cnn or mlp")
     }
 }
 

@@ -50,35 +50,15 @@ public struct AttackSummary: Codable, Sendable, Equatable {
     }
 }
 
-/// The checks every attack's settings make, each failing with `EvaluationError.invalidSetting`
-/// that names the flag and the value given.
-enum SettingCheck {
-    static func require(_ ok: Bool, _ message: @autoclosure () -> String) throws {
-        if !ok { throw EvaluationError.invalidSetting(message()) }
-    }
-
-    static func atLeast(_ minimum: Int, _ flag: String, _ value: Int) throws {
-        try require(value >= minimum, "\(flag) must \(minimum == 0 ? "not be negative" : "be at least \(minimum)"), got \(value)")
-    }
-
-    /// A finite value of at least `minimum`.
-    static func atLeast(_ minimum: Float, _ flag: String, _ value: Float) throws {
-        try require(value >= minimum && value.isFinite, "\(flag) must \(minimum == 0 ? "not be negative" : "be at least \(minimum)"), got \(value)")
-    }
-
-    static func positive(_ flag: String, _ value: Float) throws {
-        try require(value > 0 && value.isFinite, "\(flag) must be positive, got \(value)")
-    }
-
-    static func oneOf(_ allowed: [String], _ flag: String, _ value: String) throws {
-        let names = allowed.count > 1 ? allowed.dropLast().joined(separator: ", ") + " or " + allowed.last! : allowed.joined()
-        try require(allowed.contains(value), "\(flag) must be \(names), not '\(value)'")
-    }
+extension ConfigCheck {
+    /// The checks of a command's flags and an attack's settings: a failure is
+    /// `EvaluationError.invalidSetting`, naming the flag and the value given.
+    static var settings: ConfigCheck { ConfigCheck { EvaluationError.invalidSetting($0) } }
 
     /// The sampler and the scoring judge, which every attack that judges images has.
-    static func sampling(steps: Int, guidance: Float, judge: String) throws {
-        try atLeast(1, "--sampling-steps", steps)
-        try require(guidance.isFinite, "--guidance must be a number, got \(guidance)")
+    func sampling(steps: Int, guidance: Float, judge: String) throws {
+        try atLeast(1, ["--sampling-steps": steps])
+        try require(guidance.isFinite, "--guidance must be a number, not \(guidance)")
         try oneOf(["cnn", "mlp"], "--judge", judge)
     }
 }

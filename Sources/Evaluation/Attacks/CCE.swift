@@ -1,4 +1,5 @@
 import Diffusion
+import Erasure
 import Foundation
 import NN
 import Tensor
@@ -35,12 +36,11 @@ public struct CCEConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        try SettingCheck.atLeast(1, "--instances (real images)", images)
-        try SettingCheck.atLeast(0, "--steps", steps)
-        try SettingCheck.atLeast(1, "--timesteps-per-step (batch)", batch)
-        try SettingCheck.positive("--lr", learningRate)
-        try SettingCheck.atLeast(1, "--seeds-per-prompt (samples)", samples)
-        try SettingCheck.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
+        let check = ConfigCheck.settings
+        try check.atLeast(1, ["--instances (real images)": images, "--timesteps-per-step (batch)": batch, "--seeds-per-prompt (samples)": samples])
+        try check.atLeast(0, ["--steps": steps])
+        try check.positive(["--lr": learningRate])
+        try check.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget {

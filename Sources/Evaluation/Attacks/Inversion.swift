@@ -1,4 +1,5 @@
 import Diffusion
+import Erasure
 import Foundation
 import Tensor
 import Testbed
@@ -30,8 +31,8 @@ public struct InversionAttackConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        try SettingCheck.atLeast(1, "--instances", images)
-        try SettingCheck.sampling(steps: steps, guidance: guidance, judge: judge)
+        try ConfigCheck.settings.atLeast(1, ["--instances": images])
+        try ConfigCheck.settings.sampling(steps: steps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget { AttackBudget(mode: "testbed", steps: steps, instances: images, seeds: 1) }

@@ -1,4 +1,5 @@
 import Diffusion
+import Erasure
 import Foundation
 import NN
 import Tensor
@@ -62,17 +63,14 @@ public struct P4DConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        try SettingCheck.atLeast(1, "--tokens", tokens)
-        try SettingCheck.atLeast(1, "--every-k", everyK)
-        try SettingCheck.atLeast(1, "--steps", iterations)
-        try SettingCheck.atLeast(1, "--eval-every", evalEvery)
-        try SettingCheck.positive("--lr", learningRate)
-        try SettingCheck.atLeast(0, "--weight-decay", weightDecay)
-        try SettingCheck.atLeast(1, "--instances", instances)
-        try SettingCheck.atLeast(1, "--seeds-per-prompt", samples)
-        try SettingCheck.oneOf(["cnn", "mlp", "pixels"], "--selector", selector)
-        try SettingCheck.require(selector != judge, "--selector \(selector) is also the scoring --judge: pick the other judge or pixels")
-        try SettingCheck.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
+        let check = ConfigCheck.settings
+        try check.atLeast(1, ["--tokens": tokens, "--every-k": everyK, "--steps": iterations, "--eval-every": evalEvery,
+                              "--instances": instances, "--seeds-per-prompt": samples])
+        try check.positive(["--lr": learningRate])
+        try check.nonNegative(["--weight-decay": weightDecay])
+        try check.oneOf(["cnn", "mlp", "pixels"], "--selector", selector)
+        try check.require(selector != judge, "--selector \(selector) is also the scoring --judge: pick the other judge or pixels")
+        try check.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget {

@@ -1,4 +1,5 @@
 import Diffusion
+import Erasure
 import Foundation
 import Tensor
 import Testbed
@@ -39,14 +40,13 @@ public struct RingABellConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        try SettingCheck.atLeast(1, "--instances", instances)
-        try SettingCheck.atLeast(1, "--seeds-per-prompt", seedsPerPrompt)
-        try SettingCheck.atLeast(1, "--tokens", length)
-        try SettingCheck.atLeast(2, "--population", population)
-        try SettingCheck.atLeast(1, "--steps (generations)", generations)
-        try SettingCheck.require((0...1).contains(mutationRate) && (0...1).contains(crossoverRate), "mutation and crossover rates must lie in [0, 1]")
-        try SettingCheck.require(strength.isFinite, "--strength must be a number, got \(strength)")
-        try SettingCheck.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
+        let check = ConfigCheck.settings
+        try check.atLeast(1, ["--instances": instances, "--seeds-per-prompt": seedsPerPrompt, "--tokens": length])
+        try check.atLeast(2, ["--population": population])
+        try check.atLeast(1, ["--steps (generations)": generations])
+        try check.require((0...1).contains(mutationRate) && (0...1).contains(crossoverRate), "mutation and crossover rates must lie in [0, 1]")
+        try check.require(strength.isFinite, "--strength must be a number, not \(strength)")
+        try check.sampling(steps: samplingSteps, guidance: guidance, judge: judge)
     }
 
     public var record: AttackBudget {
