@@ -57,27 +57,18 @@ public struct EraseAnythingConfig: Codable, Equatable, Sendable {
     public static let projections = ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_q", "to_k", "to_v", "to_out.0"]
 
     public func validate() throws {
-        func check(_ ok: Bool, _ message: String) throws { if !ok { throw ErasureError.invalidConfig("EraseAnything \(message)") } }
-        try check(steps >= 1, "steps must be at least 1, not \(steps)")
-        try check(learningRate > 0 && learningRate.isFinite, "learningRate must be positive, not \(learningRate)")
-        try check(weightDecay >= 0 && weightDecay.isFinite, "weightDecay must be ≥ 0, not \(weightDecay)")
-        try check(rank >= 1, "rank must be at least 1, not \(rank)")
-        try check(!targetModules.isEmpty, "targetModules is empty")
-        if let bad = targetModules.first(where: { !Self.projections.contains($0) }) {
-            throw ErasureError.invalidConfig("EraseAnything targetModules has '\(bad)'; a double block's attention has \(Self.projections.joined(separator: ", "))")
-        }
-        for (name, value) in [("eta", eta), ("lambdaESD", lambdaESD), ("lambdaAttention", lambdaAttention),
-                              ("lambdaLoRA", lambdaLoRA), ("lambdaContrastive", lambdaContrastive),
-                              ("startGuidance", startGuidance), ("guidance", guidance)] {
-            try check(value.isFinite && value >= 0, "\(name) must be ≥ 0, not \(value)")
-        }
-        try check(temperature > 0 && temperature.isFinite, "temperature must be positive, not \(temperature)")
-        try check(irrelevantConcepts >= 1, "irrelevantConcepts must be at least 1, not \(irrelevantConcepts)")
-        try check(samplingSteps >= 1, "samplingSteps must be at least 1, not \(samplingSteps)")
-        try check((0...1).contains(shuffleProbability), "shuffleProbability must be in [0, 1], not \(shuffleProbability)")
-        try check(instanceImages >= 1, "instanceImages must be at least 1, not \(instanceImages)")
-        try check(imageSize.map { $0 > 0 } ?? true, "imageSize must be positive")
-        try check(checkpointEvery >= 1, "checkpointEvery must be at least 1, not \(checkpointEvery)")
+        let check = ConfigCheck(method: "EraseAnything")
+        try check.atLeast(1, ["steps": steps, "rank": rank, "irrelevantConcepts": irrelevantConcepts, "samplingSteps": samplingSteps,
+                              "instanceImages": instanceImages, "checkpointEvery": checkpointEvery])
+        try check.positive(["learningRate": learningRate, "temperature": temperature])
+        try check.nonNegative(["weightDecay": weightDecay, "eta": eta, "lambdaESD": lambdaESD, "lambdaAttention": lambdaAttention,
+                               "lambdaLoRA": lambdaLoRA, "lambdaContrastive": lambdaContrastive,
+                               "startGuidance": startGuidance, "guidance": guidance])
+        try check.require(!targetModules.isEmpty, "targetModules is empty")
+        let unknown = targetModules.first { !Self.projections.contains($0) }
+        try check.require(unknown == nil, "targetModules has '\(unknown ?? "")'; a double block's attention has \(Self.projections.joined(separator: ", "))")
+        try check.require((0...1).contains(shuffleProbability), "shuffleProbability must be in [0, 1], not \(shuffleProbability)")
+        try check.require(imageSize.map { $0 > 0 } ?? true, "imageSize must be positive")
     }
 }
 
