@@ -210,34 +210,27 @@ struct CheckModel: ParsableCommand {
         run.guidance = guidance ?? sampling.guidance
         run.seed = seed
         run.testbed = try testbed.data()
+        run.prompt = prompt
         return run
     }
 
-    func validate() throws {
-        let run = try check()
-        try checking { try run.validate() }
-        if run.testbed.isEmoji, prompt != nil { throw ValidationError("--prompt is for the Fashion-MNIST testbed") }
-    }
+    func validate() throws { try checking { try check().validate() } }
 
     func run() throws {
         compute.apply()
-        let run = try check()
         let log = output.log
-        let assets = Assets(log: { log("… \($0)") })
-        if run.testbed.isEmoji {
-            let result = try run.runEmoji(assets: assets, log: log)
+        switch try check().run(assets: Assets(log: { log("… \($0)") }), log: log) {
+        case let .emoji(result):
             if output.json { return try printJSON(result) }
             print(String(format: "mean style accuracy %.1f%%, mean identity accuracy %.1f%%, KID %.4f (style judge features)",
                          result.mean_style_accuracy * 100, result.mean_identity_accuracy * 100, result.kid))
-        } else if let prompt {
-            let distribution = try run.runDistribution(prompt: prompt, assets: assets)
+        case let .distribution(distribution):
             if output.json { return try printJSON(distribution) }
-            print("\(imagesPerClass) images of \"\(prompt)\", judged by the \(judge) judge:")
+            print("\(imagesPerClass) images of \"\(distribution.prompt)\", judged by the \(judge) judge:")
             for c in try FashionPrompts.bundled().classes {
                 print(String(format: "%-12@ %5.1f%%", c.name as NSString, (distribution.class_fraction[c.name] ?? 0) * 100))
             }
-        } else {
-            let result = try run.runFashion(assets: assets, log: log)
+        case let .fashion(result):
             if output.json { return try printJSON(result) }
             for c in try FashionPrompts.bundled().classes {
                 print(String(format: "%-12@ generated %5.1f%%, real test images %5.1f%%", c.name as NSString,

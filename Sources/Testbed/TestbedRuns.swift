@@ -251,8 +251,25 @@ public struct ModelCheckRun: Sendable {
     /// Which model family `model` is: "sd" (the mini-SD, a UNet) or "flux" (the mini-FLUX); with no
     /// `model`, the family's embedded default.
     public var family = "sd"
+    /// Fashion-MNIST: judge `imagesPerClass` images of this one prompt instead of the canonical prompts.
+    public var prompt: String?
 
     public init() {}
+
+    /// What `run` measured: the emoji testbed's check, one prompt's class distribution, or the
+    /// Fashion-MNIST check of every class.
+    public enum Result {
+        case emoji(EmojiModelCheck)
+        case distribution(ClassDistribution)
+        case fashion(ModelCheck)
+    }
+
+    public func run(assets: Assets, log: @escaping (String) -> Void) throws -> Result {
+        try validate()
+        if testbed.isEmoji { return .emoji(try runEmoji(assets: assets, log: log)) }
+        if let prompt { return .distribution(try runDistribution(prompt: prompt, assets: assets)) }
+        return .fashion(try runFashion(assets: assets, log: log))
+    }
 
     /// The sampler settings a family is measured at when none are given.
     public static func defaultSampling(family: String) -> (steps: Int, guidance: Float) {
@@ -273,12 +290,13 @@ public struct ModelCheckRun: Sendable {
         try check(guidance.isFinite, "--guidance must be a number, not \(guidance)")
         try check(!testbed.isEmoji || model != nil,
                   "--testbed emoji needs --model (no emoji mini-SD is embedded; train one with `score train unet --testbed emoji`)")
+        try check(prompt == nil || !testbed.isEmoji, "--prompt is for the Fashion-MNIST testbed")
+        try check(prompt == nil || family == "sd", "--prompt is for --family sd")
     }
 
     /// Fashion-MNIST: judge accuracy per class of the canonical prompts' images, KID against real
     /// test images, and the judge's own accuracy on those test images.
-    public func runFashion(assets: Assets, log: @escaping (String) -> Void) throws -> ModelCheck {
-        try validate()
+    private func runFashion(assets: Assets, log: @escaping (String) -> Void) throws -> ModelCheck {
         let classifier = try DefaultModel.judge(judge, folder: judges)
         let prompts = try FashionPrompts.bundled()
         let data = try FashionMNIST(assets: assets)
@@ -303,9 +321,7 @@ public struct ModelCheckRun: Sendable {
     }
 
     /// Fashion-MNIST: where the judge places `imagesPerClass` images of `prompt`.
-    public func runDistribution(prompt: String, assets: Assets) throws -> ClassDistribution {
-        try validate()
-        guard family == "sd" else { throw TrainingError.invalidOption("--prompt is for --family sd") }
+    private func runDistribution(prompt: String, assets: Assets) throws -> ClassDistribution {
         let pipeline = try DefaultModel.pipeline(folder: model, assets: assets)
         let classifier = try DefaultModel.judge(judge, folder: judges)
         let fractions = try classDistribution(pipeline: pipeline, judge: classifier, prompts: try FashionPrompts.bundled(), prompt: prompt,
@@ -314,8 +330,7 @@ public struct ModelCheckRun: Sendable {
     }
 
     /// Emoji: style and identity accuracy and KID in the style judge's feature space.
-    public func runEmoji(assets: Assets, log: @escaping (String) -> Void) throws -> EmojiModelCheck {
-        try validate()
+    private func runEmoji(assets: Assets, log: @escaping (String) -> Void) throws -> EmojiModelCheck {
         let (dataset, tasks, split) = try testbed.emojiData(assets: assets)
         let pipeline = try DefaultModel.pipeline(folder: model, assets: assets)
         let styleJudge = try EmojiJudges.load(task: .style, architecture: judge, folder: judges)
