@@ -8,7 +8,7 @@ final class MemoryEstimateTests: XCTestCase {
 
     func testSD15ActivationsAreInTheMeasuredRange() {
         // SD 1.5 at 64² latents, batch 1: sampling holds the skips and one module's maps (tens to
-        // hundreds of MB); a training step keeps every map: the side-by-side run of issue 21 put
+        // hundreds of MB); a training step keeps every map: a measured run put
         // score's forward+backward at 10.5 GB peak, 6.9 GB of it weights and gradients.
         let sampling = sd15.activationBytes(batch: 1, height: 64, width: 64, contextTokens: 77, mode: .sampling)
         let training = sd15.activationBytes(batch: 1, height: 64, width: 64, contextTokens: 77, mode: .training(gradientCheckpointing: false))

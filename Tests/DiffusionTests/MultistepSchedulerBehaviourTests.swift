@@ -3,8 +3,8 @@ import XCTest
 import Tensor
 @testable import Diffusion
 
-/// Config validation (issue 20: values that used to crash or allocate without bound), the
-/// options the new schedulers refuse by name, and the run history multistep schedulers keep.
+/// Config validation (values that would crash or allocate without bound are refused), the
+/// options the multistep schedulers refuse by name, and the run history multistep schedulers keep.
 final class MultistepSchedulerBehaviourTests: XCTestCase {
     let source = "/models/x/scheduler/scheduler_config.json"
 

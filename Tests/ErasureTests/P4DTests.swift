@@ -155,7 +155,7 @@ final class P4DTests: XCTestCase {
         XCTAssertEqual(again.finalIds, found.finalIds)
     }
 
-    /// P4D-N from random vocabulary tokens (issue 27): for a seed it repeats bit for bit, it
+    /// P4D-N from random vocabulary tokens: for a seed it repeats bit for bit, it
     /// finds a prompt whose objective is lower than the random start's, and every prompt it
     /// reports is made of whole vocabulary words that type back to the same tokens.
     func testP4DNFromRandomTokensRepeatsLowersTheObjectiveAndDecodesToVocabularyTokens() throws {
