@@ -170,7 +170,14 @@ final class ArgumentTests: XCTestCase {
         assertRefused(base + ["--attack", "unlearndiffatk", "--attack-budget", "slow"], mentioning: "--attack-budget")
         assertRefused(base + ["--attack", "unlearndiffatk", "--attack-target", "dream"], mentioning: "--attack-target")
         assertRefused(base + ["--attack", "inversion", "--instances", "0"], mentioning: "--instances")
-        assertRefused(base + ["--attack", "ring-a-bell", "--tokens", "0"], mentioning: "--tokens")
+        assertRefused(base + ["--attack", "ring-a-bell", "--tokens", "0"], mentioning: "--tokens must be at least 1, not 0")
+        assertRefused(base + ["--attack", "ring-a-bell", "--population", "1"], mentioning: "--population must be at least 2, not 1")
+        assertRefused(base + ["--attack", "cce", "--lr", "0"], mentioning: "--lr must be positive, not 0.0")
+        assertRefused(base + ["--attack", "p4d", "--weight-decay", "-1"], mentioning: "--weight-decay must be ≥ 0, not -1.0")
+        assertRefused(base + ["--attack", "p4d", "--selector", "cnn"], mentioning: "--selector cnn is also the scoring --judge")
+        assertRefused(base + ["--attack", "p4d", "--selector", "svm"], mentioning: "--selector must be cnn, mlp or pixels, not 'svm'")
+        assertRefused(base + ["--attack", "paraphrase", "--judge", "svm"], mentioning: "--judge must be cnn or mlp, not 'svm'")
+        assertRefused(base + ["--attack", "paraphrase", "--sampling-steps", "0"], mentioning: "--sampling-steps must be at least 1, not 0")
         for attack in ["inversion", "ring-a-bell", "cce"] { XCTAssertNoThrow(try parse(base + ["--attack", attack])) }
         XCTAssertNoThrow(try parse(base + ["--attack", "unlearndiffatk", "--attack-budget", "fast"]))
     }
@@ -196,6 +203,7 @@ final class ArgumentTests: XCTestCase {
         assertRefused(["check-model", "--testbed", "emoji"], mentioning: "--model")
         assertRefused(["check-model", "--testbed", "mnist"], mentioning: "--testbed")
         assertRefused(["check-model", "--judge", "svm"], mentioning: "--judge")
+        assertRefused(["check-model", "--family", "flux", "--prompt", "a bag"], mentioning: "--prompt is for --family sd")
     }
 
     func testTrainChecks() throws {
