@@ -173,7 +173,7 @@ final class ArgumentTests: XCTestCase {
         assertRefused(base + ["--attack", "ring-a-bell", "--tokens", "0"], mentioning: "--tokens must be at least 1, not 0")
         assertRefused(base + ["--attack", "ring-a-bell", "--population", "1"], mentioning: "--population must be at least 2, not 1")
         assertRefused(base + ["--attack", "cce", "--lr", "0"], mentioning: "--lr must be positive, not 0.0")
-        assertRefused(base + ["--attack", "p4d", "--weight-decay", "-1"], mentioning: "--weight-decay must be ≥ 0, not -1.0")
+        assertRefused(base + ["--attack", "p4d", "--weight-decay=-1"], mentioning: "--weight-decay must be ≥ 0, not -1.0")
         assertRefused(base + ["--attack", "p4d", "--selector", "cnn"], mentioning: "--selector cnn is also the scoring --judge")
         assertRefused(base + ["--attack", "p4d", "--selector", "svm"], mentioning: "--selector must be cnn, mlp or pixels, not 'svm'")
         assertRefused(base + ["--attack", "paraphrase", "--judge", "svm"], mentioning: "--judge must be cnn or mlp, not 'svm'")
