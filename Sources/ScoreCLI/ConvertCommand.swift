@@ -18,19 +18,24 @@ struct Convert: ParsableCommand {
     @Option(help: "The model to convert: a diffusers folder, the model/ folder of `score erase`, or a single file.") var model: String
     @Option(help: variantHelp) var variant: String?
     @Option(name: .shortAndLong, help: "The single file to write (.safetensors).") var out: String
-    @Option(help: "Stored dtype: f32, f16 or bf16.") var dtype = "f32"
+    @Option(help: "Stored dtype: f32, f16 or bf16.") var dtype = StoredDType.f32
     @OptionGroup var lora: LoRAOptions
     @OptionGroup var compute: ComputeOptions
 
-    func export() throws -> SingleFileExportRun {
+    func export() -> SingleFileExportRun {
         var run = SingleFileExportRun(model: model, output: out)
         run.variant = variant
         run.loras = lora.files
-        guard let stored = ["f32": DType.f32, "f16": .f16, "bf16": .bf16][dtype] else {
-            throw ValidationError("--dtype must be f32, f16 or bf16, not \(dtype)")
-        }
-        run.dtype = stored
+        run.dtype = dtype.stored
         return run
+    }
+
+    /// `--dtype`, the precision a written weights file stores (also `export-lora`'s).
+    enum StoredDType: String, ExpressibleByArgument {
+        case f32, f16, bf16
+
+        /// DType's raw values are these names in capitals.
+        var stored: DType { DType(rawValue: rawValue.uppercased())! }
     }
 
     func validate() throws {

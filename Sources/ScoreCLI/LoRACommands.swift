@@ -51,7 +51,7 @@ struct ExportLoRA: ParsableCommand {
     @Option(help: "Key layout: peft (diffusers' load_lora_weights) or kohya (lora_unet_…).") var format = LoRALayout.peft
     @Option(help: "The largest rank per tensor.") var rank: Int?
     @Option(help: "Keep the smallest rank holding this fraction of each tensor's squared singular values, in (0, 1].") var energy: Double?
-    @Option(help: "Stored dtype: f32, f16 or bf16.") var dtype = "f32"
+    @Option(help: "Stored dtype: f32, f16 or bf16.") var dtype = Convert.StoredDType.f32
     @OptionGroup var output: JSONOption
     @OptionGroup var compute: ComputeOptions
 
@@ -62,10 +62,7 @@ struct ExportLoRA: ParsableCommand {
         guard rank == nil || energy == nil else { throw ValidationError("give --rank or --energy, not both") }
         if let rank { run.choice = .rank(rank) }
         if let energy { run.choice = .energy(energy) }
-        guard let stored = ["f32": DType.f32, "f16": .f16, "bf16": .bf16][dtype] else {
-            throw ValidationError("--dtype must be f32, f16 or bf16, not \(dtype)")
-        }
-        run.dtype = stored
+        run.dtype = dtype.stored
         return run
     }
 
