@@ -65,6 +65,18 @@ struct TrainingFlags<Options: TrainerOptions>: ParsableArguments {
     }
 }
 
+/// --export-checkpoint and --stop-after, which the UNet and FLUX trainers share.
+struct CheckpointFlags: ParsableArguments {
+    @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
+    @Option(help: "Stop after this step, writing a checkpoint that --resume continues from (the schedule still runs to --steps).") var stopAfter: Int?
+
+    /// Trains (or with --export-checkpoint only exports the checkpoint) and prints the folder written.
+    func train(_ run: (Assets, @escaping (String) -> Void) throws -> URL, export: () throws -> URL) throws {
+        let folder = exportCheckpoint ? try export() : try run(Assets(log: { print("… \($0)") }), { print($0) })
+        print("wrote \(folder.path)")
+    }
+}
+
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the testbed's models on Fashion-MNIST.",
@@ -76,12 +88,11 @@ struct Train: ParsableCommand {
 
         private static let defaults = MiniSDTrainingOptions.defaults
         @OptionGroup var trainingFlags: TrainingFlags<MiniSDTrainingOptions>
+        @OptionGroup var checkpoint: CheckpointFlags
         @Option(help: "Output folder (a diffusers-layout model folder is written into it; default runs/mini-sd, runs/mini-sd-emoji).") var out: String?
-        @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
         @Option(help: "Start from this model folder's UNet weights (a fine-tuning phase: fresh optimiser and schedule) instead of a random initialisation.") var initFrom: String?
         @Option(help: "Emoji: draw the tasks' characters and weapons this many times as often as other emoji.") var taskEmojiWeight = 1
         @Option(help: "Offset noise: std of a per-image, per-channel constant added to the training noise (0 = off; 0.1 lets samples' colour means follow the prompt, not the starting noise). The checkpoint records it; --resume must pass the same value.") var offsetNoise = defaults.offsetNoise
-        @Option(help: "Stop after this step, writing a checkpoint that --resume continues from (the schedule still runs to --steps).") var stopAfter: Int?
         @Flag(help: "Recompute each block's activations in the backward pass (diffusers' gradient_checkpointing): less memory, the same weights, more time.") var gradientCheckpointing = false
         @OptionGroup var testbed: TestbedOptions
         @OptionGroup var compute: ComputeOptions
@@ -90,7 +101,7 @@ struct Train: ParsableCommand {
             let data = try testbed.data()
             var options = trainingFlags.applied(to: MiniSDTrainingOptions(output: out.map { URL(fileURLWithPath: $0) } ?? UNetTrainingRun.defaultOutput(data)))
             options.initialModel = initFrom.map { URL(fileURLWithPath: $0) }
-            options.stopAfter = stopAfter
+            options.stopAfter = checkpoint.stopAfter
             options.offsetNoise = offsetNoise
             options.gradientCheckpointing = gradientCheckpointing
             var run = UNetTrainingRun(options: options, testbed: data)
@@ -103,9 +114,7 @@ struct Train: ParsableCommand {
         func run() throws {
             compute.apply()
             let training = try training()
-            let folder = exportCheckpoint ? try training.exportCheckpoint()
-                                          : try training.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
-            print("wrote \(folder.path)")
+            try checkpoint.train(training.run(assets:log:), export: training.exportCheckpoint)
         }
     }
 
@@ -114,16 +123,15 @@ struct Train: ParsableCommand {
             commandName: "flux", abstract: "Train the mini-FLUX transformer (pixel space, MiniLM states + pooled vector, rectified flow).")
 
         @OptionGroup var trainingFlags: TrainingFlags<MiniFluxTrainingOptions>
+        @OptionGroup var checkpoint: CheckpointFlags
         @Option(help: "σ sampling: logit-normal or uniform (recorded in the checkpoint; --resume must pass the same).") var timeSampling = MiniFluxTrainingOptions.defaults.timeSampling
         @Option(help: "Output folder (a diffusers-layout model folder is written into it).") var out = FluxTrainingRun.defaultOutput.path
-        @Flag(help: "Only write the EMA weights of the checkpoint in --out as a model folder (<out>/model-step<N>).") var exportCheckpoint = false
-        @Option(help: "Stop after this step, writing a checkpoint that --resume continues from (the schedule still runs to --steps).") var stopAfter: Int?
         @OptionGroup var compute: ComputeOptions
 
         func training() -> FluxTrainingRun {
             var options = trainingFlags.applied(to: MiniFluxTrainingOptions(output: URL(fileURLWithPath: out)))
             options.timeSampling = timeSampling
-            options.stopAfter = stopAfter
+            options.stopAfter = checkpoint.stopAfter
             return FluxTrainingRun(options: options)
         }
 
@@ -132,9 +140,7 @@ struct Train: ParsableCommand {
         func run() throws {
             compute.apply()
             let training = training()
-            let folder = exportCheckpoint ? try training.exportCheckpoint()
-                                          : try training.run(assets: Assets(log: { print("… \($0)") }), log: { print($0) })
-            print("wrote \(folder.path)")
+            try checkpoint.train(training.run(assets:log:), export: training.exportCheckpoint)
         }
     }
 

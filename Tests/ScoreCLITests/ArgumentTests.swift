@@ -218,6 +218,12 @@ final class ArgumentTests: XCTestCase {
         XCTAssertEqual(try judge.training().options.architecture, "mlp")
         let unet = try XCTUnwrap(try parse(["train", "unet", "--testbed", "emoji"]) as? Train.UNetCommand)
         XCTAssertEqual(try unet.training().options.output.lastPathComponent, "mini-sd-emoji")
+        let stopped = try XCTUnwrap(try parse(["train", "unet", "--stop-after", "5", "--export-checkpoint", "--out", out]) as? Train.UNetCommand)
+        XCTAssertEqual(try stopped.training().options.stopAfter, 5)
+        XCTAssertTrue(stopped.checkpoint.exportCheckpoint)
+        let flux = try XCTUnwrap(try parse(["train", "flux", "--stop-after", "3", "--out", out]) as? Train.FluxCommand)
+        XCTAssertEqual(flux.training().options.stopAfter, 3)
+        XCTAssertFalse(flux.checkpoint.exportCheckpoint)
     }
 
     func testTrainingFlagsReachEveryTrainerOverItsOwnDefaults() throws {
