@@ -25,11 +25,13 @@ struct ErasureCheckpoint {
         var tensors = extra
         for (name, p) in trainable { tensors["unet.\(name)"] = p }
         for (name, t) in optimizer.state() { tensors["optimizer.\(name)"] = t }
-        let lossJSON = try JSONEncoder().encode(losses.mapValues { $0.map { $0.isFinite ? Double($0) : nonFinite } })
+        // Sorted keys: the same run writes the same bytes (a dictionary's order is per process).
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        func text(_ value: some Encodable) throws -> String { String(decoding: try encoder.encode(value), as: UTF8.self) }
         let metadata = ["method": method, "step": String(step), "seed": String(generator.seed), "offset": String(generator.offset),
-                        "losses": String(decoding: lossJSON, as: UTF8.self), "seconds": String(seconds),
-                        "config": String(decoding: try JSONEncoder().encode(config), as: UTF8.self),
-                        "request": String(decoding: try JSONEncoder().encode(request), as: UTF8.self)]
+                        "losses": try text(losses.mapValues { $0.map { $0.isFinite ? Double($0) : nonFinite } }),
+                        "seconds": String(seconds), "config": try text(config), "request": try text(request)]
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
         try Tensor.save(tensors, to: url, metadata: metadata)
     }

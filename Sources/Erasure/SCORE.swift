@@ -236,7 +236,7 @@ public struct SCORE: ErasureMethod {
     /// velocities, the erase target the same negative-guidance combination of them, the
     /// trajectory term an MSE on velocities, the critic reads x̂₀ = x_σ − σ·v̂ unpacked to images,
     /// and the timestep keys (t′, the game window) are on the σ·1000 scale the flow's schedule
-    /// gives the model (t′ = 900: σ ≤ 0.9).
+    /// gives the model (the default t′ = 940: σ ≤ 0.94).
     public func erase<Model: ErasableModel>(_ request: ErasureRequest, model: Model, context: ErasureContext) throws -> ErasureOutcome {
         try request.validate()
         try config.validate()
