@@ -104,10 +104,11 @@ final class FluxSchedulerTests: XCTestCase {
         XCTAssertEqual(imageIds.shape[0], seq)
         let textIds = FluxTransformer2DModel.textIds(tokens: text.shape[1])
         let guidance = Float((entry["guidance"] as! NSNumber).doubleValue)
+        // The transformer's timestep input is t / 1000 in float32, as diffusers' FLUX pipeline passes it.
         noGrad {
             for i in schedule.indices {
                 let v = model(s.scaleModelInput(x, index: i, of: schedule), encoderHiddenStates: text, pooledProjections: pooled,
-                              timestep: [s.modelTimestep(index: i, of: schedule)], imageIds: imageIds, textIds: textIds,
+                              timestep: [schedule.timesteps[i] / 1000], imageIds: imageIds, textIds: textIds,
                               guidance: [guidance])
                 x = s.step(modelOutput: v, index: i, of: schedule, sample: x).prevSample
                 assertClose(x, try! t.tensor("loop.step\(i)"), tolerance: 1e-4, "loop step \(i)")

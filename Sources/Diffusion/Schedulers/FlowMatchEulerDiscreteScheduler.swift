@@ -247,12 +247,6 @@ public struct FlowMatchEulerDiscreteScheduler: SamplingScheduler {
 
     public func addsNoise(index: Int, of schedule: SamplingSchedule) -> Bool { false }
 
-    /// The model's `timestep` input at step `index` as the FLUX pipeline computes it (t / 1000 in
-    /// float32; the transformer multiplies by 1000 again).
-    public func modelTimestep(index: Int, of schedule: SamplingSchedule) -> Float {
-        schedule.timesteps[index] / 1000
-    }
-
     /// One Euler step x + (σ_next − σ)·v̂ (σ_next − σ in float32, as diffusers), with x̂₀ = x − σ·v̂.
     /// `noise` is unused (the step is deterministic).
     public func step(modelOutput velocity: Tensor, index: Int, of schedule: SamplingSchedule, sample: Tensor,
