@@ -70,7 +70,8 @@ public enum Workflows {
 
     /// `score evaluate`: judges the erased model on `concept` (a testbed class), beside the
     /// original when given, adds the leakage estimate (from the erasure's run.json when it has
-    /// one for this concept, else measured now against the original), and writes the report.
+    /// one for this concept on as many trajectories as `leakage` asks, else measured now against
+    /// the original), and writes the report.
     public static func evaluate(model: LoadedModel, original: LoadedModel?, concept: String, settings: EvaluationSettings,
                                 leakage: LeakageOptions?, reportFolder: URL?, assets: Assets = Assets(),
                                 log: @escaping (String) -> Void) throws -> ObjectEvaluation {
@@ -92,6 +93,10 @@ public enum Workflows {
             erased: model.sampler, original: original?.sampler, label: label, prompts: prompts, test: data.test,
             settings: settings, modelName: model.name, originalName: original?.name, log: log)
         var report = record?.leakage?.first { prompts.label(forConcept: $0.concept) == label }
+        if let recorded = report, let leakage, original != nil, recorded.trajectories_per_class != leakage.trajectories {
+            log("run.json estimated the leakage on \(recorded.trajectories_per_class) trajectories per class; measuring it again on \(leakage.trajectories)")
+            report = nil
+        }
         if report == nil, let leakage, let original {
             // The concept as the erasure defined it (its anchors), else the testbed's default.
             let erased = record?.request.concepts.first { prompts.label(forConcept: $0.name) == label }

@@ -102,6 +102,19 @@ final class FluxEvaluationTests: XCTestCase {
         XCTAssertEqual(result.original_model, base.standardizedFileURL.path)
         XCTAssertNotNil(result.kid)
         XCTAssertEqual(result.leakage?.leakage_nats, report.leakage_nats, "the estimate comes from run.json")
+
+        // More trajectories than run.json's estimate used: measured again, and the log says so.
+        var more = leakage
+        more.trajectories = 6
+        run.leakage = more
+        var lines: [String] = []
+        let remeasured = try run.run(assets: Assets()) { lines.append($0) }
+        XCTAssertEqual(remeasured.leakage?.trajectories_per_class, 6)
+        XCTAssert(lines.contains { $0.contains("measuring it again on 6") }, "\(lines)")
+        run.leakage = leakage
+        lines = []
+        XCTAssertEqual(try run.run(assets: Assets()) { lines.append($0) }.leakage?.leakage_nats, report.leakage_nats)
+        XCTAssertFalse(lines.contains { $0.contains("measuring it again") }, "as many trajectories as run.json's: reused")
     }
 
     // MARK: Arguments
