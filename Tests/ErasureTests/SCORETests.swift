@@ -194,6 +194,12 @@ final class SCORETests: XCTestCase {
         XCTAssertThrowsError(try TrainingRun.train(config: Settings(), request: Self.request, context: context) { Diverging(nanAt: 2) }) { error in
             XCTAssertEqual(error as? ErasureError, .nonFinite(term: "fit", step: 3, checkpoint: checkpoint.path))
         }
+        // The same run writes the same bytes: the recorded config and request have sorted keys.
+        let sorted = JSONEncoder()
+        sorted.outputFormatting = .sortedKeys
+        let metadata = try TensorArchive(contentsOf: checkpoint).metadata
+        XCTAssertEqual(metadata["config"], String(decoding: try sorted.encode(Settings()), as: UTF8.self))
+        XCTAssertEqual(metadata["request"], String(decoding: try sorted.encode(Self.request), as: UTF8.self))
         let resumed = try TrainingRun.train(config: Settings(), request: Self.request, context: ErasureContext(output: folder, resume: true)) {
             Diverging(nanAt: nil)
         }
