@@ -53,8 +53,14 @@ SK_INLINE SK_V SK(vselect)(SK_VI mask, SK_V ifTrue, SK_V ifFalse) {
 // b: packed NR-column panel (for each k, NR consecutive values of one row of op(B)).
 // Each C element is a sequential FMA chain over k in its own lane, so its value does not depend
 // on which tile or thread computed it.
-static void SK(micro_kernel)(int64_t kc, const float *restrict a, const float *restrict b,
-                             float *restrict c, int64_t ldc, float alpha, float beta) {
+// a_row, a_step: element (i, p) of the A panel is a[i·a_row + p·a_step]: (1, MR) for a packed
+// panel, or the strides of op(A) itself when A is read in place (see gemm_driver). Where the
+// values come from does not change the arithmetic.
+// rows (≤ MR, a constant wherever this is inlined) limits the tile to its first rows: a panel's
+// last rows when M is not a multiple of MR, computed in place instead of on a padded scratch tile.
+SK_INLINE void SK(micro_kernel_strided)(const int rows, int64_t kc, const float *restrict a, int64_t a_row, int64_t a_step,
+                                        const float *restrict b, float *restrict c, int64_t ldc,
+                                        float alpha, float beta) {
     // Fully unrolled loops over SK_MR let clang keep every accumulator in a register.
     SK_V acc0[SK_MR], acc1[SK_MR];
     #pragma unroll
@@ -64,7 +70,7 @@ static void SK(micro_kernel)(int64_t kc, const float *restrict a, const float *r
     }
     // Pull the C tile toward L1 while the k loop runs; it is needed only at the end.
     #pragma unroll
-    for (int i = 0; i < SK_MR; i++) {
+    for (int i = 0; i < rows; i++) {
         __builtin_prefetch(c + i * ldc, 1, 3);
         __builtin_prefetch(c + i * ldc + SK_NR - 1, 1, 3);
     }
@@ -72,31 +78,58 @@ static void SK(micro_kernel)(int64_t kc, const float *restrict a, const float *r
         const SK_V b0 = SK(vload)(b);
         const SK_V b1 = SK(vload)(b + SK_LANES);
         // Stream the A panel ahead; B's panel was just brought into L1 by the previous tile.
-        __builtin_prefetch(a + 8 * SK_MR, 0, 3);
+        __builtin_prefetch(a + 8 * a_step, 0, 3);
         #pragma unroll
-        for (int i = 0; i < SK_MR; i++) {
-            const SK_V ai = SK(vsplat)(a[i]);
+        for (int i = 0; i < rows; i++) {
+            const SK_V ai = SK(vsplat)(a[i * a_row]);
             acc0[i] = SK_FMA(ai, b0, acc0[i]);
             acc1[i] = SK_FMA(ai, b1, acc1[i]);
         }
-        a += SK_MR;
+        a += a_step;
         b += SK_NR;
     }
     const SK_V va = SK(vsplat)(alpha);
     if (beta == 0.0f) {
         #pragma unroll
-        for (int i = 0; i < SK_MR; i++) {
+        for (int i = 0; i < rows; i++) {
             SK(vstore)(c + i * ldc, va * acc0[i]);
             SK(vstore)(c + i * ldc + SK_LANES, va * acc1[i]);
         }
     } else {
         const SK_V vb = SK(vsplat)(beta);
         #pragma unroll
-        for (int i = 0; i < SK_MR; i++) {
+        for (int i = 0; i < rows; i++) {
             float *row = c + i * ldc;
             SK(vstore)(row, SK_FMA(va, acc0[i], vb * SK(vload)(row)));
             SK(vstore)(row + SK_LANES, SK_FMA(va, acc1[i], vb * SK(vload)(row + SK_LANES)));
         }
+    }
+}
+
+static void SK(micro_kernel)(int64_t kc, const float *restrict a, const float *restrict b,
+                             float *restrict c, int64_t ldc, float alpha, float beta) {
+    SK(micro_kernel_strided)(SK_MR, kc, a, 1, SK_MR, b, c, ldc, alpha, beta);
+}
+
+// The same tile with A read in place: op(A)[i, p] = a[i·a_row + p·a_step].
+static void SK(micro_kernel_direct_a)(int64_t kc, const float *restrict a, int64_t a_row, int64_t a_step,
+                                      const float *restrict b, float *restrict c, int64_t ldc,
+                                      float alpha, float beta) {
+    SK(micro_kernel_strided)(SK_MR, kc, a, a_row, a_step, b, c, ldc, alpha, beta);
+}
+
+// The first `rows` rows (0 < rows < MR) of a packed panel's tile.
+static void SK(micro_kernel_rows)(int rows, int64_t kc, const float *restrict a, const float *restrict b,
+                                  float *restrict c, int64_t ldc, float alpha, float beta) {
+    switch (rows) {
+#define SK_ROWS_CASE(r) case r: SK(micro_kernel_strided)(r, kc, a, 1, SK_MR, b, c, ldc, alpha, beta); return;
+    SK_ROWS_CASE(1) SK_ROWS_CASE(2) SK_ROWS_CASE(3) SK_ROWS_CASE(4) SK_ROWS_CASE(5)
+#if SK_MR > 6
+    SK_ROWS_CASE(6) SK_ROWS_CASE(7) SK_ROWS_CASE(8) SK_ROWS_CASE(9)
+    SK_ROWS_CASE(10) SK_ROWS_CASE(11) SK_ROWS_CASE(12) SK_ROWS_CASE(13)
+#endif
+#undef SK_ROWS_CASE
+    default: break;
     }
 }
 
@@ -153,6 +186,11 @@ SK_INLINE void SK(pack_gather)(const float *src, int64_t ld, int64_t rows, int64
         for (int64_t i = rows; i < width; i++) dst[p * width + i] = 0.0f;
 }
 
+// The widest C, in NR panels, for which gemm_driver reads A in place instead of packing it.
+#ifndef SK_DIRECT_A_MAX_PANELS
+#define SK_DIRECT_A_MAX_PANELS 4
+#endif
+
 static void SK(pack_a)(int transA, const float *A, int64_t lda, int64_t row0, int64_t k0,
                        int64_t mc, int64_t kc, float *restrict dst) {
     for (int64_t ir = 0; ir < mc; ir += SK_MR) {
@@ -162,11 +200,17 @@ static void SK(pack_a)(int transA, const float *A, int64_t lda, int64_t row0, in
             SK(pack_gather)(A + (row0 + ir) * lda + k0, lda, mr, kc, SK_MR, dst);
         } else {
             // op(A)[i,k] = A[k*lda + i]: for each k the MR values are contiguous.
-            for (int64_t p = 0; p < kc; p++) {
-                const float *src = A + (k0 + p) * lda + row0 + ir;
-                float *d = dst + p * SK_MR;
-                for (int64_t i = 0; i < mr; i++) d[i] = src[i];
-                for (int64_t i = mr; i < SK_MR; i++) d[i] = 0.0f;
+            // A full panel copies a constant MR floats per k, which clang expands into a few
+            // moves; with a variable count it called memcpy for every k (attention's backward,
+            // with pᵀ and dsᵀ as A, spent a tenth of its time in those calls).
+            const float *src = A + k0 * lda + row0 + ir;
+            float *d = dst;
+            if (mr == SK_MR) {
+                for (int64_t p = 0; p < kc; p++, src += lda, d += SK_MR)
+                    for (int i = 0; i < SK_MR; i++) d[i] = src[i];
+            } else {
+                for (int64_t p = 0; p < kc; p++, src += lda, d += SK_MR)
+                    for (int i = 0; i < SK_MR; i++) d[i] = i < mr ? src[i] : 0.0f;
             }
         }
         dst += SK_MR * kc;
@@ -218,6 +262,165 @@ static void SK(pack_b)(int transB, const float *B, int64_t ldb, int64_t k0, int6
 }
 
 // ---------------------------------------------------------------------------------------------
+// Implicit im2col. A convolution is a GEMM whose B is the image's column matrix
+// [C·kh·kw, outH·outW] (row (c, ky, kx), column (oy, ox) holds image[c, oy·s − p + ky,
+// ox·s − p + kx], 0 outside). Materialising it writes and reads back 9× the image for a 3×3
+// kernel, far more than L2 holds; instead the packing routines below build each block's
+// panels straight from the image, a row segment at a time through an L1 buffer. The packed
+// panels hold exactly the values packing the materialised matrix would, so the results keep
+// their bits.
+
+#define SK_MIN(x, y) ((x) < (y) ? (x) : (y))
+#define SK_MAX(x, y) ((x) > (y) ? (x) : (y))
+
+// Copies and zero fills without memcpy/memset calls: the segments are 8-64 floats, where a
+// call costs as much as the copy. The tails use a lane-predicated loop, which clang does not
+// turn back into a call.
+SK_INLINE void SK(copy_short)(const float *restrict src, float *restrict dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + SK_LANES <= n; i += SK_LANES) SK(vstore)(dst + i, SK(vload)(src + i));
+    for (int l = 0; l < SK_LANES; l++)
+        if (l < n - i) dst[i + l] = src[i + l];
+}
+
+SK_INLINE void SK(zero_short)(float *restrict dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + SK_LANES <= n; i += SK_LANES) SK(vstore)(dst + i, (SK_V){0});
+    for (int l = 0; l < SK_LANES; l++)
+        if (l < n - i) dst[i + l] = 0.0f;
+}
+
+// out[0..<len] = columns[row, s0..<s0+len] of the convolution's column matrix.
+static void SK(im2col_row)(const score_conv_geometry *g, int64_t row, int64_t s0, int64_t len,
+                           float *restrict out) {
+    const int64_t kx = row % g->kernel_w, ky = (row / g->kernel_w) % g->kernel_h;
+    const int64_t c = row / (g->kernel_w * g->kernel_h);
+    const int64_t W = g->width, stride = g->stride, out_w = g->out_w;
+    const float *plane = g->image + c * g->height * W;
+    // Output columns ox whose input column ox·stride + shift lies inside the image: [lo, hi).
+    const int64_t shift = kx - g->padding;
+    if (stride == 1 && out_w == W) {
+        // The output as wide as the input: the row is the plane shifted by dy rows and `shift`
+        // columns, so the rows inside are one contiguous copy, after which the |shift| edge
+        // columns that wrapped around are zeroed.
+        const int64_t dy = ky - g->padding, offset = dy * W + shift, end = s0 + len;
+        // [a, b): the part of [s0, end) in output rows whose input row is inside the image
+        int64_t a = SK_MAX(s0, SK_MAX(0, -dy) * W), b = SK_MIN(end, SK_MIN(g->out_h, g->height - dy) * W);
+        if (b < a) a = b = s0;
+        // [c_lo, c_hi): where the source index s + offset lies inside the plane; the elements
+        // of [a, b) cut off this way are edge columns, zeroed below
+        const int64_t c_lo = SK_MAX(a, SK_MIN(-offset, b));
+        const int64_t c_hi = SK_MAX(c_lo, SK_MIN(b, g->height * W - offset));
+        SK(zero_short)(out, c_lo - s0);
+        SK(copy_short)(plane + c_lo + offset, out + (c_lo - s0), c_hi - c_lo);
+        SK(zero_short)(out + (c_hi - s0), end - c_hi);
+        if (shift != 0 && b > a) {
+            const int64_t e_lo = shift < 0 ? 0 : W - shift, e_hi = shift < 0 ? -shift : W;
+            for (int64_t oy = a / W; oy * W < b; oy++)
+                for (int64_t ox = e_lo; ox < e_hi; ox++) {
+                    const int64_t idx = oy * W + ox;
+                    if (idx >= a && idx < b) out[idx - s0] = 0.0f;
+                }
+        }
+        return;
+    }
+    const int64_t lo = shift >= 0 ? 0 : (-shift + stride - 1) / stride;
+    int64_t hi = W - shift <= 0 ? 0 : (W - shift + stride - 1) / stride;
+    if (hi > out_w) hi = out_w;
+    for (int64_t s = s0, end = s0 + len; s < end;) {
+        const int64_t oy = s / out_w, ox0 = s - oy * out_w;
+        const int64_t ox1 = end - s < out_w - ox0 ? ox0 + (end - s) : out_w;
+        float *o = out + (s - s0);  // o[ox − ox0] is output column ox of this row
+        const int64_t iy = oy * stride - g->padding + ky;
+        if (iy < 0 || iy >= g->height) {
+            SK(zero_short)(o, ox1 - ox0);
+        } else {
+            const int64_t a = lo < ox0 ? ox0 : (lo > ox1 ? ox1 : lo);
+            const int64_t b = hi < a ? a : (hi > ox1 ? ox1 : hi);
+            const float *line = plane + iy * W;
+            SK(zero_short)(o, a - ox0);
+            if (stride == 1) SK(copy_short)(line + a + shift, o + (a - ox0), b - a);
+            else for (int64_t ox = a; ox < b; ox++) o[ox - ox0] = line[ox * stride + shift];
+            SK(zero_short)(o + (b - ox0), ox1 - b);
+        }
+        s += ox1 - ox0;
+    }
+}
+
+// pack_b for op(B) = columns[k0.., col0..] (transB = 0) or columnsᵀ (transB = 1: op(B)[k, j] =
+// columns[col0 + j, k0 + k]), the same panel layout as pack_b.
+static void SK(pack_b_im2col)(int transB, const score_conv_geometry *g, int64_t k0, int64_t col0,
+                              int64_t kc, int64_t nc, float *restrict dst) {
+    if (!transB && g->stride == 1 && g->out_w % SK_NR == 0 && col0 % SK_NR == 0) {
+        // Every panel's NR columns lie in one output row, so a panel of a row of the matrix
+        // is NR consecutive input values of one image row: loaded straight from the image
+        // with the lanes outside it zeroed (a load may run past the row, never past the image).
+        const int64_t W = g->width, plane_size = g->height * W;
+        const float *image_end = g->image + g->channels * plane_size;
+        SK_VI iota;
+        for (int l = 0; l < SK_LANES; l++) iota[l] = l;
+        for (int64_t p = 0; p < kc; p++) {
+            const int64_t row = k0 + p;
+            const int64_t kx = row % g->kernel_w, ky = (row / g->kernel_w) % g->kernel_h;
+            const float *plane = g->image + (row / (g->kernel_w * g->kernel_h)) * plane_size;
+            const int64_t shift = kx - g->padding;
+            float *d = dst + p * SK_NR;
+            for (int64_t jr = 0; jr < nc; jr += SK_NR, d += SK_NR * kc) {
+                const int64_t oy = (col0 + jr) / g->out_w, ox = (col0 + jr) - oy * g->out_w;
+                const int64_t iy = oy - g->padding + ky;
+                const float *src = plane + iy * W + ox + shift;
+                if (iy < 0 || iy >= g->height) {
+                    SK(vstore)(d, (SK_V){0});
+                    SK(vstore)(d + SK_LANES, (SK_V){0});
+                } else if (ox + shift >= 0 && ox + shift + SK_NR <= W) {
+                    SK(vstore)(d, SK(vload)(src));
+                    SK(vstore)(d + SK_LANES, SK(vload)(src + SK_LANES));
+                } else if (src >= g->image && src + SK_NR <= image_end) {
+                    // input column of lane l: ox + shift + l, inside when in [0, W)
+                    const SK_VI first = SK(vsplati)((int32_t)(ox + shift)) + iota;
+                    const SK_VI second = first + SK(vsplati)(SK_LANES);
+                    const SK_VI zero = SK(vsplati)(0), width = SK(vsplati)((int32_t)W);
+                    SK(vstore)(d, SK(vselect)((first >= zero) & (first < width), SK(vload)(src), (SK_V){0}));
+                    SK(vstore)(d + SK_LANES, SK(vselect)((second >= zero) & (second < width),
+                                                         SK(vload)(src + SK_LANES), (SK_V){0}));
+                } else {
+                    for (int l = 0; l < SK_NR; l++) {
+                        const int64_t ix = ox + shift + l;
+                        d[l] = ix >= 0 && ix < W ? src[l] : 0.0f;
+                    }
+                }
+            }
+        }
+        return;
+    }
+    if (!transB) {
+        _Alignas(64) float row[SK_NC];
+        const int64_t full_panels = nc / SK_NR, nr = nc - full_panels * SK_NR;
+        for (int64_t p = 0; p < kc; p++) {
+            SK(im2col_row)(g, k0 + p, col0, nc, row);
+            float *d = dst + p * SK_NR;
+            for (int64_t panel = 0; panel < full_panels; panel++, d += SK_NR * kc) {
+                SK(vstore)(d, SK(vload)(row + panel * SK_NR));
+                SK(vstore)(d + SK_LANES, SK(vload)(row + panel * SK_NR + SK_LANES));
+            }
+            if (nr > 0) {
+                for (int64_t j = 0; j < nr; j++) d[j] = row[full_panels * SK_NR + j];
+                for (int64_t j = nr; j < SK_NR; j++) d[j] = 0.0f;
+            }
+        }
+        return;
+    }
+    // Each panel's NR rows of the column matrix into an L1 tile, then the transposing pack.
+    _Alignas(64) float tile[SK_NR * SK_KC];
+    for (int64_t jr = 0; jr < nc; jr += SK_NR) {
+        const int64_t nr = nc - jr < SK_NR ? nc - jr : SK_NR;
+        for (int64_t i = 0; i < nr; i++) SK(im2col_row)(g, col0 + jr + i, k0, kc, tile + i * kc);
+        SK(pack_gather)(tile, kc, nr, kc, SK_NR, dst);
+        dst += SK_NR * kc;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // GEMM driver (GotoBLAS/BLIS loop nest). Preconditions (checked by score_sgemm): M, N, K > 0,
 // alpha != 0.
 //   jc: NC columns of C   — packed B block (kc×nc) lives in L2/L3
@@ -227,9 +430,12 @@ static void SK(pack_b)(int transB, const float *B, int64_t ldb, int64_t k0, int6
 //   ir: MR rows           — micro-kernel
 // The depth split depends on K alone, never on M or N, so per-element results are independent
 // of how the caller splits C.
-static void SK(sgemm)(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
-                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                      float *C, int64_t ldc) {
+// With conv != NULL, op(B) is that convolution's column matrix (or its transpose) from column
+// b_col0 on, packed by pack_b_im2col; B and ldb are unused.
+SK_INLINE void SK(gemm_driver)(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                               const float *A, int64_t lda, const float *B, int64_t ldb,
+                               const score_conv_geometry *conv, int64_t b_col0, float beta,
+                               float *C, int64_t ldc) {
     // Equal depth blocks (K = 300 gives 150 + 150, not 256 + 44): a thin last block would run
     // the micro-kernel's fixed load/store cost over too little work.
     const int64_t k_blocks = (K + SK_KC - 1) / SK_KC;
@@ -241,39 +447,73 @@ static void SK(sgemm)(int transA, int transB, int64_t M, int64_t N, int64_t K, f
 
     _Alignas(64) float edge[SK_MR * SK_NR];
 
+    // When C is only a few panels wide, each value of A serves few multiply-adds and packing A
+    // costs a sizeable share of the product (attention's p·v and ds·k, 64 columns). A is then
+    // read where it lies: the micro-kernel only broadcasts
+    // single values of it, and the rows of one tile stay in L1 across the tile's k loop.
+    // Only untransposed A: the k-major rows of a transposed A lie lda apart, often a multiple
+    // of 4 KiB, so a tile's k loop would walk one L1 set (measured 30% slower than packing).
+    const int direct_a = !transA && N <= SK_DIRECT_A_MAX_PANELS * SK_NR;
+    const int64_t a_row = transA ? 1 : lda, a_step = transA ? lda : 1;
+
     for (int64_t jc = 0; jc < N; jc += SK_NC) {
         const int64_t nc = N - jc < SK_NC ? N - jc : SK_NC;
         for (int64_t pc = 0; pc < K; pc += kc_max) {
             const int64_t kc = K - pc < kc_max ? K - pc : kc_max;
             const float beta_block = pc == 0 ? beta : 1.0f;
-            SK(pack_b)(transB, B, ldb, pc, jc, kc, nc, bpack);
+            if (conv) SK(pack_b_im2col)(transB, conv, pc, b_col0 + jc, kc, nc, bpack);
+            else SK(pack_b)(transB, B, ldb, pc, jc, kc, nc, bpack);
             for (int64_t ic = 0; ic < M; ic += SK_MC) {
                 const int64_t mc = M - ic < SK_MC ? M - ic : SK_MC;
-                SK(pack_a)(transA, A, lda, ic, pc, mc, kc, apack);
+                const int64_t tail = mc % SK_MR;  // rows of a last, partial panel
+                // Read in place, A needs packing only for a partial panel (padded with zeros).
+                if (!direct_a) SK(pack_a)(transA, A, lda, ic, pc, mc, kc, apack);
+                else if (tail) SK(pack_a)(transA, A, lda, ic + mc - tail, pc, tail, kc, apack);
                 for (int64_t jr = 0; jr < nc; jr += SK_NR) {
                     const int64_t nr = nc - jr < SK_NR ? nc - jr : SK_NR;
                     const float *bp = bpack + jr * kc;
                     for (int64_t ir = 0; ir < mc; ir += SK_MR) {
                         const int64_t mr = mc - ir < SK_MR ? mc - ir : SK_MR;
-                        const float *ap = apack + ir * kc;
+                        const int in_place = direct_a && mr == SK_MR;
+                        const float *ap = in_place ? A + (transA ? pc * lda + ic + ir : (ic + ir) * lda + pc)
+                                                   : apack + (direct_a ? 0 : ir * kc);
                         float *ct = C + (ic + ir) * ldc + jc + jr;
-                        if (mr == SK_MR && nr == SK_NR) {
-                            SK(micro_kernel)(kc, ap, bp, ct, ldc, alpha, beta_block);
-                        } else {
+                        if (mr < SK_MR && nr == SK_NR) {
+                            // the last rows of a full-width tile: in place, no padded rows
+                            SK(micro_kernel_rows)((int)mr, kc, ap, bp, ct, ldc, alpha, beta_block);
+                            continue;
+                        }
+                        float *ctile = ct;
+                        int64_t ldt = ldc;
+                        if (mr < SK_MR || nr < SK_NR) {
                             // Edge tile: run the same kernel on a full-size scratch tile so
                             // edge elements get exactly the arithmetic interior ones get.
+                            ctile = edge;
+                            ldt = SK_NR;
                             if (beta_block != 0.0f)
-                                for (int64_t i = 0; i < mr; i++)
-                                    memcpy(edge + i * SK_NR, ct + i * ldc, (size_t)nr * sizeof(float));
-                            SK(micro_kernel)(kc, ap, bp, edge, SK_NR, alpha, beta_block);
-                            for (int64_t i = 0; i < mr; i++)
-                                memcpy(ct + i * ldc, edge + i * SK_NR, (size_t)nr * sizeof(float));
+                                for (int64_t i = 0; i < mr; i++) SK(copy_short)(ct + i * ldc, edge + i * SK_NR, nr);
                         }
+                        if (in_place) SK(micro_kernel_direct_a)(kc, ap, a_row, a_step, bp, ctile, ldt, alpha, beta_block);
+                        else SK(micro_kernel)(kc, ap, bp, ctile, ldt, alpha, beta_block);
+                        if (ctile == edge)
+                            for (int64_t i = 0; i < mr; i++) SK(copy_short)(edge + i * SK_NR, ct + i * ldc, nr);
                     }
                 }
             }
         }
     }
+}
+
+static void SK(sgemm)(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                      float *C, int64_t ldc) {
+    SK(gemm_driver)(transA, transB, M, N, K, alpha, A, lda, B, ldb, NULL, 0, beta, C, ldc);
+}
+
+static void SK(sgemm_im2col)(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                             const float *A, int64_t lda, const score_conv_geometry *conv,
+                             int64_t b_col0, float beta, float *C, int64_t ldc) {
+    SK(gemm_driver)(transA, transB, M, N, K, alpha, A, lda, NULL, 0, conv, b_col0, beta, C, ldc);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -482,4 +722,6 @@ static void SK(softmax_rows)(const float *x, float *y, int64_t rows, int64_t col
     }
 }
 
+#undef SK_MIN
+#undef SK_MAX
 #undef SK_INLINE

@@ -248,6 +248,9 @@ static void score__pack_buffers(size_t a_floats, size_t b_floats, float **a, flo
 
 typedef void (*score_sgemm_fn)(int, int, int64_t, int64_t, int64_t, float, const float *,
                                int64_t, const float *, int64_t, float, float *, int64_t);
+typedef void (*score_sgemm_im2col_fn)(int, int, int64_t, int64_t, int64_t, float, const float *,
+                                      int64_t, const score_conv_geometry *, int64_t, float, float *,
+                                      int64_t);
 typedef void (*score_map_fn)(const float *, float *, int64_t);
 typedef void (*score_zip_fn)(const float *, const float *, float *, int64_t);
 typedef void (*score_rows_fn)(const float *, float *, int64_t, int64_t);
@@ -259,6 +262,7 @@ typedef struct {
     score_isa isa;
     int64_t mr, nr;
     score_sgemm_fn sgemm;
+    score_sgemm_im2col_fn sgemm_im2col;
     score_rows_fn softmax_rows;
     score_map_fn vexp, silu, gelu;
     score_zip_fn silu_grad, gelu_grad;
@@ -268,19 +272,19 @@ typedef struct {
 
 static const score_impl_t score_impl_portable = {
     "portable", SCORE_ISA_PORTABLE, 6, 8,
-    sgemm_portable, softmax_rows_portable, vexp_portable, silu_portable, gelu_portable,
+    sgemm_portable, sgemm_im2col_portable, softmax_rows_portable, vexp_portable, silu_portable, gelu_portable,
     silu_grad_portable, gelu_grad_portable, moments_portable, norm_grad_sums_portable};
 #ifdef SCORE_X86
 static const score_impl_t score_impl_avx2 = {
-    "avx2", SCORE_ISA_AVX2, 6, 16, sgemm_avx2, softmax_rows_avx2, vexp_avx2, silu_avx2, gelu_avx2,
+    "avx2", SCORE_ISA_AVX2, 6, 16, sgemm_avx2, sgemm_im2col_avx2, softmax_rows_avx2, vexp_avx2, silu_avx2, gelu_avx2,
     silu_grad_avx2, gelu_grad_avx2, moments_avx2, norm_grad_sums_avx2};
 static const score_impl_t score_impl_avx512 = {
     "avx512", SCORE_ISA_AVX512, SCORE_AVX512_MR, SCORE_AVX512_NR,
-    sgemm_avx512, softmax_rows_avx512, vexp_avx512, silu_avx512, gelu_avx512,
+    sgemm_avx512, sgemm_im2col_avx512, softmax_rows_avx512, vexp_avx512, silu_avx512, gelu_avx512,
     silu_grad_avx512, gelu_grad_avx512, moments_avx512, norm_grad_sums_avx512};
 static const score_impl_t score_impl_avx512_on_avx2 = {
     "avx512-layout-on-avx2", SCORE_ISA_AVX2, SCORE_AVX512_MR, SCORE_AVX512_NR,
-    sgemm_avx512_on_avx2, softmax_rows_avx512_on_avx2, vexp_avx512_on_avx2, silu_avx512_on_avx2, gelu_avx512_on_avx2,
+    sgemm_avx512_on_avx2, sgemm_im2col_avx512_on_avx2, softmax_rows_avx512_on_avx2, vexp_avx512_on_avx2, silu_avx512_on_avx2, gelu_avx512_on_avx2,
     silu_grad_avx512_on_avx2, gelu_grad_avx512_on_avx2, moments_avx512_on_avx2, norm_grad_sums_avx512_on_avx2};
 #endif
 
@@ -360,6 +364,17 @@ void score_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K, float 
         return;
     }
     score_current()->sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void score_sgemm_im2col(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                        const float *A, int64_t lda, const score_conv_geometry *conv,
+                        int64_t b_col0, float beta, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        score_sgemm(transA, transB, M, N, 0, 0.0f, A, lda, NULL, 1, beta, C, ldc);
+        return;
+    }
+    score_current()->sgemm_im2col(transA, transB, M, N, K, alpha, A, lda, conv, b_col0, beta, C, ldc);
 }
 
 void score_softmax_rows(const float *x, float *y, int64_t rows, int64_t cols) {

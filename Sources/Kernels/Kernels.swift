@@ -169,25 +169,83 @@ public enum Kernels {
                                       b: UnsafePointer<Float>, ldb: Int, beta: Float,
                                       c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int) {
         let tA: Int32 = transA ? 1 : 0, tB: Int32 = transB ? 1 : 0
-        let split = threads > 1 && score_thread_in_parallel() == 0
-            ? gemmSplit(m: m, n: n, k: k, threads: threads,
-                        mr: Int(score_sgemm_mr()), nr: Int(score_sgemm_nr()))
-            : GemmSplit(rowBlocks: 1, colBlocks: 1, rowsPerBlock: m, colsPerBlock: n)
-        if split.rowBlocks * split.colBlocks == 1 {
-            score_sgemm(tA, tB, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb),
-                        beta, c, Int64(ldc))
-            return
-        }
-        parallelFor(split.rowBlocks * split.colBlocks) { block in
-            let row0 = (block / split.colBlocks) * split.rowsPerBlock
-            let col0 = (block % split.colBlocks) * split.colsPerBlock
-            let rows = min(split.rowsPerBlock, m - row0)
-            let cols = min(split.colsPerBlock, n - col0)
+        forEachBlock(m: m, n: n, k: k, threads: threads) { row0, rows, col0, cols in
             // op(A) rows row0..: row offset in A, or column offset in the stored Aᵀ.
             let aBlock = transA ? a + row0 : a + row0 * lda
             let bBlock = transB ? b + col0 * ldb : b + col0
             score_sgemm(tA, tB, Int64(rows), Int64(cols), Int64(k), alpha, aBlock, Int64(lda),
                         bBlock, Int64(ldb), beta, c + row0 * ldc + col0, Int64(ldc))
+        }
+    }
+
+    /// Runs body(row0, rows, col0, cols) for each block of C's grid (gemmSplit), in parallel.
+    private static func forEachBlock(m: Int, n: Int, k: Int, threads: Int,
+                                     _ body: (_ row0: Int, _ rows: Int, _ col0: Int, _ cols: Int) -> Void) {
+        let split = threads > 1 && score_thread_in_parallel() == 0
+            ? gemmSplit(m: m, n: n, k: k, threads: threads,
+                        mr: Int(score_sgemm_mr()), nr: Int(score_sgemm_nr()))
+            : GemmSplit(rowBlocks: 1, colBlocks: 1, rowsPerBlock: m, colsPerBlock: n)
+        if split.rowBlocks * split.colBlocks == 1 {
+            body(0, m, 0, n)
+            return
+        }
+        parallelFor(split.rowBlocks * split.colBlocks) { block in
+            let row0 = (block / split.colBlocks) * split.rowsPerBlock
+            let col0 = (block % split.colBlocks) * split.colsPerBlock
+            body(row0, min(split.rowsPerBlock, m - row0), col0, min(split.colsPerBlock, n - col0))
+        }
+    }
+
+    // MARK: Convolution GEMM
+
+    /// One image of a 2-D convolution, NCHW with symmetric zero padding: the source of an
+    /// implicit column matrix ("im2col", a row per (channel, kernel row, kernel column), a column
+    /// per output position) that sgemmIm2col packs from directly instead of materialising it.
+    public struct ConvolutionImage {
+        public var image: UnsafePointer<Float>
+        public var channels: Int, height: Int, width: Int
+        public var kernelH: Int, kernelW: Int, stride: Int, padding: Int
+        public var outH: Int { (height + 2 * padding - kernelH) / stride + 1 }
+        public var outW: Int { (width + 2 * padding - kernelW) / stride + 1 }
+        /// Rows of the column matrix.
+        public var patchSize: Int { channels * kernelH * kernelW }
+
+        public init(image: UnsafePointer<Float>, channels: Int, height: Int, width: Int,
+                    kernelH: Int, kernelW: Int, stride: Int, padding: Int) {
+            self.image = image
+            (self.channels, self.height, self.width) = (channels, height, width)
+            (self.kernelH, self.kernelW, self.stride, self.padding) = (kernelH, kernelW, stride, padding)
+        }
+
+        var geometry: score_conv_geometry {
+            score_conv_geometry(image: image, channels: Int64(channels), height: Int64(height),
+                                width: Int64(width), kernel_h: Int64(kernelH), kernel_w: Int64(kernelW),
+                                stride: Int64(stride), padding: Int64(padding),
+                                out_h: Int64(outH), out_w: Int64(outW))
+        }
+    }
+
+    /// sgemm with op(B) the column matrix of `columnsOf`: C[m×n] = alpha · op(A) · B + beta · C
+    /// with B = columns (transB false: k = patchSize, n = outH·outW; a convolution's output
+    /// from its weight) or columnsᵀ (transB true: k = outH·outW, n = patchSize; its weight
+    /// gradient from the output gradient). The same bits as sgemm on the materialised columns,
+    /// without writing them: for a 3×3 kernel they are 9× the image.
+    public static func sgemmIm2col(transA: Bool = false, transB: Bool, m: Int, n: Int, k: Int,
+                                   alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                                   columnsOf source: ConvolutionImage, beta: Float = 0,
+                                   c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let outSize = source.outH * source.outW
+        precondition(source.outH > 0 && source.outW > 0, "sgemmIm2col: kernel larger than the padded image")
+        precondition(k == (transB ? outSize : source.patchSize) && n <= (transB ? source.patchSize : outSize),
+                     "sgemmIm2col: k \(k), n \(n) do not fit the column matrix [\(source.patchSize), \(outSize)]")
+        checkGemmArguments(transA: transA, transB: false, m: m, n: n, k: k, lda: lda, ldb: max(1, n), ldc: ldc)
+        let tA: Int32 = transA ? 1 : 0, tB: Int32 = transB ? 1 : 0
+        withUnsafePointer(to: source.geometry) { geometry in
+            forEachBlock(m: m, n: n, k: k, threads: threadCount) { row0, rows, col0, cols in
+                let aBlock = transA ? a + row0 : a + row0 * lda
+                score_sgemm_im2col(tA, tB, Int64(rows), Int64(cols), Int64(k), alpha, aBlock, Int64(lda),
+                                   geometry, Int64(col0), beta, c + row0 * ldc + col0, Int64(ldc))
+            }
         }
     }
 

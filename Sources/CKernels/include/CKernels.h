@@ -61,6 +61,26 @@ void score_sgemm(int transA, int transB, int64_t M, int64_t N, int64_t K,
                  const float *B, int64_t ldb,
                  float beta, float *C, int64_t ldc);
 
+/// One image of a 2-D convolution (NCHW, symmetric zero padding): the column matrix ("im2col")
+/// has a row per (channel c, kernel row ky, kernel column kx), channel-major, and a column per
+/// output position (oy, ox), row-major; entry image[c, oy·stride − padding + ky,
+/// ox·stride − padding + kx], 0 outside the image.
+typedef struct {
+    const float *image;  ///< [channels, height, width]
+    int64_t channels, height, width;
+    int64_t kernel_h, kernel_w, stride, padding;
+    int64_t out_h, out_w;  ///< (height + 2·padding − kernel_h) / stride + 1, likewise for width
+} score_conv_geometry;
+
+/// score_sgemm with op(B) the column matrix of `conv`, never materialised: transB = 0 takes
+/// op(B) = columns[0..<K, b_col0..<b_col0+N] (K = channels·kernel_h·kernel_w; a convolution's
+/// forward pass), transB = 1 takes op(B)[k, j] = columns[b_col0 + j, k] (K = out_h·out_w; its
+/// weight gradient). Bitwise the same as score_sgemm on the materialised matrix.
+void score_sgemm_im2col(int transA, int transB, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t lda,
+                        const score_conv_geometry *conv, int64_t b_col0,
+                        float beta, float *C, int64_t ldc);
+
 /// Row-wise softmax of a rows×cols row-major matrix (rows contiguous, stride cols):
 /// y[r,c] = exp(x[r,c] - max_r) / sum_c exp(x[r,c] - max_r). The sum is accumulated in double.
 /// x and y may be the same buffer.

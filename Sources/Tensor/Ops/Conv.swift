@@ -1,6 +1,7 @@
 import Kernels
 
-// Convolution as im2col + GEMM, nearest upsampling and average pooling, all NCHW.
+// Convolution as a GEMM over the image's column matrix (im2col, packed straight from the image
+// by Kernels.sgemmIm2col, never materialised), nearest upsampling and average pooling, all NCHW.
 
 /// Geometry of a 2-D convolution over one image.
 struct ConvGeometry {
@@ -23,59 +24,10 @@ struct ConvGeometry {
         return lo..<max(lo, hi)
     }
 
-    /// Unfolds one image [C, H, W] into columns [C·kh·kw, outH·outW].
-    func im2col(_ image: UnsafePointer<Float>, into columns: UnsafeMutablePointer<Float>) {
-        let outH = outH, outW = outW
-        parallelChunks(patchSize, grain: max(1, 8192 / max(outH * outW, 1))) { rows in
-            for row in rows {
-                let kx = row % kernelW, ky = (row / kernelW) % kernelH, c = row / (kernelW * kernelH)
-                let plane = image + c * height * width
-                let dst = columns + row * outH * outW
-                if stride == 1 && outW == width {
-                    shiftedPlane(plane, dy: ky - padding, dx: kx - padding, into: dst)
-                    continue
-                }
-                let valid = validColumns(kx: kx)
-                let shift = kx - padding
-                for oy in 0..<outH {
-                    let iy = oy * stride - padding + ky
-                    let out = dst + oy * outW
-                    if iy < 0 || iy >= height { out.update(repeating: 0, count: outW); continue }
-                    let line = plane + iy * width + shift
-                    for ox in 0..<valid.lowerBound { out[ox] = 0 }
-                    if stride == 1 {
-                        // A loop, not memmove: rows are 8–64 floats, too short for a call each.
-                        for ox in valid { out[ox] = line[ox] }
-                    } else {
-                        for ox in valid { out[ox] = line[ox * stride] }
-                    }
-                    for ox in valid.upperBound..<outW { out[ox] = 0 }
-                }
-            }
-        }
-    }
-
-    /// One row of the columns when the output is as wide as the input (stride 1, "same"
-    /// padding across): the plane shifted by dy rows and dx columns, zero where the shift
-    /// leaves the image. Output and input rows have the same width, so the rows that stay
-    /// inside are one contiguous copy; it wraps at the left or right edge, and those |dx|
-    /// columns of each row are zeroed after it. Short rows (8–32 floats) made a per-row loop
-    /// the cost of the unfold; this is one copy per (channel, ky, kx).
-    @inline(__always)
-    private func shiftedPlane(_ plane: UnsafePointer<Float>, dy: Int, dx: Int, into dst: UnsafeMutablePointer<Float>) {
-        let outH = outH, w = width
-        let first = min(outH, max(0, -dy)), end = max(first, min(outH, height - dy))   // rows inside
-        dst.update(repeating: 0, count: first * w)
-        let shift = dy * w + dx
-        // Element j of the rows inside reads plane[j + shift]; keep that index inside the plane
-        // (the elements cut off are edge columns, zeroed below).
-        let lo = max(first * w, -shift), hi = min(end * w, height * w - shift)
-        if hi > lo { (dst + lo).update(from: plane + lo + shift, count: hi - lo) }
-        if first < end && dx != 0 {
-            let edge = dx < 0 ? 0..<min(w, -dx) : max(0, w - dx)..<w
-            for oy in first..<end { for ox in edge { dst[oy * w + ox] = 0 } }
-        }
-        (dst + end * w).update(repeating: 0, count: (outH - end) * w)
+    /// Image n of a batch as the source of an implicit column matrix (Kernels.sgemmIm2col).
+    func columns(of image: UnsafePointer<Float>) -> Kernels.ConvolutionImage {
+        Kernels.ConvolutionImage(image: image, channels: channels, height: height, width: width,
+                                 kernelH: kernelH, kernelW: kernelW, stride: stride, padding: padding)
     }
 
     /// Adds columns [C·kh·kw, outH·outW] back into an image [C, H, W] (the adjoint of im2col).
@@ -121,13 +73,15 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     let px = x.pointer, pw = weight.pointer
 
     let y = Tensor(shape: [batch, outChannels, geo.outH, geo.outW]) { out in
-        forEachImage(batch, scratch: geo.isPointwise ? 0 : geo.patchSize * spatial) { n, columns in
-            let image = px + n * imageSize
-            var cols = UnsafePointer(image)
-            if !geo.isPointwise { geo.im2col(image, into: columns); cols = UnsafePointer(columns) }
-            Kernels.sgemm(transA: false, transB: false, m: outChannels, n: spatial, k: geo.patchSize,
-                          a: pw, lda: geo.patchSize, b: cols, ldb: spatial,
-                          c: out + n * outChannels * spatial, ldc: spatial)
+        forEachImage(batch) { n in
+            let image = px + n * imageSize, c = out + n * outChannels * spatial
+            if geo.isPointwise {  // the column matrix is the image itself
+                Kernels.sgemm(transA: false, transB: false, m: outChannels, n: spatial, k: geo.patchSize,
+                              a: pw, lda: geo.patchSize, b: image, ldb: spatial, c: c, ldc: spatial)
+            } else {
+                Kernels.sgemmIm2col(transB: false, m: outChannels, n: spatial, k: geo.patchSize,
+                                    a: pw, lda: geo.patchSize, columnsOf: geo.columns(of: image), c: c, ldc: spatial)
+            }
         }
         if let bias {
             let pb = bias.pointer
@@ -153,13 +107,16 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
             let total = sum.pointer, parts = UnsafePointer(products.pointer)
             for first in Swift.stride(from: 0, to: batch, by: slots) {
                 let images = min(slots, batch - first)
-                forEachImage(images, scratch: geo.isPointwise ? 0 : geo.patchSize * spatial) { i, columns in
+                forEachImage(images) { i in
                     let n = first + i, image = px + n * imageSize
-                    var cols = UnsafePointer(image)
-                    if !geo.isPointwise { geo.im2col(image, into: columns); cols = UnsafePointer(columns) }
-                    Kernels.sgemm(transA: false, transB: true, m: outChannels, n: geo.patchSize, k: spatial,
-                                  a: pg + n * outChannels * spatial, lda: spatial, b: cols, ldb: spatial,
-                                  c: products.pointer + i * count, ldc: geo.patchSize)
+                    let gn = pg + n * outChannels * spatial, c = products.pointer + i * count
+                    if geo.isPointwise {
+                        Kernels.sgemm(transA: false, transB: true, m: outChannels, n: geo.patchSize, k: spatial,
+                                      a: gn, lda: spatial, b: image, ldb: spatial, c: c, ldc: geo.patchSize)
+                    } else {
+                        Kernels.sgemmIm2col(transB: true, m: outChannels, n: geo.patchSize, k: spatial,
+                                            a: gn, lda: spatial, columnsOf: geo.columns(of: image), c: c, ldc: geo.patchSize)
+                    }
                 }
                 parallelChunks(count, grain: 8192) { r in
                     for e in r {
@@ -178,7 +135,7 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
 }
 
 /// dx of a convolution. With stride 1 it is itself a convolution of g with the flipped,
-/// channel-transposed kernel and padding k − 1 − p: im2col plus a GEMM with a long inner
+/// channel-transposed kernel and padding k − 1 − p: a GEMM over g's column matrix with a long inner
 /// dimension (C_out·k²), much faster than the GEMM with inner dimension C_out plus col2im
 /// used for strided convolutions.
 private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo: ConvGeometry, into dx: Tensor) {
@@ -186,7 +143,7 @@ private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo:
     let spatial = geo.outH * geo.outW, imageSize = geo.channels * geo.height * geo.width
     let pg = g.pointer, pw = weight.pointer
     if geo.isPointwise {
-        forEachImage(batch, scratch: 0) { n, _ in
+        forEachImage(batch) { n in
             Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
                           a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
                           c: dx.pointer + n * imageSize, ldc: spatial)
@@ -203,16 +160,15 @@ private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo:
                 wt[((c * outChannels + o) * k + i) * k + j] = pw[((o * geo.channels + c) * k + (k - 1 - i)) * k + (k - 1 - j)]
             } } } }
         }
-        forEachImage(batch, scratch: transposedGeometry.patchSize * geo.height * geo.width) { n, columns in
-            transposedGeometry.im2col(pg + n * outChannels * spatial, into: columns)
-            Kernels.sgemm(transA: false, transB: false, m: geo.channels, n: geo.height * geo.width,
-                          k: transposedGeometry.patchSize, a: flipped.pointer, lda: transposedGeometry.patchSize,
-                          b: columns, ldb: geo.height * geo.width,
-                          c: dx.pointer + n * imageSize, ldc: geo.height * geo.width)
+        forEachImage(batch) { n in
+            Kernels.sgemmIm2col(transB: false, m: geo.channels, n: geo.height * geo.width,
+                                k: transposedGeometry.patchSize, a: flipped.pointer, lda: transposedGeometry.patchSize,
+                                columnsOf: transposedGeometry.columns(of: pg + n * outChannels * spatial),
+                                c: dx.pointer + n * imageSize, ldc: geo.height * geo.width)
         }
         return
     }
-    forEachImage(batch, scratch: geo.patchSize * spatial) { n, dcols in
+    forEachImageWithScratch(batch, scratch: geo.patchSize * spatial) { n, dcols in
         // dcols = Wᵀ · g_n, folded back into the image.
         Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
                       a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
@@ -221,12 +177,17 @@ private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo:
     }
 }
 
+/// Runs `body(n)` for every image n < batch, as forEachImageWithScratch.
+func forEachImage(_ batch: Int, _ body: (Int) -> Void) {
+    forEachImageWithScratch(batch, scratch: 0) { n, _ in body(n) }
+}
+
 /// Runs `body(n, scratch)` for every image n < batch. When the batch splits evenly over the
 /// workers (or is large), images run side by side, each worker with its own scratch buffer and
 /// single-threaded kernels inside: small images make GEMMs too small to share well. Otherwise
 /// one image at a time, with threaded kernels. GEMMs split only along M and N and the other
 /// per-image work is copying, so the bits are the same either way.
-func forEachImage(_ batch: Int, scratch count: Int, _ body: (Int, UnsafeMutablePointer<Float>) -> Void) {
+func forEachImageWithScratch(_ batch: Int, scratch count: Int, _ body: (Int, UnsafeMutablePointer<Float>) -> Void) {
     let workers = min(batch, Kernels.threadCount)
     guard workers > 1, batch % workers == 0 || batch >= 4 * workers else {
         let scratch = TensorStorage(uninitializedCount: max(count, 1))
