@@ -5,8 +5,10 @@ on the same machine and thread count, and print a Markdown table of medians and 
 Alternating rounds expose both to the same background load, so the ratios mean something even
 on a noisy shared machine; absolute times do not.
 
-Run:  .venv-tools/bin/python tools/bench_side_by_side.py [--rounds 5] [--threads 2]
-(build first: swift build -c release)
+Run:  .venv-tools/bin/python tools/bench_side_by_side.py [--rounds 5] [--threads 2] [--before BIN]
+(build first: swift build -c release). --before adds another build of score (a copy of an
+older .build/release/score) to every round, so a change is measured against its baseline and
+torch in the same window.
 """
 import argparse
 import json
@@ -20,14 +22,18 @@ ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--rounds", type=int, default=5)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--json", help="also write the raw runs here")
+ap.add_argument("--before", help="path of another score binary to alternate with (the baseline of a change)")
 args = ap.parse_args()
 
 ours_cmd = [os.path.join(ROOT, ".build/release/score"), "bench", "engine", "--json", "--threads", str(args.threads)]
 torch_cmd = [sys.executable, os.path.join(ROOT, "tools/bench_engine_torch.py"), "--threads", str(args.threads)]
 
-runs = {"score": [], "torch": []}
+commands = [("score", ours_cmd), ("torch", torch_cmd)]
+if args.before:
+    commands.insert(0, ("before", [args.before] + ours_cmd[1:]))
+runs = {name: [] for name, _ in commands}
 for r in range(args.rounds):
-    for name, cmd in (("score", ours_cmd), ("torch", torch_cmd)):
+    for name, cmd in commands:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         runs[name].append(json.loads(out.strip().splitlines()[-1]))
         print(f"round {r + 1}/{args.rounds} {name} done", file=sys.stderr)
@@ -39,13 +45,26 @@ metrics = [  # key, label, higher is better
     ("attention_fwd_bwd_ms", "attention fwd+bwd, 2×8 heads × 1024 tokens × 64 (ms)", False),
     ("groupnorm_fwd_bwd_ms", "GroupNorm fwd+bwd, 8×64×32×32, 32 groups (ms)", False),
 ]
-print(f"| measurement | score | torch {runs['torch'][0].get('torch_version', '')} | speed ratio score/torch |")
-print("|---|---:|---:|---:|")
+def ratio(ours, theirs, higher):
+    return ours / theirs if higher else theirs / ours
+
+
+torch_label = f"torch {runs['torch'][0].get('torch_version', '')}"
+if args.before:
+    print(f"| measurement | score before | score | {torch_label} | before/torch | score/torch |")
+    print("|---|---:|---:|---:|---:|---:|")
+else:
+    print(f"| measurement | score | {torch_label} | speed ratio score/torch |")
+    print("|---|---:|---:|---:|")
 for key, label, higher in metrics:
     ours = statistics.median(run[key] for run in runs["score"])
     theirs = statistics.median(run[key] for run in runs["torch"])
-    ratio = ours / theirs if higher else theirs / ours
-    print(f"| {label} | {ours:.2f} | {theirs:.2f} | {ratio:.2f}× |")
+    if args.before:
+        before = statistics.median(run[key] for run in runs["before"])
+        print(f"| {label} | {before:.2f} | {ours:.2f} | {theirs:.2f} | {ratio(before, theirs, higher):.2f}× "
+              f"| {ratio(ours, theirs, higher):.2f}× |")
+    else:
+        print(f"| {label} | {ours:.2f} | {theirs:.2f} | {ratio(ours, theirs, higher):.2f}× |")
 print(f"\n{args.rounds} alternating rounds, {args.threads} threads, score ISA {runs['score'][0]['isa']}; "
       "each figure is the median over rounds of per-round medians.")
 if args.json:

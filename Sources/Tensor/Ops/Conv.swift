@@ -96,7 +96,6 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
     return y.recording(inputs) { g in
         let pg = g.pointer
-        let dx = x.isTracked ? Tensor.zeros(x.shape) : nil
         var dw: Tensor? = nil
         if weight.isTracked {
             // dW = Σₙ gₙ · colsₙᵀ: the products of a few images at a time side by side, each
@@ -128,7 +127,7 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
             }
             dw = sum
         }
-        if let dx { convolutionInputGradient(g, weight: weight, geometry: geo, into: dx) }
+        let dx = x.isTracked ? convolutionInputGradient(g, weight: weight, geometry: geo) : nil
         let db = bias.map { _ in g.sum(axes: [0, 2, 3]) }
         return [dx, dw, db]
     }
@@ -138,17 +137,20 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
 /// channel-transposed kernel and padding k − 1 − p: a GEMM over g's column matrix with a long inner
 /// dimension (C_out·k²), much faster than the GEMM with inner dimension C_out plus col2im
 /// used for strided convolutions.
-private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo: ConvGeometry, into dx: Tensor) {
+private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo: ConvGeometry) -> Tensor {
     let (batch, outChannels) = (g.shape[0], g.shape[1])
+    let inputShape = [batch, geo.channels, geo.height, geo.width]
     let spatial = geo.outH * geo.outW, imageSize = geo.channels * geo.height * geo.width
     let pg = g.pointer, pw = weight.pointer
+    // The first two ways write every element of dx (GEMMs with beta 0): no zeroing first.
     if geo.isPointwise {
-        forEachImage(batch) { n in
-            Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
-                          a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
-                          c: dx.pointer + n * imageSize, ldc: spatial)
+        return Tensor(shape: inputShape) { dx in
+            forEachImage(batch) { n in
+                Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
+                              a: pw, lda: geo.patchSize, b: pg + n * outChannels * spatial, ldb: spatial,
+                              c: dx + n * imageSize, ldc: spatial)
+            }
         }
-        return
     }
     if geo.stride == 1 && geo.padding <= min(geo.kernelH, geo.kernelW) - 1 && geo.kernelH == geo.kernelW {
         let k = geo.kernelH
@@ -160,14 +162,16 @@ private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo:
                 wt[((c * outChannels + o) * k + i) * k + j] = pw[((o * geo.channels + c) * k + (k - 1 - i)) * k + (k - 1 - j)]
             } } } }
         }
-        forEachImage(batch) { n in
-            Kernels.sgemmIm2col(transB: false, m: geo.channels, n: geo.height * geo.width,
-                                k: transposedGeometry.patchSize, a: flipped.pointer, lda: transposedGeometry.patchSize,
-                                columnsOf: transposedGeometry.columns(of: pg + n * outChannels * spatial),
-                                c: dx.pointer + n * imageSize, ldc: geo.height * geo.width)
+        return Tensor(shape: inputShape) { dx in
+            forEachImage(batch) { n in
+                Kernels.sgemmIm2col(transB: false, m: geo.channels, n: geo.height * geo.width,
+                                    k: transposedGeometry.patchSize, a: flipped.pointer, lda: transposedGeometry.patchSize,
+                                    columnsOf: transposedGeometry.columns(of: pg + n * outChannels * spatial),
+                                    c: dx + n * imageSize, ldc: geo.height * geo.width)
+            }
         }
-        return
     }
+    let dx = Tensor.zeros(inputShape)
     forEachImageWithScratch(batch, scratch: geo.patchSize * spatial) { n, dcols in
         // dcols = Wᵀ · g_n, folded back into the image.
         Kernels.sgemm(transA: true, transB: false, m: geo.patchSize, n: spatial, k: outChannels,
@@ -175,6 +179,7 @@ private func convolutionInputGradient(_ g: Tensor, weight: Tensor, geometry geo:
                       c: dcols, ldc: spatial)
         geo.col2imAdd(dcols, into: dx.pointer + n * imageSize)
     }
+    return dx
 }
 
 /// Runs `body(n)` for every image n < batch, as forEachImageWithScratch.
