@@ -193,26 +193,26 @@ SK_INLINE void SK(pack_gather)(const float *src, int64_t ld, int64_t rows, int64
 
 static void SK(pack_a)(int transA, const float *A, int64_t lda, int64_t row0, int64_t k0,
                        int64_t mc, int64_t kc, float *restrict dst) {
+    if (transA) {
+        // op(A)[i,k] = A[k*lda + i]: for each k the mc values of the block are contiguous; one
+        // pass over k fills every panel. (Panel by panel, each panel's k loop walked the rows
+        // lda apart, often a multiple of 4 KiB: one L1 set, missed again for the next panel.)
+        // A full panel copies a constant MR floats, which clang expands into a few moves.
+        const int64_t full = mc / SK_MR, tail = mc - full * SK_MR;
+        const float *src = A + k0 * lda + row0;
+        for (int64_t p = 0; p < kc; p++, src += lda) {
+            float *d = dst + p * SK_MR;
+            for (int64_t panel = 0; panel < full; panel++, d += SK_MR * kc)
+                for (int i = 0; i < SK_MR; i++) d[i] = src[panel * SK_MR + i];
+            if (tail)
+                for (int i = 0; i < SK_MR; i++) d[i] = i < tail ? src[full * SK_MR + i] : 0.0f;
+        }
+        return;
+    }
     for (int64_t ir = 0; ir < mc; ir += SK_MR) {
         const int64_t mr = mc - ir < SK_MR ? mc - ir : SK_MR;
-        if (!transA) {
-            // op(A)[i,k] = A[i*lda + k]: rows contiguous in k, transposed into the panel.
-            SK(pack_gather)(A + (row0 + ir) * lda + k0, lda, mr, kc, SK_MR, dst);
-        } else {
-            // op(A)[i,k] = A[k*lda + i]: for each k the MR values are contiguous.
-            // A full panel copies a constant MR floats per k, which clang expands into a few
-            // moves; with a variable count it called memcpy for every k (attention's backward,
-            // with pᵀ and dsᵀ as A, spent a tenth of its time in those calls).
-            const float *src = A + k0 * lda + row0 + ir;
-            float *d = dst;
-            if (mr == SK_MR) {
-                for (int64_t p = 0; p < kc; p++, src += lda, d += SK_MR)
-                    for (int i = 0; i < SK_MR; i++) d[i] = src[i];
-            } else {
-                for (int64_t p = 0; p < kc; p++, src += lda, d += SK_MR)
-                    for (int i = 0; i < SK_MR; i++) d[i] = i < mr ? src[i] : 0.0f;
-            }
-        }
+        // op(A)[i,k] = A[i*lda + k]: rows contiguous in k, transposed into the panel.
+        SK(pack_gather)(A + (row0 + ir) * lda + k0, lda, mr, kc, SK_MR, dst);
         dst += SK_MR * kc;
     }
 }
