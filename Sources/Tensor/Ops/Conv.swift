@@ -72,6 +72,7 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     let spatial = geo.outH * geo.outW, imageSize = geo.channels * geo.height * geo.width
     let px = x.pointer, pw = weight.pointer
 
+    let pb = bias?.pointer
     let y = Tensor(shape: [batch, outChannels, geo.outH, geo.outW]) { out in
         forEachImage(batch) { n in
             let image = px + n * imageSize, c = out + n * outChannels * spatial
@@ -82,13 +83,13 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
                 Kernels.sgemmIm2col(transB: false, m: outChannels, n: spatial, k: geo.patchSize,
                                     a: pw, lda: geo.patchSize, columnsOf: geo.columns(of: image), c: c, ldc: spatial)
             }
-        }
-        if let bias {
-            let pb = bias.pointer
-            parallelChunks(batch * outChannels, grain: max(1, 8192 / spatial)) { r in
-                for plane in r {
-                    let b = pb[plane % outChannels], o = out + plane * spatial
-                    for i in 0..<spatial { o[i] += b }
+            // The bias right after the image's product, while it is still in cache.
+            if let pb {
+                parallelChunks(outChannels, grain: max(1, 8192 / spatial)) { r in
+                    for channel in r {
+                        let b = pb[channel], o = c + channel * spatial
+                        for i in 0..<spatial { o[i] += b }
+                    }
                 }
             }
         }
