@@ -311,7 +311,10 @@ public enum Leakage {
     /// Repeat r runs `report` with seed `options.seed + 100·r`. The largest-over-detectors Î
     /// these read is the floor under any erased model's estimate at the same sample size: an
     /// estimated bound ½ + √(Î/2) below the floor's cannot be told from independence.
-    public static func noiseFloor<Model: ErasableModel>(prompt: String, pipeline: Model, options: LeakageOptions = LeakageOptions(),
+    /// With a `reference` (θ₀ beside an erased `pipeline`), class 0 comes from it instead: the
+    /// estimate then reads how far the erasure moved the model on a prompt it should have kept.
+    public static func noiseFloor<Model: ErasableModel>(prompt: String, pipeline: Model, reference: Model.Denoiser? = nil,
+                                  options: LeakageOptions = LeakageOptions(),
                                   probes: [FeatureProbe] = [], repeats: Int,
                                   log: (String) -> Void = { _ in }) throws -> [LeakageReport] {
         guard repeats > 0 else { throw ErasureError.invalidConfig("the leakage noise floor needs at least 1 repeat, got \(repeats)") }
@@ -319,7 +322,7 @@ public enum Leakage {
         return try (0..<repeats).map { r in
             var o = options
             o.seed = options.seed &+ UInt64(100 * r)
-            return try report(concept: concept, pipeline: pipeline, original: pipeline.denoiser, options: o, probes: probes, log: log)
+            return try report(concept: concept, pipeline: pipeline, original: reference ?? pipeline.denoiser, options: o, probes: probes, log: log)
         }
     }
 

@@ -507,6 +507,9 @@ public struct BenchmarkRun {
 /// `score check-leakage`: the leakage estimate's noise floor on one model and prompt.
 public struct LeakageFloorRun {
     public var model: String?
+    /// θ₀ of an erased `model`: class 0 is drawn through it instead of through `model` (the
+    /// erasure's drift on `prompt`, not the estimate's floor).
+    public var referenceModel: String?
     /// The prompt both classes are drawn from ("" is the anchor of the testbed's erasures).
     public var prompt = ""
     public var repeats = 3
@@ -535,14 +538,18 @@ public struct LeakageFloorRun {
         try validate()
         if isFlux {
             let pipeline = try ModelLoader.loadFlux(model ?? DefaultModel.fluxFolder().path, assets: assets)
-            let reports = try Leakage.noiseFloor(prompt: prompt, pipeline: pipeline, options: leakage.sampledAsFlux,
+            let reference = try referenceModel.map { try ModelLoader.loadFlux($0, assets: assets).denoiser }
+            let reports = try Leakage.noiseFloor(prompt: prompt, pipeline: pipeline, reference: reference, options: leakage.sampledAsFlux,
                                                  probes: try Workflows.judgeProbes(), repeats: repeats, log: log)
-            return LeakageFloor(prompt: prompt, model: model ?? "embedded mini-FLUX", trajectories_per_class: leakage.trajectories, repeats: reports)
+            return LeakageFloor(prompt: prompt, model: model ?? "embedded mini-FLUX", referenceModel: referenceModel,
+                                trajectories_per_class: leakage.trajectories, repeats: reports)
         }
         let loaded = try ModelLoader.load(model, assets: assets)
-        let reports = try Leakage.noiseFloor(prompt: prompt, pipeline: loaded.pipeline, options: leakage,
+        let reference = try referenceModel.map { try ModelLoader.load($0, assets: assets).pipeline.denoiser }
+        let reports = try Leakage.noiseFloor(prompt: prompt, pipeline: loaded.pipeline, reference: reference, options: leakage,
                                              probes: try Workflows.judgeProbes(), repeats: repeats, log: log)
-        return LeakageFloor(prompt: prompt, model: loaded.name, trajectories_per_class: leakage.trajectories, repeats: reports)
+        return LeakageFloor(prompt: prompt, model: loaded.name, referenceModel: referenceModel,
+                            trajectories_per_class: leakage.trajectories, repeats: reports)
     }
 }
 

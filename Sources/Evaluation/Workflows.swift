@@ -140,6 +140,8 @@ extension EvaluatedModel where Model == FluxPipeline {
 public struct LeakageFloor: Codable, Sendable {
     public var prompt: String
     public var model: String
+    /// Class 0's model when it is not `model` (an erased model's θ₀); nil for the floor itself.
+    public var reference_model: String?
     public var trajectories_per_class: Int
     public var repeats: [LeakageReport]
     /// The reported (largest-over-detectors) Î of each repeat, its mean and largest value, and the
@@ -153,8 +155,9 @@ public struct LeakageFloor: Codable, Sendable {
     /// figure above 0 here is one of the 5% of intervals that miss, or several detectors' luck).
     public var max_accuracy_implied_nats: Double?
 
-    public init(prompt: String, model: String, trajectories_per_class: Int, repeats: [LeakageReport]) {
+    public init(prompt: String, model: String, referenceModel: String? = nil, trajectories_per_class: Int, repeats: [LeakageReport]) {
         (self.prompt, self.model, self.trajectories_per_class, self.repeats) = (prompt, model, trajectories_per_class, repeats)
+        reference_model = referenceModel
         leakage_nats = repeats.map(\.leakage_nats)
         mean_leakage_nats = leakage_nats.reduce(0, +) / Double(max(repeats.count, 1))
         max_leakage_nats = leakage_nats.max() ?? 0

@@ -564,6 +564,7 @@ struct CheckLeakage: ParsableCommand {
     private static let defaults = LeakageFloorRun()
     @Option(help: "A testbed model folder (default: the embedded mini-SD, or the embedded mini-FLUX with --family flux).") var model: String?
     @Option(help: "Model family: sd or flux (a FLUX-layout --model is measured as a flow model, sampled at true CFG 4).") var family = defaults.family
+    @Option(help: "Draw the second class through this model (an erased model's original) instead of through --model: the estimate then reads how far the erasure moved the model on --prompt.") var referenceModel: String?
     @Option(help: "The prompt both classes are drawn from (default \"\", the anchor of the testbed's erasures).") var prompt = defaults.prompt
     @Option(help: "Independent estimates (seeds 7, 107, 207, …).") var repeats = defaults.repeats
     @OptionGroup var output: JSONOption
@@ -573,6 +574,7 @@ struct CheckLeakage: ParsableCommand {
     func check() -> LeakageFloorRun {
         var run = LeakageFloorRun()
         run.model = model
+        run.referenceModel = referenceModel
         run.family = family
         run.prompt = prompt
         run.repeats = repeats
@@ -591,7 +593,8 @@ struct CheckLeakage: ParsableCommand {
         for (r, report) in floor.repeats.enumerated() {
             print("repeat \(r): \(report.summary)")
         }
-        print(String(format: "\"%@\" against itself, %d trajectories per class: mean Î %.4f, largest %.4f nats (estimated bound %.3f)",
-                     prompt, floor.trajectories_per_class, floor.mean_leakage_nats, floor.max_leakage_nats, floor.max_bound))
+        let against = referenceModel.map { "against \($0)" } ?? "against itself"
+        print(String(format: "\"%@\" %@, %d trajectories per class: mean Î %.4f, largest %.4f nats (estimated bound %.3f)",
+                     prompt, against, floor.trajectories_per_class, floor.mean_leakage_nats, floor.max_leakage_nats, floor.max_bound))
     }
 }

@@ -315,4 +315,17 @@ final class LeakageTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("at least 1 repeat"))
         }
     }
+
+    /// With a reference model the second class is drawn through it: passing the model's own
+    /// denoiser reads the floor bit for bit, another model's denoiser reads something else.
+    func testNoiseFloorAgainstAReferenceModelDrawsTheSecondClassThroughIt() throws {
+        let pipeline = try Tiny.pipeline()
+        let options = Tiny.leakageOptions()
+        let floor = try Leakage.noiseFloor(prompt: "", pipeline: pipeline, options: options, repeats: 1)
+        let own = try Leakage.noiseFloor(prompt: "", pipeline: pipeline, reference: pipeline.denoiser, options: options, repeats: 1)
+        XCTAssertEqual(own[0].critics.map(\.leakage_nats), floor[0].critics.map(\.leakage_nats))
+        let other = try Tiny.pipeline(seed: 5)
+        let drift = try Leakage.noiseFloor(prompt: "", pipeline: pipeline, reference: other.denoiser, options: options, repeats: 1)
+        XCTAssertNotEqual(drift[0].critics.map(\.leakage_nats), floor[0].critics.map(\.leakage_nats))
+    }
 }
