@@ -318,7 +318,7 @@ public enum Leakage {
                                   probes: [FeatureProbe] = [], repeats: Int,
                                   log: (String) -> Void = { _ in }) throws -> [LeakageReport] {
         guard repeats > 0 else { throw ErasureError.invalidConfig("the leakage noise floor needs at least 1 repeat, got \(repeats)") }
-        let concept = Concept(name: "\"\(prompt)\" against itself", targetPrompts: [prompt], anchors: [prompt])
+        let concept = Concept(name: "\"\(prompt)\" against \(reference == nil ? "itself" : "the reference model")", targetPrompts: [prompt], anchors: [prompt])
         return try (0..<repeats).map { r in
             var o = options
             o.seed = options.seed &+ UInt64(100 * r)

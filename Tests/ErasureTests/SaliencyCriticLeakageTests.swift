@@ -327,5 +327,6 @@ final class LeakageTests: XCTestCase {
         let other = try Tiny.pipeline(seed: 5)
         let drift = try Leakage.noiseFloor(prompt: "", pipeline: pipeline, reference: other.denoiser, options: options, repeats: 1)
         XCTAssertNotEqual(drift[0].critics.map(\.leakage_nats), floor[0].critics.map(\.leakage_nats))
+        XCTAssertEqual(drift[0].concept, "\"\" against the reference model")
     }
 }
