@@ -20,6 +20,9 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     public var learningRate: Float = 5e-4
     /// adam, adamw or sgd.
     public var optimizer = "adam"
+    /// constant, or cosine: annealed from `learningRate` to 0 over `steps` (PyTorch's
+    /// CosineAnnealingLR), so the last updates move the model less than the first.
+    public var learningRateSchedule = "constant"
     /// Global gradient-norm clip of the model's update (0: off).
     public var maxGradNorm: Float = 1
     public var trainable: TrainableSet = .full
@@ -169,6 +172,8 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
         try check.atLeast(2, ["criticBatchSize": criticBatchSize, "poolSteps": poolSteps])
         try check.positive(["learningRate": learningRate])
         try check.require(["adam", "adamw", "sgd"].contains(optimizer), "optimizer must be adam, adamw or sgd, not '\(optimizer)'")
+        try check.require(["constant", "cosine"].contains(learningRateSchedule),
+                          "learningRateSchedule must be constant or cosine, not '\(learningRateSchedule)'")
         try check.fraction("saliencyRatio (ρ)", saliencyRatio)
         try check.nonNegative(["lambdaAdversarial": lambdaAdversarial, "lambdaErase": lambdaErase, "lambdaTrajectory": lambdaTrajectory,
                                "lambdaFeatureMatching": lambdaFeatureMatching])
@@ -574,6 +579,7 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
     /// graph is then back-propagated once from their weighted sum, the same gradient as the
     /// weighted sum of the terms.
     func losses(step: Int) throws -> StepLosses {
+        optimizer.learningRate = learningRate(at: step)
         let c = step % request.concepts.count
         let adversarial = playsGame
         var critic = (loss: Float.nan, accuracy: Float.nan)
@@ -634,6 +640,14 @@ final class SCORERun<Family: ErasableModel>: FineTuning {
             }
         }
         return (late, early, retain, reference)
+    }
+
+    /// The model's learning rate at `step` (from 0): a function of the step alone, so a resumed
+    /// run continues the schedule where it stopped.
+    func learningRate(at step: Int) -> Float {
+        config.learningRateSchedule == "cosine"
+            ? CosineAnnealingLR(base: config.learningRate, period: config.steps).learningRate(at: step)
+            : config.learningRate
     }
 
     func beforeUpdate() {

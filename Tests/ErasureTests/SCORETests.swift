@@ -89,6 +89,32 @@ final class SCORETests: XCTestCase {
             Self.request, pipeline: try Tiny.pipeline(), context: ErasureContext(output: nil)).losses["erase"])
     }
 
+    /// The cosine schedule is a function of the step alone: a run killed half-way and resumed ends
+    /// with the straight run's bits, and those differ from the constant rate's; an unknown
+    /// schedule is refused by name.
+    func testCosineLearningRateScheduleResumesAndChangesTheRun() throws {
+        var config = Self.tinyConfig()
+        config.learningRateSchedule = "cosine"
+        let straight = try Tiny.pipeline()
+        _ = try SCORE(config: config).erase(Self.request, pipeline: straight, context: ErasureContext(output: nil))
+        let folder = Tiny.temporaryFolder("cosine-resumed")
+        _ = try SCORE(config: config).erase(Self.request, pipeline: try Tiny.pipeline(), context: ErasureContext(output: folder, stopAfter: 3))
+        let resumed = try Tiny.pipeline()
+        _ = try SCORE(config: config).erase(Self.request, pipeline: resumed, context: ErasureContext(output: folder, resume: true))
+        let constant = try Tiny.pipeline()
+        _ = try SCORE(config: Self.tinyConfig()).erase(Self.request, pipeline: constant, context: ErasureContext(output: nil))
+        let reference = straight.unet.stateDict(), constantWeights = constant.unet.stateDict()
+        var differingFromStraight = 0, differingFromConstant = 0
+        for (name, p) in resumed.unet.namedParameters() {
+            if p.scalars != reference[name]!.scalars { differingFromStraight += 1 }
+            if p.scalars != constantWeights[name]!.scalars { differingFromConstant += 1 }
+        }
+        XCTAssertEqual(differingFromStraight, 0)
+        XCTAssertGreaterThan(differingFromConstant, 0)
+        config.learningRateSchedule = "linear"
+        XCTAssertThrowsError(try config.validate()) { XCTAssertTrue("\($0)".contains("learningRateSchedule"), "\($0)") }
+    }
+
     /// Trajectory k of a pool is the pipeline's run of image k: its entries are the samples the
     /// run visits, its final the sample it ends with, whatever the pool's batching.
     func testPoolTrajectoriesAreThePipelinesRuns() throws {
