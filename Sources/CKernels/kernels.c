@@ -90,7 +90,8 @@ typedef struct {
     size_t a_cap, b_cap;  // in floats
 } score_pack_buffers_t;
 
-static pthread_key_t score_pack_key;
+// Two sets per thread: the fp32 GEMM's panels, and the bf16 GEMM's (fp32 staging and bf16 pairs).
+static pthread_key_t score_pack_key, score_bf16_pack_key;
 static pthread_once_t score_pack_once = PTHREAD_ONCE_INIT;
 
 static void score_free_pack_buffers(void *p) {
@@ -100,7 +101,10 @@ static void score_free_pack_buffers(void *p) {
     free(buf);
 }
 
-static void score_make_pack_key(void) { pthread_key_create(&score_pack_key, score_free_pack_buffers); }
+static void score_make_pack_key(void) {
+    pthread_key_create(&score_pack_key, score_free_pack_buffers);
+    pthread_key_create(&score_bf16_pack_key, score_free_pack_buffers);
+}
 
 static float *score_grow(float *old, size_t *cap, size_t need) {
     if (need <= *cap) return old;
@@ -115,18 +119,22 @@ static float *score_grow(float *old, size_t *cap, size_t need) {
     return p;
 }
 
-static void score__pack_buffers(size_t a_floats, size_t b_floats, float **a, float **b) {
+static void score__thread_buffers(const pthread_key_t *key, size_t a_floats, size_t b_floats, float **a, float **b) {
     pthread_once(&score_pack_once, score_make_pack_key);
-    score_pack_buffers_t *buf = pthread_getspecific(score_pack_key);
+    score_pack_buffers_t *buf = pthread_getspecific(*key);
     if (!buf) {
         buf = calloc(1, sizeof *buf);
         if (!buf) abort();
-        pthread_setspecific(score_pack_key, buf);
+        pthread_setspecific(*key, buf);
     }
     buf->a = score_grow(buf->a, &buf->a_cap, a_floats);
     buf->b = score_grow(buf->b, &buf->b_cap, b_floats);
     *a = buf->a;
     *b = buf->b;
+}
+
+static void score__pack_buffers(size_t a_floats, size_t b_floats, float **a, float **b) {
+    score__thread_buffers(&score_pack_key, a_floats, b_floats, a, b);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -241,6 +249,180 @@ static void score__pack_buffers(size_t a_floats, size_t b_floats, float **a, flo
 #undef SK_NC
 #undef SK_FMA
 
+#endif  // SCORE_X86
+
+#ifdef SCORE_X86
+// ---------------------------------------------------------------------------------------------
+// bf16 GEMM (AVX512-BF16): the same loop nest and contract as the fp32 GEMM, with both packed
+// operands rounded to bf16 (round to nearest even, by vcvtne2ps2bf16) and multiplied by
+// vdpbf16ps, which adds two bf16·bf16 products per fp32 lane into fp32 accumulators. Each packed
+// 32-bit word holds a pair of consecutive k, (k = 2p in the low half, 2p + 1 in the high half),
+// the layout vdpbf16ps reads: A panels hold, per pair, MR words (one per row, broadcast by the
+// micro-kernel), B panels NR words (one per column, two zmm loads).
+// Packing reuses the AVX-512 fp32 routines (so every transpose, the implicit im2col and the
+// zero padding behave exactly as in the fp32 path): a few panels at a time go to an fp32
+// staging buffer in L2, then are converted into the bf16 block. The tile (14×32), the blocking
+// across threads (by M and N only) and the depth split (by K only, into an even number per
+// block so that no pair straddles two blocks) keep each element's arithmetic independent of
+// where its tile lies: results do not depend on the thread count.
+// The instructions flush denormal inputs to zero and ignore MXCSR (documented behaviour).
+
+#include <cpuid.h>
+#include <immintrin.h>
+
+#define SCORE_BF16_MR SCORE_AVX512_MR
+#define SCORE_BF16_NR SCORE_AVX512_NR
+#define SCORE_BF16_MC SCORE_AVX512_MC
+// The fp32 depth block: pack_b_im2col's L1 tile holds NR × KC floats (512 measured no faster).
+#define SCORE_BF16_KC SCORE_AVX512_KC
+#define SCORE_BF16_NC SCORE_AVX512_NC
+#define SCORE_BF16_STAGE_PANELS 4  // B panels staged in fp32 per conversion pass
+
+#pragma clang attribute push(__attribute__((target("avx512bf16,avx512bw,avx512f,avx2,fma"))), apply_to = function)
+
+// dst (ceil(kc/2) rows of `width` words) from an fp32 panel (kc rows of `width` floats,
+// k-major): word j of pair row p = (bf16(src[2p][j]), bf16(src[2p+1][j])); an odd kc's last
+// pair takes 0 as its second value.
+static inline __attribute__((always_inline))
+void score_bf16_pair_panel(const float *src, int64_t kc, int width, uint32_t *restrict dst) {
+    // Interleaves the two halves of vcvtne2ps2bf16's result: word j = (low[j], high[j]).
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int64_t p = 0; p < kc; p += 2) {
+        const float *lo = src + p * width, *hi = lo + width;
+        for (int j = 0; j < width; j += 16) {
+            const __mmask16 lanes = width - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (width - j)) - 1);
+            const __m512 l = _mm512_maskz_loadu_ps(lanes, lo + j);
+            const __m512 h = p + 1 < kc ? _mm512_maskz_loadu_ps(lanes, hi + j) : _mm512_setzero_ps();
+            const __m512i pairs = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(h, l));
+            _mm512_mask_storeu_epi32(dst + (p / 2) * width + j, lanes, pairs);
+        }
+    }
+}
+
+// C[0:MR, 0:NR] = alpha · Σ_p a-pairs · b-pairs + beta · C (beta == 0: C is not read), over kp
+// pairs of k. Each accumulator lane is one chain of vdpbf16ps over p, as in the fp32 kernel.
+static void score_bf16_micro_kernel(int64_t kp, const uint32_t *restrict a, const uint32_t *restrict b,
+                                    float *restrict c, int64_t ldc, float alpha, float beta) {
+    __m512 acc0[SCORE_BF16_MR], acc1[SCORE_BF16_MR];
+    #pragma unroll
+    for (int i = 0; i < SCORE_BF16_MR; i++) {
+        acc0[i] = _mm512_setzero_ps();
+        acc1[i] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < kp; p++) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+        __builtin_prefetch(a + 8 * SCORE_BF16_MR, 0, 3);
+        #pragma unroll
+        for (int i = 0; i < SCORE_BF16_MR; i++) {
+            const __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[i]);
+            acc0[i] = _mm512_dpbf16_ps(acc0[i], ai, b0);
+            acc1[i] = _mm512_dpbf16_ps(acc1[i], ai, b1);
+        }
+        a += SCORE_BF16_MR;
+        b += SCORE_BF16_NR;
+    }
+    const __m512 va = _mm512_set1_ps(alpha);
+    #pragma unroll
+    for (int i = 0; i < SCORE_BF16_MR; i++) {
+        float *row = c + i * ldc;
+        if (beta == 0.0f) {
+            _mm512_storeu_ps(row, _mm512_mul_ps(va, acc0[i]));
+            _mm512_storeu_ps(row + 16, _mm512_mul_ps(va, acc1[i]));
+        } else {
+            const __m512 vb = _mm512_set1_ps(beta);
+            _mm512_storeu_ps(row, _mm512_fmadd_ps(va, acc0[i], _mm512_mul_ps(vb, _mm512_loadu_ps(row))));
+            _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(va, acc1[i], _mm512_mul_ps(vb, _mm512_loadu_ps(row + 16))));
+        }
+    }
+}
+
+// The loop nest of gemm_driver (see kernel_template.h) over bf16 panels. Preconditions (checked
+// by the entry points): M, N, K > 0, alpha != 0. With conv != NULL op(B) is its column matrix.
+static void score_bf16_gemm_driver(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                                   const float *A, int64_t lda, const float *B, int64_t ldb,
+                                   const score_conv_geometry *conv, int64_t b_col0, float beta,
+                                   float *C, int64_t ldc) {
+    enum { MR = SCORE_BF16_MR, NR = SCORE_BF16_NR, MC = SCORE_BF16_MC, NC = SCORE_BF16_NC };
+    const int64_t k_blocks = (K + SCORE_BF16_KC - 1) / SCORE_BF16_KC;
+    const int64_t kc_even = ((K + k_blocks - 1) / k_blocks + 1) & ~(int64_t)1;
+    const int64_t kp_max = kc_even / 2;
+    const int64_t mc_max = M < MC ? ((M + MR - 1) / MR) * MR : MC;
+    const int64_t nc_max = N < NC ? ((N + NR - 1) / NR) * NR : NC;
+    const int64_t stage_cols = SCORE_BF16_STAGE_PANELS * NR;
+    // fp32 staging (an A block, then a few B panels) and the bf16 blocks, as floats' worth of words.
+    float *stage, *packed;
+    score__thread_buffers(&score_bf16_pack_key, (size_t)(kc_even * (mc_max + stage_cols)),
+                          (size_t)(kp_max * (mc_max + nc_max)), &stage, &packed);
+    float *a_stage = stage, *b_stage = stage + mc_max * kc_even;
+    uint32_t *a_pairs = (uint32_t *)packed, *b_pairs = (uint32_t *)packed + mc_max * kp_max;
+    _Alignas(64) float edge[MR * NR];
+
+    for (int64_t jc = 0; jc < N; jc += NC) {
+        const int64_t nc = N - jc < NC ? N - jc : NC;
+        for (int64_t pc = 0; pc < K; pc += kc_even) {
+            const int64_t kc = K - pc < kc_even ? K - pc : kc_even, kp = (kc + 1) / 2;
+            const float beta_block = pc == 0 ? beta : 1.0f;
+            for (int64_t j0 = 0; j0 < nc; j0 += stage_cols) {
+                const int64_t cols = nc - j0 < stage_cols ? nc - j0 : stage_cols;
+                if (conv) pack_b_im2col_avx512(transB, conv, pc, b_col0 + jc + j0, kc, cols, b_stage);
+                else pack_b_avx512(transB, B, ldb, pc, jc + j0, kc, cols, b_stage);
+                for (int64_t q = 0; q * NR < cols; q++)
+                    score_bf16_pair_panel(b_stage + q * NR * kc, kc, NR, b_pairs + (j0 / NR + q) * NR * kp);
+            }
+            for (int64_t ic = 0; ic < M; ic += MC) {
+                const int64_t mc = M - ic < MC ? M - ic : MC;
+                pack_a_avx512(transA, A, lda, ic, pc, mc, kc, a_stage);
+                for (int64_t r = 0; r * MR < mc; r++)
+                    score_bf16_pair_panel(a_stage + r * MR * kc, kc, MR, a_pairs + r * MR * kp);
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    const int64_t nr = nc - jr < NR ? nc - jr : NR;
+                    for (int64_t ir = 0; ir < mc; ir += MR) {
+                        const int64_t mr = mc - ir < MR ? mc - ir : MR;
+                        float *ct = C + (ic + ir) * ldc + jc + jr;
+                        const uint32_t *ap = a_pairs + ir * kp, *bp = b_pairs + jr * kp;
+                        if (mr == MR && nr == NR) {
+                            score_bf16_micro_kernel(kp, ap, bp, ct, ldc, alpha, beta_block);
+                            continue;
+                        }
+                        // Edge tile: the same kernel on a full-size scratch tile.
+                        if (beta_block != 0.0f)
+                            for (int64_t i = 0; i < mr; i++) memcpy(edge + i * NR, ct + i * ldc, (size_t)nr * sizeof(float));
+                        score_bf16_micro_kernel(kp, ap, bp, edge, NR, alpha, beta_block);
+                        for (int64_t i = 0; i < mr; i++) memcpy(ct + i * ldc, edge + i * NR, (size_t)nr * sizeof(float));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#pragma clang attribute pop
+
+#undef SCORE_BF16_MR
+#undef SCORE_BF16_NR
+#undef SCORE_BF16_MC
+#undef SCORE_BF16_KC
+#undef SCORE_BF16_NC
+#undef SCORE_BF16_STAGE_PANELS
+
+// Whether the CPU has AVX512-BF16 (with AVX-512F/BW, which its packing uses) and the OS saves
+// the AVX-512 registers: cpuid leaf 7 subleaf 0 EBX bits 16 and 30, subleaf 1 EAX bit 5, and
+// XCR0's SSE, AVX, opmask and ZMM state bits (1, 2, 5, 6, 7; OSXSAVE first, cpuid 1 ECX 27).
+static const char *score_bf16_cpu_missing(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return "the OS does not enable AVX register state (no OSXSAVE)";
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if (__get_cpuid_max(0, NULL) < 7) return "this CPU lacks AVX512-BF16 (no cpuid leaf 7)";
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!(b & (1u << 16)) || !(b & (1u << 30))) return "this CPU lacks AVX-512F/BW (and AVX512-BF16)";
+    __cpuid_count(7, 1, a, b, c, d);
+    if (!(a & (1u << 5))) return "this CPU lacks AVX512-BF16 (cpuid leaf 7 subleaf 1 EAX bit 5)";
+    if ((xcr0_lo & 0xE6u) != 0xE6u) return "the OS does not enable the AVX-512 register state (XCR0)";
+    return NULL;
+}
 #endif  // SCORE_X86
 
 // ---------------------------------------------------------------------------------------------
@@ -375,6 +557,62 @@ void score_sgemm_im2col(int transA, int transB, int64_t M, int64_t N, int64_t K,
         return;
     }
     score_current()->sgemm_im2col(transA, transB, M, N, K, alpha, A, lda, conv, b_col0, beta, C, ldc);
+}
+
+const char *score_bf16_unavailable_reason(void) {
+#ifdef SCORE_X86
+    const char *missing = score_bf16_cpu_missing();
+    if (missing) return missing;
+    if (score_current() != &score_impl_avx512) {
+        const char *env = getenv("SCORE_ISA");
+        return env && strcmp(env, "avx512") != 0
+            ? "SCORE_ISA caps the kernels below avx512, which AVX512-BF16 needs"
+            : "the kernels are set below avx512 (score_set_isa), which AVX512-BF16 needs";
+    }
+    return NULL;
+#else
+    return "this CPU is not x86-64 (AVX512-BF16 is an x86 extension)";
+#endif
+}
+
+int score_bf16_available(void) { return score_bf16_unavailable_reason() == NULL; }
+
+// Called without the instructions, the bf16 entry points stop the process: a caller that did not
+// check score_bf16_available would otherwise die of an illegal instruction with no message.
+static void score_bf16_require(const char *entry) {
+    const char *reason = score_bf16_unavailable_reason();
+    if (reason) {
+        fprintf(stderr, "score CKernels: %s called but bf16 is unavailable: %s\n", entry, reason);
+        abort();
+    }
+}
+
+void score_sgemm_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                      int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        score_sgemm(transA, transB, M, N, 0, 0.0f, A, lda, NULL, 1, beta, C, ldc);
+        return;
+    }
+    score_bf16_require("score_sgemm_bf16");
+#ifdef SCORE_X86
+    score_bf16_gemm_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, NULL, 0, beta, C, ldc);
+#endif
+}
+
+void score_sgemm_im2col_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                             const float *A, int64_t lda, const score_conv_geometry *conv,
+                             int64_t b_col0, float beta, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        score_sgemm(transA, transB, M, N, 0, 0.0f, A, lda, NULL, 1, beta, C, ldc);
+        return;
+    }
+    score_bf16_require("score_sgemm_im2col_bf16");
+#ifdef SCORE_X86
+    score_bf16_gemm_driver(transA, transB, M, N, K, alpha, A, lda, NULL, 0, conv, b_col0, beta, C, ldc);
+#endif
 }
 
 void score_softmax_rows(const float *x, float *y, int64_t rows, int64_t cols) {

@@ -66,17 +66,52 @@ public enum Kernels {
 
     // MARK: GEMM
 
+    /// The arithmetic of a GEMM: fp32 (the default, and the only one gradients ever use), or
+    /// operands rounded to bf16 with fp32 accumulation (AVX512-BF16; see `bf16Unavailable`).
+    public enum Precision: String, Sendable {
+        case fp32, bf16
+    }
+
+    /// nil when the bf16 GEMM can run here; otherwise why not ("this CPU lacks AVX512-BF16 …",
+    /// or the instruction set capped below avx512 by SCORE_ISA or `isa`).
+    public static var bf16Unavailable: String? {
+        score_bf16_unavailable_reason().map { String(cString: $0) }
+    }
+
+    /// One block of C by the C kernel of `precision`.
+    @inline(__always)
+    static func gemmBlock(_ precision: Precision, _ transA: Int32, _ transB: Int32, _ m: Int, _ n: Int, _ k: Int,
+                          _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+                          _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+        switch precision {
+        case .fp32:
+            score_sgemm(transA, transB, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc))
+        case .bf16:
+            score_sgemm_bf16(transA, transB, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc))
+        }
+    }
+
+    private static func checkPrecision(_ precision: Precision) {
+        if precision == .bf16, let reason = bf16Unavailable {
+            preconditionFailure("bf16 GEMM requested but unavailable: \(reason)")
+        }
+    }
+
     /// Row-major SGEMM: C[m×n] = alpha · op(A)·op(B) + beta · C.
     /// op(A) is A (m×k, row stride lda) or, with transA, Aᵀ where A is k×m (row stride lda);
     /// op(B) is B (k×n, row stride ldb) or, with transB, Bᵀ where B is n×k (row stride ldb).
     /// beta == 0 overwrites C without reading it. Multithreaded over disjoint blocks of C (split
     /// along M and/or N, never K), so results are bitwise identical for any threadCount.
+    /// `precision: .bf16` rounds op(A) and op(B) to bf16 (accumulating in fp32); it must be
+    /// available (`bf16Unavailable == nil`).
     public static func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
+                             precision: Precision = .fp32) {
         checkGemmArguments(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc)
+        checkPrecision(precision)
         sgemmThreaded(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-                      b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, threads: threadCount)
+                      b: b, ldb: ldb, beta: beta, c: c, ldc: ldc, threads: threadCount, precision: precision)
     }
 
     /// batchCount independent GEMMs; GEMM i uses a + i·strideA, b + i·strideB, c + i·strideC
@@ -88,9 +123,10 @@ public enum Kernels {
                                     b: UnsafePointer<Float>, ldb: Int, strideB: Int,
                                     beta: Float = 0,
                                     c: UnsafeMutablePointer<Float>, ldc: Int, strideC: Int,
-                                    batchCount: Int) {
+                                    batchCount: Int, precision: Precision = .fp32) {
         precondition(batchCount >= 0, "sgemmBatched: negative batchCount")
         checkGemmArguments(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc)
+        checkPrecision(precision)
         if batchCount == 0 || m == 0 || n == 0 { return }
         let threads = threadCount
         let cBlock = (m - 1) * ldc + n  // elements one C matrix spans
@@ -102,15 +138,14 @@ public enum Kernels {
             (batchCount >= 2 * threads || batchCount % threads == 0 || flops < minFlopsPerThread * 2)
         if overBatch {
             parallelFor(batchCount) { i in
-                score_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
-                            a + i * strideA, Int64(lda), b + i * strideB, Int64(ldb),
-                            beta, c + i * strideC, Int64(ldc))
+                gemmBlock(precision, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha,
+                          a + i * strideA, lda, b + i * strideB, ldb, beta, c + i * strideC, ldc)
             }
         } else {
             for i in 0..<batchCount {
                 sgemmThreaded(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
                               a: a + i * strideA, lda: lda, b: b + i * strideB, ldb: ldb,
-                              beta: beta, c: c + i * strideC, ldc: ldc, threads: threads)
+                              beta: beta, c: c + i * strideC, ldc: ldc, threads: threads, precision: precision)
             }
         }
     }
@@ -167,14 +202,14 @@ public enum Kernels {
     private static func sgemmThreaded(transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
                                       alpha: Float, a: UnsafePointer<Float>, lda: Int,
                                       b: UnsafePointer<Float>, ldb: Int, beta: Float,
-                                      c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int) {
+                                      c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int,
+                                      precision: Precision) {
         let tA: Int32 = transA ? 1 : 0, tB: Int32 = transB ? 1 : 0
         forEachBlock(m: m, n: n, k: k, threads: threads) { row0, rows, col0, cols in
             // op(A) rows row0..: row offset in A, or column offset in the stored Aᵀ.
             let aBlock = transA ? a + row0 : a + row0 * lda
             let bBlock = transB ? b + col0 * ldb : b + col0
-            score_sgemm(tA, tB, Int64(rows), Int64(cols), Int64(k), alpha, aBlock, Int64(lda),
-                        bBlock, Int64(ldb), beta, c + row0 * ldc + col0, Int64(ldc))
+            gemmBlock(precision, tA, tB, rows, cols, k, alpha, aBlock, lda, bBlock, ldb, beta, c + row0 * ldc + col0, ldc)
         }
     }
 
@@ -233,18 +268,20 @@ public enum Kernels {
     public static func sgemmIm2col(transA: Bool = false, transB: Bool, m: Int, n: Int, k: Int,
                                    alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                                    columnsOf source: ConvolutionImage, beta: Float = 0,
-                                   c: UnsafeMutablePointer<Float>, ldc: Int) {
+                                   c: UnsafeMutablePointer<Float>, ldc: Int, precision: Precision = .fp32) {
         let outSize = source.outH * source.outW
         precondition(source.outH > 0 && source.outW > 0, "sgemmIm2col: kernel larger than the padded image")
         precondition(k == (transB ? outSize : source.patchSize) && n <= (transB ? source.patchSize : outSize),
                      "sgemmIm2col: k \(k), n \(n) do not fit the column matrix [\(source.patchSize), \(outSize)]")
         checkGemmArguments(transA: transA, transB: false, m: m, n: n, k: k, lda: lda, ldb: max(1, n), ldc: ldc)
+        checkPrecision(precision)
         let tA: Int32 = transA ? 1 : 0, tB: Int32 = transB ? 1 : 0
         withUnsafePointer(to: source.geometry) { geometry in
             forEachBlock(m: m, n: n, k: k, threads: threadCount) { row0, rows, col0, cols in
                 let aBlock = transA ? a + row0 : a + row0 * lda
-                score_sgemm_im2col(tA, tB, Int64(rows), Int64(cols), Int64(k), alpha, aBlock, Int64(lda),
-                                   geometry, Int64(col0), beta, c + row0 * ldc + col0, Int64(ldc))
+                let im2col = precision == .bf16 ? score_sgemm_im2col_bf16 : score_sgemm_im2col
+                im2col(tA, tB, Int64(rows), Int64(cols), Int64(k), alpha, aBlock, Int64(lda),
+                       geometry, Int64(col0), beta, c + row0 * ldc + col0, Int64(ldc))
             }
         }
     }

@@ -5,10 +5,10 @@ import CKernels
 extension Kernels {
     public static func sgemmSerial(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                                    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                                   beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                                   beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
+                                   precision: Precision = .fp32) {
         if m == 0 || n == 0 { return }
-        score_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
-                    a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc))
+        gemmBlock(precision, transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
     }
 
     public static func softmaxRowsSerial(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {

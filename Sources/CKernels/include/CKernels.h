@@ -81,6 +81,31 @@ void score_sgemm_im2col(int transA, int transB, int64_t M, int64_t N, int64_t K,
                         const score_conv_geometry *conv, int64_t b_col0,
                         float beta, float *C, int64_t ldc);
 
+/// bf16 GEMM (AVX512-BF16, inference only): score_sgemm's contract (C = alpha·op(A)·op(B) +
+/// beta·C, transposes, strides, beta == 0 not reading C, BLAS semantics for K == 0 or
+/// alpha == 0, per-element results independent of the block split) with op(A) and op(B) rounded
+/// to bf16 (round to nearest even; denormals flushed to zero) and products accumulated in fp32.
+/// Error against the exact product: at most (2⁻⁷ + 2⁻¹⁶)·Σ|a·b| per element from rounding the
+/// operands (2⁻⁸ each), plus fp32 accumulation; random signs make it about 2⁻⁸·√Σ(a·b)².
+/// Uses the AVX-512 variant's micro-tile (score_sgemm_mr/nr), so it needs the avx512 variant
+/// active: available only when score_bf16_available() says so; otherwise it aborts with the reason.
+void score_sgemm_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K,
+                      float alpha, const float *A, int64_t lda,
+                      const float *B, int64_t ldb,
+                      float beta, float *C, int64_t ldc);
+/// score_sgemm_im2col with the arithmetic of score_sgemm_bf16.
+void score_sgemm_im2col_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K,
+                             float alpha, const float *A, int64_t lda,
+                             const score_conv_geometry *conv, int64_t b_col0,
+                             float beta, float *C, int64_t ldc);
+/// 1 when the bf16 GEMM can run: the CPU has AVX512-BF16 with AVX-512F/BW (cpuid leaf 7), the
+/// OS saves the AVX-512 state (XCR0), and the active variant is avx512 (SCORE_ISA or
+/// score_set_isa capping below it makes bf16 unavailable).
+int score_bf16_available(void);
+/// Why score_bf16_available() is 0, as a sentence fragment ("this CPU lacks AVX512-BF16 …");
+/// NULL when it is 1.
+const char *score_bf16_unavailable_reason(void);
+
 /// Row-wise softmax of a rows×cols row-major matrix (rows contiguous, stride cols):
 /// y[r,c] = exp(x[r,c] - max_r) / sum_c exp(x[r,c] - max_r). The sum is accumulated in double.
 /// x and y may be the same buffer.
