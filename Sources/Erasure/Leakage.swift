@@ -286,17 +286,20 @@ public enum Leakage {
         let trainer = CriticTrainer(channels: x.shape[1], width: width, learningRate: 1e-3, betas: (0.9, 0.999),
                                     spectralNorm: spectralNorm, generator: &generator)
         let critic = trainer.critic
+        // The detectors are fitted and read in fp32 even when the trajectories were sampled in bf16.
         func logits(_ indices: [Int]) -> [Float] {
             critic.eval()
-            return noGrad { critic(gather(x, indices), timesteps: indices.map { timesteps[$0] }).scalars }
+            return InferencePrecision.withFP32 { noGrad { critic(gather(x, indices), timesteps: indices.map { timesteps[$0] }).scalars } }
         }
         var best = (ce: Double.infinity, state: critic.stateDict().mapValues { $0.copy() })
         let positives = train.filter { labels[$0] == 1 }, negatives = train.filter { labels[$0] == 0 }
         for step in 1...steps {
             let p = draw(batchSize / 2, from: positives, generator: &generator)
             let q = draw(batchSize / 2, from: negatives, generator: &generator)
-            trainer.step(target: gather(x, p), targetTimesteps: p.map { timesteps[$0] },
-                         anchor: gather(x, q), anchorTimesteps: q.map { timesteps[$0] })
+            InferencePrecision.withFP32 {
+                trainer.step(target: gather(x, p), targetTimesteps: p.map { timesteps[$0] },
+                             anchor: gather(x, q), anchorTimesteps: q.map { timesteps[$0] })
+            }
             if step % 25 == 0 || step == steps {
                 let ce = Foundation.log(2) - estimate(logits: logits(validation), labels: validation.map { labels[$0] }).nats
                 if ce < best.ce { best = (ce, critic.stateDict().mapValues { $0.copy() }) }
@@ -384,6 +387,11 @@ public enum Leakage {
     /// and returns its logits on `validation` and on `scoring`.
     static func fitLogistic(features: Tensor, labels: [Float], train: [Int], validation: [Int],
                             scoring: [Int]) -> (validation: [Float], scoring: [Float]) {
+        InferencePrecision.withFP32 { fitLogisticInFP32(features: features, labels: labels, train: train, validation: validation, scoring: scoring) }
+    }
+
+    private static func fitLogisticInFP32(features: Tensor, labels: [Float], train: [Int], validation: [Int],
+                                          scoring: [Int]) -> (validation: [Float], scoring: [Float]) {
         let (count, d) = (features.shape[0], features.shape[1])
         var mean = [Float](repeating: 0, count: d), scale = [Float](repeating: 0, count: d)
         let f = features.pointer

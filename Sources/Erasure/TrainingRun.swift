@@ -70,6 +70,12 @@ enum TrainingRun {
     /// the run up (timed with it: pools, saliency) and trains it to its last step.
     static func train<Run: FineTuning>(config: Run.Config, request: ErasureRequest, context: ErasureContext,
                                        setUp: () throws -> Run) throws -> ErasureOutcome {
+        // Fine-tuning is fp32 throughout (its frozen teachers too), whatever precision the caller set for inference.
+        try InferencePrecision.withFP32 { try trainInFP32(config: config, request: request, context: context, setUp: setUp) }
+    }
+
+    private static func trainInFP32<Run: FineTuning>(config: Run.Config, request: ErasureRequest, context: ErasureContext,
+                                                     setUp: () throws -> Run) throws -> ErasureOutcome {
         let started = Date()
         let log = context.log
         let url = context.output?.appendingPathComponent("checkpoint.safetensors")

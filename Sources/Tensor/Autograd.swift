@@ -77,7 +77,8 @@ extension Tensor {
         var grads = pending
         grads[ObjectIdentifier(root)] = seed
         var captured: [ObjectIdentifier: Tensor] = [:]
-        noGrad {
+        // Gradients are fp32 even inside an InferencePrecision.withBF16 scope.
+        InferencePrecision.withFP32 { noGrad {
             for index in order.indices.reversed() {
                 guard let tensor = order[index] else { continue }
                 // Dropping the order's reference lets an intermediate result go once its node has run.
@@ -105,7 +106,7 @@ extension Tensor {
                     grads[key] = grads[key].map { $0 + inputGrad } ?? inputGrad
                 }
             }
-        }
+        } }
         return captured
     }
 
@@ -163,7 +164,8 @@ public func checkpoint(_ inputs: [Tensor], _ body: @escaping ([Tensor]) -> Tenso
     guard GradMode.isEnabled else { return body(inputs) }
     var unique: [Tensor] = []
     for input in inputs where !unique.contains(where: { $0 === input }) { unique.append(input) }
-    let out = noGrad { body(inputs) }
+    // fp32 like the recomputation in the backward pass, which must reproduce these values.
+    let out = InferencePrecision.withFP32 { noGrad { body(inputs) } }
     let saved = unique
     let positions = inputs.map { input in unique.firstIndex { $0 === input }! }
     // Recorded whether or not an input is tracked: the block's parameters are inside `body`.

@@ -57,10 +57,11 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mas
     let (pq, pk, pv) = (q.pointer, k.pointer, v.pointer)
 
     /// Probabilities of one chunk into `scores` [rows, keys].
-    func probabilities(bh: Int, first: Int, rows: Int, into scores: UnsafeMutablePointer<Float>) {
+    func probabilities(bh: Int, first: Int, rows: Int, into scores: UnsafeMutablePointer<Float>,
+                       precision: Kernels.Precision = .fp32) {
         Kernels.sgemmSerial(transA: false, transB: true, m: rows, n: keys, k: depth, alpha: scale,
                             a: pq + (bh * queries + first) * depth, lda: depth,
-                            b: pk + bh * keys * depth, ldb: depth, c: scores, ldc: keys)
+                            b: pk + bh * keys * depth, ldb: depth, c: scores, ldc: keys, precision: precision)
         maskView?.apply(to: scores, batch: bh / heads, head: bh % heads, firstQuery: first, rows: rows, keys: keys)
         softmaxInPlace(scores, rows: rows, keys: keys)
     }
@@ -70,6 +71,7 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mas
     let recording = GradMode.isEnabled && (q.isTracked || k.isTracked || v.isTracked)
     let cached = recording && batch * heads * queries * keys <= maxCachedAttentionProbabilities
         ? TensorStorage(uninitializedCount: batch * heads * queries * keys) : nil
+    let precision = InferencePrecision.forward([q, k, v])
 
     let out = Tensor(shape: [batch, heads, queries, valueDepth]) { po in
         Kernels.parallelFor(batch * heads * chunksPerHead) { item in
@@ -78,10 +80,10 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mas
             let scratch = cached == nil ? BufferCache.allocate(floats: rows * keys) : nil
             defer { scratch.map(BufferCache.free) }
             let scores = scratch ?? cached!.pointer + (bh * queries + first) * keys
-            probabilities(bh: bh, first: first, rows: rows, into: scores)
+            probabilities(bh: bh, first: first, rows: rows, into: scores, precision: precision)
             Kernels.sgemmSerial(transA: false, transB: false, m: rows, n: valueDepth, k: keys,
                                 a: scores, lda: keys, b: pv + bh * keys * valueDepth, ldb: valueDepth,
-                                c: po + (bh * queries + first) * valueDepth, ldc: valueDepth)
+                                c: po + (bh * queries + first) * valueDepth, ldc: valueDepth, precision: precision)
         }
     }
 

@@ -73,15 +73,18 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     let px = x.pointer, pw = weight.pointer
 
     let pb = bias?.pointer
+    let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
+    let precision = InferencePrecision.forward(inputs)
     let y = Tensor(shape: [batch, outChannels, geo.outH, geo.outW]) { out in
         forEachImage(batch) { n in
             let image = px + n * imageSize, c = out + n * outChannels * spatial
             if geo.isPointwise {  // the column matrix is the image itself
                 Kernels.sgemm(transA: false, transB: false, m: outChannels, n: spatial, k: geo.patchSize,
-                              a: pw, lda: geo.patchSize, b: image, ldb: spatial, c: c, ldc: spatial)
+                              a: pw, lda: geo.patchSize, b: image, ldb: spatial, c: c, ldc: spatial, precision: precision)
             } else {
                 Kernels.sgemmIm2col(transB: false, m: outChannels, n: spatial, k: geo.patchSize,
-                                    a: pw, lda: geo.patchSize, columnsOf: geo.columns(of: image), c: c, ldc: spatial)
+                                    a: pw, lda: geo.patchSize, columnsOf: geo.columns(of: image), c: c, ldc: spatial,
+                                    precision: precision)
             }
             // The bias right after the image's product, while it is still in cache.
             if let pb {
@@ -94,7 +97,6 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
             }
         }
     }
-    let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
     return y.recording(inputs) { g in
         let pg = g.pointer
         var dw: Tensor? = nil
