@@ -418,6 +418,7 @@ struct Evaluate: ParsableCommand {
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var lora: LoRAOptions
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var precision: PrecisionOptions
 
     func evaluation() -> EvaluationRun {
         var run = EvaluationRun(model: model, concept: concept)
@@ -439,7 +440,7 @@ struct Evaluate: ParsableCommand {
     func run() throws {
         compute.apply()
         let log = output.log
-        let result = try evaluation().run(assets: Assets(log: log), log: log)
+        let result = try precision.run { try evaluation().run(assets: Assets(log: log), log: log) }
         if output.json { return try printJSON(result) }
         print(summary(result))
     }
@@ -570,6 +571,7 @@ struct CheckLeakage: ParsableCommand {
     @OptionGroup var output: JSONOption
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var precision: PrecisionOptions
 
     func check() -> LeakageFloorRun {
         var run = LeakageFloorRun()
@@ -588,7 +590,7 @@ struct CheckLeakage: ParsableCommand {
         compute.apply()
         // A long run: with --json the progress (each detector of each repeat) goes to stderr.
         let log: (String) -> Void = output.json ? { FileHandle.standardError.write(Data(($0 + "\n").utf8)) } : { print($0) }
-        let floor = try check().run(assets: Assets(log: log), log: log)
+        let floor = try precision.run { try check().run(assets: Assets(log: log), log: log) }
         if output.json { return try printJSON(floor) }
         for (r, report) in floor.repeats.enumerated() {
             print("repeat \(r): \(report.summary)")

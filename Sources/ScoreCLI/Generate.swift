@@ -39,6 +39,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Image width in pixels (default: the model's).") var width: Int?
     @OptionGroup var lora: LoRAOptions
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var precision: PrecisionOptions
 
     func generation() -> GenerationRun {
         var run = GenerationRun(output: out)
@@ -64,8 +65,10 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let result = try generation().run(assets: Assets(log: { print("… \($0)") })) { step, total in
-            FileHandle.standardError.write("\rstep \(step)/\(total)\(step == total ? "\n" : "")".data(using: .utf8)!)
+        let result = try precision.run {
+            try generation().run(assets: Assets(log: { print("… \($0)") })) { step, total in
+                FileHandle.standardError.write("\rstep \(step)/\(total)\(step == total ? "\n" : "")".data(using: .utf8)!)
+            }
         }
         print("wrote \(result.file.path) (\(result.images) image\(result.images == 1 ? "" : "s"), \(result.width)×\(result.height), "
               + String(format: "%.1f s)", result.seconds))
@@ -102,10 +105,17 @@ struct Bench: ParsableCommand {
             compute.apply()
             let result = try EngineBenchmark.run(settings, progress: Bench.progress(json: output.json))
             if output.json { return try printJSON(result) }
+            func bf16(_ value: Double?, _ format: String) -> String {
+                value.map { String(format: format, $0) } ?? "bf16 unavailable: \(result.bf16_unavailable ?? "")"
+            }
             print("""
             engine benchmark (\(result.threads) threads, \(result.isa) kernels, median of \(runs) runs)
               GEMM 1024³                 \(String(format: "%8.1f", result.gemm_1024_gflops)) GFLOP/s
+              GEMM 1024³ bf16            \(bf16(result.gemm_1024_bf16_gflops, "%8.1f GFLOP/s"))
               GEMM 256×4096×512          \(String(format: "%8.1f", result.gemm_256x4096x512_gflops)) GFLOP/s
+              GEMM 256×4096×512 bf16     \(bf16(result.gemm_256x4096x512_bf16_gflops, "%8.1f GFLOP/s"))
+              conv2d fwd                 \(String(format: "%8.2f", result.conv_fwd_ms)) ms  (8×64×32×32, 3×3, 64 out)
+              conv2d fwd bf16            \(bf16(result.conv_fwd_bf16_ms, "%8.2f ms"))
               conv2d fwd+bwd             \(String(format: "%8.2f", result.conv_fwd_bwd_ms)) ms  (8×64×32×32, 3×3, 64 out)
               attention fwd+bwd          \(String(format: "%8.2f", result.attention_fwd_bwd_ms)) ms  (2×8 heads, 1024 tokens, d 64)
               GroupNorm fwd+bwd          \(String(format: "%8.2f", result.groupnorm_fwd_bwd_ms)) ms  (8×64×32×32, 32 groups)
@@ -129,6 +139,7 @@ struct Bench: ParsableCommand {
         @Flag(help: "Recompute each block's activations in the backward pass (diffusers' gradient_checkpointing).") var gradientCheckpointing = false
         @OptionGroup var output: JSONOption
         @OptionGroup var compute: ComputeOptions
+        @OptionGroup var precision: PrecisionOptions
 
         var settings: UNetBenchmark.Settings {
             var settings = UNetBenchmark.Settings()
@@ -146,12 +157,12 @@ struct Bench: ParsableCommand {
 
         func run() throws {
             compute.apply()
-            let result = try UNetBenchmark.run(settings, progress: Bench.progress(json: output.json))
+            let result = try precision.run { try UNetBenchmark.run(settings, progress: Bench.progress(json: output.json)) }
             if output.json { return try printJSON(result) }
             func mb(_ value: Double?) -> String { value.map { String(format: "%.0f MB", $0) } ?? "n/a" }
             print("""
             UNet benchmark: \(result.config), \(result.parameters) parameters, batch \(result.batch), \
-            \(result.latent)×\(result.latent) latents, \(result.tokens) tokens (\(result.threads) threads, \(result.isa), median of \(runs))
+            \(result.latent)×\(result.latent) latents, \(result.tokens) tokens (\(result.threads) threads, \(result.isa)\(precision.bf16 ? ", bf16 forward" : ""), median of \(runs))
               forward            \(String(format: "%8.2f", result.forward_s)) s
               forward+backward   \(result.forward_backward_s.map { String(format: "%8.2f s", $0) } ?? "     n/a")
               peak RSS           \(mb(result.peak_rss_mb)) (after forward: \(mb(result.forward_peak_rss_mb)))

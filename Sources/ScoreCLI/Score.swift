@@ -3,6 +3,7 @@ import Diffusion
 import Evaluation
 import Foundation
 import Kernels
+import Tensor
 import Testbed
 
 /// The `score` command line. Each command parses its flags into a library type (`EraseRun`,
@@ -92,6 +93,28 @@ struct ComputeOptions: ParsableArguments {
 
     func apply() {
         if let threads { Kernels.threadCount = threads }
+    }
+}
+
+/// `--bf16`, declared once for the commands that only run models forward (generate, check-model,
+/// evaluate, check-leakage, bench unet). The commands that train (erase, train, demo, attack's
+/// optimisation) do not offer it: fine-tuning is fp32.
+struct PrecisionOptions: ParsableArguments {
+    @Flag(help: "Run the models' matrix products and convolutions in bf16 with fp32 accumulation, as torch.autocast(\"cpu\", dtype=torch.bfloat16) (CPUs with AVX512-BF16 only); the leakage detectors are still fitted in fp32.")
+    var bf16 = false
+
+    func validate() throws {
+        if bf16, let reason = Kernels.bf16Unavailable { throw ValidationError("--bf16 is unavailable here: \(reason)") }
+    }
+
+    /// Runs `body` in the precision asked for.
+    func run<T>(_ body: () throws -> T) throws -> T {
+        guard bf16 else { return try body() }
+        do {
+            return try InferencePrecision.withBF16(body)
+        } catch InferencePrecisionError.bf16Unavailable(let reason) {
+            throw ValidationError("--bf16 is unavailable here: \(reason)")
+        }
     }
 }
 

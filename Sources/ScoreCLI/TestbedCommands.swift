@@ -200,6 +200,7 @@ struct CheckModel: ParsableCommand {
     @Option(help: "Random seed.") var seed = defaults.seed
     @OptionGroup var output: JSONOption
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var precision: PrecisionOptions
 
     func check() throws -> ModelCheckRun {
         var run = ModelCheckRun()
@@ -225,7 +226,7 @@ struct CheckModel: ParsableCommand {
     func run() throws {
         compute.apply()
         let log = output.log
-        switch try check().run(assets: Assets(log: { log("… \($0)") }), log: log) {
+        switch try precision.run({ try check().run(assets: Assets(log: { log("… \($0)") }), log: log) }) {
         case let .emoji(result):
             if output.json { return try printJSON(result) }
             print(String(format: "mean style accuracy %.1f%%, mean identity accuracy %.1f%%, KID %.4f (style judge features)",

@@ -71,11 +71,14 @@ final class BenchmarkTests: XCTestCase {
         var settings = EngineBenchmark.Settings()
         settings.runs = 1
         let result = try EngineBenchmark.run(settings)
-        for value in [result.gemm_1024_gflops, result.gemm_256x4096x512_gflops, result.conv_fwd_bwd_ms,
-                      result.attention_fwd_bwd_ms, result.groupnorm_fwd_bwd_ms] {
+        let bf16 = [result.gemm_1024_bf16_gflops, result.gemm_256x4096x512_bf16_gflops, result.conv_fwd_bf16_ms]
+        for value in [result.gemm_1024_gflops, result.gemm_256x4096x512_gflops, result.conv_fwd_ms, result.conv_fwd_bwd_ms,
+                      result.attention_fwd_bwd_ms, result.groupnorm_fwd_bwd_ms] + bf16.compactMap({ $0 }) {
             XCTAssert(value > 0 && value.isFinite, "\(value)")
         }
-        XCTAssertEqual(try keys(result).count, 7)
+        // The bf16 rows are there exactly when bf16 is available, and say why when it is not.
+        XCTAssertEqual(bf16.compactMap { $0 }.count, result.bf16_unavailable == nil ? 3 : 0)
+        XCTAssertEqual(try keys(result).count, result.bf16_unavailable == nil ? 11 : 9)
     }
 
     func testSettingsAreCheckedBeforeAnythingIsBuilt() {
