@@ -559,10 +559,17 @@ void score_sgemm_im2col(int transA, int transB, int64_t M, int64_t N, int64_t K,
     score_current()->sgemm_im2col(transA, transB, M, N, K, alpha, A, lda, conv, b_col0, beta, C, ldc);
 }
 
+#ifdef SCORE_X86
+// cpuid traps to the hypervisor in a VM (tens of microseconds): asked once per process.
+static const char *score_bf16_cpu_reason;
+static pthread_once_t score_bf16_cpu_once = PTHREAD_ONCE_INIT;
+static void score_bf16_check_cpu(void) { score_bf16_cpu_reason = score_bf16_cpu_missing(); }
+#endif
+
 const char *score_bf16_unavailable_reason(void) {
 #ifdef SCORE_X86
-    const char *missing = score_bf16_cpu_missing();
-    if (missing) return missing;
+    pthread_once(&score_bf16_cpu_once, score_bf16_check_cpu);
+    if (score_bf16_cpu_reason) return score_bf16_cpu_reason;
     if (score_current() != &score_impl_avx512) {
         const char *env = getenv("SCORE_ISA");
         return env && strcmp(env, "avx512") != 0

@@ -3,6 +3,7 @@ import Diffusion
 import Erasure
 import Evaluation
 import Foundation
+import Kernels
 @testable import ScoreCLI
 import Testbed
 import XCTest
@@ -264,6 +265,27 @@ final class ArgumentTests: XCTestCase {
         assertRefused(["generate", "a shoe", "--out", ""], mentioning: "--out")
         assertRefused(["generate", "a shoe", "--out", folder.path], mentioning: "not a regular file")
         XCTAssertNoThrow(try parse(["generate", "a shoe", "--out", png, "--height", "65536", "--width", "65536"]))
+    }
+
+    /// --bf16 is offered by the commands that only run models forward and refused, naming the
+    /// flag and why, where the instructions are unavailable (here: the kernels capped at avx2).
+    func testBF16IsForInferenceCommandsAndRefusedWhereUnavailable() throws {
+        let png = folder.appendingPathComponent("a.png").path
+        let inference = [["generate", "a shoe", "--out", png, "--bf16"], ["check-model", "--bf16"], ["check-leakage", "--bf16"],
+                         ["evaluate", "--family", "flux", "--concept", "sneaker", "--bf16"], ["bench", "unet", "--bf16"]]
+        if Kernels.bf16Unavailable == nil {
+            let generate = try XCTUnwrap(try parse(inference[0]) as? Generate)
+            XCTAssertTrue(generate.precision.bf16)
+            for arguments in inference { XCTAssertNoThrow(try parse(arguments), "\(arguments)") }
+        }
+        let saved = Kernels.isa
+        defer { if saved == "avx512" || saved == "avx2" || saved == "portable" { Kernels.isa = saved } }
+        Kernels.isa = "avx2"
+        for arguments in inference { assertRefused(arguments, mentioning: "--bf16 is unavailable here") }
+        XCTAssertNoThrow(try parse(["generate", "a shoe", "--out", png]), "without --bf16 nothing changes")
+        // Training commands do not offer it.
+        XCTAssertThrowsError(try parse(["erase", "--concept", "sneaker", "--out", out, "--bf16"]))
+        XCTAssertThrowsError(try parse(["train", "unet", "--out", out, "--bf16"]))
     }
 
     func testBenchChecks() {
