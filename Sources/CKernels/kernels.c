@@ -284,19 +284,38 @@ static void score__pack_buffers(size_t a_floats, size_t b_floats, float **a, flo
 // k-major): word j of pair row p = (bf16(src[2p][j]), bf16(src[2p+1][j])); an odd kc's last
 // pair takes 0 as its second value.
 static inline __attribute__((always_inline))
-void score_bf16_pair_panel(const float *src, int64_t kc, int width, uint32_t *restrict dst) {
+void score_bf16_pairs(const float *lo, const float *hi, int width, uint32_t *restrict dst) {
     // Interleaves the two halves of vcvtne2ps2bf16's result: word j = (low[j], high[j]).
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int j = 0; j < width; j += 16) {
+        const __mmask16 lanes = width - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (width - j)) - 1);
+        const __m512 l = _mm512_maskz_loadu_ps(lanes, lo + j);
+        const __m512 h = hi ? _mm512_maskz_loadu_ps(lanes, hi + j) : _mm512_setzero_ps();
+        const __m512i pairs = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(h, l));
+        _mm512_mask_storeu_epi32(dst + j, lanes, pairs);
+    }
+}
+
+static inline __attribute__((always_inline))
+void score_bf16_pair_panel(const float *src, int64_t kc, int width, uint32_t *restrict dst) {
+    for (int64_t p = 0; p < kc; p += 2)
+        score_bf16_pairs(src + p * width, p + 1 < kc ? src + (p + 1) * width : NULL, width, dst + (p / 2) * width);
+}
+
+// A convolution's forward operand, op(B) = columns[k0 + p, col0 + j] (transB = 0), straight
+// into the bf16 B block: two rows of the column matrix at a time into L1 buffers (the fp32
+// path's im2col_row), converted pair by pair into every panel. Saves the staging pass.
+static void score_bf16_pack_b_im2col(const score_conv_geometry *g, int64_t k0, int64_t col0, int64_t kc,
+                                     int64_t nc, uint32_t *restrict dst) {
+    _Alignas(64) float lo[SCORE_BF16_NC], hi[SCORE_BF16_NC];
+    const int64_t kp = (kc + 1) / 2, padded = (nc + SCORE_BF16_NR - 1) / SCORE_BF16_NR * SCORE_BF16_NR;
+    for (int64_t j = nc; j < padded; j++) lo[j] = hi[j] = 0.0f;
     for (int64_t p = 0; p < kc; p += 2) {
-        const float *lo = src + p * width, *hi = lo + width;
-        for (int j = 0; j < width; j += 16) {
-            const __mmask16 lanes = width - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (width - j)) - 1);
-            const __m512 l = _mm512_maskz_loadu_ps(lanes, lo + j);
-            const __m512 h = p + 1 < kc ? _mm512_maskz_loadu_ps(lanes, hi + j) : _mm512_setzero_ps();
-            const __m512i pairs = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(h, l));
-            _mm512_mask_storeu_epi32(dst + (p / 2) * width + j, lanes, pairs);
-        }
+        im2col_row_avx512(g, k0 + p, col0, nc, lo);
+        if (p + 1 < kc) im2col_row_avx512(g, k0 + p + 1, col0, nc, hi);
+        for (int64_t jr = 0; jr < padded; jr += SCORE_BF16_NR)
+            score_bf16_pairs(lo + jr, p + 1 < kc ? hi + jr : NULL, SCORE_BF16_NR, dst + jr * kp + (p / 2) * SCORE_BF16_NR);
     }
 }
 
@@ -364,7 +383,9 @@ static void score_bf16_gemm_driver(int transA, int transB, int64_t M, int64_t N,
         for (int64_t pc = 0; pc < K; pc += kc_even) {
             const int64_t kc = K - pc < kc_even ? K - pc : kc_even, kp = (kc + 1) / 2;
             const float beta_block = pc == 0 ? beta : 1.0f;
-            for (int64_t j0 = 0; j0 < nc; j0 += stage_cols) {
+            if (conv && !transB) {
+                score_bf16_pack_b_im2col(conv, pc, b_col0 + jc, kc, nc, b_pairs);
+            } else for (int64_t j0 = 0; j0 < nc; j0 += stage_cols) {
                 const int64_t cols = nc - j0 < stage_cols ? nc - j0 : stage_cols;
                 if (conv) pack_b_im2col_avx512(transB, conv, pc, b_col0 + jc + j0, kc, cols, b_stage);
                 else pack_b_avx512(transB, B, ldb, pc, jc + j0, kc, cols, b_stage);
@@ -584,42 +605,37 @@ const char *score_bf16_unavailable_reason(void) {
 
 int score_bf16_available(void) { return score_bf16_unavailable_reason() == NULL; }
 
-// Called without the instructions, the bf16 entry points stop the process: a caller that did not
-// check score_bf16_available would otherwise die of an illegal instruction with no message.
-static void score_bf16_require(const char *entry) {
+// Both bf16 entry points: the BLAS edge cases as score_sgemm, then the driver. Called without
+// the instructions they stop the process with the reason: a caller that did not check
+// score_bf16_available would otherwise die of an illegal instruction with no message.
+static void score_bf16_gemm(const char *entry, int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
+                            const float *A, int64_t lda, const float *B, int64_t ldb,
+                            const score_conv_geometry *conv, int64_t b_col0, float beta, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        score_sgemm(transA, transB, M, N, 0, 0.0f, A, lda, NULL, 1, beta, C, ldc);
+        return;
+    }
     const char *reason = score_bf16_unavailable_reason();
     if (reason) {
         fprintf(stderr, "score CKernels: %s called but bf16 is unavailable: %s\n", entry, reason);
         abort();
     }
+#ifdef SCORE_X86
+    score_bf16_gemm_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, conv, b_col0, beta, C, ldc);
+#endif
 }
 
 void score_sgemm_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
                       const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                       int64_t ldc) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0 || alpha == 0.0f) {
-        score_sgemm(transA, transB, M, N, 0, 0.0f, A, lda, NULL, 1, beta, C, ldc);
-        return;
-    }
-    score_bf16_require("score_sgemm_bf16");
-#ifdef SCORE_X86
-    score_bf16_gemm_driver(transA, transB, M, N, K, alpha, A, lda, B, ldb, NULL, 0, beta, C, ldc);
-#endif
+    score_bf16_gemm("score_sgemm_bf16", transA, transB, M, N, K, alpha, A, lda, B, ldb, NULL, 0, beta, C, ldc);
 }
 
 void score_sgemm_im2col_bf16(int transA, int transB, int64_t M, int64_t N, int64_t K, float alpha,
                              const float *A, int64_t lda, const score_conv_geometry *conv,
                              int64_t b_col0, float beta, float *C, int64_t ldc) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0 || alpha == 0.0f) {
-        score_sgemm(transA, transB, M, N, 0, 0.0f, A, lda, NULL, 1, beta, C, ldc);
-        return;
-    }
-    score_bf16_require("score_sgemm_im2col_bf16");
-#ifdef SCORE_X86
-    score_bf16_gemm_driver(transA, transB, M, N, K, alpha, A, lda, NULL, 0, conv, b_col0, beta, C, ldc);
-#endif
+    score_bf16_gemm("score_sgemm_im2col_bf16", transA, transB, M, N, K, alpha, A, lda, NULL, 0, conv, b_col0, beta, C, ldc);
 }
 
 void score_softmax_rows(const float *x, float *y, int64_t rows, int64_t cols) {
