@@ -42,7 +42,8 @@ for r in range(args.rounds):
         runs[name].append(json.loads(out.strip().splitlines()[-1]))
         last = runs[name][-1]
         print(f"round {r + 1}/{args.rounds} {name}: forward {last['forward_s']:.1f} s, "
-              f"forward+backward {last['forward_backward_s']:.1f} s, peak {last['peak_rss_mb']:.0f} MB",
+              f"forward+backward {last['forward_backward_s']:.1f} s (sys {last.get('forward_backward_sys_s') or 0:.1f} s), "
+              f"peak {last['peak_rss_mb']:.0f} MB",
               file=sys.stderr, flush=True)
         if args.json:
             with open(args.json, "w") as f:
@@ -57,5 +58,24 @@ for key, label in metrics:
     ours = statistics.median(run[key] for run in runs["score"])
     theirs = statistics.median(run[key] for run in runs["torch"])
     print(f"| {label} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}× |")
+
+
+def kernel_share(run):
+    """sys / (user + sys) of the timed forward + backward, in percent (None if not reported)."""
+    user, sys_ = run.get("forward_backward_user_s"), run.get("forward_backward_sys_s")
+    return None if user is None or sys_ is None or user + sys_ <= 0 else 100 * sys_ / (user + sys_)
+
+
+for key, label, unit in (("forward_backward_user_s", "user CPU of forward + backward (s)", "{:.1f}"),
+                         ("forward_backward_sys_s", "kernel (sys) CPU of forward + backward (s)", "{:.1f}"),
+                         ("forward_backward_minor_faults", "minor page faults of forward + backward", "{:,.0f}"),
+                         ("kernel_share", "kernel share of forward + backward's CPU time (%)", "{:.1f}")):
+    medians = []
+    for name in ("score", "torch"):
+        values = [kernel_share(run) if key == "kernel_share" else run.get(key) for run in runs[name]]
+        medians.append(None if any(v is None for v in values) else statistics.median(values))
+    ours, theirs = (unit.format(m) if m is not None else "n/a" for m in medians)
+    ratio = f"{medians[0] / medians[1]:.2f}×" if None not in medians and medians[1] else ""
+    print(f"| {label} | {ours} | {theirs} | {ratio} |")
 print(f"\n{args.rounds} alternating rounds, {args.threads} threads, score ISA {runs['score'][0]['isa']}"
       f"{', gradient checkpointing' if args.gradient_checkpointing else ''}; medians over rounds.")

@@ -5,8 +5,9 @@ weights from a published config, batch B, latent L×L, T text tokens at timestep
 Prints one JSON object with the same keys as `score bench unet --json`: forward_s (median
 seconds of a forward pass under no_grad), forward_backward_s (forward + backward of
 sum(out), gradients for every parameter and the sample), peak_rss_mb (the process's peak
-resident memory, resource.getrusage ru_maxrss) and forward_peak_rss_mb (the same after the
-forward passes).
+resident memory, resource.getrusage ru_maxrss), forward_peak_rss_mb (the same after the
+forward passes) and forward_backward_user_s / _sys_s / _minor_faults (getrusage over the timed
+forward + backward runs).
 
 Run on the same machine as the Swift benchmark, with the cores shared as they are:
 
@@ -84,6 +85,7 @@ def main():
     forward_peak = peak_rss_mb()
 
     forward_backward_s = None
+    usage = {}
     if not args.forward_only:
         sample.requires_grad_(True)
 
@@ -94,13 +96,20 @@ def main():
             sample.grad = None
 
         print("forward + backward", file=sys.stderr)
-        forward_backward_s = median_seconds(args.runs, warmup, forward_backward)
+        for _ in range(warmup):
+            forward_backward()
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        forward_backward_s = median_seconds(args.runs, 0, forward_backward)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        usage = {"forward_backward_user_s": after.ru_utime - before.ru_utime,
+                 "forward_backward_sys_s": after.ru_stime - before.ru_stime,
+                 "forward_backward_minor_faults": after.ru_minflt - before.ru_minflt}
 
     print(json.dumps({
         "config": args.config, "parameters": sum(p.numel() for p in unet.parameters()), "batch": args.batch,
         "latent": args.latent, "tokens": args.tokens, "forward_s": forward_s, "forward_backward_s": forward_backward_s,
         "forward_peak_rss_mb": forward_peak, "peak_rss_mb": peak_rss_mb(), "runs": args.runs,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, **usage,
     }, sort_keys=True))
 
 

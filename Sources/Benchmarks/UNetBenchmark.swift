@@ -28,6 +28,10 @@ public struct UNetBenchmarkResult: Codable, Sendable {
     public var forward_backward_user_s: Double?
     public var forward_backward_sys_s: Double?
     public var forward_backward_minor_faults: Int?
+    /// MB the buffer cache mapped fresh over the timed forward + backward runs (0 when the cache
+    /// served every request), and the most MB of large buffers it held at once, in use plus cached.
+    public var forward_backward_mapped_mb: Double?
+    public var buffer_cache_peak_mb: Double?
     public var runs: Int
     public var threads: Int
     public var isa: String
@@ -58,6 +62,7 @@ public enum UNetBenchmark {
 
         var forwardBackward: Double? = nil
         var usage: (user: Double, sys: Double, faults: Int)? = nil
+        var mappedBytes: Int? = nil
         if backward {
             progress("forward + backward")
             sample.requiresGrad = true
@@ -68,9 +73,10 @@ public enum UNetBenchmark {
                 sample.grad = nil
             }
             for _ in 0..<warmup { step() }
-            let before = ResourceUsage.now()
+            let before = ResourceUsage.now(), mappedBefore = BufferCache.statistics.mappedBytes
             forwardBackward = medianSeconds(runs: runs, warmup: 0, step)
             let after = ResourceUsage.now()
+            mappedBytes = BufferCache.statistics.mappedBytes - mappedBefore
             usage = (after.user - before.user, after.sys - before.sys, after.minorFaults - before.minorFaults)
         }
         return UNetBenchmarkResult(
@@ -78,7 +84,9 @@ public enum UNetBenchmark {
             forward_s: forward, forward_backward_s: forwardBackward, forward_peak_rss_mb: forwardPeak,
             peak_rss_mb: peakResidentMegabytes(), gradient_checkpointing: gradientCheckpointing,
             forward_backward_user_s: usage?.user, forward_backward_sys_s: usage?.sys,
-            forward_backward_minor_faults: usage?.faults, runs: runs, threads: Kernels.threadCount, isa: Kernels.isa)
+            forward_backward_minor_faults: usage?.faults,
+            forward_backward_mapped_mb: mappedBytes.map { Double($0) / 1_048_576 },
+            buffer_cache_peak_mb: Double(BufferCache.statistics.peakBytes) / 1_048_576, runs: runs, threads: Kernels.threadCount, isa: Kernels.isa)
     }
 }
 

@@ -25,12 +25,19 @@ void score_keep_freed_memory(void) {
 // The buffer cache. A forward and backward pass allocate the same sizes step after step, so a
 // freed activation is kept and handed to the next request of its size class: no mmap, no page
 // faults, no zeroing by the kernel. Large buffers are mapped directly (not through malloc, whose
-// heap fragments and whose thread arenas return memory on their own schedule) and asked for
-// transparent huge pages, which cut the faults of a fresh buffer 512-fold where they are on.
+// heap fragments and whose thread arenas return memory on their own schedule).
 //
-// Each buffer carries a 64-byte header (its class), so free needs no size and the data stays
-// 64-byte aligned. A miss may take a cached buffer up to two classes larger (at most ~30% unused)
-// before mapping a new one: the sizes of a backward pass differ a little from the forward's.
+// A miss may take a cached buffer up to eight classes larger (at most twice the size) before
+// mapping a new one: the sizes of a backward pass differ from the forward's, and a cached buffer
+// that is already resident costs nothing more, where a fresh mapping adds its size to the peak.
+//
+// Every buffer has a 64-byte header just before its data (its class, and while it is cached the
+// next cached buffer of the class), so free needs no size and the data stays 64-byte aligned.
+// Buffers of 2 MiB and more start their data on a 2 MiB boundary after a 4 KiB page that holds
+// the header, and their whole 2 MiB spans are advised for transparent huge pages: one fault per
+// 2 MiB instead of 512, and no rounding up (the tail under 2 MiB keeps 4 KiB pages). A fresh
+// mapping is faulted in by one MADV_POPULATE_WRITE call over the bytes requested (the caller
+// writes all of them anyway) instead of a trap per page inside the kernels that first write it.
 
 #define HEADER 64
 #define SMALL_LIMIT ((size_t)128 << 10)
@@ -38,14 +45,20 @@ void score_keep_freed_memory(void) {
 #define CLASSES_PER_OCTAVE 8
 #define OCTAVES 30                 // up to 2^48 bytes
 #define CLASS_COUNT (OCTAVES * CLASSES_PER_OCTAVE)
+#define LARGER_CLASSES_TAKEN 8     // a miss takes a cached buffer of up to 8 classes above (≤ 2×)
 #define SMALL_MARK ((uint64_t)-1)
+#define PAGE ((size_t)4 << 10)
+#define HUGE_PAGE ((size_t)2 << 20)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23     // Linux 5.14; older headers lack the name
+#endif
 
 // The header of a buffer: its class, and while it is cached the next cached buffer of the class.
 typedef struct cached_buffer { uint64_t index; struct cached_buffer *next; } cached_buffer;
 
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static cached_buffer *free_lists[CLASS_COUNT];
-static size_t cached_bytes, live_bytes;
+static size_t cached_bytes, live_bytes, peak_bytes, mapped_total;
 static size_t cache_limit = (size_t)-1;   // (size_t)-1: not read from the environment yet
 static unsigned long long hits, misses;
 
@@ -72,36 +85,53 @@ static void ensure_limit_locked(void) {
     if (text && *text) cache_limit = (size_t)strtoull(text, NULL, 10) << 20;
 }
 
-#define HUGE_PAGE ((size_t)2 << 20)
-#define HUGE_FROM ((size_t)8 << 20)   // rounding up to whole huge pages wastes at most 25% above this
+static size_t round_up(size_t bytes, size_t unit) { return (bytes + unit - 1) / unit * unit; }
+static int is_huge_layout(size_t index) { return class_bytes(index) >= HUGE_PAGE; }
+// Where a buffer's data starts in its mapping, and the mapping's length.
+static size_t data_offset(size_t index) { return is_huge_layout(index) ? PAGE : HEADER; }
+static size_t mapped_bytes(size_t index) { return round_up(data_offset(index) + class_bytes(index), PAGE); }
 
-static size_t mapped_bytes(size_t index) {
-    size_t size = HEADER + class_bytes(index);
-    return size >= HUGE_FROM ? (size + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE : size;
+static void note_peak_locked(void) {
+    if (live_bytes + cached_bytes > peak_bytes) peak_bytes = live_bytes + cached_bytes;
 }
 
-// A fresh mapping for a buffer of class `index`. Large ones start on a 2 MiB boundary and span
-// whole huge pages, so transparent huge pages (where enabled for madvise) can back all of them:
-// one fault per 2 MiB instead of 512.
-static void *map_buffer(size_t index) {
-    size_t size = mapped_bytes(index);
-    if (size < HUGE_FROM) {
-        void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        return base == MAP_FAILED ? NULL : base;
-    }
-    char *raw = mmap(NULL, size + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) return NULL;
-    char *base = (char *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-    if (base > raw) munmap(raw, (size_t)(base - raw));
-    size_t tail = (size_t)(raw + size + HUGE_PAGE - (base + size));
-    if (tail) munmap(base + size, tail);
+// A fresh mapping for a buffer of class `index`, the first `bytes` of its data faulted in;
+// returns the data.
+static char *map_buffer(size_t index, size_t bytes) {
+    size_t size = mapped_bytes(index), offset = data_offset(index);
+    char *data;
+    if (!is_huge_layout(index)) {
+        char *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) return NULL;
+        data = base + offset;
+    } else {
+        // Over-map by one huge page, then cut what lies before the header page and after the end.
+        char *raw = mmap(NULL, size + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (raw == MAP_FAILED) return NULL;
+        data = (char *)(((uintptr_t)raw + offset + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+        char *base = data - offset;
+        if (base > raw) munmap(raw, (size_t)(base - raw));
+        size_t tail = (size_t)(raw + size + HUGE_PAGE - (base + size));
+        if (tail) munmap(base + size, tail);
 #ifdef MADV_HUGEPAGE
-    madvise(base, size, MADV_HUGEPAGE);
+        madvise(data, class_bytes(index) / HUGE_PAGE * HUGE_PAGE, MADV_HUGEPAGE);
 #endif
-    return base;
+    }
+    static int populate_unsupported;   // a kernel before 5.14 answers EINVAL: touch on first write
+    if (!__atomic_load_n(&populate_unsupported, __ATOMIC_RELAXED)) {
+        char *first = (char *)((uintptr_t)data & ~(uintptr_t)(PAGE - 1));
+        if (madvise(first, round_up((size_t)(data - first) + bytes, PAGE), MADV_POPULATE_WRITE) != 0)
+            __atomic_store_n(&populate_unsupported, 1, __ATOMIC_RELAXED);
+    }
+    return data;
 }
 
-static void unmap_buffer(void *base, size_t index) { munmap(base, mapped_bytes(index)); }
+static void unmap_buffer(void *data, size_t index) {
+    munmap((char *)data - data_offset(index), mapped_bytes(index));
+}
+
+static cached_buffer *header_of(void *data) { return (cached_buffer *)((char *)data - HEADER); }
+static void *data_of(cached_buffer *header) { return (char *)header + HEADER; }
 
 void *score_buffer_alloc(size_t bytes) {
     if (bytes < SMALL_LIMIT) {
@@ -114,7 +144,7 @@ void *score_buffer_alloc(size_t bytes) {
     if (index >= CLASS_COUNT) return NULL;
     pthread_mutex_lock(&cache_lock);
     ensure_limit_locked();
-    for (size_t candidate = index; candidate < index + 3 && candidate < CLASS_COUNT; candidate++) {
+    for (size_t candidate = index; candidate <= index + LARGER_CLASSES_TAKEN && candidate < CLASS_COUNT; candidate++) {
         cached_buffer *buffer = free_lists[candidate];
         if (!buffer) continue;
         free_lists[candidate] = buffer->next;
@@ -123,41 +153,43 @@ void *score_buffer_alloc(size_t bytes) {
         live_bytes += size;
         hits++;
         pthread_mutex_unlock(&cache_lock);
-        return (char *)buffer + HEADER;
+        return data_of(buffer);
     }
     misses++;
     live_bytes += class_bytes(index);
+    mapped_total += mapped_bytes(index);
+    note_peak_locked();
     pthread_mutex_unlock(&cache_lock);
-    void *base = map_buffer(index);
-    if (!base) {
+    char *data = map_buffer(index, bytes);
+    if (!data) {
         pthread_mutex_lock(&cache_lock);
         live_bytes -= class_bytes(index);
+        mapped_total -= mapped_bytes(index);
         pthread_mutex_unlock(&cache_lock);
         return NULL;
     }
-    *(uint64_t *)base = index;
-    return (char *)base + HEADER;
+    header_of(data)->index = index;
+    return data;
 }
 
 void score_buffer_free(void *buffer) {
     if (!buffer) return;
-    void *base = (char *)buffer - HEADER;
-    uint64_t index = *(uint64_t *)base;
-    if (index == SMALL_MARK) { free(base); return; }
+    cached_buffer *header = header_of(buffer);
+    uint64_t index = header->index;
+    if (index == SMALL_MARK) { free(header); return; }
     size_t size = class_bytes(index);
     pthread_mutex_lock(&cache_lock);
     ensure_limit_locked();
     live_bytes -= size;
     if (cached_bytes + size <= cache_limit) {
-        cached_buffer *entry = (cached_buffer *)base;
-        entry->next = free_lists[index];
-        free_lists[index] = entry;
+        header->next = free_lists[index];
+        free_lists[index] = header;
         cached_bytes += size;
         pthread_mutex_unlock(&cache_lock);
         return;
     }
     pthread_mutex_unlock(&cache_lock);
-    unmap_buffer(base, index);
+    unmap_buffer(buffer, index);
 }
 
 static void release_locked_until(size_t limit) {
@@ -167,7 +199,7 @@ static void release_locked_until(size_t limit) {
             cached_buffer *buffer = free_lists[index];
             free_lists[index] = buffer->next;
             cached_bytes -= class_bytes(index);
-            unmap_buffer(buffer, index);
+            unmap_buffer(data_of(buffer), index);
         }
     }
 }
@@ -188,7 +220,7 @@ void score_buffer_set_cache_limit(size_t bytes) {
 score_buffer_stats score_buffer_statistics(void) {
     pthread_mutex_lock(&cache_lock);
     ensure_limit_locked();
-    score_buffer_stats stats = { cached_bytes, live_bytes, cache_limit, hits, misses };
+    score_buffer_stats stats = { cached_bytes, live_bytes, cache_limit, hits, misses, mapped_total, peak_bytes };
     pthread_mutex_unlock(&cache_lock);
     return stats;
 }

@@ -14,8 +14,9 @@ public func peakResidentMegabytes() -> Double? {
 }
 
 /// The engine's buffer cache (Sources/CKernels/memory.c): tensor storage of 128 KiB and more is
-/// kept when freed and handed to the next request of its size class, so a training step reuses
-/// the previous step's activation buffers instead of mapping and page-faulting fresh ones.
+/// kept when freed and handed to the next request of its size class (or of a class up to twice
+/// its size), so a training step reuses the previous step's activation buffers instead of
+/// mapping and page-faulting fresh ones.
 public enum BufferCache {
     /// A 64-byte aligned buffer for `count` floats; release it with `free`.
     @inline(__always)
@@ -38,10 +39,11 @@ public enum BufferCache {
         set { score_buffer_set_cache_limit(size_t(max(0, newValue))) }
     }
 
-    /// Bytes cached now, bytes of large buffers in use, and the large requests served from the
-    /// cache and mapped fresh since the start.
-    public static var statistics: (cachedBytes: Int, liveBytes: Int, hits: Int, misses: Int) {
+    /// Bytes cached now, bytes of large buffers in use, the large requests served from the cache
+    /// and mapped fresh since the start, the bytes of those fresh mappings, and the most bytes
+    /// of large buffers held at once (in use plus cached).
+    public static var statistics: (cachedBytes: Int, liveBytes: Int, hits: Int, misses: Int, mappedBytes: Int, peakBytes: Int) {
         let s = score_buffer_statistics()
-        return (Int(s.cached_bytes), Int(s.live_bytes), Int(s.hits), Int(s.misses))
+        return (Int(s.cached_bytes), Int(s.live_bytes), Int(s.hits), Int(s.misses), Int(s.mapped_bytes), Int(s.peak_bytes))
     }
 }

@@ -61,7 +61,8 @@ final class BenchmarkTests: XCTestCase {
         let backward = try XCTUnwrap(result.forward_backward_s)
         XCTAssert(backward > 0 && backward.isFinite)
         XCTAssertEqual(steps.count, 3, "\(steps)")
-        XCTAssert(try keys(result).isSuperset(of: ["config", "parameters", "forward_s", "forward_backward_s", "runs", "threads", "isa"]))
+        XCTAssert(try keys(result).isSuperset(of: ["config", "parameters", "forward_s", "forward_backward_s", "runs", "threads", "isa",
+                                                     "forward_backward_mapped_mb", "buffer_cache_peak_mb"]))
 
         settings.backward = false
         XCTAssertNil(try UNetBenchmark.run(settings).forward_backward_s)

@@ -7,8 +7,10 @@
 void score_keep_freed_memory(void);
 
 /// Tensor storage: a 64-byte aligned buffer of at least `bytes` bytes. Buffers of 128 KiB and
-/// more come from a cache of freed buffers of the same size class (eight classes per power of
-/// two) and are mapped fresh only on a miss; smaller ones come from malloc. Thread-safe.
+/// more come from a cache of freed buffers (eight size classes per power of two; a request takes
+/// a cached buffer of its class or of up to eight classes above) and are mapped fresh only on a
+/// miss, those of 2 MiB and more 2 MiB aligned for transparent huge pages; smaller ones come
+/// from malloc. Thread-safe.
 void *score_buffer_alloc(size_t bytes);
 /// Returns a buffer from score_buffer_alloc (NULL is ignored) to the cache, or to the system
 /// when the cache is at its cap.
@@ -25,6 +27,8 @@ typedef struct {
     size_t cache_limit;
     unsigned long long hits;  // large requests served from the cache
     unsigned long long misses;
+    size_t mapped_bytes;      // mapped fresh on misses since the start (what the kernel had to fault in)
+    size_t peak_bytes;        // the most bytes held at once, live plus cached (large buffers only)
 } score_buffer_stats;
 score_buffer_stats score_buffer_statistics(void);
 #endif
