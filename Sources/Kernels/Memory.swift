@@ -14,9 +14,9 @@ public func peakResidentMegabytes() -> Double? {
 }
 
 /// The engine's buffer cache (Sources/CKernels/memory.c): tensor storage of 128 KiB and more is
-/// kept when freed and handed to the next request of its size class (or of a class up to twice
-/// its size), so a training step reuses the previous step's activation buffers instead of
-/// mapping and page-faulting fresh ones.
+/// kept when freed and handed to the next request of its size class or of one of the seven
+/// classes below (a request never takes twice its size), so a training step reuses the previous
+/// step's activation buffers instead of mapping and page-faulting fresh ones.
 public enum BufferCache {
     /// A 64-byte aligned buffer for `count` floats; release it with `free`.
     @inline(__always)

@@ -36,8 +36,8 @@ final class BufferCacheTests: XCTestCase {
         XCTAssertEqual(BufferCache.statistics.cachedBytes, 0)
     }
 
-    /// A miss takes a cached buffer of up to eight classes above (at most twice the size) before
-    /// mapping a new one; a buffer more than twice the request stays cached.
+    /// A miss takes a cached buffer of up to seven classes above (less than twice the size)
+    /// before mapping a new one; a buffer more than twice the request stays cached.
     func testAMissTakesACachedBufferUpToTwiceItsSize() {
         BufferCache.releaseCached()
         let large = BufferCache.allocate(floats: 3_000_000)   // 12 MB: the 12 MiB class

@@ -8,7 +8,7 @@ void score_keep_freed_memory(void);
 
 /// Tensor storage: a 64-byte aligned buffer of at least `bytes` bytes. Buffers of 128 KiB and
 /// more come from a cache of freed buffers (eight size classes per power of two; a request takes
-/// a cached buffer of its class or of up to eight classes above) and are mapped fresh only on a
+/// a cached buffer of its class or of up to seven classes above) and are mapped fresh only on a
 /// miss, those of 2 MiB and more 2 MiB aligned for transparent huge pages; smaller ones come
 /// from malloc. Thread-safe.
 void *score_buffer_alloc(size_t bytes);
