@@ -39,6 +39,14 @@ public enum BufferCache {
         set { score_buffer_set_cache_limit(size_t(max(0, newValue))) }
     }
 
+    /// Whether fresh buffers of 2 MiB and more are advised for transparent huge pages (default:
+    /// off unless SCORE_HUGE_PAGES=1; on VMs that hand freed memory back to their host they cost
+    /// far more kernel time than they save, docs/BENCHMARKS.md).
+    public static var hugePages: Bool {
+        get { score_buffer_huge_pages() != 0 }
+        set { score_buffer_set_huge_pages(newValue ? 1 : 0) }
+    }
+
     /// Bytes cached now, bytes of large buffers in use, the large requests served from the cache
     /// and mapped fresh since the start, the bytes of those fresh mappings, and the most bytes
     /// of large buffers held at once (in use plus cached).

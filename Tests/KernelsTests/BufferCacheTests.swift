@@ -77,6 +77,26 @@ final class BufferCacheTests: XCTestCase {
         BufferCache.releaseCached()
     }
 
+    /// Huge pages are advised only when asked for: the kernel marks an advised mapping with
+    /// "hg" in its VmFlags (/proc/self/smaps), whatever the system's THP setting.
+    func testHugePagesAreAdvisedOnlyWhenAskedFor() throws {
+        #if os(Linux)
+        let saved = BufferCache.hugePages
+        defer { BufferCache.hugePages = saved; BufferCache.releaseCached() }
+        func advised(_ hugePages: Bool) throws -> Bool {
+            BufferCache.releaseCached()
+            BufferCache.hugePages = hugePages
+            let buffer = BufferCache.allocate(floats: 4 << 20)   // 16 MiB
+            defer { BufferCache.free(buffer) }
+            return try XCTUnwrap(vmFlags(containing: UInt(bitPattern: buffer))).contains("hg")
+        }
+        XCTAssertFalse(try advised(false))
+        XCTAssertTrue(try advised(true))
+        #else
+        throw XCTSkip("VmFlags are read from Linux's /proc/self/smaps")
+        #endif
+    }
+
     /// A fresh buffer arrives faulted in over the bytes requested: writing all of it takes no
     /// page faults (MADV_POPULATE_WRITE, Linux 5.14 and later). 1.6 MB in 4 KiB pages would take
     /// 391 faults; 32 MiB in huge pages 16.
@@ -114,4 +134,22 @@ final class BufferCacheTests: XCTestCase {
         getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
         return usage.ru_minflt
     }
+
+    /// The VmFlags of the mapping in /proc/self/smaps that holds `address`.
+    private func vmFlags(containing address: UInt) -> [String]? {
+        // Read to the end: /proc files report a size of 0, so a read sized by stat gets nothing.
+        guard let data = FileHandle(forReadingAtPath: "/proc/self/smaps")?.readDataToEndOfFile(),
+              let text = String(data: data, encoding: .utf8) else { return nil }
+        var inside = false
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            if let range = fields.first, range.contains("-"), fields.count >= 5 {
+                let bounds = range.split(separator: "-").compactMap { UInt($0, radix: 16) }
+                if bounds.count == 2 { inside = bounds[0] <= address && address < bounds[1]; continue }
+            }
+            if inside, line.hasPrefix("VmFlags:") { return fields.dropFirst().map(String.init) }
+        }
+        return nil
+    }
 }
+

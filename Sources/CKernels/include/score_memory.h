@@ -9,12 +9,17 @@ void score_keep_freed_memory(void);
 /// Tensor storage: a 64-byte aligned buffer of at least `bytes` bytes. Buffers of 128 KiB and
 /// more come from a cache of freed buffers (eight size classes per power of two; a request takes
 /// a cached buffer of its class or of up to seven classes above) and are mapped fresh only on a
-/// miss, those of 2 MiB and more 2 MiB aligned for transparent huge pages; smaller ones come
-/// from malloc. Thread-safe.
+/// miss, those of 2 MiB and more 2 MiB aligned so that they can be transparent huge pages;
+/// smaller ones come from malloc. Thread-safe.
 void *score_buffer_alloc(size_t bytes);
 /// Returns a buffer from score_buffer_alloc (NULL is ignored) to the cache, or to the system
 /// when the cache is at its cap.
 void score_buffer_free(void *buffer);
+/// Whether fresh buffers of 2 MiB and more are advised for transparent huge pages: off unless
+/// the environment sets SCORE_HUGE_PAGES=1 (memory.c says why); the setter applies to buffers
+/// mapped after it.
+int score_buffer_huge_pages(void);
+void score_buffer_set_huge_pages(int enabled);
 /// Returns every cached buffer to the system.
 void score_buffer_release_cached(void);
 /// Caps the bytes the cache keeps (the default: SCORE_BUFFER_CACHE_MB, or half the physical memory); 0 turns
