@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# SCORE's ablation (docs/RESULTS.md, "SCORE's ablation"): every variant on sneaker, then a second
-# seed, then trouser and bag. Resumable: finished cells in OUT are kept and skipped on a rerun.
+# SCORE's ablation (docs/RESULTS.md, "SCORE's ablation"): the default and each variant on sneaker,
+# then a second seed, then trouser and bag, leakage at 128 trajectories per class. Resumable:
+# finished cells in OUT are kept and skipped on a rerun.
 # usage: tools/run_score_ablation.sh [OUT] [SCORE_BINARY]
+# METHODS and LEAKAGE_TRAJECTORIES override the rows and the leakage sample (the cells on base v1
+# were measured with the game rows, score-game,score-game-only,…, at 32 trajectories).
 set -euo pipefail
 out="${1:-runs/ablation}"
 bin="${2:-.build/release/score}"
-methods=score-game,score-game-only,score-negative-guidance,score-game-no-adversarial,score-game-eta0,score-game-eta0.5
-common=(--methods "$methods" --leakage-trajectories 32 --out "$out")
+methods="${METHODS:-score,score-no-adversarial,score-no-erase,score-eta0,score-eta0.5,score-text-anchor}"
+common=(--methods "$methods" --leakage-trajectories "${LEAKAGE_TRAJECTORIES:-128}" --out "$out")
 mkdir -p "$out"
 nice -n 3 "$bin" benchmark --concepts sneaker --seeds 1 "${common[@]}"
 nice -n 3 "$bin" benchmark --concepts sneaker --seeds 2 "${common[@]}"

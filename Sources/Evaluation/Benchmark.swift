@@ -98,9 +98,10 @@ public struct BenchmarkMethod {
         self.make = make
     }
 
-    /// SCORE's ablation rows (docs/RESULTS.md): the independence game in full ("score-game"),
-    /// with one thing changed, and the first design's negative-guidance objective; each over
-    /// `score`'s other keys.
+    /// SCORE's ablation rows (docs/RESULTS.md): the default with one thing changed ("score-no-…",
+    /// "score-eta…"), the anchor-matching target on the text path ("score-text-anchor"), the
+    /// independence game in full ("score-game") with one thing changed, and the first design's
+    /// negative-guidance objective; each over `score`'s other keys.
     public static let scoreAblations: [String: @Sendable (SCOREConfig) -> SCOREConfig] = [
         "score-game": { $0.independenceObjective },
         "score-game-no-adversarial": { var c = $0.independenceObjective; c.lambdaAdversarial = 0; return c },
@@ -109,6 +110,11 @@ public struct BenchmarkMethod {
         "score-game-eta0.5": { var c = $0.independenceObjective; c.eta = 0.5; return c },
         "score-game-eta1": { var c = $0.independenceObjective; c.eta = 1; return c },
         "score-negative-guidance": { $0.negativeGuidanceObjective },
+        "score-no-adversarial": { var c = $0; c.lambdaAdversarial = 0; return c },
+        "score-no-erase": { var c = $0; c.lambdaErase = 0; return c },
+        "score-eta0": { var c = $0; c.eta = 0; return c },
+        "score-eta0.5": { var c = $0; c.eta = 0.5; return c },
+        "score-text-anchor": { $0.textPathAnchorMatching },
     ]
 
     /// A benchmark row by name: "original" (no erasure), "score", "score-retain-anchor" (SCORE

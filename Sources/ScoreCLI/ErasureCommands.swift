@@ -503,7 +503,7 @@ struct Benchmark: ParsableCommand {
 
     @Option(help: "Task: object (Fashion-MNIST classes), style (an emoji style), identity (an emoji character) or unsafe (the emoji weapons group).") var task = BenchmarkTask.object.rawValue
     @Option(help: "Concepts (comma-separated; default: sneaker, OpenMoji style, Santa Claus or weapons by task).") var concepts: String?
-    @Option(help: "Methods (comma-separated): original, score, score-retain-anchor (SCORE erasing towards the retained prompts), esd-x, esd-u, esd-all, esd-x-strict, uce, rece, ant, mace, advunlearn, and the SCORE ablation rows score-game, score-game-no-adversarial, score-game-only, score-game-eta0, score-game-eta0.5, score-game-eta1, score-negative-guidance.") var methods = BenchmarkRun.defaultMethods.joined(separator: ",")
+    @Option(help: "Methods (comma-separated): original, score, score-retain-anchor (SCORE erasing towards the retained prompts), esd-x, esd-u, esd-all, esd-x-strict, uce, rece, ant, mace, advunlearn, and the SCORE ablation rows score-no-adversarial, score-no-erase, score-eta0, score-eta0.5, score-text-anchor, score-game, score-game-no-adversarial, score-game-only, score-game-eta0, score-game-eta0.5, score-game-eta1, score-negative-guidance.") var methods = BenchmarkRun.defaultMethods.joined(separator: ",")
     @Option(help: "Erasure seeds per stochastic method (UCE and RECE are deterministic and run once).") var seeds = BenchmarkRun(task: .object, methods: []).seeds
     @Option(help: "Folder for the cells (default: runs/benchmark for object, runs/benchmark-<task> for the emoji tasks).") var out: String?
     @Option(help: "Markdown table to write (default: <out>/results.md).") var table: String?

@@ -417,6 +417,18 @@ final class SCOREGameTests: XCTestCase {
         var expected = base.negativeGuidanceObjective
         expected.seed = 1
         XCTAssertEqual(old, expected)
+        func changed(_ change: (inout SCOREConfig) -> Void) -> SCOREConfig {
+            var c = base
+            change(&c)
+            c.seed = 1
+            return c
+        }
+        XCTAssertEqual(try config("score-no-adversarial"), changed { $0.lambdaAdversarial = 0 })
+        XCTAssertEqual(try config("score-no-erase"), changed { $0.lambdaErase = 0 })
+        XCTAssertEqual(try config("score-eta0"), changed { $0.eta = 0 })
+        XCTAssertEqual(try config("score-text-anchor"), { var c = base.textPathAnchorMatching; c.seed = 1; return c }())
+        let text = base.textPathAnchorMatching
+        XCTAssertEqual([text.trainable.rawValue, "\(text.eta)", "\(text.splitTimestep)"], ["cross-attention-kv", "0.0", "980"])
         XCTAssertThrowsError(try BenchmarkMethod.named("score-game-eta2"))
     }
 }
