@@ -84,7 +84,7 @@ public struct EraseJob {
         try config.write(to: staging.appendingPathComponent("config.json"), options: .atomic)
         var record = ErasureRecord(
             method: method.name, command: command, base_model: baseName, request: request,
-            seed: (try? JSONDecoder().decode(SeedOnly.self, from: config).seed) ?? 0, steps: outcome.steps,
+            seed: (try? JSONInput.decode(SeedOnly.self, from: config).seed) ?? 0, steps: outcome.steps,
             losses: outcome.losses, wall_seconds: trainingSeconds, peak_memory_mb: peakResidentMegabytes(),
             trainable_parameters: outcome.trainableParameters, parameters_changed: changedCount, tensors_changed: changed.count,
             mask_kept: outcome.masks.isEmpty ? nil : Saliency.count(outcome.masks).kept, threads: Kernels.threadCount)

@@ -171,7 +171,7 @@ public enum ErasedModel {
         let url = folder.appendingPathComponent(manifestName)
         guard FileManager.default.fileExists(atPath: url.path) else { return nil }
         do {
-            return try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: url))
+            return try JSONInput.decode(Manifest.self, from: Data(contentsOf: url))
         } catch let error as DecodingError where !error.keyPath().isEmpty {
             throw PipelineError.invalidFile(url, reason: "not an erasure manifest: \(error.keyPath()): \(error.reason)")
         } catch {
@@ -304,7 +304,7 @@ public struct ErasureRecord: Codable, Sendable {
     }
 
     public static func read(from url: URL) throws -> ErasureRecord {
-        do { return try JSONDecoder().decode(ErasureRecord.self, from: Data(contentsOf: url)) } catch {
+        do { return try JSONInput.decode(ErasureRecord.self, from: Data(contentsOf: url)) } catch {
             throw PipelineError.invalidFile(url, reason: "not a run.json of `score erase` (\(error))")
         }
     }

@@ -1,3 +1,4 @@
+import Diffusion
 import Foundation
 import NN
 import Tensor
@@ -59,7 +60,7 @@ struct ErasureCheckpoint {
         }
         guard let step = meta["step"].flatMap(Int.init), let seed = meta["seed"].flatMap(UInt64.init),
               let offset = meta["offset"].flatMap(UInt64.init),
-              let losses = meta["losses"].flatMap({ try? JSONDecoder().decode([String: [Double]].self, from: Data($0.utf8)) }) else {
+              let losses = meta["losses"].flatMap({ try? JSONInput.decode([String: [Double]].self, from: Data($0.utf8)) }) else {
             throw ErasureError.invalidConfig("\(url.path): checkpoint metadata is incomplete")
         }
         var tensors: [String: Tensor] = [:]

@@ -223,7 +223,7 @@ extension CellBenchmark {
         let url = cellURL(concept: concept, method: method.name, seed: seed)
         guard let data = try? Data(contentsOf: url) else { return nil }
         do {
-            let cell = try JSONDecoder().decode(Cell.self, from: data)
+            let cell = try JSONInput.decode(Cell.self, from: data)
             guard accepts(cell) else {
                 log("\(url.path) is a cell of another task or of other evaluation settings: the cell counts as not measured")
                 return nil

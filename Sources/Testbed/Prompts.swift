@@ -1,3 +1,4 @@
+import Diffusion
 import Foundation
 
 /// The testbed's classes and their prompts, read from `fashion_prompts.json`.
@@ -27,7 +28,7 @@ public struct FashionPrompts: Decodable, Sendable {
 
     public static func load(_ url: URL) throws -> FashionPrompts {
         let prompts: FashionPrompts
-        do { prompts = try JSONDecoder().decode(FashionPrompts.self, from: Data(contentsOf: url)) } catch {
+        do { prompts = try JSONInput.decode(FashionPrompts.self, from: Data(contentsOf: url)) } catch {
             throw AssetError(asset: url.path, reason: "cannot read prompts: \(error)", remedy: "fix the JSON file")
         }
         guard prompts.classes.map(\.label) == Array(0..<prompts.classes.count) else {

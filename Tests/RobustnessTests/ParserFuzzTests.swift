@@ -47,6 +47,28 @@ final class ParserFuzzTests: XCTestCase {
         return url
     }
 
+    /// The input that makes Foundation's `JSONDecoder` trap on Linux (it ends exactly at the
+    /// decoder's nesting limit of 512) is refused by each JSON parser with an error instead.
+    func testJSONEndingAtFoundationsNestingLimitIsRefused() throws {
+        let bytes = Array("{\"num_layers\":".utf8) + Array(repeating: UInt8(ascii: "["), count: 512)
+        XCTAssertThrowsError(try FluxTransformer2DConfig(contentsOf: file("transformer/config.json", bytes))) { error in
+            XCTAssertTrue("\(error)".contains("transformer/config.json"), "\(error)")
+        }
+        XCTAssertThrowsError(try SchedulerConfig(json: Data(bytes), source: "scheduler_config.json"))
+        XCTAssertThrowsError(try FashionPrompts.load(file("prompts.json", bytes)))
+        XCTAssertThrowsError(try JSONInput.decode([String: Int].self, from: Data(bytes)))
+    }
+
+    func testNestingCheckCountsOnlyBracketsOutsideStrings() throws {
+        let limit = JSONInput.maximumDepth
+        let deepest = String(repeating: "[", count: limit) + String(repeating: "]", count: limit)
+        XCTAssertNoThrow(try JSONInput.checkNesting(Data(deepest.utf8)))
+        XCTAssertThrowsError(try JSONInput.checkNesting(Data(("[" + deepest + "]").utf8)))
+        let quoted = "[\"" + String(repeating: "[{", count: limit) + "\\\"[\"]"
+        XCTAssertNoThrow(try JSONInput.checkNesting(Data(quoted.utf8)))
+        XCTAssertEqual(try JSONInput.decode([String].self, from: Data(quoted.utf8)).first?.count, 2 * limit + 2)
+    }
+
     func testSafeTensorsFiles() throws {
         let small = folder.appendingPathComponent("seed.safetensors")
         try writeSafeTensors([

@@ -113,7 +113,7 @@ public enum JSONOverlay {
         func decoded(_ keys: some Sequence<String>) throws -> T {
             var merged = defaults
             for key in keys { merged[key] = file[key] }
-            return try JSONDecoder().decode(T.self, from: JSONSerialization.data(withJSONObject: merged))
+            return try JSONInput.decode(T.self, from: JSONSerialization.data(withJSONObject: merged))
         }
         do { return try decoded(file.keys) } catch {
             // Each key alone over the defaults: Foundation's decoder does not always say which key

@@ -367,7 +367,7 @@ func readConfig<Config: Decodable>(_ type: Config.Type, from url: URL, validate:
         throw DiffusionConfigError.unreadable(file: url.path, reason: error.localizedDescription)
     }
     do {
-        let config = try JSONDecoder().decode(Config.self, from: data)
+        let config = try JSONInput.decode(Config.self, from: data)
         try validate(config)
         return config
     } catch let error as DiffusionConfigError {

@@ -104,7 +104,7 @@ public struct FlowMatchEulerDiscreteScheduler: SamplingScheduler {
                 throw SchedulerError.unreadableConfig(source: url.path, reason: error.localizedDescription)
             }
             do {
-                self = try JSONDecoder().decode(Config.self, from: data)
+                self = try JSONInput.decode(Config.self, from: data)
             } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
                 throw SchedulerError.invalidValue(key: context.codingPath.first?.stringValue ?? "?",
                                                   reason: context.debugDescription, source: url.path)

@@ -145,7 +145,7 @@ public struct SchedulerConfig: Sendable, Equatable {
         decoder.allowsJSON5 = true
         decoder.userInfo[SchedulerConfig.sourceKey] = source
         do {
-            self = try decoder.decode(SchedulerConfig.self, from: data)
+            self = try JSONInput.decode(SchedulerConfig.self, from: data, decoder: decoder)
         } catch let error as SchedulerError {
             throw error
         } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {

@@ -88,7 +88,7 @@ public final class CLIPTokenizer: @unchecked Sendable {
             throw TextEncoderError.invalidFile(url, reason: "not valid JSON")
         }
         let vocabulary: [String: Int]
-        do { vocabulary = try JSONDecoder().decode([String: Int].self, from: data) } catch let DecodingError.typeMismatch(_, context) {
+        do { vocabulary = try JSONInput.decode([String: Int].self, from: data) } catch let DecodingError.typeMismatch(_, context) {
             if let key = context.codingPath.last?.stringValue {
                 throw TextEncoderError.invalidFile(url, reason: "the id of '\(key)' is not an integer")
             }

@@ -170,7 +170,7 @@ enum CheckpointFiles {
             throw TextEncoderError.missingFile(url, what: what)
         }
         do {
-            return try JSONDecoder().decode(T.self, from: Data(contentsOf: url))
+            return try JSONInput.decode(T.self, from: Data(contentsOf: url))
         } catch let error as DecodingError {
             throw TextEncoderError.invalidFile(url, reason: error.readableDescription)
         } catch {

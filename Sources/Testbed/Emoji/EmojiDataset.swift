@@ -306,7 +306,7 @@ public struct EmojiDataset: Sendable {
         }
         func decode<T: Decodable>(_ type: T.Type, _ key: String) throws -> T {
             guard let text = metadata[key] else { throw fail("metadata key \"\(key)\" is missing") }
-            do { return try JSONDecoder().decode(T.self, from: Data(text.utf8)) } catch {
+            do { return try JSONInput.decode(T.self, from: Data(text.utf8)) } catch {
                 throw fail("metadata key \"\(key)\" is not valid: \(error)")
             }
         }

@@ -88,7 +88,7 @@ public struct EmojiTasks: Decodable, Sendable {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         var tasks: EmojiTasks
-        do { tasks = try decoder.decode(EmojiTasks.self, from: data) } catch let error as DecodingError {
+        do { tasks = try JSONInput.decode(EmojiTasks.self, from: data, decoder: decoder) } catch let error as DecodingError {
             throw describe(error, file: file)
         } catch let error as EmojiTaskError {
             throw EmojiTaskError(file: file, key: error.key, reason: error.reason)
