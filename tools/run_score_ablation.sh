@@ -4,12 +4,13 @@
 # finished cells in OUT are kept and skipped on a rerun.
 # usage: tools/run_score_ablation.sh [OUT] [SCORE_BINARY]
 # METHODS and LEAKAGE_TRAJECTORIES override the rows and the leakage sample (the cells on base v1
-# were measured with the game rows, score-game,score-game-only,…, at 32 trajectories).
+# were measured with the game rows, score-game,score-game-only,…, at 32 trajectories); ATTACKS
+# names the attacks each cell runs (default none: the ablation compares erasure and leakage).
 set -euo pipefail
 out="${1:-runs/ablation}"
 bin="${2:-.build/release/score}"
 methods="${METHODS:-score,score-no-adversarial,score-no-erase,score-eta0,score-eta0.5,score-text-anchor}"
-common=(--methods "$methods" --leakage-trajectories "${LEAKAGE_TRAJECTORIES:-128}" --out "$out")
+common=(--methods "$methods" --leakage-trajectories "${LEAKAGE_TRAJECTORIES:-128}" --attacks "${ATTACKS:-none}" --out "$out")
 mkdir -p "$out"
 nice -n 3 "$bin" benchmark --concepts sneaker --seeds 1 "${common[@]}"
 nice -n 3 "$bin" benchmark --concepts sneaker --seeds 2 "${common[@]}"
