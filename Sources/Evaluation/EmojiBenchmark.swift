@@ -236,6 +236,8 @@ final class EmojiCellMeasurement {
         let judges: [(String, any Judge)] = [("style", resources.styleJudge), ("identity", resources.identityJudge)]
         probes = judges.map { name, judge in
             FeatureProbe(name: "linear probe on emoji \(name) judge features") { judge.featureBatches($0) }
+        } + judges.map { name, judge in
+            FeatureProbe(name: "judged class (emoji \(name) judge)") { judge.judgedClassOneHot($0) }
         }
     }
 

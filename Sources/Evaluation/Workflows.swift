@@ -60,12 +60,16 @@ public enum Workflows {
     }
 
     /// Linear probes on the two judges' penultimate features: leakage critics that see the
-    /// finished images the way an image classifier does.
+    /// finished images the way an image classifier does. A third sees only the CNN judge's
+    /// class: it measures the information in the class mix the judge reports (what Acc_e counts),
+    /// with ten parameters, so the estimate is never below what the judge's own reading shows.
     public static func judgeProbes() throws -> [FeatureProbe] {
-        try ["cnn", "mlp"].map { architecture in
+        let probes = try ["cnn", "mlp"].map { architecture in
             let judge = try DefaultModel.judge(architecture)
             return FeatureProbe(name: "linear probe on \(architecture) judge features") { judge.featureBatches($0) }
         }
+        let judge = try DefaultModel.judge("cnn")
+        return probes + [FeatureProbe(name: "judged class (cnn judge)") { judge.judgedClassOneHot($0) }]
     }
 
     /// `score evaluate`: judges the erased model on `concept` (a testbed class), beside the

@@ -29,6 +29,18 @@ extension Judge {
     /// Predicted class of each image.
     public func predict(_ images: Tensor) -> [Int] { probabilities(images).argmaxLastAxis() }
 
+    /// The predicted class of each image as a one-hot row [N, classes]: what a detector that
+    /// sees only the judge's reading of an image can use.
+    public func judgedClassOneHot(_ images: Tensor) -> Tensor {
+        let probabilities = probabilities(images)
+        let (count, classes) = (probabilities.shape[0], probabilities.shape[1])
+        let predicted = probabilities.argmaxLastAxis()
+        return Tensor(shape: [count, classes]) { out in
+            out.update(repeating: 0, count: count * classes)
+            for i in 0..<count { out[i * classes + predicted[i]] = 1 }
+        }
+    }
+
     /// Penultimate features, batched and without gradient.
     public func featureBatches(_ images: Tensor, batchSize: Int = 256) -> Tensor {
         noGrad {

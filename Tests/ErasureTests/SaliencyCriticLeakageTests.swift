@@ -244,6 +244,40 @@ final class LeakageTests: XCTestCase {
         XCTAssertLessThan(same.nats, 0.1)
     }
 
+    /// A probe on the judged class alone (one-hot rows, as `Judge.judgedClassOneHot` gives) reads
+    /// the information in the class mix: the Jensen–Shannon divergence of the two sets' class
+    /// frequencies, here 0.205 nats (70% of one class against the uniform mix), and about 0
+    /// when both sets have the same mix. Classes nobody drew (constant columns) do no harm.
+    func testJudgedClassProbeReadsTheInformationInTheClassMix() {
+        let n = 256, classes = 10
+        func oneHot(_ drawn: [Int]) -> Tensor {
+            Tensor(shape: [drawn.count, classes]) { out in
+                out.update(repeating: 0, count: drawn.count * classes)
+                for (i, c) in drawn.enumerated() { out[i * classes + c] = 1 }
+            }
+        }
+        func probe(targetShare: Double, seed: UInt64) -> Double {
+            var g = RandomGenerator(seed: seed)
+            let u = g.uniform([3 * n]).scalars.map(Double.init)
+            let target = (0..<n).map { i in u[i] < targetShare ? 3 : [0, 1, 2, 4, 5, 6, 7, 8][Int(u[n + i] * 8) % 8] }
+            let reference = (0..<n).map { i in Int(u[2 * n + i] * 9) % 9 }
+            let labels = Array(repeating: Float(1), count: n) + Array(repeating: 0, count: n)
+            var bootstrap = RandomGenerator(seed: 3)
+            return Leakage.linearProbe(features: oneHot(target + reference), labels: labels, groups: Array(0..<(2 * n)), n: n,
+                                       rounds: 20, generator: &bootstrap).nats
+        }
+        // Reference: 9 classes at 1/9 (class 9 never drawn); target: class 3 at 70%, the other 8 at 30%/8.
+        let p = (0..<9).map { $0 == 3 ? 0.7 : 0.3 / 8 }, q = [Double](repeating: 1.0 / 9, count: 9)
+        let jensenShannon = zip(p, q).reduce(0.0) { sum, pq in
+            let m = (pq.0 + pq.1) / 2
+            return sum + 0.5 * pq.0 * Foundation.log(pq.0 / m) + 0.5 * pq.1 * Foundation.log(pq.1 / m)
+        }
+        let mixed = probe(targetShare: 0.7, seed: 21)
+        XCTAssertEqual(mixed, jensenShannon, accuracy: 0.07, "JSD \(jensenShannon)")
+        let same = probe(targetShare: 1.0 / 9, seed: 22)
+        XCTAssertLessThan(abs(same), 0.03)
+    }
+
     /// In many dimensions (64 features, 32 images per class) the fitted probe is over-confident;
     /// calibrated on its stopping fold it reads Î near 0 for identical classes instead of far
     /// below, and still finds a real shift.

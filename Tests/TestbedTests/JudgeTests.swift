@@ -106,6 +106,21 @@ final class JudgeTests: XCTestCase {
         XCTAssertThrowsError(try makeJudge("vit", generator: &g)) { XCTAssert("\($0)".contains("vit") && "\($0)".contains("resnet")) }
     }
 
+    func testJudgedClassOneHotMarksThePredictedClassOnly() throws {
+        var generator = RandomGenerator(seed: 9)
+        let judge = try makeJudge("cnn", generator: &generator)
+        judge.eval()
+        let x = Tensor.randn([300, 1, 32, 32], generator: &generator)
+        let oneHot = judge.judgedClassOneHot(x), predicted = judge.predict(x)
+        XCTAssertEqual(oneHot.shape, [300, 10])
+        let rows = oneHot.scalars
+        for i in 0..<300 {
+            let row = Array(rows[(i * 10)..<(i * 10 + 10)])
+            XCTAssertEqual(row.reduce(0, +), 1)
+            XCTAssertEqual(row[predicted[i]], 1)
+        }
+    }
+
     func testMirrorAveragedJudgeIsMirrorInvariantAndPassesGradients() throws {
         var generator = RandomGenerator(seed: 4)
         let judge = MirrorAveragedJudge(ResNetJudge(generator: &generator))
