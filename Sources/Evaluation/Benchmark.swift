@@ -74,6 +74,22 @@ public struct BenchmarkCell<Evaluation: Codable & Sendable>: BenchmarkCellRecord
     /// Each attack's ASR, interval and budget by attack name ("unlearndiffatk", "inversion",
     /// "ring-a-bell", "cce"); absent in cell files written before these were recorded.
     public var attacks: [String: AttackSummary]? = nil
+    /// true when the cell's concept is the held-in (tuning) class of the table it is listed in;
+    /// set when tabling, never stored in the cell's file.
+    public var held_in: Bool? = nil
+
+    /// The cell as a table with held-in class `heldIn` lists it.
+    func markingHeldIn(_ heldIn: String?) -> Self {
+        var cell = self
+        cell.held_in = concept == heldIn ? true : nil
+        return cell
+    }
+}
+
+/// The heading and note of the held-in class's section, below every benchmark's comparison.
+func heldInHeading(_ concept: String) -> String {
+    "### Tuning class (held in): \(concept)\n\nHyper-parameters were tuned on this class (`--held-in`): its cells are measured like "
+        + "every other, but they are not part of the comparison above, nor of the summaries and correlations over concepts."
 }
 
 /// A method the benchmark runs: its name and how to build it for a seed (nil: the original model).

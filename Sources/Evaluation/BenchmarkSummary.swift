@@ -29,25 +29,36 @@ public struct BenchmarkRowSummary: Codable, Sendable {
     public var kid_real: [Double]
     public var wall_seconds: [Double]
     public var parameters_changed: [Int]
+    /// true on the held-in (tuning) class's rows, which the comparison leaves out; absent otherwise.
+    public var held_in: Bool? = nil
 }
 
 /// The object benchmark's rows with their intervals and tests, and the cells they come from.
 public struct BenchmarkSummary: Codable, Sendable {
     /// The method every row is tested against.
     public var reference_method: String
+    /// The class hyper-parameters were tuned on (`--held-in`): its rows are measured and listed
+    /// apart, never part of the comparison. nil: no held-in class.
+    public var held_in: String?
     public var rows: [BenchmarkRowSummary]
     public var cells: [ObjectBenchmarkCell]
 
-    public init(cells: [ObjectBenchmarkCell], reference: String = "score") {
-        self.cells = cells
+    public init(cells: [ObjectBenchmarkCell], reference: String = "score", heldIn: String? = nil) {
+        self.cells = cells.map { $0.markingHeldIn(heldIn) }
         reference_method = reference
+        held_in = heldIn
         let groups = benchmarkRows(cells)
         rows = groups.map { group in
             let referenceCells = groups.first { $0.concept == group.concept && $0.method == reference }?.cells
-            return Self.row(concept: group.concept, method: group.method, cells: group.cells,
-                            reference: group.method == reference ? nil : referenceCells)
+            var row = Self.row(concept: group.concept, method: group.method, cells: group.cells,
+                               reference: group.method == reference ? nil : referenceCells)
+            if group.concept == heldIn { row.held_in = true }
+            return row
         }
     }
+
+    /// The rows the comparison is made of: every concept but the held-in one.
+    public var heldOutRows: [BenchmarkRowSummary] { rows.filter { $0.held_in != true } }
 
     /// Rates pooled over cells: successes are each cell's rate × its image count, rounded (the
     /// rates are counts over those images).
@@ -110,9 +121,32 @@ public struct BenchmarkSummary: Codable, Sendable {
                       v.difference.value * 100, v.difference.low * 100, v.difference.high * 100)
     }
 
-    /// Two tables: one row per concept × method with every rate's interval and the test against
-    /// the reference method, then each retained class apart with the concept's neighbours flagged.
-    public func markdown() -> String {
+    /// The comparison over the held-out concepts, then the held-in class's own section.
+    public func markdown() -> String { comparisonMarkdown() + heldInMarkdown() }
+
+    /// The comparison over the held-out concepts: one row per concept × method with every rate's
+    /// interval and the test against the reference method, then each retained class apart with
+    /// the concept's neighbours flagged.
+    public func comparisonMarkdown() -> String {
+        let comparison = heldOutRows
+        var out = table(comparison)
+        if comparison.isEmpty { out += "| no held-out concept measured: every row is the held-in class's, below |\n" }
+        out += "\nRates pooled over seeds with 95% Wilson intervals; H_o with a 95% bootstrap interval over seeds and images; "
+            + "leakage the mean Î over seeds, 95% interval over seeds and held-out trajectories. "
+            + "H_o vs \(reference_method): the difference in points with its 95% interval, by a paired bootstrap on the same images "
+            + "(every method samples the same noise); \"differs\" when p < 0.05.\n"
+        return out + retainedTables(comparison)
+    }
+
+    /// The held-in class's section: its rows in the comparison's columns, apart ("" without one).
+    public func heldInMarkdown() -> String {
+        guard let heldIn = held_in else { return "" }
+        let tuning = rows.filter { $0.held_in == true }
+        return "\n" + heldInHeading(heldIn) + "\n\n" + (tuning.isEmpty ? "No cell of \(heldIn) measured.\n" : table(tuning) + retainedTables(tuning))
+    }
+
+    /// One row per concept × method, with the columns of `markdown`.
+    func table(_ rows: [BenchmarkRowSummary]) -> String {
         let stat = benchmarkStat
         func text(_ e: Estimate?, percent: Bool = true, digits: Int = 1) -> String { e?.text(percent: percent, digits: digits) ?? "–" }
         var out = "| concept | method | seeds | Acc_e ↓ | Acc_g ↓ | Acc_s ↑ | H_o ↑ | H_o vs \(reference_method) | KID vs real | ASR paraphrase ↓ | ASR UnlearnDiffAtk pre ↓ | "
@@ -127,10 +161,13 @@ public struct BenchmarkSummary: Codable, Sendable {
             out += "\(text(row.leakage_nats, percent: false, digits: 3)) | \(stat(row.wall_seconds, false, 0)) | "
             out += "\(stat(row.parameters_changed.map(Double.init), false, 0)) |\n"
         }
-        out += "\nRates pooled over seeds with 95% Wilson intervals; H_o with a 95% bootstrap interval over seeds and images; "
-            + "leakage the mean Î over seeds, 95% interval over seeds and held-out trajectories. "
-            + "H_o vs \(reference_method): the difference in points with its 95% interval, by a paired bootstrap on the same images "
-            + "(every method samples the same noise); \"differs\" when p < 0.05.\n"
+        return out
+    }
+
+    /// Each concept's retained classes apart (Wilson 95%), the concept's neighbours flagged.
+    func retainedTables(_ rows: [BenchmarkRowSummary]) -> String {
+        func text(_ e: Estimate?) -> String { e?.text(percent: true, digits: 0) ?? "–" }
+        var out = ""
         for concept in rows.map(\.concept).reduce(into: [String](), { if !$0.contains($1) { $0.append($1) } }) {
             let conceptRows = rows.filter { $0.concept == concept }
             let classes = Set(conceptRows.flatMap { $0.retained.keys }).sorted()
@@ -142,7 +179,7 @@ public struct BenchmarkSummary: Codable, Sendable {
             out += ".\n\n| method | " + classes.map { neighbours.contains($0) ? "\($0) ◆" : $0 }.joined(separator: " | ") + " |\n|---|"
                 + String(repeating: "---|", count: classes.count) + "\n"
             for row in conceptRows {
-                out += "| \(row.method) | " + classes.map { text(row.retained[$0], digits: 0) }.joined(separator: " | ") + " |\n"
+                out += "| \(row.method) | " + classes.map { text(row.retained[$0]) }.joined(separator: " | ") + " |\n"
             }
         }
         return out

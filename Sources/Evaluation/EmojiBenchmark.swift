@@ -171,7 +171,26 @@ public struct EmojiBenchmark: CellBenchmark {
 
     /// A Markdown table with the task's own columns: one row per concept × method, mean ±
     /// standard deviation over seeds.
-    public static func markdownTable(_ cells: [EmojiBenchmarkCell], task: BenchmarkTask) -> String {
+    public static func markdownTable(_ cells: [EmojiBenchmarkCell], task: BenchmarkTask, heldIn: String? = nil) -> String {
+        comparisonTable(cells, task: task, heldIn: heldIn) + heldInTable(cells, task: task, heldIn: heldIn)
+    }
+
+    /// The rows of every concept but the held-in one: the comparison.
+    public static func comparisonTable(_ cells: [EmojiBenchmarkCell], task: BenchmarkTask, heldIn: String?) -> String {
+        let comparison = cells.filter { $0.concept != heldIn }
+        return table(comparison, task: task)
+            + (comparison.isEmpty ? "| no held-out concept measured: every row is the held-in class's, below |\n" : "")
+    }
+
+    /// The held-in class's section: its rows in the comparison's columns, apart ("" without one).
+    public static func heldInTable(_ cells: [EmojiBenchmarkCell], task: BenchmarkTask, heldIn: String?) -> String {
+        guard let heldIn else { return "" }
+        let tuning = cells.filter { $0.concept == heldIn }
+        return "\n" + heldInHeading(heldIn) + "\n\n" + (tuning.isEmpty ? "No cell of \(heldIn) measured.\n" : table(tuning, task: task))
+    }
+
+    /// One row per concept × method, with the task's columns.
+    static func table(_ cells: [EmojiBenchmarkCell], task: BenchmarkTask) -> String {
         let stat = benchmarkStat
         let scoreColumns: [(String, (EmojiScores) -> Double?)]
         switch task {

@@ -415,6 +415,14 @@ public struct BenchmarkRun {
     /// Object task: "sd" (the embedded mini-SD) or "flux" (the embedded mini-FLUX, sampled at its
     /// own settings: 25 Euler steps, true CFG 4, for images, leakage and the paraphrase attack).
     public var family = "sd"
+    /// `--held-in`: the class hyper-parameters were tuned on, measured but tabled apart from the
+    /// comparison; "none" for no held-in class; nil for the task's default (`defaultHeldIn`).
+    public var heldIn: String?
+
+    /// The held-in class without `--held-in`: sneaker for the object task, the class SCORE's
+    /// defaults were chosen on (docs/RESULTS.md); none for the emoji tasks, where no method was
+    /// tuned on any class.
+    public static func defaultHeldIn(_ task: BenchmarkTask) -> String? { task == .object ? "sneaker" : nil }
 
     /// The methods that run on the flow family (the rest are UNet-only).
     public static let fluxMethods = ["original", "esd", "esd-x", "esd-u", "esd-all", "esd-x-strict", "uce", "eraseanything", "score",
@@ -463,6 +471,29 @@ public struct BenchmarkRun {
         }
         _ = try OutputPath.folder(outputURL.path, flag: "--out")
         _ = try OutputPath.file(tableURL.path, flag: "--table")
+        _ = try heldInConcept()
+    }
+
+    /// The concepts the cells are of, spelt as cells name them.
+    func conceptNames() throws -> [String] {
+        if task == .object { return concepts ?? ["sneaker"] }
+        let tasks = try EmojiTasks.bundled()
+        return try (concepts ?? [EmojiTaskSetup.defaultConcept(task: task, tasks: tasks)]).map {
+            try EmojiTaskSetup.canonicalConcept($0, task: task, tasks: tasks)
+        }
+    }
+
+    /// The held-in concept, spelt as cells name it; nil for none. A `--held-in` that is not
+    /// among the concepts is an error naming the flag; the task's default counts only when it is.
+    public func heldInConcept() throws -> String? {
+        let names = try conceptNames()
+        guard let heldIn else { return Self.defaultHeldIn(task).flatMap { names.contains($0) ? $0 : nil } }
+        if heldIn.lowercased() == "none" { return nil }
+        let spelt = task.isEmoji ? (try? EmojiTaskSetup.canonicalConcept(heldIn, task: task, tasks: try EmojiTasks.bundled())) ?? heldIn : heldIn
+        guard names.contains(spelt) else {
+            throw EvaluationError.invalidRequest("--held-in '\(heldIn)' is not among the benchmark's concepts (\(names.joined(separator: ", "))); name one of them, or none")
+        }
+        return spelt
     }
 
     /// Runs (or, with `finishedOnly`, only gathers) the cells, writes the table and returns it
@@ -470,9 +501,10 @@ public struct BenchmarkRun {
     public func run(assets: Assets = Assets(), log: @escaping (String) -> Void) throws -> (markdown: String, cellsJSON: Data) {
         try validate()
         let seedList = (0..<UInt64(seeds)).map { $0 }
+        let heldIn = try heldInConcept()
         let markdown: String, encoded: Data
         if task == .object {
-            var benchmark = ObjectBenchmark(concepts: concepts ?? ["sneaker"], methods: methods, seeds: seedList, output: outputURL)
+            var benchmark = ObjectBenchmark(concepts: try conceptNames(), methods: methods, seeds: seedList, output: outputURL)
             benchmark.leakage = leakage
             if family == "flux" {
                 benchmark.family = .flux
@@ -484,8 +516,10 @@ public struct BenchmarkRun {
             benchmark.attacks = attacks
             benchmark.setAttackInstances(attackInstances)
             let cells = finishedOnly ? benchmark.finishedCells(log: log) : try benchmark.run(assets: assets, log: log)
-            let summary = BenchmarkSummary(cells: cells)
-            markdown = summary.markdown() + LeakageAttackCorrelation.markdown(LeakageAttackCorrelation.rows(cells) { $0.leakage_nats })
+            let summary = BenchmarkSummary(cells: cells, heldIn: heldIn)
+            let heldOut = cells.filter { $0.concept != heldIn }
+            markdown = summary.comparisonMarkdown() + LeakageAttackCorrelation.markdown(LeakageAttackCorrelation.rows(heldOut) { $0.leakage_nats })
+                + summary.heldInMarkdown()
             encoded = try JSONOutput.encode(summary)
         } else {
             var benchmark = try EmojiBenchmark(task: task, tasks: try EmojiTasks.bundled(), concepts: concepts, methods: methods,
@@ -495,8 +529,11 @@ public struct BenchmarkRun {
             if attackBudget == .fast { benchmark.unlearnDiffAtk?.target = "real" }
             let cells = finishedOnly ? benchmark.finishedCells(log: log)
                                      : try benchmark.run(model: model, dataset: dataset, judges: judges, assets: assets, log: log)
-            markdown = EmojiBenchmark.markdownTable(cells, task: task) + LeakageAttackCorrelation.markdown(LeakageAttackCorrelation.rows(cells) { $0.leakage_nats })
-            encoded = try JSONOutput.encode(cells)
+            let heldOut = cells.filter { $0.concept != heldIn }
+            markdown = EmojiBenchmark.comparisonTable(cells, task: task, heldIn: heldIn)
+                + LeakageAttackCorrelation.markdown(LeakageAttackCorrelation.rows(heldOut) { $0.leakage_nats })
+                + EmojiBenchmark.heldInTable(cells, task: task, heldIn: heldIn)
+            encoded = try JSONOutput.encode(cells.map { $0.markingHeldIn(heldIn) })
         }
         try FileManager.default.createDirectory(at: tableURL.deletingLastPathComponent(), withIntermediateDirectories: true)
         try SafeTensors.writeAtomically(Data(markdown.utf8), to: tableURL)

@@ -202,4 +202,73 @@ final class BenchmarkStatisticsTests: XCTestCase {
         XCTAssertTrue(table.contains("class 5 ◆"))
         XCTAssertTrue(table.contains("| score | 70% ["), table)
     }
+
+    /// Cells of two concepts with sneaker held in: the comparison, its summaries and the
+    /// leakage–attack correlation use bag alone; sneaker's rows are listed apart and marked.
+    func testHeldInClassIsMeasuredButTabledApart() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bench-held-in-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let names = ["original", "esd-x", "esd-u", "uce", "score"]
+        let methods = try names.map { try BenchmarkMethod.named($0) }
+        let benchmark = ObjectBenchmark(concepts: ["sneaker", "bag"], methods: methods, seeds: [0], output: folder)
+        _ = try benchmark.run(log: { _ in }) { concept, method, seed in
+            var cell = self.cell(method.name, seed: seed, judged: self.judged(targetHits: 3 + method.name.count), benchmark: benchmark)
+            cell.concept = concept
+            cell.evaluation.leakage_nats = Double(method.name.count) / 100
+            return cell
+        }
+
+        let summary = BenchmarkSummary(cells: benchmark.finishedCells(), heldIn: "sneaker")
+        XCTAssertEqual(summary.heldOutRows.map(\.concept), Array(repeating: "bag", count: names.count))
+        XCTAssertEqual(summary.rows.filter { $0.held_in == true }.map(\.method), names)
+        let comparison = summary.comparisonMarkdown()
+        XCTAssertFalse(comparison.contains("| sneaker |"), comparison)
+        XCTAssertFalse(comparison.contains("erasing sneaker"), comparison)
+        XCTAssertTrue(comparison.contains("| bag | score |"), comparison)
+        let apart = summary.heldInMarkdown()
+        XCTAssertTrue(apart.contains("Tuning class (held in): sneaker"), apart)
+        XCTAssertTrue(apart.contains("| sneaker | score |"), apart)
+        XCTAssertFalse(apart.contains("| bag |"), apart)
+        XCTAssertEqual(BenchmarkSummary(cells: benchmark.finishedCells()).heldInMarkdown(), "", "no held-in class, no section")
+
+        // `--finished-only` re-tables the cells on disk the same way; the default held-in class is sneaker.
+        var run = BenchmarkRun(task: .object, methods: methods)
+        run.concepts = ["sneaker", "bag"]
+        run.seeds = 1
+        run.output = folder.path
+        run.finishedOnly = true
+        let (markdown, json) = try run.run(log: { _ in })
+        let heldInSection = try XCTUnwrap(markdown.range(of: "### Tuning class (held in): sneaker"))
+        XCTAssertFalse(markdown[..<heldInSection.lowerBound].contains("| sneaker |"), markdown)
+        // The correlation over concepts counts bag's four erasing rows, not sneaker's as well.
+        XCTAssertTrue(markdown.contains("| any attack (highest ASR) | 4 |"), markdown)
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: json) as? [String: Any])
+        XCTAssertEqual(object["held_in"] as? String, "sneaker")
+        let rows = try XCTUnwrap(object["rows"] as? [[String: Any]])
+        XCTAssertEqual(rows.filter { $0["held_in"] as? Bool == true }.count, names.count)
+        XCTAssertTrue(rows.filter { $0["concept"] as? String == "bag" }.allSatisfy { $0["held_in"] == nil })
+        let cells = try XCTUnwrap(object["cells"] as? [[String: Any]])
+        XCTAssertEqual(cells.filter { $0["held_in"] as? Bool == true }.map { $0["concept"] as? String }, Array(repeating: "sneaker", count: names.count))
+
+        run.heldIn = "none"
+        let (plain, _) = try run.run(log: { _ in })
+        XCTAssertFalse(plain.contains("Tuning class"), plain)
+        XCTAssertTrue(plain.contains("| any attack (highest ASR) | 8 |"), plain)
+    }
+
+    func testHeldInMustBeAmongTheConcepts() throws {
+        var run = BenchmarkRun(task: .object, methods: [try BenchmarkMethod.named("score")])
+        run.concepts = ["bag", "trouser"]
+        run.output = FileManager.default.temporaryDirectory.appendingPathComponent("bench-held-in-\(UUID().uuidString)").path
+        XCTAssertNil(try run.heldInConcept(), "the default held-in class counts only where it is measured")
+        run.heldIn = "sneaker"
+        XCTAssertThrowsError(try run.validate()) { error in
+            XCTAssertTrue("\(error)".contains("--held-in") && "\(error)".contains("bag, trouser"), "\(error)")
+        }
+        run.heldIn = "none"
+        XCTAssertNil(try run.heldInConcept())
+        run.heldIn = "trouser"
+        XCTAssertEqual(try run.heldInConcept(), "trouser")
+        XCTAssertNil(try BenchmarkRun(task: .style, methods: []).heldInConcept(), "no emoji class was tuned on")
+    }
 }

@@ -193,6 +193,8 @@ final class ArgumentTests: XCTestCase {
         assertRefused(["benchmark", "--leakage-trajectories", "2", "--out", out], mentioning: "--leakage-trajectories")
         assertRefused(["benchmark", "--attacks", "cce,pgd", "--out", out], mentioning: "--attacks")
         assertRefused(["benchmark", "--attack-instances", "0", "--out", out], mentioning: "--attack-instances")
+        assertRefused(["benchmark", "--concepts", "bag,trouser", "--held-in", "sneaker", "--out", out], mentioning: "--held-in")
+        XCTAssertNoThrow(try parse(["benchmark", "--concepts", "bag,trouser", "--held-in", "none", "--out", out]))
         XCTAssertNoThrow(try parse(["benchmark", "--attacks", "cce,inversion", "--attack-instances", "4", "--out", out]))
         XCTAssertNoThrow(try parse(["benchmark", "--task", "style", "--finished-only", "--out", out]))
     }
