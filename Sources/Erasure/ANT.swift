@@ -57,6 +57,12 @@ public struct ANTConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// ANT's tuning space: the learning rate and the saliency threshold (official `threshold` 0.5;
+/// 1 turns the mask off).
+extension ANTConfig: TunableConfig {
+    public static let searchSpace = SearchSpace(["learningRate": [5e-4, 1e-4, 1e-3], "saliencyRatio": [0.5, 0.3, 1.0]])
+}
+
 /// ANT, "Set You Straight: Auto-Steering Denoising Trajectories to Sidestep Unwanted Concepts"
 /// (Li, Lu et al., arXiv 2504.12782): fine-tuning that keeps the classifier-free-guidance
 /// direction of the concept in the early, high-noise steps (where a sample's structure is laid

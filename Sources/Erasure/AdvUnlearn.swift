@@ -64,6 +64,12 @@ public struct AdvUnlearnConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// AdvUnlearn's tuning space: the learning rate and the retain term's weight (the official
+/// README's 0.3).
+extension AdvUnlearnConfig: TunableConfig {
+    public static let searchSpace = SearchSpace(["learningRate": [1e-5, 5e-6, 5e-5], "retainWeight": [0.3, 1.0, 0.1]])
+}
+
 /// AdvUnlearn, "Defensive Unlearning with Adversarial Training for Robust Concept Erasure in
 /// Diffusion Models" (Zhang et al., NeurIPS 2024, arXiv 2405.15234): ESD's unlearning loss made
 /// robust by adversarial training. Each iteration, on one target prompt c of the next concept

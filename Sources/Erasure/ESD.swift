@@ -67,6 +67,14 @@ public struct ESDConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// ESD's tuning space: the trainable set, the learning rate (official 5e-5, the paper 1e-5) and
+/// the negative guidance η (official `--negative_guidance` 2, η 1).
+extension ESDConfig: TunableConfig {
+    public static let searchSpace = SearchSpace([
+        "trainMethod": ["esd-x", "esd-u"], "learningRate": [5e-5, 1e-5, 1e-4], "eta": [1.0, 2.0, 0.5],
+    ])
+}
+
 /// ESD, Erased Stable Diffusion (Gandikota et al., arXiv 2303.07345), with the current official
 /// script's defaults and sampling, its target written in the paper's form (docs/METHOD.md: the
 /// official ε₀(c) − g(ε₀(c) − ε₀(∅)) is ε₀(∅) − (g − 1)(ε₀(c) − ε₀(∅))). Each iteration:

@@ -53,6 +53,12 @@ public struct MACEConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// MACE's tuning space: λ of the closed forms (the official object configs use 10, 100 and
+/// 1000) and the LoRAs' learning rate.
+extension MACEConfig: TunableConfig {
+    public static let searchSpace = SearchSpace(["lambda": [100.0, 10.0, 1000.0], "learningRate": [1e-5, 1e-4]])
+}
+
 /// MACE, "Mass Concept Erasure in Diffusion Models" (Lu et al., CVPR 2024, arXiv 2403.06135),
 /// in its three official stages, on every cross-attention key and value projection W:
 /// 1. Closed-form refinement (CFR). In each target prompt the words around the concept carry

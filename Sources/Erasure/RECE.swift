@@ -32,6 +32,12 @@ public struct RECEConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// RECE's tuning space: the rounds of adversarial embeddings and their regularisation (official
+/// 1e-3; 0.1 for objects UCE erases easily).
+extension RECEConfig: TunableConfig {
+    public static let searchSpace = SearchSpace(["epochs": [1, 2, 3], "regularScale": [1e-3, 0.1]])
+}
+
 /// RECE, "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models" (Gong et al.,
 /// arXiv 2407.12383): UCE's closed-form edit of the cross-attention keys and values, then rounds
 /// that find the text embedding which still regenerates the concept through the edited

@@ -202,6 +202,14 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// SCORE's tuning space: the learning rate, t′ (the testbed decides the class above t = 900),
+/// the erase target's η and the trainable set (docs/METHOD.md, "Why these defaults").
+extension SCOREConfig: TunableConfig {
+    public static let searchSpace = SearchSpace([
+        "learningRate": [5e-4, 2e-4, 1e-3], "splitTimestep": [940, 900, 980], "eta": [1.0, 0.5], "trainable": ["full", "cross-attention"],
+    ])
+}
+
 /// The game SCORE's critic and adversarial term play (docs/METHOD.md, SCORE §1).
 public enum SCOREObjective: String, Codable, Sendable, CaseIterable {
     /// The critic judges the x̂₀ users sample through, from the *guided* ε̂ at `criticGuidance`,

@@ -29,6 +29,12 @@ public struct UCEConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// UCE's tuning space: λ, the pull towards the original weights, and the erase scale (the
+/// official notes: too large damages unrelated prompts).
+extension UCEConfig: TunableConfig {
+    public static let searchSpace = SearchSpace(["lambda": [0.5, 0.1, 2.0], "eraseScale": [1.0, 0.5, 2.0]])
+}
+
 /// UCE, Unified Concept Editing (Gandikota et al., arXiv 2308.14761): a closed-form edit of every
 /// cross-attention key and value projection W ∈ {attn2.to_k, attn2.to_v}, minimising
 ///   e·Σᵢ‖W cᵢ − v*ᵢ‖² + p·Σⱼ‖W cⱼ − W₀ cⱼ‖² + λ‖W − W₀‖²_F,   v*ᵢ = W₀ c_guide(i),

@@ -109,6 +109,10 @@ public struct BenchmarkMethod {
         try make.map { String(decoding: try $0(seed).configJSON, as: UTF8.self) }
     }
 
+    /// The erasure method the row runs ("score" for SCORE's variants, "esd" for ESD's rows; nil:
+    /// the original model): the config `--method-config` gives it.
+    public var erasureMethod: String? = nil
+
     public init(name: String, make: ((UInt64) throws -> any ErasureMethod)?) {
         self.name = name
         self.make = make
@@ -138,6 +142,32 @@ public struct BenchmarkMethod {
     /// the concept as often as the unconditional model does), "uce", or "esd-…" with that
     /// trainable set; each at its defaults (SCORE's from `score`), seeded per cell.
     public static func named(_ name: String, score: SCOREConfig = SCOREConfig()) throws -> BenchmarkMethod {
+        var configs = MethodConfigs()
+        configs.score = score
+        return try named(name, configs: configs)
+    }
+
+    /// A benchmark row by name with each method's config from `configs` (SCORE's ablation rows
+    /// change `configs.score`; an "esd-…" row sets ESD's trainable set to its own).
+    public static func named(_ name: String, configs: MethodConfigs) throws -> BenchmarkMethod {
+        var method = try row(name, configs: configs)
+        method.erasureMethod = name == "original" ? nil
+            : name.hasPrefix("score") ? "score" : name.hasPrefix("esd") ? "esd" : name
+        return method
+    }
+
+    /// The rows of `names`; a method given a config file (`configs.loaded`) that no row runs is
+    /// an error naming --method-config, not a file silently ignored.
+    public static func rows(_ names: [String], configs: MethodConfigs) throws -> [BenchmarkMethod] {
+        let rows = try names.map { try named($0, configs: configs) }
+        for method in configs.loaded where !rows.contains(where: { $0.erasureMethod == method }) {
+            throw EvaluationError.invalidRequest("--method-config \(method)=…: no row of --methods (\(names.joined(separator: ", "))) runs \(method)")
+        }
+        return rows
+    }
+
+    private static func row(_ name: String, configs: MethodConfigs) throws -> BenchmarkMethod {
+        let score = configs.score
         switch name {
         case "original":
             return BenchmarkMethod(name: name, make: nil)
@@ -158,7 +188,7 @@ public struct BenchmarkMethod {
             }
         case "esd":
             return BenchmarkMethod(name: name) { seed in
-                var config = ESDConfig()
+                var config = configs.esd
                 config.seed = seed
                 return try ErasureMethods.make("esd", esd: config)
             }
@@ -169,35 +199,115 @@ public struct BenchmarkMethod {
                 return try ErasureMethods.make("eraseanything", eraseAnything: config)
             }
         case "uce":
-            var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce") }
+            var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("uce", uce: configs.uce) }
             method.seeded = false
             return method
         case "ant":
             return BenchmarkMethod(name: name) { seed in
-                var config = ANTConfig()
+                var config = configs.ant
                 config.seed = seed
                 return try ErasureMethods.make("ant", ant: config)
             }
         case "mace":
-            return BenchmarkMethod(name: name) { seed in var c = MACEConfig(); c.seed = seed; return try ErasureMethods.make("mace", mace: c) }
+            return BenchmarkMethod(name: name) { seed in var c = configs.mace; c.seed = seed; return try ErasureMethods.make("mace", mace: c) }
         case "advunlearn":
-            return BenchmarkMethod(name: name) { seed in var c = AdvUnlearnConfig(); c.seed = seed; return try ErasureMethods.make("advunlearn", advUnlearn: c) }
+            return BenchmarkMethod(name: name) { seed in var c = configs.advUnlearn; c.seed = seed; return try ErasureMethods.make("advunlearn", advUnlearn: c) }
         case "rece":
-            var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("rece") }
+            var method = BenchmarkMethod(name: name) { _ in try ErasureMethods.make("rece", rece: configs.rece) }
             method.seeded = false
             return method
         case let esd where esd.hasPrefix("esd-"):
             guard let trainMethod = ESDTrainMethod(rawValue: esd) else {
                 throw EvaluationError.invalidRequest("unknown benchmark method '\(esd)'; ESD rows are \(ESDTrainMethod.allCases.map(\.rawValue).joined(separator: ", "))")
             }
+            // A row named for its trainable set runs that set; a config file choosing another one
+            // belongs to the plain "esd" row.
+            if configs.esd.trainMethod != ESDConfig().trainMethod && configs.esd.trainMethod != trainMethod {
+                throw EvaluationError.invalidRequest("--method-config esd=…: its trainMethod \(configs.esd.trainMethod.rawValue) contradicts the row \(esd); run it as the row esd")
+            }
             return BenchmarkMethod(name: name) { seed in
-                var config = ESDConfig()
+                var config = configs.esd
                 config.trainMethod = trainMethod
                 config.seed = seed
                 return try ErasureMethods.make("esd", esd: config)
             }
         default:
             throw EvaluationError.invalidRequest("unknown benchmark method '\(name)'; methods: original, score, score-retain-anchor, \(scoreAblations.keys.sorted().joined(separator: ", ")), uce, rece, ant, mace, advunlearn, esd (ESD at its defaults, esd-x), esd-x, esd-u, esd-all, esd-x-strict, eraseanything (FLUX only)")
+        }
+    }
+}
+
+/// The hyper-parameters each benchmark method runs with: the defaults, SCORE's `--config`, or a
+/// file per method (`--method-config M=FILE`, e.g. the winner `score tune` writes).
+public struct MethodConfigs {
+    public var score = SCOREConfig()
+    public var esd = ESDConfig()
+    public var uce = UCEConfig()
+    public var ant = ANTConfig()
+    public var mace = MACEConfig()
+    public var advUnlearn = AdvUnlearnConfig()
+    public var rece = RECEConfig()
+    /// The methods a file was loaded for, in the order given.
+    public private(set) var loaded: [String] = []
+
+    /// The methods with a config file and a search space (`--method-config`, `score tune`).
+    public static let methods = ["score", "esd", "uce", "ant", "mace", "advunlearn", "rece"]
+
+    public init() {}
+
+    /// `--method-config M=FILE` entries, each file's keys over M's defaults; `scoreConfig`
+    /// (`--config`) is SCORE's file as well, which may not be given twice. Only the entries count
+    /// as `loaded`: `--config` applies to SCORE's rows when there are any, as it always has.
+    public init(files: [String], scoreConfig: String? = nil) throws {
+        let entries = try files.map { entry -> (String, String) in
+            let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                throw EvaluationError.invalidRequest("--method-config '\(entry)' is not METHOD=FILE (e.g. esd=runs/tune-esd/esd.json)")
+            }
+            return (parts[0].lowercased(), parts[1])
+        }
+        if let scoreConfig {
+            guard !entries.contains(where: { $0.0 == "score" }) else {
+                throw EvaluationError.invalidRequest("--config and --method-config score=… both give SCORE's hyper-parameters; give one")
+            }
+            // Checked once SCORE's flags are over it, as `score erase` does.
+            score = try SCOREConfig.load(URL(fileURLWithPath: scoreConfig))
+        }
+        for (method, file) in entries {
+            guard let config = self[method] else {
+                throw EvaluationError.invalidRequest("--method-config: unknown method '\(method)'; methods: \(Self.methods.joined(separator: ", "))")
+            }
+            guard !loaded.contains(method) else { throw EvaluationError.invalidRequest("--method-config \(method) is given twice") }
+            self[method] = try config.loading(URL(fileURLWithPath: file))
+            loaded.append(method)
+        }
+    }
+
+    /// Method `name`'s config (nil: not a method of `methods`).
+    public subscript(name: String) -> (any TunableConfig)? {
+        get {
+            switch name {
+            case "score": return score
+            case "esd": return esd
+            case "uce": return uce
+            case "ant": return ant
+            case "mace": return mace
+            case "advunlearn": return advUnlearn
+            case "rece": return rece
+            default: return nil
+            }
+        }
+        set {
+            switch (name, newValue) {
+            case ("score", let c as SCOREConfig): score = c
+            case ("esd", let c as ESDConfig): esd = c
+            case ("uce", let c as UCEConfig): uce = c
+            case ("ant", let c as ANTConfig): ant = c
+            case ("mace", let c as MACEConfig): mace = c
+            case ("advunlearn", let c as AdvUnlearnConfig): advUnlearn = c
+            case ("rece", let c as RECEConfig): rece = c
+            default: preconditionFailure("\(name) takes its own config type, not \(newValue.map { "\(type(of: $0))" } ?? "nil")")
+            }
         }
     }
 }

@@ -517,15 +517,16 @@ struct Benchmark: ParsableCommand {
     @Option(help: "Object task: sd (the embedded mini-SD) or flux (the embedded mini-FLUX; methods original, esd, uce, eraseanything, score; the paraphrase attack).") var family = "sd"
     @Option(help: "Object task: judged instances per attack and cell.") var attackInstances = ObjectBenchmark.defaultAttackInstances
     @Option(help: "The class hyper-parameters were tuned on (one of --concepts, or none): its cells are measured but tabled apart, outside the comparison and its summaries (default: sneaker for --task object, where SCORE's defaults were chosen, when it is among --concepts; none for the emoji tasks).") var heldIn: String?
+    @Option(help: "Run method M (\(MethodConfigs.methods.joined(separator: ", "))) with a JSON config, M=FILE (keys as in run.json's config, e.g. the <method>.json `score tune` writes); repeatable. SCORE's --config and flags still apply; ESD's file applies to every esd row, whose name fixes its trainable set.") var methodConfig: [String] = []
     @OptionGroup var hyperparameters: SCOREOptions
     @OptionGroup var leakage: LeakageFlags
     @OptionGroup var compute: ComputeOptions
 
     func benchmark() throws -> BenchmarkRun {
-        let config = try hyperparameters.resolve()
-        let methodList = try methods.split(separator: ",").map {
-            try BenchmarkMethod.named(String($0).trimmingCharacters(in: .whitespaces), score: config)
-        }
+        var configs = try MethodConfigs(files: methodConfig, scoreConfig: hyperparameters.config)
+        configs.score = try hyperparameters.resolve(over: configs.score)
+        let methodList = try BenchmarkMethod.rows(methods.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) },
+                                                  configs: configs)
         var run = BenchmarkRun(task: try BenchmarkTask(flag: task), methods: methodList)
         run.concepts = try concepts.map(listValue)
         run.seeds = seeds
@@ -556,6 +557,46 @@ struct Benchmark: ParsableCommand {
             print(markdown)
             print("wrote \(run.tableURL.path)")
         }
+    }
+}
+
+struct Tune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Tune one method on one held-in class with a fixed budget of configurations; write the winner's config.",
+        discussion: """
+            Each method declares its search space beside its config. --budget K configurations are measured: the \
+            defaults, then K − 1 drawn without replacement (seeded by --seed) from the space; each is one object-benchmark \
+            cell on --concept (erasure with seed --seed, evaluation, leakage; no attacks). Finished configurations are kept in \
+            --out and skipped when the command is run again. Selection rule: \(TuningRule.text) Writes --out/tune.json \
+            (every configuration, its metrics and the winner), tune.md and <method>.json (the winner's config, for \
+            `score benchmark --method-config <method>=FILE`). Report --concept as the benchmark's held-in class (--held-in).
+            """)
+
+    @Option(help: "The method to tune: \(MethodConfigs.methods.joined(separator: ", ")).") var method: String
+    @Option(help: "The held-in class every configuration is measured on.") var concept = "sneaker"
+    @Option(help: "Configurations to measure, the defaults included (the whole space when larger).") var budget: Int
+    @Option(help: "Folder for the cells and the results.") var out: String
+    @Option(help: "Seed of the draw and of every erasure.") var seed: UInt64 = 0
+    @OptionGroup var output: JSONOption
+    @OptionGroup var leakage: LeakageFlags
+    @OptionGroup var compute: ComputeOptions
+
+    func tuning() -> TuneRun {
+        var run = TuneRun(method: method, budget: budget, output: out)
+        run.concept = concept
+        run.seed = seed
+        run.leakage = leakage.options
+        return run
+    }
+
+    func validate() throws { try checking { try tuning().validate() } }
+
+    func run() throws {
+        compute.apply()
+        let result = try tuning().run(assets: Assets(log: output.log), log: output.log)
+        if output.json { return try printJSON(result) }
+        print(TuneRun.markdown(result))
+        print("wrote \(out)/tune.json, tune.md and \(method).json")
     }
 }
 

@@ -13,7 +13,7 @@ public struct Score: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "score",
         abstract: "Robust concept erasure for text-to-image diffusion models (SCORE and baselines).",
-        subcommands: [Demo.self, Erase.self, Evaluate.self, Attack.self, Benchmark.self, AssetsCommand.self, DatasetCommand.self,
+        subcommands: [Demo.self, Erase.self, Evaluate.self, Attack.self, Benchmark.self, Tune.self, AssetsCommand.self, DatasetCommand.self,
                       Generate.self, ExportLoRA.self, Convert.self, Train.self, CheckModel.self, CheckLeakage.self, Bench.self])
 
     public init() {}

@@ -195,6 +195,17 @@ final class ArgumentTests: XCTestCase {
         assertRefused(["benchmark", "--attack-instances", "0", "--out", out], mentioning: "--attack-instances")
         assertRefused(["benchmark", "--concepts", "bag,trouser", "--held-in", "sneaker", "--out", out], mentioning: "--held-in")
         XCTAssertNoThrow(try parse(["benchmark", "--concepts", "bag,trouser", "--held-in", "none", "--out", out]))
+        assertRefused(["benchmark", "--method-config", "magic=x.json", "--out", out], mentioning: "--method-config")
+        assertRefused(["benchmark", "--methods", "original,score", "--method-config", "uce=x.json", "--out", out], mentioning: "x.json")
+    }
+
+    func testTuneChecks() throws {
+        assertRefused(["tune", "--method", "magic", "--budget", "4", "--out", out], mentioning: "--method")
+        assertRefused(["tune", "--method", "esd", "--budget", "0", "--out", out], mentioning: "--budget")
+        assertRefused(["tune", "--method", "esd", "--budget", "4", "--concept", "dragon", "--out", out], mentioning: "--concept")
+        let tune = try XCTUnwrap(try parse(["tune", "--method", "uce", "--budget", "5", "--seed", "2", "--leakage-trajectories", "16", "--out", out]) as? Tune)
+        let run = tune.tuning()
+        XCTAssertEqual([run.method, run.concept, "\(run.budget)", "\(run.seed)", "\(run.leakage.trajectories)"], ["uce", "sneaker", "5", "2", "16"])
         XCTAssertNoThrow(try parse(["benchmark", "--attacks", "cce,inversion", "--attack-instances", "4", "--out", out]))
         XCTAssertNoThrow(try parse(["benchmark", "--task", "style", "--finished-only", "--out", out]))
     }
