@@ -203,10 +203,12 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
 }
 
 /// SCORE's tuning space: the learning rate, t′ (the testbed decides the class above t = 900),
-/// the erase target's η and the trainable set (docs/METHOD.md, "Why these defaults").
+/// the erase target's η (1: negative guidance; 0: the anchor's prediction) and the trainable set
+/// (the whole UNet or the cross-attention keys and values only; docs/METHOD.md, "Why these
+/// defaults", and docs/RESULTS.md, "The anchor-matching target on the text path").
 extension SCOREConfig: TunableConfig {
     public static let searchSpace = SearchSpace([
-        "learningRate": [5e-4, 2e-4, 1e-3], "splitTimestep": [940, 900, 980], "eta": [1.0, 0.5], "trainable": ["full", "cross-attention"],
+        "learningRate": [5e-4, 2e-4, 1e-3], "splitTimestep": [940, 980], "eta": [1.0, 0.0], "trainable": ["full", "cross-attention-kv"],
     ])
 }
 

@@ -484,10 +484,14 @@ public struct BenchmarkRun {
     }
 
     /// The held-in concept, spelt as cells name it; nil for none. A `--held-in` that is not
-    /// among the concepts is an error naming the flag; the task's default counts only when it is.
+    /// among the concepts is an error naming the flag; the task's default counts only when it is
+    /// and another concept is measured beside it (a run of the tuning class alone is its own
+    /// comparison, not an empty one).
     public func heldInConcept() throws -> String? {
         let names = try conceptNames()
-        guard let heldIn else { return Self.defaultHeldIn(task).flatMap { names.contains($0) ? $0 : nil } }
+        guard let heldIn else {
+            return Self.defaultHeldIn(task).flatMap { names.contains($0) && names.count > 1 ? $0 : nil }
+        }
         if heldIn.lowercased() == "none" { return nil }
         let spelt = task.isEmoji ? (try? EmojiTaskSetup.canonicalConcept(heldIn, task: task, tasks: try EmojiTasks.bundled())) ?? heldIn : heldIn
         guard names.contains(spelt) else {

@@ -261,6 +261,11 @@ final class BenchmarkStatisticsTests: XCTestCase {
         run.concepts = ["bag", "trouser"]
         run.output = FileManager.default.temporaryDirectory.appendingPathComponent("bench-held-in-\(UUID().uuidString)").path
         XCTAssertNil(try run.heldInConcept(), "the default held-in class counts only where it is measured")
+        run.concepts = ["sneaker"]
+        XCTAssertNil(try run.heldInConcept(), "a run of the tuning class alone is its own comparison")
+        run.concepts = ["sneaker", "bag"]
+        XCTAssertEqual(try run.heldInConcept(), "sneaker")
+        run.concepts = ["bag", "trouser"]
         run.heldIn = "sneaker"
         XCTAssertThrowsError(try run.validate()) { error in
             XCTAssertTrue("\(error)".contains("--held-in") && "\(error)".contains("bag, trouser"), "\(error)")
