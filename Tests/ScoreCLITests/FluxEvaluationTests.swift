@@ -94,7 +94,8 @@ final class FluxEvaluationTests: XCTestCase {
             throw XCTSkip("MiniLM is not installed here (\(error)); run `score assets`")
         }
         let report = try XCTUnwrap(record?.leakage?.first, "erase on FLUX estimates the leakage")
-        XCTAssertEqual(report.critics.count, 5, "two x̂₀ critics, the image critic and the two judges' probes")
+        XCTAssertEqual(report.critics.count, 6, "two x̂₀ critics, the image critic, the two judges' probes and the judged class")
+        XCTAssertEqual(report.critics.last?.critic, "judged class (cnn judge)")
 
         var run = EvaluationRun(model: out.appendingPathComponent("model").path, concept: "sneaker")
         smallSettings(&run)
