@@ -64,12 +64,10 @@ public enum Workflows {
     /// class: it measures the information in the class mix the judge reports (what Acc_e counts),
     /// with ten parameters, so the estimate is never below what the judge's own reading shows.
     public static func judgeProbes() throws -> [FeatureProbe] {
-        let probes = try ["cnn", "mlp"].map { architecture in
-            let judge = try DefaultModel.judge(architecture)
-            return FeatureProbe(name: "linear probe on \(architecture) judge features") { judge.featureBatches($0) }
-        }
-        let judge = try DefaultModel.judge("cnn")
-        return probes + [FeatureProbe(name: "judged class (cnn judge)") { judge.judgedClassOneHot($0) }]
+        let cnn = try DefaultModel.judge("cnn"), mlp = try DefaultModel.judge("mlp")
+        return [FeatureProbe(name: "linear probe on cnn judge features") { cnn.featureBatches($0) },
+                FeatureProbe(name: "linear probe on mlp judge features") { mlp.featureBatches($0) },
+                FeatureProbe(name: "judged class (cnn judge)") { cnn.judgedClassOneHot($0) }]
     }
 
     /// `score evaluate`: judges the erased model on `concept` (a testbed class), beside the
