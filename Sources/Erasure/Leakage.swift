@@ -56,6 +56,9 @@ public struct LeakageReport: Codable, Sendable {
     public var accuracy_implied_nats: Double?
     public var accuracy_implied_critic: String?
     public var trajectories_per_class: Int
+    /// The guidance both classes were sampled at (nil in reports written before it was recorded,
+    /// which were all at the evaluation's 7.5).
+    public var guidance: Float?
     public var note: String
 
     public init(concept: String, critics: [CriticLeakage], trajectories_per_class: Int) {
@@ -73,6 +76,12 @@ public struct LeakageReport: Codable, Sendable {
             stronger detector exists. The accuracy-implied information ln 2 − H_b(a), a the lower 95% Wilson \
             limit of a detector's held-out accuracy, is a lower bound on I(C; X) that needs no calibration.
             """
+    }
+
+    /// Whether this estimate was sampled as `options` asks: as many trajectories per class, at the
+    /// same guidance (a report without its guidance was sampled at the evaluation's default).
+    public func isSampled(as options: LeakageOptions) -> Bool {
+        trajectories_per_class == options.trajectories && (guidance ?? LeakageOptions().guidance) == options.guidance
     }
 
     /// One line for a console: Î with its interval, the estimated bound, the accuracy-implied information.
@@ -120,7 +129,7 @@ public struct LeakageOptions: Codable, Sendable {
         try check.atLeast(4, ["trajectories per class (--leakage-trajectories)": trajectories])
         try check.atLeast(2, ["sampling steps": steps, "critic batch": batchSize])
         try check.atLeast(1, ["critic steps (--leakage-critic-steps)": criticSteps, "critic width": criticWidth, "bootstrap rounds": bootstrapRounds])
-        try check.require(guidance.isFinite, "guidance must be a number, not \(guidance)")
+        try check.require(guidance.isFinite && guidance >= 0, "guidance (--leakage-guidance) must be a number ≥ 0, not \(guidance)")
     }
 }
 
@@ -274,7 +283,9 @@ public enum Leakage {
             record(CriticLeakage(critic: probe.name, leakage_nats: result.nats, interval_low: result.low, interval_high: result.high,
                                  accuracy: result.accuracy, test_samples: result.tested, accuracy_samples: result.tested))
         }
-        return LeakageReport(concept: concept.name, critics: results, trajectories_per_class: n)
+        var report = LeakageReport(concept: concept.name, critics: results, trajectories_per_class: n)
+        report.guidance = options.guidance
+        return report
     }
 
     /// Trains a fresh critic (plain layers, Adam 1e-3) on balanced batches of `train`, keeps the

@@ -438,6 +438,12 @@ func eraseCell<Model: ErasableModel>(method: BenchmarkMethod, seed: UInt64, requ
         try eraser.erase(request, model: model, context: ErasureContext(output: runFolder, resume: true, log: log))
     }
     timer.add(outcome.earlierSeconds, to: "erase")
+    // Every term's loss and gradient norm per step (run.json's `losses`), kept beside the cell's
+    // model so that an ablation can say which term moved the model; null where a step has none.
+    if !outcome.losses.isEmpty {
+        try writeJSONAtomically(outcome.losses.mapValues { $0.map { $0.isFinite ? $0 : nil } },
+                                to: runFolder.appendingPathComponent("losses.json"))
+    }
     let written = try ErasedModel.write(denoiser: model.denoiser, reference: reference, component: Model.denoiserComponent,
                                         baseFolder: baseFolder, baseName: baseName, method: eraser.name,
                                         concepts: request.concepts.map(\.name), full: false,

@@ -24,9 +24,11 @@ public struct ObjectBenchmark: CellBenchmark {
     public var settings = EvaluationSettings()
 
     /// A cell measured with other evaluation settings (another guidance, say), another attack
-    /// set or another attack budget is measured again.
+    /// set or budget, or a leakage estimate on another number of trajectories or at another
+    /// guidance is measured again.
     public func accepts(_ cell: ObjectBenchmarkCell) -> Bool {
         cell.evaluation.settings == settings && (cell.attacks ?? [:]).mapValues(\.budget) == attackBudgets
+            && cell.evaluation.leakage.map { $0.isSampled(as: leakage) } ?? true
     }
     public var leakage = LeakageOptions()
     public var paraphraseAttack: ParaphraseAttackSettings = {

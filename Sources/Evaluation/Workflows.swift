@@ -95,9 +95,12 @@ public enum Workflows {
             erased: model.sampler, original: original?.sampler, label: label, prompts: prompts, test: data.test,
             settings: settings, modelName: model.name, originalName: original?.name, log: log)
         var report = record?.leakage?.first { prompts.label(forConcept: $0.concept) == label }
-        if let recorded = report, let leakage, original != nil, recorded.trajectories_per_class != leakage.trajectories {
-            log("run.json estimated the leakage on \(recorded.trajectories_per_class) trajectories per class; measuring it again on \(leakage.trajectories)")
-            report = nil
+        if let recorded = report, let leakage, original != nil {
+            if !recorded.isSampled(as: leakage) {
+                log("run.json estimated the leakage on \(recorded.trajectories_per_class) trajectories per class at guidance "
+                    + "\(recorded.guidance ?? LeakageOptions().guidance); measuring it again on \(leakage.trajectories) at \(leakage.guidance)")
+                report = nil
+            }
         }
         if report == nil, let leakage, let original {
             // The concept as the erasure defined it (its anchors), else the testbed's default.

@@ -269,7 +269,6 @@ struct AdvUnlearnOptions: ParsableArguments, MethodFlags {
     }
 }
 
-/// Leakage-estimate flags shared by erase, evaluate, benchmark, check-leakage and demo.
 /// EraseAnything's hyper-parameters as flags (defaults: the official config's, see
 /// `EraseAnythingConfig`). It also reads the shared --seed and --checkpoint-every.
 struct EraseAnythingOptions: ParsableArguments, MethodFlags {
@@ -294,14 +293,18 @@ struct EraseAnythingOptions: ParsableArguments, MethodFlags {
     }
 }
 
+/// Leakage-estimate flags shared by erase, evaluate, benchmark, check-leakage and demo.
 struct LeakageFlags: ParsableArguments {
     @Option(help: "Trajectories per class for the leakage critics (at least 4).") var leakageTrajectories = LeakageOptions().trajectories
     @Option(help: "Steps of the first leakage critic (the second trains 3× longer).") var leakageCriticSteps = LeakageOptions().criticSteps
+    @Option(help: "Guidance both classes of the leakage estimate are sampled at (default: the testbed's evaluation guidance, 7.5). As in diffusers, 1 or less samples the conditional prediction alone; on the anchor \"\" it changes nothing.")
+    var leakageGuidance = LeakageOptions().guidance
 
     var options: LeakageOptions {
         var o = LeakageOptions()
         o.trajectories = leakageTrajectories
         o.criticSteps = leakageCriticSteps
+        o.guidance = leakageGuidance
         return o
     }
 }

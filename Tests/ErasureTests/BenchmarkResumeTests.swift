@@ -71,6 +71,19 @@ final class BenchmarkResumeTests: XCTestCase {
         }
         XCTAssertEqual(measured, ["bag/erase/1"])
 
+        // A cell whose leakage was estimated on other trajectories, or at another guidance, is
+        // measured again; one from before the guidance was recorded counts as the default's.
+        let critic = CriticLeakage(critic: "x̂₀ critic w32", leakage_nats: 0.1, interval_low: 0, interval_high: 0.2, accuracy: 0.6,
+                                   test_samples: 32, accuracy_samples: 32)
+        for (trajectories, guidance, remeasured) in [(4, nil, true), (benchmark.leakage.trajectories, Float(2), true),
+                                                     (benchmark.leakage.trajectories, nil, false)] as [(Int, Float?, Bool)] {
+            var withLeakage = self.cell("bag", "erase", 1)
+            withLeakage.evaluation.leakage = LeakageReport(concept: "bag", critics: [critic], trajectories_per_class: trajectories)
+            withLeakage.evaluation.leakage?.guidance = guidance
+            try JSONEncoder().encode(withLeakage).write(to: corrupt)
+            XCTAssertEqual(benchmark.finishedCells().count, planned.count - (remeasured ? 1 : 0), "\(trajectories) trajectories, guidance \(String(describing: guidance))")
+        }
+
         // Everything finished: nothing is measured.
         measured = []
         _ = try benchmark.run(log: { _ in }) { concept, method, seed in

@@ -361,6 +361,7 @@ final class FluxErasureTests: XCTestCase {
         let first = try estimate(), second = try estimate()
         XCTAssertEqual(first.critics.map(\.critic), ["x̂₀ critic w4", "x̂₀ critic w8 ×3 steps", "image critic w4"])
         XCTAssertEqual(first.trajectories_per_class, 4)
+        XCTAssertEqual(first.guidance, Self.tinyLeakage.guidance)
         for critic in first.critics {
             XCTAssert(critic.leakage_nats.isFinite && critic.leakage_nats <= log(2), "\(critic.critic): \(critic.leakage_nats)")
             XCTAssert((0...1).contains(critic.accuracy), "\(critic.critic): accuracy \(critic.accuracy)")
@@ -395,6 +396,14 @@ final class FluxErasureTests: XCTestCase {
                 continue
             }
             XCTAssertGreaterThan(changed, 0, method.name)
+            // A trained method's loss curves are kept beside the model (UCE's closed form has none).
+            let losses = run.appendingPathComponent("losses.json")
+            if method.name == "esd" {
+                let curves = try JSONDecoder().decode([String: [Float?]].self, from: Data(contentsOf: losses))
+                XCTAssertEqual(curves["erase"]?.count, esd.iterations, "\(curves.keys.sorted())")
+            } else {
+                XCTAssertFalse(FileManager.default.fileExists(atPath: losses.path), method.name)
+            }
             let model = run.appendingPathComponent("model")
             XCTAssertTrue(FileManager.default.fileExists(atPath: model.appendingPathComponent("transformer/erased_weights.safetensors").path))
             let reloaded = try FluxPipeline(directory: base, textEncoder: WordHashFluxEncoder())

@@ -213,6 +213,10 @@ final class ArgumentTests: XCTestCase {
     func testCheckLeakageAndCheckModelChecks() {
         assertRefused(["check-leakage", "--repeats", "0"], mentioning: "--repeats")
         assertRefused(["check-leakage", "--leakage-trajectories", "0"], mentioning: "--leakage-trajectories")
+        let evaluate = ["evaluate", "--model", folder.path, "--concept", "sneaker", "--out", out]
+        assertRefused(evaluate + ["--leakage-guidance=-1"], mentioning: "--leakage-guidance")
+        XCTAssertEqual((try? parse(evaluate + ["--leakage-guidance", "2"]) as? Evaluate)??.leakage.options.guidance, 2)
+        assertRefused(["check-leakage", "--leakage-guidance", "nan"], mentioning: "--leakage-guidance")
         assertRefused(["check-model", "--images-per-class", "0"], mentioning: "--images-per-class")
         assertRefused(["check-model", "--testbed", "emoji"], mentioning: "--model")
         assertRefused(["check-model", "--testbed", "mnist"], mentioning: "--testbed")
