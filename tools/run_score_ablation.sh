@@ -9,7 +9,7 @@
 set -euo pipefail
 out="${1:-runs/ablation}"
 bin="${2:-.build/release/score}"
-methods="${METHODS:-score,score-no-adversarial,score-no-erase,score-eta0,score-eta0.5,score-text-anchor}"
+methods="${METHODS:-score,score-no-adversarial,score-no-erase,score-eta0,score-eta0.5,score-text-anchor,score-anchor-match}"
 common=(--methods "$methods" --leakage-trajectories "${LEAKAGE_TRAJECTORIES:-128}" --attacks "${ATTACKS:-none}" --out "$out")
 mkdir -p "$out"
 nice -n 3 "$bin" benchmark --concepts sneaker --seeds 1 "${common[@]}"

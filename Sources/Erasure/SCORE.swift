@@ -145,6 +145,20 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
         return c
     }
 
+    /// The anchor-matching target on the text path fitted to the end (docs/RESULTS.md, "Fitting
+    /// the anchor's prediction"): `textPathAnchorMatching` for 1000 steps at lr 1e-3 without the
+    /// adversarial term. A small residual of the concept's prediction gap is multiplied by the
+    /// sampler's guidance, so the fit has to be close; at 250 steps it was not; at 1000 the
+    /// sneaker prompt drew the unconditional mix of classes. Every other key as `self`.
+    public var anchorMatching: SCOREConfig {
+        var c = textPathAnchorMatching
+        c.steps = 1000
+        c.learningRate = 1e-3
+        c.lambdaAdversarial = 0
+        c.checkpointEvery = 100
+        return c
+    }
+
     /// The first design (docs/METHOD.md, SCORE §1): the critic on the unguided x̂₀ at every
     /// t ≤ t′ against the anchors, the confusion loss at λ_adv 0.1, and
     /// the negative-guidance erase term at η 1 doing the erasing; every other key as `self`.

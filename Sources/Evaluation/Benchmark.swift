@@ -119,7 +119,8 @@ public struct BenchmarkMethod {
     }
 
     /// SCORE's ablation rows (docs/RESULTS.md): the default with one thing changed ("score-no-…",
-    /// "score-eta…"), the anchor-matching target on the text path ("score-text-anchor"), the
+    /// "score-eta…"), the anchor-matching target on the text path ("score-text-anchor", and fitted
+    /// to the end, "score-anchor-match"), the
     /// independence game in full ("score-game") with one thing changed, and the first design's
     /// negative-guidance objective; each over `score`'s other keys.
     public static let scoreAblations: [String: @Sendable (SCOREConfig) -> SCOREConfig] = [
@@ -135,6 +136,7 @@ public struct BenchmarkMethod {
         "score-eta0": { var c = $0; c.eta = 0; return c },
         "score-eta0.5": { var c = $0; c.eta = 0.5; return c },
         "score-text-anchor": { $0.textPathAnchorMatching },
+        "score-anchor-match": { $0.anchorMatching },
     ]
 
     /// A benchmark row by name: "original" (no erasure), "score", "score-retain-anchor" (SCORE

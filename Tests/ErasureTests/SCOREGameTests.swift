@@ -429,6 +429,10 @@ final class SCOREGameTests: XCTestCase {
         XCTAssertEqual(try config("score-text-anchor"), { var c = base.textPathAnchorMatching; c.seed = 1; return c }())
         let text = base.textPathAnchorMatching
         XCTAssertEqual([text.trainable.rawValue, "\(text.eta)", "\(text.splitTimestep)"], ["cross-attention-kv", "0.0", "980"])
+        XCTAssertEqual(try config("score-anchor-match"), { var c = base.anchorMatching; c.seed = 1; return c }())
+        let fitted = base.anchorMatching
+        XCTAssertEqual([fitted.trainable.rawValue, "\(fitted.eta)", "\(fitted.splitTimestep)", "\(fitted.steps)", "\(fitted.learningRate)",
+                        "\(fitted.lambdaAdversarial)"], ["cross-attention-kv", "0.0", "980", "1000", "0.001", "0.0"])
         XCTAssertThrowsError(try BenchmarkMethod.named("score-game-eta2"))
     }
 }
