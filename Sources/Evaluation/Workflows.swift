@@ -13,8 +13,9 @@ public enum Workflows {
     /// A request for `concepts`, each steered towards the anchor set `anchors`, and for the
     /// concepts of `edits` ("sneaker=shoe": the concept steered towards its own anchor, UCE's
     /// guide). `prompts`: the testbed's, when the model is the testbed's; then a class without
-    /// `synonyms` gets its training synonyms and, without `retain`, the other classes' canonical
-    /// prompts are kept. Other models get only what is given.
+    /// `synonyms` gets its canonical noun (the phrase Acc_e is measured with: "pair of trousers"
+    /// for `--concept trouser`) and its training synonyms and, without `retain`, the other
+    /// classes' canonical prompts are kept. Other models get only what is given.
     public static func request(concepts: [String], synonyms: [[String]?], anchors: [String], edits: [String] = [],
                                retain: [String]?, prompts: FashionPrompts?) throws -> ErasureRequest {
         guard synonyms.count <= concepts.count else {
@@ -37,7 +38,10 @@ public enum Workflows {
             if name.trimmingCharacters(in: .whitespaces).isEmpty { throw EvaluationError.invalidRequest("--concept is empty") }
             let label = prompts?.label(forConcept: name)
             if let label { labels.append(label) }
-            let words = (i < synonyms.count ? synonyms[i] : nil) ?? label.map { prompts!.classes[$0].trainSynonyms } ?? []
+            let words = (i < synonyms.count ? synonyms[i] : nil) ?? label.map { label in
+                let testbedClass = prompts!.classes[label]
+                return ([testbedClass.noun] + testbedClass.trainSynonyms).filter { $0.lowercased() != name.lowercased() }
+            } ?? []
             let guide = guides.first { $0.concept == name }?.guide
             return Concept(name: name, targetPrompts: Concept.prompts(for: name, synonyms: words, templates: targetTemplates),
                            anchors: guide.map { [$0] } ?? (anchors.isEmpty ? [""] : anchors))

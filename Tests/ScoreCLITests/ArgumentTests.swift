@@ -340,6 +340,12 @@ final class ArgumentTests: XCTestCase {
         let testbed = try request([])
         XCTAssert(testbed.concepts[0].targetPrompts.contains("trainer"), "\(testbed.concepts[0].targetPrompts)")
         XCTAssertEqual(testbed.retainPrompts.count, 9)
+        // A class named otherwise than its canonical noun erases the noun too: Acc_e's prompt
+        // ("a photo of a pair of trousers") is a target prompt, not a paraphrase.
+        let trouser = try XCTUnwrap(try parse(["erase", "--method", "uce", "--concept", "trouser", "--out", out]) as? Erase).erasure().request()
+        XCTAssertEqual(trouser.concepts[0].targetPrompts.filter { $0.hasPrefix("a photo of") },
+                       ["a photo of a trouser", "a photo of a pair of trousers", "a photo of a pair of pants"])
+        XCTAssertEqual(testbed.concepts[0].targetPrompts.filter { $0.hasPrefix("a photo of") }, ["a photo of a sneaker", "a photo of a trainer"])
 
         // Another model folder: only the concept and what the user gives.
         let other = folder.appendingPathComponent("other")
