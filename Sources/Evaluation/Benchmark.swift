@@ -45,6 +45,9 @@ public protocol BenchmarkCellRecord: Codable {
     /// The erasure method's hyper-parameters as run.json records them (nil: the original model,
     /// or a cell file without this field).
     var method_config: String? { get set }
+    /// The erasure request's target prompts (nil: the original model, or a cell file without
+    /// this field).
+    var target_prompts: [String]? { get set }
 }
 
 /// One finished cell of a benchmark: a method erasing one concept with one seed, measured by
@@ -71,6 +74,7 @@ public struct BenchmarkCell<Evaluation: Codable & Sendable>: BenchmarkCellRecord
     /// model's images once per concept). Absent in cell files without this field.
     public var phase_seconds: [String: Double]? = nil
     public var method_config: String? = nil
+    public var target_prompts: [String]? = nil
     /// Each attack's ASR, interval and budget by attack name ("unlearndiffatk", "inversion",
     /// "ring-a-bell", "cce"); absent in cell files written before these were recorded.
     public var attacks: [String: AttackSummary]? = nil
@@ -118,12 +122,18 @@ public struct BenchmarkMethod {
         self.make = make
     }
 
-    /// SCORE's ablation rows (docs/RESULTS.md): the default with one thing changed ("score-no-…",
-    /// "score-eta…"), the anchor-matching target on the text path ("score-text-anchor", and fitted
-    /// to the end, "score-anchor-match"), the
-    /// independence game in full ("score-game") with one thing changed, and the first design's
-    /// negative-guidance objective; each over `score`'s other keys.
+    /// SCORE's ablation rows (docs/RESULTS.md, "SCORE's ablation"): the default with one thing
+    /// changed (the critic's adversarial term added, "score-adversarial"; another η; the whole
+    /// UNet instead of the text path), the independence game in full ("score-game") with one thing
+    /// changed, its game alone ("score-game-only", no erase term), and the first design
+    /// ("score-negative-guidance"); each over `score`'s other keys.
     public static let scoreAblations: [String: @Sendable (SCOREConfig) -> SCOREConfig] = [
+        "score-adversarial": { var c = $0; c.lambdaAdversarial = 0.1; return c },
+        "score-eta0": { var c = $0; c.eta = 0; return c },
+        "score-eta0.1": { var c = $0; c.eta = 0.1; return c },
+        "score-eta0.5": { var c = $0; c.eta = 0.5; return c },
+        "score-eta1": { var c = $0; c.eta = 1; return c },
+        "score-full-unet": { var c = $0; c.trainable = .full; return c },
         "score-game": { $0.independenceObjective },
         "score-game-no-adversarial": { var c = $0.independenceObjective; c.lambdaAdversarial = 0; return c },
         "score-game-only": { var c = $0.independenceObjective; c.lambdaErase = 0; return c },
@@ -131,12 +141,6 @@ public struct BenchmarkMethod {
         "score-game-eta0.5": { var c = $0.independenceObjective; c.eta = 0.5; return c },
         "score-game-eta1": { var c = $0.independenceObjective; c.eta = 1; return c },
         "score-negative-guidance": { $0.negativeGuidanceObjective },
-        "score-no-adversarial": { var c = $0; c.lambdaAdversarial = 0; return c },
-        "score-no-erase": { var c = $0; c.lambdaErase = 0; return c },
-        "score-eta0": { var c = $0; c.eta = 0; return c },
-        "score-eta0.5": { var c = $0; c.eta = 0.5; return c },
-        "score-text-anchor": { $0.textPathAnchorMatching },
-        "score-anchor-match": { $0.anchorMatching },
     ]
 
     /// A benchmark row by name: "original" (no erasure), "score", "score-retain-anchor" (SCORE
@@ -326,10 +330,14 @@ public protocol CellBenchmark {
     /// Whether a decoded cell file belongs to this benchmark (a cell of another task, or one
     /// measured with other evaluation settings, in the same folder is measured again, not trusted).
     func accepts(_ cell: Cell) -> Bool
+    /// The target prompts an erasure of `concept` trains on now (nil: not checked). A cell that
+    /// recorded other prompts was erased from another request and is measured again.
+    func targetPrompts(concept: String) -> [String]?
 }
 
 extension CellBenchmark {
     public func accepts(_ cell: Cell) -> Bool { true }
+    public func targetPrompts(concept: String) -> [String]? { nil }
 
     func cellURL(concept: String, method: String, seed: UInt64) -> URL {
         output.appendingPathComponent(concept.replacingOccurrences(of: " ", with: "-"))
@@ -360,6 +368,10 @@ extension CellBenchmark {
                 log("\(url.path) was measured with other \(method.name) hyper-parameters: the cell counts as not measured")
                 return nil
             }
+            if method.make != nil, let recorded = cell.target_prompts, let now = targetPrompts(concept: concept), recorded != now {
+                log("\(url.path) was erased with other target prompts than '\(concept)' has now: the cell counts as not measured")
+                return nil
+            }
             return cell
         } catch {
             log("\(url.path) does not decode (\(error)): the cell counts as not measured")
@@ -385,6 +397,7 @@ extension CellBenchmark {
             log("\(concept) / \(method.name) / seed \(seed)")
             var cell = try measure(concept, method, seed)
             cell.method_config = try method.configJSON(seed: seed)
+            cell.target_prompts = method.make == nil ? nil : targetPrompts(concept: concept)
             try writeJSONAtomically(cell, to: cellURL(concept: concept, method: method.name, seed: seed))
             cells.append(cell)
         }

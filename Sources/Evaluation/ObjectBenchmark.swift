@@ -30,6 +30,12 @@ public struct ObjectBenchmark: CellBenchmark {
         cell.evaluation.settings == settings && (cell.attacks ?? [:]).mapValues(\.budget) == attackBudgets
             && cell.evaluation.leakage.map { $0.isSampled(as: leakage) } ?? true
     }
+    /// The testbed request's target prompts for `concept` (its name, noun and training synonyms
+    /// in the target templates).
+    public func targetPrompts(concept: String) -> [String]? {
+        guard let prompts = try? FashionPrompts.bundled(), prompts.label(forConcept: concept) != nil else { return nil }
+        return try? Workflows.request(concepts: [concept], synonyms: [], anchors: [], retain: nil, prompts: prompts).concepts[0].targetPrompts
+    }
     public var leakage = LeakageOptions()
     public var paraphraseAttack: ParaphraseAttackSettings = {
         var settings = ParaphraseAttackSettings()

@@ -119,4 +119,31 @@ final class BenchmarkResumeTests: XCTestCase {
         XCTAssertEqual(benchmark.finishedCells().count, 1)
         XCTAssertNil(try BenchmarkMethod.named("original").configJSON(seed: 0))
     }
+
+    /// A cell records the target prompts it was erased with; one erased from another request
+    /// (trouser before its noun "pair of trousers" was a target) is measured again, one without
+    /// the record is kept, and the original model's cell records none.
+    func testCellsOfAnotherRequestAreMeasuredAgain() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bench-request-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let uce = try BenchmarkMethod.named("uce")
+        let benchmark = ObjectBenchmark(concepts: ["trouser"], methods: [try BenchmarkMethod.named("original"), uce], seeds: [0], output: folder)
+        let written = try benchmark.run(log: { _ in }) { concept, method, seed in self.cell(concept, method.name, seed) }
+        let now = try XCTUnwrap(benchmark.targetPrompts(concept: "trouser"))
+        XCTAssertTrue(now.contains { $0.contains("pair of trousers") }, "\(now)")
+        XCTAssertNil(written[0].target_prompts, "the original model erases nothing")
+        XCTAssertEqual(written[1].target_prompts, now)
+
+        let url = benchmark.cellURL(concept: "trouser", method: "uce", seed: 0)
+        var stale = written[1]
+        stale.target_prompts = now.filter { !$0.contains("pair of trousers") }
+        try JSONEncoder().encode(stale).write(to: url)
+        var logged: [String] = []
+        XCTAssertEqual(benchmark.finishedCells(log: { logged.append($0) }).count, 1)
+        XCTAssertTrue(logged.contains { $0.contains("other target prompts") }, "\(logged)")
+
+        stale.target_prompts = nil
+        try JSONEncoder().encode(stale).write(to: url)
+        XCTAssertEqual(benchmark.finishedCells().count, 2)
+    }
 }

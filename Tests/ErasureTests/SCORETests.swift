@@ -8,8 +8,16 @@ import XCTest
 
 /// SCORE end to end on a tiny random model: seconds, not minutes.
 final class SCORETests: XCTestCase {
+    /// The first design's keys (the whole masked UNet, the critic and its adversarial term) at a
+    /// tiny size, so that every part of the machinery runs; `tinyDefault` is the default's.
     static func tinyConfig(steps: Int = 6) -> SCOREConfig {
-        var c = SCOREConfig()
+        tiny(SCOREConfig().negativeGuidanceObjective, steps: steps)
+    }
+
+    static func tinyDefault(steps: Int = 6) -> SCOREConfig { tiny(SCOREConfig(), steps: steps) }
+
+    private static func tiny(_ base: SCOREConfig, steps: Int) -> SCOREConfig {
+        var c = base
         c.steps = steps
         c.batchSize = 2
         c.earlyBatchSize = 1
@@ -50,6 +58,28 @@ final class SCORETests: XCTestCase {
             }
         }
         XCTAssertGreaterThan(moved, 0)
+    }
+
+    /// The default edits the text path alone, towards the anchor's prediction: only the
+    /// cross-attention keys and values move, inside the mask, no critic is trained, and the erase
+    /// term falls.
+    func testDefaultMovesOnlyTheTextPathWithoutACritic() throws {
+        let pipeline = try Tiny.pipeline()
+        let before = pipeline.unet.stateDict().mapValues { $0.copy() }
+        let outcome = try SCORE(config: Self.tinyDefault(steps: 12)).erase(Self.request, pipeline: pipeline, context: ErasureContext(output: nil))
+        var movedTensors: Set<String> = []
+        for (name, p) in pipeline.unet.namedParameters() {
+            for i in 0..<p.count where p.pointer[i] != before[name]!.pointer[i] {
+                XCTAssertEqual(outcome.masks[name]?.pointer[i], 1, "\(name)[\(i)] moved outside the mask")
+                movedTensors.insert(name)
+            }
+        }
+        XCTAssertFalse(movedTensors.isEmpty)
+        XCTAssertTrue(movedTensors.allSatisfy { $0.contains("attn2.to_k") || $0.contains("attn2.to_v") }, "\(movedTensors.sorted())")
+        XCTAssertTrue((outcome.losses["adversarial"] ?? []).allSatisfy { $0 == 0 }, "no adversarial term")
+        XCTAssertTrue((outcome.losses["critic_accuracy"] ?? []).allSatisfy { $0.isNaN }, "no critic step")
+        let erase = try XCTUnwrap(outcome.losses["erase"])
+        XCTAssertLessThan(erase.suffix(4).reduce(0, +), erase.prefix(4).reduce(0, +), "the fit closes")
     }
 
     func testSameSeedGivesIdenticalWeights() throws {
