@@ -295,14 +295,18 @@ struct EraseAnythingOptions: ParsableArguments, MethodFlags {
 
 /// Leakage-estimate flags shared by erase, evaluate, benchmark, check-leakage and demo.
 struct LeakageFlags: ParsableArguments {
-    @Option(help: "Trajectories per class for the leakage critics (at least 4).") var leakageTrajectories = LeakageOptions().trajectories
+    @Option(help: "Trajectories per class for the leakage critics (at least 4; default \(LeakageOptions().trajectories), \(DemoRun().leakage.trajectories) for demo).")
+    var leakageTrajectories: Int?
     @Option(help: "Steps of the first leakage critic (the second trains 3× longer).") var leakageCriticSteps = LeakageOptions().criticSteps
     @Option(help: "Guidance both classes of the leakage estimate are sampled at (default: the testbed's evaluation guidance, 7.5). As in diffusers, 1 or less samples the conditional prediction alone; on the anchor \"\" it changes nothing.")
     var leakageGuidance = LeakageOptions().guidance
 
-    var options: LeakageOptions {
-        var o = LeakageOptions()
-        o.trajectories = leakageTrajectories
+    var options: LeakageOptions { options(over: LeakageOptions()) }
+
+    /// The flags over a command's own defaults.
+    func options(over defaults: LeakageOptions) -> LeakageOptions {
+        var o = defaults
+        o.trajectories = leakageTrajectories ?? defaults.trajectories
         o.criticSteps = leakageCriticSteps
         o.guidance = leakageGuidance
         return o
@@ -478,7 +482,7 @@ struct Demo: ParsableCommand {
         run.concept = concept
         run.anchors = anchor
         run.config = try hyperparameters.resolve()
-        run.leakage = leakage.options
+        run.leakage = leakage.options(over: run.leakage)
         run.output = out
         run.resume = resume
         run.command = CommandLine.arguments.joined(separator: " ")

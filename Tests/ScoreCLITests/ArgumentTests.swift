@@ -50,6 +50,14 @@ final class ArgumentTests: XCTestCase {
         XCTAssertEqual(run.leakage?.trajectories, LeakageOptions().trajectories)
     }
 
+    /// The demo estimates its leakage at 128 trajectories unless told otherwise; the flag still wins.
+    func testDemoEstimatesLeakageAtItsOwnDefault() throws {
+        let demo = try XCTUnwrap(try parse(["demo", "--out", out]) as? Demo)
+        XCTAssertEqual(try demo.demo().leakage.trajectories, 128)
+        let told = try XCTUnwrap(try parse(["demo", "--out", out, "--leakage-trajectories", "16"]) as? Demo)
+        XCTAssertEqual(try told.demo().leakage.trajectories, 16)
+    }
+
     func testEraseRefusesAnEmptyOrUnwritableOut() throws {
         assertRefused(["erase", "--concept", "sneaker", "--out", ""], mentioning: "--out")
         // A path under a regular file can never be created, whoever runs the test.
