@@ -18,7 +18,8 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     public var earlyBatchSize = 2
     /// Retained-prompt (and empty-prompt) samples per step.
     public var retainBatchSize = 6
-    /// 1e-3: with 5e-4 the same 1000 steps left twice the leakage on one of two seeds.
+    /// 1e-3: with 5e-4 the same 1000 steps left more leakage (0.046 nats against 0.013 on one
+    /// of two seeds, at η 0).
     public var learningRate: Float = 1e-3
     /// adam, adamw or sgd.
     public var optimizer = "adam"
@@ -48,8 +49,8 @@ public struct SCOREConfig: Codable, Equatable, Sendable {
     /// The independence objective plays (and erases) at gameMinTimestep ≤ t ≤ t′ only: below it
     /// x̂₀ is mostly zₜ itself, which the model cannot move (docs/METHOD.md gives the measurement).
     public var gameMinTimestep = 400
-    /// 0: the critic's term measurably works against the anchor-matching fit (with λ_adv 0.1 the
-    /// erased sneaker prompt still drew 31% sneakers at 0.19 nats, without it 11% at 0.013). The
+    /// 0: the critic's term measurably works against the anchor-matching fit (at λ_adv 0.1 the
+    /// sneaker estimate rose from 0.010 and 0.001 nats to 0.30 and 0.043 on two seeds). The
     /// critic's question is asked after training instead, by the leakage estimate's detectors.
     public var lambdaAdversarial: Float = 0
     /// λ_fm of the feature-matching term: the mean of the critic's features over the model's
