@@ -330,6 +330,9 @@ public protocol CellBenchmark {
     /// Whether a decoded cell file belongs to this benchmark (a cell of another task, or one
     /// measured with other evaluation settings, in the same folder is measured again, not trusted).
     func accepts(_ cell: Cell) -> Bool
+    /// The selected attacks a cell `accepts` keeps has not run at this benchmark's budgets
+    /// (missing, or run at another budget): the run adds just these to the cell.
+    func attacksToRun(_ cell: Cell) -> [String]
     /// The target prompts an erasure of `concept` trains on now (nil: not checked). A cell that
     /// recorded other prompts was erased from another request and is measured again.
     func targetPrompts(concept: String) -> [String]?
@@ -337,6 +340,7 @@ public protocol CellBenchmark {
 
 extension CellBenchmark {
     public func accepts(_ cell: Cell) -> Bool { true }
+    public func attacksToRun(_ cell: Cell) -> [String] { [] }
     public func targetPrompts(concept: String) -> [String]? { nil }
 
     func cellURL(concept: String, method: String, seed: UInt64) -> URL {
@@ -352,10 +356,21 @@ extension CellBenchmark {
         }
     }
 
-    /// The cell already measured at its file, or nil when it has to be (re)computed. A file that
-    /// does not decode, or whose method ran with other hyper-parameters than `method` has now, is
-    /// recomputed, and the log says so.
+    /// The cell already measured at its file, or nil when it has to be (re)computed or lacks one
+    /// of the selected attacks. A file that does not decode, or whose method ran with other
+    /// hyper-parameters than `method` has now, is recomputed, and the log says so.
     func finishedCell(concept: String, method: BenchmarkMethod, seed: UInt64, log: (String) -> Void) -> Cell? {
+        guard let cell = storedCell(concept: concept, method: method, seed: seed, log: log) else { return nil }
+        let missing = attacksToRun(cell)
+        guard missing.isEmpty else {
+            log("\(cellURL(concept: concept, method: method.name, seed: seed).path) lacks \(missing.joined(separator: ", ")) at this benchmark's budget")
+            return nil
+        }
+        return cell
+    }
+
+    /// The cell at its file when its erasure and measurement still hold, whatever attacks it has run.
+    func storedCell(concept: String, method: BenchmarkMethod, seed: UInt64, log: (String) -> Void) -> Cell? {
         let url = cellURL(concept: concept, method: method.name, seed: seed)
         guard let data = try? Data(contentsOf: url) else { return nil }
         do {
@@ -386,13 +401,27 @@ extension CellBenchmark {
     }
 
     /// Runs the plan, skipping cells whose file exists and writing each new cell as it finishes.
-    func run(log: (String) -> Void, measure: (String, BenchmarkMethod, UInt64) throws -> Cell) throws -> [Cell] {
+    /// A stored cell that lacks some of the selected attacks gets just those from `addAttacks`
+    /// (its erasure, evaluation and leakage estimate kept); when that returns nil, or is not
+    /// given, the cell is measured again from the start.
+    func run(log: (String) -> Void, addAttacks: ((Cell, BenchmarkMethod, [String]) throws -> Cell?)? = nil,
+             measure: (String, BenchmarkMethod, UInt64) throws -> Cell) throws -> [Cell] {
         var cells: [Cell] = []
         for (concept, method, seed) in plannedCells() {
-            if let cell = finishedCell(concept: concept, method: method, seed: seed, log: log) {
-                log("\(concept) / \(method.name) / seed \(seed): done before, skipped")
-                cells.append(cell)
-                continue
+            if let stored = storedCell(concept: concept, method: method, seed: seed, log: log) {
+                let missing = attacksToRun(stored)
+                if missing.isEmpty {
+                    log("\(concept) / \(method.name) / seed \(seed): done before, skipped")
+                    cells.append(stored)
+                    continue
+                }
+                log("\(concept) / \(method.name) / seed \(seed): measured before; adding \(missing.joined(separator: ", "))")
+                if let completed = try addAttacks?(stored, method, missing) {
+                    try writeJSONAtomically(completed, to: cellURL(concept: concept, method: method.name, seed: seed))
+                    cells.append(completed)
+                    continue
+                }
+                log("  the stored cell cannot be completed: measured again")
             }
             log("\(concept) / \(method.name) / seed \(seed)")
             var cell = try measure(concept, method, seed)

@@ -23,12 +23,16 @@ public struct ObjectBenchmark: CellBenchmark {
     public var family = DenoiserFamily.unet
     public var settings = EvaluationSettings()
 
-    /// A cell measured with other evaluation settings (another guidance, say), another attack
-    /// set or budget, or a leakage estimate on another number of trajectories or at another
-    /// guidance is measured again.
+    /// A cell measured with other evaluation settings (another guidance, say), or with a leakage
+    /// estimate on another number of trajectories or at another guidance, is measured again.
     public func accepts(_ cell: ObjectBenchmarkCell) -> Bool {
-        cell.evaluation.settings == settings && (cell.attacks ?? [:]).mapValues(\.budget) == attackBudgets
-            && cell.evaluation.leakage.map { $0.isSampled(as: leakage) } ?? true
+        cell.evaluation.settings == settings && cell.evaluation.leakage.map { $0.isSampled(as: leakage) } ?? true
+    }
+    /// The selected attacks the cell has not run, or ran at another budget; attacks it ran
+    /// beyond the selection are kept.
+    public func attacksToRun(_ cell: ObjectBenchmarkCell) -> [String] {
+        let recorded = cell.attacks ?? [:]
+        return attacks.filter { name in recorded[name]?.budget != budget(of: name) }
     }
     /// The testbed request's target prompts for `concept` (its name, noun and training synonyms
     /// in the target templates).
@@ -99,9 +103,14 @@ public struct ObjectBenchmark: CellBenchmark {
         }
         // Loaded on the first cell that needs measuring: a finished benchmark loads nothing.
         var bench: CellMeasurement? = nil
-        return try run(log: log) { concept, method, seed in
+        func measurement() throws -> CellMeasurement {
             if bench == nil { bench = try CellMeasurement(benchmark: self, prompts: prompts, assets: assets, log: log) }
-            return try bench!.measure(concept: concept, method: method, seed: seed)
+            return bench!
+        }
+        return try run(log: log, addAttacks: { cell, method, names in
+            try measurement().addAttacks(names, to: cell, method: method)
+        }) { concept, method, seed in
+            try measurement().measure(concept: concept, method: method, seed: seed)
         }
     }
 
@@ -185,8 +194,8 @@ final class CellMeasurement {
             return try measure(concept: concept, label: label, method: method, seed: seed, request: request, timed: timed,
                                model: EvaluatedModel<StableDiffusionPipeline>(model.pipeline, name: method.name),
                                original: EvaluatedModel<StableDiffusionPipeline>(original.pipeline, name: original.name), baseFolder: original.folder) { timed in
-                try self.attacks(concept: concept, label: label, method: method, model: model.pipeline, original: original.pipeline,
-                                 timed: timed)
+                try self.attacks(self.benchmark.attacks, concept: concept, label: label, method: method, model: model.pipeline,
+                                 original: original.pipeline, timed: timed)
             }
         }
     }
@@ -251,10 +260,40 @@ final class CellMeasurement {
                              phase_seconds: timed.seconds, attacks: attacks)
     }
 
-    /// The UNet family's attacks beyond the paraphrase attack, as the benchmark selects them.
-    func attacks(concept: String, label: Int, method: BenchmarkMethod, model: StableDiffusionPipeline,
+    /// Runs `names` on a stored cell's model — the original, or the erased model its run folder
+    /// keeps — and merges them into the cell: evaluation, leakage and the other attacks stay as
+    /// measured. Nil (measure the cell again) where the run folder has no model.
+    func addAttacks(_ names: [String], to stored: ObjectBenchmarkCell, method: BenchmarkMethod) throws -> ObjectBenchmarkCell? {
+        guard benchmark.family == .unet, let label = prompts.label(forConcept: stored.concept) else { return nil }
+        let original = try ModelLoader.load(nil, assets: assets)
+        let model: LoadedModel
+        if method.make == nil {
+            model = try ModelLoader.load(nil, assets: assets)
+        } else {
+            let folder = benchmark.cellURL(concept: stored.concept, method: method.name, seed: stored.seed)
+                .deletingPathExtension().appendingPathComponent("model")
+            guard FileManager.default.fileExists(atPath: folder.appendingPathComponent("model_index.json").path) else { return nil }
+            model = try ModelLoader.load(folder.path, assets: assets)
+        }
+        let timed = PhaseTimer()
+        let (uda, added) = try attacks(names, concept: stored.concept, label: label, method: method, model: model.pipeline,
+                                       original: original.pipeline, timed: timed)
+        var cell = stored
+        cell.attacks = (cell.attacks ?? [:]).merging(added) { _, new in new }
+        if let uda {
+            cell.asr_unlearndiffatk_pre = uda.asr_pre
+            cell.asr_unlearndiffatk_post = uda.asr_post
+        }
+        cell.phase_seconds = (cell.phase_seconds ?? [:]).merging(timed.seconds) { _, new in new }
+        log(names.compactMap { name in added[name].map { String(format: "  %@ %.0f%%", name, $0.asr * 100) } }.joined(separator: ","))
+        log(timed.line)
+        return cell
+    }
+
+    /// The UNet family's attacks beyond the paraphrase attack: those of `names`.
+    func attacks(_ names: [String], concept: String, label: Int, method: BenchmarkMethod, model: StableDiffusionPipeline,
                  original: StableDiffusionPipeline, timed: PhaseTimer) throws -> (UnlearnDiffAtkResult?, [String: AttackSummary]) {
-        let selected = Set(benchmark.attacks)
+        let selected = Set(names)
         var uda: UnlearnDiffAtkResult? = nil
         if selected.contains("unlearndiffatk") {
             uda = try timed("unlearndiffatk") {

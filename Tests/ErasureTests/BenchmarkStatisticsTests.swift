@@ -129,7 +129,10 @@ final class BenchmarkStatisticsTests: XCTestCase {
         }
     }
 
-    func testCellOfAnotherAttackBudgetOrSetIsMeasuredAgain() throws {
+    /// A stored cell lacking a selected attack, or holding it at another budget, is not finished;
+    /// the run adds just the attacks it lacks and keeps its erasure, evaluation and leakage, and
+    /// measures it again only when the attacks cannot be added.
+    func testCellLackingAnAttackGetsOnlyThatAttackAdded() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("bench-attacks-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: folder) }
         let methods = [BenchmarkMethod(name: "original", make: nil)]
@@ -141,23 +144,50 @@ final class BenchmarkStatisticsTests: XCTestCase {
         fewer.setAttackInstances(4)
         var logged: [String] = []
         XCTAssertEqual(fewer.finishedCells(log: { logged.append($0) }).count, 0, "another attack budget")
-        XCTAssertTrue(logged.contains { $0.contains("other evaluation settings") }, "\(logged)")
+        XCTAssertTrue(logged.contains { $0.contains("lacks") }, "\(logged)")
+        XCTAssertEqual(fewer.attacksToRun(benchmark.finishedCells()[0]).count, benchmark.attacks.count)
 
         var official = benchmark
         official.unlearnDiffAtk.budget = .fast
         XCTAssertEqual(official.finishedCells().count, 0, "another UnlearnDiffAtk schedule")
+        XCTAssertEqual(official.attacksToRun(benchmark.finishedCells()[0]), ["unlearndiffatk"])
 
         var subset = benchmark
         subset.attacks = ["cce"]
-        XCTAssertEqual(subset.finishedCells().count, 0, "another attack set")
+        XCTAssertEqual(subset.finishedCells().count, 1, "a cell with more attacks than selected is kept")
+
+        // A cell that ran CCE alone: the full set adds the other attacks to it, nothing else.
+        var onlyCCE = subset.finishedCells()[0]
+        onlyCCE.attacks = onlyCCE.attacks?.filter { $0.key == "cce" }
+        onlyCCE.evaluation.acc_e = 0.123
+        try JSONEncoder().encode(onlyCCE).write(to: benchmark.cellURL(concept: "sneaker", method: "original", seed: 0))
+        XCTAssertEqual(benchmark.finishedCells().count, 0, "the full set lacks attacks on disk")
+        var added: [[String]] = []
         var measured = 0
-        _ = try subset.run(log: { _ in }) { _, method, seed in
+        let cells = try benchmark.run(log: { _ in }, addAttacks: { cell, _, names in
+            added.append(names)
+            var cell = cell
+            for name in names { cell.attacks?[name] = AttackSummary(successes: 2, trials: 16, budget: benchmark.budget(of: name)!) }
+            return cell
+        }) { _, method, seed in
             measured += 1
-            return self.cell(method.name, seed: seed, judged: self.judged(targetHits: 30), benchmark: subset)
+            return self.cell(method.name, seed: seed, judged: self.judged(targetHits: 30), benchmark: benchmark)
+        }
+        XCTAssertEqual(measured, 0)
+        XCTAssertEqual(added, [benchmark.attacks.filter { $0 != "cce" }])
+        XCTAssertEqual(cells[0].evaluation.acc_e, 0.123, "the stored evaluation is kept")
+        let onDisk = try XCTUnwrap(benchmark.finishedCells().first)
+        XCTAssertEqual(onDisk.attacks?["cce"], onlyCCE.attacks?["cce"])
+        XCTAssertEqual(onDisk.attacks?["inversion"]?.successes, 2)
+
+        // Attacks that cannot be added (no stored model): the cell is measured again.
+        measured = 0
+        _ = try fewer.run(log: { _ in }, addAttacks: { _, _, _ in nil }) { _, method, seed in
+            measured += 1
+            return self.cell(method.name, seed: seed, judged: self.judged(targetHits: 30), benchmark: fewer)
         }
         XCTAssertEqual(measured, 1)
-        XCTAssertEqual(subset.finishedCells().count, 1)
-        XCTAssertEqual(benchmark.finishedCells().count, 0, "the full set no longer matches the cell on disk")
+        XCTAssertEqual(fewer.finishedCells().count, 1)
     }
 
     func testSummaryJSONCarriesIntervalsAndTheComparison() throws {
