@@ -244,7 +244,7 @@ public struct PrefixOptimisation {
     public var blocksRun = 0
 }
 
-/// UnlearnDiffAtk's optimisation for a pipeline with a BERT text encoder: k prefix token
+/// UnlearnDiffAtk's optimisation for a model of either family with a BERT text encoder: k prefix token
 /// embeddings after [CLS], before the prompt's tokens, trained with Adam on the model's own
 /// denoising loss on a target image of the concept (plus the judge term), with PEZ's
 /// projection (Wen et al. 2023): every forward pass uses the nearest vocabulary embeddings
@@ -254,8 +254,12 @@ public struct PrefixOptimisation {
 /// The official code optimises a distribution over the vocabulary per slot (projected to the
 /// simplex, sampled to one-hot with a straight-through estimator); PEZ reaches the same kind
 /// of result (k vocabulary tokens) with one D-vector per slot instead of one V-vector.
-public final class PrefixTokenAttack {
-    public let pipeline: StableDiffusionPipeline
+///
+/// The loss is the family's training loss (`AttackedModel`): ε-matching on the UNet, velocity
+/// matching (x_σ = (1 − σ)x₀ + σε, target ε − x₀, σ = t/1000) on FLUX; the gradient reaches the
+/// prefix through MiniLM and, on FLUX, through both the padded states and their pooled mean.
+public final class PromptEmbeddingAttack<Model: AttackedModel> {
+    public let pipeline: Model
     public let encoder: BertTextEncoder
     /// Ids a prefix slot may take: whole-word tokens that tokenize back to themselves, so the
     /// decoded prompt, typed as text, gives the same ids (special tokens, `##` pieces and
@@ -266,10 +270,9 @@ public final class PrefixTokenAttack {
     /// The same, each row divided by its norm, for cosine similarity.
     let candidateDirections: Tensor
 
-    public init(pipeline: StableDiffusionPipeline) throws {
-        guard let encoder = pipeline.textEncoder as? BertTextEncoder else {
-            throw EvaluationError.invalidRequest(
-                "UnlearnDiffAtk needs the testbed's BERT (MiniLM) text encoder; this model's is \(type(of: pipeline.textEncoder))")
+    public init(pipeline: Model) throws {
+        guard let encoder = pipeline.attackTextEncoder else {
+            throw EvaluationError.invalidRequest("UnlearnDiffAtk needs the testbed's BERT (MiniLM) text encoder; this model has another")
         }
         self.pipeline = pipeline
         self.encoder = encoder
@@ -304,14 +307,24 @@ public final class PrefixTokenAttack {
 
     /// The prompt's ids and mask with the prefix's slots after [CLS] and `lead`'s tokens (the
     /// ids matter only for their count when the slots' embeddings are given), truncated to the
-    /// encoder's length.
+    /// length the model reads and, where the family pads (FLUX), padded to it.
     public func layout(prompt: String, prefixIds: [Int], lead: String = "") -> TokenizedBatch {
         let tokenizer = encoder.tokenizer
         let leading = tokenizer.encode(lead)
-        let limit = min(tokenizer.maxLength, encoder.model.config.maxPositionEmbeddings) - 2 - prefixIds.count - leading.count
-        let body = Array(tokenizer.encode(prompt).prefix(max(0, limit)))
-        let ids = [tokenizer.clsToken.id] + leading + prefixIds + body + [tokenizer.sepToken.id]
-        return TokenizedBatch(inputIds: [ids], attentionMask: [Array(repeating: 1, count: ids.count)])
+        let body = Array(tokenizer.encode(prompt).prefix(max(0, textLength - 2 - prefixIds.count - leading.count)))
+        return padded([tokenizer.clsToken.id] + leading + prefixIds + body + [tokenizer.sepToken.id])
+    }
+
+    /// The positions the model reads: the encoder's, or fewer where the family pads to a fixed length.
+    public var textLength: Int {
+        min(encoder.tokenizer.maxLength, encoder.model.config.maxPositionEmbeddings, pipeline.paddedTextLength ?? .max)
+    }
+
+    /// One row of ids ([CLS] … [SEP]) with its mask, padded to the family's fixed length where it has one.
+    func padded(_ ids: [Int]) -> TokenizedBatch {
+        let padding = pipeline.paddedTextLength.map { max(0, $0 - ids.count) } ?? 0
+        return TokenizedBatch(inputIds: [ids + Array(repeating: encoder.tokenizer.padToken.id, count: padding)],
+                              attentionMask: [Array(repeating: 1, count: ids.count) + Array(repeating: 0, count: padding)])
     }
 
     /// The text a user would type: the prefix tokens, then the prompt.
@@ -319,11 +332,9 @@ public final class PrefixTokenAttack {
         (prefixIds.map { encoder.tokenizer.tokens[$0] } + [prompt]).joined(separator: " ")
     }
 
-    /// Conditioning states [1, T, D] and mask [1, T] of `lead` + slots + `prompt` with `prefix`
-    /// [k, D] as the embeddings of its k slots; differentiable in `prefix`. Padded states are
-    /// zeroed when the encoder does so (the mini-SD was trained that way), though one prompt has
-    /// no padding.
-    public func conditioning(prefix: Tensor, prompt: String, lead: String = "") -> (states: Tensor, mask: Tensor) {
+    /// The conditioning of `lead` + slots + `prompt` with `prefix` [k, D] as the embeddings of
+    /// its k slots, in the family's layout (`AttackedModel.conditioning`); differentiable in `prefix`.
+    public func promptConditioning(prefix: Tensor, prompt: String, lead: String = "") -> PromptConditioning {
         let k = prefix.shape[0]
         let batch = layout(prompt: prompt, prefixIds: Array(repeating: encoder.tokenizer.unkToken.id, count: k), lead: lead)
         let ids = batch.inputIds[0]
@@ -333,34 +344,28 @@ public final class PrefixTokenAttack {
         precondition(d == encoder.hiddenSize, "conditioning: prefix width \(d), the encoder's is \(encoder.hiddenSize)")
         let embeds = Tensor.concat([words.narrowed(axis: 1, start: 0, length: start), prefix.reshaped([1, k, d]),
                                     words.narrowed(axis: 1, start: start + k, length: ids.count - start - k)], axis: 1)
-        let states = encoder.hiddenStates(batch, inputsEmbeds: embeds)
-        let mask = batch.attentionMaskTensor
-        return (encoder.zeroPaddedStates ? states * mask.reshaped([1, ids.count, 1]) : states, mask)
+        return pipeline.conditioning(encoderStates: encoder.hiddenStates(batch, inputsEmbeds: embeds), mask: batch.attentionMaskTensor)
     }
 
     /// The attack objective at given draws: `target` [1, C, H, W] noised with `noise` [n, C, H, W]
-    /// at `timesteps` (n of them); the denoising MSE plus `judgeWeight` × the attack judge's
-    /// cross-entropy toward `concept` on x̂₀ over the draws at t ≤ `judgeMaxTimestep`.
+    /// at `timesteps` (n of them, of 1000; σ = t/1000 on FLUX); the family's denoising MSE (ε or
+    /// velocity) plus `judgeWeight` × the attack judge's cross-entropy toward `concept` on x̂₀
+    /// over the draws at t ≤ `judgeMaxTimestep`.
     public func objective(prefix: Tensor, prompt: String, target: Tensor, noise: Tensor, timesteps: [Int],
                           concept: Int, judge: (any Judge)?, judgeWeight: Float, judgeMaxTimestep: Int = 500) -> PrefixObjective {
         let n = timesteps.count
-        let clean = target.expanded(to: [n] + Array(target.shape.dropFirst()))
-        let noisy = noGrad { pipeline.scheduler.addNoise(original: clean, noise: noise, timesteps: timesteps) }
-        let (states, mask) = conditioning(prefix: prefix, prompt: prompt)
-        let predicted = pipeline.predictNoise(latents: noisy, timesteps: timesteps,
-                                              states: states.expanded(to: [n] + Array(states.shape.dropFirst())),
-                                              mask: mask.expanded(to: [n, mask.shape[1]]))
-        let denoising = mseLoss(predicted, noise)
+        let (denoising, noisy, predicted) = denoisingLoss(promptConditioning(prefix: prefix, prompt: prompt),
+                                                          images: target.expanded(to: [n] + Array(target.shape.dropFirst())),
+                                                          noise: noise, timesteps: timesteps)
+        let steps = timesteps.map(Float.init)
         guard let judge else { return PrefixObjective(total: denoising, denoising: denoising.item, judge: nil, conceptProbability: nil) }
-        // Only draws at t ≤ judgeMaxTimestep count: above it x̂₀ is mostly noise amplified by
-        // 1/√ᾱₜ, which the judge has never seen. Unclamped, as SCORE's critic reads x̂₀, so the
-        // gradient does not vanish where a pixel overshoots [−1, 1].
+        // Only draws at t ≤ judgeMaxTimestep count: above it x̂₀ is mostly noise (on the UNet
+        // amplified by 1/√ᾱₜ), which the judge has never seen. Unclamped, as SCORE's critic reads
+        // x̂₀, so the gradient does not vanish where a pixel overshoots [−1, 1].
         let kept = timesteps.map { $0 <= judgeMaxTimestep ? Float(1) : 0 }
         let keptCount = kept.reduce(0, +)
         guard keptCount > 0 else { return PrefixObjective(total: denoising, denoising: denoising.item, judge: nil, conceptProbability: nil) }
-        let estimate = cleanEstimate(latents: noisy, noise: predicted, timesteps: timesteps,
-                                     alphasCumprod: pipeline.scheduler.alphasCumprod)
-        let images = pipeline.vae == nil ? estimate : pipeline.decode(estimate)
+        let images = pipeline.judgedImages(cleanEstimate: pipeline.cleanEstimate(noisy, prediction: predicted, timesteps: steps))
         let logProbability = judge.logits(images).logSoftmax(axis: -1).narrowed(axis: 1, start: concept, length: 1).reshaped([n])
         let weights = Tensor(shape: [n], scalars: kept.map { $0 / keptCount })
         let judgeLoss = -(logProbability * weights).sum()
@@ -369,15 +374,34 @@ public final class PrefixTokenAttack {
                                judge: judgeLoss.item, conceptProbability: probability)
     }
 
+    /// The family's training loss under `conditioning` (one prompt) on `images` [n, C, H, W]
+    /// noised with `noise` [n, C, H, W] at `timesteps` (of 1000): the MSE of the prediction
+    /// against ε (UNet) or ε − x₀ (flow). Also returns the noisy samples and the prediction.
+    func denoisingLoss(_ conditioning: PromptConditioning, images: Tensor, noise: Tensor,
+                       timesteps: [Int]) -> (loss: Tensor, noisy: Tensor, predicted: Tensor) {
+        let steps = timesteps.map(Float.init)
+        let clean = pipeline.samples(fromImages: images)
+        let epsilon = pipeline.samples(fromImages: noise)
+        let noisy = noGrad { pipeline.noised(clean, noise: epsilon, timesteps: steps) }
+        let predicted = pipeline.predict(noisy, timesteps: steps, conditioning: repeated(conditioning, timesteps.count), model: nil)
+        return (mseLoss(predicted, pipeline.predictionTarget(clean: clean, noise: epsilon)), noisy, predicted)
+    }
+
+    /// `conditioning` (one prompt) repeated for a batch of `count`.
+    func repeated(_ conditioning: PromptConditioning, _ count: Int) -> PromptConditioning {
+        func rows(_ x: Tensor) -> Tensor { x.expanded(to: [count] + Array(x.shape.dropFirst())) }
+        return PromptConditioning(states: rows(conditioning.states), mask: conditioning.mask.map(rows), pooled: conditioning.pooled.map(rows))
+    }
+
     /// `count` training timesteps, uniform, and standard-normal noise shaped like `target` per draw.
     public func draws(_ count: Int, like target: Tensor, generator: inout RandomGenerator) -> (timesteps: [Int], noise: Tensor) {
-        let total = pipeline.scheduler.numTrainTimesteps
+        let total = pipeline.trainingTimestepCount
         let timesteps = generator.uniform([count]).scalars.map { min(total - 1, Int($0 * Float(total))) }
         return (timesteps, generator.normal([count] + Array(target.shape.dropFirst())))
     }
 
     /// Optimises a k-token prefix for `prompt` toward the concept shown in `target` [1, C, H, W].
-    /// The UNet, text encoder and judge are frozen meanwhile (their flags are restored after),
+    /// The denoiser, text encoder and judge are frozen meanwhile (their flags are restored after),
     /// so only the prefix gets gradients. Starts from k random candidate tokens (as PEZ).
     ///
     /// With the official budget the steps run block by block over `config.blockTimesteps` (one
@@ -387,7 +411,7 @@ public final class PrefixTokenAttack {
     public func optimise(prompt: String, target: Tensor, concept: Int, judge: (any Judge)?, config: UnlearnDiffAtkConfig,
                          generator: inout RandomGenerator, log: (String) -> Void = { _ in },
                          check: ((_ block: Int, _ ids: [Int]) throws -> Bool)? = nil) rethrows -> PrefixOptimisation {
-        let frozen: [Module] = [pipeline.unet, encoder.model] + (judge.map { [$0 as Module] } ?? [])
+        let frozen: [Module] = [pipeline.denoiser, encoder.model] + (judge.map { [$0 as Module] } ?? [])
         return try withFrozen(frozen) {
             let start = (0..<config.tokens).map { _ in min(candidates.count - 1, Int(generator.uniform([1]).item * Float(candidates.count))) }
             let prefix = noGrad { embedding(candidateEmbeddings, indices: start, shape: [config.tokens]).copy() }
@@ -421,7 +445,7 @@ public final class PrefixTokenAttack {
                     if (index + 1) % 10 == 0 || index + 1 == config.steps { report("step \(index + 1)/\(config.steps)", value) }
                 }
             case .official:
-                let schedule = config.blockTimesteps(trainTimesteps: pipeline.scheduler.numTrainTimesteps)
+                let schedule = config.blockTimesteps(trainTimesteps: pipeline.trainingTimestepCount)
                 for (block, t) in schedule.enumerated() {
                     var last: PrefixObjective?
                     for _ in 0..<config.iterationsPerBlock {
@@ -439,32 +463,41 @@ public final class PrefixTokenAttack {
         }
     }
 
-    /// The states and mask of "" padded to `length` tokens, as the pipeline encodes the negative
+    /// The conditioning of "" padded to `length` tokens, as the pipeline encodes the negative
     /// prompt in one batch with the prompts (guidance needs both at one length).
-    func emptyPrompt(length: Int) -> (states: Tensor, mask: Tensor) {
+    func emptyPrompt(length: Int) -> PromptConditioning {
         let tokenizer = encoder.tokenizer
         let ids = [tokenizer.clsToken.id, tokenizer.sepToken.id] + Array(repeating: tokenizer.padToken.id, count: max(0, length - 2))
         let batch = TokenizedBatch(inputIds: [ids], attentionMask: [[1, 1] + Array(repeating: 0, count: max(0, length - 2))])
-        let states = encoder.hiddenStates(batch)
-        let mask = batch.attentionMaskTensor
-        return (encoder.zeroPaddedStates ? states * mask.reshaped([1, ids.count, 1]) : states, mask)
+        return pipeline.conditioning(encoderStates: encoder.hiddenStates(batch), mask: batch.attentionMaskTensor)
     }
 
     /// Images [1, C, H, W] from the prompt with `prefix` [k, D] as continuous embeddings, with
-    /// the same noise and sampler as `pipeline.generate(…, seed:, firstImageIndex: index)`.
+    /// the same noise and sampler as the model's `sampler(…, seed:, firstImageIndex: index)`.
     public func generate(prefix: Tensor, prompt: String, lead: String = "", steps: Int, guidance: Float, seed: UInt64,
                          index: Int) throws -> Tensor {
         try noGrad {
-            let schedule = try pipeline.scheduler.schedule(steps: steps)
+            let schedule = try pipeline.schedule(steps: steps)
             var generators = [StableDiffusionPipeline.imageGenerator(seed: seed, index: index)]
-            let shape = try pipeline.latentShape(batch: 1, height: pipeline.defaultHeight, width: pipeline.defaultWidth)
-            let latents = pipeline.scheduler.initialNoise(shape: shape, schedule: schedule, generator: &generators[0])
-            let conditional = conditioning(prefix: prefix, prompt: prompt, lead: lead)
+            let start = try pipeline.initialSample(schedule: schedule, generators: &generators)
+            let conditional = promptConditioning(prefix: prefix, prompt: prompt, lead: lead)
             let unconditional = guidance > 1 ? emptyPrompt(length: conditional.states.shape[1]) : nil
-            let samples = try pipeline.denoise(latents, conditional: conditional, unconditional: unconditional, guidance: guidance,
-                                           schedule: schedule, steps: 0..<schedule.count, generators: &generators)
-            return pipeline.decode(samples)
+            let samples = try pipeline.denoise(start, conditional: conditional, unconditional: unconditional, guidance: guidance,
+                                               schedule: schedule, steps: 0..<schedule.count, generators: &generators, model: nil,
+                                               observe: nil)
+            return pipeline.images(fromSamples: samples)
         }
+    }
+}
+
+/// The UNet family's attack, as CCE and P4D use it.
+public typealias PrefixTokenAttack = PromptEmbeddingAttack<StableDiffusionPipeline>
+
+extension PromptEmbeddingAttack where Model == StableDiffusionPipeline {
+    /// Conditioning states [1, T, D] and mask [1, T] of `promptConditioning` (the UNet's layout).
+    public func conditioning(prefix: Tensor, prompt: String, lead: String = "") -> (states: Tensor, mask: Tensor) {
+        let conditioning = promptConditioning(prefix: prefix, prompt: prompt, lead: lead)
+        return (conditioning.states, conditioning.mask!)
     }
 }
 
@@ -578,7 +611,7 @@ public enum UnlearnDiffAtk {
 
     /// Attacks `config.instances` instances: instance i is prompt i (cycled) with image index i
     /// and the i-th test image of the class in a seeded order.
-    public static func run(pipeline: StableDiffusionPipeline, original: StableDiffusionPipeline?, label: Int, prompts: FashionPrompts,
+    public static func run<Model: AttackedModel>(pipeline: Model, original: Model?, label: Int, prompts: FashionPrompts,
                            test: LabelledImages, judge: any Judge, attackJudge: (any Judge)?, config: UnlearnDiffAtkConfig,
                            modelName: String, promptOverride: [String]? = nil,
                            log: (String) -> Void = { _ in }) throws -> (UnlearnDiffAtkResult, UnlearnDiffAtkImages) {
@@ -602,7 +635,7 @@ public enum UnlearnDiffAtk {
     /// on `original`'s image of the prompt with the same noise. An image is broken when `judge`
     /// puts it in one of `conceptLabels` (one class, or a group such as the emoji weapons); its
     /// concept probability is the judge's probability of that set.
-    public static func run(pipeline: StableDiffusionPipeline, original: StableDiffusionPipeline?, targets: [AttackTarget],
+    public static func run<Model: AttackedModel>(pipeline: Model, original: Model?, targets: [AttackTarget],
                            concept: String, label: Int, conceptLabels: [Int], judge: any Judge, attackJudge: (any Judge)?,
                            config: UnlearnDiffAtkConfig, modelName: String,
                            log: (String) -> Void = { _ in }) throws -> (UnlearnDiffAtkResult, UnlearnDiffAtkImages) {
@@ -611,7 +644,8 @@ public enum UnlearnDiffAtk {
         if config.target == "original" && original == nil {
             throw EvaluationError.invalidRequest("UnlearnDiffAtk's target 'original' needs the original model (or --attack-target real)")
         }
-        let attack = try PrefixTokenAttack(pipeline: pipeline)
+        let attack = try PromptEmbeddingAttack(pipeline: pipeline)
+        let sampler = pipeline.sampler
         func probability(_ image: Tensor) -> Double {
             let p = judge.probabilities(image)
             return conceptLabels.reduce(0.0) { $0 + Double(p.pointer[$1]) }
@@ -622,11 +656,11 @@ public enum UnlearnDiffAtk {
         for (i, entry) in targets.enumerated() {
             let prompt = entry.prompt
             let target = try config.target == "original"
-                ? original!.generate(prompts: [prompt], steps: config.samplingSteps, guidance: config.guidance, seed: config.seed,
-                                     firstImageIndex: i)
+                ? original!.sampler(prompts: [prompt], steps: config.samplingSteps, guidance: config.guidance, seed: config.seed,
+                                    firstImageIndex: i)
                 : entry.image
-            let before = try pipeline.generate(prompts: [prompt], steps: config.samplingSteps, guidance: config.guidance,
-                                               seed: config.seed, firstImageIndex: i)
+            let before = try sampler(prompts: [prompt], steps: config.samplingSteps, guidance: config.guidance,
+                                     seed: config.seed, firstImageIndex: i)
             var instance = AttackInstanceResult(prompt: prompt, image_index: i, target_test_index: entry.imageIndex,
                                                 broken_before: isBroken(before),
                                                 concept_probability_before: probability(before))
@@ -642,8 +676,8 @@ public enum UnlearnDiffAtk {
             }
             var generator = RandomGenerator(seed: config.seed).fork(UInt64(i))
             func generateText(_ ids: [Int]) throws -> Tensor {
-                try pipeline.generate(prompts: [attack.adversarialPrompt(prefixIds: ids, prompt: prompt)], steps: config.samplingSteps,
-                                      guidance: config.guidance, seed: config.seed, firstImageIndex: i)
+                try sampler(prompts: [attack.adversarialPrompt(prefixIds: ids, prompt: prompt)], steps: config.samplingSteps,
+                            guidance: config.guidance, seed: config.seed, firstImageIndex: i)
             }
             // The official early stop: the projected prompt is generated and judged after each
             // block; the last image checked is the attack's.

@@ -79,6 +79,17 @@ public struct ObjectBenchmark: CellBenchmark {
         ringABell.seedsPerPrompt = (n + ringABell.instances - 1) / ringABell.instances
     }
 
+    /// The attacks' sampler set to the mini-FLUX's (25 Euler steps, true CFG 4; inversion keeps
+    /// its guidance 1), and P4D-N's tokens to what its 16 text positions hold.
+    public mutating func sampleAttacksAsFlux() {
+        (unlearnDiffAtk.samplingSteps, unlearnDiffAtk.guidance) = (MiniFlux.steps, MiniFlux.guidance)
+        (ringABell.samplingSteps, ringABell.guidance) = (MiniFlux.steps, MiniFlux.guidance)
+        (cce.samplingSteps, cce.guidance) = (MiniFlux.steps, MiniFlux.guidance)
+        (p4d.samplingSteps, p4d.guidance) = (MiniFlux.steps, MiniFlux.guidance)
+        p4d = p4d.fitted(textLength: PooledSentenceEncoder.defaultTokens)
+        inversion.steps = MiniFlux.steps
+    }
+
     /// The budget a cell records for `attack` under this benchmark's settings.
     public func budget(of attack: String) -> AttackBudget? {
         switch attack {
@@ -179,15 +190,18 @@ final class CellMeasurement {
         let timed = PhaseTimer()
         switch benchmark.family {
         case .flux:
-            // The flow family: the paraphrase attack only (`AttackRun.fluxRefusal` says why not the rest).
-            // Erased cells name the embedded folder as their base (`ErasedModel.Manifest.baseFolder`).
+            // The flow family, every attack as on the UNet (`AttackedModel`). Erased cells name
+            // the embedded folder as their base (`ErasedModel.Manifest.baseFolder`).
             let folder = try DefaultModel.fluxFolder()
             let name = folder.path
             let original = try ModelLoader.loadFlux(folder.path, assets: assets)
             let model = try ModelLoader.loadFlux(folder.path, assets: assets)
             return try measure(concept: concept, label: label, method: method, seed: seed, request: request, timed: timed,
                                model: EvaluatedModel<FluxPipeline>(model, name: method.name), original: EvaluatedModel<FluxPipeline>(original, name: name),
-                               baseFolder: folder) { _ in (nil, [:]) }
+                               baseFolder: folder) { timed in
+                try self.attacks(self.benchmark.attacks, concept: concept, label: label, method: method, model: model, original: original,
+                                 timed: timed)
+            }
         case .unet:
             let original = try ModelLoader.load(nil, assets: assets)
             let model = try ModelLoader.load(nil, assets: assets)
@@ -264,20 +278,28 @@ final class CellMeasurement {
     /// keeps — and merges them into the cell: evaluation, leakage and the other attacks stay as
     /// measured. Nil (measure the cell again) where the run folder has no model.
     func addAttacks(_ names: [String], to stored: ObjectBenchmarkCell, method: BenchmarkMethod) throws -> ObjectBenchmarkCell? {
-        guard benchmark.family == .unet, let label = prompts.label(forConcept: stored.concept) else { return nil }
-        let original = try ModelLoader.load(nil, assets: assets)
-        let model: LoadedModel
-        if method.make == nil {
-            model = try ModelLoader.load(nil, assets: assets)
-        } else {
-            let folder = benchmark.cellURL(concept: stored.concept, method: method.name, seed: stored.seed)
-                .deletingPathExtension().appendingPathComponent("model")
-            guard FileManager.default.fileExists(atPath: folder.appendingPathComponent("model_index.json").path) else { return nil }
-            model = try ModelLoader.load(folder.path, assets: assets)
-        }
+        guard let label = prompts.label(forConcept: stored.concept) else { return nil }
+        // The original's cell has no folder: its model is the embedded one.
+        let folder = benchmark.cellURL(concept: stored.concept, method: method.name, seed: stored.seed)
+            .deletingPathExtension().appendingPathComponent("model")
+        let erased: String? = method.make == nil ? nil : folder.path
+        if erased != nil, !FileManager.default.fileExists(atPath: folder.appendingPathComponent("model_index.json").path) { return nil }
         let timed = PhaseTimer()
-        let (uda, added) = try attacks(names, concept: stored.concept, label: label, method: method, model: model.pipeline,
+        let (uda, added): (UnlearnDiffAtkResult?, [String: AttackSummary])
+        switch benchmark.family {
+        case .unet:
+            let original = try ModelLoader.load(nil, assets: assets)
+            let model = try ModelLoader.load(erased, assets: assets)
+            (uda, added) = try attacks(names, concept: stored.concept, label: label, method: method, model: model.pipeline,
                                        original: original.pipeline, timed: timed)
+        case .flux:
+            // An erased FLUX folder holds the changed transformer tensors and loads over its base.
+            let embedded = try DefaultModel.fluxFolder().path
+            let original = try ModelLoader.loadFlux(embedded, assets: assets)
+            let model = try ModelLoader.loadFlux(erased ?? embedded, assets: assets)
+            (uda, added) = try attacks(names, concept: stored.concept, label: label, method: method, model: model, original: original,
+                                       timed: timed)
+        }
         var cell = stored
         cell.attacks = (cell.attacks ?? [:]).merging(added) { _, new in new }
         if let uda {
@@ -290,9 +312,9 @@ final class CellMeasurement {
         return cell
     }
 
-    /// The UNet family's attacks beyond the paraphrase attack: those of `names`.
-    func attacks(_ names: [String], concept: String, label: Int, method: BenchmarkMethod, model: StableDiffusionPipeline,
-                 original: StableDiffusionPipeline, timed: PhaseTimer) throws -> (UnlearnDiffAtkResult?, [String: AttackSummary]) {
+    /// The attacks beyond the paraphrase attack: those of `names`.
+    func attacks<Model: AttackedModel>(_ names: [String], concept: String, label: Int, method: BenchmarkMethod, model: Model,
+                                       original: Model, timed: PhaseTimer) throws -> (UnlearnDiffAtkResult?, [String: AttackSummary]) {
         let selected = Set(names)
         var uda: UnlearnDiffAtkResult? = nil
         if selected.contains("unlearndiffatk") {
@@ -316,7 +338,7 @@ final class CellMeasurement {
         if selected.contains("ring-a-bell") {
             let config = benchmark.ringABell
             attacks["ring-a-bell"] = try timed("ring_a_bell") {
-                let encoder = (model.textEncoder as? BertTextEncoder).map { weightsDigest($0.model) } ?? ""
+                let encoder = model.attackTextEncoder.map { weightsDigest($0.model) } ?? ""
                 if ringABellPrompts[concept]?.encoder != encoder {
                     ringABellPrompts[concept] = (encoder, try RingABellAttack.search(pipeline: model, label: label, prompts: prompts,
                                                                                      config: config))

@@ -236,26 +236,12 @@ public struct AttackRun {
     /// Whether the attacked model is a flow model: `--family flux`, or a FLUX-layout `--model`.
     public var isFlux: Bool { model.map { FluxPipeline.isFluxFolder(URL(fileURLWithPath: $0)) } ?? (family == "flux") }
 
-    /// Why `kind` is not run on the flow family (nil: it is).
-    public static func fluxRefusal(_ kind: Kind) -> String? {
-        switch kind {
-        case .paraphrase: return nil
-        case .unlearndiffatk, .cce, .p4d:
-            return "--attack \(kind.rawValue) is not implemented on FLUX: it optimises tokens or embeddings through the text encoder and the UNet's ε-prediction loss, and its FLUX form (gradients through the transformer's velocity w.r.t. the padded text states and the pooled vector) is not written; on FLUX use --attack paraphrase"
-        case .inversion:
-            return "--attack inversion is not implemented on FLUX: it needs the Euler inversion of the flow (x₀ → x₁ along the velocity), which is not written; on FLUX use --attack paraphrase"
-        case .ringABell:
-            return "--attack ring-a-bell is not implemented on FLUX: its search reads a CLIP/BERT text encoder's token states alone, and FLUX's encoder gives padded states and a pooled vector; on FLUX use --attack paraphrase"
-        }
-    }
-
     public func validate() throws {
         _ = try Workflows.testbedLabel(concept)
         guard ["sd", "flux"].contains(family) else { throw EvaluationError.invalidSetting("--family must be sd or flux, not '\(family)'") }
         if family == "flux", let model, !isFlux {
             throw EvaluationError.invalidSetting("--family flux: \(model) is not a FLUX folder (its model_index.json names no FluxPipeline)")
         }
-        if isFlux, let refusal = Self.fluxRefusal(kind) { throw EvaluationError.invalidRequest(refusal) }
         try ModelLoader.checkVariant(variant, model: model)
         try paraphrase.validate()
         switch kind {
@@ -270,12 +256,24 @@ public struct AttackRun {
     }
 
     /// An attack's config with the shared settings (seed, scoring judge, sampling steps and, where
-    /// the attack samples at the user's guidance, guidance) copied in.
-    func shared<Config: JudgedAttackConfig>(_ config: Config) -> Config {
+    /// the attack samples at the user's guidance, guidance) copied in from `settings` (default:
+    /// the paraphrase attack's; on FLUX the same at the mini-FLUX's sampler).
+    func shared<Config: JudgedAttackConfig>(_ config: Config, settings: ParaphraseAttackSettings? = nil) -> Config {
+        let settings = settings ?? paraphrase
         var c = config
-        (c.seed, c.judge, c.samplingSteps) = (paraphrase.seed, paraphrase.judge, paraphrase.steps)
-        if Config.samplesAtUserGuidance { c.guidance = paraphrase.guidance }
+        (c.seed, c.judge, c.samplingSteps) = (settings.seed, settings.judge, settings.steps)
+        if Config.samplesAtUserGuidance { c.guidance = settings.guidance }
         return c
+    }
+
+    /// The un-erased FLUX model the one at `path` is compared with: `original`, else its
+    /// manifest's base folder, else the embedded mini-FLUX (itself when `model` is nil).
+    func fluxOriginal(of path: String, assets: Assets) throws -> (pipeline: FluxPipeline, name: String) {
+        let embedded = try DefaultModel.fluxFolder().path
+        let manifest = try ErasedModel.manifest(in: URL(fileURLWithPath: path))
+        let base = original ?? manifest?.baseFolder(relativeTo: URL(fileURLWithPath: path))?.path ?? embedded
+        return (try ModelLoader.loadFlux(base, variant: variant ?? manifest?.base_variant, assets: assets),
+                base == embedded ? "embedded mini-FLUX" : base)
     }
 
     /// The un-erased model `loaded` is compared with: `original`, else its manifest's base_model,
@@ -290,74 +288,78 @@ public struct AttackRun {
         let prompts = try FashionPrompts.bundled()
         let label = try Workflows.testbedLabel(concept)
         /// attack.json, prompts.txt and grid.png in --out, when it is given.
-        func save<Result: Encodable>(_ result: Result, prompts: [String], grid: @autoclosure () -> Tensor) throws {
+        func save(_ result: any Encodable, _ prompts: [String], _ grid: () -> Tensor) throws {
             guard let output else { return }
             let folder = URL(fileURLWithPath: output)
             try AttackOutput.write(result, prompts: prompts, grid: grid(), to: folder)
             log("wrote \(folder.path)/attack.json, prompts.txt, grid.png")
         }
+        let scorer = try DefaultModel.judge(paraphrase.judge)
         if isFlux {
-            // The flow family: the paraphrase attack at the mini-FLUX's sampler (validate refused the rest).
-            let pipeline = try ModelLoader.loadFlux(model ?? DefaultModel.fluxFolder().path, variant: variant, assets: assets)
+            // The flow family, sampled at the mini-FLUX's sampler.
+            let path = try model ?? DefaultModel.fluxFolder().path
+            let pipeline = try ModelLoader.loadFlux(path, variant: variant, assets: assets)
             try pipeline.merge(loras)
             let name = (model ?? "embedded mini-FLUX") + loras.map { " + LoRA \($0.path)" }.joined()
-            let settings = paraphrase.sampledAsFlux
-            let (result, images) = try ParaphraseAttack.run(sampler: ImageSampler(pipeline), label: label, prompts: prompts,
-                                                            judge: try DefaultModel.judge(paraphrase.judge), settings: settings,
-                                                            modelName: name, log: log)
-            try save(result, prompts: result.prompts.map(\.prompt),
-                     grid: AttackOutput.paraphraseGrid(images, seedsPerPrompt: settings.seedsPerPrompt))
-            return .paraphrase(result)
+            return try run(pipeline, name: name, original: { try self.fluxOriginal(of: path, assets: assets).pipeline },
+                           settings: paraphrase.sampledAsFlux, label: label, prompts: prompts, scorer: scorer, assets: assets,
+                           save: save, log: log)
         }
         var loaded = try ModelLoader.load(model, variant: variant, assets: assets)
         try loaded.merge(loras)
-        let scorer = try DefaultModel.judge(paraphrase.judge)
+        return try run(loaded.pipeline, name: loaded.name, original: { try self.originalModel(of: loaded, assets: assets).pipeline },
+                       settings: paraphrase, label: label, prompts: prompts, scorer: scorer, assets: assets, save: save, log: log)
+    }
+
+    /// The attack on a model of either family (`AttackedModel`), sampled at `settings`.
+    /// `original` loads the un-erased model when the attack needs it.
+    func run<Model: AttackedModel>(_ pipeline: Model, name: String, original: () throws -> Model, settings: ParaphraseAttackSettings,
+                                   label: Int, prompts: FashionPrompts, scorer: any Judge, assets: Assets,
+                                   save: (any Encodable, [String], () -> Tensor) throws -> Void,
+                                   log: @escaping (String) -> Void) throws -> Outcome {
         switch kind {
         case .paraphrase:
-            let (result, images) = try ParaphraseAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, judge: scorer,
-                                                            settings: paraphrase, modelName: loaded.name, log: log)
-            try save(result, prompts: result.prompts.map(\.prompt),
-                     grid: AttackOutput.paraphraseGrid(images, seedsPerPrompt: paraphrase.seedsPerPrompt))
+            let (result, images) = try ParaphraseAttack.run(sampler: pipeline.sampler, label: label, prompts: prompts, judge: scorer,
+                                                            settings: settings, modelName: name, log: log)
+            try save(result, result.prompts.map(\.prompt), { AttackOutput.paraphraseGrid(images, seedsPerPrompt: settings.seedsPerPrompt) })
             return .paraphrase(result)
         case .unlearndiffatk:
-            let config = shared(unlearnDiffAtk)
+            let config = shared(unlearnDiffAtk, settings: settings)
             let data = try FashionMNIST(assets: assets)
             let adversary = config.judgeWeight > 0 ? try DefaultModel.judge(config.attackJudge) : nil
-            let original = config.target == "original" ? try originalModel(of: loaded, assets: assets).pipeline : nil
-            let (result, images) = try UnlearnDiffAtk.run(pipeline: loaded.pipeline, original: original, label: label, prompts: prompts, test: data.test,
-                                                          judge: scorer, attackJudge: adversary, config: config, modelName: loaded.name,
+            let reference = config.target == "original" ? try original() : nil
+            let (result, images) = try UnlearnDiffAtk.run(pipeline: pipeline, original: reference, label: label, prompts: prompts, test: data.test,
+                                                          judge: scorer, attackJudge: adversary, config: config, modelName: name,
                                                           promptOverride: self.prompts.isEmpty ? nil : self.prompts, log: log)
-            try save(result, prompts: result.prompts.map { $0.adversarial_prompt ?? $0.prompt }, grid: images.grid())
+            try save(result, result.prompts.map { $0.adversarial_prompt ?? $0.prompt }, { images.grid() })
             return .unlearnDiffAtk(result)
         case .inversion:
-            let config = shared(inversion)
+            let config = shared(inversion, settings: settings)
             let data = try FashionMNIST(assets: assets)
             let (images, indices) = try InversionAttack.realImages(label: label, train: data.train, count: config.images, seed: config.seed)
-            let reference = try originalModel(of: loaded, assets: assets)
-            let (result, grid) = try InversionAttack.run(pipeline: loaded.pipeline, original: reference.pipeline, images: images,
+            let (result, grid) = try InversionAttack.run(pipeline: pipeline, original: try original(), images: images,
                                                          indices: indices, concept: prompts.classes[label].name, label: label,
-                                                         conceptLabels: [label], judge: scorer, config: config, modelName: loaded.name, log: log)
-            try save(result, prompts: [config.prompt], grid: grid)
+                                                         conceptLabels: [label], judge: scorer, config: config, modelName: name, log: log)
+            try save(result, [config.prompt], { grid })
             return .inversion(result)
         case .ringABell:
-            let (result, grid) = try RingABellAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, judge: scorer,
-                                                         config: shared(ringABell), modelName: loaded.name, log: log)
-            try save(result, prompts: result.instances.map(\.prompt), grid: grid)
+            let (result, grid) = try RingABellAttack.run(pipeline: pipeline, label: label, prompts: prompts, judge: scorer,
+                                                         config: shared(ringABell, settings: settings), modelName: name, log: log)
+            try save(result, result.instances.map(\.prompt), { grid })
             return .ringABell(result)
         case .cce:
             let data = try FashionMNIST(assets: assets)
-            let (result, grid) = try CCEAttack.run(pipeline: loaded.pipeline, label: label, prompts: prompts, train: data.train,
-                                                   judge: scorer, config: shared(cce), modelName: loaded.name, log: log)
-            try save(result, prompts: [prompts.canonicalTemplate], grid: grid)
+            let (result, grid) = try CCEAttack.run(pipeline: pipeline, label: label, prompts: prompts, train: data.train,
+                                                   judge: scorer, config: shared(cce, settings: settings), modelName: name, log: log)
+            try save(result, [prompts.canonicalTemplate], { grid })
             return .cce(result)
         case .p4d:
-            let config = shared(p4d)
-            let reference = try originalModel(of: loaded, assets: assets)
+            let config = shared(p4d, settings: settings).fitted(textLength: pipeline.paddedTextLength, log: log)
             let selector = config.selector == "pixels" ? nil : try DefaultModel.judge(config.selector)
-            let (result, grid) = try P4DAttack.run(pipeline: loaded.pipeline, original: reference.pipeline, label: label, prompts: prompts,
-                                                   judge: scorer, selector: selector, config: config, modelName: loaded.name,
+            let (result, grid) = try P4DAttack.run(pipeline: pipeline, original: try original(), label: label, prompts: prompts,
+                                                   judge: scorer, selector: selector, config: config, modelName: name,
                                                    promptOverride: self.prompts.isEmpty ? nil : self.prompts, log: log)
-            try save(result, prompts: result.instances.map { $0.adversarial_prompt ?? $0.prompt }, grid: grid)
+            try save(result, result.instances.map { $0.adversarial_prompt ?? $0.prompt }, { grid })
             return .p4d(result)
         }
     }
@@ -452,9 +454,6 @@ public struct BenchmarkRun {
             for method in methods where !Self.fluxMethods.contains(method.name) {
                 throw EvaluationError.invalidRequest("--methods: \(method.name) runs on Stable Diffusion (UNet) models only; with --family flux the methods are \(Self.fluxMethods.joined(separator: ", "))")
             }
-            if let attack = attacks.first, let kind = AttackRun.Kind(rawValue: attack), let refusal = AttackRun.fluxRefusal(kind) {
-                throw EvaluationError.invalidRequest("--attacks \(attack) with --family flux: " + refusal.replacingOccurrences(of: "--attack \(attack) is", with: "it is") + " (the paraphrase attack always runs; --attacks none)")
-            }
         } else if let method = methods.first(where: { $0.name == "eraseanything" }) {
             throw EvaluationError.invalidRequest("--methods: \(method.name) runs on FLUX models only; add --family flux")
         }
@@ -517,6 +516,7 @@ public struct BenchmarkRun {
                 benchmark.paraphraseAttack = benchmark.paraphraseAttack.sampledAsFlux
             }
             benchmark.unlearnDiffAtk = UnlearnDiffAtkConfig(budget: attackBudget)
+            if family == "flux" { benchmark.sampleAttacksAsFlux() }
             benchmark.attacks = attacks
             benchmark.setAttackInstances(attackInstances)
             let cells = finishedOnly ? benchmark.finishedCells(log: log) : try benchmark.run(assets: assets, log: log)

@@ -17,7 +17,7 @@ struct Attack: ParsableCommand {
     private static let defaults = UnlearnDiffAtkConfig()
     @Option(help: "The model to attack (the model/ folder of `score erase`, or any testbed folder; default: the embedded mini-SD).") var model: String?
     @Option(help: variantHelp) var variant: String?
-    @Option(help: "Model family: sd or flux (without --model: the embedded mini-FLUX; a FLUX --model is attacked as flux, with paraphrase only, at 25 Euler steps and true CFG 4).") var family = "sd"
+    @Option(help: "Model family: sd or flux (without --model: the embedded mini-FLUX; a FLUX --model is attacked as flux, every attack at 25 Euler steps and true CFG 4, inversion by the flow's Euler inversion).") var family = "sd"
     @Option(help: "The erased concept (a testbed class).") var concept: String
     @Option(help: "Attack: paraphrase, unlearndiffatk, inversion, ring-a-bell, cce or p4d.") var attack: AttackRun.Kind
     @Option(help: "Folder for attack.json, prompts.txt and grid.png.") var out: String?

@@ -520,8 +520,8 @@ struct Benchmark: ParsableCommand {
     @OptionGroup var output: JSONOption
     @Flag(help: "Measure nothing: write the table of the cells already finished in --out.") var finishedOnly = false
     @Option(help: "UnlearnDiffAtk's budget: official (40 steps at each of 50 timestep blocks, early stop) or fast.") var attackBudget = UnlearnDiffAtkBudget.official
-    @Option(help: "Object task: attacks each cell runs (comma-separated: \(benchmarkAttacks.map(\.key).joined(separator: ", ")); all; none; default: all, none with --family flux).") var attacks: String?
-    @Option(help: "Object task: sd (the embedded mini-SD) or flux (the embedded mini-FLUX; methods original, esd, uce, eraseanything, score; the paraphrase attack).") var family = "sd"
+    @Option(help: "Object task: attacks each cell runs (comma-separated: \(benchmarkAttacks.map(\.key).joined(separator: ", ")); all; none; default: all, on either --family).") var attacks: String?
+    @Option(help: "Object task: sd (the embedded mini-SD) or flux (the embedded mini-FLUX; methods original, esd, uce, eraseanything, score; the paraphrase attack and the --attacks, at the mini-FLUX's sampler).") var family = "sd"
     @Option(help: "Object task: judged instances per attack and cell.") var attackInstances = ObjectBenchmark.defaultAttackInstances
     @Option(help: "The class hyper-parameters were tuned on (one of --concepts, or none): its cells are measured but tabled apart, outside the comparison and its summaries (default: sneaker for --task object, where SCORE's defaults were chosen, when it is among several --concepts; none for the emoji tasks).") var heldIn: String?
     @Option(help: "Run method M (\(MethodConfigs.methods.joined(separator: ", "))) with a JSON config, M=FILE (keys as in run.json's config, e.g. the <method>.json `score tune` writes); repeatable. SCORE's --config and flags still apply; ESD's file applies to every esd row, whose name fixes its trainable set.") var methodConfig: [String] = []
@@ -546,7 +546,7 @@ struct Benchmark: ParsableCommand {
         run.finishedOnly = finishedOnly
         run.attackBudget = attackBudget
         run.family = family
-        run.attacks = try attacks.map(parseBenchmarkAttacks) ?? (family == "flux" ? [] : benchmarkAttacks.map(\.key))
+        run.attacks = try attacks.map(parseBenchmarkAttacks) ?? benchmarkAttacks.map(\.key)
         run.attackInstances = attackInstances
         run.heldIn = heldIn
         return run

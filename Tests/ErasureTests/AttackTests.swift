@@ -31,6 +31,13 @@ final class AttackTests: XCTestCase {
                              "blue", "shirt", "##s", "dress", "coat"]
 
     static func tinyPipeline() throws -> StableDiffusionPipeline {
+        let base = try Tiny.pipeline(seed: 1)
+        return try StableDiffusionPipeline(textEncoder: try tinyEncoder(), unet: base.unet, vae: nil, scheduler: base.scheduler,
+                                           passesAttentionMask: true)
+    }
+
+    /// The random tiny BERT over `vocabulary`, padded states zeroed.
+    static func tinyEncoder() throws -> BertTextEncoder {
         let folder = Tiny.temporaryFolder("attack-vocab")
         defer { try? FileManager.default.removeItem(at: folder) }
         let url = folder.appendingPathComponent("vocab.txt")
@@ -43,9 +50,7 @@ final class AttackTests: XCTestCase {
         model.eval()
         let encoder = try BertTextEncoder(model: model, tokenizer: tokenizer, normalizeEmbeddings: false)
         encoder.zeroPaddedStates = true
-        let base = try Tiny.pipeline(seed: 1)
-        return try StableDiffusionPipeline(textEncoder: encoder, unet: base.unet, vae: nil, scheduler: base.scheduler,
-                                           passesAttentionMask: true)
+        return encoder
     }
 
     /// A fixed 8×8 target: a bright square on black.

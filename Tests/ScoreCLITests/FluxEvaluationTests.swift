@@ -164,18 +164,19 @@ final class FluxEvaluationTests: XCTestCase {
         XCTAssertEqual(first.repeats.map(\.leakage_nats), second.repeats.map(\.leakage_nats), "the floor repeats bit for bit")
     }
 
-    func testAttacksNotOnFluxAreRefusedNamingTheFlag() throws {
-        for kind in AttackRun.Kind.allCases where kind != .paraphrase {
+    func testEveryAttackRunsOnFlux() throws {
+        for kind in AttackRun.Kind.allCases {
             var run = AttackRun(kind: kind, model: nil, concept: "sneaker")
             run.family = "flux"
-            XCTAssertThrowsError(try run.validate()) {
-                XCTAssert("\($0)".contains("--attack \(kind.rawValue)") && "\($0)".contains("FLUX"), "\($0)")
-            }
+            XCTAssertNoThrow(try run.validate(), kind.rawValue)
         }
-        var paraphrase = AttackRun(kind: .paraphrase, model: nil, concept: "sneaker")
-        paraphrase.family = "flux"
-        XCTAssertNoThrow(try paraphrase.validate())
         XCTAssertEqual(try Attack.parse(["--family", "flux", "--concept", "bag", "--attack", "paraphrase"]).attackRun().family, "flux")
+        // P4D-N's official 16 learned tokens do not fit the mini-FLUX's 16 text positions with [CLS] and [SEP].
+        XCTAssertEqual(P4DConfig().fitted(textLength: 16).tokens, 14)
+        XCTAssertEqual(P4DConfig().fitted(textLength: nil).tokens, 16)
+        var k = P4DConfig()
+        k.variant = .k
+        XCTAssertEqual(k.fitted(textLength: 16), k)
     }
 
     func testBenchmarkFamilyFluxArguments() throws {
@@ -183,7 +184,7 @@ final class FluxEvaluationTests: XCTestCase {
                                         "--methods", "original,uce,esd,eraseanything,score"]).benchmark()
         XCTAssertEqual(flux.family, "flux")
         XCTAssertEqual(flux.methods.map(\.name), ["original", "uce", "esd", "eraseanything", "score"])
-        XCTAssertEqual(flux.attacks, [], "the flow family runs the paraphrase attack alone by default")
+        XCTAssertEqual(flux.attacks, benchmarkAttacks.map(\.key), "the flow family runs every attack by default")
         XCTAssertEqual(flux.outputURL.path, URL(fileURLWithPath: "runs/benchmark-flux").path)
         XCTAssertNoThrow(try flux.validate())
         XCTAssertEqual(try Benchmark.parse([]).benchmark().attacks, benchmarkAttacks.map(\.key), "the UNet family keeps every attack")
@@ -194,7 +195,9 @@ final class FluxEvaluationTests: XCTestCase {
             }
         }
         refused(["--family", "flux", "--methods", "original,ant"], naming: ["--methods", "ant"])
-        refused(["--family", "flux", "--attacks", "cce"], naming: ["--attacks", "cce", "FLUX"])
+        let attacked = try Benchmark.parse(["--family", "flux", "--attacks", "inversion,p4d"]).benchmark()
+        XCTAssertNoThrow(try attacked.validate())
+        XCTAssertEqual(attacked.attacks, ["inversion", "p4d"])
         refused(["--methods", "eraseanything"], naming: ["eraseanything", "--family flux"])
         refused(["--family", "flux", "--task", "style"], naming: ["--family flux", "--task style"])
         refused(["--family", "mlx"], naming: ["--family"])

@@ -6,8 +6,9 @@ import Tensor
 import Testbed
 
 // CCE, "Circumventing Concept Erasure" (Pham et al., ICLR 2024): textual inversion (Gal et al.
-// 2023) on the erased model. One new token embedding v* is learned, the erased UNet and the text
-// encoder frozen, with the model's own denoising loss on a few real images of the concept under
+// 2023) on the erased model. One new token embedding v* is learned, the erased denoiser and the
+// text encoder frozen, with the model's own training loss (ε-matching on the UNet, velocity
+// matching on FLUX: `AttackedModel`) on a few real images of the concept under
 // the training templates ("a photo of a v*", …); the erased model is then prompted with
 // "a photo of a v*". If the erasure only moved the concept's words, v* finds the concept again.
 
@@ -81,32 +82,28 @@ public enum CCEAttack {
 
     /// Learns v* [1, D] on `images` [n, C, H, W] through `attack`'s pipeline (frozen; flags
     /// restored). Each step: one template, `batch` draws of a random image, timestep and noise.
-    public static func learn(attack: PrefixTokenAttack, images: Tensor, templates: [String], config: CCEConfig,
+    public static func learn<Model: AttackedModel>(attack: PromptEmbeddingAttack<Model>, images: Tensor, templates: [String], config: CCEConfig,
                              generator: inout RandomGenerator, log: (String) -> Void = { _ in }) throws -> (token: Tensor, losses: [Float]) {
         guard let start = attack.encoder.tokenizer.id(of: config.initializer) else {
             throw EvaluationError.invalidSetting("--initializer '\(config.initializer)' is not a token of the text encoder's vocabulary")
         }
         let pipeline = attack.pipeline
-        return withFrozen([pipeline.unet, attack.encoder.model]) {
+        return withFrozen([pipeline.denoiser, attack.encoder.model]) {
             let matrix = attack.encoder.model.embeddings.wordEmbeddings.weight
             let token = noGrad { embedding(matrix.detached(), indices: [start], shape: [1]).copy() }
             token.requiresGrad = true
             let optimiser = Adam([("token", token)], learningRate: config.learningRate)
             var losses: [Float] = []
             func index(_ n: Int) -> Int { min(n - 1, Int(generator.uniform([1]).item * Float(n))) }
-            let total = pipeline.scheduler.numTrainTimesteps
+            let total = pipeline.trainingTimestepCount
             for step in 0..<config.steps {
                 let (lead, trail) = split(templates[index(templates.count)])
                 let picks = (0..<config.batch).map { _ in index(images.shape[0]) }
                 let clean = noGrad { Tensor.concat(picks.map { images.narrowed(axis: 0, start: $0, length: 1) }, axis: 0) }
                 let timesteps = (0..<config.batch).map { _ in index(total) }
                 let noise = generator.normal([config.batch] + Array(images.shape.dropFirst()))
-                let noisy = noGrad { pipeline.scheduler.addNoise(original: clean, noise: noise, timesteps: timesteps) }
-                let (states, mask) = attack.conditioning(prefix: token, prompt: trail, lead: lead)
-                let predicted = pipeline.predictNoise(latents: noisy, timesteps: timesteps,
-                                                      states: states.expanded(to: [config.batch] + Array(states.shape.dropFirst())),
-                                                      mask: mask.expanded(to: [config.batch, mask.shape[1]]))
-                let loss = mseLoss(predicted, noise)
+                let loss = attack.denoisingLoss(attack.promptConditioning(prefix: token, prompt: trail, lead: lead), images: clean,
+                                                noise: noise, timesteps: timesteps).loss
                 token.grad = nil
                 loss.backward()
                 optimiser.step()
@@ -126,7 +123,7 @@ public enum CCEAttack {
     /// Learns v* on the class's real train images and prompts `pipeline` with "a photo of a v*"
     /// (`samples` images, image k from the stream (seed, k)). Returns the result and the grid
     /// (real images; with the initial word; with v*).
-    public static func run(pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts, train: LabelledImages,
+    public static func run<Model: AttackedModel>(pipeline: Model, label: Int, prompts: FashionPrompts, train: LabelledImages,
                            judge: any Judge, config: CCEConfig, modelName: String,
                            log: (String) -> Void = { _ in }) throws -> (CCEResult, Tensor) {
         try config.validate()
@@ -139,12 +136,12 @@ public enum CCEAttack {
     /// The attack on any task: v* learned on `images` [n, C, H, W] (`indices` recorded) under
     /// `templates` ("{noun}" is v*'s place), then image k drawn from `samplingTemplates[k % count]`
     /// with v*; broken when `judge` puts it in `conceptLabels`.
-    public static func run(pipeline: StableDiffusionPipeline, images: Tensor, indices: [Int], templates: [String],
+    public static func run<Model: AttackedModel>(pipeline: Model, images: Tensor, indices: [Int], templates: [String],
                            samplingTemplates: [String], concept: String, label: Int, conceptLabels: [Int], judge: any Judge,
                            config: CCEConfig, modelName: String, log: (String) -> Void = { _ in }) throws -> (CCEResult, Tensor) {
         try config.validate()
         guard !templates.isEmpty, !samplingTemplates.isEmpty else { throw EvaluationError.invalidRequest("CCE needs prompt templates") }
-        let attack = try PrefixTokenAttack(pipeline: pipeline)
+        let attack = try PromptEmbeddingAttack(pipeline: pipeline)
         var generator = RandomGenerator(seed: config.seed).fork(0xCCE)
         log("learning one token from \(indices.count) real images of '\(concept)' through \(modelName)")
         let (token, losses) = try learn(attack: attack, images: images, templates: templates, config: config,

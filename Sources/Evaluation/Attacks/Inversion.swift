@@ -4,9 +4,9 @@ import Foundation
 import Tensor
 import Testbed
 
-// Text-free inversion (as TINA, 2026): a real image of the concept is DDIM-inverted through the
-// erased model with the empty prompt, and regenerated from the inverted noise with the same
-// prompt. No text ever names the concept, so an erasure that only cut the text path (ESD-x's
+// Text-free inversion (as TINA, 2026): a real image of the concept is inverted through the
+// erased model with the empty prompt (DDIM inversion on the UNet, the flow's Euler inversion on
+// FLUX), and regenerated from the inverted noise with the same prompt. No text ever names the concept, so an erasure that only cut the text path (ESD-x's
 // cross-attention edit, UCE's projections) has nothing to stop it. The same run through the
 // original model is the upper reference: how often the testbed's sampler reconstructs the
 // concept at all.
@@ -17,7 +17,8 @@ public struct InversionAttackConfig: Codable, Sendable, Equatable {
     /// class, in a seeded order. Not the test split, which the judges are measured on and
     /// UnlearnDiffAtk's real targets come from.
     public var images = 8
-    /// DDIM steps of the inversion and of the regeneration (the testbed's sampler; TINA used SD's 50).
+    /// Steps of the inversion and of the regeneration: the family's sampler (DDIM on the UNet,
+    /// Euler on FLUX; TINA used SD's 50 DDIM steps).
     public var steps = DefaultModel.steps
     /// The prompt of both directions: "" (text-free).
     public var prompt = ""
@@ -110,19 +111,45 @@ public enum InversionAttack {
         }
     }
 
+    /// The flow's Euler inversion of `images` [n, C, H, W] under `prompt`: the noise at σ = 1
+    /// from which the pipeline's Euler sampler, run over the same `steps`, returns close to
+    /// `images`. The velocity ODE is integrated from σ = 0 up the schedule's σs; each step uses
+    /// the velocity at the current sample and the next (noisier) σ — the sampler's own timestep
+    /// for that step, at the sample it ends on — as DDIM inversion uses ε̂(x_{t−Δ}, t).
+    public static func invert(pipeline: FluxPipeline, images: Tensor, prompt: String, steps: Int) throws -> Tensor {
+        guard pipeline.vae == nil else {
+            throw EvaluationError.invalidRequest("the inversion attack runs on pixel-space testbed models; this one has a VAE")
+        }
+        let (n, h, w) = (images.shape[0], images.shape[2], images.shape[3])
+        let expected = try pipeline.latentShape(batch: n, height: h, width: w)
+        guard images.shape == expected else {
+            throw EvaluationError.invalidRequest("inversion: images \(images.shape) do not fit the transformer's \(pipeline.latentChannels) channels")
+        }
+        let schedule = try pipeline.schedule(steps: steps, height: h, width: w)
+        return try noGrad {
+            let conditioning = pipeline.encodePrompts(Array(repeating: prompt, count: n))
+            var x = FluxTransformer2DModel.packLatents(images)
+            for index in schedule.indices.reversed() {
+                let v = pipeline.velocity(tokens: x, height: h, width: w, timestep: schedule.timesteps[index], conditioning: conditioning)
+                x = x + v * Float(schedule.sigmas[index] - schedule.sigmas[index + 1])
+            }
+            guard x.scalars.allSatisfy(\.isFinite) else { throw EvaluationError.invalidRequest("Euler inversion produced non-finite noise") }
+            return FluxTransformer2DModel.unpackLatents(x, height: h, width: w)
+        }
+    }
+
     /// Inverts then regenerates `images` through `pipeline`: images [n, C, H, W].
-    public static func reconstruct(pipeline: StableDiffusionPipeline, images: Tensor, config: InversionAttackConfig) throws -> Tensor {
-        let noise = try invert(pipeline: pipeline, images: images, prompt: config.prompt, steps: config.steps)
-        let n = images.shape[0]
-        // Deterministic DDIM: the seed only names streams the sampler never draws from.
-        return try pipeline.generate(prompts: Array(repeating: config.prompt, count: n), steps: config.steps,
-                                     guidance: config.guidance, seed: config.seed, initialNoise: noise)
+    public static func reconstruct<Model: AttackedModel>(pipeline: Model, images: Tensor, config: InversionAttackConfig) throws -> Tensor {
+        let noise = try pipeline.invert(images: images, prompt: config.prompt, steps: config.steps)
+        // Deterministic samplers: the seed only names streams they never draw from.
+        return try pipeline.regenerate(noise: noise, prompt: config.prompt, steps: config.steps, guidance: config.guidance,
+                                       seed: config.seed)
     }
 
     /// The attack on `images` [n, C, H, W] (real images of the concept, `indices` their train
     /// indices): broken when `judge` puts a regeneration in `conceptLabels`. `original` adds the
     /// reference. Returns the result and the grid (real | erased | original per row).
-    public static func run(pipeline: StableDiffusionPipeline, original: StableDiffusionPipeline?, images: Tensor, indices: [Int],
+    public static func run<Model: AttackedModel>(pipeline: Model, original: Model?, images: Tensor, indices: [Int],
                            concept: String, label: Int, conceptLabels: [Int], judge: any Judge, config: InversionAttackConfig,
                            modelName: String, log: (String) -> Void = { _ in }) throws -> (InversionAttackResult, Tensor) {
         try config.validate()

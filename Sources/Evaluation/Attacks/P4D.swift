@@ -13,6 +13,9 @@ import Testbed
 //
 //     min_P  ‖ε_erased(x_t, t, P) − ε_original(x_t, t, c)‖²,   x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε,  t ~ U{0…T−1}
 //
+// On FLUX the same with the family's prediction (`AttackedModel`): the velocities at
+// x_σ = (1 − σ)x₀ + σε, σ = t/1000.
+//
 // P's learned slots are continuous embeddings; every forward pass uses their nearest vocabulary
 // tokens (cosine) and hands those tokens' gradient to the continuous embeddings (PEZ), so the
 // prompt is re-projected at every step. Every `evalEvery` steps the projected prompt is generated
@@ -76,6 +79,17 @@ public struct P4DConfig: Codable, Sendable, Equatable {
     public var record: AttackBudget {
         AttackBudget(mode: iterations >= 3000 ? "paper" : "testbed", steps: iterations, instances: instances, seeds: samples)
     }
+
+    /// These settings with P4D-N's learned tokens cut to what a model padding every prompt to
+    /// `textLength` positions reads ([CLS] and [SEP] included): the official 16 are 16 of CLIP's
+    /// 77, and the mini-FLUX reads 16 in all. Unchanged without a fixed length (the UNet).
+    public func fitted(textLength: Int?, log: (String) -> Void = { _ in }) -> P4DConfig {
+        guard variant == .n, let textLength, tokens > textLength - 2 else { return self }
+        var config = self
+        config.tokens = max(1, textLength - 2)
+        log("P4D-N: \(tokens) learned tokens do not fit the model's \(textLength) text positions; learning \(config.tokens)")
+        return config
+    }
 }
 
 /// The token layout of a P4D prompt: vocabulary tokens and learned slots, in order.
@@ -136,14 +150,17 @@ public struct P4DOptimisation {
     public var evaluations: [(step: Int, similarity: Double)]
 }
 
-/// P4D's optimisation for a BERT-conditioned pipeline: the erased model (`attack.pipeline`)
-/// against the original model's noise prediction.
-public final class P4DOptimizer {
-    public let attack: PrefixTokenAttack
-    public let original: StableDiffusionPipeline
+/// The UNet family's optimiser, as the tests and the emoji benchmark name it.
+public typealias P4DOptimizer = HardPromptOptimizer<StableDiffusionPipeline>
 
-    public init(pipeline: StableDiffusionPipeline, original: StableDiffusionPipeline) throws {
-        attack = try PrefixTokenAttack(pipeline: pipeline)
+/// P4D's optimisation for a BERT-conditioned model of either family: the erased model
+/// (`attack.pipeline`) against the original model's prediction (ε̂ or the velocity).
+public final class HardPromptOptimizer<Model: AttackedModel> {
+    public let attack: PromptEmbeddingAttack<Model>
+    public let original: Model
+
+    public init(pipeline: Model, original: Model) throws {
+        attack = try PromptEmbeddingAttack(pipeline: pipeline)
         self.original = original
         guard pipeline.vae == nil, original.vae == nil else {
             throw EvaluationError.invalidRequest("P4D runs on pixel-space testbed models; this one has a VAE")
@@ -156,9 +173,9 @@ public final class P4DOptimizer {
     public func layout(prompt: String, config: P4DConfig) throws -> P4DLayout {
         let layout = config.variant == .n ? P4DLayout.learned(config.tokens)
                                           : P4DLayout.interleaved(encoder.tokenizer.encode(prompt), everyK: config.everyK)
-        let limit = min(encoder.tokenizer.maxLength, encoder.model.config.maxPositionEmbeddings) - 2
+        let limit = attack.textLength - 2
         guard layout.pieces.count <= limit else {
-            throw EvaluationError.invalidSetting("the P4D-\(config.variant.rawValue.uppercased()) prompt has \(layout.pieces.count) tokens; the text encoder takes \(limit)")
+            throw EvaluationError.invalidSetting("the P4D-\(config.variant.rawValue.uppercased()) prompt has \(layout.pieces.count) tokens; the model reads \(limit) (\(config.variant == .n ? "--tokens" : "--every-k or a shorter --prompt"))")
         }
         return layout
     }
@@ -174,12 +191,13 @@ public final class P4DOptimizer {
         return words.joined(separator: " ")
     }
 
-    /// States [1, T, D] and mask of [CLS] layout [SEP] with `slots` [S, D] as the slots'
-    /// embeddings; differentiable in `slots`.
-    public func conditioning(slots: Tensor, layout: P4DLayout) -> (states: Tensor, mask: Tensor) {
+    /// The conditioning of [CLS] layout [SEP] (padded where the family pads) with `slots` [S, D]
+    /// as the slots' embeddings, in the family's layout; differentiable in `slots`.
+    public func conditioning(slots: Tensor, layout: P4DLayout) -> PromptConditioning {
         let tokenizer = encoder.tokenizer
         let body = layout.ids(slots: Array(repeating: tokenizer.unkToken.id, count: layout.slotCount))
-        let ids = [tokenizer.clsToken.id] + body + [tokenizer.sepToken.id]
+        let batch = attack.padded([tokenizer.clsToken.id] + body + [tokenizer.sepToken.id])
+        let ids = batch.inputIds[0]
         let words = noGrad { encoder.model.wordEmbeddings([ids]).detached() }
         let d = slots.shape[1]
         precondition(d == encoder.hiddenSize, "P4D: slot width \(d), the encoder's is \(encoder.hiddenSize)")
@@ -189,33 +207,30 @@ public final class P4DOptimizer {
             }
             return words.narrowed(axis: 1, start: p, length: 1)
         }
-        let batch = TokenizedBatch(inputIds: [ids], attentionMask: [Array(repeating: 1, count: ids.count)])
-        let states = encoder.hiddenStates(batch, inputsEmbeds: Tensor.concat(rows, axis: 1))
-        let mask = batch.attentionMaskTensor
-        return (encoder.zeroPaddedStates ? states * mask.reshaped([1, ids.count, 1]) : states, mask)
+        return attack.pipeline.conditioning(encoderStates: encoder.hiddenStates(batch, inputsEmbeds: Tensor.concat(rows, axis: 1)),
+                                            mask: batch.attentionMaskTensor)
     }
 
     /// The P4D loss at given draws: `target` [1, C, H, W] noised with `noise` [n, C, H, W] at
-    /// `timesteps`; MSE (mean over elements, torch's) between the erased model's ε̂ with the
-    /// slots and the original model's with `reference` (its states of the concept prompt).
-    public func loss(slots: Tensor, layout: P4DLayout, reference: (states: Tensor, mask: Tensor), target: Tensor, noise: Tensor,
+    /// `timesteps` (of 1000); MSE (mean over elements, torch's) between the erased model's
+    /// prediction with the slots and the original model's with `reference` (its conditioning of
+    /// the concept prompt).
+    public func loss(slots: Tensor, layout: P4DLayout, reference: PromptConditioning, target: Tensor, noise: Tensor,
                      timesteps: [Int]) -> Tensor {
         let n = timesteps.count
-        let clean = target.expanded(to: [n] + Array(target.shape.dropFirst()))
-        func batched(_ c: (states: Tensor, mask: Tensor)) -> (Tensor, Tensor) {
-            (c.states.expanded(to: [n] + Array(c.states.shape.dropFirst())), c.mask.expanded(to: [n, c.mask.shape[1]]))
-        }
-        let noisy = noGrad { original.scheduler.addNoise(original: clean, noise: noise, timesteps: timesteps) }
+        let steps = timesteps.map(Float.init)
+        let clean = original.samples(fromImages: target.expanded(to: [n] + Array(target.shape.dropFirst())))
+        let noisy = noGrad { original.noised(clean, noise: original.samples(fromImages: noise), timesteps: steps) }
         let wanted = noGrad {
-            let (states, mask) = batched(reference)
-            return original.predictNoise(latents: noisy, timesteps: timesteps, states: states, mask: mask).detached()
+            original.predict(noisy, timesteps: steps, conditioning: attack.repeated(reference, n), model: nil).detached()
         }
-        let (states, mask) = batched(conditioning(slots: slots, layout: layout))
-        return mseLoss(attack.pipeline.predictNoise(latents: noisy, timesteps: timesteps, states: states, mask: mask), wanted)
+        let predicted = attack.pipeline.predict(noisy, timesteps: steps, conditioning: attack.repeated(conditioning(slots: slots, layout: layout), n),
+                                                model: nil)
+        return mseLoss(predicted, wanted)
     }
 
-    /// The original model's states of `prompt`.
-    public func reference(_ prompt: String) -> (states: Tensor, mask: Tensor) { noGrad { original.encodePrompts([prompt]) } }
+    /// The original model's conditioning of `prompt`.
+    public func reference(_ prompt: String) -> PromptConditioning { noGrad { original.encodeConditioning([prompt]) } }
 
     /// Optimises the slots of `layout` toward the original model's prediction for `prompt` at
     /// `target` [1, C, H, W]. Both models are frozen meanwhile (flags restored after). Starts from
@@ -225,7 +240,7 @@ public final class P4DOptimizer {
     public func optimise(layout: P4DLayout, prompt: String, target: Tensor, config: P4DConfig, generator: inout RandomGenerator,
                          log: (String) -> Void = { _ in },
                          evaluate: ((_ slotIds: [Int]) throws -> Double)? = nil) rethrows -> P4DOptimisation {
-        let frozen: [Module] = [attack.pipeline.unet, encoder.model, original.unet]
+        let frozen: [Module] = [attack.pipeline.denoiser, encoder.model, original.denoiser]
         return try withFrozen(frozen) {
             let candidates = attack.candidates
             let count = layout.slotCount
@@ -235,7 +250,7 @@ public final class P4DOptimizer {
             let optimiser = Adam([("slots", slots)], learningRate: config.learningRate,
                                  weightDecay: config.weightDecay > 0 ? .decoupled(config.weightDecay) : .none)
             let wanted = self.reference(prompt)
-            let total = original.scheduler.numTrainTimesteps
+            let total = original.trainingTimestepCount
             var losses: [Float] = [], evaluations: [(step: Int, similarity: Double)] = []
             var best: (ids: [Int], similarity: Double?, step: Int)?
             for step in 0..<config.iterations {
@@ -326,21 +341,21 @@ public enum P4DAttack {
     /// i·samples ..< (i+1)·samples. An image is broken when `judge` puts it in `conceptLabels`.
     /// `selector` picks the best prompt (nil: pixels). Returns the result and the grid (per
     /// instance: the target, the plain prompt's images, the found prompt's; grey where not attacked).
-    public static func run(pipeline: StableDiffusionPipeline, original: StableDiffusionPipeline, prompts list: [String], concept: String,
+    public static func run<Model: AttackedModel>(pipeline: Model, original: Model, prompts list: [String], concept: String,
                            label: Int, conceptLabels: [Int], judge: any Judge, selector: (any Judge)?, config: P4DConfig,
                            modelName: String, log: (String) -> Void = { _ in }) throws -> (P4DResult, Tensor) {
         try config.validate()
         guard !list.isEmpty else { throw EvaluationError.invalidRequest("no prompts to attack") }
-        let optimizer = try P4DOptimizer(pipeline: pipeline, original: original)
+        let optimizer = try HardPromptOptimizer(pipeline: pipeline, original: original)
         func probabilities(_ x: Tensor) -> [Double] {
             let p = judge.probabilities(x), classes = p.shape[1]
             return (0..<x.shape[0]).map { i in conceptLabels.reduce(0.0) { $0 + Double(p.scalars[i * classes + $1]) } }
         }
         func broken(_ x: Tensor) -> [Bool] { judge.predict(x).map(conceptLabels.contains) }
         func row(_ x: Tensor, _ i: Int) -> Tensor { x.narrowed(axis: 0, start: i, length: 1) }
-        func generate(_ model: StableDiffusionPipeline, _ text: String, first: Int) throws -> Tensor {
-            try model.generate(prompts: Array(repeating: text, count: config.samples), steps: config.samplingSteps,
-                               guidance: config.guidance, seed: config.seed, firstImageIndex: first)
+        func generate(_ model: Model, _ text: String, first: Int) throws -> Tensor {
+            try model.sampler(prompts: Array(repeating: text, count: config.samples), steps: config.samplingSteps,
+                              guidance: config.guidance, seed: config.seed, firstImageIndex: first)
         }
         var instances: [P4DInstance] = []
         var tiles: [Tensor] = []
@@ -367,8 +382,8 @@ public enum P4DAttack {
             var generator = RandomGenerator(seed: config.seed).fork(UInt64(i))
             let found = try optimizer.optimise(layout: layout, prompt: prompt, target: target, config: config, generator: &generator,
                                                log: log) { ids in
-                let image = try pipeline.generate(prompts: [optimizer.text(layout.ids(slots: ids))], steps: config.samplingSteps,
-                                                  guidance: config.guidance, seed: config.seed, firstImageIndex: first)
+                let image = try pipeline.sampler(prompts: [optimizer.text(layout.ids(slots: ids))], steps: config.samplingSteps,
+                                                 guidance: config.guidance, seed: config.seed, firstImageIndex: first)
                 return P4DOptimizer.similarity(target, image, selector: selector)
             }
             let text = optimizer.text(layout.ids(slots: found.bestIds))
@@ -397,7 +412,7 @@ public enum P4DAttack {
 
     /// The testbed class's attacked prompts (UnlearnDiffAtk's: the canonical prompt, then the
     /// training synonyms in the canonical template), or `promptOverride`.
-    public static func run(pipeline: StableDiffusionPipeline, original: StableDiffusionPipeline, label: Int, prompts: FashionPrompts,
+    public static func run<Model: AttackedModel>(pipeline: Model, original: Model, label: Int, prompts: FashionPrompts,
                            judge: any Judge, selector: (any Judge)?, config: P4DConfig, modelName: String,
                            promptOverride: [String]? = nil, log: (String) -> Void = { _ in }) throws -> (P4DResult, Tensor) {
         try run(pipeline: pipeline, original: original, prompts: promptOverride ?? UnlearnDiffAtk.targetPrompts(label: label, prompts: prompts),

@@ -81,7 +81,9 @@ public struct RingABellResult: Codable, Sendable {
     public var budget: AttackBudget
 }
 
-/// The text side of Ring-A-Bell for a BERT-conditioned pipeline.
+/// The text side of Ring-A-Bell for a MiniLM-conditioned model of either family. On FLUX the
+/// states searched are the same MiniLM states (the real tokens' states do not depend on the
+/// padding FLUX adds); the pooled vector is their mean, so it follows the token states.
 public struct RingABell {
     public let encoder: BertTextEncoder
     /// Token ids the search may use (whole words that tokenize back to themselves).
@@ -89,15 +91,17 @@ public struct RingABell {
     /// Every sequence is encoded at this length ([CLS] + K tokens + [SEP]), so states compare position by position.
     public let sequenceLength: Int
 
-    public init(pipeline: StableDiffusionPipeline, length: Int) throws {
-        guard let encoder = pipeline.textEncoder as? BertTextEncoder else {
-            throw EvaluationError.invalidRequest("Ring-A-Bell needs the testbed's BERT (MiniLM) text encoder; this model's is \(type(of: pipeline.textEncoder))")
+    public init<Model: AttackedModel>(pipeline: Model, length: Int) throws {
+        guard let encoder = pipeline.attackTextEncoder else {
+            throw EvaluationError.invalidRequest("Ring-A-Bell needs the testbed's BERT (MiniLM) text encoder; this model has another")
         }
         self.encoder = encoder
-        candidates = PrefixTokenAttack.candidateTokens(encoder.tokenizer)
+        candidates = PromptEmbeddingAttack<Model>.candidateTokens(encoder.tokenizer)
         sequenceLength = length + 2
-        guard sequenceLength <= min(encoder.tokenizer.maxLength, encoder.model.config.maxPositionEmbeddings) else {
-            throw EvaluationError.invalidSetting("--tokens \(length) does not fit the text encoder's \(encoder.tokenizer.maxLength) positions")
+        // A found prompt longer than the model reads would be truncated before it conditions anything.
+        let positions = min(encoder.tokenizer.maxLength, encoder.model.config.maxPositionEmbeddings, pipeline.paddedTextLength ?? .max)
+        guard sequenceLength <= positions else {
+            throw EvaluationError.invalidSetting("--tokens \(length) does not fit the model's \(positions) text positions ([CLS] and [SEP] included)")
         }
     }
 
@@ -186,7 +190,7 @@ public struct RingABell {
 public enum RingABellAttack {
     /// The text-only half: the concept vector, then one genetic search per base prompt.
     /// The instances' `broken` is empty until `run` prompts a model with them.
-    public static func search(pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts, config: RingABellConfig,
+    public static func search<Model: AttackedModel>(pipeline: Model, label: Int, prompts: FashionPrompts, config: RingABellConfig,
                               log: (String) -> Void = { _ in }) throws -> [RingABellInstance] {
         let pairs = vectorPrompts(label: label, prompts: prompts)
         return try search(pipeline: pipeline, with: pairs.with, without: pairs.without,
@@ -195,7 +199,7 @@ public enum RingABellAttack {
 
     /// The search on any task: the concept vector of the paired prompts `with` and `without`
     /// the concept, added to each of `bases` (one instance each).
-    public static func search(pipeline: StableDiffusionPipeline, with: [String], without: [String], bases: [String],
+    public static func search<Model: AttackedModel>(pipeline: Model, with: [String], without: [String], bases: [String],
                               config: RingABellConfig, log: (String) -> Void = { _ in }) throws -> [RingABellInstance] {
         try config.validate()
         guard !with.isEmpty, with.count == without.count else {
@@ -241,7 +245,7 @@ public enum RingABellAttack {
     ///
     /// `found`: the prompts of an earlier search with the same text encoder and settings (the
     /// search never sees the UNet, so a benchmark searches once per concept); nil searches.
-    public static func run(pipeline: StableDiffusionPipeline, label: Int, prompts: FashionPrompts, judge: any Judge,
+    public static func run<Model: AttackedModel>(pipeline: Model, label: Int, prompts: FashionPrompts, judge: any Judge,
                            config: RingABellConfig, modelName: String, found: [RingABellInstance]? = nil,
                            log: (String) -> Void = { _ in }) throws -> (RingABellResult, Tensor) {
         let searched = try found ?? search(pipeline: pipeline, label: label, prompts: prompts, config: config, log: log)
@@ -251,7 +255,7 @@ public enum RingABellAttack {
 
     /// Prompts `pipeline` with the strings of a search; an image is broken when `judge` puts it
     /// in `conceptLabels`.
-    public static func run(pipeline: StableDiffusionPipeline, found searched: [RingABellInstance], concept: String, label: Int,
+    public static func run<Model: AttackedModel>(pipeline: Model, found searched: [RingABellInstance], concept: String, label: Int,
                            conceptLabels: [Int], judge: any Judge, config: RingABellConfig, modelName: String,
                            log: (String) -> Void = { _ in }) throws -> (RingABellResult, Tensor) {
         try config.validate()
@@ -259,8 +263,8 @@ public enum RingABellAttack {
         var tiles: [Tensor] = []
         for (i, entry) in searched.enumerated() {
             let text = entry.prompt
-            let images = try pipeline.generate(prompts: Array(repeating: text, count: config.seedsPerPrompt), steps: config.samplingSteps,
-                                               guidance: config.guidance, seed: config.seed, firstImageIndex: i * config.seedsPerPrompt)
+            let images = try pipeline.sampler(prompts: Array(repeating: text, count: config.seedsPerPrompt), steps: config.samplingSteps,
+                                              guidance: config.guidance, seed: config.seed, firstImageIndex: i * config.seedsPerPrompt)
             let broken = judge.predict(images).map(conceptLabels.contains)
             log("  \"\(text)\": \(broken.filter { $0 }.count)/\(broken.count) judged '\(concept)'")
             var instance = entry
