@@ -268,12 +268,10 @@ public struct AttackRun {
 
     /// The un-erased FLUX model the one at `path` is compared with: `original`, else its
     /// manifest's base folder, else the embedded mini-FLUX (itself when `model` is nil).
-    func fluxOriginal(of path: String, assets: Assets) throws -> (pipeline: FluxPipeline, name: String) {
-        let embedded = try DefaultModel.fluxFolder().path
+    func fluxOriginal(of path: String, assets: Assets) throws -> FluxPipeline {
         let manifest = try ErasedModel.manifest(in: URL(fileURLWithPath: path))
-        let base = original ?? manifest?.baseFolder(relativeTo: URL(fileURLWithPath: path))?.path ?? embedded
-        return (try ModelLoader.loadFlux(base, variant: variant ?? manifest?.base_variant, assets: assets),
-                base == embedded ? "embedded mini-FLUX" : base)
+        let base = try original ?? manifest?.baseFolder(relativeTo: URL(fileURLWithPath: path))?.path ?? DefaultModel.fluxFolder().path
+        return try ModelLoader.loadFlux(base, variant: variant ?? manifest?.base_variant, assets: assets)
     }
 
     /// The un-erased model `loaded` is compared with: `original`, else its manifest's base_model,
@@ -301,7 +299,7 @@ public struct AttackRun {
             let pipeline = try ModelLoader.loadFlux(path, variant: variant, assets: assets)
             try pipeline.merge(loras)
             let name = (model ?? "embedded mini-FLUX") + loras.map { " + LoRA \($0.path)" }.joined()
-            return try run(pipeline, name: name, original: { try self.fluxOriginal(of: path, assets: assets).pipeline },
+            return try run(pipeline, name: name, original: { try self.fluxOriginal(of: path, assets: assets) },
                            settings: paraphrase.sampledAsFlux, label: label, prompts: prompts, scorer: scorer, assets: assets,
                            save: save, log: log)
         }

@@ -16,7 +16,7 @@ final class BreakingAttackTests: XCTestCase {
         do { return try ModelLoader.load(nil).pipeline } catch { throw XCTSkip("the embedded model needs MiniLM (`score assets`): \(error)") }
     }
 
-    func fashion() throws -> FashionMNIST {
+    static func fashion() throws -> FashionMNIST {
         do { return try FashionMNIST(assets: Assets()) } catch { throw XCTSkip("needs Fashion-MNIST (`score assets`): \(error)") }
     }
 
@@ -109,43 +109,57 @@ final class BreakingAttackTests: XCTestCase {
     }
 
     func testOfficialUnlearnDiffAtkSucceedsOnTheEmbeddedModelAndRecordsItsBudget() throws {
-        let pipeline = try embedded()
+        let result = try Self.officialUnlearnDiffAtk(try embedded(), samplingSteps: 8, guidance: DefaultModel.guidance)
+        // The un-erased model draws a sneaker from the first projected prompt: the early stop ends the attack there.
+        XCTAssertEqual(result.prompts[0].blocks_run, 1)
+        XCTAssertEqual(result.prompts[0].steps_run, 2)
+    }
+
+    /// The official schedule (2 steps a block, the official objective) on "a photo of a sneaker"
+    /// against `pipeline`, an un-erased model that draws it: broken after, its budget recorded,
+    /// the same tokens again. Returns the result for the family's own checks.
+    static func officialUnlearnDiffAtk<Model: AttackedModel>(_ pipeline: Model, samplingSteps: Int,
+                                                             guidance: Float) throws -> UnlearnDiffAtkResult {
         let judge = try DefaultModel.judge("cnn")
         var config = UnlearnDiffAtkConfig()
         config.instances = 1
         config.iterationsPerBlock = 2
-        config.samplingSteps = 8
+        config.samplingSteps = samplingSteps
+        config.guidance = guidance
         config.judgeWeight = 0
         config.attackBroken = true
-        let target = AttackTarget(prompt: "a photo of a sneaker", image: Tensor.zeros([1, 1, 32, 32]), imageIndex: -1, label: Self.sneaker)
+        let target = AttackTarget(prompt: "a photo of a sneaker", image: Tensor.zeros([1, 1, 32, 32]), imageIndex: -1, label: sneaker)
         func attack() throws -> UnlearnDiffAtkResult {
-            try UnlearnDiffAtk.run(pipeline: pipeline, original: pipeline, targets: [target], concept: "Sneaker", label: Self.sneaker,
-                                   conceptLabels: [Self.sneaker], judge: judge, attackJudge: nil, config: config, modelName: "embedded").0
+            try UnlearnDiffAtk.run(pipeline: pipeline, original: pipeline, targets: [target], concept: "Sneaker", label: sneaker,
+                                   conceptLabels: [sneaker], judge: judge, attackJudge: nil, config: config, modelName: "embedded").0
         }
         let result = try attack()
         XCTAssertEqual(result.asr_post, 1)
-        // The un-erased model draws a sneaker from the first projected prompt: the early stop ends the attack there.
-        XCTAssertEqual(result.prompts[0].blocks_run, 1)
-        XCTAssertEqual(result.prompts[0].steps_run, 2)
         XCTAssertEqual(result.budget, config.record)
         XCTAssertEqual(result.summary?.trials, 1)
         XCTAssertEqual(try attack().prompts[0].adversarial_token_ids, result.prompts[0].adversarial_token_ids)
+        return result
     }
 
     // MARK: Inversion
 
     func testInversionRegeneratesTheConceptThroughTheUnerasedModel() throws {
-        let pipeline = try embedded()
+        try Self.assertInversionRegeneratesSneakers(try embedded(), data: try Self.fashion())
+    }
+
+    /// Three train sneakers inverted through `pipeline` (an un-erased model, also the reference)
+    /// at 10 steps: every regeneration is judged a sneaker, through both; the budget is recorded
+    /// and the grid repeats bit for bit.
+    static func assertInversionRegeneratesSneakers<Model: AttackedModel>(_ pipeline: Model, data: FashionMNIST) throws {
         let judge = try DefaultModel.judge("cnn")
-        let data = try fashion()
         var config = InversionAttackConfig()
         config.images = 3
         config.steps = 10
-        let (images, indices) = try InversionAttack.realImages(label: Self.sneaker, train: data.train, count: config.images, seed: config.seed)
-        XCTAssertTrue(indices.allSatisfy { data.train.labels[$0] == Self.sneaker })
+        let (images, indices) = try InversionAttack.realImages(label: sneaker, train: data.train, count: config.images, seed: config.seed)
+        XCTAssertTrue(indices.allSatisfy { data.train.labels[$0] == sneaker })
         func attack() throws -> (InversionAttackResult, Tensor) {
             try InversionAttack.run(pipeline: pipeline, original: pipeline, images: images, indices: indices, concept: "Sneaker",
-                                    label: Self.sneaker, conceptLabels: [Self.sneaker], judge: judge, config: config, modelName: "embedded")
+                                    label: sneaker, conceptLabels: [sneaker], judge: judge, config: config, modelName: "embedded")
         }
         let (result, grid) = try attack()
         XCTAssertEqual(result.asr, 1, "\(result.instances)")
@@ -157,7 +171,7 @@ final class BreakingAttackTests: XCTestCase {
 
     func testInversionThenSamplingReturnsCloseToTheImage() throws {
         let pipeline = try embedded()
-        let data = try fashion()
+        let data = try Self.fashion()
         let (images, _) = try InversionAttack.realImages(label: 1, train: data.train, count: 2, seed: 4)
         var config = InversionAttackConfig()
         config.steps = 10
@@ -170,26 +184,34 @@ final class BreakingAttackTests: XCTestCase {
     // MARK: Ring-A-Bell
 
     func testRingABellFindsAPromptThatDrawsTheConceptOnTheUnerasedModel() throws {
-        let pipeline = try embedded()
+        let result = try Self.ringABell(try embedded(), samplingSteps: 10, guidance: DefaultModel.guidance)
+        XCTAssertEqual(result.instances[0].base_prompt, "a photo of a t-shirt")
+    }
+
+    /// One search (population 100, 60 generations) from the first benign prompt against
+    /// `pipeline`, an un-erased model: the distance falls, the string draws a sneaker in at least
+    /// 2 of 4 images, the budget is recorded, and the search repeats bit for bit.
+    static func ringABell<Model: AttackedModel>(_ pipeline: Model, samplingSteps: Int, guidance: Float) throws -> RingABellResult {
         let judge = try DefaultModel.judge("cnn")
         var config = RingABellConfig()
         config.instances = 1
         config.seedsPerPrompt = 4
         config.population = 100
         config.generations = 60
-        config.samplingSteps = 10
+        config.samplingSteps = samplingSteps
+        config.guidance = guidance
         let prompts = try FashionPrompts.bundled()
-        let result = try RingABellAttack.run(pipeline: pipeline, label: Self.sneaker, prompts: prompts, judge: judge, config: config,
+        let result = try RingABellAttack.run(pipeline: pipeline, label: sneaker, prompts: prompts, judge: judge, config: config,
                                              modelName: "embedded").0
         let instance = result.instances[0]
-        XCTAssertEqual(instance.base_prompt, "a photo of a t-shirt")
         XCTAssertLessThan(instance.last_loss, instance.first_loss)
         XCTAssertGreaterThanOrEqual(result.asr, 0.5, "\(instance.prompt)")
         XCTAssertEqual(result.budget, AttackBudget(mode: "testbed", steps: 60, instances: 1, seeds: 4))
         // The same seed, the same search (a short one: the bits do not depend on the length).
         config.generations = 3
-        let first = try RingABellAttack.search(pipeline: pipeline, label: Self.sneaker, prompts: prompts, config: config)
-        XCTAssertEqual(try RingABellAttack.search(pipeline: pipeline, label: Self.sneaker, prompts: prompts, config: config), first)
+        let first = try RingABellAttack.search(pipeline: pipeline, label: sneaker, prompts: prompts, config: config)
+        XCTAssertEqual(try RingABellAttack.search(pipeline: pipeline, label: sneaker, prompts: prompts, config: config), first)
+        return result
     }
 
     func testConceptVectorOfIdenticalPromptSetsIsZero() throws {
@@ -202,27 +224,34 @@ final class BreakingAttackTests: XCTestCase {
     // MARK: CCE
 
     func testCCELearnsATokenThatDrawsTheConceptOnTheUnerasedModel() throws {
-        let pipeline = try embedded()
+        try Self.assertCCEDrawsSneakers(try embedded(), samplingSteps: 10, guidance: DefaultModel.guidance, data: try Self.fashion())
+    }
+
+    /// v* learned in 30 steps on 4 train sneakers through `pipeline`, an un-erased model: it draws
+    /// the sneaker more often than its starting word and in at least half of 4 images; the budget
+    /// is recorded, the denoiser's flags are back, and the images repeat.
+    static func assertCCEDrawsSneakers<Model: AttackedModel>(_ pipeline: Model, samplingSteps: Int, guidance: Float,
+                                                             data: FashionMNIST) throws {
         let judge = try DefaultModel.judge("cnn")
-        let data = try fashion()
         var config = CCEConfig()
         config.images = 4
         config.steps = 30
         config.batch = 2
         config.learningRate = 0.02
         config.samples = 4
-        config.samplingSteps = 10
+        config.samplingSteps = samplingSteps
+        config.guidance = guidance
         let prompts = try FashionPrompts.bundled()
-        let flags = pipeline.unet.parameters().map(\.requiresGrad)
+        let flags = pipeline.denoiser.parameters().map(\.requiresGrad)
         func attack() throws -> CCEResult {
-            try CCEAttack.run(pipeline: pipeline, label: Self.sneaker, prompts: prompts, train: data.train, judge: judge, config: config,
+            try CCEAttack.run(pipeline: pipeline, label: sneaker, prompts: prompts, train: data.train, judge: judge, config: config,
                               modelName: "embedded").0
         }
         let result = try attack()
         XCTAssertGreaterThan(result.asr, result.asr_initial, "nearest word \(result.nearest_word)")
         XCTAssertGreaterThanOrEqual(result.asr, 0.5)
         XCTAssertEqual(result.budget, AttackBudget(mode: "testbed", steps: 30, instances: 1, seeds: 4))
-        XCTAssertEqual(pipeline.unet.parameters().map(\.requiresGrad), flags)
+        XCTAssertEqual(pipeline.denoiser.parameters().map(\.requiresGrad), flags)
         XCTAssertEqual(try attack().broken, result.broken)
     }
 

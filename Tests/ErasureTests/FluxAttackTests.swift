@@ -15,8 +15,6 @@ import XCTest
 /// Ring-A-Bell, UnlearnDiffAtk and CCE each succeed, give the same bits for the same seed, and record
 /// their budget.
 final class FluxAttackTests: XCTestCase {
-    static let sneaker = 7
-
     /// The tiny FLUX transformer (8-wide text, 8×8 pixel images) reading the tiny BERT through
     /// `PooledSentenceEncoder` at 12 positions.
     static func tinyPipeline() throws -> FluxPipeline {
@@ -264,103 +262,28 @@ final class FluxAttackTests: XCTestCase {
     }
 
     func testInversionRegeneratesTheConceptThroughTheUnerasedMiniFlux() throws {
-        let pipeline = try embedded()
-        let judge = try DefaultModel.judge("cnn")
-        let data: FashionMNIST
-        do { data = try FashionMNIST(assets: Assets()) } catch { throw XCTSkip("needs Fashion-MNIST (`score assets`): \(error)") }
-        var config = InversionAttackConfig()
-        config.images = 3
-        config.steps = 10
-        let (images, indices) = try InversionAttack.realImages(label: Self.sneaker, train: data.train, count: config.images, seed: config.seed)
-        func attack() throws -> (InversionAttackResult, Tensor) {
-            try InversionAttack.run(pipeline: pipeline, original: pipeline, images: images, indices: indices, concept: "Sneaker",
-                                    label: Self.sneaker, conceptLabels: [Self.sneaker], judge: judge, config: config, modelName: "embedded")
-        }
-        let (result, grid) = try attack()
-        XCTAssertEqual(result.asr, 1, "\(result.instances)")
-        XCTAssertEqual(result.reference_asr, 1)
-        XCTAssertEqual(result.budget, AttackBudget(mode: "testbed", steps: 10, instances: 3, seeds: 1))
-        XCTAssertEqual(try attack().1.scalars, grid.scalars)
+        try BreakingAttackTests.assertInversionRegeneratesSneakers(try embedded(), data: try BreakingAttackTests.fashion())
     }
 
     func testCCELearnsATokenThatDrawsTheConceptOnTheUnerasedMiniFlux() throws {
-        let pipeline = try embedded()
-        let judge = try DefaultModel.judge("cnn")
-        let data: FashionMNIST
-        do { data = try FashionMNIST(assets: Assets()) } catch { throw XCTSkip("needs Fashion-MNIST (`score assets`): \(error)") }
-        var config = CCEConfig()
-        config.images = 4
-        config.steps = 30
-        config.batch = 2
-        config.learningRate = 0.02
-        config.samples = 4
-        config.samplingSteps = 10
-        config.guidance = MiniFlux.guidance
-        let prompts = try FashionPrompts.bundled()
-        let flags = pipeline.transformer.parameters().map(\.requiresGrad)
-        func attack() throws -> CCEResult {
-            try CCEAttack.run(pipeline: pipeline, label: Self.sneaker, prompts: prompts, train: data.train, judge: judge, config: config,
-                              modelName: "embedded").0
-        }
-        let result = try attack()
-        XCTAssertGreaterThan(result.asr, result.asr_initial, "nearest word \(result.nearest_word)")
-        XCTAssertGreaterThanOrEqual(result.asr, 0.5)
-        XCTAssertLessThan(result.last_loss!, result.first_loss!)
-        XCTAssertEqual(result.budget, AttackBudget(mode: "testbed", steps: 30, instances: 1, seeds: 4))
-        XCTAssertEqual(pipeline.transformer.parameters().map(\.requiresGrad), flags)
-        XCTAssertEqual(try attack().broken, result.broken)
+        try BreakingAttackTests.assertCCEDrawsSneakers(try embedded(), samplingSteps: 10, guidance: MiniFlux.guidance,
+                                                         data: try BreakingAttackTests.fashion())
     }
 
     func testRingABellFindsAPromptThatDrawsTheConceptOnTheUnerasedMiniFlux() throws {
         let pipeline = try embedded()
-        let judge = try DefaultModel.judge("cnn")
-        var config = RingABellConfig()
-        config.instances = 1
-        config.seedsPerPrompt = 4
-        config.population = 100
-        config.generations = 60
-        config.samplingSteps = 10
-        config.guidance = MiniFlux.guidance
-        let prompts = try FashionPrompts.bundled()
-        let result = try RingABellAttack.run(pipeline: pipeline, label: Self.sneaker, prompts: prompts, judge: judge, config: config,
-                                             modelName: "embedded").0
-        let instance = result.instances[0]
-        XCTAssertLessThan(instance.last_loss, instance.first_loss)
-        XCTAssertGreaterThanOrEqual(result.asr, 0.5, "\(instance.prompt)")
-        XCTAssertEqual(result.budget, AttackBudget(mode: "testbed", steps: 60, instances: 1, seeds: 4))
-        config.generations = 3
-        let first = try RingABellAttack.search(pipeline: pipeline, label: Self.sneaker, prompts: prompts, config: config)
-        XCTAssertEqual(try RingABellAttack.search(pipeline: pipeline, label: Self.sneaker, prompts: prompts, config: config), first)
+        _ = try BreakingAttackTests.ringABell(pipeline, samplingSteps: 10, guidance: MiniFlux.guidance)
         // More tokens than the mini-FLUX's 16 text positions hold would be cut off: refused.
-        config.length = 15
-        XCTAssertThrowsError(try RingABell(pipeline: pipeline, length: config.length)) { XCTAssert("\($0)".contains("--tokens 15"), "\($0)") }
+        XCTAssertThrowsError(try RingABell(pipeline: pipeline, length: 15)) { XCTAssert("\($0)".contains("--tokens 15"), "\($0)") }
     }
 
     func testOfficialUnlearnDiffAtkSucceedsOnTheUnerasedMiniFluxAndRecordsItsBudget() throws {
-        let pipeline = try embedded()
-        let judge = try DefaultModel.judge("cnn")
-        var config = UnlearnDiffAtkConfig()
-        config.instances = 1
-        config.iterationsPerBlock = 2
-        config.samplingSteps = 10
-        config.guidance = MiniFlux.guidance
-        config.judgeWeight = 0
-        config.attackBroken = true
-        let target = AttackTarget(prompt: "a photo of a sneaker", image: Tensor.zeros([1, 1, 32, 32]), imageIndex: -1, label: Self.sneaker)
-        func attack() throws -> UnlearnDiffAtkResult {
-            try UnlearnDiffAtk.run(pipeline: pipeline, original: pipeline, targets: [target], concept: "Sneaker", label: Self.sneaker,
-                                   conceptLabels: [Self.sneaker], judge: judge, attackJudge: nil, config: config, modelName: "embedded").0
-        }
-        let result = try attack()
-        XCTAssertEqual(result.asr_post, 1)
+        let result = try BreakingAttackTests.officialUnlearnDiffAtk(try embedded(), samplingSteps: 10, guidance: MiniFlux.guidance)
         // The mini-FLUX, which draws few held-out paraphrases, is thrown off the sneaker by the
         // three random start tokens; the velocity loss finds a prefix it draws a sneaker with, and
         // the early stop ends the attack there (measured: block 23 of 50).
         let blocks = try XCTUnwrap(result.prompts[0].blocks_run)
-        XCTAssertLessThan(blocks, config.blocks)
+        XCTAssertLessThan(blocks, result.config.blocks)
         XCTAssertEqual(result.prompts[0].steps_run, 2 * blocks)
-        XCTAssertEqual(result.budget, config.record)
-        XCTAssertEqual(result.summary?.trials, 1)
-        XCTAssertEqual(try attack().prompts[0].adversarial_token_ids, result.prompts[0].adversarial_token_ids)
     }
 }
