@@ -9,7 +9,7 @@ final class BenchmarkStatisticsTests: XCTestCase {
     /// Judged images of one cell on class 7: `targetHits` of 32 target images and
     /// `paraphraseHits` of 30 paraphrase images drawn as the concept, 9 retained classes × 10
     /// images with `retainedMisses` wrong in class 0.
-    private func judged(targetHits: Int, paraphraseHits: Int = 0, retainedMisses: Int = 0) -> JudgedImages {
+    static func judged(targetHits: Int, paraphraseHits: Int = 0, retainedMisses: Int = 0) -> JudgedImages {
         let retainedLabels = [0, 1, 2, 3, 4, 5, 6, 8, 9].flatMap { Array(repeating: $0, count: 10) }
         var retained = retainedLabels
         for i in 0..<retainedMisses { retained[i] = 7 }
@@ -35,46 +35,46 @@ final class BenchmarkStatisticsTests: XCTestCase {
 
     func testHOIntervalContainsTheEstimateAndCollapsesWithoutVariation() throws {
         // Every image judged the same way in every cell: every resample gives the same H_o.
-        let perfect = try XCTUnwrap(BenchmarkStatistics.hO([judged(targetHits: 0), judged(targetHits: 0)], label: 7))
+        let perfect = try XCTUnwrap(BenchmarkStatistics.hO([Self.judged(targetHits: 0), Self.judged(targetHits: 0)], label: 7))
         XCTAssertEqual(perfect.value, 1, accuracy: 1e-12)
         XCTAssertEqual(perfect.low, 1, accuracy: 1e-12)
         XCTAssertEqual(perfect.high, 1, accuracy: 1e-12)
         // Half the target images still drawn: H_o = 3 / (1/0.5 + 1 + 1) = 0.75, with real width.
-        let half = try XCTUnwrap(BenchmarkStatistics.hO([judged(targetHits: 16)], label: 7))
+        let half = try XCTUnwrap(BenchmarkStatistics.hO([Self.judged(targetHits: 16)], label: 7))
         XCTAssertEqual(half.value, 0.75, accuracy: 1e-12)
         XCTAssertLessThan(half.low, 0.75)
         XCTAssertGreaterThan(half.high, 0.75)
         XCTAssertLessThan(half.high, 0.9)
         // Same seed, same interval.
-        XCTAssertEqual(BenchmarkStatistics.hO([judged(targetHits: 16)], label: 7), half)
+        XCTAssertEqual(BenchmarkStatistics.hO([Self.judged(targetHits: 16)], label: 7), half)
         // Seeds that disagree widen the interval beyond the images' own spread.
-        let spread = try XCTUnwrap(BenchmarkStatistics.hO([judged(targetHits: 4), judged(targetHits: 28)], label: 7))
+        let spread = try XCTUnwrap(BenchmarkStatistics.hO([Self.judged(targetHits: 4), Self.judged(targetHits: 28)], label: 7))
         XCTAssertGreaterThan(spread.high - spread.low, half.high - half.low)
     }
 
     func testPairedBootstrapOnConstructedCases() throws {
-        let reference = [judged(targetHits: 2), judged(targetHits: 3), judged(targetHits: 1)]
+        let reference = [Self.judged(targetHits: 2), Self.judged(targetHits: 3), Self.judged(targetHits: 1)]
         // The same images judged the same way: difference 0 in every replicate, p = 1.
         let same = try XCTUnwrap(BenchmarkStatistics.pairedHODifference(reference, reference: reference, label: 7))
         XCTAssertEqual(same.difference.value, 0, accuracy: 1e-12)
         XCTAssertEqual(same.p_value, 1)
         XCTAssertFalse(same.differs)
         // A method that still draws the concept 30 times in 32: far worse H_o, p < 0.05.
-        let weak = [judged(targetHits: 30), judged(targetHits: 29), judged(targetHits: 31)]
+        let weak = [Self.judged(targetHits: 30), Self.judged(targetHits: 29), Self.judged(targetHits: 31)]
         let worse = try XCTUnwrap(BenchmarkStatistics.pairedHODifference(weak, reference: reference, label: 7))
         XCTAssertLessThan(worse.difference.value, -0.5)
         XCTAssertLessThan(worse.difference.high, 0)
         XCTAssertLessThan(worse.p_value, 0.05)
         XCTAssertTrue(worse.differs)
         // One image more in one seed: within the noise.
-        let close = [judged(targetHits: 3), judged(targetHits: 3), judged(targetHits: 1)]
+        let close = [Self.judged(targetHits: 3), Self.judged(targetHits: 3), Self.judged(targetHits: 1)]
         let near = try XCTUnwrap(BenchmarkStatistics.pairedHODifference(close, reference: reference, label: 7))
         XCTAssertGreaterThan(near.p_value, 0.05)
         XCTAssertFalse(near.differs)
         XCTAssertLessThan(near.difference.low, 0)
         XCTAssertGreaterThan(near.difference.high, 0)
         // Different prompt lists cannot be paired.
-        var other = judged(targetHits: 1)
+        var other = Self.judged(targetHits: 1)
         other.target.removeLast()
         XCTAssertNil(BenchmarkStatistics.pairedHODifference([other], reference: reference, label: 7))
     }
@@ -93,7 +93,7 @@ final class BenchmarkStatisticsTests: XCTestCase {
 
     // MARK: Benchmark
 
-    private func cell(_ method: String, seed: UInt64, judged: JudgedImages, benchmark: ObjectBenchmark) -> ObjectBenchmarkCell {
+    static func cell(_ method: String, seed: UInt64, judged: JudgedImages, benchmark: ObjectBenchmark) -> ObjectBenchmarkCell {
         let (accuracies, perClass) = ObjectEvaluator.accuracies(judged, label: 7)
         var evaluation = ObjectEvaluation(concept: "Sneaker", label: 7, acc_e: accuracies.acc_e, acc_s: accuracies.acc_s,
                                           acc_g: accuracies.acc_g, h_o: accuracies.h_o, kid: nil, kid_real: 1, acc_s_relative: nil,
@@ -137,7 +137,7 @@ final class BenchmarkStatisticsTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: folder) }
         let methods = [BenchmarkMethod(name: "original", make: nil)]
         let benchmark = ObjectBenchmark(concepts: ["sneaker"], methods: methods, seeds: [0], output: folder)
-        _ = try benchmark.run(log: { _ in }) { _, method, seed in self.cell(method.name, seed: seed, judged: self.judged(targetHits: 30), benchmark: benchmark) }
+        _ = try benchmark.run(log: { _ in }) { _, method, seed in Self.cell(method.name, seed: seed, judged: Self.judged(targetHits: 30), benchmark: benchmark) }
         XCTAssertEqual(benchmark.finishedCells().count, 1)
 
         var fewer = benchmark
@@ -171,7 +171,7 @@ final class BenchmarkStatisticsTests: XCTestCase {
             return cell
         }) { _, method, seed in
             measured += 1
-            return self.cell(method.name, seed: seed, judged: self.judged(targetHits: 30), benchmark: benchmark)
+            return Self.cell(method.name, seed: seed, judged: Self.judged(targetHits: 30), benchmark: benchmark)
         }
         XCTAssertEqual(measured, 0)
         XCTAssertEqual(added, [benchmark.attacks.filter { $0 != "cce" }])
@@ -184,7 +184,7 @@ final class BenchmarkStatisticsTests: XCTestCase {
         measured = 0
         _ = try fewer.run(log: { _ in }, addAttacks: { _, _, _ in nil }) { _, method, seed in
             measured += 1
-            return self.cell(method.name, seed: seed, judged: self.judged(targetHits: 30), benchmark: fewer)
+            return Self.cell(method.name, seed: seed, judged: Self.judged(targetHits: 30), benchmark: fewer)
         }
         XCTAssertEqual(measured, 1)
         XCTAssertEqual(fewer.finishedCells().count, 1)
@@ -192,9 +192,9 @@ final class BenchmarkStatisticsTests: XCTestCase {
 
     func testSummaryJSONCarriesIntervalsAndTheComparison() throws {
         let benchmark = ObjectBenchmark(concepts: ["sneaker"], methods: [], seeds: [0, 1, 2], output: URL(fileURLWithPath: "/tmp/unused"))
-        let cells = [cell("original", seed: 0, judged: judged(targetHits: 31, paraphraseHits: 28), benchmark: benchmark)]
-            + (0..<3).map { cell("esd-x", seed: UInt64($0), judged: judged(targetHits: 20 + $0, paraphraseHits: 15), benchmark: benchmark) }
-            + (0..<3).map { cell("score", seed: UInt64($0), judged: judged(targetHits: 1 + $0, retainedMisses: 3), benchmark: benchmark) }
+        let cells = [Self.cell("original", seed: 0, judged: Self.judged(targetHits: 31, paraphraseHits: 28), benchmark: benchmark)]
+            + (0..<3).map { Self.cell("esd-x", seed: UInt64($0), judged: Self.judged(targetHits: 20 + $0, paraphraseHits: 15), benchmark: benchmark) }
+            + (0..<3).map { Self.cell("score", seed: UInt64($0), judged: Self.judged(targetHits: 1 + $0, retainedMisses: 3), benchmark: benchmark) }
         let summary = BenchmarkSummary(cells: cells)
         let json = try JSONSerialization.jsonObject(with: JSONOutput.encode(summary)) as! [String: Any]
         XCTAssertEqual(json["reference_method"] as? String, "score")
@@ -242,7 +242,7 @@ final class BenchmarkStatisticsTests: XCTestCase {
         let methods = try names.map { try BenchmarkMethod.named($0) }
         let benchmark = ObjectBenchmark(concepts: ["sneaker", "bag"], methods: methods, seeds: [0], output: folder)
         _ = try benchmark.run(log: { _ in }) { concept, method, seed in
-            var cell = self.cell(method.name, seed: seed, judged: self.judged(targetHits: 3 + method.name.count), benchmark: benchmark)
+            var cell = Self.cell(method.name, seed: seed, judged: Self.judged(targetHits: 3 + method.name.count), benchmark: benchmark)
             cell.concept = concept
             cell.evaluation.leakage_nats = Double(method.name.count) / 100
             return cell

@@ -286,4 +286,31 @@ final class FluxAttackTests: XCTestCase {
         XCTAssertLessThan(blocks, result.config.blocks)
         XCTAssertEqual(result.prompts[0].steps_run, 2 * blocks)
     }
+
+    /// A stored flow cell that lacks a selected attack gets just that attack, run on its model
+    /// (the original's row: the embedded mini-FLUX); a row whose erased model is not stored is
+    /// measured again (nil).
+    func testAStoredFlowCellGetsAMissingAttackAddedOnItsModel() throws {
+        _ = try embedded()
+        let output = Tiny.temporaryFolder("flux-add-attacks")
+        defer { try? FileManager.default.removeItem(at: output) }
+        let original = try BenchmarkMethod.named("original")
+        var benchmark = ObjectBenchmark(concepts: ["sneaker"], methods: [original], seeds: [0], output: output)
+        benchmark.family = .flux
+        benchmark.settings = .flux
+        benchmark.sampleAttacksAsFlux()
+        benchmark.attacks = ["inversion"]
+        (benchmark.inversion.images, benchmark.inversion.steps) = (2, 10)
+        var stored = BenchmarkStatisticsTests.cell("original", seed: 0, judged: BenchmarkStatisticsTests.judged(targetHits: 30),
+                                                   benchmark: benchmark)
+        stored.attacks = [:]
+        XCTAssertEqual(benchmark.attacksToRun(stored), ["inversion"])
+        let measurement = try CellMeasurement(benchmark: benchmark, prompts: try FashionPrompts.bundled(), assets: Assets(), log: { _ in })
+        let completed = try XCTUnwrap(measurement.addAttacks(["inversion"], to: stored, method: original))
+        XCTAssertEqual(completed.attacks?["inversion"]?.budget, AttackBudget(mode: "testbed", steps: 10, instances: 2, seeds: 1))
+        XCTAssertEqual(completed.attacks?["inversion"]?.successes, 2, "the un-erased mini-FLUX regenerates both sneakers")
+        XCTAssertEqual(completed.evaluation.acc_e, stored.evaluation.acc_e)
+        XCTAssertEqual(benchmark.attacksToRun(completed), [])
+        XCTAssertNil(try measurement.addAttacks(["inversion"], to: stored, method: try BenchmarkMethod.named("esd")))
+    }
 }
