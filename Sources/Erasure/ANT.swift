@@ -57,10 +57,10 @@ public struct ANTConfig: Codable, Equatable, Sendable {
     }
 }
 
-/// ANT's tuning space: the learning rate and the saliency threshold (official `threshold` 0.5;
-/// 1 turns the mask off).
+/// ANT's tuning space: the learning rate (up to 5e-3: at the official rate the testbed's classes
+/// stay drawn) and the saliency threshold (official `threshold` 0.5; 1 turns the mask off).
 extension ANTConfig: TunableConfig {
-    public static let searchSpace = SearchSpace(["learningRate": [5e-4, 1e-4, 1e-3], "saliencyRatio": [0.5, 0.3, 1.0]])
+    public static let searchSpace = SearchSpace(["learningRate": [5e-4, 1e-4, 1e-3, 5e-3], "saliencyRatio": [0.5, 0.3, 1.0]])
 }
 
 /// ANT, "Set You Straight: Auto-Steering Denoising Trajectories to Sidestep Unwanted Concepts"

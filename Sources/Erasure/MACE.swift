@@ -54,9 +54,13 @@ public struct MACEConfig: Codable, Equatable, Sendable {
 }
 
 /// MACE's tuning space: λ of the closed forms (the official object configs use 10, 100 and
-/// 1000) and the LoRAs' learning rate.
+/// 1000), the LoRAs' learning rate (up to 1e-2: at the official 1e-5 a rank-1 LoRA on the
+/// testbed's small K/V weights hardly moves in 50 steps) and the retained prompts' weights in the
+/// refinement and the fusion (0 in the official object configs, whose CLIP is causal: the words
+/// before the concept are the same in every prompt; MiniLM mixes the concept into every token).
 extension MACEConfig: TunableConfig {
-    public static let searchSpace = SearchSpace(["lambda": [100.0, 10.0, 1000.0], "learningRate": [1e-5, 1e-4]])
+    public static let searchSpace = SearchSpace(["lambda": [100.0, 10.0, 1000.0], "learningRate": [1e-5, 1e-4, 1e-3, 1e-2],
+                                                 "trainPreserveScale": [0.0, 1.0], "fusePreserveScale": [0.0, 1.0]])
 }
 
 /// MACE, "Mass Concept Erasure in Diffusion Models" (Lu et al., CVPR 2024, arXiv 2403.06135),
