@@ -108,7 +108,8 @@ public struct MACE: ErasureMethod {
         // 1. Closed-form refinement.
         var contexts: [[Double]] = [], guides: [[Double]] = []
         for (concept, list) in zip(request.concepts, prompts) {
-            let pairs = list.map { (old: $0, new: Self.replacing(concept.name, in: $0, with: concept.anchor)) }
+            let phrases = Self.phrases(of: concept)
+            let pairs = list.map { (old: $0, new: Self.replacing(phrases, in: $0, with: concept.anchor)) }
             let matched = Self.matchedStates(pairs, access: access, pipeline: pipeline)
             contexts += matched.old
             guides += matched.new
@@ -161,18 +162,51 @@ public struct MACE: ErasureMethod {
         return result
     }
 
+    /// The words that name the concept, longest first: its name, and every target prompt that
+    /// stands as whole words inside another target prompt — the bare phrases the templates wrap,
+    /// such as a testbed class's noun and synonyms (trouser: "pair of trousers", "pair of pants").
+    /// Official MACE names each concept by one word in every prompt; a request that words the
+    /// concept several ways gives each prompt its own phrase.
+    static func phrases(of concept: Concept) -> [String] {
+        let prompts = concept.targetPrompts
+        let wrapped = prompts.filter { phrase in prompts.contains { $0 != phrase && wordRange(of: phrase, in: $0) != nil } }
+        var seen = Set<String>()
+        return ([concept.name] + wrapped).filter { seen.insert($0.lowercased()).inserted }.sorted { $0.count > $1.count }
+    }
+
+    /// Where `prompt` names the concept: the longest of `phrases` it contains as whole words, else
+    /// (a phrase inside a longer word, as "cat" in "cats") the longest it contains at all.
+    static func phraseRange(_ phrases: [String], in prompt: String) -> Range<String.Index>? {
+        for phrase in phrases { if let range = wordRange(of: phrase, in: prompt) { return range } }
+        for phrase in phrases { if let range = prompt.range(of: phrase, options: .caseInsensitive) { return range } }
+        return nil
+    }
+
+    /// The first occurrence of `phrase` (any case) in `text` not inside a longer word.
+    static func wordRange(of phrase: String, in text: String) -> Range<String.Index>? {
+        var from = text.startIndex
+        while let range = text.range(of: phrase, options: .caseInsensitive, range: from..<text.endIndex) {
+            let before = range.lowerBound == text.startIndex || !text[text.index(before: range.lowerBound)].isLetter
+            let after = range.upperBound == text.endIndex || !text[range.upperBound].isLetter
+            if before && after { return range }
+            from = text.index(after: range.lowerBound)
+        }
+        return nil
+    }
+
     /// The target prompts that name the concept (MACE's templates all do).
     static func trainingPrompts(of concept: Concept) throws -> [String] {
-        let list = concept.targetPrompts.filter { $0.range(of: concept.name, options: .caseInsensitive) != nil }
+        let phrases = phrases(of: concept)
+        let list = concept.targetPrompts.filter { phraseRange(phrases, in: $0) != nil }
         guard !list.isEmpty else {
             throw ErasureError.invalidRequest("MACE: no target prompt of '\(concept.name)' contains '\(concept.name)'; MACE needs the concept's words in its prompts")
         }
         return list
     }
 
-    /// `prompt` with the first occurrence of `phrase` (any case) replaced by `anchor`.
-    static func replacing(_ phrase: String, in prompt: String, with anchor: String) -> String {
-        guard let range = prompt.range(of: phrase, options: .caseInsensitive) else { return prompt }
+    /// `prompt` with the phrase that names the concept replaced by `anchor`.
+    static func replacing(_ phrases: [String], in prompt: String, with anchor: String) -> String {
+        guard let range = phraseRange(phrases, in: prompt) else { return prompt }
         return prompt.replacingCharacters(in: range, with: anchor)
     }
 
@@ -417,8 +451,10 @@ final class MACERun: FineTuning {
         table = CaptionTable(captions: captions.captions, encoder: pipeline.textEncoder)
         let ids = access.tokenize(captions.captions).inputIds
         positions = zip(request.concepts, rows).map { concept, list in
-            let phrase = access.pieces(concept.name)
+            let phrases = MACE.phrases(of: concept)
             return list.map { row in
+                let caption = captions.captions[row]
+                let phrase = access.pieces(MACE.phraseRange(phrases, in: caption).map { String(caption[$0]) } ?? concept.name)
                 let sequence = ids[row]
                 var flags = [Float](repeating: 0, count: sequence.count)
                 for start in sequence.indices where start + phrase.count <= sequence.count

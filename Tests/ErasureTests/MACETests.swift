@@ -105,7 +105,26 @@ final class MACETests: XCTestCase {
         let longer = MACE.matchingPositions([0, 5, 6, 9], [0, 5, 6, 7, 8, 9], paddedLength: 8)
         XCTAssertEqual(longer.old, [0, 1, 2, 3, 4, 5])
         XCTAssertEqual(longer.new, [0, 1, 2, 5, 6, 7])
-        XCTAssertEqual(MACE.replacing("cat", in: "a photo of the Cat", with: "dog"), "a photo of the dog")
+        XCTAssertEqual(MACE.replacing(["cat"], in: "a photo of the Cat", with: "dog"), "a photo of the dog")
+    }
+
+    /// A concept worded several ways (the testbed's trouser: its name, its noun and a synonym, each
+    /// bare and in a template): every prompt is named by its own phrase, as whole words.
+    func testEachPromptIsNamedByItsOwnPhrase() throws {
+        let trouser = Concept(name: "trouser", targetPrompts: ["trouser", "a photo of a trouser", "pair of trousers",
+                                                               "a photo of a pair of trousers", "pair of pants", "a photo of a pair of pants"],
+                              anchor: "")
+        XCTAssertEqual(MACE.phrases(of: trouser), ["pair of trousers", "pair of pants", "trouser"])
+        XCTAssertEqual(try MACE.trainingPrompts(of: trouser), trouser.targetPrompts)
+        XCTAssertEqual(MACE.replacing(MACE.phrases(of: trouser), in: "a photo of a pair of trousers", with: ""), "a photo of a ")
+        XCTAssertEqual(MACE.replacing(MACE.phrases(of: trouser), in: "a photo of a pair of pants", with: "dog"), "a photo of a dog")
+        XCTAssertEqual(MACE.replacing(MACE.phrases(of: trouser), in: "trouser", with: "dog"), "dog")
+        // Whole words first; a phrase inside a longer word only where nothing else names the concept.
+        XCTAssertNil(MACE.wordRange(of: "cat", in: "a category of cats"))
+        XCTAssertEqual(MACE.replacing(["cat"], in: "two cats", with: "dog"), "two dogs")
+        XCTAssertThrowsError(try MACE.trainingPrompts(of: Concept(name: "cat", targetPrompts: ["a dog"], anchor: ""))) { error in
+            XCTAssertTrue("\(error)".contains("'cat'"), "\(error)")
+        }
     }
 
     func testObjectMaskAndItsNearestResize() {
