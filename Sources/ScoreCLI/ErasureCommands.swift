@@ -313,9 +313,11 @@ struct LeakageFlags: ParsableArguments {
     }
 }
 
-/// Reads a list flag value: a path to a file (one item per line) or a comma-separated list.
+/// Reads a list flag value: a path to a file (one item per line) or a comma-separated list. A
+/// folder of that name (a benchmark's cell folder is named by its concept) is not a list file.
 func listValue(_ value: String) throws -> [String] {
-    if FileManager.default.fileExists(atPath: value) {
+    var isFolder: ObjCBool = false
+    if FileManager.default.fileExists(atPath: value, isDirectory: &isFolder), !isFolder.boolValue {
         return try String(contentsOfFile: value, encoding: .utf8).split(separator: "\n")
             .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }

@@ -40,6 +40,19 @@ final class ArgumentTests: XCTestCase {
 
     // MARK: erase
 
+    /// A list flag reads a file of that name, one item per line; a folder of that name (the
+    /// benchmark's cell folder "trouser" in the working directory) is an item, not a file.
+    func testListFlagReadsFilesButNotFolders() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("list-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        XCTAssertEqual(try listValue(folder.path), [folder.path])
+        let file = folder.appendingPathComponent("concepts.txt")
+        try Data("trouser\n bag \n\n".utf8).write(to: file)
+        XCTAssertEqual(try listValue(file.path), ["trouser", "bag"])
+        XCTAssertEqual(try listValue("trouser, ankle boot"), ["trouser", "ankle boot"])
+    }
+
     func testEraseParsesIntoTheLibrarysRun() throws {
         let command = try XCTUnwrap(try parse(["erase", "--concept", "sneaker", "--out", out, "--steps", "7", "--anchor", "a shoe"]) as? Erase)
         let run = try command.erasure()
