@@ -80,7 +80,7 @@ public struct ErasureRequest: Codable, Sendable {
 
 /// Which UNet parameters an erasure may change (ESD's names where they exist).
 public enum TrainableSet: String, Codable, Sendable, CaseIterable {
-    /// Every parameter (SCORE's default, masked by saliency; ESD's esd-all).
+    /// Every parameter (SCORE's first design and the paper's form, masked by saliency; ESD's esd-all).
     case full
     /// Cross-attention (attn2) only (ESD's esd-x).
     case crossAttention = "cross-attention"
